@@ -1,0 +1,71 @@
+"""Argument checks shared by the layers and the cells (module boundary only).
+
+Messages follow PyTorch's wording where PyTorch has one.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be greater than zero")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    return bool(value)
+
+
+def check_dropout(dropout) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+        )
+    return float(dropout)
+
+
+def check_nonlinearity(nonlinearity) -> str:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return nonlinearity
+
+
+def as_array(value, name: str, dtype: np.dtype, owner: str) -> np.ndarray:
+    """``value`` as a floating array of the module's dtype.
+
+    NumPy arrays must already have that dtype (float32 in, float32 out); other array-likes
+    (lists, scalars, CPU tensors) are converted.  Non-numeric and non-finite values are
+    refused with a message naming the argument.
+    """
+    def mismatch(got):
+        return ValueError(
+            f"{owner} {name} dtype ({got}) does not match weight dtype ({dtype}). "
+            f"Convert {name}: {name}.astype(numpy.{dtype}), or build the model with dtype=numpy.{got}"
+        )
+
+    if isinstance(value, np.ndarray):
+        arr = value
+        if arr.dtype.kind != "f":
+            raise TypeError(f"{owner}: {name} must be a floating-point array of dtype {dtype}, got dtype {arr.dtype}")
+        if arr.dtype != dtype:
+            raise mismatch(arr.dtype)
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise TypeError(f"{owner}: {name} must be an array of numbers, got {type(value).__name__}") from exc
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{owner}: {name} must be an array of numbers, got {type(value).__name__} of dtype {arr.dtype}")
+        if hasattr(value, "dtype") and arr.dtype.kind == "f" and arr.dtype != dtype:
+            raise mismatch(arr.dtype)  # a typed array-like (e.g. a tensor) of the other precision
+        arr = arr.astype(dtype)
+    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        raise ValueError(f"{owner}: {name} contains NaN or infinity")
+    return arr

@@ -1,0 +1,206 @@
+"""Single-step cells: RNNCell, LSTMCell, GRUCell.
+
+A cell is a one-step, one-layer run of the same kernels the layers use (a sequence of
+length 1), so the two can never disagree.  The equations are those of
+:class:`nprnn.RNN`, :class:`nprnn.LSTM` and :class:`nprnn.GRU`.
+
+Backward through a loop of cell calls works like a stack: each training-mode call
+pushes what its backward needs and each ``backward`` pops the latest, so a manual
+time loop is undone by calling ``backward`` in reverse order::
+
+    for t in range(L):              h = cell(x[t], h)
+    for t in reversed(range(L)):    dx[t], dh = cell.backward(dh + dout[t])
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._checks import as_array, check_bool, check_int, check_nonlinearity
+from .functional import KINDS, direction_backward, direction_forward
+from .module import Module, resolve_dtype, resolve_rng
+
+
+class RNNCellBase(Module):
+    _label = "RNNCellBase"
+
+    def __init__(self, mode, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+        super().__init__()
+        self.input_size = check_int("input_size", input_size)
+        self.hidden_size = check_int("hidden_size", hidden_size)
+        self.bias = check_bool("bias", bias)
+        self.kind = KINDS[mode]
+        self.dtype = resolve_dtype(dtype)
+        self._rng = resolve_rng(seed)
+        self._stack = []
+        G = self.kind.num_gates * self.hidden_size
+        self.register_parameter("weight_ih", np.empty((G, self.input_size), self.dtype))
+        self.register_parameter("weight_hh", np.empty((G, self.hidden_size), self.dtype))
+        if self.bias:
+            self.register_parameter("bias_ih", np.empty((G,), self.dtype))
+            self.register_parameter("bias_hh", np.empty((G,), self.dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            p[...] = self._rng.uniform(-stdv, stdv, p.shape)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity='{self.nonlinearity}'"
+        if self.dtype != np.float32:
+            s += ", dtype=float64"
+        return s
+
+    def _params(self):
+        p = self._parameters
+        return (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), None)
+
+    def _step(self, input, hx):
+        """Validate, run one step; returns the new state tuple (batched or not)."""
+        label = self._label
+        if not hasattr(input, "ndim"):
+            input = as_array(input, "input", self.dtype, label)
+        if input.ndim not in (1, 2):
+            raise ValueError(f"{label}: Expected input to be 1D or 2D, got {input.ndim}D instead")
+        batched = input.ndim == 2
+        has_cell = self.kind.has_cell
+        if hx is not None:
+            if has_cell:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise RuntimeError("lstm_cell expects two hidden states")
+                parts = list(hx)
+            else:
+                parts = [hx]
+            for k, h in enumerate(parts):
+                if not hasattr(h, "ndim"):
+                    parts[k] = h = as_array(h, "hx", self.dtype, label)
+                what = f"hx[{k}]" if has_cell else "hidden"
+                if h.ndim not in (1, 2):
+                    raise ValueError(f"{label}: Expected {what} to be 1D or 2D, got {h.ndim}D instead")
+                if h.ndim != input.ndim:
+                    raise ValueError(
+                        f"{label}: Expected {what} to be {input.ndim}D for {input.ndim}D input, got {h.ndim}D instead"
+                    )
+        x = as_array(input, "input", self.dtype, label)
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.shape[-1]} expected {self.input_size}")
+        x2 = x if batched else x[None]
+        N = x2.shape[0]
+        widths = (self.hidden_size,) * (2 if has_cell else 1)
+        if hx is None:
+            states = tuple(np.zeros((N, w), self.dtype) for w in widths)
+        else:
+            states = []
+            for k, h in enumerate(parts):
+                h2 = as_array(h, "hx", self.dtype, label)
+                h2 = h2 if batched else h2[None]
+                if h2.shape[0] != N:
+                    raise RuntimeError(f"Input batch size {N} doesn't match hidden{k} batch size {h2.shape[0]}")
+                if h2.shape[1] != widths[k]:
+                    raise RuntimeError(
+                        f"hidden{k} has inconsistent hidden_size: got {h2.shape[1]}, expected {widths[k]}"
+                    )
+                states.append(h2)
+        out = np.empty((N, self.hidden_size), self.dtype)
+        train = self.training
+        final, rec = direction_forward(self.kind, np.ascontiguousarray(x2), self._params(), tuple(states), [N], False, out, train)
+        if train:
+            self._stack.append((rec, batched, N))
+        return final if batched else tuple(f[0] for f in final)
+
+    def _step_backward(self, grads):
+        if not self._stack:
+            raise RuntimeError(
+                f"{self._label}.backward() needs a matching forward call in training mode first "
+                "(each training-mode call can be backpropagated once, latest first)"
+            )
+        rec, batched, N = self._stack[-1]
+        names = ("grad_h", "grad_c") if self.kind.has_cell else ("grad_h",)
+        shape = (N, self.hidden_size) if batched else (self.hidden_size,)
+        dstate = []
+        for g, name in zip(grads, names):
+            if g is None:
+                dstate.append(np.zeros((N, self.hidden_size), self.dtype))
+                continue
+            g = as_array(g, name, self.dtype, self._label)
+            if g.shape != shape:
+                raise ValueError(f"{self._label}: {name} has shape {g.shape}, expected {shape}")
+            dstate.append(np.array(g.reshape(N, self.hidden_size), order="C", copy=True))
+        self._stack.pop()
+        dout = np.zeros((N, self.hidden_size), self.dtype)
+        dx, dstate0, pgrads = direction_backward(rec, dout, tuple(dstate))
+        for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), pgrads):
+            if g is not None:
+                self._grads[name] += g
+        if not batched:
+            return dx[0], tuple(d[0] for d in dstate0)
+        return dx, tuple(dstate0)
+
+
+class RNNCell(RNNCellBase):
+    """One step of :class:`nprnn.RNN`: ``h' = act(x W_ih.T + b_ih + h W_hh.T + b_hh)``.
+
+    ``h' = cell(x, h=None)`` with x (N, H_in) or (H_in,); ``grad_x, grad_h = cell.backward(grad_h')``.
+    """
+
+    _label = "RNNCell"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, dtype=dtype, seed=seed)
+
+    def forward(self, input, hx=None):
+        return self._step(input, hx)[0]
+
+    def backward(self, grad_h):
+        dx, (dh,) = self._step_backward((grad_h,))
+        return dx, dh
+
+
+class GRUCell(RNNCellBase):
+    """One step of :class:`nprnn.GRU`.
+
+    ``h' = cell(x, h=None)``; ``grad_x, grad_h = cell.backward(grad_h')``.
+    """
+
+    _label = "GRUCell"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+        super().__init__("gru", input_size, hidden_size, bias, dtype=dtype, seed=seed)
+
+    def forward(self, input, hx=None):
+        return self._step(input, hx)[0]
+
+    def backward(self, grad_h):
+        dx, (dh,) = self._step_backward((grad_h,))
+        return dx, dh
+
+
+class LSTMCell(RNNCellBase):
+    """One step of :class:`nprnn.LSTM` (without projection).
+
+    ``h', c' = cell(x, (h, c)=None)``; ``grad_x, (grad_h, grad_c) = cell.backward((grad_h', grad_c'))``
+    where either gradient may be None (zeros).
+    """
+
+    _label = "LSTMCell"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+        super().__init__("lstm", input_size, hidden_size, bias, dtype=dtype, seed=seed)
+
+    def forward(self, input, hx=None):
+        h, c = self._step(input, hx)
+        return h, c
+
+    def backward(self, grads):
+        if not isinstance(grads, (tuple, list)) or len(grads) != 2:
+            raise TypeError("LSTMCell.backward expects a pair (grad_h, grad_c); either may be None")
+        dx, (dh, dc) = self._step_backward(tuple(grads))
+        return dx, (dh, dc)

@@ -1,0 +1,182 @@
+"""The time loop, written once for every cell kind, direction and batch layout.
+
+Sequences are stored time-major and *packed*: the rows of step ``t`` are
+``data[offset[t] : offset[t] + batch_sizes[t]]``, the first ``batch_sizes[t]`` sequences of
+a batch sorted by decreasing length.  A padded ``(L, N, F)`` array reshaped to
+``(L * N, F)`` is the special case ``batch_sizes = [N] * L``, so padded, packed and
+length-masked input all run through the same loop.
+
+The state is one running array per kind of state, ``(N, H_out)`` (and ``(N, H)`` for the
+LSTM cell).  A step reads and overwrites its first ``n`` rows.  Rows of sequences that have
+ended are left alone, so after the loop the running array *is* ``h_n``; in the reverse
+direction rows join as their sequence starts and find their initial state still there.
+Backward walks the same steps in the opposite order with a running state gradient.
+
+Around the loop (DESIGN contract 2): the input projection of all steps is one GEMM before
+it; the weight, bias and input gradients are one GEMM each after it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .cells import CellKind, StepWeights, gate_scale
+
+
+def step_slices(batch_sizes: Sequence[int], reverse: bool) -> list:
+    """(lo, hi, n) for every step in processing order."""
+    out = []
+    lo = 0
+    for n in batch_sizes:
+        out.append((lo, lo + n, n))
+        lo += n
+    if reverse:
+        out.reverse()
+    return out
+
+
+def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr):
+    """Arrange one layer-direction's parameters for the loop.
+
+    Returns ``(w_ih_s, b_gx, step_weights)``: the input weights and the bias for the
+    projection of all steps (sigmoid rows scaled by 0.5, see :mod:`.cells`), and the
+    weights the per-step kernels use.
+    """
+    G = kind.num_gates
+    H = w_hh.shape[0] // G
+    scale = gate_scale(kind, H, w_hh.dtype)
+    if b_ih is None:
+        b_gx, b_hn = None, None
+    elif kind.separate_dgh:  # GRU: the candidate's hidden bias stays inside r * (...)
+        b_gx = b_ih.copy()
+        b_gx[: 2 * H] += b_hh[: 2 * H]
+        b_hn = b_hh[2 * H :]
+    else:
+        b_gx, b_hn = b_ih + b_hh, None
+    if scale is None:
+        w_ih_s, hhT = w_ih, w_hh.T.copy()
+        act_scale = act_shift = None
+    else:
+        w_ih_s = w_ih * scale[:, None]
+        hhT = (w_hh * scale[:, None]).T.copy()  # (H_out, G*H)
+        b_gx = None if b_gx is None else b_gx * scale
+        act_scale = scale
+        act_shift = np.where(scale == 0.5, 0.5, 0.0).astype(w_hh.dtype)
+    step = StepWeights(
+        hhT=hhT,
+        hh=np.ascontiguousarray(w_hh),
+        b_hn=b_hn,
+        hrT=None if w_hr is None else w_hr.T.copy(),
+        hr=None if w_hr is None else np.ascontiguousarray(w_hr),
+        act_scale=act_scale,
+        act_shift=act_shift,
+    )
+    return w_ih_s, b_gx, step
+
+
+def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, train: bool):
+    """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view;
+    ``state`` running arrays, overwritten; ``tape`` per-step records (T, .) with h_prev
+    first when training, else per-row scratch (N, .)."""
+    forward = kind.forward
+    for lo, hi, n in steps:
+        st = tuple(s[:n] for s in state)
+        if train:
+            tp = tuple(a[lo:hi] for a in tape)
+            np.copyto(tp[0], st[0])
+            forward(gx[lo:hi], st, w, tp[1:], True)
+        else:
+            forward(gx[lo:hi], st, w, tuple(a[:n] for a in tape), False)
+        np.copyto(out[lo:hi], st[0])
+
+
+def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, grads, scratch):
+    """Walk the steps backwards.  ``dout`` (T, H_out) the gradient of the outputs;
+    ``dstate`` running state gradients, overwritten (they end as the gradient of the
+    initial state); ``grads`` per-step gradient records (T, .), filled."""
+    backward = kind.backward
+    for lo, hi, n in reversed(steps):
+        ds = tuple(d[:n] for d in dstate)
+        np.add(ds[0], dout[lo:hi], out=ds[0])
+        backward(
+            ds,
+            w,
+            tuple(a[lo:hi] for a in tape),
+            tuple(g[lo:hi] for g in grads),
+            tuple(s[:n] for s in scratch),
+        )
+
+
+@dataclass
+class DirectionRecord:
+    """What the backward pass of one layer-direction needs from its forward."""
+
+    kind: CellKind
+    x: np.ndarray  # (T, H_in) the layer input
+    w_ih: np.ndarray
+    step: StepWeights
+    steps: list
+    tape: tuple
+    proj: bool
+    has_bias: bool
+
+
+def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train):
+    """One layer in one direction over packed ``x`` (T, H_in).
+
+    ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
+    tuple of (N, .) initial states; ``out`` (T, H_out) receives the outputs.
+    Returns ``(final_state, record)``; record is None unless ``train``.
+    """
+    w_ih, w_hh, b_ih, b_hh, w_hr = params
+    w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr)
+    gx = x @ w_ih_s.T  # (T, G*H)
+    if b_gx is not None:
+        gx += b_gx
+    state = tuple(np.array(s, order="C", copy=True) for s in state0)
+    H = w_hh.shape[0] // kind.num_gates
+    P = w_hh.shape[1]
+    proj = w_hr is not None
+    steps = step_slices(batch_sizes, reverse)
+    widths = kind.tape_widths(H, P, proj)
+    if train:
+        T = x.shape[0]
+        tape = (np.empty((T, P), x.dtype),) + tuple(np.empty((T, k), x.dtype) for k in widths)
+    else:
+        N = state[0].shape[0]
+        tape = tuple(np.empty((N, k), x.dtype) for k in widths)
+    scan_forward(kind, gx, out, state, step, steps, tape, train)
+    record = DirectionRecord(kind, x, w_ih, step, steps, tape, proj, b_ih is not None) if train else None
+    return state, record
+
+
+def direction_backward(rec: DirectionRecord, dout, dstate):
+    """Backward of :func:`direction_forward`.
+
+    ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
+    (overwritten with the initial-state gradients, which are also returned).
+    Returns ``(dx, dstate0, param_grads)``: the input gradient (T, H_in), the
+    initial-state gradients, and (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None for absent
+    ones.
+    """
+    kind = rec.kind
+    T = rec.x.shape[0]
+    dtype = rec.x.dtype
+    H = rec.step.hh.shape[0] // kind.num_gates
+    P = rec.step.hh.shape[1]
+    N = dstate[0].shape[0]
+    grads = tuple(np.empty((T, k), dtype) for k in kind.grad_widths(H, P, rec.proj))
+    scratch = tuple(np.empty((N, k), dtype) for k in kind.scratch_widths(H, P, rec.proj))
+    scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, grads, scratch)
+    dgx = grads[0]  # (T, G*H) gradient of the pre-activations, input side
+    dgh = grads[1] if kind.separate_dgh else dgx  # hidden side
+    h_prev = rec.tape[0]
+    dx = dgx @ rec.w_ih  # (T, H_in)
+    dW_ih = dgx.T @ rec.x
+    dW_hh = dgh.T @ h_prev
+    db_ih = dgx.sum(axis=0) if rec.has_bias else None
+    db_hh = dgh.sum(axis=0) if rec.has_bias else None
+    dW_hr = grads[1].T @ rec.tape[4] if rec.proj else None  # dh.T @ (o * tanh(c))
+    return dx, dstate, (dW_ih, dW_hh, db_ih, db_hh, dW_hr)

@@ -1,0 +1,189 @@
+"""The module base: named parameters, their gradients, state dicts, train/eval.
+
+Parameters are plain NumPy arrays kept in ``_parameters`` and reachable as attributes
+with PyTorch's names (``lstm.weight_ih_l0``).  Child modules assigned as attributes are
+kept in ``_modules`` and named with PyTorch's dotted prefixes.  Each parameter has a
+gradient array of the same shape in ``grads`` that backward adds into.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Mapping, NamedTuple
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dt}")
+    return dt
+
+
+def resolve_rng(seed) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        return np.random.default_rng(seed)
+    raise TypeError(f"seed should be None, an int or a numpy.random.Generator, got: {type(seed).__name__}")
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+class Module:
+    """Base class of every nprnn layer and cell.
+
+    Subclasses call ``super().__init__()``, then :meth:`register_parameter` for each
+    parameter in PyTorch's order, and implement ``forward`` (and ``backward``).
+    """
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_grads", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # -- attributes ------------------------------------------------------------
+    def register_parameter(self, name: str, value: np.ndarray) -> None:
+        self._parameters[name] = value
+        self._grads[name] = np.zeros_like(value)
+
+    def __getattr__(self, name):
+        # only called when normal lookup fails
+        d = self.__dict__
+        if name in d.get("_parameters", {}):
+            return d["_parameters"][name]
+        if name in d.get("_modules", {}):
+            return d["_modules"][name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_parameters")
+        if params is not None and name in params:
+            old = params[name]
+            new = np.asarray(value)
+            if new.shape != old.shape:
+                raise ValueError(
+                    f"cannot assign an array of shape {new.shape} to parameter '{name}' of shape {old.shape}"
+                )
+            params[name] = np.array(new, dtype=old.dtype, order="C", copy=True)
+            return
+        if isinstance(value, Module):
+            if "_modules" not in self.__dict__:
+                raise AttributeError("cannot assign a module before Module.__init__() call")
+            self._modules[name] = value
+            return
+        object.__setattr__(self, name, value)
+
+    # -- traversal -------------------------------------------------------------
+    def named_modules(self, prefix: str = "") -> Iterator:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator:
+        for mod_prefix, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
+
+    def parameters(self) -> Iterator:
+        for _, p in self.named_parameters():
+            yield p
+
+    @property
+    def grads(self) -> "OrderedDict[str, np.ndarray]":
+        """Gradient arrays keyed like :meth:`state_dict`; backward adds into them."""
+        out = OrderedDict()
+        for mod_prefix, mod in self.named_modules():
+            for name, g in mod._grads.items():
+                out[f"{mod_prefix}.{name}" if mod_prefix else name] = g
+        return out
+
+    def zero_grad(self) -> None:
+        for _, mod in self.named_modules():
+            for g in mod._grads.values():
+                g.fill(0)
+
+    def train(self, mode: bool = True) -> "Module":
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        for _, mod in self.named_modules():
+            object.__setattr__(mod, "training", mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # -- state dicts -----------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter, in PyTorch's order and with its names."""
+        return OrderedDict((k, v.copy()) for k, v in self.named_parameters())
+
+    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
+        """Copy values from ``state_dict`` (any array-likes, e.g. NumPy arrays or CPU
+        tensors) into the parameters.  Every problem is reported at once and, on error,
+        no parameter is changed."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
+        own = OrderedDict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        problems = []
+        converted = {}
+        for key, param in own.items():
+            if key not in state_dict:
+                continue
+            try:
+                value = np.asarray(state_dict[key])
+            except Exception as exc:  # e.g. a tensor that requires grad
+                problems.append(f"could not read {key} as an array: {exc}")
+                continue
+            if value.dtype.kind not in "fiub":
+                problems.append(f"{key} has non-numeric dtype {value.dtype}")
+                continue
+            if value.shape != param.shape:
+                problems.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
+                    f"the shape in current model is {tuple(param.shape)}."
+                )
+                continue
+            converted[key] = value
+        errors = []
+        if strict:
+            if missing:
+                errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". ")
+            if unexpected:
+                errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+        errors.extend(problems)
+        if errors:
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors)
+            )
+        for key, value in converted.items():
+            np.copyto(own[key], value, casting="unsafe")
+        return IncompatibleKeys(missing, unexpected)
+
+    # -- calling ---------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no forward()")
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
+        if not lines:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        body = "\n  ".join(([self.extra_repr()] if self.extra_repr() else []) + lines)
+        return f"{type(self).__name__}(\n  {body}\n)"

@@ -1,0 +1,447 @@
+"""Multi-layer recurrent layers: RNN, LSTM (with projections) and GRU.
+
+The layers only validate, hold parameters and arrange data; the numbers are computed by
+the one time loop in :mod:`nprnn.functional.scan`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ._checks import as_array, check_bool, check_dropout, check_int, check_nonlinearity
+from .functional import KINDS, direction_backward, direction_forward
+from .module import Module, resolve_dtype, resolve_rng
+
+_NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
+
+
+class _Record:
+    """What a training-mode forward leaves for backward."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class RNNBase(Module):
+    """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+
+    _label = "RNNBase"
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        dtype=np.float32,
+        seed=None,
+    ) -> None:
+        super().__init__()
+        dropout = check_dropout(dropout)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        bias = check_bool("bias", bias)
+        batch_first = check_bool("batch_first", batch_first)
+        input_size = check_int("input_size", input_size)
+        hidden_size = check_int("hidden_size", hidden_size)
+        num_layers = check_int("num_layers", num_layers)
+        bidirectional = check_bool("bidirectional", bidirectional)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        self.mode = mode
+        self.kind = KINDS[mode]
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        self.proj_size = int(proj_size)
+        self.dtype = resolve_dtype(dtype)
+        self._rng = resolve_rng(seed)
+        self._record = None
+
+        D = 2 if bidirectional else 1
+        G = self.kind.num_gates * hidden_size
+        H_out = self.proj_size or hidden_size
+        self._layer_names = []  # per (layer, direction): 5 names, None where absent
+        for layer in range(num_layers):
+            in_size = input_size if layer == 0 else H_out * D
+            for d in range(D):
+                suffix = "_reverse" if d else ""
+                names = [n.format(layer, suffix) for n in _NAMES]
+                shapes = [(G, in_size), (G, H_out), (G,), (G,), (self.proj_size, hidden_size)]
+                keep = [True, True, bias, bias, self.proj_size > 0]
+                for name, shape, k in zip(names, shapes, keep):
+                    if k:
+                        self.register_parameter(name, np.empty(shape, self.dtype))
+                self._layer_names.append(tuple(n if k else None for n, k in zip(names, keep)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            p[...] = self._rng.uniform(-stdv, stdv, p.shape)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _h_out(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity='{self.nonlinearity}'"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.dtype != np.float32:
+            s += ", dtype=float64"
+        return s
+
+    # -- input handling ----------------------------------------------------------
+    def _state_widths(self):
+        return (self._h_out, self.hidden_size) if self.kind.has_cell else (self._h_out,)
+
+    def _check_input(self, input):
+        label = self._label
+        if not hasattr(input, "ndim"):
+            input = as_array(input, "input", self.dtype, label)
+        if input.ndim not in (2, 3):
+            tensor = " tensor" if label == "RNN" else ""
+            raise ValueError(f"{label}: Expected input to be 2D or 3D, got {input.ndim}D{tensor} instead")
+        return input
+
+    def _check_hx(self, hx, batched: bool):
+        """Dimension checks on hx, in PyTorch's order (before the size checks)."""
+        if hx is None:
+            return None
+        if self.kind.has_cell:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(
+                    f"LSTM: hx must be a tuple (h_0, c_0) of two arrays, got {type(hx).__name__}"
+                    + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+                )
+            hx = tuple(h if hasattr(h, "ndim") else as_array(h, "hx", self.dtype, "LSTM") for h in hx)
+            want = 3 if batched else 2
+            if hx[0].ndim != want or hx[1].ndim != want:
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].ndim}-D, {hx[1].ndim}-D) tensors"
+                )
+            return hx
+        if not hasattr(hx, "ndim"):
+            hx = as_array(hx, "hx", self.dtype, self._label)
+        want = 3 if batched else 2
+        if hx.ndim != want:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.ndim}-D tensor")
+        return (hx,)
+
+    def forward(self, input, hx=None):
+        """Run the layer.  See the class docstring for shapes."""
+        input = self._check_input(input)
+        batched = input.ndim == 3
+        hx = self._check_hx(hx, batched)
+        x = as_array(input, "input", self.dtype, self._label)
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
+            )
+        if not batched:
+            x = x[None] if self.batch_first else x[:, None]
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        L, N = x.shape[0], x.shape[1]
+        if L == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        rows = self.num_layers * self.num_directions
+        states = []
+        for k, width in enumerate(self._state_widths()):
+            expected = (rows, N, width)
+            if hx is None:
+                states.append(np.zeros(expected, self.dtype))
+                continue
+            h = as_array(hx[k], "hx", self.dtype, self._label)
+            h3 = h if batched else h[:, None]
+            if h3.shape != expected:
+                what = f"hidden[{k}] size" if self.kind.has_cell else "hidden size"
+                exp = expected if batched else (rows, width)
+                raise RuntimeError(f"Expected {what} {exp}, got {list(h.shape)}")
+            states.append(h3)
+        x_flat = np.ascontiguousarray(x).reshape(L * N, self.input_size)
+        out, finals, record = self._run(x_flat, [N] * L, states)
+        output = out.reshape(L, N, -1)
+        if self.batch_first:
+            output = np.ascontiguousarray(output.transpose(1, 0, 2))
+        if not batched:
+            output = output[0] if self.batch_first else output[:, 0]
+            finals = [f[:, 0] for f in finals]
+        if record is not None:
+            record.batched = batched
+            record.seq_shape = (L, N)
+            record.output_shape = output.shape
+            record.state_shapes = tuple(f.shape for f in finals)
+        self._record = record
+        if self.kind.has_cell:
+            return output, (finals[0], finals[1])
+        return output, finals[0]
+
+    def _dropout_mask(self, shape):
+        p = self.dropout
+        if p >= 1:
+            return np.zeros(shape, self.dtype)
+        keep = self._rng.random(shape) >= p
+        return keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
+
+    def _run(self, x, batch_sizes, states):
+        """All layers over packed time-major ``x`` (T, H_in); states (D*layers, N, .)."""
+        D, P = self.num_directions, self._h_out
+        train = self.training
+        finals = [np.empty(s.shape, self.dtype) for s in states]
+        records, masks = [], []
+        layer_in = x
+        for layer in range(self.num_layers):
+            out = np.empty((x.shape[0], D * P), self.dtype)  # (T, D*H_out)
+            for d in range(D):
+                idx = layer * D + d
+                params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
+                final, rec = direction_forward(
+                    self.kind, layer_in, params, tuple(s[idx] for s in states),
+                    batch_sizes, d == 1, out[:, d * P : (d + 1) * P], train,
+                )
+                for f_all, f in zip(finals, final):
+                    f_all[idx] = f
+                records.append(rec)
+            mask = None
+            if train and self.dropout > 0 and layer < self.num_layers - 1:
+                mask = self._dropout_mask(out.shape)
+                out *= mask
+            masks.append(mask)
+            layer_in = out
+        record = _Record(records=records, masks=masks, batch_sizes=batch_sizes) if train else None
+        return layer_in, finals, record
+
+    # -- backward ----------------------------------------------------------------
+    def backward(self, grad_output, grad_hn=None):
+        """Backpropagation through time for the last training-mode forward.
+
+        ``grad_output`` has the shape of ``output``; ``grad_hn`` is the gradient of ``h_n``
+        (RNN, GRU) or ``(grad_h_n, grad_c_n)`` (LSTM), any part None meaning zeros.
+        Adds the parameter gradients into ``self.grads`` and returns
+        ``(grad_input, grad_hx)`` with ``grad_hx`` shaped like ``hx`` (a pair for LSTM).
+        """
+        rec = self._record
+        if rec is None:
+            raise RuntimeError(
+                f"{self._label}.backward() needs a forward pass in training mode first "
+                "(call .train() before forward; each forward can be backpropagated once)"
+            )
+        label = self._label
+        g_out = as_array(grad_output, "grad_output", self.dtype, label)
+        if g_out.shape != rec.output_shape:
+            raise ValueError(f"{label}: grad_output has shape {g_out.shape}, expected {rec.output_shape} (the output's)")
+        parts = self._split_state_grads(grad_hn, rec)
+        L, N = rec.seq_shape
+        if not rec.batched:
+            g_out = g_out[None] if self.batch_first else g_out[:, None]
+            parts = [p[:, None] for p in parts]
+        if self.batch_first:
+            g_out = g_out.transpose(1, 0, 2)
+        dout = np.ascontiguousarray(g_out).reshape(L * N, -1)
+        dx, grad_states = self._run_backward(dout, parts, rec)
+        self._record = None
+        grad_input = dx.reshape(L, N, self.input_size)
+        if self.batch_first:
+            grad_input = np.ascontiguousarray(grad_input.transpose(1, 0, 2))
+        if not rec.batched:
+            grad_input = grad_input[0] if self.batch_first else grad_input[:, 0]
+            grad_states = [g[:, 0] for g in grad_states]
+        if self.kind.has_cell:
+            return grad_input, (grad_states[0], grad_states[1])
+        return grad_input, grad_states[0]
+
+    def _split_state_grads(self, grad_hn, rec):
+        names = ("grad_h_n", "grad_c_n") if self.kind.has_cell else ("grad_h_n",)
+        if self.kind.has_cell:
+            if grad_hn is None:
+                grad_hn = (None, None)
+            if not isinstance(grad_hn, (tuple, list)) or len(grad_hn) != 2:
+                raise TypeError("LSTM: grad_hn must be None or a pair (grad_h_n, grad_c_n)")
+        else:
+            grad_hn = (grad_hn,)
+        parts = []
+        for g, name, shape in zip(grad_hn, names, rec.state_shapes):
+            if g is None:
+                parts.append(np.zeros(shape, self.dtype))
+                continue
+            g = as_array(g, name, self.dtype, self._label)
+            if g.shape != shape:
+                raise ValueError(f"{self._label}: {name} has shape {g.shape}, expected {shape}")
+            parts.append(g)
+        return parts
+
+    def _run_backward(self, dout, grad_finals, rec):
+        """Backward over all layers; ``dout`` (T, D*H_out) packed time-major."""
+        D, P = self.num_directions, self._h_out
+        grad_states = [np.empty(g.shape, self.dtype) for g in grad_finals]
+        for layer in reversed(range(self.num_layers)):
+            dx = None
+            for d in range(D):
+                idx = layer * D + d
+                dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
+                dx_d, dstate0, pgrads = direction_backward(rec.records[idx], dout[:, d * P : (d + 1) * P], dstate)
+                for g_all, g in zip(grad_states, dstate0):
+                    g_all[idx] = g
+                for name, g in zip(self._layer_names[idx], pgrads):
+                    if name is not None:
+                        self._grads[name] += g
+                dx = dx_d if dx is None else dx + dx_d
+            if layer > 0 and rec.masks[layer - 1] is not None:
+                dx *= rec.masks[layer - 1]  # through dropout
+            dout = dx
+        return dout, grad_states
+
+
+_SHAPES_DOC = """
+    Shapes (N batch, L length, D = 2 if bidirectional else 1, H_in = input_size,
+    H = hidden_size, H_out = proj_size or hidden_size):
+
+    ========== ============================================ ==========================
+    input      (L, N, H_in), (N, L, H_in) if batch_first      (L, H_in) unbatched
+    h_0, h_n   (D * num_layers, N, H_out)                     (D * num_layers, H_out)
+    c_0, c_n   (D * num_layers, N, H)  (LSTM)                 (D * num_layers, H)
+    output     (L, N, D * H_out), (N, L, D * H_out) if b.f.   (L, D * H_out)
+    ========== ============================================ ==========================
+
+    ``batch_first`` never applies to the states.  ``output`` holds the last layer's
+    state at every step; ``h_n`` every layer's state at the last step, so
+    ``output[-1, :, :H_out] == h_n[-D]`` (``output[:, -1]`` with batch_first) and, when
+    bidirectional, the reverse half of ``output[0]`` equals ``h_n[-1]``.
+
+    Layer ``k > 0`` takes the ``D * H_out`` output of layer ``k - 1`` as input; in training
+    mode with ``dropout > 0`` that input is multiplied by a Bernoulli mask scaled by
+    ``1 / (1 - dropout)``.  Parameters are named as in PyTorch (``weight_ih_l{k}``,
+    ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, suffix ``_reverse``) and
+    drawn from U(-1/sqrt(H), 1/sqrt(H)) with ``seed``.
+"""
+
+
+class RNN(RNNBase):
+    r"""Elman RNN.  For each layer and step:
+
+        h_t = act(x_t @ weight_ih.T + bias_ih + h_{t-1} @ weight_hh.T + bias_hh)
+
+    with ``act`` tanh or relu (``nonlinearity``).  weight_ih (H, H_in or D*H),
+    weight_hh (H, H).
+
+    Example::
+
+        >>> rnn = RNN(5, 6, num_layers=4, batch_first=True)
+        >>> output, h_n = rnn(np.random.randn(2, 3, 5).astype(np.float32))
+        >>> output.shape, h_n.shape
+        ((2, 3, 6), (4, 2, 6))
+    """ + _SHAPES_DOC
+
+    _label = "RNN"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"RNN got an unexpected keyword argument '{next(iter(kwargs))}'")
+        self.nonlinearity = check_nonlinearity(nonlinearity)
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, dtype=dtype, seed=seed)
+
+
+class LSTM(RNNBase):
+    r"""Long short-term memory, optionally with a projection (LSTMP).  For each layer and step:
+
+        i = sigmoid(x_t W_ii.T + b_ii + h_{t-1} W_hi.T + b_hi)
+        f = sigmoid(x_t W_if.T + b_if + h_{t-1} W_hf.T + b_hf)
+        g =    tanh(x_t W_ig.T + b_ig + h_{t-1} W_hg.T + b_hg)
+        o = sigmoid(x_t W_io.T + b_io + h_{t-1} W_ho.T + b_ho)
+        c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(c_t)                 (proj_size = 0)
+        h_t = (o * tanh(c_t)) @ W_hr.T      (proj_size > 0, H_out = proj_size)
+
+    weight_ih = [W_ii; W_if; W_ig; W_io] (4H, H_in), weight_hh (4H, H_out), biases (4H,),
+    weight_hr (proj_size, H).  Call ``output, (h_n, c_n) = lstm(input, (h_0, c_0))``.
+
+    Example::
+
+        >>> lstm = LSTM(5, 10, num_layers=2, batch_first=True)
+        >>> output, (h_n, c_n) = lstm(np.random.randn(4, 3, 5).astype(np.float32))
+        >>> output.shape, h_n.shape, c_n.shape
+        ((4, 3, 10), (2, 4, 10), (2, 4, 10))
+    """ + _SHAPES_DOC
+
+    _label = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, dtype=dtype, seed=seed)
+
+
+class GRU(RNNBase):
+    r"""Gated recurrent unit.  For each layer and step:
+
+        r = sigmoid(x_t W_ir.T + b_ir + h_{t-1} W_hr.T + b_hr)
+        z = sigmoid(x_t W_iz.T + b_iz + h_{t-1} W_hz.T + b_hz)
+        n =    tanh(x_t W_in.T + b_in + r * (h_{t-1} W_hn.T + b_hn))
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    weight_ih = [W_ir; W_iz; W_in] (3H, H_in), weight_hh (3H, H), biases (3H,).
+
+    Example::
+
+        >>> gru = GRU(5, 8, bidirectional=True)
+        >>> output, h_n = gru(np.random.randn(3, 2, 5).astype(np.float32))
+        >>> output.shape, h_n.shape
+        ((3, 2, 16), (2, 2, 8))
+    """ + _SHAPES_DOC
+
+    _label = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, dtype=np.float32, seed=None, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"GRU got an unexpected keyword argument '{next(iter(kwargs))}'")
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed)
