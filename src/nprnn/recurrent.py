@@ -202,7 +202,7 @@ class RNNBase(Module):
             states.append(h3)
         x_flat = np.ascontiguousarray(x).reshape(L * N, self.input_size)
         out, finals, record = self._run(x_flat, [N] * L, states)
-        output = out.reshape(L, N, -1)
+        output = out.reshape(L, N, out.shape[1])
         if self.batch_first:
             output = np.ascontiguousarray(output.transpose(1, 0, 2))
         if not batched:
@@ -279,7 +279,7 @@ class RNNBase(Module):
             parts = [p[:, None] for p in parts]
         if self.batch_first:
             g_out = g_out.transpose(1, 0, 2)
-        dout = np.ascontiguousarray(g_out).reshape(L * N, -1)
+        dout = np.ascontiguousarray(g_out).reshape(L * N, g_out.shape[-1])
         dx, grad_states = self._run_backward(dout, parts, rec)
         self._record = None
         grad_input = dx.reshape(L, N, self.input_size)
