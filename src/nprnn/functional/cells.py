@@ -7,10 +7,11 @@ the mechanics:
 
 * The input projection ``gx = x @ W_ih.T + b`` has already been computed for all steps
   (see :mod:`nprnn.functional.scan`); a step adds ``h @ W_hh.T`` and applies the gates.
-* Sigmoid is evaluated as ``0.5 * tanh(0.5 * z) + 0.5``.  The factor 0.5 is folded into
-  the rows of the weights and biases of every sigmoid gate (:func:`gate_scale`), so one
-  ``tanh`` call covers all gates of a step and no ``exp`` can overflow.  Multiplying by
-  0.5 is exact in floating point, so this changes nothing but the speed.
+* Gates go through one ``exp`` call per step: the weight and bias rows of every sigmoid
+  gate are multiplied by -1 and those of the LSTM's tanh gate by -2 (:func:`gate_scale`;
+  exact in floating point), so ``1 / (1 + exp(.))`` gives ``sigmoid(z)`` for the former
+  and ``sigmoid(2z)`` for the latter, and ``tanh(z) = 2 sigmoid(2z) - 1``.  ``exp`` is
+  cheaper than ``tanh`` in NumPy, and its overflow to ``inf`` gives exactly 0.
 * ``state`` is a tuple of the running state rows, ``(h,)`` or ``(h, c)``; forward
   overwrites it with the new state, backward overwrites the running state gradient with
   the gradient for the previous state.
@@ -30,11 +31,11 @@ import numpy as np
 class StepWeights:
     """Weights of one layer and direction, arranged for the time loop.
 
-    hhT: (H_out, G*H) hidden-to-hidden weights, transposed, sigmoid rows scaled by 0.5
+    hhT: (H_out, G*H) hidden-to-hidden weights, transposed, rows scaled by gate_scale
     hh:  (G*H, H_out) the unscaled weights, for the backward product
     b_hn: (H,) GRU only: the hidden bias of the candidate gate (it sits inside ``r *``)
     hrT, hr: LSTM projection ``weight_hr`` transposed and as is, or None
-    act_scale, act_shift: (G*H,) turn ``tanh`` of the scaled gates into the activations
+    one, two: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
     """
 
     hhT: np.ndarray
@@ -42,8 +43,8 @@ class StepWeights:
     b_hn: Optional[np.ndarray] = None
     hrT: Optional[np.ndarray] = None
     hr: Optional[np.ndarray] = None
-    act_scale: Optional[np.ndarray] = None
-    act_shift: Optional[np.ndarray] = None
+    one: np.floating = np.float64(1)
+    two: np.floating = np.float64(2)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class CellKind:
 
     name: str
     num_gates: int
-    sigmoid_gates: tuple  # which of the gate blocks go through a sigmoid
+    gate_scales: tuple  # per gate block, the factor folded into its weight rows (see gate_scale)
     has_cell: bool
     forward: Callable
     backward: Callable
@@ -63,12 +64,18 @@ class CellKind:
 
 
 def gate_scale(kind: CellKind, hidden_size: int, dtype) -> Optional[np.ndarray]:
-    """(G*H,) factor folded into the weight rows: 0.5 for sigmoid gates, 1 for the rest."""
-    if not kind.sigmoid_gates:
+    """(G*H,) factor folded into the weight rows: -1 for sigmoid gates, -2 for the LSTM's
+    tanh gate, 1 where the kernel applies the activation itself; None for the plain RNN."""
+    if not kind.gate_scales:
         return None
-    scale = np.ones((kind.num_gates, hidden_size), dtype=dtype)
-    scale[list(kind.sigmoid_gates)] = 0.5
-    return scale.reshape(-1)
+    return np.repeat(np.asarray(kind.gate_scales, dtype=dtype), hidden_size)
+
+
+def _sigmoid_of_scaled(a, one):
+    """In place: ``a = -z`` (as scaled by gate_scale) becomes sigmoid(z)."""
+    np.exp(a, out=a)
+    a += one
+    np.reciprocal(a, out=a)
 
 
 # ----------------------------------------------------------------------------- RNN
@@ -76,7 +83,7 @@ def _rnn_forward(nonlinearity):
     def forward(gx, state, w, tape, train):
         (h,) = state
         (act,) = tape
-        np.matmul(h, w.hhT, out=act)  # (n, H)
+        np.dot(h, w.hhT, out=act)  # (n, H)
         act += gx
         if nonlinearity == "tanh":
             np.tanh(act, out=act)
@@ -94,12 +101,12 @@ def _rnn_backward(nonlinearity):
         (dz,) = grads
         if nonlinearity == "tanh":  # through tanh: 1 - h'^2
             np.multiply(act, act, out=dz)
-            np.subtract(1, dz, out=dz)
+            np.subtract(w.one, dz, out=dz)
             dz *= dh
         else:  # through relu: h' > 0
             np.greater(act, 0, out=dz, casting="unsafe")
             dz *= dh
-        np.matmul(dz, w.hh, out=dh)  # to h_prev
+        np.dot(dz, w.hh, out=dh)  # to h_prev
 
     return backward
 
@@ -121,12 +128,12 @@ def _lstm_forward(gx, state, w, tape, train):
     h, c = state
     gates, c_prev, tc = tape[0], tape[1], tape[2]
     H = c.shape[1]
-    np.matmul(h, w.hhT, out=gates)  # (n, 4H)
+    np.dot(h, w.hhT, out=gates)  # (n, 4H)
     gates += gx
-    np.tanh(gates, out=gates)
-    gates *= w.act_scale  # sigmoid for i, f, o; tanh for g
-    gates += w.act_shift
+    _sigmoid_of_scaled(gates, w.one)  # i, f, o; sigmoid(2 z_g) for g
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    g *= w.two
+    g -= w.one  # g = tanh(z_g)
     if train:
         np.copyto(c_prev, c)
     c *= f
@@ -138,7 +145,7 @@ def _lstm_forward(gx, state, w, tape, train):
     else:
         m = tape[3]
         np.multiply(o, tc, out=m)
-        np.matmul(m, w.hrT, out=h)  # h' = (o * tanh(c')) @ W_hr.T
+        np.dot(m, w.hrT, out=h)  # h' = (o * tanh(c')) @ W_hr.T
 
 
 def _lstm_backward(dstate, w, tape, grads, scratch):
@@ -154,10 +161,10 @@ def _lstm_backward(dstate, w, tape, grads, scratch):
     else:  # through the projection
         np.copyto(grads[1], dh)
         dm = scratch[2]
-        np.matmul(dh, w.hr, out=dm)  # (n, H)
+        np.dot(dh, w.hr, out=dm)  # (n, H)
     np.multiply(dm, tc, out=do)
     np.multiply(tc, tc, out=tmp)  # through tanh(c'): 1 - tanh(c')^2
-    np.subtract(1, tmp, out=tmp)
+    np.subtract(w.one, tmp, out=tmp)
     tmp *= o
     tmp *= dm
     dc += tmp
@@ -165,13 +172,13 @@ def _lstm_backward(dstate, w, tape, grads, scratch):
     np.multiply(dc, c_prev, out=df)
     np.multiply(dc, i, out=dg)
     dc *= f  # to c_prev
-    np.subtract(1, gates, out=deriv)  # through the gates: s(1 - s), and 1 - g^2 for g
+    np.subtract(w.one, gates, out=deriv)  # through the gates: s(1 - s), and 1 - g^2 for g
     deriv *= gates
     dg_deriv = deriv[:, 2 * H : 3 * H]
     np.multiply(g, g, out=dg_deriv)
-    np.subtract(1, dg_deriv, out=dg_deriv)
+    np.subtract(w.one, dg_deriv, out=dg_deriv)
     dgates *= deriv
-    np.matmul(dgates, w.hh, out=dh)  # to h_prev
+    np.dot(dgates, w.hh, out=dh)  # to h_prev
 
 
 def _lstm_tape(H, P, proj):
@@ -186,7 +193,7 @@ def _lstm_scratch(H, P, proj):
     return (4 * H, H, H) if proj else (4 * H, H)
 
 
-LSTM = CellKind("lstm", 4, (0, 1, 3), True, _lstm_forward, _lstm_backward, _lstm_tape, _lstm_grads, _lstm_scratch)
+LSTM = CellKind("lstm", 4, (-1, -1, -2, -1), True, _lstm_forward, _lstm_backward, _lstm_tape, _lstm_grads, _lstm_scratch)
 
 
 # ----------------------------------------------------------------------------- GRU
@@ -194,15 +201,13 @@ def _gru_forward(gx, state, w, tape, train):
     (h,) = state
     gates, gh = tape
     H = h.shape[1]
-    np.matmul(h, w.hhT, out=gh)  # (n, 3H)
+    np.dot(h, w.hhT, out=gh)  # (n, 3H); r, z rows negated
     ghn = gh[:, 2 * H :]
     if w.b_hn is not None:
         ghn += w.b_hn
     rz = gates[:, : 2 * H]
     np.add(gx[:, : 2 * H], gh[:, : 2 * H], out=rz)
-    np.tanh(rz, out=rz)
-    rz *= 0.5  # sigmoid for r and z
-    rz += 0.5
+    _sigmoid_of_scaled(rz, w.one)
     r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
     np.multiply(r, ghn, out=n)
     n += gx[:, 2 * H :]
@@ -223,21 +228,21 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     ghn = gh[:, 2 * H :]
     np.subtract(h_prev, n, out=dz)  # dL/dz = dh * (h - n), through sigmoid: z(1 - z)
     dz *= dh
-    np.subtract(1, z, out=tmp)
+    np.subtract(w.one, z, out=tmp)
     tmp *= z
     dz *= tmp
     np.multiply(n, n, out=dn)  # dL/dn = dh * (1 - z), through tanh: 1 - n^2
-    np.subtract(1, dn, out=dn)
-    np.subtract(1, z, out=tmp)
+    np.subtract(w.one, dn, out=dn)
+    np.subtract(w.one, z, out=tmp)
     dn *= tmp
     dn *= dh
     np.multiply(dn, ghn, out=dr)  # dL/dr = dn * (W_hn h + b_hn), through sigmoid: r(1 - r)
-    np.subtract(1, r, out=tmp)
+    np.subtract(w.one, r, out=tmp)
     tmp *= r
     dr *= tmp
     np.copyto(dgh[:, : 2 * H], dgx[:, : 2 * H])
     np.multiply(dn, r, out=dgh[:, 2 * H :])  # the hidden part of n sits inside r *
-    np.matmul(dgh, w.hh, out=dh_hh)  # (n, H)
+    np.dot(dgh, w.hh, out=dh_hh)  # (n, H)
     dh *= z
     dh += dh_hh  # to h_prev: direct path z * dh plus the gates
 
@@ -254,6 +259,6 @@ def _gru_scratch(H, P, proj):
     return (H, H)
 
 
-GRU = CellKind("gru", 3, (0, 1), False, _gru_forward, _gru_backward, _gru_tape, _gru_grads, _gru_scratch, separate_dgh=True)
+GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward, _gru_tape, _gru_grads, _gru_scratch, separate_dgh=True)
 
 KINDS = {k.name: k for k in (RNN_TANH, RNN_RELU, LSTM, GRU)}

@@ -41,8 +41,8 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr):
     """Arrange one layer-direction's parameters for the loop.
 
     Returns ``(w_ih_s, b_gx, step_weights)``: the input weights and the bias for the
-    projection of all steps (sigmoid rows scaled by 0.5, see :mod:`.cells`), and the
-    weights the per-step kernels use.
+    projection of all steps (rows scaled by :func:`.cells.gate_scale`), and the weights
+    the per-step kernels use.
     """
     G = kind.num_gates
     H = w_hh.shape[0] // G
@@ -57,21 +57,19 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr):
         b_gx, b_hn = b_ih + b_hh, None
     if scale is None:
         w_ih_s, hhT = w_ih, w_hh.T.copy()
-        act_scale = act_shift = None
     else:
         w_ih_s = w_ih * scale[:, None]
         hhT = (w_hh * scale[:, None]).T.copy()  # (H_out, G*H)
         b_gx = None if b_gx is None else b_gx * scale
-        act_scale = scale
-        act_shift = np.where(scale == 0.5, 0.5, 0.0).astype(w_hh.dtype)
+    dt = w_hh.dtype.type
     step = StepWeights(
         hhT=hhT,
         hh=np.ascontiguousarray(w_hh),
         b_hn=b_hn,
         hrT=None if w_hr is None else w_hr.T.copy(),
         hr=None if w_hr is None else np.ascontiguousarray(w_hr),
-        act_scale=act_scale,
-        act_shift=act_shift,
+        one=dt(1),
+        two=dt(2),
     )
     return w_ih_s, b_gx, step
 
@@ -81,15 +79,19 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tr
     ``state`` running arrays, overwritten; ``tape`` per-step records (T, .) with h_prev
     first when training, else per-row scratch (N, .)."""
     forward = kind.forward
-    for lo, hi, n in steps:
-        st = tuple(s[:n] for s in state)
-        if train:
-            tp = tuple(a[lo:hi] for a in tape)
-            np.copyto(tp[0], st[0])
-            forward(gx[lo:hi], st, w, tp[1:], True)
-        else:
-            forward(gx[lo:hi], st, w, tuple(a[:n] for a in tape), False)
-        np.copyto(out[lo:hi], st[0])
+    views = {}  # state rows per active batch size, made once
+    with np.errstate(over="ignore"):  # exp overflowing to inf is how a gate saturates to 0
+        for lo, hi, n in steps:
+            st = views.get(n)
+            if st is None:
+                st = views[n] = tuple(s[:n] for s in state)
+            if train:
+                tp = tuple(a[lo:hi] for a in tape)
+                np.copyto(tp[0], st[0])
+                forward(gx[lo:hi], st, w, tp[1:], True)
+            else:
+                forward(gx[lo:hi], st, w, tuple(a[:n] for a in tape), False)
+            np.copyto(out[lo:hi], st[0])
 
 
 def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, grads, scratch):
