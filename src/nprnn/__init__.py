@@ -1,8 +1,22 @@
 """nprnn: PyTorch's recurrent layers written from first principles on NumPy."""
+from . import utils
 from .cells import GRUCell, LSTMCell, RNNCell
 from .module import Module
+from .packing import (
+    PackedSequence,
+    pack_padded_sequence,
+    pack_sequence,
+    pad_packed_sequence,
+    pad_sequence,
+    unpack_sequence,
+    unpad_sequence,
+)
 from .recurrent import GRU, LSTM, RNN, RNNBase
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module", "__version__"]
+__all__ = [
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module",
+    "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
+    "pack_sequence", "unpack_sequence", "utils", "__version__",
+]

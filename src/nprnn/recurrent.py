@@ -13,6 +13,7 @@ import numpy as np
 from ._checks import as_array, check_bool, check_dropout, check_int, check_nonlinearity
 from .functional import KINDS, direction_backward, direction_forward
 from .module import Module, resolve_dtype, resolve_rng
+from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
@@ -22,6 +23,28 @@ class _Record:
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+
+class _Layout:
+    """How the caller's batch maps onto the packed rows the scan runs on.
+
+    kind: "padded" (every sequence runs all L steps), "lengths" (padded input with
+    lengths=; ``rows`` gathers the packed rows from the flattened (L*N) batch) or "packed".
+    ``sorted_indices`` orders the batch by decreasing length (None: already sorted).
+    """
+
+    def __init__(self, kind, batched, seq_shape, rows, sorted_indices, batch_sizes_array=None, unsorted_indices=None):
+        self.kind = kind
+        self.batched = batched
+        self.seq_shape = seq_shape
+        self.rows = rows
+        self.sorted_indices = sorted_indices
+        self.batch_sizes_array = batch_sizes_array
+        self.unsorted_indices = unsorted_indices
+        if sorted_indices is not None and unsorted_indices is None:
+            self.unsorted_indices = invert_permutation(sorted_indices)
+        self.output_shape = None
+        self.state_shapes = None
 
 
 class RNNBase(Module):
@@ -169,8 +192,17 @@ class RNNBase(Module):
             raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.ndim}-D tensor")
         return (hx,)
 
-    def forward(self, input, hx=None):
-        """Run the layer.  See the class docstring for shapes."""
+    def forward(self, input, hx=None, lengths=None):
+        """Run the layer.  See the class docstring for shapes.
+
+        ``input`` is a padded array or a :class:`~nprnn.utils.rnn.PackedSequence` (then the
+        output is packed too).  ``lengths`` (padded input only) gives each sequence's length:
+        the result equals packing, running and unpacking, without the caller packing.
+        """
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError(f"{self._label}: lengths= is for padded input; a PackedSequence carries its own lengths")
+            return self._forward_packed(input, hx)
         input = self._check_input(input)
         batched = input.ndim == 3
         hx = self._check_hx(hx, batched)
@@ -186,6 +218,58 @@ class RNNBase(Module):
         L, N = x.shape[0], x.shape[1]
         if L == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        states = self._initial_states(hx, N, batched)
+        x_flat = np.ascontiguousarray(x).reshape(L * N, self.input_size)
+        if lengths is None:
+            layout = _Layout("padded", batched=batched, seq_shape=(L, N), rows=None, sorted_indices=None)
+            batch_sizes = [N] * L
+        else:
+            lengths = _check_lengths(lengths, N, L, enforce_sorted=False)
+            rows, batch_sizes, sorted_indices = packing_plan(lengths, enforce_sorted=False)
+            layout = _Layout("lengths", batched=batched, seq_shape=(L, N), rows=rows, sorted_indices=sorted_indices)
+            x_flat = x_flat[rows]
+        out, finals = self._run_layout(x_flat, batch_sizes, states, layout)
+        if layout.rows is not None:  # back to the padded layout, zeros past each end
+            full = np.zeros((L * N, out.shape[1]), self.dtype)
+            full[layout.rows] = out
+            out = full
+        output = out.reshape(L, N, out.shape[1])
+        if self.batch_first:
+            output = np.ascontiguousarray(output.transpose(1, 0, 2))
+        if not batched:
+            output = output[0] if self.batch_first else output[:, 0]
+            finals = [f[:, 0] for f in finals]
+        return self._finish(output, finals, layout)
+
+    def _forward_packed(self, packed, hx):
+        data = packed.data
+        if not hasattr(data, "ndim"):
+            data = as_array(data, "input", self.dtype, self._label)
+        if data.ndim != 2:
+            raise RuntimeError(f"input must have 2 dimensions, got {data.ndim}")
+        hx = self._check_hx(hx, True)
+        x = as_array(data, "input", self.dtype, self._label)
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
+            )
+        batch_sizes = [int(b) for b in packed.batch_sizes]
+        if not batch_sizes or sum(batch_sizes) != x.shape[0] or any(
+                b1 < b2 for b1, b2 in zip(batch_sizes, batch_sizes[1:])) or batch_sizes[-1] <= 0:
+            raise ValueError(
+                f"{self._label}: batch_sizes {batch_sizes} do not describe a packed batch of {x.shape[0]} rows "
+                "(they must be positive, non-increasing and sum to len(data)); make PackedSequences with pack_padded_sequence"
+            )
+        N = batch_sizes[0]
+        states = self._initial_states(hx, N, True)
+        layout = _Layout("packed", batched=True, seq_shape=None, rows=None, sorted_indices=packed.sorted_indices,
+                         batch_sizes_array=packed.batch_sizes, unsorted_indices=packed.unsorted_indices)
+        out, finals = self._run_layout(np.ascontiguousarray(x), batch_sizes, states, layout)
+        output = PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        return self._finish(output, finals, layout)
+
+    def _initial_states(self, hx, N, batched):
+        """(D*layers, N, .) arrays in the caller's batch order, zeros when hx is None."""
         rows = self.num_layers * self.num_directions
         states = []
         for k, width in enumerate(self._state_widths()):
@@ -200,20 +284,23 @@ class RNNBase(Module):
                 exp = expected if batched else (rows, width)
                 raise RuntimeError(f"Expected {what} {exp}, got {list(h.shape)}")
             states.append(h3)
-        x_flat = np.ascontiguousarray(x).reshape(L * N, self.input_size)
-        out, finals, record = self._run(x_flat, [N] * L, states)
-        output = out.reshape(L, N, out.shape[1])
-        if self.batch_first:
-            output = np.ascontiguousarray(output.transpose(1, 0, 2))
-        if not batched:
-            output = output[0] if self.batch_first else output[:, 0]
-            finals = [f[:, 0] for f in finals]
+        return states
+
+    def _run_layout(self, x_flat, batch_sizes, states, layout):
+        """Run on packed rows, states permuted into and out of the sorted batch order."""
+        if layout.sorted_indices is not None:
+            states = [s[:, layout.sorted_indices] for s in states]
+        out, finals, record = self._run(x_flat, batch_sizes, states)
+        if layout.sorted_indices is not None:
+            finals = [f[:, layout.unsorted_indices] for f in finals]
         if record is not None:
-            record.batched = batched
-            record.seq_shape = (L, N)
-            record.output_shape = output.shape
-            record.state_shapes = tuple(f.shape for f in finals)
+            record.layout = layout
         self._record = record
+        return out, finals
+
+    def _finish(self, output, finals, layout):
+        layout.output_shape = output.data.shape if isinstance(output, PackedSequence) else output.shape
+        layout.state_shapes = tuple(f.shape for f in finals)
         if self.kind.has_cell:
             return output, (finals[0], finals[1])
         return output, finals[0]
@@ -257,10 +344,12 @@ class RNNBase(Module):
     def backward(self, grad_output, grad_hn=None):
         """Backpropagation through time for the last training-mode forward.
 
-        ``grad_output`` has the shape of ``output``; ``grad_hn`` is the gradient of ``h_n``
-        (RNN, GRU) or ``(grad_h_n, grad_c_n)`` (LSTM), any part None meaning zeros.
-        Adds the parameter gradients into ``self.grads`` and returns
-        ``(grad_input, grad_hx)`` with ``grad_hx`` shaped like ``hx`` (a pair for LSTM).
+        ``grad_output`` has the shape of ``output`` (for packed output: a PackedSequence or
+        an array shaped like its ``data``); ``grad_hn`` is the gradient of ``h_n`` (RNN, GRU)
+        or ``(grad_h_n, grad_c_n)`` (LSTM), any part None meaning zeros.  Adds the parameter
+        gradients into ``self.grads`` and returns ``(grad_input, grad_hx)``: ``grad_input``
+        in the input's layout (packed for packed input, zeros past each end with
+        ``lengths=``), ``grad_hx`` shaped like ``hx`` (a pair for LSTM).
         """
         rec = self._record
         if rec is None:
@@ -269,30 +358,53 @@ class RNNBase(Module):
                 "(call .train() before forward; each forward can be backpropagated once)"
             )
         label = self._label
+        layout = rec.layout
+        if isinstance(grad_output, PackedSequence):
+            if layout.kind != "packed":
+                raise TypeError(f"{label}: grad_output is a PackedSequence but the forward input was not packed")
+            grad_output = grad_output.data
         g_out = as_array(grad_output, "grad_output", self.dtype, label)
-        if g_out.shape != rec.output_shape:
-            raise ValueError(f"{label}: grad_output has shape {g_out.shape}, expected {rec.output_shape} (the output's)")
-        parts = self._split_state_grads(grad_hn, rec)
-        L, N = rec.seq_shape
-        if not rec.batched:
+        if g_out.shape != layout.output_shape:
+            what = "the output's data" if layout.kind == "packed" else "the output's"
+            raise ValueError(f"{label}: grad_output has shape {g_out.shape}, expected {layout.output_shape} ({what})")
+        parts = self._split_state_grads(grad_hn, layout)
+        if not layout.batched:
             g_out = g_out[None] if self.batch_first else g_out[:, None]
             parts = [p[:, None] for p in parts]
-        if self.batch_first:
-            g_out = g_out.transpose(1, 0, 2)
-        dout = np.ascontiguousarray(g_out).reshape(L * N, g_out.shape[-1])
+        if layout.sorted_indices is not None:
+            parts = [p[:, layout.sorted_indices] for p in parts]
+        if layout.kind == "packed":
+            dout = np.ascontiguousarray(g_out)
+        else:
+            L, N = layout.seq_shape
+            if self.batch_first:
+                g_out = g_out.transpose(1, 0, 2)
+            dout = np.ascontiguousarray(g_out).reshape(L * N, g_out.shape[-1])
+            if layout.rows is not None:
+                dout = dout[layout.rows]  # gradients at padding never enter
         dx, grad_states = self._run_backward(dout, parts, rec)
         self._record = None
-        grad_input = dx.reshape(L, N, self.input_size)
-        if self.batch_first:
-            grad_input = np.ascontiguousarray(grad_input.transpose(1, 0, 2))
-        if not rec.batched:
-            grad_input = grad_input[0] if self.batch_first else grad_input[:, 0]
+        if layout.sorted_indices is not None:
+            grad_states = [g[:, layout.unsorted_indices] for g in grad_states]
+        if layout.kind == "packed":
+            grad_input = PackedSequence(dx, layout.batch_sizes_array, layout.sorted_indices, layout.unsorted_indices)
+        else:
+            if layout.rows is not None:
+                full = np.zeros((L * N, self.input_size), self.dtype)
+                full[layout.rows] = dx
+                dx = full
+            grad_input = dx.reshape(L, N, self.input_size)
+            if self.batch_first:
+                grad_input = np.ascontiguousarray(grad_input.transpose(1, 0, 2))
+            if not layout.batched:
+                grad_input = grad_input[0] if self.batch_first else grad_input[:, 0]
+        if not layout.batched:
             grad_states = [g[:, 0] for g in grad_states]
         if self.kind.has_cell:
             return grad_input, (grad_states[0], grad_states[1])
         return grad_input, grad_states[0]
 
-    def _split_state_grads(self, grad_hn, rec):
+    def _split_state_grads(self, grad_hn, layout):
         names = ("grad_h_n", "grad_c_n") if self.kind.has_cell else ("grad_h_n",)
         if self.kind.has_cell:
             if grad_hn is None:
@@ -302,7 +414,7 @@ class RNNBase(Module):
         else:
             grad_hn = (grad_hn,)
         parts = []
-        for g, name, shape in zip(grad_hn, names, rec.state_shapes):
+        for g, name, shape in zip(grad_hn, names, layout.state_shapes):
             if g is None:
                 parts.append(np.zeros(shape, self.dtype))
                 continue
