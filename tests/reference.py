@@ -46,6 +46,30 @@ def random_config(rng: np.random.Generator) -> dict:
     return cfg
 
 
+def random_packed_config(rng: np.random.Generator) -> dict:
+    """A random variable-length configuration: packed input or padded input with lengths=."""
+    cfg = random_config(rng)
+    while cfg["kind"] not in LAYERS:
+        cfg = random_config(rng)
+    N = int(rng.integers(1, 6))
+    L = int(rng.integers(1, 7))
+    shape = rng.choice(["random", "equal", "one_short", "batch1"], p=[0.6, 0.15, 0.15, 0.1])
+    if shape == "batch1":
+        N = 1
+    lengths = rng.integers(1, L + 1, size=N)
+    if shape == "equal":
+        lengths[:] = L
+    elif shape == "one_short":
+        lengths[rng.integers(N)] = 1
+    lengths[rng.integers(N)] = L  # the padded length is the longest
+    enforce_sorted = bool(rng.random() < 0.3)
+    if enforce_sorted:
+        lengths = np.sort(lengths)[::-1]
+    cfg.update(batch=N, seq_len=L, lengths=[int(v) for v in lengths], enforce_sorted=enforce_sorted,
+               mode=str(rng.choice(["packed", "lengths"])))
+    return cfg
+
+
 def module_kwargs(cfg: dict) -> dict:
     kw = {"bias": cfg["bias"]}
     for key in ("num_layers", "batch_first", "bidirectional", "nonlinearity"):
@@ -129,12 +153,21 @@ def run_nprnn(cfg: dict, case: dict) -> dict:
             gx, gh = mod.backward(g["g_h"])
             gstates = [gh]
     else:
-        out, hn = mod(case["x"], hx)
-        states = list(hn) if isinstance(hn, tuple) else [hn]
-        res["out"] = out
         g = case
         gstate = (g["g_h"], g["g_c"]) if cfg["kind"] == "LSTM" else g["g_h"]
-        gx, ghx = mod.backward(g["g_out"], gstate)
+        if cfg.get("mode") == "packed":
+            bf, L = cfg["batch_first"], cfg["seq_len"]
+            packed = nprnn.pack_padded_sequence(case["x"], cfg["lengths"], bf, cfg["enforce_sorted"])
+            out_p, hn = mod(packed, hx)
+            out, _ = nprnn.pad_packed_sequence(out_p, bf, total_length=L)
+            g_out = nprnn.pack_padded_sequence(g["g_out"], cfg["lengths"], bf, cfg["enforce_sorted"]).data
+            gx_p, ghx = mod.backward(g_out, gstate)
+            gx, _ = nprnn.pad_packed_sequence(gx_p, bf, total_length=L)
+        else:
+            out, hn = mod(case["x"], hx, lengths=cfg.get("lengths"))
+            gx, ghx = mod.backward(g["g_out"], gstate)
+        states = list(hn) if isinstance(hn, tuple) else [hn]
+        res["out"] = out
         gstates = list(ghx) if isinstance(ghx, tuple) else [ghx]
     for name, s in zip(("h_n", "c_n"), states):
         res[name] = s
@@ -175,7 +208,13 @@ def run_torch(cfg: dict, case: dict) -> dict:
         g = case
         loss = 0
     else:
-        out, hn = mod(x, hx)
+        if "lengths" in cfg:
+            bf = cfg["batch_first"]
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, cfg["lengths"], bf, cfg["enforce_sorted"])
+            out_p, hn = mod(packed, hx)
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_p, bf, total_length=cfg["seq_len"])
+        else:
+            out, hn = mod(x, hx)
         states = list(hn) if isinstance(hn, tuple) else [hn]
         res["out"] = out.detach().numpy()
         g = case

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from reference import compare, make_inputs, random_config, run_nprnn, run_torch
+from reference import compare, make_inputs, random_config, random_packed_config, run_nprnn, run_torch
 
 pytestmark = pytest.mark.torch
 
@@ -27,3 +27,22 @@ def test_configs_cover_every_option():
     assert any(c["batch"] is None for c in CONFIGS)
     assert {c["dtype"] for c in CONFIGS} == {"float32", "float64"}
     assert {c.get("nonlinearity") for c in CONFIGS} >= {"tanh", "relu"}
+
+
+PACKED = [random_packed_config(np.random.default_rng(5000 + i)) for i in range(240)]
+
+
+@pytest.mark.parametrize("cfg", PACKED, ids=[f"{i}-{c['kind']}-{c['mode']}" for i, c in enumerate(PACKED)])
+def test_random_packed_config_matches_torch(cfg):
+    case = make_inputs(cfg)
+    compare(cfg, run_nprnn(cfg, case), run_torch(cfg, case))
+
+
+def test_packed_configs_cover_every_option():
+    assert {c["kind"] for c in PACKED} == {"RNN", "LSTM", "GRU"}
+    for key in ("batch_first", "bidirectional", "enforce_sorted", "give_hx"):
+        assert {c[key] for c in PACKED} == {True, False}, key
+    assert {c["mode"] for c in PACKED} == {"packed", "lengths"}
+    assert any(c["batch"] == 1 for c in PACKED)
+    assert any(len(set(c["lengths"])) == 1 and c["batch"] > 1 for c in PACKED)
+    assert any(1 in c["lengths"] and c["seq_len"] > 1 for c in PACKED)

@@ -39,6 +39,15 @@ def grid():
         for kind, extra in (("RNNCell", {"nonlinearity": "tanh"}), ("RNNCell", {"nonlinearity": "relu"}), ("LSTMCell", {}), ("GRUCell", {})):
             for v in ({}, {"bias": False}, {"give_hx": False}, {"batch": None}):
                 out.append(dict(base, kind=kind, dtype=dtype, **extra, **v))
+    # variable-length batches: packed input and lengths=, sorted and not, both directions
+    packed = dict(layer, batch=4, seq_len=5, lengths=[2, 5, 1, 5], enforce_sorted=False)
+    for dtype in ("float64", "float32"):
+        for kind in ("RNN", "LSTM", "GRU"):
+            for mode in ("packed", "lengths"):
+                for v in ({}, {"bidirectional": True, "num_layers": 2, "batch_first": True},
+                          {"lengths": [5, 3, 3, 1], "enforce_sorted": True, "give_hx": False},
+                          {"batch": 1, "lengths": [5]}):
+                    out.append(dict(packed, kind=kind, dtype=dtype, mode=mode, **v))
     for i, cfg in enumerate(out):
         cfg["seed"] = 7000 + i
     return out

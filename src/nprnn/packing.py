@@ -187,7 +187,7 @@ def pad_sequence(sequences, batch_first: bool = False, padding_value: float = 0.
     if not seqs:
         raise RuntimeError("received an empty list of sequences")
     if padding_side not in ("left", "right"):
-        raise ValueError(f"Expected padding_side to be one of left or right, but got {padding_side}.")
+        raise RuntimeError(f"Expected padding_side to be one of left or right, but got {padding_side}.")
     trailing = seqs[0].shape[1:]
     for i, s in enumerate(seqs):
         if s.ndim == 0:
