@@ -1,6 +1,9 @@
 """Pure NumPy kernels: per-step cells and the time loop.  No classes with state, no validation."""
 from .cells import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH, CellKind, StepWeights
-from .scan import DirectionRecord, direction_backward, direction_forward, prepare_weights, scan_backward, scan_forward, step_slices
+from .scan import (
+    DirectionRecord, alloc_blocks, block_views, direction_backward, direction_forward, prepare_weights, scan_backward,
+    scan_forward, step_slices,
+)
 
 __all__ = [
     "CellKind", "StepWeights", "KINDS", "RNN_TANH", "RNN_RELU", "LSTM", "GRU",

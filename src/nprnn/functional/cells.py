@@ -17,7 +17,14 @@ the mechanics:
   the gradient for the previous state.
 * ``tape`` holds what backward needs (the scan stores ``h_prev`` in front of it);
   ``grads`` receives the per-step gradients that the scan turns into weight gradients
-  with a few large matrix products after the loop.
+  with a few large matrix products after the loop; ``work`` and ``scratch`` are rows of
+  workspace.  Each kind declares their shapes as blocks ``(k, width)``: ``k = 1`` is an
+  ``(n, width)`` array, ``k > 1`` a gate-major ``(k, n, width)`` array.
+* Gate activations live gate-major, ``(G, n, H)``, so every gate is one contiguous
+  array and the elementwise work runs at full speed.  Matrix products want rows,
+  ``(n, G*H)``; :func:`gate_major` views those as ``(G, n, H)``, and the one ufunc
+  that adds ``gx`` and ``h @ W_hh.T`` (or, in backward, writes the gate gradients) moves
+  the data between the two layouts as a side effect.
 """
 from __future__ import annotations
 
@@ -49,7 +56,12 @@ class StepWeights:
 
 @dataclass(frozen=True)
 class CellKind:
-    """The constants and the step kernels of one cell kind."""
+    """The constants and the step kernels of one cell kind.
+
+    The ``*_blocks`` functions map ``(H, H_out, proj)`` to the blocks ``(k, width)`` of the
+    forward tape (``h_prev`` excluded), the forward workspace, the per-step gradient
+    records and the backward scratch.
+    """
 
     name: str
     num_gates: int
@@ -57,9 +69,10 @@ class CellKind:
     has_cell: bool
     forward: Callable
     backward: Callable
-    tape_widths: Callable  # (H, H_out, proj) -> widths of the forward tape, h_prev excluded
-    grad_widths: Callable  # (H, H_out, proj) -> widths of the per-step gradient records
-    scratch_widths: Callable  # (H, H_out, proj) -> widths of backward scratch rows
+    tape_blocks: Callable
+    work_blocks: Callable
+    grad_blocks: Callable
+    scratch_blocks: Callable
     separate_dgh: bool = False  # the gradient w.r.t. h @ W_hh.T differs from that w.r.t. gx
 
 
@@ -71,6 +84,12 @@ def gate_scale(kind: CellKind, hidden_size: int, dtype) -> Optional[np.ndarray]:
     return np.repeat(np.asarray(kind.gate_scales, dtype=dtype), hidden_size)
 
 
+def gate_major(a, num_gates):
+    """View rows ``(n, G*H)`` as ``(G, n, H)`` (no copy)."""
+    n = a.shape[0]
+    return a.reshape(n, num_gates, a.shape[1] // num_gates).transpose(1, 0, 2)
+
+
 def _sigmoid_of_scaled(a, one):
     """In place: ``a = -z`` (as scaled by gate_scale) becomes sigmoid(z)."""
     np.exp(a, out=a)
@@ -80,7 +99,7 @@ def _sigmoid_of_scaled(a, one):
 
 # ----------------------------------------------------------------------------- RNN
 def _rnn_forward(nonlinearity):
-    def forward(gx, state, w, tape, train):
+    def forward(gx, state, w, tape, work, train):
         (h,) = state
         (act,) = tape
         np.dot(h, w.hhT, out=act)  # (n, H)
@@ -111,27 +130,29 @@ def _rnn_backward(nonlinearity):
     return backward
 
 
-def _one(H, P, proj):
-    return (H,)
+def _rows(H, P, proj):
+    return ((1, H),)
 
 
-def _none(H, P, proj):
+def _nothing(H, P, proj):
     return ()
 
 
-RNN_TANH = CellKind("rnn_tanh", 1, (), False, _rnn_forward("tanh"), _rnn_backward("tanh"), _one, _one, _none)
-RNN_RELU = CellKind("rnn_relu", 1, (), False, _rnn_forward("relu"), _rnn_backward("relu"), _one, _one, _none)
+RNN_TANH = CellKind("rnn_tanh", 1, (), False, _rnn_forward("tanh"), _rnn_backward("tanh"),
+                    _rows, _nothing, _rows, _nothing)
+RNN_RELU = CellKind("rnn_relu", 1, (), False, _rnn_forward("relu"), _rnn_backward("relu"),
+                    _rows, _nothing, _rows, _nothing)
 
 
 # ---------------------------------------------------------------------------- LSTM
-def _lstm_forward(gx, state, w, tape, train):
+def _lstm_forward(gx, state, w, tape, work, train):
     h, c = state
-    gates, c_prev, tc = tape[0], tape[1], tape[2]
-    H = c.shape[1]
-    np.dot(h, w.hhT, out=gates)  # (n, 4H)
-    gates += gx
+    gates, c_prev, tc = tape[0], tape[1], tape[2]  # gates (4, n, H)
+    (gh,) = work
+    np.dot(h, w.hhT, out=gh)  # (n, 4H)
+    np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)
     _sigmoid_of_scaled(gates, w.one)  # i, f, o; sigmoid(2 z_g) for g
-    i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    i, f, g, o = gates
     g *= w.two
     g -= w.one  # g = tanh(z_g)
     if train:
@@ -151,16 +172,14 @@ def _lstm_forward(gx, state, w, tape, train):
 def _lstm_backward(dstate, w, tape, grads, scratch):
     dh, dc = dstate
     _h_prev, gates, c_prev, tc = tape[0], tape[1], tape[2], tape[3]
-    dgates = grads[0]
-    deriv, tmp = scratch[0], scratch[1]
-    H = dc.shape[1]
-    i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-    di, df, dg, do = (dgates[:, :H], dgates[:, H : 2 * H], dgates[:, 2 * H : 3 * H], dgates[:, 3 * H :])
+    dgates, deriv, tmp = scratch[0], scratch[1], scratch[2]  # (4, n, H), (4, n, H), (n, H)
+    i, f, g, o = gates
+    di, df, dg, do = dgates
     if w.hr is None:
         dm = dh
     else:  # through the projection
         np.copyto(grads[1], dh)
-        dm = scratch[2]
+        dm = scratch[3]
         np.dot(dh, w.hr, out=dm)  # (n, H)
     np.multiply(dm, tc, out=do)
     np.multiply(tc, tc, out=tmp)  # through tanh(c'): 1 - tanh(c')^2
@@ -174,43 +193,50 @@ def _lstm_backward(dstate, w, tape, grads, scratch):
     dc *= f  # to c_prev
     np.subtract(w.one, gates, out=deriv)  # through the gates: s(1 - s), and 1 - g^2 for g
     deriv *= gates
-    dg_deriv = deriv[:, 2 * H : 3 * H]
-    np.multiply(g, g, out=dg_deriv)
-    np.subtract(w.one, dg_deriv, out=dg_deriv)
-    dgates *= deriv
-    np.dot(dgates, w.hh, out=dh)  # to h_prev
+    np.multiply(g, g, out=deriv[2])
+    np.subtract(w.one, deriv[2], out=deriv[2])
+    dG = grads[0]  # (n, 4H) rows for the weight products
+    np.multiply(dgates, deriv, out=gate_major(dG, 4))
+    np.dot(dG, w.hh, out=dh)  # to h_prev
 
 
 def _lstm_tape(H, P, proj):
-    return (4 * H, H, H, H) if proj else (4 * H, H, H)
+    return ((4, H), (1, H), (1, H), (1, H)) if proj else ((4, H), (1, H), (1, H))
+
+
+def _lstm_work(H, P, proj):
+    return ((1, 4 * H),)
 
 
 def _lstm_grads(H, P, proj):
-    return (4 * H, P) if proj else (4 * H,)
+    return ((1, 4 * H), (1, P)) if proj else ((1, 4 * H),)
 
 
 def _lstm_scratch(H, P, proj):
-    return (4 * H, H, H) if proj else (4 * H, H)
+    return ((4, H), (4, H), (1, H), (1, H)) if proj else ((4, H), (4, H), (1, H))
 
 
-LSTM = CellKind("lstm", 4, (-1, -1, -2, -1), True, _lstm_forward, _lstm_backward, _lstm_tape, _lstm_grads, _lstm_scratch)
+LSTM = CellKind("lstm", 4, (-1, -1, -2, -1), True, _lstm_forward, _lstm_backward,
+                _lstm_tape, _lstm_work, _lstm_grads, _lstm_scratch)
 
 
 # ----------------------------------------------------------------------------- GRU
-def _gru_forward(gx, state, w, tape, train):
+def _gru_forward(gx, state, w, tape, work, train):
     (h,) = state
-    gates, gh = tape
-    H = h.shape[1]
+    gates, ghn = tape  # (3, n, H), (n, H)
+    (gh,) = work
     np.dot(h, w.hhT, out=gh)  # (n, 3H); r, z rows negated
-    ghn = gh[:, 2 * H :]
-    if w.b_hn is not None:
-        ghn += w.b_hn
-    rz = gates[:, : 2 * H]
-    np.add(gx[:, : 2 * H], gh[:, : 2 * H], out=rz)
+    ghv, gxv = gate_major(gh, 3), gate_major(gx, 3)
+    rz = gates[:2]
+    np.add(gxv[:2], ghv[:2], out=rz)
     _sigmoid_of_scaled(rz, w.one)
-    r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
+    if w.b_hn is None:
+        np.copyto(ghn, ghv[2])
+    else:
+        np.add(ghv[2], w.b_hn, out=ghn)  # W_hn h + b_hn
+    r, z, n = gates
     np.multiply(r, ghn, out=n)
-    n += gx[:, 2 * H :]
+    n += gxv[2]
     np.tanh(n, out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     h -= n
     h *= z
@@ -219,13 +245,11 @@ def _gru_forward(gx, state, w, tape, train):
 
 def _gru_backward(dstate, w, tape, grads, scratch):
     (dh,) = dstate
-    h_prev, gates, gh = tape
-    dgx, dgh = grads
-    tmp, dh_hh = scratch
-    H = dh.shape[1]
-    r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
-    dr, dz, dn = dgx[:, :H], dgx[:, H : 2 * H], dgx[:, 2 * H :]
-    ghn = gh[:, 2 * H :]
+    h_prev, gates, ghn = tape
+    dgx, dgh = grads  # (n, 3H) rows each
+    dgates, tmp, dh_hh = scratch
+    r, z, n = gates
+    dr, dz, dn = dgates
     np.subtract(h_prev, n, out=dz)  # dL/dz = dh * (h - n), through sigmoid: z(1 - z)
     dz *= dh
     np.subtract(w.one, z, out=tmp)
@@ -240,25 +264,32 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     np.subtract(w.one, r, out=tmp)
     tmp *= r
     dr *= tmp
-    np.copyto(dgh[:, : 2 * H], dgx[:, : 2 * H])
-    np.multiply(dn, r, out=dgh[:, 2 * H :])  # the hidden part of n sits inside r *
-    np.dot(dgh, w.hh, out=dh_hh)  # (n, H)
+    np.copyto(gate_major(dgx, 3), dgates)
+    dghv = gate_major(dgh, 3)
+    np.copyto(dghv[:2], dgates[:2])
+    np.multiply(dn, r, out=dghv[2])  # the hidden part of n sits inside r *
+    np.dot(dgh, w.hh, out=dh_hh)  # (n, H_out)
     dh *= z
     dh += dh_hh  # to h_prev: direct path z * dh plus the gates
 
 
 def _gru_tape(H, P, proj):
-    return (3 * H, 3 * H)
+    return ((3, H), (1, H))
+
+
+def _gru_work(H, P, proj):
+    return ((1, 3 * H),)
 
 
 def _gru_grads(H, P, proj):
-    return (3 * H, 3 * H)
+    return ((1, 3 * H), (1, 3 * H))
 
 
 def _gru_scratch(H, P, proj):
-    return (H, H)
+    return ((3, H), (1, H), (1, P))
 
 
-GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward, _gru_tape, _gru_grads, _gru_scratch, separate_dgh=True)
+GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward,
+               _gru_tape, _gru_work, _gru_grads, _gru_scratch, separate_dgh=True)
 
 KINDS = {k.name: k for k in (RNN_TANH, RNN_RELU, LSTM, GRU)}

@@ -74,41 +74,56 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr):
     return w_ih_s, b_gx, step
 
 
-def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, train: bool):
+def alloc_blocks(blocks, rows: int, dtype) -> tuple:
+    """Arrays for ``rows`` rows of each block ``(k, width)`` (see :class:`.cells.CellKind`)."""
+    return tuple(np.empty((rows, w) if k == 1 else (rows * k * w,), dtype) for k, w in blocks)
+
+
+def block_views(arrays, blocks, lo: int, hi: int) -> tuple:
+    """Rows ``lo:hi`` of each array: ``(n, width)`` or gate-major ``(k, n, width)``."""
+    return tuple(
+        a[lo:hi] if k == 1 else a[k * w * lo : k * w * hi].reshape(k, hi - lo, w) for a, (k, w) in zip(arrays, blocks)
+    )
+
+
+def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks, train: bool):
     """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view;
-    ``state`` running arrays, overwritten; ``tape`` per-step records (T, .) with h_prev
-    first when training, else per-row scratch (N, .)."""
+    ``state`` running arrays, overwritten; ``tape`` per-step records (T rows, h_prev
+    first) when training, else per-row workspace (N rows) like ``work``."""
     forward = kind.forward
-    views = {}  # state rows per active batch size, made once
+    per_n = {}  # views that depend only on the active batch size, made once per size
     with np.errstate(over="ignore"):  # exp overflowing to inf is how a gate saturates to 0
         for lo, hi, n in steps:
-            st = views.get(n)
-            if st is None:
-                st = views[n] = tuple(s[:n] for s in state)
+            cached = per_n.get(n)
+            if cached is None:
+                st = tuple(s[:n] for s in state)
+                wk = block_views(work, work_blocks, 0, n)
+                tp = None if train else block_views(tape, tape_blocks, 0, n)
+                cached = per_n[n] = (st, wk, tp)
+            st, wk, tp = cached
             if train:
-                tp = tuple(a[lo:hi] for a in tape)
+                tp = block_views(tape, tape_blocks, lo, hi)
                 np.copyto(tp[0], st[0])
-                forward(gx[lo:hi], st, w, tp[1:], True)
+                forward(gx[lo:hi], st, w, tp[1:], wk, True)
             else:
-                forward(gx[lo:hi], st, w, tuple(a[:n] for a in tape), False)
+                forward(gx[lo:hi], st, w, tp, wk, False)
             np.copyto(out[lo:hi], st[0])
 
 
-def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, grads, scratch):
+def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tape_blocks, grads, grad_blocks,
+                  scratch, scratch_blocks):
     """Walk the steps backwards.  ``dout`` (T, H_out) the gradient of the outputs;
     ``dstate`` running state gradients, overwritten (they end as the gradient of the
-    initial state); ``grads`` per-step gradient records (T, .), filled."""
+    initial state); ``grads`` per-step gradient records (T rows), filled."""
     backward = kind.backward
+    per_n = {}
     for lo, hi, n in reversed(steps):
-        ds = tuple(d[:n] for d in dstate)
+        cached = per_n.get(n)
+        if cached is None:
+            cached = per_n[n] = (tuple(d[:n] for d in dstate), block_views(scratch, scratch_blocks, 0, n))
+        ds, sc = cached
         np.add(ds[0], dout[lo:hi], out=ds[0])
-        backward(
-            ds,
-            w,
-            tuple(a[lo:hi] for a in tape),
-            tuple(g[lo:hi] for g in grads),
-            tuple(s[:n] for s in scratch),
-        )
+        backward(ds, w, block_views(tape, tape_blocks, lo, hi), block_views(grads, grad_blocks, lo, hi), sc)
 
 
 @dataclass
@@ -121,6 +136,7 @@ class DirectionRecord:
     step: StepWeights
     steps: list
     tape: tuple
+    tape_blocks: tuple
     proj: bool
     has_bias: bool
 
@@ -142,15 +158,17 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train)
     P = w_hh.shape[1]
     proj = w_hr is not None
     steps = step_slices(batch_sizes, reverse)
-    widths = kind.tape_widths(H, P, proj)
+    N = state[0].shape[0]
+    work_blocks = kind.work_blocks(H, P, proj)
+    work = alloc_blocks(work_blocks, N, x.dtype)
     if train:
-        T = x.shape[0]
-        tape = (np.empty((T, P), x.dtype),) + tuple(np.empty((T, k), x.dtype) for k in widths)
+        tape_blocks = ((1, P),) + kind.tape_blocks(H, P, proj)  # h_prev first
+        tape = alloc_blocks(tape_blocks, x.shape[0], x.dtype)
     else:
-        N = state[0].shape[0]
-        tape = tuple(np.empty((N, k), x.dtype) for k in widths)
-    scan_forward(kind, gx, out, state, step, steps, tape, train)
-    record = DirectionRecord(kind, x, w_ih, step, steps, tape, proj, b_ih is not None) if train else None
+        tape_blocks = kind.tape_blocks(H, P, proj)
+        tape = alloc_blocks(tape_blocks, N, x.dtype)
+    scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train)
+    record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
     return state, record
 
 
@@ -169,9 +187,12 @@ def direction_backward(rec: DirectionRecord, dout, dstate):
     H = rec.step.hh.shape[0] // kind.num_gates
     P = rec.step.hh.shape[1]
     N = dstate[0].shape[0]
-    grads = tuple(np.empty((T, k), dtype) for k in kind.grad_widths(H, P, rec.proj))
-    scratch = tuple(np.empty((N, k), dtype) for k in kind.scratch_widths(H, P, rec.proj))
-    scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, grads, scratch)
+    grad_blocks = kind.grad_blocks(H, P, rec.proj)
+    scratch_blocks = kind.scratch_blocks(H, P, rec.proj)
+    grads = alloc_blocks(grad_blocks, T, dtype)
+    scratch = alloc_blocks(scratch_blocks, N, dtype)
+    scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
+                  scratch, scratch_blocks)
     dgx = grads[0]  # (T, G*H) gradient of the pre-activations, input side
     dgh = grads[1] if kind.separate_dgh else dgx  # hidden side
     h_prev = rec.tape[0]

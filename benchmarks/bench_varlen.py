@@ -1,0 +1,97 @@
+"""Variable-length batches: nprnn (lengths= and packed) against PyTorch's packed path.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_varlen.py [--threads 2]
+
+32 sequences with lengths drawn uniformly from 50..100 (seeded), H_in=64, H=128, 2 layers,
+LSTM and GRU, inference and one training step (forward + backward).  Prints medians and
+the ratio PyTorch time / nprnn time (> 1: nprnn is faster).
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_time, threads_report  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kinds", default="LSTM,GRU")
+    ap.add_argument("--min-time", type=float, default=2.0)
+    args = ap.parse_args()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    import torch
+    import torch.nn.utils.rnn as tr
+
+    import nprnn
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; numpy {np.__version__}; "
+          + "; ".join(threads_report()))
+    N, H_in, H, layers = 32, 64, 128, 2
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(50, 101, size=N)
+    L = int(lengths.max())
+    x = rng.standard_normal((L, N, H_in)).astype(np.float32)
+    g = np.ones((L, N, H), np.float32)
+    print(f"N={N} lengths {lengths.min()}..{lengths.max()} (sum {lengths.sum()}), H_in={H_in} H={H} layers={layers}")
+    print(f"{'case':34s} {'torch packed ms':>16s} {'nprnn ms':>10s} {'torch/nprnn':>12s}")
+    for kind in args.kinds.split(","):
+        ours = getattr(nprnn, kind)(H_in, H, num_layers=layers, seed=0)
+        theirs = getattr(torch.nn, kind)(H_in, H, num_layers=layers)
+        theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+        xt = torch.from_numpy(x)
+        lt = torch.from_numpy(lengths)
+        gt = torch.from_numpy(g)
+        packed = nprnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        g_packed = nprnn.pack_padded_sequence(g, lengths, enforce_sorted=False).data
+
+        def torch_infer():
+            with torch.no_grad():
+                out, _ = theirs(tr.pack_padded_sequence(xt, lt, enforce_sorted=False))
+                tr.pad_packed_sequence(out)
+
+        def torch_train():
+            theirs.zero_grad(set_to_none=False)
+            out, _ = theirs(tr.pack_padded_sequence(xt, lt, enforce_sorted=False))
+            padded, _ = tr.pad_packed_sequence(out)
+            padded.backward(gt[: padded.shape[0]])
+
+        def np_lengths_infer():
+            ours.eval()
+            ours(x, lengths=lengths)
+
+        def np_lengths_train():
+            ours.train()
+            ours(x, lengths=lengths)
+            ours.backward(g)
+
+        def np_packed_infer():
+            ours.eval()
+            ours(nprnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+
+        def np_packed_train():
+            ours.train()
+            ours(packed)
+            ours.backward(g_packed)
+
+        t_inf = median_time(torch_infer, args.min_time)
+        t_tr = median_time(torch_train, args.min_time)
+        for name, fn, ref in (("inference, lengths=", np_lengths_infer, t_inf), ("inference, packed", np_packed_infer, t_inf),
+                              ("train step, lengths=", np_lengths_train, t_tr), ("train step, packed", np_packed_train, t_tr)):
+            tn = median_time(fn, args.min_time)
+            print(f"{kind + ' ' + name:34s} {ref * 1e3:16.2f} {tn * 1e3:10.2f} {ref / tn:12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
