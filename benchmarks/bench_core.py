@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_time, threads_report  # noqa: E402
+from common import paired_times, threads_report  # noqa: E402
 
 CASES = [
     # name, N, L, H_in, H, layers
@@ -72,8 +72,7 @@ def main():
                 out.backward(gt)
 
             for mode, a, b in (("inference", torch_infer, np_infer), ("train step", torch_train, np_train)):
-                tt = median_time(a, args.min_time)
-                tn = median_time(b, args.min_time)
+                tt, tn = paired_times(a, b, args.min_time)
                 print(f"{kind + ' ' + name:40s} {mode:10s} {tt * 1e3:10.2f} {tn * 1e3:10.2f} {tt / tn:12.2f}", flush=True)
 
 

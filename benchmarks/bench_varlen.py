@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_time, threads_report  # noqa: E402
+from common import paired_times, threads_report  # noqa: E402
 
 
 def main():
@@ -85,11 +85,11 @@ def main():
             ours(packed)
             ours.backward(g_packed)
 
-        t_inf = median_time(torch_infer, args.min_time)
-        t_tr = median_time(torch_train, args.min_time)
-        for name, fn, ref in (("inference, lengths=", np_lengths_infer, t_inf), ("inference, packed", np_packed_infer, t_inf),
-                              ("train step, lengths=", np_lengths_train, t_tr), ("train step, packed", np_packed_train, t_tr)):
-            tn = median_time(fn, args.min_time)
+        for name, fn, ref_fn in (("inference, lengths=", np_lengths_infer, torch_infer),
+                                 ("inference, packed", np_packed_infer, torch_infer),
+                                 ("train step, lengths=", np_lengths_train, torch_train),
+                                 ("train step, packed", np_packed_train, torch_train)):
+            ref, tn = paired_times(ref_fn, fn, args.min_time)
             print(f"{kind + ' ' + name:34s} {ref * 1e3:16.2f} {tn * 1e3:10.2f} {ref / tn:12.2f}", flush=True)
 
 

@@ -17,6 +17,24 @@ def median_time(fn, min_time=1.0, min_reps=5, max_reps=200, warmup=2):
     return statistics.median(times)
 
 
+def paired_times(fa, fb, min_time=2.0, block=5, min_blocks=3, max_blocks=50):
+    """Medians of ``fa()`` and ``fb()`` timed in alternating blocks of ``block`` calls, so
+    both see the same drift in machine load.  The first call of each block is not counted:
+    the thread pools of the other library (OpenMP, OpenBLAS) may still be spinning then."""
+    ta, tb = [], []
+    start = time.perf_counter()
+    blocks = 0
+    while blocks < max_blocks and (blocks < min_blocks or time.perf_counter() - start < min_time):
+        for f, acc in ((fa, ta), (fb, tb)):
+            f()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                f()
+                acc.append(time.perf_counter() - t0)
+        blocks += 1
+    return statistics.median(ta), statistics.median(tb)
+
+
 def threads_report():
     """Which BLAS NumPy runs and how many threads each library uses."""
     lines = []
