@@ -131,6 +131,15 @@ class Module:
         """Copy values from ``state_dict`` (any array-likes, e.g. NumPy arrays or CPU
         tensors) into the parameters.  Every problem is reported at once and, on error,
         no parameter is changed."""
+        converted, result = self.check_state_dict(state_dict, strict)
+        self.apply_state_dict(converted)
+        return result
+
+    def check_state_dict(self, state_dict: Mapping, strict: bool = True, check_dtype: bool = False):
+        """Validate ``state_dict`` against the parameters without changing anything.
+        Returns ``(arrays to apply, IncompatibleKeys)``; raises RuntimeError listing every
+        problem (missing and unexpected keys when strict; shapes, non-numeric values and,
+        with ``check_dtype``, dtypes always)."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
         own = OrderedDict(self.named_parameters())
@@ -155,6 +164,9 @@ class Module:
                     f"the shape in current model is {tuple(param.shape)}."
                 )
                 continue
+            if check_dtype and value.dtype != param.dtype:
+                problems.append(f"dtype mismatch for {key}: the file has {value.dtype}, the model has {param.dtype}.")
+                continue
             converted[key] = value
         errors = []
         if strict:
@@ -167,9 +179,13 @@ class Module:
             raise RuntimeError(
                 f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors)
             )
+        return converted, IncompatibleKeys(missing, unexpected)
+
+    def apply_state_dict(self, converted: Mapping) -> None:
+        """Copy already validated arrays (from :meth:`check_state_dict`) into the parameters."""
+        own = dict(self.named_parameters())
         for key, value in converted.items():
             np.copyto(own[key], value, casting="unsafe")
-        return IncompatibleKeys(missing, unexpected)
 
     # -- calling ---------------------------------------------------------------
     def __call__(self, *args, **kwargs):

@@ -1,0 +1,221 @@
+"""Layers that recurrent models are built with: Linear, Embedding, Dropout, LayerNorm.
+
+Same contract as the recurrent layers: ``forward`` in training mode keeps what
+``backward(grad_output)`` needs; ``backward`` adds parameter gradients into ``grads`` and
+returns the gradient of the input (None for Embedding, whose input is integers).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ._checks import as_array, check_int
+from .module import Module, resolve_dtype, resolve_rng
+
+
+def _need_record(module, record):
+    if record is None:
+        raise RuntimeError(
+            f"{type(module).__name__}.backward() needs a forward pass in training mode first "
+            "(call .train() before forward; each forward can be backpropagated once)"
+        )
+
+
+def _check_grad(module, grad, shape):
+    g = as_array(grad, "grad_output", module.dtype, type(module).__name__)
+    if g.shape != shape:
+        raise ValueError(f"{type(module).__name__}: grad_output has shape {g.shape}, expected {shape} (the output's)")
+    return g
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``; weight (out_features, in_features), bias (out_features,),
+    both drawn from U(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=np.float32, seed=None):
+        super().__init__()
+        self.in_features = check_int("in_features", in_features)
+        self.out_features = check_int("out_features", out_features)
+        self.dtype = resolve_dtype(dtype)
+        rng = resolve_rng(seed)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.register_parameter("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype))
+        if bias:
+            self.register_parameter("bias", rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype))
+        self._record = None
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={'bias' in self._parameters}"
+
+    def forward(self, input):
+        x = as_array(input, "input", self.dtype, "Linear")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise RuntimeError(
+                f"Linear: input.size(-1) must be equal to in_features. Expected {self.in_features}, "
+                f"got {x.shape[-1] if x.ndim else 'a 0-d array'}"
+            )
+        y = x @ self.weight.T  # (..., out)
+        if "bias" in self._parameters:
+            y += self.bias
+        self._record = (x, y.shape) if self.training else None
+        return y
+
+    def backward(self, grad_output):
+        _need_record(self, self._record)
+        x, shape = self._record
+        g = _check_grad(self, grad_output, shape)
+        self._record = None
+        g2 = g.reshape(-1, self.out_features)
+        self._grads["weight"] += g2.T @ x.reshape(-1, self.in_features)
+        if "bias" in self._parameters:
+            self._grads["bias"] += g2.sum(axis=0)
+        return g @ self.weight
+
+
+class Embedding(Module):
+    """Lookup table: ``weight[input]``; weight (num_embeddings, embedding_dim) drawn from
+    N(0, 1), the ``padding_idx`` row zero and never updated by backward."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx=None, *, dtype=np.float32, seed=None):
+        super().__init__()
+        self.num_embeddings = check_int("num_embeddings", num_embeddings)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim)
+        if padding_idx is not None:
+            if not isinstance(padding_idx, (int, np.integer)) or isinstance(padding_idx, bool):
+                raise TypeError(f"padding_idx should be an int or None, got: {type(padding_idx).__name__}")
+            if not -self.num_embeddings <= padding_idx < self.num_embeddings:
+                raise AssertionError("Padding_idx must be within num_embeddings")
+            padding_idx = int(padding_idx) % self.num_embeddings
+        self.padding_idx = padding_idx
+        self.dtype = resolve_dtype(dtype)
+        weight = resolve_rng(seed).standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self.register_parameter("weight", weight)
+        self._record = None
+
+    def extra_repr(self):
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+
+    def forward(self, input):
+        idx = np.asarray(input)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"Embedding: input must be an array of integer indices, got dtype {idx.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
+            bad = idx.min() if idx.min() < 0 else idx.max()
+            raise IndexError(f"Embedding: index {bad} is out of range for {self.num_embeddings} embeddings")
+        self._record = idx if self.training else None
+        return self.weight[idx]  # (..., embedding_dim), a copy
+
+    def backward(self, grad_output):
+        _need_record(self, self._record)
+        idx = self._record
+        g = _check_grad(self, grad_output, idx.shape + (self.embedding_dim,))
+        self._record = None
+        flat_idx = idx.reshape(-1)
+        flat_g = g.reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = flat_idx != self.padding_idx
+            flat_idx, flat_g = flat_idx[keep], flat_g[keep]
+        np.add.at(self._grads["weight"], flat_idx, flat_g)
+        return None
+
+
+class Dropout(Module):
+    """Zeroes each element with probability ``p`` in training mode and scales the rest by
+    ``1 / (1 - p)``; the identity in eval mode.  Masks come from ``seed``."""
+
+    def __init__(self, p: float = 0.5, *, dtype=np.float32, seed=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = float(p)
+        self.dtype = resolve_dtype(dtype)
+        self._rng = resolve_rng(seed)
+        self._record = None
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def forward(self, input):
+        x = as_array(input, "input", self.dtype, "Dropout")
+        if not self.training or self.p == 0:
+            self._record = ("identity", x.shape) if self.training else None
+            return x.copy()
+        if self.p == 1:
+            mask = np.zeros(x.shape, self.dtype)
+        else:
+            mask = (self._rng.random(x.shape) >= self.p).astype(self.dtype) * self.dtype.type(1 / (1 - self.p))
+        self._record = (mask, x.shape)
+        return x * mask
+
+    def backward(self, grad_output):
+        _need_record(self, self._record)
+        mask, shape = self._record
+        g = _check_grad(self, grad_output, shape)
+        self._record = None
+        return g.copy() if isinstance(mask, str) else g * mask
+
+
+class LayerNorm(Module):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last
+    ``len(normalized_shape)`` dimensions (biased variance, as PyTorch)."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 *, dtype=np.float32):
+        super().__init__()
+        if isinstance(normalized_shape, (int, np.integer)):
+            normalized_shape = (int(normalized_shape),)
+        self.normalized_shape = tuple(int(s) for s in normalized_shape)
+        if not self.normalized_shape or min(self.normalized_shape) <= 0:
+            raise ValueError(f"LayerNorm: normalized_shape must be positive sizes, got {self.normalized_shape}")
+        self.eps = float(eps)
+        self.dtype = resolve_dtype(dtype)
+        self.elementwise_affine = bool(elementwise_affine)
+        if self.elementwise_affine:
+            self.register_parameter("weight", np.ones(self.normalized_shape, self.dtype))
+            if bias:
+                self.register_parameter("bias", np.zeros(self.normalized_shape, self.dtype))
+        self._record = None
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+    def forward(self, input):
+        x = as_array(input, "input", self.dtype, "LayerNorm")
+        k = len(self.normalized_shape)
+        if x.shape[x.ndim - k:] != self.normalized_shape or x.ndim < k:
+            raise RuntimeError(
+                f"Given normalized_shape={list(self.normalized_shape)}, expected input with shape "
+                f"[*, {', '.join(map(str, self.normalized_shape))}], but got input of size{list(x.shape)}"
+            )
+        axes = tuple(range(x.ndim - k, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        xc = x - mean
+        var = (xc * xc).mean(axis=axes, keepdims=True)
+        rstd = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
+        xhat = xc * rstd
+        y = xhat
+        if self.elementwise_affine:
+            y = xhat * self.weight
+            if "bias" in self._parameters:
+                y += self.bias
+        self._record = (xhat, rstd, axes) if self.training else None
+        return y
+
+    def backward(self, grad_output):
+        _need_record(self, self._record)
+        xhat, rstd, axes = self._record
+        g = _check_grad(self, grad_output, xhat.shape)
+        self._record = None
+        lead = tuple(range(xhat.ndim - len(axes)))
+        if self.elementwise_affine:
+            self._grads["weight"] += (g * xhat).sum(axis=lead)
+            if "bias" in self._parameters:
+                self._grads["bias"] += g.sum(axis=lead)
+            g = g * self.weight  # through the affine
+        # through the normalisation: rstd * (g - mean(g) - xhat * mean(g * xhat))
+        return rstd * (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True))

@@ -1,0 +1,210 @@
+"""Optimizers that match ``torch.optim`` step for step, and gradient clipping.
+
+An optimizer is built on a module (or a list of ``(parameter, gradient)`` array pairs)
+and updates the parameter arrays in place from the gradient arrays that backward fills::
+
+    opt = Adam(model, lr=1e-3)
+    ...; model.backward(...); clip_grad_norm_(model, 1.0); opt.step(); opt.zero_grad()
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .module import Module
+
+
+def _pairs(params):
+    """(names, params, grads) from a module or from (param, grad) pairs."""
+    if isinstance(params, Module):
+        grads = params.grads
+        named = list(params.named_parameters())
+        return [n for n, _ in named], [p for _, p in named], [grads[n] for n, _ in named]
+    pairs = list(params)
+    if not pairs:
+        raise ValueError("optimizer got an empty parameter list")
+    for k, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(a, np.ndarray) for a in pair)
+                and pair[0].shape == pair[1].shape):
+            raise TypeError(f"optimizer params must be a Module or (parameter, gradient) array pairs of equal shape; item {k} is not")
+    return [str(k) for k in range(len(pairs))], [p for p, _ in pairs], [g for _, g in pairs]
+
+
+def _check_nonneg(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"Invalid {name}: {value}")
+    return float(value)
+
+
+class Optimizer:
+    """Base: holds the parameters, their gradients, hyper-parameters and per-parameter state."""
+
+    _state_keys: tuple = ()
+
+    def __init__(self, params, defaults: dict):
+        self.names, self.params, self.grads = _pairs(params)
+        self.defaults = dict(defaults)
+        self.state = [dict() for _ in self.params]  # per parameter: step count and buffers
+
+    def zero_grad(self) -> None:
+        for g in self.grads:
+            g.fill(0)
+
+    def step(self) -> None:
+        for k, (p, g) in enumerate(zip(self.params, self.grads)):
+            self._update(p, g, self.state[k])
+
+    def _update(self, p, g, state):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """``{'state': {index: {...}}, 'param_groups': [{hyper-parameters, 'params': [...]}]}``,
+        the layout of ``torch.optim.Optimizer.state_dict()`` (arrays copied)."""
+        state = {k: {key: (v.copy() if isinstance(v, np.ndarray) else v) for key, v in s.items()}
+                 for k, s in enumerate(self.state) if s}
+        group = dict(self.defaults, params=list(range(len(self.params))))
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore from :meth:`state_dict` (or a PyTorch optimizer's, converted to arrays).
+        Everything is checked before anything changes."""
+        self.apply_state_dict(self.check_state_dict(state_dict))
+
+    def check_state_dict(self, state_dict: dict):
+        """Validate without changing anything; returns what :meth:`apply_state_dict` takes."""
+        try:
+            groups = state_dict["param_groups"]
+            state = state_dict["state"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError("optimizer state_dict must have 'state' and 'param_groups'") from exc
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+            )
+        new_state = [dict() for _ in self.params]
+        for key, s in state.items():
+            k = int(key)
+            if not 0 <= k < len(self.params):
+                raise ValueError(f"optimizer state for parameter {key} but there are {len(self.params)} parameters")
+            for name, v in s.items():
+                if name == "step":
+                    new_state[k][name] = float(np.asarray(v))
+                    continue
+                arr = np.asarray(v)
+                if arr.shape != self.params[k].shape:
+                    raise ValueError(
+                        f"optimizer state '{name}' of parameter {k} has shape {arr.shape}, expected {self.params[k].shape}"
+                    )
+                new_state[k][name] = np.array(arr, dtype=self.params[k].dtype, copy=True)
+        defaults = {}
+        for key, v in self.defaults.items():
+            got = groups[0].get(key, v)
+            defaults[key] = tuple(float(b) for b in got) if isinstance(v, tuple) else type(v)(got)
+        return defaults, new_state
+
+    def apply_state_dict(self, checked) -> None:
+        self.defaults, self.state = checked
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """``torch.optim.SGD``: with weight decay ``g += wd * p``; with momentum
+    ``b = momentum * b + (1 - dampening) * g`` (``b = g`` at the first step), then
+    ``g = g + momentum * b`` (nesterov) or ``g = b``; finally ``p -= lr * g``."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        lr, momentum = _check_nonneg("learning rate", lr), _check_nonneg("momentum value", momentum)
+        weight_decay = _check_nonneg("weight_decay value", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=float(dampening),
+                                      weight_decay=weight_decay, nesterov=bool(nesterov)))
+
+    def _update(self, p, g, state):
+        d = self.defaults
+        if d["weight_decay"]:
+            g = g + d["weight_decay"] * p
+        if d["momentum"]:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(g, copy=True)
+            else:
+                buf *= d["momentum"]
+                buf += (1 - d["dampening"]) * g
+            g = g + d["momentum"] * buf if d["nesterov"] else buf
+        p -= d["lr"] * g
+
+
+class Adam(Optimizer):
+    """``torch.optim.Adam`` (without amsgrad): ``m = b1 m + (1 - b1) g``,
+    ``v = b2 v + (1 - b2) g^2``, ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``;
+    weight decay adds ``wd * p`` to ``g`` (L2)."""
+
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        lr, eps = _check_nonneg("learning rate", lr), _check_nonneg("epsilon value", eps)
+        b1, b2 = (float(b) for b in betas)
+        for i, b in enumerate((b1, b2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        weight_decay = _check_nonneg("weight_decay value", weight_decay)
+        super().__init__(params, dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay))
+
+    def _update(self, p, g, state):
+        d = self.defaults
+        lr, (b1, b2), eps, wd = d["lr"], d["betas"], d["eps"], d["weight_decay"]
+        if not state:
+            state["step"] = 0.0
+            state["exp_avg"] = np.zeros_like(p)
+            state["exp_avg_sq"] = np.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        if wd:
+            if self._decoupled:
+                p *= 1 - lr * wd
+            else:
+                g = g + wd * p
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m += (g - m) * (1 - b1)  # the lerp PyTorch uses
+        v *= b2
+        v += (1 - b2) * g * g
+        step_size = lr / (1 - b1 ** t)
+        denom = np.sqrt(v) / math.sqrt(1 - b2 ** t) + eps
+        p -= step_size * (m / denom)
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam with decoupled weight decay ``p *= 1 - lr * wd``."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0) -> float:
+    """Scale the gradients in place so that their joint norm is at most ``max_norm``;
+    returns the norm before clipping (PyTorch's ``clip_grad_norm_``)."""
+    if isinstance(params, Module):
+        grads = list(params.grads.values())
+    elif isinstance(params, Optimizer):
+        grads = params.grads
+    else:
+        grads = [g for g in params]
+    norm_type = float(norm_type)
+    if not grads:
+        return 0.0
+    if math.isinf(norm_type):
+        total = max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
+    else:
+        total = float(sum(float((np.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type))
+    coef = min(max_norm / (total + 1e-6), 1.0)
+    if coef < 1.0:
+        for g in grads:
+            g *= g.dtype.type(coef)
+    return total

@@ -1,0 +1,229 @@
+"""Weights and checkpoints on disk: safetensors (default) or ``.npz``, never pickle.
+
+* :func:`save` / :func:`load_into`: a module's parameters under PyTorch's names, so a
+  safetensors file moves between nprnn and ``torch.nn`` by name.
+* :func:`save_checkpoint` / :func:`load_checkpoint`: model, optimizer state, step and
+  random-generator states in one safetensors file (JSON metadata in its header).
+
+Files are written atomically (a temporary file in the same folder, flushed, then renamed
+over the target), so a crash mid-write leaves the previous file intact.  Loading checks
+everything first — format, keys, shapes, dtypes, optimizer state — and changes nothing
+unless all of it is right.  safetensors is an optional dependency (``pip install
+'nprnn[train]'``); ``.npz`` needs only NumPy.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .module import Module
+
+CHECKPOINT_FORMAT = "nprnn.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy as st
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("safetensors is needed for .safetensors files: pip install 'nprnn[train]' "
+                          "(or use a .npz path)") from exc
+    return st
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _format_of(path, fmt):
+    if fmt is None:
+        fmt = "npz" if os.fspath(path).endswith(".npz") else "safetensors"
+    if fmt not in ("safetensors", "npz"):
+        raise ValueError(f"format must be 'safetensors' or 'npz', got {fmt!r}")
+    return fmt
+
+
+def _encode(tensors: dict, metadata: dict, fmt: str) -> bytes:
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    if fmt == "safetensors":
+        return _safetensors().save(tensors, metadata=metadata or None)
+    buf = io.BytesIO()
+    extra = {"__metadata__": np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)} if metadata else {}
+    np.savez(buf, **tensors, **extra)
+    return buf.getvalue()
+
+
+def _decode(path, fmt: str):
+    """``(tensors, metadata)`` from a file; any problem becomes a ValueError naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        if fmt == "safetensors":
+            _safetensors()
+            from safetensors import safe_open
+
+            with safe_open(path, framework="np") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                tensors = {k: z[k] for k in z.files}
+            meta = tensors.pop("__metadata__", None)
+            metadata = json.loads(meta.tobytes().decode()) if meta is not None else {}
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable {fmt} file (truncated or corrupted?): {exc}") from exc
+    except Exception as exc:  # safetensors raises its own error type
+        if type(exc).__name__ == "SafetensorError":
+            raise ValueError(f"{path} is not a readable {fmt} file (truncated or corrupted?): {exc}") from exc
+        raise
+    return tensors, metadata
+
+
+def save(module: Module, path, format=None) -> None:
+    """Write ``module``'s parameters (PyTorch names, dtypes kept) to ``path`` atomically.
+    ``format`` is 'safetensors' (default) or 'npz' (default for a ``.npz`` path)."""
+    fmt = _format_of(path, format)
+    atomic_write(path, _encode(dict(module.state_dict()), {"format": "nprnn.weights"}, fmt))
+
+
+def load_into(module: Module, path, strict: bool = True, format=None):
+    """Load parameters saved by :func:`save` (or ``safetensors.torch.save_file`` of a PyTorch
+    state dict) into ``module``.  Missing or unexpected keys (when strict), shape and dtype
+    mismatches are all reported at once; on error the module is unchanged."""
+    fmt = _format_of(path, format)
+    tensors, _ = _decode(path, fmt)
+    converted, result = module.check_state_dict(tensors, strict=strict, check_dtype=True)
+    module.apply_state_dict(converted)
+    return result
+
+
+def _generators(model: Module, rngs: dict | None) -> dict:
+    """Every generator whose state a resumed run needs: the modules' own (dropout masks)
+    and the caller's named ones."""
+    gens = {}
+    for name, mod in model.named_modules():
+        rng = mod.__dict__.get("_rng")
+        if isinstance(rng, np.random.Generator):
+            gens[f"module:{name}"] = rng
+    for name, rng in (rngs or {}).items():
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rngs['{name}'] must be a numpy.random.Generator, got {type(rng).__name__}")
+        gens[f"user:{name}"] = rng
+    return gens
+
+
+def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, rngs: dict | None = None,
+                    extra: dict | None = None, arrays: dict | None = None) -> None:
+    """Write model, optimizer, step, generator states, JSON-able ``extra`` and named
+    ``arrays`` (e.g. a recurrent state carried between batches) to one safetensors file,
+    atomically."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"array/{k}": np.asarray(v) for k, v in (arrays or {}).items()})
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step),
+            "model_class": type(model).__name__, "extra": extra or {}}
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars = {}
+        for k, s in sd["state"].items():
+            for key, v in s.items():
+                if isinstance(v, np.ndarray):
+                    tensors[f"optim/{k}/{key}"] = v
+                else:
+                    scalars.setdefault(str(k), {})[key] = v
+        group = {key: (list(v) if isinstance(v, tuple) else v) for key, v in sd["param_groups"][0].items()}
+        meta["optimizer"] = {"class": type(optimizer).__name__, "param_group": group, "scalars": scalars}
+    meta["rng"] = {name: g.bit_generator.state for name, g in _generators(model, rngs).items()}
+    atomic_write(path, _encode(tensors, {"nprnn": json.dumps(meta)}, "safetensors"))
+
+
+def _checkpoint_header(path, metadata) -> dict:
+    try:
+        meta = json.loads(metadata["nprnn"])
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise KeyError("format")
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is a safetensors file but not an nprnn checkpoint (no '{CHECKPOINT_FORMAT}' header)") from exc
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {meta.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+    return meta
+
+
+def checkpoint_metadata(path) -> dict:
+    """The JSON header of a checkpoint (step, model class, extra, optimizer settings)."""
+    _safetensors()
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="np") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:
+        if type(exc).__name__ == "SafetensorError" or isinstance(exc, (OSError, ValueError)):
+            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {exc}") from exc
+        raise
+    return _checkpoint_header(path, metadata)
+
+
+def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = None) -> dict:
+    """Restore what :func:`save_checkpoint` wrote.  Returns ``{'step', 'extra', 'arrays',
+    'model_class'}``.
+    Checks the file, the model's keys, shapes and dtypes, and the optimizer state before
+    changing anything; on any error nothing is changed."""
+    tensors, metadata = _decode(path, "safetensors")
+    meta = _checkpoint_header(path, metadata)
+    model_sd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    converted, _ = model.check_state_dict(model_sd, strict=True, check_dtype=True)
+    checked_opt = None
+    if optimizer is not None:
+        info = meta.get("optimizer")
+        if info is None:
+            raise ValueError(f"{path} holds no optimizer state, but an optimizer was given to restore")
+        if info["class"] != type(optimizer).__name__:
+            raise ValueError(f"{path} holds {info['class']} state, not {type(optimizer).__name__}")
+        state = {}
+        for key, v in tensors.items():
+            if key.startswith("optim/"):
+                _, k, name = key.split("/", 2)
+                state.setdefault(int(k), {})[name] = v
+        for k, scal in info.get("scalars", {}).items():
+            state.setdefault(int(k), {}).update(scal)
+        checked_opt = optimizer.check_state_dict({"state": state, "param_groups": [info["param_group"]]})
+    gens = _generators(model, rngs)
+    saved = meta.get("rng", {})
+    missing = sorted(set(gens) - set(saved))
+    if missing:
+        raise ValueError(f"{path} has no saved state for generator(s) {missing}")
+    for name, g in gens.items():  # check each state is acceptable before setting any
+        probe = np.random.Generator(type(g.bit_generator)())
+        try:
+            probe.bit_generator.state = saved[name]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: the saved state of generator {name} does not fit it: {exc}") from exc
+    # all checked: apply
+    model.apply_state_dict(converted)
+    if checked_opt is not None:
+        optimizer.apply_state_dict(checked_opt)
+    for name, g in gens.items():
+        g.bit_generator.state = saved[name]
+    arrays = {k[len("array/"):]: v for k, v in tensors.items() if k.startswith("array/")}
+    return {"step": meta["step"], "extra": meta.get("extra", {}), "arrays": arrays, "model_class": meta.get("model_class")}

@@ -1,0 +1,250 @@
+"""Supporting layers, losses and optimizers against PyTorch, plus their own invariants."""
+import re
+
+import numpy as np
+import pytest
+
+import nprnn
+from nprnn.layers import Dropout, Embedding, LayerNorm, Linear
+from nprnn.losses import cross_entropy, mse_loss
+from nprnn.optim import SGD, Adam, AdamW, clip_grad_norm_
+
+TOL = {np.float64: dict(rtol=1e-7, atol=1e-10), np.float32: dict(rtol=1.3e-6, atol=1e-5)}
+
+
+def torch_mod():
+    import torch
+
+    return torch
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_layernorm_embedding_match_torch(dtype):
+    torch = torch_mod()
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    rng = np.random.default_rng(0)
+    for ours, theirs, x in (
+        (Linear(5, 3, dtype=dtype, seed=0), torch.nn.Linear(5, 3, dtype=tdt), rng.standard_normal((4, 2, 5)).astype(dtype)),
+        (Linear(5, 3, bias=False, dtype=dtype, seed=0), torch.nn.Linear(5, 3, bias=False, dtype=tdt), rng.standard_normal((4, 5)).astype(dtype)),
+        (LayerNorm(6, dtype=dtype), torch.nn.LayerNorm(6, dtype=tdt), rng.standard_normal((3, 6)).astype(dtype) * 3 + 1),
+        (LayerNorm((2, 3), eps=1e-3, dtype=dtype), torch.nn.LayerNorm((2, 3), eps=1e-3, dtype=tdt), rng.standard_normal((4, 2, 3)).astype(dtype)),
+    ):
+        sd = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in ours.state_dict().items()}
+        ours.load_state_dict(sd)
+        theirs.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+        xt = torch.from_numpy(x).requires_grad_(True)
+        y, yt = ours(x), theirs(xt)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        (yt * torch.from_numpy(g)).sum().backward()
+        gx = ours.backward(g)
+        np.testing.assert_allclose(y, yt.detach().numpy(), **TOL[dtype])
+        np.testing.assert_allclose(gx, xt.grad.numpy(), **TOL[dtype])
+        for n, p in theirs.named_parameters():
+            np.testing.assert_allclose(ours.grads[n], p.grad.numpy(), **TOL[dtype], err_msg=n)
+        assert y.dtype == dtype and gx.dtype == dtype
+
+    emb = Embedding(7, 3, padding_idx=2, dtype=dtype, seed=0)
+    temb = torch.nn.Embedding(7, 3, padding_idx=2, dtype=tdt)
+    temb.load_state_dict({"weight": torch.from_numpy(emb.weight.copy())})
+    idx = rng.integers(0, 7, size=(5, 4))
+    y, yt = emb(idx), temb(torch.from_numpy(idx))
+    g = rng.standard_normal(y.shape).astype(dtype)
+    (yt * torch.from_numpy(g)).sum().backward()
+    assert emb.backward(g) is None
+    np.testing.assert_allclose(y, yt.detach().numpy(), **TOL[dtype])
+    np.testing.assert_allclose(emb.grads["weight"], temb.weight.grad.numpy(), **TOL[dtype])
+    assert (emb.grads["weight"][2] == 0).all() and (emb.weight[2] == 0).all()
+
+
+def test_dropout_layer():
+    d = Dropout(0.3, dtype=np.float64, seed=0)
+    x = np.ones((200, 50))
+    y = d(x)
+    kept = y != 0
+    assert 0.6 < kept.mean() < 0.8
+    np.testing.assert_allclose(y[kept], 1 / 0.7)
+    g = np.random.default_rng(0).standard_normal(x.shape)
+    np.testing.assert_allclose(d.backward(g), g * y)  # the same mask, scaled the same way
+    d.eval()
+    np.testing.assert_array_equal(d(x), x)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kw", [
+    {}, {"reduction": "sum"}, {"reduction": "none"}, {"ignore_index": 1}, {"label_smoothing": 0.2},
+    {"weight": True}, {"weight": True, "label_smoothing": 0.1, "ignore_index": 0},
+    {"weight": True, "reduction": "none", "label_smoothing": 0.3}, {"reduction": "sum", "label_smoothing": 0.5, "ignore_index": 2},
+])
+@pytest.mark.parametrize("shape", [(6, 4), (4,), (3, 4, 5)])
+def test_cross_entropy_matches_torch(kw, shape):
+    torch = torch_mod()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape) * 3
+    C = shape[0] if len(shape) == 1 else shape[1]
+    tshape = () if len(shape) == 1 else (shape[0],) + shape[2:]
+    t = rng.integers(0, C, size=tshape)
+    kw = dict(kw)
+    if kw.pop("weight", False):
+        kw["weight"] = rng.random(C) + 0.5
+    tkw = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    xt = torch.from_numpy(x).requires_grad_(True)
+    lt = torch.nn.functional.cross_entropy(xt, torch.from_numpy(np.asarray(t)), **tkw)
+    loss = cross_entropy(x, t, **kw)
+    g = rng.standard_normal(lt.shape) if lt.ndim else None
+    (lt * (torch.from_numpy(g) if g is not None else 1)).sum().backward()
+    np.testing.assert_allclose(np.asarray(loss.value), lt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(loss.backward(g), xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_matches_torch(reduction):
+    torch = torch_mod()
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    lt = torch.nn.functional.mse_loss(xt, torch.from_numpy(y), reduction=reduction)
+    loss = mse_loss(x, y, reduction=reduction)
+    g = rng.standard_normal(lt.shape) if lt.ndim else None
+    (lt * (torch.from_numpy(g) if g is not None else 1)).sum().backward()
+    np.testing.assert_allclose(np.asarray(loss.value), lt.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(loss.backward(g), xt.grad.numpy(), rtol=1e-12)
+
+
+def test_cross_entropy_gradient_finite_differences():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4))
+    t = np.array([0, 3, -100, 1, 2])
+    w = rng.random(4) + 0.5
+    grad = cross_entropy(x, t, weight=w, label_smoothing=0.15).backward()
+    num = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += 1e-6
+        xm[i] -= 1e-6
+        num[i] = (float(cross_entropy(xp, t, weight=w, label_smoothing=0.15))
+                  - float(cross_entropy(xm, t, weight=w, label_smoothing=0.15))) / 2e-6
+    np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-9)
+    assert (grad[2] == 0).all()  # the ignored row
+
+
+OPTIMS = [
+    (SGD, dict(lr=0.1)), (SGD, dict(lr=0.1, momentum=0.9)), (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (SGD, dict(lr=0.05, momentum=0.5, dampening=0.3)), (Adam, dict(lr=1e-2)), (Adam, dict(lr=1e-2, betas=(0.8, 0.9), weight_decay=0.1)),
+    (AdamW, dict(lr=1e-2)), (AdamW, dict(lr=3e-3, weight_decay=0.5, eps=1e-6)),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cls,kw", OPTIMS, ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(OPTIMS)])
+def test_optimizers_match_torch(cls, kw):
+    torch = torch_mod()
+    rng = np.random.default_rng(4)
+    model = nprnn.GRU(3, 4, dtype=np.float64, seed=0)
+    tparams = [torch.from_numpy(p.copy()).requires_grad_(True) for p in model.parameters()]
+    topt = getattr(torch.optim, cls.__name__)(tparams, **kw)
+    opt = cls(model, **kw)
+    for _ in range(7):
+        grads = [rng.standard_normal(p.shape) for p in tparams]
+        for tp, g, ours in zip(tparams, grads, model.grads.values()):
+            tp.grad = torch.from_numpy(g.copy())
+            ours[...] = g
+        topt.step()
+        opt.step()
+    for tp, p in zip(tparams, model.parameters()):
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+    tstate = topt.state_dict()["state"]
+    for k, s in opt.state_dict()["state"].items():
+        for name, v in s.items():
+            want = tstate[k][name]
+            np.testing.assert_allclose(np.asarray(v), np.asarray(want), rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_optimizer_state_dict_round_trip_and_errors():
+    model = nprnn.LSTM(3, 4, dtype=np.float64, seed=0)
+    opt = Adam(model, lr=0.01)
+    for g in model.grads.values():
+        g[...] = 1.0
+    opt.step()
+    sd = opt.state_dict()
+    opt2 = Adam(nprnn.LSTM(3, 4, dtype=np.float64, seed=1), lr=0.5)
+    opt2.load_state_dict(sd)
+    assert opt2.defaults["lr"] == 0.01
+    np.testing.assert_array_equal(opt2.state[0]["exp_avg"], opt.state[0]["exp_avg"])
+    bad = opt.state_dict()
+    bad["state"][0]["exp_avg"] = np.zeros((2, 2))
+    before = opt2.state_dict()
+    with pytest.raises(ValueError, match=re.escape("optimizer state 'exp_avg' of parameter 0 has shape (2, 2), expected (16, 3)")):
+        opt2.load_state_dict(bad)
+    np.testing.assert_array_equal(opt2.state_dict()["state"][0]["exp_avg"], before["state"][0]["exp_avg"])
+    with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
+        Adam(nprnn.GRU(3, 4, bias=False)).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda: SGD(nprnn.RNN(2, 2), lr=-1), "Invalid learning rate: -1"),
+    (lambda: Adam(nprnn.RNN(2, 2), betas=(1.0, 0.9)), "Invalid beta parameter at index 0: 1.0"),
+    (lambda: SGD(nprnn.RNN(2, 2), nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+    (lambda: Adam([]), "optimizer got an empty parameter list"),
+    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 3])), "Target 3 is out of bounds."),
+    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 1]), reduction="avg"), "avg is not a valid value for reduction"),
+    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0.5, 1])), "cross_entropy: target must hold integer class indices"),
+    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 1]), label_smoothing=1.5), "label_smoothing must be between 0.0 and 1.0"),
+    (lambda: mse_loss(np.zeros(2), np.zeros(3)), "mse_loss: input and target must have the same shape"),
+    (lambda: Linear(3, 2)(np.zeros((2, 4), np.float32)), "Linear: input.size(-1) must be equal to in_features. Expected 3, got 4"),
+    (lambda: Embedding(3, 2)(np.array([0, 3])), "Embedding: index 3 is out of range for 3 embeddings"),
+    (lambda: Embedding(3, 2)(np.array([0.0])), "Embedding: input must be an array of integer indices"),
+    (lambda: Embedding(3, 2, padding_idx=3), "Padding_idx must be within num_embeddings"),
+    (lambda: Dropout(1.5), "dropout probability has to be between 0 and 1, but got 1.5"),
+    (lambda: LayerNorm(4)(np.zeros((2, 3), np.float32)), "Given normalized_shape=[4], expected input with shape [*, 4]"),
+    (lambda: Linear(3, 2).backward(np.zeros((1, 2), np.float32)), "Linear.backward() needs a forward pass in training mode first"),
+])
+def test_errors(call, msg):
+    with pytest.raises((ValueError, TypeError, RuntimeError, IndexError, AssertionError), match=re.escape(msg)):
+        call()
+
+
+@pytest.mark.torch
+def test_clip_grad_norm_matches_torch():
+    torch = torch_mod()
+    rng = np.random.default_rng(5)
+    model = nprnn.LSTM(3, 4, num_layers=2, dtype=np.float64, seed=0)
+    grads = [rng.standard_normal(g.shape) * 3 for g in model.grads.values()]
+    for ours, g in zip(model.grads.values(), grads):
+        ours[...] = g
+    tparams = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for tp, g in zip(tparams, grads):
+        tp.grad = torch.from_numpy(g.copy())
+    for max_norm, norm_type in ((1.0, 2.0), (50.0, 2.0), (0.5, float("inf")), (2.0, 1.0)):
+        total = clip_grad_norm_(model, max_norm, norm_type)
+        ttotal = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type)
+        assert total == pytest.approx(float(ttotal), rel=1e-12)
+        for ours, tp in zip(model.grads.values(), tparams):
+            np.testing.assert_allclose(ours, tp.grad.numpy(), rtol=1e-12)
+
+
+class Seq2(nprnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nprnn.GRU(3, 4, seed=0)
+        self.head = Linear(4, 2, seed=1)
+
+
+def test_composition_names_and_recursion():
+    m = Seq2()
+    names = list(m.state_dict())
+    assert names == ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0", "head.weight", "head.bias"]
+    assert list(m.grads) == names
+    m.eval()
+    assert not m.rnn.training and not m.head.training
+    m.train()
+    assert m.rnn.training
+    for g in m.grads.values():
+        g += 1
+    m.zero_grad()
+    assert all((g == 0).all() for g in m.grads.values())
+    sd = {k: v + 1 for k, v in m.state_dict().items()}
+    m.load_state_dict(sd)
+    np.testing.assert_array_equal(m.head.bias, sd["head.bias"])
+    assert "(rnn): GRU(3, 4)" in repr(m)
