@@ -14,7 +14,10 @@ except ImportError:  # the default run needs no PyTorch
 
 # CI sets NPRNN_REQUIRE_TORCH=1: there a live-parity test that skips fails the run.
 REQUIRE_TORCH = os.environ.get("NPRNN_REQUIRE_TORCH") == "1"
+# Minutes-long end-to-end tests run when NPRNN_RUN_SLOW=1 (CI sets it).
+RUN_SLOW = os.environ.get("NPRNN_RUN_SLOW") == "1"
 _skipped_torch = []
+_skipped_slow = []
 
 
 def pytest_configure(config):
@@ -23,19 +26,24 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAVE_TORCH:
-        return
     for item in items:
-        if "torch" in item.keywords:
+        if "torch" in item.keywords and not HAVE_TORCH:
             item.add_marker(pytest.mark.skip(reason="PyTorch is not installed"))
+        if "slow" in item.keywords and not RUN_SLOW:
+            item.add_marker(pytest.mark.skip(reason="slow; set NPRNN_RUN_SLOW=1 to run"))
 
 
 def pytest_runtest_logreport(report):
     if report.skipped and "torch" in report.keywords:
         _skipped_torch.append(report.nodeid)
+    if report.skipped and "slow" in report.keywords:
+        _skipped_slow.append(report.nodeid)
 
 
 def pytest_sessionfinish(session, exitstatus):
     if REQUIRE_TORCH and _skipped_torch:
         print(f"\nNPRNN_REQUIRE_TORCH=1 but {len(_skipped_torch)} live-parity test(s) were skipped", file=sys.stderr)
+        session.exitstatus = 1
+    if RUN_SLOW and _skipped_slow:
+        print(f"\nNPRNN_RUN_SLOW=1 but {len(_skipped_slow)} slow test(s) were skipped", file=sys.stderr)
         session.exitstatus = 1

@@ -190,7 +190,7 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
           hidden_size: int = 256, num_layers: int = 1, embed_dim: int = 32, dropout: float = 0.0,
           lr: float = 3e-3, clip: float = 1.0, eval_every: int = 100, checkpoint: str | None = None,
           ckpt_every: int = 200, resume: bool = False, seed: int = 0, plot: str | None = None,
-          sample_len: int = 200, prompt: str = "The ", progress: bool = True, log=print) -> dict:
+          sample_len: int = 200, prompt: str | None = None, progress: bool = True, log=print) -> dict:
     """Train a :class:`CharLM` and return its history; see ``nprnn train --help``."""
     if resume and not checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
@@ -259,6 +259,8 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
         log(f"final validation loss {history['val_loss'][-1]:.3f} nats/char "
             f"({history['val_loss'][-1] / math.log(2):.3f} bits) vs unigram baseline {baseline:.3f}")
     if sample_len:
+        if prompt is None:  # "The " when the corpus has those letters, else its own opening
+            prompt = "The " if set("The ") <= set(data.vocab.chars) else data.vocab.decode(data.train_ids[:4])
         log("sample: " + repr(sample(model, data.vocab, prompt, sample_len, rng=seed)))
     if plot:
         plot_history(history, baseline, plot)

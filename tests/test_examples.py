@@ -1,0 +1,26 @@
+"""The scripts in examples/ run and learn."""
+import importlib.util
+import os
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_char_lm_example_learns(capsys):
+    load("char_lm").main(steps=30, batch_size=8, seq_len=32)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    first, last = float(lines[0].split()[3]), float(lines[-1].split()[3])
+    assert last < first - 0.5
+
+
+def test_digits_example_held_out_accuracy():
+    pytest.importorskip("sklearn")
+    assert load("digits_lstm").main(epochs=4) > 0.8
