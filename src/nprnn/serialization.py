@@ -55,12 +55,30 @@ def atomic_write(path, data: bytes) -> None:
         raise
 
 
-def _format_of(path, fmt):
+FORMATS = ("safetensors", "npz", "torch")
+
+
+def format_of(path, fmt=None) -> str:
+    """The file format: given, or from the extension (.npz, .pt/.pth, else safetensors)."""
     if fmt is None:
-        fmt = "npz" if os.fspath(path).endswith(".npz") else "safetensors"
-    if fmt not in ("safetensors", "npz"):
-        raise ValueError(f"format must be 'safetensors' or 'npz', got {fmt!r}")
+        p = os.fspath(path).lower()
+        fmt = "npz" if p.endswith(".npz") else "torch" if p.endswith((".pt", ".pth")) else "safetensors"
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return fmt
+
+
+def read_tensors(path, format=None) -> dict:
+    """``{name: array}`` from a safetensors, .npz or PyTorch state-dict file (the latter
+    read without PyTorch, see :mod:`nprnn.torchfile`)."""
+    fmt = format_of(path, format)
+    if fmt == "torch":
+        from .torchfile import load_torch_state_dict
+
+        if not os.path.isfile(os.fspath(path)):
+            raise FileNotFoundError(f"no such file: {path}")
+        return load_torch_state_dict(path)
+    return _decode(path, fmt)[0]
 
 
 def _encode(tensors: dict, metadata: dict, fmt: str) -> bytes:
@@ -103,16 +121,24 @@ def _decode(path, fmt: str):
 def save(module: Module, path, format=None) -> None:
     """Write ``module``'s parameters (PyTorch names, dtypes kept) to ``path`` atomically.
     ``format`` is 'safetensors' (default) or 'npz' (default for a ``.npz`` path)."""
-    fmt = _format_of(path, format)
-    atomic_write(path, _encode(dict(module.state_dict()), {"format": "nprnn.weights"}, fmt))
+    write_tensors(path, dict(module.state_dict()), format)
+
+
+def write_tensors(path, tensors: dict, format=None) -> None:
+    """Write named arrays atomically as safetensors or .npz."""
+    fmt = format_of(path, format)
+    if fmt == "torch":
+        raise ValueError("writing PyTorch .pt files needs PyTorch's pickle format; write .safetensors instead "
+                         "(PyTorch reads it with safetensors.torch.load_file)")
+    atomic_write(path, _encode(tensors, {"format": "nprnn.weights"}, fmt))
 
 
 def load_into(module: Module, path, strict: bool = True, format=None):
-    """Load parameters saved by :func:`save` (or ``safetensors.torch.save_file`` of a PyTorch
-    state dict) into ``module``.  Missing or unexpected keys (when strict), shape and dtype
-    mismatches are all reported at once; on error the module is unchanged."""
-    fmt = _format_of(path, format)
-    tensors, _ = _decode(path, fmt)
+    """Load parameters saved by :func:`save`, by ``safetensors.torch.save_file`` of a
+    PyTorch state dict, or by ``torch.save(model.state_dict(), path)`` (.pt/.pth, read
+    without PyTorch) into ``module``.  Missing or unexpected keys (when strict), shape and
+    dtype mismatches are all reported at once; on error the module is unchanged."""
+    tensors = read_tensors(path, format)
     converted, result = module.check_state_dict(tensors, strict=strict, check_dtype=True)
     module.apply_state_dict(converted)
     return result

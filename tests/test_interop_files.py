@@ -1,0 +1,163 @@
+"""Weights files: PyTorch .pt state dicts read without PyTorch (and malicious pickles refused),
+safetensors exchanged with PyTorch both ways, round trips through every format."""
+import io
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import nprnn
+from nprnn.serialization import load_into, read_tensors, save
+from nprnn.torchfile import load_torch_state_dict
+
+TORCH_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "torch")
+
+
+@pytest.mark.parametrize("name", ["lstm_bidirectional_proj", "gru_float64", "views", "half"])
+def test_reads_torch_files(name):
+    path = os.path.join(TORCH_DIR, f"{name}.pt")
+    if name == "half":
+        with pytest.warns(UserWarning, match="2 half-precision tensor"):
+            got = load_torch_state_dict(path)
+    else:
+        got = load_torch_state_dict(path)
+    with np.load(os.path.join(TORCH_DIR, f"{name}.expected.npz")) as want:
+        assert sorted(got) == sorted(want.files)
+        for k in want.files:
+            assert got[k].dtype == want[k].dtype, k
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_torch_file_loads_into_module_and_runs_like_the_fixture():
+    m = nprnn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    load_into(m, os.path.join(TORCH_DIR, "lstm_bidirectional_proj.pt"))
+    with np.load(os.path.join(TORCH_DIR, "lstm_bidirectional_proj.expected.npz")) as want:
+        for k in want.files:
+            np.testing.assert_array_equal(m.state_dict()[k], want[k])
+    m64 = nprnn.GRU(5, 3, batch_first=True, dtype=np.float64)
+    load_into(m64, os.path.join(TORCH_DIR, "gru_float64.pt"))
+    with pytest.raises(RuntimeError, match="dtype mismatch for weight_ih_l0: the file has float64, the model has float32"):
+        load_into(nprnn.GRU(5, 3), os.path.join(TORCH_DIR, "gru_float64.pt"))
+
+
+def test_reading_needs_no_torch():
+    code = ("import sys, nprnn; from nprnn.serialization import load_into; "
+            "m = nprnn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2); "
+            f"load_into(m, {os.path.join(TORCH_DIR, 'lstm_bidirectional_proj.pt')!r}); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_whole_model_refused():
+    with pytest.raises(ValueError, match=r"holds a pickled torch\.nn\.modules\.rnn\.LSTM \(a whole model\), not a state "
+                                         r"dict.*save model\.state_dict\(\) instead"):
+        load_torch_state_dict(os.path.join(TORCH_DIR, "whole_model.pt"))
+
+
+def _zip_with_pickle(tmp_path, payload: bytes, name="evil"):
+    path = tmp_path / f"{name}.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}/data.pkl", payload)
+        z.writestr(f"{name}/byteorder", "little")
+        z.writestr(f"{name}/version", "3")
+    return path
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_malicious_pickles_are_refused_and_not_run(tmp_path):
+    sentinel = tmp_path / "pwned"
+    cases = {
+        "system": pickle.dumps({"w": _Evil(sentinel)}, protocol=2),
+        "eval": pickle.dumps({"w": _Reduce(eval, ("__import__('os').system('touch " + str(sentinel) + "')",))}, protocol=2),
+        "import": pickle.dumps(_Reduce(__import__, ("os",)), protocol=2),
+    }
+    for name, payload in cases.items():
+        path = _zip_with_pickle(tmp_path, payload, name)
+        with pytest.raises(ValueError, match=r"refusing to load (posix|os|nt|builtins)\.\w+.*nothing was executed"):
+            load_torch_state_dict(path)
+    assert not sentinel.exists()
+
+
+class _Reduce:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def test_bad_archives(tmp_path):
+    good = open(os.path.join(TORCH_DIR, "gru_float64.pt"), "rb").read()
+    cases = {
+        "truncated.pt": (good[: len(good) // 2], "not a PyTorch zip archive"),
+        "legacy.pt": (pickle.dumps({"a": 1}), "not a PyTorch zip archive"),
+        "empty.pt": (b"", "not a PyTorch zip archive"),
+    }
+    for name, (data, msg) in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(ValueError, match=msg):
+            load_torch_state_dict(p)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("x/other.txt", "hi")
+    (tmp_path / "nopkl.pt").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="no <name>/data.pkl"):
+        load_torch_state_dict(tmp_path / "nopkl.pt")
+    p = _zip_with_pickle(tmp_path, pickle.dumps([1, 2, 3], protocol=2), "alist")
+    with pytest.raises(ValueError, match="holds a list, not a state dict"):
+        load_torch_state_dict(p)
+    m = nprnn.GRU(5, 3, dtype=np.float64)
+    before = m.state_dict()
+    with pytest.raises(ValueError):
+        load_into(m, tmp_path / "truncated.pt")
+    for k, v in before.items():
+        np.testing.assert_array_equal(v, m.state_dict()[k])
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "npz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_keeps_dtype_and_names(tmp_path, ext, dtype):
+    m = nprnn.GRU(3, 4, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
+    path = tmp_path / f"m.{ext}"
+    save(m, path)
+    t = read_tensors(path)
+    assert list(t) == list(m.state_dict())
+    assert all(v.dtype == dtype for v in t.values())
+    m2 = nprnn.GRU(3, 4, num_layers=2, bidirectional=True, dtype=dtype, seed=1)
+    load_into(m2, path)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, m2.state_dict()[k])
+    with pytest.raises(ValueError, match="writing PyTorch .pt files needs PyTorch"):
+        save(m, tmp_path / "m.pt")
+
+
+@pytest.mark.torch
+def test_safetensors_exchange_with_torch(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    m = nprnn.LSTM(3, 5, num_layers=2, proj_size=2, seed=0)
+    save(m, tmp_path / "ours.safetensors")
+    t = torch.nn.LSTM(3, 5, num_layers=2, proj_size=2)
+    t.load_state_dict(load_file(str(tmp_path / "ours.safetensors")))
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(m.eval()(x)[0], t(torch.from_numpy(x))[0].detach().numpy(), rtol=1.3e-6, atol=1e-5)
+    t2 = torch.nn.GRU(4, 6, bidirectional=True)
+    save_file(t2.state_dict(), str(tmp_path / "theirs.safetensors"))
+    m2 = nprnn.GRU(4, 6, bidirectional=True)
+    load_into(m2, tmp_path / "theirs.safetensors")
+    for k, v in t2.state_dict().items():
+        np.testing.assert_array_equal(m2.state_dict()[k], v.numpy())
