@@ -51,6 +51,11 @@ class RNNBase(Module):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
 
     _label = "RNNBase"
+    _reverse_only = False  # ONNX's direction="reverse": one direction, run backwards in time
+
+    def _step_options(self, idx):
+        """Extra per-layer-direction settings for the kernels (the ONNX-only variants)."""
+        return None
 
     def __init__(
         self,
@@ -326,7 +331,8 @@ class RNNBase(Module):
                 params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
                 final, rec = direction_forward(
                     self.kind, layer_in, params, tuple(s[idx] for s in states),
-                    batch_sizes, d == 1, out[:, d * P : (d + 1) * P], train,
+                    batch_sizes, d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
+                    self._step_options(idx),
                 )
                 for f_all, f in zip(finals, final):
                     f_all[idx] = f

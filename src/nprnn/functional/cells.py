@@ -43,6 +43,8 @@ class StepWeights:
     b_hn: (H,) GRU only: the hidden bias of the candidate gate (it sits inside ``r *``)
     hrT, hr: LSTM projection ``weight_hr`` transposed and as is, or None
     one, two: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
+    hnT: (H, H) GRU with linear_before_reset=0: the candidate's hidden weights, transposed
+    peep: (3, H) LSTM peepholes for i, f, o; clip: pre-activation bound; input_forget: f = 1 - i
     """
 
     hhT: np.ndarray
@@ -52,6 +54,10 @@ class StepWeights:
     hr: Optional[np.ndarray] = None
     one: np.floating = np.float64(1)
     two: np.floating = np.float64(2)
+    hnT: Optional[np.ndarray] = None
+    peep: Optional[np.ndarray] = None
+    clip: Optional[float] = None
+    input_forget: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,4 +298,83 @@ def _gru_scratch(H, P, proj):
 GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward,
                _gru_tape, _gru_work, _gru_grads, _gru_scratch, separate_dgh=True)
 
-KINDS = {k.name: k for k in (RNN_TANH, RNN_RELU, LSTM, GRU)}
+# ------------------------------------------- ONNX-only variants (forward only, for imported models)
+def _no_backward(dstate, w, tape, grads, scratch):
+    raise NotImplementedError("backward is not implemented for the ONNX-only cell variants "
+                              "(GRU with linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
+
+
+def _gru_lbr0_forward(gx, state, w, tape, work, train):
+    """ONNX GRU with linear_before_reset=0: n = tanh(W_in x + b_in + (r * h) @ W_hn.T + b_hn)."""
+    (h,) = state
+    gates, rh = tape  # (3, n, H), (n, H)
+    gh, ghn = work  # (n, 2H), (n, H)
+    np.dot(h, w.hhT, out=gh)  # r, z only, negated
+    gxv = gate_major(gx, 3)
+    rz = gates[:2]
+    np.add(gxv[:2], gate_major(gh, 2), out=rz)
+    _sigmoid_of_scaled(rz, w.one)
+    r, z, n = gates
+    np.multiply(r, h, out=rh)
+    np.dot(rh, w.hnT, out=ghn)
+    if w.b_hn is not None:
+        ghn += w.b_hn
+    np.add(ghn, gxv[2], out=n)
+    np.tanh(n, out=n)
+    h -= n
+    h *= z
+    h += n
+
+
+def _sigmoid(a, one):
+    np.negative(a, out=a)
+    _sigmoid_of_scaled(a, one)
+
+
+def _lstm_ext_forward(gx, state, w, tape, work, train):
+    """ONNX LSTM with peepholes (i, f see c_{t-1}; o sees c_t), clip and input_forget."""
+    h, c = state
+    gates, c_prev, tc = tape[0], tape[1], tape[2]
+    (gh,) = work
+    np.dot(h, w.hhT, out=gh)
+    np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)  # pre-activations, unscaled
+    i, f, g, o = gates
+    if w.peep is not None:
+        i += w.peep[0] * c
+        f += w.peep[1] * c
+    if w.clip is not None:
+        np.clip(gates[:3], -w.clip, w.clip, out=gates[:3])
+    _sigmoid(i, w.one)
+    if w.input_forget:
+        np.subtract(w.one, i, out=f)
+    else:
+        _sigmoid(f, w.one)
+    np.tanh(g, out=g)
+    if train:
+        np.copyto(c_prev, c)
+    c *= f
+    np.multiply(i, g, out=tc)
+    c += tc
+    if w.peep is not None:
+        o += w.peep[2] * c
+    if w.clip is not None:
+        np.clip(o, -w.clip, w.clip, out=o)
+    _sigmoid(o, w.one)
+    np.tanh(c, out=tc)
+    np.multiply(o, tc, out=h)
+
+
+def _gru_lbr0_tape(H, P, proj):
+    return ((3, H), (1, H))
+
+
+def _gru_lbr0_work(H, P, proj):
+    return ((1, 2 * H), (1, H))
+
+
+GRU_LBR0 = CellKind("gru_lbr0", 3, (-1, -1, 1), False, _gru_lbr0_forward, _no_backward,
+                    _gru_lbr0_tape, _gru_lbr0_work, _gru_grads, _gru_scratch, separate_dgh=True)
+LSTM_EXT = CellKind("lstm_ext", 4, (), True, _lstm_ext_forward, _no_backward,
+                    _lstm_tape, _lstm_work, _lstm_grads, _lstm_scratch)
+
+KINDS = {k.name: k for k in (RNN_TANH, RNN_RELU, LSTM, GRU, GRU_LBR0, LSTM_EXT)}

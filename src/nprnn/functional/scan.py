@@ -37,8 +37,9 @@ def step_slices(batch_sizes: Sequence[int], reverse: bool) -> list:
     return out
 
 
-def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr):
-    """Arrange one layer-direction's parameters for the loop.
+def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
+    """Arrange one layer-direction's parameters for the loop (``options``: the extras of
+    the ONNX-only variants, ``peep``, ``clip``, ``input_forget``).
 
     Returns ``(w_ih_s, b_gx, step_weights)``: the input weights and the bias for the
     projection of all steps (rows scaled by :func:`.cells.gate_scale`), and the weights
@@ -70,7 +71,12 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr):
         hr=None if w_hr is None else np.ascontiguousarray(w_hr),
         one=dt(1),
         two=dt(2),
+        **(options or {}),
     )
+    if kind.name == "gru_lbr0":  # the candidate's hidden product comes after the reset gate
+        H = w_hh.shape[0] // 3
+        step.hhT = hhT[:, : 2 * H].copy()
+        step.hnT = w_hh[2 * H :].T.copy()
     return w_ih_s, b_gx, step
 
 
@@ -141,7 +147,7 @@ class DirectionRecord:
     has_bias: bool
 
 
-def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train):
+def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None):
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
@@ -149,7 +155,7 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train)
     Returns ``(final_state, record)``; record is None unless ``train``.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = params
-    w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr)
+    w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
     gx = x @ w_ih_s.T  # (T, G*H)
     if b_gx is not None:
         gx += b_gx

@@ -1,0 +1,313 @@
+"""ONNX export and import with the standard ``RNN``, ``GRU`` and ``LSTM`` operators.
+
+Export writes one operator node per layer (both directions in one node), chained with
+Transpose/Reshape, with dynamic batch and sequence axes; ``onnxruntime`` runs the result.
+Import builds an nprnn layer from a model's single recurrent node, including what ONNX
+defines and PyTorch lacks: ``direction="reverse"``, ``layout=1``, ``sequence_lens``, GRU
+with ``linear_before_reset=0``, LSTM peepholes, ``clip`` and ``input_forget`` (the last
+three and GRU ``linear_before_reset=0`` run forward only).
+
+Gate orders differ: PyTorch stores LSTM gates as i, f, g, o and ONNX as i, o, f, c; GRU
+as r, z, n against ONNX's z, r, h.  ONNX's bias ``B`` is ``[W_b, R_b]`` concatenated.
+``onnx`` is an optional dependency (``pip install onnx onnxruntime``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .recurrent import GRU, LSTM, RNN, RNNBase
+from .serialization import atomic_write
+
+# ONNX gate block k comes from PyTorch block _TO_ONNX[kind][k]
+_TO_ONNX = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
+_OP = {LSTM: "LSTM", GRU: "GRU", RNN: "RNN"}
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("ONNX export and import need the onnx package: pip install onnx onnxruntime") from exc
+    return onnx
+
+
+def _permute_gates(a, order):
+    """Reorder the gate blocks along axis 0 of a (G*H, ...) array."""
+    blocks = np.split(a, len(order), axis=0)
+    return np.concatenate([blocks[k] for k in order], axis=0)
+
+
+def _op_type(module) -> str:
+    for cls, name in _OP.items():
+        if type(module) is cls:
+            return name
+    raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM and nprnn.GRU, got {type(module).__name__}")
+
+
+def to_onnx(module: RNNBase, *, with_state: bool = True, lengths: bool = False, opset: int = 17):
+    """Build the ``onnx.ModelProto`` of ``module`` (see :func:`export`)."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    op = _op_type(module)
+    if getattr(module, "proj_size", 0):
+        raise ValueError("ONNX's LSTM operator has no projection (proj_size > 0): this LSTM cannot be written "
+                         "with the standard operators")
+    elem = TensorProto.FLOAT if module.dtype == np.float32 else TensorProto.DOUBLE
+    D, H, L = module.num_directions, module.hidden_size, module.num_layers
+    order = _TO_ONNX[op]
+    seq, batch = "seq_len", "batch"
+    x_shape = [batch, seq, module.input_size] if module.batch_first else [seq, batch, module.input_size]
+    inputs = [helper.make_tensor_value_info("input", elem, x_shape)]
+    state_names = ["h0", "c0"] if op == "LSTM" else ["h0"]
+    if with_state:
+        inputs += [helper.make_tensor_value_info(n, elem, [D * L, batch, H]) for n in state_names]
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, [batch]))
+    nodes, inits = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    x = "input"
+    if module.batch_first:
+        nodes.append(helper.make_node("Transpose", [x], ["x_time_major"], perm=[1, 0, 2]))
+        x = "x_time_major"
+    seq_lens = ""
+    if lengths:
+        nodes.append(helper.make_node("Cast", ["lengths"], ["lengths_i32"], to=TensorProto.INT32))
+        seq_lens = "lengths_i32"
+    const("shape_merge_dirs", np.array([0, 0, -1], np.int64))
+    y_h, y_c = [], []
+    for layer in range(L):
+        sfx = [f"_l{layer}", f"_l{layer}_reverse"][:D]
+        p = module._parameters
+        W = np.stack([_permute_gates(p["weight_ih" + s], order) for s in sfx])
+        R = np.stack([_permute_gates(p["weight_hh" + s], order) for s in sfx])
+        ins = [x, const(f"W{layer}", W), const(f"R{layer}", R)]
+        if module.bias:
+            B = np.stack([np.concatenate([_permute_gates(p["bias_ih" + s], order), _permute_gates(p["bias_hh" + s], order)])
+                          for s in sfx])
+            ins.append(const(f"B{layer}", B))
+        else:
+            ins.append("")
+        ins.append(seq_lens)
+        if with_state:
+            const(f"starts{layer}", np.array([layer * D], np.int64))
+            const(f"ends{layer}", np.array([(layer + 1) * D], np.int64))
+            const(f"axes{layer}", np.array([0], np.int64))
+            for n in state_names:
+                nodes.append(helper.make_node("Slice", [n, f"starts{layer}", f"ends{layer}", f"axes{layer}"],
+                                              [f"{n}_l{layer}"]))
+                ins.append(f"{n}_l{layer}")
+        else:
+            ins += [""] * len(state_names)
+        attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+        if op == "RNN":
+            attrs["activations"] = ["Relu" if module.nonlinearity == "relu" else "Tanh"] * D
+        outs = [f"Y{layer}", f"Y_h{layer}"] + ([f"Y_c{layer}"] if op == "LSTM" else [])
+        while ins and ins[-1] == "":
+            ins.pop()
+        nodes.append(helper.make_node(op, ins, outs, name=f"{op.lower()}_layer{layer}", **attrs))
+        y_h.append(outs[1])
+        if op == "LSTM":
+            y_c.append(outs[2])
+        # (seq, D, batch, H) -> (seq, batch, D * H)
+        nodes.append(helper.make_node("Transpose", [outs[0]], [f"Y{layer}_t"], perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Reshape", [f"Y{layer}_t", "shape_merge_dirs"], [f"X{layer + 1}"]))
+        x = f"X{layer + 1}"
+    if module.batch_first:
+        nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[1, 0, 2]))
+    else:
+        nodes.append(helper.make_node("Identity", [x], ["output"]))
+    nodes.append(helper.make_node("Concat", y_h, ["h_n"], axis=0))
+    outputs = [helper.make_tensor_value_info("output", elem, [batch, seq, D * H] if module.batch_first
+                                             else [seq, batch, D * H]),
+               helper.make_tensor_value_info("h_n", elem, [D * L, batch, H])]
+    if op == "LSTM":
+        nodes.append(helper.make_node("Concat", y_c, ["c_n"], axis=0))
+        outputs.append(helper.make_tensor_value_info("c_n", elem, [D * L, batch, H]))
+    graph = helper.make_graph(nodes, f"nprnn_{op.lower()}", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="nprnn")
+    onnx.checker.check_model(model)
+    return model
+
+
+def export(module: RNNBase, path, *, with_state: bool = True, lengths: bool = False, opset: int = 17) -> None:
+    """Write ``module`` as an ONNX model (atomically).
+
+    Inputs: ``input`` (layout as the module's ``batch_first``), ``h0`` (and ``c0``) when
+    ``with_state``, ``lengths`` (int64, per sequence) when ``lengths``; outputs ``output``,
+    ``h_n`` (and ``c_n``), shaped as nprnn returns them.  Batch and sequence length are
+    dynamic.  An LSTM with ``proj_size`` is refused: ONNX's operator has no projection.
+    """
+    atomic_write(path, to_onnx(module, with_state=with_state, lengths=lengths, opset=opset).SerializeToString())
+
+
+# ------------------------------------------------------------------------------ import
+_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+
+
+class ONNXRecurrent(RNNBase):
+    """One ONNX recurrent node with the options PyTorch lacks (``direction="reverse"``,
+    GRU ``linear_before_reset=0``, LSTM peepholes, ``clip``, ``input_forget``).  Same call
+    as the other layers; the variants that need new kernels run forward only."""
+
+    def __init__(self, op_type, input_size, hidden_size, *, direction="forward", batch_first=False, bias=True,
+                 nonlinearity="tanh", linear_before_reset=1, clip=None, input_forget=False, peepholes=False,
+                 dtype=np.float32):
+        self._label = op_type
+        if op_type == "RNN":
+            mode = f"rnn_{nonlinearity}"
+        elif op_type == "GRU":
+            mode = "gru" if linear_before_reset else "gru_lbr0"
+        else:
+            mode = "lstm_ext" if (peepholes or clip is not None or input_forget) else "lstm"
+        super().__init__(mode, input_size, hidden_size, 1, bias, batch_first, 0.0, direction == "bidirectional",
+                         dtype=dtype)
+        self.direction = direction
+        self._reverse_only = direction == "reverse"
+        self.nonlinearity = nonlinearity
+        self.clip = clip
+        self.input_forget = input_forget
+        if peepholes:
+            for d in range(self.num_directions):
+                self.register_parameter("weight_peephole_l0" + ("_reverse" if d else ""),
+                                        np.zeros((3, hidden_size), self.dtype))
+
+    def _step_options(self, idx):
+        if self.mode != "lstm_ext":
+            return None
+        peep = self._parameters.get("weight_peephole_l0" + ("_reverse" if idx else ""))
+        return {"peep": peep, "clip": self.clip, "input_forget": self.input_forget}
+
+    def backward(self, grad_output, grad_hn=None):
+        if self.mode in ("gru_lbr0", "lstm_ext"):
+            raise NotImplementedError("backward is not implemented for ONNX-only variants (GRU with "
+                                      "linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
+        return super().backward(grad_output, grad_hn)
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def module_from_node(node, W, R, B=None, P=None, dtype=None) -> RNNBase:
+    """An nprnn layer computing ONNX ``node`` (RNN, GRU or LSTM) with weights ``W``, ``R``,
+    ``B`` and peepholes ``P`` (ONNX layouts).  Plain cases give nprnn.RNN/GRU/LSTM; the
+    rest an :class:`ONNXRecurrent`.  Anything the operator allows that nprnn does not
+    compute is refused with a ValueError naming it."""
+    op = node.op_type
+    if op not in _TO_ONNX:
+        raise ValueError(f"not a recurrent node: {op}")
+    a = _attrs(node)
+    W, R = np.asarray(W), np.asarray(R)
+    dtype = np.dtype(dtype or W.dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"{op}: only float32 and float64 weights are supported, got {dtype}")
+    direction = a.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    D = 2 if direction == "bidirectional" else 1
+    H = int(a.get("hidden_size", R.shape[-1]))
+    acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", [])]
+    nonlinearity = "tanh"
+    if acts:
+        per_dir = [acts[i:i + len(_ACTIVATIONS[op])] for i in range(0, len(acts), len(_ACTIVATIONS[op]))]
+        if op == "RNN" and all(p == ["Relu"] for p in per_dir):
+            nonlinearity = "relu"
+        elif any(p != _ACTIVATIONS[op] for p in per_dir):
+            raise ValueError(f"{op}: activations {acts} are not supported (only the defaults"
+                             f"{' or Relu' if op == 'RNN' else ''})")
+    for name in ("activation_alpha", "activation_beta"):
+        if name in a:
+            raise ValueError(f"{op}: attribute {name} is not supported")
+    clip = a.get("clip")
+    if clip is not None and op != "LSTM":
+        raise ValueError(f"{op}: clip is supported for LSTM only")
+    lbr = int(a.get("linear_before_reset", 0))
+    input_forget = bool(a.get("input_forget", 0))
+    layout = int(a.get("layout", 0))
+    G = {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
+    if W.shape[0] != D or W.shape[1] != G * H or R.shape != (D, G * H, H):
+        raise ValueError(f"{op}: W {W.shape} and R {R.shape} do not fit hidden_size={H}, {D} direction(s)")
+    extras = op == "LSTM" and (P is not None or clip is not None or input_forget)
+    plain = direction in ("forward", "bidirectional") and not extras and (op != "GRU" or lbr)
+    kwargs = dict(batch_first=bool(layout), bias=True, dtype=dtype)
+    if plain:
+        cls = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}[op]
+        extra = {"nonlinearity": nonlinearity} if op == "RNN" else {}
+        module = cls(W.shape[2], H, bidirectional=D == 2, **kwargs, **extra)
+    else:
+        module = ONNXRecurrent(op, W.shape[2], H, direction=direction, nonlinearity=nonlinearity,
+                               linear_before_reset=lbr, clip=clip, input_forget=input_forget,
+                               peepholes=P is not None, **kwargs)
+    back = np.argsort(_TO_ONNX[op])  # ONNX block order -> PyTorch block order
+    sd = {}
+    B = np.zeros((D, 2 * G * H), dtype) if B is None else np.asarray(B)
+    for d in range(D):
+        s = "_l0" + ("_reverse" if d else "")
+        sd["weight_ih" + s] = _permute_gates(W[d], back)
+        sd["weight_hh" + s] = _permute_gates(R[d], back)
+        sd["bias_ih" + s] = _permute_gates(B[d, : G * H], back)
+        sd["bias_hh" + s] = _permute_gates(B[d, G * H :], back)
+        if P is not None:
+            p_i, p_o, p_f = np.split(np.asarray(P)[d], 3)
+            sd["weight_peephole" + s] = np.stack([p_i, p_f, p_o])
+    module.load_state_dict({k: v.astype(dtype) for k, v in sd.items()})
+    return module.eval()
+
+
+def run_node(module: RNNBase, node, X, sequence_lens=None, initial_h=None, initial_c=None):
+    """Run ``module`` (from :func:`module_from_node`) with the ONNX operator's inputs and
+    return its outputs ``(Y, Y_h[, Y_c])`` in ONNX's layouts."""
+    a = _attrs(node)
+    layout = int(a.get("layout", 0))
+    hx = None
+    if initial_h is not None:
+        to_torch = (lambda s: np.ascontiguousarray(np.swapaxes(s, 0, 1))) if layout else (lambda s: s)
+        h0 = to_torch(np.asarray(initial_h))
+        if node.op_type == "LSTM":
+            c0 = to_torch(np.asarray(initial_c)) if initial_c is not None else np.zeros_like(h0)
+            hx = (h0, c0)
+        else:
+            hx = h0
+    elif node.op_type == "LSTM" and initial_c is not None:
+        c0 = np.asarray(initial_c)
+        c0 = np.ascontiguousarray(np.swapaxes(c0, 0, 1)) if layout else c0
+        hx = (np.zeros_like(c0), c0)
+    lengths = None if sequence_lens is None else np.asarray(sequence_lens)
+    out, state = module(np.asarray(X), hx, lengths=lengths)
+    states = list(state) if isinstance(state, tuple) else [state]
+    D, H = module.num_directions, module.hidden_size
+    if layout:  # out (batch, seq, D*H) -> Y (batch, seq, D, H); states (batch, D, H)
+        Y = out.reshape(out.shape[0], out.shape[1], D, H)
+        states = [np.ascontiguousarray(np.swapaxes(s, 0, 1)) for s in states]
+    else:  # out (seq, batch, D*H) -> Y (seq, D, batch, H)
+        Y = np.ascontiguousarray(out.reshape(out.shape[0], out.shape[1], D, H).transpose(0, 2, 1, 3))
+    return (Y, *states)
+
+
+def import_onnx(model_or_path) -> RNNBase:
+    """An nprnn layer from an ONNX model whose graph has one RNN, GRU or LSTM node with its
+    weights as initializers (as :func:`export` writes for a one-layer model)."""
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    model = onnx.load(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
+    nodes = [n for n in model.graph.node if n.op_type in _TO_ONNX]
+    if len(nodes) != 1:
+        raise ValueError(f"expected exactly one RNN, GRU or LSTM node, found {len(nodes)}")
+    node = nodes[0]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    names = list(node.input) + [""] * 8
+    missing = [n for n in (names[1], names[2]) if n not in inits]
+    if missing:
+        raise ValueError(f"the weights {missing} are graph inputs, not initializers: give them to module_from_node")
+    get = {"B": names[3], "P": names[7] if node.op_type == "LSTM" else ""}
+    return module_from_node(node, inits[names[1]], inits[names[2]],
+                            inits.get(get["B"]) if get["B"] else None, inits.get(get["P"]) if get["P"] else None)
