@@ -162,3 +162,33 @@ def test_safetensors_exchange_with_torch(tmp_path):
     load_into(m2, tmp_path / "theirs.safetensors")
     for k, v in t2.state_dict().items():
         np.testing.assert_array_equal(m2.state_dict()[k], v.numpy())
+
+
+def test_convert_round_trips(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from nprnn.cli import main
+    from nprnn.convert import infer_config
+
+    src = os.path.join(TORCH_DIR, "gru_float64.pt")
+    assert main(["convert", src, str(tmp_path / "a.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "weight_ih_l0                     (9, 5)" in out
+    assert "inferred: GRU(input_size=5, hidden_size=3, num_layers=1, bidirectional=False, bias=True, dtype=float64)" in out
+    assert main(["convert", str(tmp_path / "a.safetensors"), str(tmp_path / "b.npz")]) == 0
+    assert main(["convert", str(tmp_path / "b.npz"), str(tmp_path / "c.onnx")]) == 0
+    assert main(["convert", str(tmp_path / "c.onnx"), str(tmp_path / "d.safetensors")]) == 0
+    want = load_torch_state_dict(src)
+    got = read_tensors(tmp_path / "d.safetensors")
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k], v)
+    # a larger model: the recurrent layer is found by --prefix
+    composite = {"embed.weight": np.zeros((5, 2), np.float32), **{f"rnn.{k}": v for k, v in nprnn.RNN(2, 3, num_layers=2).state_dict().items()},
+                 "head.weight": np.zeros((4, 3), np.float32)}
+    assert infer_config(composite)["prefix"] == "rnn."
+    assert infer_config(composite)["num_layers"] == 2
+    np.savez(tmp_path / "comp.npz", **composite)
+    assert main(["convert", str(tmp_path / "comp.npz"), str(tmp_path / "rnn.onnx"), "--nonlinearity", "relu"]) == 0
+    assert main(["convert", os.path.join(TORCH_DIR, "lstm_bidirectional_proj.pt"), str(tmp_path / "p.onnx")]) == 2
+    assert "no projection" in capsys.readouterr().err
+    assert main(["convert", os.path.join(TORCH_DIR, "views.pt"), str(tmp_path / "v.npz")]) == 2
+    assert main(["convert", src, str(tmp_path / "x.pt")]) == 2

@@ -39,6 +39,14 @@ def main(argv=None) -> int:
     gen.add_argument("--length", type=int, default=300)
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--seed", type=int, default=None)
+    cv = sub.add_parser("convert", help="convert weights between .pt, .safetensors, .npz and .onnx",
+                        description="Convert a recurrent layer's weights: .pt (read without PyTorch), .safetensors, "
+                                    ".npz, .onnx. Prints the arrays read and the inferred layer configuration.")
+    cv.add_argument("src")
+    cv.add_argument("dst")
+    cv.add_argument("--prefix", help="key prefix of the recurrent layer inside a larger state dict, e.g. 'lstm.'")
+    cv.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only (weights cannot tell)")
+    cv.add_argument("--batch-first", action="store_true", help="ONNX output: batch-first input and output")
     args = parser.parse_args(argv)
     if args.version:
         from . import __version__
@@ -53,6 +61,14 @@ def main(argv=None) -> int:
         return _train(args)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "convert":
+        from .convert import convert
+
+        try:
+            convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first)
+        except (ValueError, FileNotFoundError, ImportError, RuntimeError, TypeError) as exc:
+            return _fail(str(exc))
+        return 0
     parser.print_help()
     return 2
 
