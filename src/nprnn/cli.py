@@ -47,6 +47,24 @@ def main(argv=None) -> int:
     cv.add_argument("--prefix", help="key prefix of the recurrent layer inside a larger state dict, e.g. 'lstm.'")
     cv.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only (weights cannot tell)")
     cv.add_argument("--batch-first", action="store_true", help="ONNX output: batch-first input and output")
+    ex = sub.add_parser("explain", help="parameters, shapes, equations and checked identities of a layer",
+                        description="Explain a recurrent layer: every parameter, every shape with its dimensions "
+                                    "named, the equations, and the identities between output and h_n, each "
+                                    "checked by running the layer on random input.")
+    _layer_options(ex)
+    ex.add_argument("--batch", type=int, default=4)
+    ex.add_argument("--seq-len", type=int, default=3)
+    ex.add_argument("--unbatched", action="store_true")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+    ex.add_argument("--plot", help="draw the unrolled network to this .png or .svg")
+    ps = sub.add_parser("plot-states", help="heatmaps of hidden and cell states and gate activations over time")
+    ps.add_argument("--checkpoint", help="a model trained with `nprnn train` (else a random layer from the options)")
+    ps.add_argument("--text", default="The \"while\" statement is used for repeated execution.",
+                    help="with --checkpoint: the text to run")
+    _layer_options(ps, required=False)
+    ps.add_argument("--seq-len", type=int, default=40, help="without --checkpoint: random input length")
+    ps.add_argument("--out", default="states.png", help="output PNG")
+    ps.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.version:
         from . import __version__
@@ -61,6 +79,10 @@ def main(argv=None) -> int:
         return _train(args)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "plot-states":
+        return _plot_states(args)
     if args.command == "convert":
         from .convert import convert
 
@@ -71,6 +93,80 @@ def main(argv=None) -> int:
         return 0
     parser.print_help()
     return 2
+
+
+def _layer_options(p, required=True):
+    p.add_argument("kind", choices=["rnn", "lstm", "gru"], nargs=None if required else "?", default="lstm")
+    p.add_argument("--input-size", type=int, default=None if required else 8, required=required)
+    p.add_argument("--hidden-size", type=int, default=None if required else 16, required=required)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--batch-first", action="store_true")
+    p.add_argument("--proj-size", type=int, default=0, help="LSTM only")
+    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only")
+
+
+def _build_layer(args):
+    from . import GRU, LSTM, RNN
+
+    kw = dict(num_layers=args.num_layers, bias=args.bias, batch_first=args.batch_first,
+              bidirectional=args.bidirectional, seed=getattr(args, "seed", 0))
+    if args.kind == "lstm":
+        return LSTM(args.input_size, args.hidden_size, proj_size=args.proj_size, **kw)
+    if args.proj_size:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if args.kind == "rnn":
+        return RNN(args.input_size, args.hidden_size, nonlinearity=args.nonlinearity, **kw)
+    return GRU(args.input_size, args.hidden_size, **kw)
+
+
+def _explain(args) -> int:
+    import json
+
+    from .explain import explain, format_text
+
+    try:
+        layer = _build_layer(args)
+        if args.batch <= 0 or args.seq_len <= 0:
+            raise ValueError("--batch and --seq-len must be positive")
+        info = explain(layer, batch=args.batch, seq_len=args.seq_len, unbatched=args.unbatched)
+        if args.plot:
+            from .diagram import unrolled
+
+            unrolled(layer, args.seq_len, args.plot)
+    except (ValueError, TypeError, ImportError) as exc:
+        return _fail(str(exc))
+    print(json.dumps(info, indent=2) if args.json else format_text(info))
+    if args.plot and not args.json:
+        print(f"\ndiagram written to {args.plot}")
+    return 0 if all(c["observed"] == c["expected"] for c in info["identities"]) else 1
+
+
+def _plot_states(args) -> int:
+    import numpy as np
+
+    from .diagram import state_heatmaps
+    from .explain import collect_states
+
+    try:
+        if args.checkpoint:
+            from .charlm import load_for_generation
+
+            model, vocab = load_for_generation(args.checkpoint)
+            ids = vocab.encode(args.text)[:, None]  # (L, 1)
+            layer, x = model.lstm, model.embed.eval()(ids)
+            title = f"{args.checkpoint}: {args.text[:60]!r}"
+        else:
+            layer = _build_layer(args)
+            shape = (1, args.seq_len, args.input_size) if args.batch_first else (args.seq_len, 1, args.input_size)
+            x = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
+            title = f"{layer!r} on random input"
+        state_heatmaps(collect_states(layer, x), args.out, title)
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(f"state heatmaps written to {args.out}")
+    return 0
 
 
 def _fail(msg: str) -> int:

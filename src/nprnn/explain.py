@@ -1,0 +1,246 @@
+"""``nprnn explain``: what a recurrent layer's parameters, shapes and equations are, and which
+identities between ``output`` and ``h_n`` hold — each one checked by running the layer.
+
+:func:`explain` returns a JSON-able structure (schema version 1):
+
+    {"schema": 1, "layer": "LSTM", "config": {...},
+     "parameters": [{"name", "shape", "count", "description"}], "total_parameters": int,
+     "shapes": {"input": {"shape": [...], "dims": [...]}, "h_0": ..., "c_0": ..., "output": ...,
+                "h_n": ..., "c_n": ...},
+     "equations": [str, ...],
+     "identities": [{"claim", "expected", "observed", "why"}]}
+
+``expected`` says whether the claim should hold, ``observed`` whether it did on random input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .recurrent import GRU, LSTM, RNN, RNNBase
+
+SCHEMA_VERSION = 1
+_GATES = {"LSTM": "i, f, g, o", "GRU": "r, z, n", "RNN": ""}
+
+
+def _kind(module) -> str:
+    for cls in (LSTM, GRU, RNN):
+        if isinstance(module, cls):
+            return cls.__name__
+    raise TypeError(f"explain takes an nprnn.RNN, LSTM or GRU, got {type(module).__name__}")
+
+
+def equations(module) -> list:
+    kind = _kind(module)
+    if kind == "RNN":
+        act = module.nonlinearity
+        return [f"h_t = {act}(x_t @ W_ih.T + b_ih + h_(t-1) @ W_hh.T + b_hh)"]
+    if kind == "GRU":
+        return [
+            "r_t = sigmoid(x_t @ W_ir.T + b_ir + h_(t-1) @ W_hr.T + b_hr)",
+            "z_t = sigmoid(x_t @ W_iz.T + b_iz + h_(t-1) @ W_hz.T + b_hz)",
+            "n_t = tanh(x_t @ W_in.T + b_in + r_t * (h_(t-1) @ W_hn.T + b_hn))",
+            "h_t = (1 - z_t) * n_t + z_t * h_(t-1)",
+        ]
+    eqs = [
+        "i_t = sigmoid(x_t @ W_ii.T + b_ii + h_(t-1) @ W_hi.T + b_hi)",
+        "f_t = sigmoid(x_t @ W_if.T + b_if + h_(t-1) @ W_hf.T + b_hf)",
+        "g_t = tanh(x_t @ W_ig.T + b_ig + h_(t-1) @ W_hg.T + b_hg)",
+        "o_t = sigmoid(x_t @ W_io.T + b_io + h_(t-1) @ W_ho.T + b_ho)",
+        "c_t = f_t * c_(t-1) + i_t * g_t",
+    ]
+    if module.proj_size:
+        eqs.append("h_t = (o_t * tanh(c_t)) @ W_hr.T      (projection to proj_size)")
+    else:
+        eqs.append("h_t = o_t * tanh(c_t)")
+    eqs.append("layer k > 0 takes x_t = output of layer k-1 at step t (both directions concatenated)")
+    return eqs if module.num_layers > 1 or module.bidirectional else eqs[:-1]
+
+
+def _describe(module, name, shape) -> str:
+    kind = _kind(module)
+    H, P, D = module.hidden_size, module.proj_size if kind == "LSTM" else 0, module.num_directions
+    parts = name.split("_")
+    layer = int(name.split("_l")[1].split("_")[0])
+    where = f"layer {layer}, {'reverse' if name.endswith('_reverse') else 'forward'} direction"
+    G = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    rows = f"{shape[0]} = {G} gates ({_GATES[kind]}) x {H}" if G > 1 else f"{shape[0]} = hidden_size"
+    h_out = "proj_size" if P else "hidden_size"
+    if name.startswith("weight_ih"):
+        if layer == 0:
+            cols = f"{shape[1]} = input_size"
+        elif D == 2:
+            cols = f"{shape[1]} = {D} directions x {P or H}"
+        else:
+            cols = f"{shape[1]} = {h_out} of layer {layer - 1}"
+        return f"input-to-hidden weights of {where}; {rows}; {cols}"
+    if name.startswith("weight_hh"):
+        return f"hidden-to-hidden weights of {where}; {rows}; {shape[1]} = {h_out}"
+    if name.startswith("weight_hr"):
+        return f"projection of {where}: h_t = (o_t * tanh(c_t)) @ weight_hr.T; {shape[0]} = proj_size, {shape[1]} = hidden_size"
+    side = "input" if parts[1] == "ih" else "hidden"
+    return f"{side}-side bias of {where}; {rows}"
+
+
+def _shape_entry(dims):
+    return {"shape": [v for _, v in dims], "dims": [n for n, _ in dims]}
+
+
+def shapes(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False) -> dict:
+    kind = _kind(module)
+    D, L = module.num_directions, module.num_layers
+    H = module.hidden_size
+    P = (module.proj_size or H) if kind == "LSTM" else H
+    h_out = "proj_size" if kind == "LSTM" and module.proj_size else "hidden_size"
+    rows = ("num_directions*num_layers" if D == 2 else "num_layers", D * L)
+    bdim = [] if unbatched else [("batch", batch)]
+    io_time = [("seq_len", seq_len)]
+    if module.batch_first and not unbatched:
+        x_dims = bdim + io_time
+    else:
+        x_dims = io_time + bdim
+    out = {
+        "input": _shape_entry(x_dims + [("input_size", module.input_size)]),
+        "h_0": _shape_entry([rows] + bdim + [(h_out, P)]),
+    }
+    if kind == "LSTM":
+        out["c_0"] = _shape_entry([rows] + bdim + [("hidden_size", H)])
+    out["output"] = _shape_entry(x_dims + [(("num_directions*" if D == 2 else "") + h_out, D * P)])
+    out["h_n"] = _shape_entry([rows] + bdim + [(h_out, P)])
+    if kind == "LSTM":
+        out["c_n"] = _shape_entry([rows] + bdim + [("hidden_size", H)])
+    return out
+
+
+def identities(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0) -> list:
+    """Claims about output and h_n, each checked by running ``module`` on random input."""
+    kind = _kind(module)
+    rng = np.random.default_rng(seed)
+    sh = shapes(module, batch, seq_len, unbatched)
+    x = rng.standard_normal(sh["input"]["shape"]).astype(module.dtype)
+    was = module.training
+    module.eval()
+    out, state = module(x)
+    longer = list(sh["input"]["shape"])
+    t_axis = 1 if module.batch_first and not unbatched else 0
+    longer[t_axis] += 2
+    _, state2 = module(rng.standard_normal(longer).astype(module.dtype))
+    module.train(was)
+    h_n = state[0] if kind == "LSTM" else state
+    h_n2 = state2[0] if kind == "LSTM" else state2
+    P = h_n.shape[-1]
+    bf = module.batch_first and not unbatched
+    step = (lambda t: out[:, t]) if bf else (lambda t: out[t])  # output at step t: (batch, D*P) or (D*P,)
+    t_ix = "[:, {t}, {c}]" if bf else "[{t}, {c}]" if unbatched else "[{t}, :, {c}]"
+    res = []
+
+    def claim(text, expected, observed, why):
+        res.append({"claim": text, "expected": bool(expected), "observed": bool(observed), "why": why})
+
+    if module.num_directions == 1:
+        claim(f"output{t_ix.format(t=-1, c=':')} == h_n[-1]", True, np.array_equal(step(-1), h_n[-1]),
+              "the top layer's state at the last step is both the last output and the top row of h_n")
+    else:
+        claim(f"output{t_ix.format(t=-1, c=f':{P}')} == h_n[-2]", True, np.array_equal(step(-1)[..., :P], h_n[-2]),
+              "the forward direction of the top layer ends at the last step; h_n[-2] is its final state")
+        claim(f"output{t_ix.format(t=0, c=f'{P}:')} == h_n[-1]", True, np.array_equal(step(0)[..., P:], h_n[-1]),
+              "the reverse direction runs from the last step to the first, so its final state is the output at step 0")
+        claim(f"output{t_ix.format(t=-1, c=f'{P}:')} == h_n[-1]", False, np.array_equal(step(-1)[..., P:], h_n[-1]),
+              "at the last step the reverse direction has only just started: that half of output is its first state")
+    if module.num_layers > 1:
+        claim("h_n[0] (the bottom layer) appears in output", False,
+              any(np.array_equal(step(t)[..., :P], h_n[0]) for t in range(seq_len)),
+              "output holds only the top layer's states; lower layers' final states are only in h_n")
+    claim(f"h_n has the same shape for seq_len {seq_len} and {seq_len + 2}", True, h_n.shape == h_n2.shape,
+          "h_n holds one state per layer and direction at the last step, whatever the sequence length")
+    if kind == "LSTM":
+        claim("c_n has a slice in output", False,
+              any(np.array_equal(step(t)[..., : min(P, state[1].shape[-1])], state[1][-1][..., :P]) for t in range(seq_len)),
+              "output is built from h_t; the cell state c_t never leaves the cell except as c_n")
+        if module.proj_size:
+            claim(f"h_n's last dimension is proj_size={module.proj_size}, c_n's is hidden_size={module.hidden_size}", True,
+                  h_n.shape[-1] == module.proj_size and state[1].shape[-1] == module.hidden_size,
+                  "the projection shrinks h_t (and so output and h_n) but not the cell state")
+    return res
+
+
+def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0) -> dict:
+    """Parameters, shapes, equations and checked identities of ``module`` (see module doc)."""
+    kind = _kind(module)
+    params = [{"name": n, "shape": list(p.shape), "count": int(p.size), "description": _describe(module, n, p.shape)}
+              for n, p in module.named_parameters()]
+    config = {"input_size": module.input_size, "hidden_size": module.hidden_size, "num_layers": module.num_layers,
+              "bias": module.bias, "batch_first": module.batch_first, "bidirectional": module.bidirectional,
+              "dropout": module.dropout}
+    if kind == "LSTM":
+        config["proj_size"] = module.proj_size
+    if kind == "RNN":
+        config["nonlinearity"] = module.nonlinearity
+    return {"schema": SCHEMA_VERSION, "layer": kind, "config": config, "parameters": params,
+            "total_parameters": int(sum(p["count"] for p in params)), "shapes": shapes(module, batch, seq_len, unbatched),
+            "equations": equations(module), "identities": identities(module, batch, seq_len, unbatched, seed)}
+
+
+def format_text(info: dict) -> str:
+    """The human-readable report printed by ``nprnn explain``."""
+    cfg = ", ".join(f"{k}={v}" for k, v in info["config"].items())
+    lines = [f"{info['layer']}({cfg})", "", "Parameters:"]
+    width = max(len(p["name"]) for p in info["parameters"])
+    for p in info["parameters"]:
+        lines.append(f"  {p['name']:{width}s} {str(tuple(p['shape'])):10s} {p['count']:>8,d}  {p['description']}")
+    lines.append(f"  {'total':{width}s} {'':10s} {info['total_parameters']:>8,d}")
+    lines += ["", "Shapes:"]
+    for name, s in info["shapes"].items():
+        dims = ", ".join(f"{d}={v}" for d, v in zip(s["dims"], s["shape"]))
+        lines.append(f"  {name:7s} {str(tuple(s['shape'])):14s} ({dims})")
+    lines += ["", "Equations (each layer and direction, t = 1..seq_len):"] + [f"  {e}" for e in info["equations"]]
+    lines += ["", "Identities (checked on random input):"]
+    for c in info["identities"]:
+        verdict = "OK  " if c["observed"] == c["expected"] else "FAIL"
+        holds = "holds" if c["observed"] else "does not hold"
+        lines.append(f"  {verdict} {c['claim']}: {holds} — {c['why']}")
+    return "\n".join(lines)
+
+
+def collect_states(module: RNNBase, x) -> dict:
+    """Run ``module`` on ``x`` (padded, laid out as the module expects) and return, per layer
+    and direction, the hidden states, cell states (LSTM) and gate activations as
+    (seq_len, batch, H) arrays in time order: ``{(layer, direction): {"h": ..., "c": ..., "i": ...}}``.
+    Dropout is off for the run."""
+    kind = _kind(module)
+    was, dropout = module.training, module.dropout
+    module.train()
+    module.dropout = 0.0
+    try:
+        out, state = module(x)
+        rec = module._record
+    finally:
+        module._record = None
+        module.dropout = dropout
+        module.train(was)
+    L = out.shape[1] if module.batch_first else out.shape[0]
+    finals = list(state) if isinstance(state, tuple) else [state]
+    names = {"LSTM": "ifgo", "GRU": "rzn", "RNN": ""}[kind]
+    result = {}
+    for idx, r in enumerate(rec.records):
+        layer, d = divmod(idx, module.num_directions)
+        order = list(range(L))[::-1] if (d or module._reverse_only) else list(range(L))
+
+        def after_step(prev_tape, final):
+            """States after each step from the 'state before the next step' records."""
+            prev = prev_tape.reshape(L, -1, prev_tape.shape[-1])
+            outs = np.empty_like(prev)
+            for a, b in zip(order[:-1], order[1:]):
+                outs[a] = prev[b]
+            outs[order[-1]] = final
+            return outs
+
+        entry = {"h": after_step(r.tape[0], finals[0][idx])}
+        if kind == "LSTM":
+            entry["c"] = after_step(r.tape[2], finals[1][idx])
+        if names:
+            N = entry["h"].shape[1]
+            gates = r.tape[1].reshape(L, len(names), N, module.hidden_size)
+            for k, g in enumerate(names):
+                entry[g] = gates[:, k]
+        result[(layer, d)] = entry
+    return result
