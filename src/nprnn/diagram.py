@@ -126,9 +126,12 @@ def unrolled(module, seq_len: int, path: str) -> None:
     ax.set_xlim(0, width)
     ax.set_ylim(0, top_y + 0.9)
     ax.axis("off")
+    note = ("\nboth directions of a layer read the layer below (or x); their states are concatenated"
+            if D == 2 else "")
     ax.set_title(f"{module!r} unrolled over {seq_len} steps\n"
-                 "blue band: output (top layer, every step); red outline: h_n (each layer's final state); "
-                 "red fill: in both", fontsize=9)
+                 "blue band: output (top layer, every step); red outline: h_n"
+                 + (" and c_n" if kind == "LSTM" else "") + " (each layer's final state); red fill: in both" + note,
+                 fontsize=9)
     _save(fig, path)
 
 
