@@ -4,15 +4,13 @@
 
 Prints the median time of each and the ratio PyTorch time / nprnn time (> 1: nprnn is faster).
 """
-import argparse
 import os
 import sys
-import warnings
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import paired_times, threads_report  # noqa: E402
+from common import paired_times, setup  # noqa: E402
 
 CASES = [
     # name, N, L, H_in, H, layers
@@ -22,25 +20,9 @@ CASES = [
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--kinds", default="LSTM,GRU")
-    ap.add_argument("--min-time", type=float, default=1.0)
-    args = ap.parse_args()
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
-    import torch
-
+    args, torch = setup(lambda ap: ap.add_argument("--kinds", default="LSTM,GRU"), min_time=1.0)
     import nprnn
 
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; numpy {np.__version__}; "
-          + "; ".join(threads_report()))
     print(f"{'case':40s} {'mode':10s} {'torch ms':>10s} {'nprnn ms':>10s} {'torch/nprnn':>12s}")
     rng = np.random.default_rng(0)
     for kind in args.kinds.split(","):

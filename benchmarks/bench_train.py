@@ -5,38 +5,19 @@
 Both run the same step: Embedding(94, 32) -> LSTM(32, 256) -> Linear(256, 94) on a batch of
 32 windows of 64 characters, cross-entropy, backward, gradient clipping at 1.0, Adam.
 """
-import argparse
 import os
 import sys
-import warnings
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import paired_times, threads_report  # noqa: E402
+from common import paired_times, setup  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-time", type=float, default=5.0)
-    args = ap.parse_args()
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
-    import torch
-
+    args, torch = setup(None, min_time=5.0)
     from nprnn.charlm import CharData, CharLM, default_corpus
     from nprnn.losses import cross_entropy
     from nprnn.optim import Adam, clip_grad_norm_
 
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; numpy {np.__version__}; "
-          + "; ".join(threads_report()))
     data = CharData(default_corpus())
     V = len(data.vocab)
     model = CharLM(V, 32, 256, 1, seed=0)

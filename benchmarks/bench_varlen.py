@@ -6,38 +6,21 @@
 LSTM and GRU, inference and one training step (forward + backward).  Prints medians and
 the ratio PyTorch time / nprnn time (> 1: nprnn is faster).
 """
-import argparse
 import os
 import sys
-import warnings
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import paired_times, threads_report  # noqa: E402
+from common import paired_times, setup  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--kinds", default="LSTM,GRU")
-    ap.add_argument("--min-time", type=float, default=2.0)
-    args = ap.parse_args()
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
-    import torch
+    args, torch = setup(lambda ap: ap.add_argument("--kinds", default="LSTM,GRU"), min_time=2.0)
     import torch.nn.utils.rnn as tr
 
     import nprnn
 
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; numpy {np.__version__}; "
-          + "; ".join(threads_report()))
     N, H_in, H, layers = 32, 64, 128, 2
     rng = np.random.default_rng(0)
     lengths = rng.integers(50, 101, size=N)

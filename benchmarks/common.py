@@ -50,3 +50,33 @@ def threads_report():
         if var in os.environ:
             lines.append(f"{var}={os.environ[var]}")
     return lines
+
+
+def setup(add_arguments=None, min_time=1.0):
+    """Parse ``--threads``/``--min-time`` (and the script's own options), limit NumPy's
+    BLAS and PyTorch to the same number of threads, print what runs; returns (args, torch)."""
+    import argparse
+    import warnings
+
+    import numpy as np
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=min_time)
+    if add_arguments:
+        add_arguments(ap)
+    args = ap.parse_args()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; numpy {np.__version__}; "
+          + "; ".join(threads_report()))
+    return args, torch
+

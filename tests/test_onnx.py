@@ -12,7 +12,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from nprnn.onnx import ONNXRecurrent, export, import_onnx, module_from_node, run_node, to_onnx  # noqa: E402
+from nprnn.onnx import ONNXRecurrent, export, import_onnx, module_from_node, run_node  # noqa: E402
 
 F32 = dict(rtol=1e-4, atol=1e-5)  # onnxruntime's float32 kernels (other summation order)
 

@@ -8,5 +8,5 @@ from .scan import (
 __all__ = [
     "CellKind", "StepWeights", "KINDS", "RNN_TANH", "RNN_RELU", "LSTM", "GRU",
     "DirectionRecord", "direction_forward", "direction_backward", "prepare_weights",
-    "scan_forward", "scan_backward", "step_slices",
+    "scan_forward", "scan_backward", "step_slices", "alloc_blocks", "block_views",
 ]

@@ -177,7 +177,7 @@ def _lstm_forward(gx, state, w, tape, work, train):
 
 def _lstm_backward(dstate, w, tape, grads, scratch):
     dh, dc = dstate
-    _h_prev, gates, c_prev, tc = tape[0], tape[1], tape[2], tape[3]
+    gates, c_prev, tc = tape[1], tape[2], tape[3]  # tape[0] is h_prev
     dgates, deriv, tmp = scratch[0], scratch[1], scratch[2]  # (4, n, H), (4, n, H), (n, H)
     i, f, g, o = gates
     di, df, dg, do = dgates

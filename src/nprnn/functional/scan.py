@@ -18,7 +18,7 @@ it; the weight, bias and input gradients are one GEMM each after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
