@@ -6,12 +6,13 @@ the one time loop in :mod:`nprnn.functional.scan`.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 
 import numpy as np
 
 from ._checks import as_array, check_bool, check_dropout, check_int, check_nonlinearity
-from .functional import KINDS, direction_backward, direction_forward
+from .functional import KINDS, alloc_blocks, direction_backward, direction_forward
 from .module import Module, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 
@@ -105,6 +106,7 @@ class RNNBase(Module):
         self.dtype = resolve_dtype(dtype)
         self._rng = resolve_rng(seed)
         self._record = None
+        self._buffers = threading.local()  # per-thread reusable work arrays, see _pool()
 
         D = 2 if bidirectional else 1
         G = self.kind.num_gates * hidden_size
@@ -310,6 +312,20 @@ class RNNBase(Module):
             return output, (finals[0], finals[1])
         return output, finals[0]
 
+    def _pool(self) -> dict:
+        """This thread's reusable work arrays (like PyTorch's caching allocator: memory is
+        kept between calls because fresh memory costs page faults).  ``release_buffers``
+        frees it."""
+        pool = getattr(self._buffers, "pool", None)
+        if pool is None:
+            pool = self._buffers.pool = {}
+        return pool
+
+    def release_buffers(self) -> None:
+        """Free the work arrays kept between calls (and any pending backward record)."""
+        self._buffers = threading.local()
+        self._record = None
+
     def _dropout_mask(self, shape):
         p = self.dropout
         if p >= 1:
@@ -321,18 +337,23 @@ class RNNBase(Module):
         """All layers over packed time-major ``x`` (T, H_in); states (D*layers, N, .)."""
         D, P = self.num_directions, self._h_out
         train = self.training
+        self._record = None  # the previous record's buffers are about to be reused
+        pool = self._pool()
         finals = [np.empty(s.shape, self.dtype) for s in states]
         records, masks = [], []
         layer_in = x
         for layer in range(self.num_layers):
-            out = np.empty((x.shape[0], D * P), self.dtype)  # (T, D*H_out)
+            if layer == self.num_layers - 1:
+                out = np.empty((x.shape[0], D * P), self.dtype)  # (T, D*H_out), returned to the caller
+            else:
+                (out,) = alloc_blocks(((1, D * P),), x.shape[0], self.dtype, pool, (layer, "out"))
             for d in range(D):
                 idx = layer * D + d
                 params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
                 final, rec = direction_forward(
                     self.kind, layer_in, params, tuple(s[idx] for s in states),
                     batch_sizes, d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
-                    self._step_options(idx),
+                    self._step_options(idx), pool, idx,
                 )
                 for f_all, f in zip(finals, final):
                     f_all[idx] = f
@@ -439,7 +460,8 @@ class RNNBase(Module):
             for d in range(D):
                 idx = layer * D + d
                 dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
-                dx_d, dstate0, pgrads = direction_backward(rec.records[idx], dout[:, d * P : (d + 1) * P], dstate)
+                dx_d, dstate0, pgrads = direction_backward(rec.records[idx], dout[:, d * P : (d + 1) * P], dstate,
+                                                           self._pool(), idx)
                 for g_all, g in zip(grad_states, dstate0):
                     g_all[idx] = g
                 for name, g in zip(self._layer_names[idx], pgrads):

@@ -80,9 +80,22 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
     return w_ih_s, b_gx, step
 
 
-def alloc_blocks(blocks, rows: int, dtype) -> tuple:
-    """Arrays for ``rows`` rows of each block ``(k, width)`` (see :class:`.cells.CellKind`)."""
-    return tuple(np.empty((rows, w) if k == 1 else (rows * k * w,), dtype) for k, w in blocks)
+def alloc_blocks(blocks, rows: int, dtype, pool=None, key=None) -> tuple:
+    """Arrays for ``rows`` rows of each block ``(k, width)`` (see :class:`.cells.CellKind`).
+
+    With a ``pool`` (a dict owned by the caller), arrays of the same shapes are reused from
+    one call to the next under ``key`` instead of being allocated again: fresh memory is
+    paid for in page faults on its first use, which costs as much as the arithmetic here.
+    """
+    shapes = [(rows, w) if k == 1 else (rows * k * w,) for k, w in blocks]
+    if pool is not None:
+        held = pool.get(key)
+        if held is not None and [a.shape for a in held] == shapes and all(a.dtype == dtype for a in held):
+            return held
+    arrays = tuple(np.empty(shape, dtype) for shape in shapes)
+    if pool is not None:
+        pool[key] = arrays
+    return arrays
 
 
 def block_views(arrays, blocks, lo: int, hi: int) -> tuple:
@@ -147,16 +160,18 @@ class DirectionRecord:
     has_bias: bool
 
 
-def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None):
+def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None):
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
-    tuple of (N, .) initial states; ``out`` (T, H_out) receives the outputs.
+    tuple of (N, .) initial states; ``out`` (T, H_out) receives the outputs; ``pool`` and
+    ``key`` let the caller's buffers be reused (see :func:`alloc_blocks`).
     Returns ``(final_state, record)``; record is None unless ``train``.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
-    gx = x @ w_ih_s.T  # (T, G*H)
+    (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
+    np.dot(x, w_ih_s.T, out=gx)  # (T, G*H)
     if b_gx is not None:
         gx += b_gx
     state = tuple(np.array(s, order="C", copy=True) for s in state0)
@@ -166,19 +181,19 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     steps = step_slices(batch_sizes, reverse)
     N = state[0].shape[0]
     work_blocks = kind.work_blocks(H, P, proj)
-    work = alloc_blocks(work_blocks, N, x.dtype)
+    work = alloc_blocks(work_blocks, N, x.dtype, pool, (key, "work"))
     if train:
         tape_blocks = ((1, P),) + kind.tape_blocks(H, P, proj)  # h_prev first
-        tape = alloc_blocks(tape_blocks, x.shape[0], x.dtype)
+        tape = alloc_blocks(tape_blocks, x.shape[0], x.dtype, pool, (key, "tape"))
     else:
         tape_blocks = kind.tape_blocks(H, P, proj)
-        tape = alloc_blocks(tape_blocks, N, x.dtype)
+        tape = alloc_blocks(tape_blocks, N, x.dtype, pool, (key, "rows"))
     scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train)
     record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
     return state, record
 
 
-def direction_backward(rec: DirectionRecord, dout, dstate):
+def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None):
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
@@ -195,8 +210,8 @@ def direction_backward(rec: DirectionRecord, dout, dstate):
     N = dstate[0].shape[0]
     grad_blocks = kind.grad_blocks(H, P, rec.proj)
     scratch_blocks = kind.scratch_blocks(H, P, rec.proj)
-    grads = alloc_blocks(grad_blocks, T, dtype)
-    scratch = alloc_blocks(scratch_blocks, N, dtype)
+    grads = alloc_blocks(grad_blocks, T, dtype, pool, (key, "grads"))
+    scratch = alloc_blocks(scratch_blocks, N, dtype, pool, (key, "scratch"))
     scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
                   scratch, scratch_blocks)
     dgx = grads[0]  # (T, G*H) gradient of the pre-activations, input side
