@@ -455,19 +455,23 @@ class RNNBase(Module):
         """Backward over all layers; ``dout`` (T, D*H_out) packed time-major."""
         D, P = self.num_directions, self._h_out
         grad_states = [np.empty(g.shape, self.dtype) for g in grad_finals]
+        pool = self._pool()
         for layer in reversed(range(self.num_layers)):
-            dx = None
+            x_rows, in_size = rec.records[layer * D].x.shape
+            if layer == 0:  # returned to the caller: fresh memory
+                dx = np.empty((x_rows, in_size), self.dtype)
+            else:
+                (dx,) = alloc_blocks(((1, in_size),), x_rows, self.dtype, pool, (layer, "dx"))
             for d in range(D):
                 idx = layer * D + d
                 dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
-                dx_d, dstate0, pgrads = direction_backward(rec.records[idx], dout[:, d * P : (d + 1) * P], dstate,
-                                                           self._pool(), idx)
+                _, dstate0, pgrads = direction_backward(rec.records[idx], dout[:, d * P : (d + 1) * P], dstate,
+                                                        pool, idx, dx, accumulate=d > 0)
                 for g_all, g in zip(grad_states, dstate0):
                     g_all[idx] = g
                 for name, g in zip(self._layer_names[idx], pgrads):
                     if name is not None:
                         self._grads[name] += g
-                dx = dx_d if dx is None else dx + dx_d
             if layer > 0 and rec.masks[layer - 1] is not None:
                 dx *= rec.masks[layer - 1]  # through dropout
             dout = dx

@@ -193,14 +193,14 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     return state, record
 
 
-def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None):
+def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False):
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
     (overwritten with the initial-state gradients, which are also returned).
-    Returns ``(dx, dstate0, param_grads)``: the input gradient (T, H_in), the
-    initial-state gradients, and (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None for absent
-    ones.
+    Returns ``(dx, dstate0, param_grads)``: the input gradient (T, H_in) — written into
+    ``dx`` if given, or added to it with ``accumulate`` — the initial-state gradients, and
+    (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None for absent ones.
     """
     kind = rec.kind
     T = rec.x.shape[0]
@@ -217,7 +217,12 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None):
     dgx = grads[0]  # (T, G*H) gradient of the pre-activations, input side
     dgh = grads[1] if kind.separate_dgh else dgx  # hidden side
     h_prev = rec.tape[0]
-    dx = dgx @ rec.w_ih  # (T, H_in)
+    if dx is None:
+        dx = dgx @ rec.w_ih  # (T, H_in)
+    elif accumulate:
+        dx += dgx @ rec.w_ih
+    else:
+        np.dot(dgx, rec.w_ih, out=dx)
     dW_ih = dgx.T @ rec.x
     dW_hh = dgh.T @ h_prev
     db_ih = dgx.sum(axis=0) if rec.has_bias else None
