@@ -234,7 +234,8 @@ class RNNBase(Module):
             lengths = _check_lengths(lengths, N, L, enforce_sorted=False)
             rows, batch_sizes, sorted_indices = packing_plan(lengths, enforce_sorted=False)
             layout = _Layout("lengths", batched=batched, seq_shape=(L, N), rows=rows, sorted_indices=sorted_indices)
-            x_flat = x_flat[rows]
+            (packed,) = alloc_blocks(((1, self.input_size),), rows.size, self.dtype, self._pool(), "x_packed")
+            x_flat = np.take(x_flat, rows, axis=0, out=packed)
         out, finals = self._run_layout(x_flat, batch_sizes, states, layout)
         if layout.rows is not None:  # back to the padded layout, zeros past each end
             full = np.zeros((L * N, out.shape[1]), self.dtype)
@@ -407,8 +408,9 @@ class RNNBase(Module):
             if self.batch_first:
                 g_out = g_out.transpose(1, 0, 2)
             dout = np.ascontiguousarray(g_out).reshape(L * N, g_out.shape[-1])
-            if layout.rows is not None:
-                dout = dout[layout.rows]  # gradients at padding never enter
+            if layout.rows is not None:  # gradients at padding never enter
+                (packed,) = alloc_blocks(((1, dout.shape[1]),), layout.rows.size, self.dtype, self._pool(), "dout_packed")
+                dout = np.take(dout, layout.rows, axis=0, out=packed)
         dx, grad_states = self._run_backward(dout, parts, rec)
         self._record = None
         if layout.sorted_indices is not None:
