@@ -158,7 +158,7 @@ def _lstm_forward(gx, state, w, tape, work, train):
     np.dot(h, w.hhT, out=gh)  # (n, 4H)
     np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)
     _sigmoid_of_scaled(gates, w.one)  # i, f, o; sigmoid(2 z_g) for g
-    i, f, g, o = gates
+    i, f, g, o = gates[0], gates[1], gates[2], gates[3]
     g *= w.two
     g -= w.one  # g = tanh(z_g)
     if train:
@@ -179,8 +179,8 @@ def _lstm_backward(dstate, w, tape, grads, scratch):
     dh, dc = dstate
     gates, c_prev, tc = tape[1], tape[2], tape[3]  # tape[0] is h_prev
     dgates, deriv, tmp = scratch[0], scratch[1], scratch[2]  # (4, n, H), (4, n, H), (n, H)
-    i, f, g, o = gates
-    di, df, dg, do = dgates
+    i, f, g, o = gates[0], gates[1], gates[2], gates[3]
+    di, df, dg, do = dgates[0], dgates[1], dgates[2], dgates[3]
     if w.hr is None:
         dm = dh
     else:  # through the projection
@@ -240,7 +240,7 @@ def _gru_forward(gx, state, w, tape, work, train):
         np.copyto(ghn, ghv[2])
     else:
         np.add(ghv[2], w.b_hn, out=ghn)  # W_hn h + b_hn
-    r, z, n = gates
+    r, z, n = gates[0], gates[1], gates[2]
     np.multiply(r, ghn, out=n)
     n += gxv[2]
     np.tanh(n, out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
@@ -254,8 +254,8 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     h_prev, gates, ghn = tape
     dgx, dgh = grads  # (n, 3H) rows each
     dgates, tmp, dh_hh = scratch
-    r, z, n = gates
-    dr, dz, dn = dgates
+    r, z, n = gates[0], gates[1], gates[2]
+    dr, dz, dn = dgates[0], dgates[1], dgates[2]
     np.subtract(h_prev, n, out=dz)  # dL/dz = dh * (h - n), through sigmoid: z(1 - z)
     dz *= dh
     np.subtract(w.one, z, out=tmp)
@@ -314,7 +314,7 @@ def _gru_lbr0_forward(gx, state, w, tape, work, train):
     rz = gates[:2]
     np.add(gxv[:2], gate_major(gh, 2), out=rz)
     _sigmoid_of_scaled(rz, w.one)
-    r, z, n = gates
+    r, z, n = gates[0], gates[1], gates[2]
     np.multiply(r, h, out=rh)
     np.dot(rh, w.hnT, out=ghn)
     if w.b_hn is not None:
@@ -338,7 +338,7 @@ def _lstm_ext_forward(gx, state, w, tape, work, train):
     (gh,) = work
     np.dot(h, w.hhT, out=gh)
     np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)  # pre-activations, unscaled
-    i, f, g, o = gates
+    i, f, g, o = gates[0], gates[1], gates[2], gates[3]
     if w.peep is not None:
         i += w.peep[0] * c
         f += w.peep[1] * c
