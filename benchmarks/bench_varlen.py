@@ -36,8 +36,6 @@ def main():
         xt = torch.from_numpy(x)
         lt = torch.from_numpy(lengths)
         gt = torch.from_numpy(g)
-        packed = nprnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        g_packed = nprnn.pack_padded_sequence(g, lengths, enforce_sorted=False).data
 
         def torch_infer():
             with torch.no_grad():
@@ -59,14 +57,16 @@ def main():
             ours(x, lengths=lengths)
             ours.backward(g)
 
-        def np_packed_infer():
+        def np_packed_infer():  # pack, run, unpack: the same work as the PyTorch side
             ours.eval()
-            ours(nprnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+            out, _ = ours(nprnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+            nprnn.pad_packed_sequence(out)
 
-        def np_packed_train():
+        def np_packed_train():  # pack, run, unpack, and the same for the gradient
             ours.train()
-            ours(packed)
-            ours.backward(g_packed)
+            out, _ = ours(nprnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+            nprnn.pad_packed_sequence(out)
+            ours.backward(nprnn.pack_padded_sequence(g, lengths, enforce_sorted=False))
 
         for name, fn, ref_fn in (("inference, lengths=", np_lengths_infer, torch_infer),
                                  ("inference, packed", np_packed_infer, torch_infer),

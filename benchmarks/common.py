@@ -17,15 +17,18 @@ def median_time(fn, min_time=1.0, min_reps=5, max_reps=200, warmup=2):
     return statistics.median(times)
 
 
-def paired_times(fa, fb, min_time=2.0, block=5, min_blocks=3, max_blocks=50):
+def paired_times(fa, fb, min_time=2.0, block=5, min_blocks=3, max_blocks=50, settle=0.3):
     """Medians of ``fa()`` and ``fb()`` timed in alternating blocks of ``block`` calls, so
-    both see the same drift in machine load.  The first call of each block is not counted:
-    the thread pools of the other library (OpenMP, OpenBLAS) may still be spinning then."""
+    both see the same drift in machine load.  Between blocks the process sleeps ``settle``
+    seconds and the first call of each block is not counted: thread pools spin for a while
+    after their last job (OpenBLAS's for about 0.1 s), and a spinning pool of one library
+    would otherwise slow the other down."""
     ta, tb = [], []
     start = time.perf_counter()
     blocks = 0
     while blocks < max_blocks and (blocks < min_blocks or time.perf_counter() - start < min_time):
         for f, acc in ((fa, ta), (fb, tb)):
+            time.sleep(settle)
             f()
             for _ in range(block):
                 t0 = time.perf_counter()
