@@ -12,9 +12,10 @@ the mechanics:
   exact in floating point), so ``1 / (1 + exp(.))`` gives ``sigmoid(z)`` for the former
   and ``sigmoid(2z)`` for the latter, and ``tanh(z) = 2 sigmoid(2z) - 1``.  ``exp`` is
   cheaper than ``tanh`` in NumPy, and its overflow to ``inf`` gives exactly 0.
-* ``state`` is a tuple of the running state rows, ``(h,)`` or ``(h, c)``; forward
-  overwrites it with the new state, backward overwrites the running state gradient with
-  the gradient for the previous state.
+* ``state`` is ``(h_prev,)`` or ``(h_prev, c)``: forward reads ``h_prev`` (it may be the
+  previous step's output rows, so it is never written), writes the new ``h`` into
+  ``h_out`` and updates ``c`` in place; backward overwrites the running state gradient
+  with the gradient for the previous state.
 * ``tape`` holds what backward needs (the scan stores ``h_prev`` in front of it);
   ``grads`` receives the per-step gradients that the scan turns into weight gradients
   with a few large matrix products after the loop; ``work`` and ``scratch`` are rows of
@@ -105,7 +106,7 @@ def _sigmoid_of_scaled(a, one):
 
 # ----------------------------------------------------------------------------- RNN
 def _rnn_forward(nonlinearity):
-    def forward(gx, state, w, tape, work, train):
+    def forward(gx, state, w, tape, work, train, h_out):
         (h,) = state
         (act,) = tape
         np.dot(h, w.hhT, out=act)  # (n, H)
@@ -114,7 +115,7 @@ def _rnn_forward(nonlinearity):
             np.tanh(act, out=act)
         else:
             np.maximum(act, 0, out=act)
-        np.copyto(h, act)
+        np.copyto(h_out, act)
 
     return forward
 
@@ -151,10 +152,10 @@ RNN_RELU = CellKind("rnn_relu", 1, (), False, _rnn_forward("relu"), _rnn_backwar
 
 
 # ---------------------------------------------------------------------------- LSTM
-def _lstm_forward(gx, state, w, tape, work, train):
+def _lstm_forward(gx, state, w, tape, work, train, h_out):
     h, c = state
     gates, c_prev, tc = tape[0], tape[1], tape[2]  # gates (4, n, H)
-    (gh,) = work
+    gh = work[0]
     np.dot(h, w.hhT, out=gh)  # (n, 4H)
     np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)
     _sigmoid_of_scaled(gates, w.one)  # i, f, o; sigmoid(2 z_g) for g
@@ -167,12 +168,21 @@ def _lstm_forward(gx, state, w, tape, work, train):
     np.multiply(i, g, out=tc)
     c += tc  # c' = f * c + i * g
     np.tanh(c, out=tc)
+    _lstm_output(o, tc, w, tape, work, h_out)
+
+
+def _lstm_output(o, tc, w, tape, work, h_out):
+    """h' = o * tanh(c'), or (o * tanh(c')) @ W_hr.T with a projection."""
     if w.hrT is None:
-        np.multiply(o, tc, out=h)  # h' = o * tanh(c')
-    else:
-        m = tape[3]
-        np.multiply(o, tc, out=m)
-        np.dot(m, w.hrT, out=h)  # h' = (o * tanh(c')) @ W_hr.T
+        np.multiply(o, tc, out=h_out)
+        return
+    m = tape[3]
+    np.multiply(o, tc, out=m)
+    if h_out.flags.c_contiguous:
+        np.dot(m, w.hrT, out=h_out)
+    else:  # a column slice of a bidirectional output: BLAS writes contiguous rows only
+        np.dot(m, w.hrT, out=work[1])
+        np.copyto(h_out, work[1])
 
 
 def _lstm_backward(dstate, w, tape, grads, scratch):
@@ -211,7 +221,7 @@ def _lstm_tape(H, P, proj):
 
 
 def _lstm_work(H, P, proj):
-    return ((1, 4 * H),)
+    return ((1, 4 * H), (1, P)) if proj else ((1, 4 * H),)
 
 
 def _lstm_grads(H, P, proj):
@@ -227,7 +237,7 @@ LSTM = CellKind("lstm", 4, (-1, -1, -2, -1), True, _lstm_forward, _lstm_backward
 
 
 # ----------------------------------------------------------------------------- GRU
-def _gru_forward(gx, state, w, tape, work, train):
+def _gru_forward(gx, state, w, tape, work, train, h_out):
     (h,) = state
     gates, ghn = tape  # (3, n, H), (n, H)
     (gh,) = work
@@ -244,9 +254,14 @@ def _gru_forward(gx, state, w, tape, work, train):
     np.multiply(r, ghn, out=n)
     n += gxv[2]
     np.tanh(n, out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-    h -= n
-    h *= z
-    h += n  # h' = (1 - z) * n + z * h
+    _gru_update(h, z, n, h_out)
+
+
+def _gru_update(h, z, n, h_out):
+    """h' = (1 - z) * n + z * h, written as n + z * (h - n)."""
+    np.subtract(h, n, out=h_out)
+    h_out *= z
+    h_out += n
 
 
 def _gru_backward(dstate, w, tape, grads, scratch):
@@ -304,7 +319,7 @@ def _no_backward(dstate, w, tape, grads, scratch):
                               "(GRU with linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
 
 
-def _gru_lbr0_forward(gx, state, w, tape, work, train):
+def _gru_lbr0_forward(gx, state, w, tape, work, train, h_out):
     """ONNX GRU with linear_before_reset=0: n = tanh(W_in x + b_in + (r * h) @ W_hn.T + b_hn)."""
     (h,) = state
     gates, rh = tape  # (3, n, H), (n, H)
@@ -321,9 +336,7 @@ def _gru_lbr0_forward(gx, state, w, tape, work, train):
         ghn += w.b_hn
     np.add(ghn, gxv[2], out=n)
     np.tanh(n, out=n)
-    h -= n
-    h *= z
-    h += n
+    _gru_update(h, z, n, h_out)
 
 
 def _sigmoid(a, one):
@@ -331,11 +344,11 @@ def _sigmoid(a, one):
     _sigmoid_of_scaled(a, one)
 
 
-def _lstm_ext_forward(gx, state, w, tape, work, train):
+def _lstm_ext_forward(gx, state, w, tape, work, train, h_out):
     """ONNX LSTM with peepholes (i, f see c_{t-1}; o sees c_t), clip and input_forget."""
     h, c = state
     gates, c_prev, tc = tape[0], tape[1], tape[2]
-    (gh,) = work
+    gh = work[0]
     np.dot(h, w.hhT, out=gh)
     np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)  # pre-activations, unscaled
     i, f, g, o = gates[0], gates[1], gates[2], gates[3]
@@ -361,7 +374,7 @@ def _lstm_ext_forward(gx, state, w, tape, work, train):
         np.clip(o, -w.clip, w.clip, out=o)
     _sigmoid(o, w.one)
     np.tanh(c, out=tc)
-    np.multiply(o, tc, out=h)
+    _lstm_output(o, tc, w, tape, work, h_out)
 
 
 def _gru_lbr0_tape(H, P, proj):

@@ -106,27 +106,48 @@ def block_views(arrays, blocks, lo: int, hi: int) -> tuple:
 
 
 def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks, train: bool):
-    """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view;
-    ``state`` running arrays, overwritten; ``tape`` per-step records (T rows, h_prev
-    first) when training, else per-row workspace (N rows) like ``work``."""
+    """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view, receives
+    every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
+    on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
+    h_prev first) when training, else per-row workspace (N rows) like ``work``.
+
+    The previous step's ``h`` is read straight from its output rows, so no step copies
+    its state; only where sequences end are their final rows copied into ``h_n``, and
+    where the batch grows (the reverse direction of a packed batch) the joining rows'
+    ``h_0`` is gathered beside the previous rows.
+    """
     forward = kind.forward
+    h_run, rest = state[0], state[1:]
+    joined = np.empty_like(h_run)  # previous rows + joining h_0 rows, where the batch grows
     per_n = {}  # views that depend only on the active batch size, made once per size
+    prev = None  # (rows of the previous step's output, its batch size)
     with np.errstate(over="ignore"):  # exp overflowing to inf is how a gate saturates to 0
-        for lo, hi, n in steps:
+        for k, (lo, hi, n) in enumerate(steps):
             cached = per_n.get(n)
             if cached is None:
-                st = tuple(s[:n] for s in state)
                 wk = block_views(work, work_blocks, 0, n)
                 tp = None if train else block_views(tape, tape_blocks, 0, n)
-                cached = per_n[n] = (st, wk, tp)
-            st, wk, tp = cached
+                cached = per_n[n] = (tuple(s[:n] for s in rest), wk, tp)
+            rest_n, wk, tp = cached
+            if prev is None:
+                h_prev = h_run[:n]
+            elif n <= prev[1]:
+                h_prev = prev[0][:n]
+            else:
+                np.copyto(joined[: prev[1]], prev[0])
+                np.copyto(joined[prev[1] : n], h_run[prev[1] : n])
+                h_prev = joined[:n]
+            h_out = out[lo:hi]
             if train:
                 tp = block_views(tape, tape_blocks, lo, hi)
-                np.copyto(tp[0], st[0])
-                forward(gx[lo:hi], st, w, tp[1:], wk, True)
+                np.copyto(tp[0], h_prev)
+                forward(gx[lo:hi], (h_prev,) + rest_n, w, tp[1:], wk, True, h_out)
             else:
-                forward(gx[lo:hi], st, w, tp, wk, False)
-            np.copyto(out[lo:hi], st[0])
+                forward(gx[lo:hi], (h_prev,) + rest_n, w, tp, wk, False, h_out)
+            n_next = steps[k + 1][2] if k + 1 < len(steps) else 0
+            if n_next < n:  # sequences n_next..n-1 end here: their final state
+                np.copyto(h_run[n_next:n], h_out[n_next:])
+            prev = (h_out, n)
 
 
 def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tape_blocks, grads, grad_blocks,
