@@ -168,3 +168,20 @@ def test_input_not_modified():
 def test_zero_batch():
     out, hn = nprnn.GRU(3, 4, seed=0)(np.zeros((5, 0, 3), np.float32))
     assert out.shape == (5, 0, 4) and hn.shape == (1, 0, 4)
+
+
+def test_copy_and_pickle_keep_parameters_and_behaviour():
+    import copy
+    import pickle
+
+    m = nprnn.GRU(3, 4, num_layers=2, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    out, _ = m(x)
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        with pytest.raises(RuntimeError, match="needs a forward pass"):  # the pending record is not copied
+            clone.backward(out)
+        np.testing.assert_array_equal(clone(x)[0], out)
+        clone.backward(out)
+        clone.weight_ih_l0[...] = 0  # independent parameters
+        assert not np.array_equal(clone(x)[0], out)
+    np.testing.assert_array_equal(m(x)[0], out)

@@ -322,6 +322,18 @@ class RNNBase(Module):
             pool = self._buffers.pool = {}
         return pool
 
+    def __getstate__(self):
+        """Copies and pickles carry parameters, gradients and settings; not the work
+        arrays or a pending backward record."""
+        state = dict(self.__dict__)
+        state["_buffers"] = None
+        state["_record"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__["_buffers"] = threading.local()
+
     def release_buffers(self) -> None:
         """Free the work arrays kept between calls (and any pending backward record)."""
         self._buffers = threading.local()
