@@ -6,11 +6,13 @@ a batch sorted by decreasing length.  A padded ``(L, N, F)`` array reshaped to
 ``(L * N, F)`` is the special case ``batch_sizes = [N] * L``, so padded, packed and
 length-masked input all run through the same loop.
 
-The state is one running array per kind of state, ``(N, H_out)`` (and ``(N, H)`` for the
-LSTM cell).  A step reads and overwrites its first ``n`` rows.  Rows of sequences that have
-ended are left alone, so after the loop the running array *is* ``h_n``; in the reverse
-direction rows join as their sequence starts and find their initial state still there.
-Backward walks the same steps in the opposite order with a running state gradient.
+A step works on its first ``n`` rows.  It reads the previous ``h`` from the previous
+step's output rows (the first ``n`` of them: sequences that ended are at the end) and
+writes the new ``h`` into its own output rows; the LSTM cell state is one running
+``(N, H)`` array updated in place, whose ended rows are left alone.  Where sequences end,
+their last output rows are copied into ``h_n``; in the reverse direction, where the batch
+grows as sequences start, the joining rows take their initial state.  Backward walks the
+same steps in the opposite order with a running state gradient.
 
 Around the loop (DESIGN contract 2): the input projection of all steps is one GEMM before
 it; the weight, bias and input gradients are one GEMM each after it.
