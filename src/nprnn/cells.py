@@ -13,13 +13,12 @@ time loop is undone by calling ``backward`` in reverse order::
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from ._checks import as_array, check_bool, check_int, check_nonlinearity
 from .functional import KINDS, direction_backward, direction_forward
-from .module import Module, resolve_dtype, resolve_rng
+from .module import Module, init_uniform, resolve_dtype, resolve_rng
 
 
 class RNNCellBase(Module):
@@ -44,9 +43,7 @@ class RNNCellBase(Module):
 
     def reset_parameters(self) -> None:
         """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            p[...] = self._rng.uniform(-stdv, stdv, p.shape)
+        init_uniform(self, self.hidden_size, self._rng)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

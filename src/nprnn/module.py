@@ -33,6 +33,14 @@ def resolve_rng(seed) -> np.random.Generator:
     raise TypeError(f"seed should be None, an int or a numpy.random.Generator, got: {type(seed).__name__}")
 
 
+def init_uniform(module: "Module", hidden_size: int, rng: np.random.Generator) -> None:
+    """Draw every parameter of ``module`` from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)),
+    PyTorch's initialisation of recurrent layers and cells."""
+    stdv = 1.0 / np.sqrt(hidden_size)
+    for p in module.parameters():
+        p[...] = rng.uniform(-stdv, stdv, p.shape)
+
+
 class IncompatibleKeys(NamedTuple):
     missing_keys: list
     unexpected_keys: list

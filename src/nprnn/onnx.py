@@ -267,19 +267,14 @@ def run_node(module: RNNBase, node, X, sequence_lens=None, initial_h=None, initi
     return its outputs ``(Y, Y_h[, Y_c])`` in ONNX's layouts."""
     a = _attrs(node)
     layout = int(a.get("layout", 0))
+    given = [initial_h, initial_c] if node.op_type == "LSTM" else [initial_h]
     hx = None
-    if initial_h is not None:
-        to_torch = (lambda s: np.ascontiguousarray(np.swapaxes(s, 0, 1))) if layout else (lambda s: s)
-        h0 = to_torch(np.asarray(initial_h))
-        if node.op_type == "LSTM":
-            c0 = to_torch(np.asarray(initial_c)) if initial_c is not None else np.zeros_like(h0)
-            hx = (h0, c0)
-        else:
-            hx = h0
-    elif node.op_type == "LSTM" and initial_c is not None:
-        c0 = np.asarray(initial_c)
-        c0 = np.ascontiguousarray(np.swapaxes(c0, 0, 1)) if layout else c0
-        hx = (np.zeros_like(c0), c0)
+    if any(g is not None for g in given):  # ONNX (D, N, H), or (N, D, H) with layout=1
+        given = [None if g is None else np.asarray(g) for g in given]
+        given = [None if g is None else np.ascontiguousarray(np.swapaxes(g, 0, 1)) if layout else g for g in given]
+        like = next(g for g in given if g is not None)
+        given = [np.zeros_like(like) if g is None else g for g in given]  # a missing one is zeros
+        hx = tuple(given) if node.op_type == "LSTM" else given[0]
     lengths = None if sequence_lens is None else np.asarray(sequence_lens)
     out, state = module(np.asarray(X), hx, lengths=lengths)
     states = list(state) if isinstance(state, tuple) else [state]

@@ -5,7 +5,6 @@ the one time loop in :mod:`nprnn.functional.scan`.
 """
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from ._checks import as_array, check_bool, check_dropout, check_int, check_nonlinearity
 from .functional import KINDS, alloc_blocks, direction_backward, direction_forward
-from .module import Module, resolve_dtype, resolve_rng
+from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
@@ -127,9 +126,7 @@ class RNNBase(Module):
 
     def reset_parameters(self) -> None:
         """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            p[...] = self._rng.uniform(-stdv, stdv, p.shape)
+        init_uniform(self, self.hidden_size, self._rng)
 
     @property
     def num_directions(self) -> int:
@@ -172,6 +169,15 @@ class RNNBase(Module):
             raise ValueError(f"{label}: Expected input to be 2D or 3D, got {input.ndim}D{tensor} instead")
         return input
 
+    def _input_array(self, input):
+        """The input's data with the module's dtype and input_size (PyTorch's messages)."""
+        x = as_array(input, "input", self.dtype, self._label)
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
+            )
+        return x
+
     def _check_hx(self, hx, batched: bool):
         """Dimension checks on hx, in PyTorch's order (before the size checks)."""
         if hx is None:
@@ -213,11 +219,7 @@ class RNNBase(Module):
         input = self._check_input(input)
         batched = input.ndim == 3
         hx = self._check_hx(hx, batched)
-        x = as_array(input, "input", self.dtype, self._label)
-        if x.shape[-1] != self.input_size:
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
-            )
+        x = self._input_array(input)
         if not batched:
             x = x[None] if self.batch_first else x[:, None]
         if self.batch_first:
@@ -256,11 +258,7 @@ class RNNBase(Module):
         if data.ndim != 2:
             raise RuntimeError(f"input must have 2 dimensions, got {data.ndim}")
         hx = self._check_hx(hx, True)
-        x = as_array(data, "input", self.dtype, self._label)
-        if x.shape[-1] != self.input_size:
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}"
-            )
+        x = self._input_array(data)
         batch_sizes = [int(b) for b in packed.batch_sizes]
         if not batch_sizes or sum(batch_sizes) != x.shape[0] or any(
                 b1 < b2 for b1, b2 in zip(batch_sizes, batch_sizes[1:])) or batch_sizes[-1] <= 0:

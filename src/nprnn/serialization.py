@@ -91,6 +91,17 @@ def _encode(tensors: dict, metadata: dict, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+_READ_ERRORS = (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile)  # JSONDecodeError is a ValueError
+
+
+def _unreadable(path, fmt, exc):
+    """The error for a file that cannot be read as ``fmt``, or None if ``exc`` is another
+    kind of failure (safetensors raises its own error type)."""
+    if isinstance(exc, _READ_ERRORS) or type(exc).__name__ == "SafetensorError":
+        return ValueError(f"{path} is not a readable {fmt} file (truncated or corrupted?): {exc}")
+    return None
+
+
 def _decode(path, fmt: str):
     """``(tensors, metadata)`` from a file; any problem becomes a ValueError naming the file."""
     path = os.fspath(path)
@@ -109,12 +120,11 @@ def _decode(path, fmt: str):
                 tensors = {k: z[k] for k in z.files}
             meta = tensors.pop("__metadata__", None)
             metadata = json.loads(meta.tobytes().decode()) if meta is not None else {}
-    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable {fmt} file (truncated or corrupted?): {exc}") from exc
-    except Exception as exc:  # safetensors raises its own error type
-        if type(exc).__name__ == "SafetensorError":
-            raise ValueError(f"{path} is not a readable {fmt} file (truncated or corrupted?): {exc}") from exc
-        raise
+    except Exception as exc:
+        err = _unreadable(path, fmt, exc)
+        if err is None:
+            raise
+        raise err from exc
     return tensors, metadata
 
 
@@ -204,9 +214,10 @@ def checkpoint_metadata(path) -> dict:
         with safe_open(os.fspath(path), framework="np") as f:
             metadata = f.metadata() or {}
     except Exception as exc:
-        if type(exc).__name__ == "SafetensorError" or isinstance(exc, (OSError, ValueError)):
-            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {exc}") from exc
-        raise
+        err = _unreadable(path, "safetensors", exc)
+        if err is None:
+            raise
+        raise err from exc
     return _checkpoint_header(path, metadata)
 
 
