@@ -14,6 +14,7 @@ from ._checks import as_array, check_bool, check_dropout, check_int, check_nonli
 from .functional import KINDS, alloc_blocks, direction_backward, direction_forward
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
+from .threads import Stream, run_side_by_side, side_by_side_pays
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
@@ -346,37 +347,71 @@ class RNNBase(Module):
 
     def _run(self, x, batch_sizes, states):
         """All layers over packed time-major ``x`` (T, H_in); states (D*layers, N, .)."""
-        D, P = self.num_directions, self._h_out
+        D, P, L = self.num_directions, self._h_out, self.num_layers
         train = self.training
         self._record = None  # the previous record's buffers are about to be reused
         pool = self._pool()
         finals = [np.empty(s.shape, self.dtype) for s in states]
-        records, masks = [], []
-        layer_in = x
-        for layer in range(self.num_layers):
-            if layer == self.num_layers - 1:
-                out = np.empty((x.shape[0], D * P), self.dtype)  # (T, D*H_out), returned to the caller
+        records = [None] * (L * D)
+        outs = [np.empty((x.shape[0], D * P), self.dtype) if layer == L - 1  # returned to the caller
+                else alloc_blocks(((1, D * P),), x.shape[0], self.dtype, pool, (layer, "out"))[0]
+                for layer in range(L)]  # (T, D*H_out) each
+
+        def run(layer, d, pipeline=None):
+            idx = layer * D + d
+            params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
+            final, records[idx] = direction_forward(
+                self.kind, x if layer == 0 else outs[layer - 1], params, tuple(s[idx] for s in states),
+                batch_sizes, d == 1 or self._reverse_only, outs[layer][:, d * P : (d + 1) * P], train,
+                self._step_options(idx), pool, idx, pipeline,
+            )
+            for f_all, f in zip(finals, final):
+                f_all[idx] = f
+
+        masks = [None] * L
+        mode = self._side_by_side(x.shape[0], len(batch_sizes))
+        if mode == "layers":
+            self._run_pipelined(run)
+        for layer in range(L if mode != "layers" else 0):
+            if mode == "directions":
+                run_side_by_side(lambda: run(layer, 1), lambda: run(layer, 0))
             else:
-                (out,) = alloc_blocks(((1, D * P),), x.shape[0], self.dtype, pool, (layer, "out"))
-            for d in range(D):
-                idx = layer * D + d
-                params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
-                final, rec = direction_forward(
-                    self.kind, layer_in, params, tuple(s[idx] for s in states),
-                    batch_sizes, d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
-                    self._step_options(idx), pool, idx,
-                )
-                for f_all, f in zip(finals, final):
-                    f_all[idx] = f
-                records.append(rec)
-            mask = None
-            if train and self.dropout > 0 and layer < self.num_layers - 1:
-                mask = self._dropout_mask(out.shape)
-                out *= mask
-            masks.append(mask)
-            layer_in = out
+                for d in range(D):
+                    run(layer, d)
+            if train and self.dropout > 0 and layer < L - 1:
+                masks[layer] = self._dropout_mask(outs[layer].shape)
+                outs[layer] *= masks[layer]
         record = _Record(records=records, masks=masks, batch_sizes=batch_sizes) if train else None
-        return layer_in, finals, record
+        return outs[-1], finals, record
+
+    def _side_by_side(self, rows, steps):
+        """"directions", "layers" or None: which scans of this run go two at a time (see
+        :mod:`nprnn.threads`).  Layers pipeline only forward in time and without dropout
+        between them (its mask applies to a layer's whole output)."""
+        gate_width = self.kind.num_gates * self.hidden_size
+        if self.num_directions == 2:
+            return "directions" if side_by_side_pays(steps, rows, gate_width, pipelined=False) else None
+        if (self.num_layers > 1 and not self._reverse_only and not (self.training and self.dropout > 0)
+                and side_by_side_pays(steps, rows, gate_width, pipelined=True)):
+            return "layers"
+        return None
+
+    def _run_pipelined(self, run):
+        """One-directional layers as a pipeline over two threads: even layers on one, odd
+        on the other, each stage reading its input rows as the stage below publishes them."""
+        L = self.num_layers
+        streams = [Stream() for _ in range(L - 1)]  # streams[l]: layer l's output rows
+
+        def lane(first):
+            try:
+                for layer in range(first, L, 2):
+                    run(layer, 0, (streams[layer - 1] if layer else None, streams[layer] if layer < L - 1 else None))
+            except BaseException as error:
+                for stream in streams:  # wake any stage waiting on rows that will not come
+                    stream.fail(error)
+                raise
+
+        run_side_by_side(lambda: lane(0), lambda: lane(1))
 
     # -- backward ----------------------------------------------------------------
     def backward(self, grad_output, grad_hn=None):

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import threads
 from .cells import CellKind, StepWeights, gate_scale
 
 
@@ -107,11 +108,14 @@ def block_views(arrays, blocks, lo: int, hi: int) -> tuple:
     )
 
 
-def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks, train: bool):
+def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks, train: bool,
+                 chunks=None):
     """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view, receives
     every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
     on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
     h_prev first) when training, else per-row workspace (N rows) like ``work``.
+    ``chunks`` (a pipelined run, see :class:`Chunks`) fills ``gx`` a chunk of steps at a
+    time and hands the finished output on.
 
     The previous step's ``h`` is read straight from its output rows, so no step copies
     its state; only where sequences end are their final rows copied into ``h_n``, and
@@ -125,6 +129,8 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     prev = None  # (rows of the previous step's output, its batch size)
     with np.errstate(over="ignore"):  # exp overflowing to inf is how a gate saturates to 0
         for k, (lo, hi, n) in enumerate(steps):
+            if chunks is not None and k % chunks.size == 0:
+                chunks.begin(k)
             cached = per_n.get(n)
             if cached is None:
                 wk = block_views(work, work_blocks, 0, n)
@@ -150,6 +156,8 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
             if n_next < n:  # sequences n_next..n-1 end here: their final state
                 np.copyto(h_run[n_next:n], h_out[n_next:])
             prev = (h_out, n)
+            if chunks is not None and (k % chunks.size == chunks.size - 1 or n_next == 0):
+                chunks.end(hi)
 
 
 def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tape_blocks, grads, grad_blocks,
@@ -168,6 +176,27 @@ def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tap
         backward(ds, w, block_views(tape, tape_blocks, lo, hi), block_views(grads, grad_blocks, lo, hi), sc)
 
 
+class Chunks:
+    """A pipelined scan (see :mod:`nprnn.threads`) works in chunks of ``size`` steps:
+    before a chunk it waits until ``source`` has published the chunk's input rows (None:
+    the input is all there) and projects them; after it, it publishes the chunk's output
+    rows on ``sink`` (None: nobody reads them as they come)."""
+
+    def __init__(self, steps, project, source, sink):
+        self.steps, self.project, self.source, self.sink = steps, project, source, sink
+        self.size = threads.CHUNK_STEPS
+
+    def begin(self, k):
+        lo, hi = self.steps[k][0], self.steps[min(k + self.size, len(self.steps)) - 1][1]
+        if self.source is not None:
+            self.source.wait(hi)
+        self.project(lo, hi)
+
+    def end(self, hi):
+        if self.sink is not None:
+            self.sink.publish(hi)
+
+
 @dataclass
 class DirectionRecord:
     """What the backward pass of one layer-direction needs from its forward."""
@@ -183,20 +212,26 @@ class DirectionRecord:
     has_bias: bool
 
 
-def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None):
+def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None,
+                      pipeline=None):
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
     tuple of (N, .) initial states; ``out`` (T, H_out) receives the outputs; ``pool`` and
     ``key`` let the caller's buffers be reused (see :func:`alloc_blocks`).
+    ``pipeline`` = ``(source, sink)`` runs the scan as one stage of a layer pipeline
+    (forward direction only; see :class:`Chunks`).
     Returns ``(final_state, record)``; record is None unless ``train``.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
-    np.dot(x, w_ih_s.T, out=gx)  # (T, G*H)
-    if b_gx is not None:
-        gx += b_gx
+
+    def project(lo, hi):  # gx = x @ W_ih.T + b for rows lo:hi, (rows, G*H)
+        np.dot(x[lo:hi], w_ih_s.T, out=gx[lo:hi])
+        if b_gx is not None:
+            gx[lo:hi] += b_gx
+
     state = tuple(np.array(s, order="C", copy=True) for s in state0)
     H = w_hh.shape[0] // kind.num_gates
     P = w_hh.shape[1]
@@ -211,7 +246,14 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     else:
         tape_blocks = kind.tape_blocks(H, P, proj)
         tape = alloc_blocks(tape_blocks, N, x.dtype, pool, (key, "rows"))
-    scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train)
+    if pipeline is None:
+        project(0, x.shape[0])
+        chunks = None
+    elif reverse:
+        raise ValueError("a pipelined scan runs forward in time")
+    else:
+        chunks = Chunks(steps, project, *pipeline)
+    scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks)
     record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
     return state, record
 

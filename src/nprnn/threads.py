@@ -1,0 +1,173 @@
+"""Two scans side by side: how a layer uses a second core.
+
+NumPy runs elementwise work on one core, and at the batch sizes of a time step the BLAS
+gains little from a second thread (the cost of a small matrix product is mostly packing
+the weights).  So instead of splitting a step, a layer runs two *scans* at once, each on
+one core, with the BLAS held to one thread per scan while they run:
+
+* a bidirectional layer runs its two directions side by side;
+* a stack of one-directional layers runs as a pipeline: layer ``l + 1`` starts on the
+  first chunk of layer ``l``'s output while layer ``l`` goes on with the next one
+  (:class:`Stream` hands the rows over).
+
+The results equal the one-at-a-time run up to the rounding of the matrix products (a
+product split into chunks, or run on fewer BLAS threads, may round its last bit
+differently); for the same settings they are the same from run to run.
+
+Holding the BLAS to one thread needs ``threadpoolctl`` (``pip install "nprnn[fast]"``).
+Without it the default is one scan at a time: two scans each asking for every BLAS
+thread are slower than one.  The limit is process-wide while a side-by-side run lasts, so
+a matrix product another thread of the program runs meanwhile gets one BLAS thread too;
+``set_num_threads(1)`` turns side-by-side runs off.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+from contextlib import contextmanager
+
+CHUNK_STEPS = 8  # a pipelined layer hands its output over every this many time steps
+MIN_STEP_WORK = 4096  # below this many gate values per step, Python overhead dominates and one scan is faster
+
+_num_threads = None  # None until set or first asked: see get_num_threads
+_blas = {"controller": None, "looked": False, "depth": 0, "limiter": None}
+_blas_lock = threading.Lock()
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the loaded BLAS libraries, or None without it."""
+    if not _blas["looked"]:
+        _blas["looked"] = True
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        _blas["controller"] = ThreadpoolController().select(user_api="blas")
+    return _blas["controller"]
+
+
+def set_num_threads(n: int) -> None:
+    """How many threads nprnn's layers may use: 1 runs one scan at a time; 2 or more lets
+    a layer run two scans side by side (see the module docstring)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, but got {n!r}")
+    global _num_threads
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The current setting; by default 2 when the process may use two cores and
+    threadpoolctl is installed, else 1."""
+    if _num_threads is not None:
+        return _num_threads
+    return 2 if _available_cpus() >= 2 and _blas_controller() is not None else 1
+
+
+def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool) -> bool:
+    """Whether two scans at once beat one: enough arithmetic per step (``rows`` packed
+    rows over ``steps`` steps, ``gate_width`` = gates * hidden size) and, for a pipeline,
+    at least two chunks to overlap."""
+    if get_num_threads() < 2:
+        return False
+    if pipelined and steps < 2 * CHUNK_STEPS:
+        return False
+    return rows * gate_width >= MIN_STEP_WORK * steps
+
+
+@contextmanager
+def _blas_single_thread():
+    """Hold the BLAS to one thread (nested and concurrent uses share one limit, lifted by
+    the last to leave)."""
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with _blas_lock:
+        if _blas["depth"] == 0:
+            _blas["limiter"] = controller.limit(limits=1)
+        _blas["depth"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas["depth"] -= 1
+            if _blas["depth"] == 0:
+                _blas["limiter"].restore_original_limits()
+                _blas["limiter"] = None
+
+
+class UpstreamFailed(RuntimeError):
+    """Raised in a scan waiting on a :class:`Stream` whose writer failed."""
+
+
+def run_side_by_side(first, second) -> None:
+    """Run ``first()`` on a new thread and ``second()`` on this one, the BLAS held to one
+    thread each; wait for both, and raise the error that started a failure (not the
+    :class:`UpstreamFailed` it caused in the other).  ``first`` sees this thread's context
+    (NumPy's error state included).  If one may wait on the other (a :class:`Stream`),
+    each must fail its streams when it fails, or the other waits forever.
+    """
+    context = contextvars.copy_context()
+    errors = []
+
+    def target():
+        try:
+            context.run(first)
+        except BaseException as exc:  # re-raised on the calling thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=target, name="nprnn-scan", daemon=True)
+    with _blas_single_thread():
+        worker.start()
+        try:
+            second()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            worker.join()
+    if errors:
+        raise next((e for e in errors if not isinstance(e, UpstreamFailed)), errors[0])
+
+
+class Stream:
+    """The rows ``[0, done)`` of an array another thread is filling in order.
+
+    The writer calls :meth:`publish` with the end of what it has finished (or
+    :meth:`fail`); a reader calls :meth:`wait` for the rows it needs.
+    """
+
+    def __init__(self):
+        self.done = 0
+        self._error = None
+        self._waiting = False
+        self._cond = threading.Condition()
+
+    def publish(self, end: int) -> None:
+        self.done = end
+        if self._waiting:
+            with self._cond:
+                self._cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    def wait(self, end: int) -> None:
+        if self.done >= end:
+            return
+        with self._cond:
+            self._waiting = True
+            while self.done < end and self._error is None:
+                self._cond.wait()
+            self._waiting = False
+            if self.done < end:
+                raise UpstreamFailed("the scan producing this layer's input failed") from self._error

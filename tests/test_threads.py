@@ -1,0 +1,203 @@
+"""Two scans side by side (nprnn.threads): pipelined layers and concurrent directions.
+
+The real thresholds only let large runs go side by side; here they are lowered so that
+small configurations take those paths, and each test checks that they did.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+import nprnn
+from nprnn import threads
+from reference import LAYERS, compare, make_inputs, random_config, random_packed_config, run_nprnn, run_torch
+
+
+@pytest.fixture
+def side_by_side(monkeypatch):
+    """Lower the thresholds, allow two threads, and count the side-by-side runs."""
+    monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
+    monkeypatch.setattr(threads, "_num_threads", 2)
+    calls = []
+    real = threads.run_side_by_side
+
+    def counting(first, second):
+        calls.append(threading.current_thread().name)
+        real(first, second)
+
+    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", counting)
+    return calls
+
+
+@pytest.fixture
+def one_at_a_time(monkeypatch):
+    monkeypatch.setattr(threads, "_num_threads", 1)
+
+
+def _concurrent_config(rng, packed):
+    """A random layer configuration that goes side by side: bidirectional, or several
+    layers over at least two chunks of steps."""
+    while True:
+        cfg = random_packed_config(rng) if packed else random_config(rng)
+        if cfg["kind"] not in LAYERS or cfg["batch"] is None:
+            continue
+        if not cfg["bidirectional"] and cfg["num_layers"] == 1:
+            continue
+        if not packed:
+            cfg["seq_len"] = int(rng.integers(4, 10))
+        elif cfg["seq_len"] < 4 and not cfg["bidirectional"]:
+            continue
+        return cfg
+
+
+CONFIGS = [_concurrent_config(np.random.default_rng(9000 + i), packed=i % 2 == 1) for i in range(80)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{i}-{c['kind']}-{c.get('mode', 'padded')}" for i, c in enumerate(CONFIGS)])
+def test_side_by_side_matches_torch(cfg, side_by_side):
+    case = make_inputs(cfg)
+    got = run_nprnn(cfg, case)
+    assert side_by_side, "the configuration did not run side by side"
+    compare(cfg, got, run_torch(cfg, case))
+
+
+def test_configs_cover_both_ways_of_going_side_by_side():
+    assert any(c["bidirectional"] for c in CONFIGS)
+    assert any(not c["bidirectional"] and c["num_layers"] == 3 for c in CONFIGS)
+    assert {c.get("mode") for c in CONFIGS} == {None, "packed", "lengths"}
+    assert {c["kind"] for c in CONFIGS} == set(LAYERS)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:40], ids=[f"{i}-{c['kind']}" for i, c in enumerate(CONFIGS[:40])])
+def test_side_by_side_equals_one_at_a_time(cfg, monkeypatch):
+    """Without PyTorch: the same numbers either way (float64: to rounding; chunked
+    products may round their last bit differently)."""
+    cfg = dict(cfg, dtype="float64")
+    case = make_inputs(cfg)
+    monkeypatch.setattr(threads, "_num_threads", 1)
+    want = run_nprnn(cfg, case)
+    monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
+    monkeypatch.setattr(threads, "_num_threads", 2)
+    got = run_nprnn(cfg, case)
+    for key, w in want.items():
+        np.testing.assert_allclose(got[key], w, rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_pipeline_any_chunk_size_and_repeatable(chunk, side_by_side, monkeypatch):
+    monkeypatch.setattr(threads, "CHUNK_STEPS", chunk)
+    m = nprnn.GRU(3, 5, num_layers=3, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((11, 4, 3))
+    lengths = [11, 7, 3, 9]
+    first = m(x, lengths=lengths)
+    second = m(x, lengths=lengths)
+    monkeypatch.setattr(threads, "_num_threads", 1)
+    alone = m(x, lengths=lengths)
+    if chunk * 2 <= 11:
+        assert len(side_by_side) == 2
+    np.testing.assert_array_equal(first[0], second[0])  # same settings: same bits
+    np.testing.assert_array_equal(first[1], second[1])
+    np.testing.assert_allclose(first[0], alone[0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(first[1], alone[1], rtol=1e-12, atol=1e-14)
+
+
+def test_pipeline_with_dropout_in_training_runs_one_at_a_time(side_by_side):
+    m = nprnn.LSTM(3, 4, num_layers=2, dropout=0.5, seed=0)
+    m(np.ones((8, 2, 3), np.float32))
+    assert side_by_side == []  # the mask covers a layer's whole output
+    m.eval()
+    m(np.ones((8, 2, 3), np.float32))
+    assert len(side_by_side) == 1
+
+
+def test_bidirectional_with_dropout_goes_side_by_side_and_matches(side_by_side, monkeypatch):
+    x = np.random.default_rng(1).standard_normal((6, 3, 2))
+    runs = []
+    for n in (2, 1):
+        monkeypatch.setattr(threads, "_num_threads", n)
+        m = nprnn.GRU(2, 3, num_layers=2, dropout=0.4, bidirectional=True, seed=3, dtype=np.float64)
+        out, h = m(x)
+        dx, dh = m.backward(np.ones_like(out))
+        runs.append((out, h, dx, dh, m.grads))
+    assert len(side_by_side) == 2  # one per layer, in the first run only
+    for a, b in zip(runs[0][:4], runs[1][:4]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for k in runs[0][4]:
+        np.testing.assert_allclose(runs[0][4][k], runs[1][4][k], rtol=1e-12, atol=1e-14)
+
+
+def _fail_on(monkeypatch, layer_index):
+    """Make the scan of one layer-direction raise."""
+    real = nprnn.recurrent.direction_forward
+
+    def failing(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, pipeline):
+        if key == layer_index:
+            raise MemoryError(f"boom in {key}")
+        return real(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, pipeline)
+
+    monkeypatch.setattr(nprnn.recurrent, "direction_forward", failing)
+
+
+@pytest.mark.parametrize("failing", [0, 1, 2])
+def test_a_failing_stage_raises_and_nothing_hangs(failing, side_by_side, monkeypatch):
+    _fail_on(monkeypatch, failing)
+    m = nprnn.LSTM(3, 4, num_layers=3, seed=0)
+    result = {}
+
+    def call():
+        try:
+            m(np.ones((9, 2, 3), np.float32))
+        except MemoryError as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "a pipeline stage kept waiting after another failed"
+    assert str(result["error"]) == f"boom in {failing}"
+    assert threads._blas["depth"] == 0  # the BLAS limit was lifted
+
+
+def test_blas_held_to_one_thread_during_and_restored_after(side_by_side, monkeypatch):
+    controller = threads._blas_controller()
+    if controller is None or not controller.lib_controllers:
+        pytest.skip("threadpoolctl sees no BLAS here")
+    before = [c.num_threads for c in controller.lib_controllers]
+    seen = []
+    real = nprnn.recurrent.direction_forward
+
+    def spying(*args):
+        seen.append([c.num_threads for c in threads._blas_controller().lib_controllers])
+        return real(*args)
+
+    monkeypatch.setattr(nprnn.recurrent, "direction_forward", spying)
+    nprnn.GRU(3, 4, bidirectional=True, seed=0)(np.ones((5, 2, 3), np.float32))
+    assert len(side_by_side) == 1
+    assert seen and all(all(n == 1 for n in s) for s in seen)
+    after = [c.num_threads for c in controller.lib_controllers]  # num_threads asks the library now
+    assert after == before
+
+
+def test_small_runs_and_one_thread_go_one_at_a_time(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", lambda a, b: calls.append(1))
+    monkeypatch.setattr(threads, "_num_threads", 2)
+    nprnn.LSTM(3, 4, num_layers=2, seed=0)(np.ones((40, 2, 3), np.float32))  # 2*4*4 gate values a step
+    monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(threads, "_num_threads", 1)
+    nprnn.LSTM(3, 4, num_layers=2, seed=0)(np.ones((40, 2, 3), np.float32))
+    assert calls == []
+
+
+def test_default_and_validation(monkeypatch):
+    monkeypatch.setattr(threads, "_num_threads", None)
+    assert nprnn.get_num_threads() in (1, 2)
+    nprnn.set_num_threads(3)
+    assert nprnn.get_num_threads() == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"set_num_threads: expected a positive int, but got"):
+            nprnn.set_num_threads(bad)
+    assert nprnn.get_num_threads() == 3
