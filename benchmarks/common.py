@@ -77,9 +77,13 @@ def setup(add_arguments=None, min_time=1.0):
         pass
     import torch
 
+    import nprnn
+
     torch.set_num_threads(args.threads)
+    if args.threads < nprnn.get_num_threads():
+        nprnn.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__} threads={torch.get_num_threads()}; numpy {np.__version__}; "
-          + "; ".join(threads_report()))
+          + "; ".join(threads_report()) + f"; nprnn threads={nprnn.get_num_threads()}")
     return args, torch
 

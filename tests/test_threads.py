@@ -161,6 +161,24 @@ def test_a_failing_stage_raises_and_nothing_hangs(failing, side_by_side, monkeyp
     assert threads._blas["depth"] == 0  # the BLAS limit was lifted
 
 
+def test_the_stage_below_stops_early_when_the_one_above_fails(side_by_side, monkeypatch):
+    """Layer 1 fails at once: layer 0 (on the other thread) stops at its next chunk
+    instead of running its 1000 steps to the end."""
+    _fail_on(monkeypatch, 1)
+    begun = []
+    real_begin = nprnn.functional.scan.Chunks.begin
+
+    def counting(self, k):
+        begun.append(k)
+        return real_begin(self, k)
+
+    monkeypatch.setattr(nprnn.functional.scan.Chunks, "begin", counting)
+    m = nprnn.GRU(3, 4, num_layers=2, seed=0)
+    with pytest.raises(MemoryError, match="boom in 1"):
+        m(np.ones((1000, 2, 3), np.float32))
+    assert 0 < len(begun) < 250  # of 500 chunks
+
+
 def test_blas_held_to_one_thread_during_and_restored_after(side_by_side, monkeypatch):
     controller = threads._blas_controller()
     if controller is None or not controller.lib_controllers:

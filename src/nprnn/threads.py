@@ -28,7 +28,10 @@ import threading
 from contextlib import contextmanager
 
 CHUNK_STEPS = 8  # a pipelined layer hands its output over every this many time steps
-MIN_STEP_WORK = 4096  # below this many gate values per step, Python overhead dominates and one scan is faster
+# Below this many gate values per step (rows * gates * hidden), two threads lose more to
+# handing the GIL back and forth around each small NumPy call than the second core gives:
+# benchmarks/bench_threads.py measured 0.4-0.9x at 6k and below, 1.0-1.4x from 8k up (2 cores).
+MIN_STEP_WORK = 8192
 
 _num_threads = None  # None until set or first asked: see get_num_threads
 _blas = {"controller": None, "looked": False, "depth": 0, "limiter": None}
@@ -160,6 +163,12 @@ class Stream:
         with self._cond:
             self._error = error
             self._cond.notify_all()
+
+    def check(self) -> None:
+        """Raise :class:`UpstreamFailed` if the stream was failed (the writer stops early
+        when the reader is gone)."""
+        if self._error is not None:
+            raise UpstreamFailed("a scan of this run failed") from self._error
 
     def wait(self, end: int) -> None:
         if self.done >= end:

@@ -7,20 +7,25 @@ the mechanics:
 
 * The input projection ``gx = x @ W_ih.T + b`` has already been computed for all steps
   (see :mod:`nprnn.functional.scan`); a step adds ``h @ W_hh.T`` and applies the gates.
-* Gates go through one ``exp`` call per step: the weight and bias rows of every sigmoid
-  gate are multiplied by -1 and those of the LSTM's tanh gate by -2 (:func:`gate_scale`;
-  exact in floating point), so ``1 / (1 + exp(.))`` gives ``sigmoid(z)`` for the former
-  and ``sigmoid(2z)`` for the latter, and ``tanh(z) = 2 sigmoid(2z) - 1``.  ``exp`` is
-  cheaper than ``tanh`` in NumPy, and its overflow to ``inf`` gives exactly 0.
-* ``state`` is ``(h_prev,)`` or ``(h_prev, c)``: forward reads ``h_prev`` (it may be the
-  previous step's output rows, so it is never written), writes the new ``h`` into
-  ``h_out`` and updates ``c`` in place; backward overwrites the running state gradient
-  with the gradient for the previous state.
+* Gates go through ``exp``: the weight and bias rows of every sigmoid gate are
+  multiplied by -1 and those of a tanh gate (the LSTM's g, the GRU's candidate n, whose
+  hidden bias ``b_hn`` is scaled with them) by -2 (:func:`gate_scale`; exact in floating
+  point), so ``1 / (1 + exp(.))`` gives ``sigmoid(z)`` for the former and
+  ``sigmoid(2z)`` for the latter, and ``tanh(z) = 2 sigmoid(2z) - 1``.  ``exp`` and the
+  four cheap passes around it cost less than ``tanh`` in NumPy, and its overflow to
+  ``inf`` gives exactly 0.  The LSTM's gates take one ``exp`` call; the GRU's two (n
+  needs r first).
+* Forward reads ``h`` (the previous state: it may be the previous step's output rows,
+  so it is never written), writes the new state into ``h_out`` and updates the LSTM's
+  ``c`` in place (None for the other kinds); backward's ``dstate``, ``(dh,)`` or
+  ``(dh, dc)``, is the running state gradient, overwritten with the gradient for the
+  previous state.
 * ``tape`` holds what backward needs (the scan stores ``h_prev`` in front of it);
   ``grads`` receives the per-step gradients that the scan turns into weight gradients
   with a few large matrix products after the loop; ``work`` and ``scratch`` are rows of
   workspace.  Each kind declares their shapes as blocks ``(k, width)``: ``k = 1`` is an
-  ``(n, width)`` array, ``k > 1`` a gate-major ``(k, n, width)`` array.
+  ``(n, width)`` array, ``k > 1`` a gate-major ``(k, n, width)`` array, and ``k < 0``
+  an ``(n, -k*width)`` array handed over with its gate-major view, as a pair.
 * Gate activations live gate-major, ``(G, n, H)``, so every gate is one contiguous
   array and the elementwise work runs at full speed.  Matrix products want rows,
   ``(n, G*H)``; :func:`gate_major` views those as ``(G, n, H)``, and the one ufunc
@@ -43,7 +48,7 @@ class StepWeights:
     hh:  (G*H, H_out) the unscaled weights, for the backward product
     b_hn: (H,) GRU only: the hidden bias of the candidate gate (it sits inside ``r *``)
     hrT, hr: LSTM projection ``weight_hr`` transposed and as is, or None
-    one, two: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
+    one, two, neg_half: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
     hnT: (H, H) GRU with linear_before_reset=0: the candidate's hidden weights, transposed
     peep: (3, H) LSTM peepholes for i, f, o; clip: pre-activation bound; input_forget: f = 1 - i
     """
@@ -55,6 +60,7 @@ class StepWeights:
     hr: Optional[np.ndarray] = None
     one: np.floating = np.float64(1)
     two: np.floating = np.float64(2)
+    neg_half: np.floating = np.float64(-0.5)
     hnT: Optional[np.ndarray] = None
     peep: Optional[np.ndarray] = None
     clip: Optional[float] = None
@@ -106,8 +112,7 @@ def _sigmoid_of_scaled(a, one):
 
 # ----------------------------------------------------------------------------- RNN
 def _rnn_forward(nonlinearity):
-    def forward(gx, state, w, tape, work, train, h_out):
-        (h,) = state
+    def forward(gx, h, c, w, tape, work, train, h_out):
         (act,) = tape
         np.dot(h, w.hhT, out=act)  # (n, H)
         act += gx
@@ -152,12 +157,11 @@ RNN_RELU = CellKind("rnn_relu", 1, (), False, _rnn_forward("relu"), _rnn_backwar
 
 
 # ---------------------------------------------------------------------------- LSTM
-def _lstm_forward(gx, state, w, tape, work, train, h_out):
-    h, c = state
+def _lstm_forward(gx, h, c, w, tape, work, train, h_out):
     gates, c_prev, tc = tape[0], tape[1], tape[2]  # gates (4, n, H)
-    gh = work[0]
-    np.dot(h, w.hhT, out=gh)  # (n, 4H)
-    np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)
+    gh, ghv = work[0]  # (n, 4H) and its gate-major view
+    np.dot(h, w.hhT, out=gh)
+    np.add(gate_major(gx, 4), ghv, out=gates)
     _sigmoid_of_scaled(gates, w.one)  # i, f, o; sigmoid(2 z_g) for g
     i, f, g, o = gates[0], gates[1], gates[2], gates[3]
     g *= w.two
@@ -221,7 +225,7 @@ def _lstm_tape(H, P, proj):
 
 
 def _lstm_work(H, P, proj):
-    return ((1, 4 * H), (1, P)) if proj else ((1, 4 * H),)
+    return ((-4, H), (1, P)) if proj else ((-4, H),)
 
 
 def _lstm_grads(H, P, proj):
@@ -237,31 +241,32 @@ LSTM = CellKind("lstm", 4, (-1, -1, -2, -1), True, _lstm_forward, _lstm_backward
 
 
 # ----------------------------------------------------------------------------- GRU
-def _gru_forward(gx, state, w, tape, work, train, h_out):
-    (h,) = state
+def _gru_forward(gx, h, c, w, tape, work, train, h_out):
     gates, ghn = tape  # (3, n, H), (n, H)
-    (gh,) = work
-    np.dot(h, w.hhT, out=gh)  # (n, 3H); r, z rows negated
-    ghv, gxv = gate_major(gh, 3), gate_major(gx, 3)
+    ((gh, ghv),) = work  # (n, 3H) and its gate-major view
+    np.dot(h, w.hhT, gh)  # r, z rows times -1, n rows times -2
+    gxv = gate_major(gx, 3)
     rz = gates[:2]
-    np.add(gxv[:2], ghv[:2], out=rz)
+    np.add(gxv[:2], ghv[:2], rz)
     _sigmoid_of_scaled(rz, w.one)
     if w.b_hn is None:
         np.copyto(ghn, ghv[2])
     else:
-        np.add(ghv[2], w.b_hn, out=ghn)  # W_hn h + b_hn
+        np.add(ghv[2], w.b_hn, ghn)  # -2 (W_hn h + b_hn)
     r, z, n = gates[0], gates[1], gates[2]
-    np.multiply(r, ghn, out=n)
-    n += gxv[2]
-    np.tanh(n, out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    np.multiply(r, ghn, n)
+    np.add(n, gxv[2], n)  # -2 (W_in x + b_in + r * (W_hn h + b_hn))
+    _sigmoid_of_scaled(n, w.one)
+    np.multiply(n, w.two, n)
+    np.subtract(n, w.one, n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     _gru_update(h, z, n, h_out)
 
 
 def _gru_update(h, z, n, h_out):
     """h' = (1 - z) * n + z * h, written as n + z * (h - n)."""
-    np.subtract(h, n, out=h_out)
-    h_out *= z
-    h_out += n
+    np.subtract(h, n, h_out)
+    np.multiply(h_out, z, h_out)
+    np.add(h_out, n, h_out)
 
 
 def _gru_backward(dstate, w, tape, grads, scratch):
@@ -285,6 +290,7 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     np.subtract(w.one, r, out=tmp)
     tmp *= r
     dr *= tmp
+    dr *= w.neg_half  # the tape holds -2 (W_hn h + b_hn)
     np.copyto(gate_major(dgx, 3), dgates)
     dghv = gate_major(dgh, 3)
     np.copyto(dghv[:2], dgates[:2])
@@ -299,7 +305,7 @@ def _gru_tape(H, P, proj):
 
 
 def _gru_work(H, P, proj):
-    return ((1, 3 * H),)
+    return ((-3, H),)
 
 
 def _gru_grads(H, P, proj):
@@ -310,7 +316,7 @@ def _gru_scratch(H, P, proj):
     return ((3, H), (1, H), (1, P))
 
 
-GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward,
+GRU = CellKind("gru", 3, (-1, -1, -2), False, _gru_forward, _gru_backward,
                _gru_tape, _gru_work, _gru_grads, _gru_scratch, separate_dgh=True)
 
 # ------------------------------------------- ONNX-only variants (forward only, for imported models)
@@ -319,15 +325,14 @@ def _no_backward(dstate, w, tape, grads, scratch):
                               "(GRU with linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
 
 
-def _gru_lbr0_forward(gx, state, w, tape, work, train, h_out):
+def _gru_lbr0_forward(gx, h, c, w, tape, work, train, h_out):
     """ONNX GRU with linear_before_reset=0: n = tanh(W_in x + b_in + (r * h) @ W_hn.T + b_hn)."""
-    (h,) = state
     gates, rh = tape  # (3, n, H), (n, H)
-    gh, ghn = work  # (n, 2H), (n, H)
+    (gh, ghv), ghn = work  # (n, 2H) with its gate-major view, (n, H)
     np.dot(h, w.hhT, out=gh)  # r, z only, negated
     gxv = gate_major(gx, 3)
     rz = gates[:2]
-    np.add(gxv[:2], gate_major(gh, 2), out=rz)
+    np.add(gxv[:2], ghv, out=rz)
     _sigmoid_of_scaled(rz, w.one)
     r, z, n = gates[0], gates[1], gates[2]
     np.multiply(r, h, out=rh)
@@ -344,13 +349,12 @@ def _sigmoid(a, one):
     _sigmoid_of_scaled(a, one)
 
 
-def _lstm_ext_forward(gx, state, w, tape, work, train, h_out):
+def _lstm_ext_forward(gx, h, c, w, tape, work, train, h_out):
     """ONNX LSTM with peepholes (i, f see c_{t-1}; o sees c_t), clip and input_forget."""
-    h, c = state
     gates, c_prev, tc = tape[0], tape[1], tape[2]
-    gh = work[0]
+    gh, ghv = work[0]
     np.dot(h, w.hhT, out=gh)
-    np.add(gate_major(gx, 4), gate_major(gh, 4), out=gates)  # pre-activations, unscaled
+    np.add(gate_major(gx, 4), ghv, out=gates)  # pre-activations, unscaled
     i, f, g, o = gates[0], gates[1], gates[2], gates[3]
     if w.peep is not None:
         i += w.peep[0] * c
@@ -382,7 +386,7 @@ def _gru_lbr0_tape(H, P, proj):
 
 
 def _gru_lbr0_work(H, P, proj):
-    return ((1, 2 * H), (1, H))
+    return ((-2, H), (1, H))
 
 
 GRU_LBR0 = CellKind("gru_lbr0", 3, (-1, -1, 1), False, _gru_lbr0_forward, _no_backward,

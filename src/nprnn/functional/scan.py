@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import threads
-from .cells import CellKind, StepWeights, gate_scale
+from .cells import CellKind, StepWeights, gate_major, gate_scale
 
 
 def step_slices(batch_sizes: Sequence[int], reverse: bool) -> list:
@@ -65,6 +65,7 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
         w_ih_s = w_ih * scale[:, None]
         hhT = (w_hh * scale[:, None]).T.copy()  # (H_out, G*H)
         b_gx = None if b_gx is None else b_gx * scale
+        b_hn = None if b_hn is None else b_hn * scale[2 * H :]
     dt = w_hh.dtype.type
     step = StepWeights(
         hhT=hhT,
@@ -74,6 +75,7 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
         hr=None if w_hr is None else np.ascontiguousarray(w_hr),
         one=dt(1),
         two=dt(2),
+        neg_half=dt(-0.5),
         **(options or {}),
     )
     if kind.name == "gru_lbr0":  # the candidate's hidden product comes after the reset gate
@@ -90,7 +92,7 @@ def alloc_blocks(blocks, rows: int, dtype, pool=None, key=None) -> tuple:
     one call to the next under ``key`` instead of being allocated again: fresh memory is
     paid for in page faults on its first use, which costs as much as the arithmetic here.
     """
-    shapes = [(rows, w) if k == 1 else (rows * k * w,) for k, w in blocks]
+    shapes = [(rows, w) if k == 1 else (rows * k * w,) if k > 1 else (rows, -k * w) for k, w in blocks]
     if pool is not None:
         held = pool.get(key)
         if held is not None and [a.shape for a in held] == shapes and all(a.dtype == dtype for a in held):
@@ -101,11 +103,20 @@ def alloc_blocks(blocks, rows: int, dtype, pool=None, key=None) -> tuple:
     return arrays
 
 
+def _block_view(a, k, w, lo, hi):
+    if k == 1:
+        return a[lo:hi]
+    if k > 1:
+        return a[k * w * lo : k * w * hi].reshape(k, hi - lo, w)
+    rows = a[lo:hi]
+    return rows, gate_major(rows, -k)
+
+
 def block_views(arrays, blocks, lo: int, hi: int) -> tuple:
-    """Rows ``lo:hi`` of each array: ``(n, width)`` or gate-major ``(k, n, width)``."""
-    return tuple(
-        a[lo:hi] if k == 1 else a[k * w * lo : k * w * hi].reshape(k, hi - lo, w) for a, (k, w) in zip(arrays, blocks)
-    )
+    """Rows ``lo:hi`` of each array: ``(n, width)`` for a block ``(1, width)``, gate-major
+    ``(k, n, width)`` for ``(k, width)``, and for ``(-k, width)`` the rows ``(n, k*width)``
+    together with their gate-major view ``(k, n, width)`` (a matrix product's output)."""
+    return tuple(_block_view(a, k, w, lo, hi) for a, (k, w) in zip(arrays, blocks))
 
 
 def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks, train: bool,
@@ -123,7 +134,8 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     ``h_0`` is gathered beside the previous rows.
     """
     forward = kind.forward
-    h_run, rest = state[0], state[1:]
+    h_run = state[0]
+    c_run = state[1] if kind.has_cell else None
     joined = np.empty_like(h_run)  # previous rows + joining h_0 rows, where the batch grows
     per_n = {}  # views that depend only on the active batch size, made once per size
     prev = None  # (rows of the previous step's output, its batch size)
@@ -135,8 +147,8 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
             if cached is None:
                 wk = block_views(work, work_blocks, 0, n)
                 tp = None if train else block_views(tape, tape_blocks, 0, n)
-                cached = per_n[n] = (tuple(s[:n] for s in rest), wk, tp)
-            rest_n, wk, tp = cached
+                cached = per_n[n] = (None if c_run is None else c_run[:n], wk, tp)
+            c, wk, tp = cached
             if prev is None:
                 h_prev = h_run[:n]
             elif n <= prev[1]:
@@ -149,9 +161,9 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
             if train:
                 tp = block_views(tape, tape_blocks, lo, hi)
                 np.copyto(tp[0], h_prev)
-                forward(gx[lo:hi], (h_prev,) + rest_n, w, tp[1:], wk, True, h_out)
+                forward(gx[lo:hi], h_prev, c, w, tp[1:], wk, True, h_out)
             else:
-                forward(gx[lo:hi], (h_prev,) + rest_n, w, tp, wk, False, h_out)
+                forward(gx[lo:hi], h_prev, c, w, tp, wk, False, h_out)
             n_next = steps[k + 1][2] if k + 1 < len(steps) else 0
             if n_next < n:  # sequences n_next..n-1 end here: their final state
                 np.copyto(h_run[n_next:n], h_out[n_next:])
@@ -190,6 +202,8 @@ class Chunks:
         lo, hi = self.steps[k][0], self.steps[min(k + self.size, len(self.steps)) - 1][1]
         if self.source is not None:
             self.source.wait(hi)
+        if self.sink is not None:
+            self.sink.check()
         self.project(lo, hi)
 
     def end(self, hi):

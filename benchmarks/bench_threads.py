@@ -1,0 +1,53 @@
+"""When do two scans side by side pay?  nprnn alone, one thread against two.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py [--min-time 1]
+
+Two-layer LSTM and GRU, one-directional (layers pipelined) and bidirectional (directions
+side by side), padded batches of 100 steps, over a grid of batch and hidden sizes.  The
+threshold is lowered so every case can go side by side; the printed speed-up (time with
+one thread / time with two) is what ``nprnn.threads.MIN_STEP_WORK`` is chosen from.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import paired_times, threads_report  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--min-time", type=float, default=1.0)
+    args = ap.parse_args()
+    import nprnn
+    from nprnn import threads
+
+    threads.MIN_STEP_WORK = 0
+    print(f"numpy {np.__version__}; " + "; ".join(threads_report()))
+    print(f"{'case':34s} {'gates/step':>10s} {'1 thread ms':>12s} {'2 threads ms':>13s} {'speed-up':>9s}")
+    rng = np.random.default_rng(0)
+    for kind in ("LSTM", "GRU"):
+        for bidirectional in (False, True):
+            for N, H in ((32, 32), (16, 64), (32, 64), (8, 128), (32, 128), (64, 256)):
+                m = getattr(nprnn, kind)(64, H, num_layers=2, bidirectional=bidirectional, seed=0)
+                m.eval()
+                x = rng.standard_normal((100, N, 64)).astype(np.float32)
+
+                def one():
+                    nprnn.set_num_threads(1)
+                    m(x)
+
+                def two():
+                    nprnn.set_num_threads(2)
+                    m(x)
+
+                t1, t2 = paired_times(one, two, args.min_time)
+                name = f"{kind} {'bidirectional' if bidirectional else 'one-way'} N={N} H={H}"
+                gates = N * H * (4 if kind == "LSTM" else 3)
+                print(f"{name:34s} {gates:10d} {t1 * 1e3:12.2f} {t2 * 1e3:13.2f} {t1 / t2:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
