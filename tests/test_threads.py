@@ -59,7 +59,7 @@ CONFIGS = [_concurrent_config(np.random.default_rng(9000 + i), packed=i % 2 == 1
 def test_side_by_side_matches_torch(cfg, side_by_side):
     case = make_inputs(cfg)
     got = run_nprnn(cfg, case)
-    assert side_by_side, "the configuration did not run side by side"
+    assert len(side_by_side) >= 2, "the forward and the backward did not both run side by side"
     compare(cfg, got, run_torch(cfg, case))
 
 
@@ -122,7 +122,7 @@ def test_bidirectional_with_dropout_goes_side_by_side_and_matches(side_by_side, 
         out, h = m(x)
         dx, dh = m.backward(np.ones_like(out))
         runs.append((out, h, dx, dh, m.grads))
-    assert len(side_by_side) == 2  # one per layer, in the first run only
+    assert len(side_by_side) == 4  # one per layer, forward and backward, in the first run only
     for a, b in zip(runs[0][:4], runs[1][:4]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     for k in runs[0][4]:
@@ -159,6 +159,33 @@ def test_a_failing_stage_raises_and_nothing_hangs(failing, side_by_side, monkeyp
     assert not t.is_alive(), "a pipeline stage kept waiting after another failed"
     assert str(result["error"]) == f"boom in {failing}"
     assert threads._blas["depth"] == 0  # the BLAS limit was lifted
+
+
+@pytest.mark.parametrize("failing", [0, 1, 2])
+def test_a_failing_backward_stage_raises_and_nothing_hangs(failing, side_by_side, monkeypatch):
+    real = nprnn.recurrent.direction_backward
+
+    def failing_backward(rec, dout, dstate, pool, key, dx, accumulate, pipeline):
+        if key == failing:
+            raise MemoryError(f"boom in {key}")
+        return real(rec, dout, dstate, pool, key, dx, accumulate, pipeline)
+
+    monkeypatch.setattr(nprnn.recurrent, "direction_backward", failing_backward)
+    m = nprnn.GRU(3, 4, num_layers=3, seed=0)
+    out, _ = m(np.ones((9, 2, 3), np.float32))
+    result = {}
+
+    def call():
+        try:
+            m.backward(np.ones_like(out))
+        except MemoryError as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive(), "a backward stage kept waiting after another failed"
+    assert str(result["error"]) == f"boom in {failing}"
 
 
 def test_the_stage_below_stops_early_when_the_one_above_fails(side_by_side, monkeypatch):

@@ -381,7 +381,7 @@ class RNNBase(Module):
             if train and self.dropout > 0 and layer < L - 1:
                 masks[layer] = self._dropout_mask(outs[layer].shape)
                 outs[layer] *= masks[layer]
-        record = _Record(records=records, masks=masks, batch_sizes=batch_sizes) if train else None
+        record = _Record(records=records, masks=masks, batch_sizes=batch_sizes, side_by_side=mode) if train else None
         return outs[-1], finals, record
 
     def _side_by_side(self, rows, steps):
@@ -499,30 +499,62 @@ class RNNBase(Module):
         return parts
 
     def _run_backward(self, dout, grad_finals, rec):
-        """Backward over all layers; ``dout`` (T, D*H_out) packed time-major."""
-        D, P = self.num_directions, self._h_out
+        """Backward over all layers; ``dout`` (T, D*H_out) packed time-major.  Runs two
+        scans at a time where the forward did (see :meth:`_side_by_side`)."""
+        D, P, L = self.num_directions, self._h_out, self.num_layers
         grad_states = [np.empty(g.shape, self.dtype) for g in grad_finals]
         pool = self._pool()
-        for layer in reversed(range(self.num_layers)):
+        dxs = []  # the input gradient of each layer: the next layer down's output gradient
+        for layer in range(L):
             x_rows, in_size = rec.records[layer * D].x.shape
-            if layer == 0:  # returned to the caller: fresh memory
-                dx = np.empty((x_rows, in_size), self.dtype)
+            dxs.append(np.empty((x_rows, in_size), self.dtype) if layer == 0  # returned to the caller
+                       else alloc_blocks(((1, in_size),), x_rows, self.dtype, pool, (layer, "dx"))[0])
+
+        def run(layer, d, dx, accumulate=False, pipeline=None):
+            idx = layer * D + d
+            dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
+            layer_dout = dout if layer == L - 1 else dxs[layer + 1]
+            _, dstate0, pgrads = direction_backward(rec.records[idx], layer_dout[:, d * P : (d + 1) * P], dstate,
+                                                    pool, idx, dx, accumulate, pipeline)
+            for g_all, g in zip(grad_states, dstate0):
+                g_all[idx] = g
+            for name, g in zip(self._layer_names[idx], pgrads):
+                if name is not None:
+                    self._grads[name] += g
+
+        if rec.side_by_side == "layers":
+            self._backward_pipelined(run, dxs)
+            return dxs[0], grad_states
+        for layer in reversed(range(L)):
+            dx = dxs[layer]
+            if rec.side_by_side == "directions":
+                (dx_rev,) = alloc_blocks(((1, dx.shape[1]),), dx.shape[0], self.dtype, pool, (layer, "dx reverse"))
+                run_side_by_side(lambda: run(layer, 1, dx_rev), lambda: run(layer, 0, dx))
+                dx += dx_rev
             else:
-                (dx,) = alloc_blocks(((1, in_size),), x_rows, self.dtype, pool, (layer, "dx"))
-            for d in range(D):
-                idx = layer * D + d
-                dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
-                _, dstate0, pgrads = direction_backward(rec.records[idx], dout[:, d * P : (d + 1) * P], dstate,
-                                                        pool, idx, dx, accumulate=d > 0)
-                for g_all, g in zip(grad_states, dstate0):
-                    g_all[idx] = g
-                for name, g in zip(self._layer_names[idx], pgrads):
-                    if name is not None:
-                        self._grads[name] += g
+                for d in range(D):
+                    run(layer, d, dx, accumulate=d > 0)
             if layer > 0 and rec.masks[layer - 1] is not None:
                 dx *= rec.masks[layer - 1]  # through dropout
-            dout = dx
-        return dout, grad_states
+        return dxs[0], grad_states
+
+    def _backward_pipelined(self, run, dxs):
+        """The backward of :meth:`_run_pipelined`: the top layer first, each stage reading
+        its output gradient from the end as the stage above publishes it."""
+        L = self.num_layers
+        streams = [Stream() for _ in range(L - 1)]  # streams[l]: rows of dxs[l + 1], from the end
+
+        def lane(first):
+            try:
+                for layer in range(first, -1, -2):
+                    run(layer, 0, dxs[layer],
+                        pipeline=(streams[layer] if layer < L - 1 else None, streams[layer - 1] if layer else None))
+            except BaseException as error:
+                for stream in streams:
+                    stream.fail(error)
+                raise
+
+        run_side_by_side(lambda: lane(L - 1), lambda: lane(L - 2))
 
 
 _SHAPES_DOC = """

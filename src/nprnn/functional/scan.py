@@ -125,7 +125,7 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
     on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
     h_prev first) when training, else per-row workspace (N rows) like ``work``.
-    ``chunks`` (a pipelined run, see :class:`Chunks`) fills ``gx`` a chunk of steps at a
+    ``chunks`` (a pipelined run, see :class:`Chunks`) fills ``gx`` a group of steps at a
     time and hands the finished output on.
 
     The previous step's ``h`` is read straight from its output rows, so no step copies
@@ -141,7 +141,7 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     prev = None  # (rows of the previous step's output, its batch size)
     with np.errstate(over="ignore"):  # exp overflowing to inf is how a gate saturates to 0
         for k, (lo, hi, n) in enumerate(steps):
-            if chunks is not None and k % chunks.size == 0:
+            if chunks is not None:
                 chunks.begin(k)
             cached = per_n.get(n)
             if cached is None:
@@ -168,47 +168,83 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
             if n_next < n:  # sequences n_next..n-1 end here: their final state
                 np.copyto(h_run[n_next:n], h_out[n_next:])
             prev = (h_out, n)
-            if chunks is not None and (k % chunks.size == chunks.size - 1 or n_next == 0):
-                chunks.end(hi)
+            if chunks is not None:
+                chunks.end(k)
 
 
 def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tape_blocks, grads, grad_blocks,
-                  scratch, scratch_blocks):
+                  scratch, scratch_blocks, chunks=None):
     """Walk the steps backwards.  ``dout`` (T, H_out) the gradient of the outputs;
     ``dstate`` running state gradients, overwritten (they end as the gradient of the
-    initial state); ``grads`` per-step gradient records (T rows), filled."""
+    initial state); ``grads`` per-step gradient records (T rows), filled; ``chunks`` (a
+    pipelined run) waits for ``dout`` and hands the input gradient on, a group at a time."""
     backward = kind.backward
     per_n = {}
-    for lo, hi, n in reversed(steps):
+    for k, (lo, hi, n) in enumerate(reversed(steps)):
+        if chunks is not None:
+            chunks.begin(k)
         cached = per_n.get(n)
         if cached is None:
             cached = per_n[n] = (tuple(d[:n] for d in dstate), block_views(scratch, scratch_blocks, 0, n))
         ds, sc = cached
         np.add(ds[0], dout[lo:hi], out=ds[0])
         backward(ds, w, block_views(tape, tape_blocks, lo, hi), block_views(grads, grad_blocks, lo, hi), sc)
+        if chunks is not None:
+            chunks.end(k)
 
 
 class Chunks:
-    """A pipelined scan (see :mod:`nprnn.threads`) works in chunks of ``size`` steps:
-    before a chunk it waits until ``source`` has published the chunk's input rows (None:
-    the input is all there) and projects them; after it, it publishes the chunk's output
-    rows on ``sink`` (None: nobody reads them as they come)."""
+    """A pipelined scan (see :mod:`nprnn.threads`) works in groups of ``CHUNK_STEPS``
+    steps (in processing order): ``before(lo, hi)`` runs before a group's first step and
+    ``after(lo, hi)`` after its last, ``lo:hi`` being the rows the group covers."""
 
-    def __init__(self, steps, project, source, sink):
-        self.steps, self.project, self.source, self.sink = steps, project, source, sink
-        self.size = threads.CHUNK_STEPS
+    def __init__(self, steps, before, after):
+        size = threads.CHUNK_STEPS
+        self.size, self.last, self.before, self.after = size, len(steps) - 1, before, after
+        self.rows = [(min(s[0] for s in steps[j : j + size]), max(s[1] for s in steps[j : j + size]))
+                     for j in range(0, len(steps), size)]
 
     def begin(self, k):
-        lo, hi = self.steps[k][0], self.steps[min(k + self.size, len(self.steps)) - 1][1]
-        if self.source is not None:
-            self.source.wait(hi)
-        if self.sink is not None:
-            self.sink.check()
-        self.project(lo, hi)
+        if k % self.size == 0:
+            self.before(*self.rows[k // self.size])
 
-    def end(self, hi):
-        if self.sink is not None:
-            self.sink.publish(hi)
+    def end(self, k):
+        if k % self.size == self.size - 1 or k == self.last:
+            self.after(*self.rows[k // self.size])
+
+
+def _forward_chunks(steps, project, source, sink):
+    """Forward in time: wait until ``source`` (None: the input is all there) has
+    published a group's input rows and project them; publish its output rows on ``sink``
+    (None: nobody reads them as they come)."""
+
+    def before(lo, hi):
+        if source is not None:
+            source.wait(hi)
+        if sink is not None:
+            sink.check()
+        project(lo, hi)
+
+    return Chunks(steps, before, lambda lo, hi: sink is None or sink.publish(hi))
+
+
+def _backward_chunks(steps, total, input_grad, source, sink):
+    """Backward through a forward-in-time scan, rows coming from the end: wait until
+    ``source`` has published the output gradient's last ``total - lo`` rows, and after a
+    group compute its rows of the input gradient and publish them on ``sink``."""
+
+    def before(lo, hi):
+        if source is not None:
+            source.wait(total - lo)
+        if sink is not None:
+            sink.check()
+
+    def after(lo, hi):
+        input_grad(lo, hi)
+        if sink is not None:
+            sink.publish(total - lo)
+
+    return Chunks(list(reversed(steps)), before, after)
 
 
 @dataclass
@@ -266,13 +302,14 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     elif reverse:
         raise ValueError("a pipelined scan runs forward in time")
     else:
-        chunks = Chunks(steps, project, *pipeline)
+        chunks = _forward_chunks(steps, project, *pipeline)
     scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks)
     record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
     return state, record
 
 
-def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False):
+def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False,
+                       pipeline=None):
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
@@ -280,6 +317,9 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     Returns ``(dx, dstate0, param_grads)``: the input gradient (T, H_in) — written into
     ``dx`` if given, or added to it with ``accumulate`` — the initial-state gradients, and
     (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None for absent ones.
+    ``pipeline`` = ``(source, sink)`` (a forward-in-time scan, ``dx`` given): ``dout``'s
+    rows are read as ``source`` publishes them from the end, and ``dx``'s rows are
+    computed a group of steps at a time and published on ``sink``.
     """
     kind = rec.kind
     T = rec.x.shape[0]
@@ -291,12 +331,23 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     scratch_blocks = kind.scratch_blocks(H, P, rec.proj)
     grads = alloc_blocks(grad_blocks, T, dtype, pool, (key, "grads"))
     scratch = alloc_blocks(scratch_blocks, N, dtype, pool, (key, "scratch"))
-    scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
-                  scratch, scratch_blocks)
     dgx = grads[0]  # (T, G*H) gradient of the pre-activations, input side
     dgh = grads[1] if kind.separate_dgh else dgx  # hidden side
+    chunks = None
+    if pipeline is not None:
+        if rec.steps[0][0] != 0 or dx is None or accumulate:
+            raise ValueError("a pipelined backward runs a forward-in-time scan into a given dx")
+
+        def input_grad(lo, hi):  # dx = dgx @ W_ih for rows lo:hi
+            np.dot(dgx[lo:hi], rec.w_ih, out=dx[lo:hi])
+
+        chunks = _backward_chunks(rec.steps, T, input_grad, *pipeline)
+    scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
+                  scratch, scratch_blocks, chunks)
     h_prev = rec.tape[0]
-    if dx is None:
+    if chunks is not None:
+        pass  # dx was written a group at a time
+    elif dx is None:
         dx = dgx @ rec.w_ih  # (T, H_in)
     elif accumulate:
         dx += dgx @ rec.w_ih
