@@ -7,14 +7,13 @@ the mechanics:
 
 * The input projection ``gx = x @ W_ih.T + b`` has already been computed for all steps
   (see :mod:`nprnn.functional.scan`); a step adds ``h @ W_hh.T`` and applies the gates.
-* Gates go through ``exp``: the weight and bias rows of every sigmoid gate are
-  multiplied by -1 and those of a tanh gate (the LSTM's g, the GRU's candidate n, whose
-  hidden bias ``b_hn`` is scaled with them) by -2 (:func:`gate_scale`; exact in floating
-  point), so ``1 / (1 + exp(.))`` gives ``sigmoid(z)`` for the former and
-  ``sigmoid(2z)`` for the latter, and ``tanh(z) = 2 sigmoid(2z) - 1``.  ``exp`` and the
-  four cheap passes around it cost less than ``tanh`` in NumPy, and its overflow to
-  ``inf`` gives exactly 0.  The LSTM's gates take one ``exp`` call; the GRU's two (n
-  needs r first).
+* Gates go through one ``exp`` call per step: the weight and bias rows of every sigmoid
+  gate are multiplied by -1 and those of the LSTM's tanh gate by -2 (:func:`gate_scale`;
+  exact in floating point), so ``1 / (1 + exp(.))`` gives ``sigmoid(z)`` for the former
+  and ``sigmoid(2z)`` for the latter, and ``tanh(z) = 2 sigmoid(2z) - 1``.  ``exp`` is
+  cheaper than ``tanh`` in NumPy, and its overflow to ``inf`` gives exactly 0.  The
+  GRU's candidate n, which needs r first, calls ``tanh`` itself (fewer calls, which
+  counts more when two scans share the GIL; see :mod:`nprnn.threads`).
 * Forward reads ``h`` (the previous state: it may be the previous step's output rows,
   so it is never written), writes the new state into ``h_out`` and updates the LSTM's
   ``c`` in place (None for the other kinds); backward's ``dstate``, ``(dh,)`` or
@@ -48,7 +47,7 @@ class StepWeights:
     hh:  (G*H, H_out) the unscaled weights, for the backward product
     b_hn: (H,) GRU only: the hidden bias of the candidate gate (it sits inside ``r *``)
     hrT, hr: LSTM projection ``weight_hr`` transposed and as is, or None
-    one, two, neg_half: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
+    one, two: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
     hnT: (H, H) GRU with linear_before_reset=0: the candidate's hidden weights, transposed
     peep: (3, H) LSTM peepholes for i, f, o; clip: pre-activation bound; input_forget: f = 1 - i
     """
@@ -60,7 +59,6 @@ class StepWeights:
     hr: Optional[np.ndarray] = None
     one: np.floating = np.float64(1)
     two: np.floating = np.float64(2)
-    neg_half: np.floating = np.float64(-0.5)
     hnT: Optional[np.ndarray] = None
     peep: Optional[np.ndarray] = None
     clip: Optional[float] = None
@@ -105,9 +103,9 @@ def gate_major(a, num_gates):
 
 def _sigmoid_of_scaled(a, one):
     """In place: ``a = -z`` (as scaled by gate_scale) becomes sigmoid(z)."""
-    np.exp(a, out=a)
-    a += one
-    np.reciprocal(a, out=a)
+    np.exp(a, a)
+    np.add(a, one, a)
+    np.reciprocal(a, a)
 
 
 # ----------------------------------------------------------------------------- RNN
@@ -160,25 +158,25 @@ RNN_RELU = CellKind("rnn_relu", 1, (), False, _rnn_forward("relu"), _rnn_backwar
 def _lstm_forward(gx, h, c, w, tape, work, train, h_out):
     gates, c_prev, tc = tape[0], tape[1], tape[2]  # gates (4, n, H)
     gh, ghv = work[0]  # (n, 4H) and its gate-major view
-    np.dot(h, w.hhT, out=gh)
-    np.add(gate_major(gx, 4), ghv, out=gates)
+    np.dot(h, w.hhT, gh)
+    np.add(gate_major(gx, 4), ghv, gates)
     _sigmoid_of_scaled(gates, w.one)  # i, f, o; sigmoid(2 z_g) for g
     i, f, g, o = gates[0], gates[1], gates[2], gates[3]
-    g *= w.two
-    g -= w.one  # g = tanh(z_g)
+    np.multiply(g, w.two, g)
+    np.subtract(g, w.one, g)  # g = tanh(z_g)
     if train:
         np.copyto(c_prev, c)
-    c *= f
-    np.multiply(i, g, out=tc)
-    c += tc  # c' = f * c + i * g
-    np.tanh(c, out=tc)
+    np.multiply(c, f, c)
+    np.multiply(i, g, tc)
+    np.add(c, tc, c)  # c' = f * c + i * g
+    np.tanh(c, tc)
     _lstm_output(o, tc, w, tape, work, h_out)
 
 
 def _lstm_output(o, tc, w, tape, work, h_out):
     """h' = o * tanh(c'), or (o * tanh(c')) @ W_hr.T with a projection."""
     if w.hrT is None:
-        np.multiply(o, tc, out=h_out)
+        np.multiply(o, tc, h_out)
         return
     m = tape[3]
     np.multiply(o, tc, out=m)
@@ -244,7 +242,7 @@ LSTM = CellKind("lstm", 4, (-1, -1, -2, -1), True, _lstm_forward, _lstm_backward
 def _gru_forward(gx, h, c, w, tape, work, train, h_out):
     gates, ghn = tape  # (3, n, H), (n, H)
     ((gh, ghv),) = work  # (n, 3H) and its gate-major view
-    np.dot(h, w.hhT, gh)  # r, z rows times -1, n rows times -2
+    np.dot(h, w.hhT, gh)  # r, z rows negated
     gxv = gate_major(gx, 3)
     rz = gates[:2]
     np.add(gxv[:2], ghv[:2], rz)
@@ -252,13 +250,11 @@ def _gru_forward(gx, h, c, w, tape, work, train, h_out):
     if w.b_hn is None:
         np.copyto(ghn, ghv[2])
     else:
-        np.add(ghv[2], w.b_hn, ghn)  # -2 (W_hn h + b_hn)
+        np.add(ghv[2], w.b_hn, ghn)  # W_hn h + b_hn
     r, z, n = gates[0], gates[1], gates[2]
     np.multiply(r, ghn, n)
-    np.add(n, gxv[2], n)  # -2 (W_in x + b_in + r * (W_hn h + b_hn))
-    _sigmoid_of_scaled(n, w.one)
-    np.multiply(n, w.two, n)
-    np.subtract(n, w.one, n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    np.add(n, gxv[2], n)
+    np.tanh(n, n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     _gru_update(h, z, n, h_out)
 
 
@@ -290,7 +286,6 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     np.subtract(w.one, r, out=tmp)
     tmp *= r
     dr *= tmp
-    dr *= w.neg_half  # the tape holds -2 (W_hn h + b_hn)
     np.copyto(gate_major(dgx, 3), dgates)
     dghv = gate_major(dgh, 3)
     np.copyto(dghv[:2], dgates[:2])
@@ -316,7 +311,7 @@ def _gru_scratch(H, P, proj):
     return ((3, H), (1, H), (1, P))
 
 
-GRU = CellKind("gru", 3, (-1, -1, -2), False, _gru_forward, _gru_backward,
+GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward,
                _gru_tape, _gru_work, _gru_grads, _gru_scratch, separate_dgh=True)
 
 # ------------------------------------------- ONNX-only variants (forward only, for imported models)

@@ -65,7 +65,6 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
         w_ih_s = w_ih * scale[:, None]
         hhT = (w_hh * scale[:, None]).T.copy()  # (H_out, G*H)
         b_gx = None if b_gx is None else b_gx * scale
-        b_hn = None if b_hn is None else b_hn * scale[2 * H :]
     dt = w_hh.dtype.type
     step = StepWeights(
         hhT=hhT,
@@ -75,7 +74,6 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
         hr=None if w_hr is None else np.ascontiguousarray(w_hr),
         one=dt(1),
         two=dt(2),
-        neg_half=dt(-0.5),
         **(options or {}),
     )
     if kind.name == "gru_lbr0":  # the candidate's hidden product comes after the reset gate
