@@ -3,6 +3,7 @@
 The real thresholds only let large runs go side by side; here they are lowered so that
 small configurations take those paths, and each test checks that they did.
 """
+import sys
 import threading
 
 import numpy as np
@@ -192,18 +193,24 @@ def test_the_stage_below_stops_early_when_the_one_above_fails(side_by_side, monk
     """Layer 1 fails at once: layer 0 (on the other thread) stops at its next chunk
     instead of running its 1000 steps to the end."""
     _fail_on(monkeypatch, 1)
-    begun = []
-    real_begin = nprnn.functional.scan.Chunks.begin
+    groups = []
+    real_before = nprnn.functional.scan.Chunks.begin
 
     def counting(self, k):
-        begun.append(k)
-        return real_begin(self, k)
+        if k % self.size == 0:
+            groups.append(k)
+        return real_before(self, k)
 
     monkeypatch.setattr(nprnn.functional.scan.Chunks, "begin", counting)
-    m = nprnn.GRU(3, 4, num_layers=2, seed=0)
-    with pytest.raises(MemoryError, match="boom in 1"):
-        m(np.ones((1000, 2, 3), np.float32))
-    assert 0 < len(begun) < 250  # of 500 chunks
+    m = nprnn.GRU(3, 64, num_layers=2, seed=0)  # big enough steps to release the GIL
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # let the failing thread in soon, whatever the other does
+    try:
+        with pytest.raises(MemoryError, match="boom in 1"):
+            m(np.ones((1000, 16, 3), np.float32))
+    finally:
+        sys.setswitchinterval(interval)
+    assert 0 < len(groups) < 250  # of 500 groups
 
 
 def test_blas_held_to_one_thread_during_and_restored_after(side_by_side, monkeypatch):
