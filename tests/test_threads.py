@@ -27,7 +27,8 @@ def side_by_side(monkeypatch):
         calls.append(threading.current_thread().name)
         real(first, second)
 
-    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", counting)
+    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", counting)  # directions
+    monkeypatch.setattr(threads, "run_side_by_side", counting)  # pipelines (threads.run_pipeline)
     return calls
 
 
@@ -146,20 +147,27 @@ def _fail_on(monkeypatch, layer_index):
 def test_a_failing_stage_raises_and_nothing_hangs(failing, side_by_side, monkeypatch):
     _fail_on(monkeypatch, failing)
     m = nprnn.LSTM(3, 4, num_layers=3, seed=0)
+    error = _error_within(30, lambda: m(np.ones((9, 2, 3), np.float32)))
+    assert str(error) == f"boom in {failing}"
+    assert threads._blas["depth"] == 0  # the BLAS limit was lifted
+
+
+def _error_within(seconds, call):
+    """Run ``call`` on a thread; the MemoryError it raised, failing if it is still
+    running after ``seconds`` (a stage waiting forever)."""
     result = {}
 
-    def call():
+    def target():
         try:
-            m(np.ones((9, 2, 3), np.float32))
+            call()
         except MemoryError as exc:
             result["error"] = exc
 
-    t = threading.Thread(target=call, daemon=True)
+    t = threading.Thread(target=target, daemon=True)
     t.start()
-    t.join(timeout=30)
-    assert not t.is_alive(), "a pipeline stage kept waiting after another failed"
-    assert str(result["error"]) == f"boom in {failing}"
-    assert threads._blas["depth"] == 0  # the BLAS limit was lifted
+    t.join(timeout=seconds)
+    assert not t.is_alive(), "a stage kept waiting after another failed"
+    return result["error"]
 
 
 @pytest.mark.parametrize("failing", [0, 1, 2])
@@ -174,19 +182,8 @@ def test_a_failing_backward_stage_raises_and_nothing_hangs(failing, side_by_side
     monkeypatch.setattr(nprnn.recurrent, "direction_backward", failing_backward)
     m = nprnn.GRU(3, 4, num_layers=3, seed=0)
     out, _ = m(np.ones((9, 2, 3), np.float32))
-    result = {}
-
-    def call():
-        try:
-            m.backward(np.ones_like(out))
-        except MemoryError as exc:
-            result["error"] = exc
-
-    t = threading.Thread(target=call, daemon=True)
-    t.start()
-    t.join(timeout=30)
-    assert not t.is_alive(), "a backward stage kept waiting after another failed"
-    assert str(result["error"]) == f"boom in {failing}"
+    error = _error_within(30, lambda: m.backward(np.ones_like(out)))
+    assert str(error) == f"boom in {failing}"
 
 
 def test_the_stage_below_stops_early_when_the_one_above_fails(side_by_side, monkeypatch):
@@ -236,6 +233,7 @@ def test_blas_held_to_one_thread_during_and_restored_after(side_by_side, monkeyp
 def test_small_runs_and_one_thread_go_one_at_a_time(monkeypatch):
     calls = []
     monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", lambda a, b: calls.append(1))
+    monkeypatch.setattr(threads, "run_side_by_side", lambda a, b: calls.append(1))
     monkeypatch.setattr(threads, "_num_threads", 2)
     nprnn.LSTM(3, 4, num_layers=2, seed=0)(np.ones((40, 2, 3), np.float32))  # 2*4*4 gate values a step
     monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)

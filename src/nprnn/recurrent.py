@@ -14,7 +14,7 @@ from ._checks import as_array, check_bool, check_dropout, check_int, check_nonli
 from .functional import KINDS, alloc_blocks, direction_backward, direction_forward
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
-from .threads import Stream, run_side_by_side, side_by_side_pays
+from .threads import run_pipeline, run_side_by_side, side_by_side_pays
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
@@ -370,8 +370,8 @@ class RNNBase(Module):
 
         masks = [None] * L
         mode = self._side_by_side(x.shape[0], len(batch_sizes))
-        if mode == "layers":
-            self._run_pipelined(run)
+        if mode == "layers":  # layer l + 1 reads layer l's output rows as they come
+            run_pipeline(L, lambda layer, source, sink: run(layer, 0, (source, sink)))
         for layer in range(L if mode != "layers" else 0):
             if mode == "directions":
                 run_side_by_side(lambda: run(layer, 1), lambda: run(layer, 0))
@@ -395,23 +395,6 @@ class RNNBase(Module):
                 and side_by_side_pays(steps, rows, gate_width, pipelined=True)):
             return "layers"
         return None
-
-    def _run_pipelined(self, run):
-        """One-directional layers as a pipeline over two threads: even layers on one, odd
-        on the other, each stage reading its input rows as the stage below publishes them."""
-        L = self.num_layers
-        streams = [Stream() for _ in range(L - 1)]  # streams[l]: layer l's output rows
-
-        def lane(first):
-            try:
-                for layer in range(first, L, 2):
-                    run(layer, 0, (streams[layer - 1] if layer else None, streams[layer] if layer < L - 1 else None))
-            except BaseException as error:
-                for stream in streams:  # wake any stage waiting on rows that will not come
-                    stream.fail(error)
-                raise
-
-        run_side_by_side(lambda: lane(0), lambda: lane(1))
 
     # -- backward ----------------------------------------------------------------
     def backward(self, grad_output, grad_hn=None):
@@ -522,8 +505,8 @@ class RNNBase(Module):
                 if name is not None:
                     self._grads[name] += g
 
-        if rec.side_by_side == "layers":
-            self._backward_pipelined(run, dxs)
+        if rec.side_by_side == "layers":  # top layer first, each reading its output gradient as it comes
+            run_pipeline(L, lambda i, source, sink: run(L - 1 - i, 0, dxs[L - 1 - i], pipeline=(source, sink)))
             return dxs[0], grad_states
         for layer in reversed(range(L)):
             dx = dxs[layer]
@@ -537,24 +520,6 @@ class RNNBase(Module):
             if layer > 0 and rec.masks[layer - 1] is not None:
                 dx *= rec.masks[layer - 1]  # through dropout
         return dxs[0], grad_states
-
-    def _backward_pipelined(self, run, dxs):
-        """The backward of :meth:`_run_pipelined`: the top layer first, each stage reading
-        its output gradient from the end as the stage above publishes it."""
-        L = self.num_layers
-        streams = [Stream() for _ in range(L - 1)]  # streams[l]: rows of dxs[l + 1], from the end
-
-        def lane(first):
-            try:
-                for layer in range(first, -1, -2):
-                    run(layer, 0, dxs[layer],
-                        pipeline=(streams[layer] if layer < L - 1 else None, streams[layer - 1] if layer else None))
-            except BaseException as error:
-                for stream in streams:
-                    stream.fail(error)
-                raise
-
-        run_side_by_side(lambda: lane(L - 1), lambda: lane(L - 2))
 
 
 _SHAPES_DOC = """

@@ -8,7 +8,8 @@ one core, with the BLAS held to one thread per scan while they run:
 * a bidirectional layer runs its two directions side by side;
 * a stack of one-directional layers runs as a pipeline: layer ``l + 1`` starts on the
   first chunk of layer ``l``'s output while layer ``l`` goes on with the next one
-  (:class:`Stream` hands the rows over).
+  (:class:`Stream` hands the rows over); backward runs the same pipeline from the top
+  layer down, handing each layer's input gradient on from the last step backwards.
 
 The results equal the one-at-a-time run up to the rounding of the matrix products (a
 product split into chunks, or run on fewer BLAS threads, may round its last bit
@@ -138,6 +139,25 @@ def run_side_by_side(first, second) -> None:
             worker.join()
     if errors:
         raise next((e for e in errors if not isinstance(e, UpstreamFailed)), errors[0])
+
+
+def run_pipeline(n_stages: int, stage) -> None:
+    """Run ``stage(i, source, sink)`` for ``i = 0 .. n_stages - 1`` as a pipeline over two
+    threads (even stages on a new one, odd ones on this one): stage ``i`` reads what stage
+    ``i - 1`` publishes, as it comes, on ``source``, and publishes on ``sink`` (None at the
+    two ends).  A failing stage fails every stream, so no stage waits forever."""
+    streams = [Stream() for _ in range(n_stages - 1)]
+
+    def lane(first):
+        try:
+            for i in range(first, n_stages, 2):
+                stage(i, streams[i - 1] if i else None, streams[i] if i < n_stages - 1 else None)
+        except BaseException as error:
+            for stream in streams:
+                stream.fail(error)
+            raise
+
+    run_side_by_side(lambda: lane(0), lambda: lane(1))
 
 
 class Stream:
