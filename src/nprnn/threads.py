@@ -1,9 +1,9 @@
 """Two scans side by side: how a layer uses a second core.
 
 NumPy runs elementwise work on one core, and at the batch sizes of a time step the BLAS
-gains little from a second thread (the cost of a small matrix product is mostly packing
-the weights).  So instead of splitting a step, a layer runs two *scans* at once, each on
-one core, with the BLAS held to one thread per scan while they run:
+gains little from a second thread (OpenBLAS splits a product of a few dozen rows poorly).
+So instead of splitting a step, a layer runs two *scans* at once, with the BLAS held to
+half the threads (one on two cores) per scan while they run:
 
 * a bidirectional layer runs its two directions side by side;
 * a stack of one-directional layers runs as a pipeline: layer ``l + 1`` starts on the
@@ -15,10 +15,10 @@ The results equal the one-at-a-time run up to the rounding of the matrix product
 product split into chunks, or run on fewer BLAS threads, may round its last bit
 differently); for the same settings they are the same from run to run.
 
-Holding the BLAS to one thread needs ``threadpoolctl`` (``pip install "nprnn[fast]"``).
-Without it the default is one scan at a time: two scans each asking for every BLAS
-thread are slower than one.  The limit is process-wide while a side-by-side run lasts, so
-a matrix product another thread of the program runs meanwhile gets one BLAS thread too;
+Holding the BLAS back needs ``threadpoolctl`` (``pip install "nprnn[fast]"``).  Without
+it the default is one scan at a time: two scans each asking for every BLAS thread are
+slower than one.  The limit is process-wide while a side-by-side run lasts, so a matrix
+product another thread of the program runs meanwhile gets the reduced BLAS too;
 ``set_num_threads(1)`` turns side-by-side runs off.
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ def _blas_controller():
 
 def set_num_threads(n: int) -> None:
     """How many threads nprnn's layers may use: 1 runs one scan at a time; 2 or more lets
-    a layer run two scans side by side (see the module docstring)."""
+    a layer run two scans side by side, each with ``n // 2`` BLAS threads (see the module
+    docstring)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, but got {n!r}")
     global _num_threads
@@ -68,11 +69,11 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The current setting; by default 2 when the process may use two cores and
-    threadpoolctl is installed, else 1."""
+    """The current setting; by default the cores the process may use when threadpoolctl
+    is installed, else 1."""
     if _num_threads is not None:
         return _num_threads
-    return 2 if _available_cpus() >= 2 and _blas_controller() is not None else 1
+    return _available_cpus() if _blas_controller() is not None else 1
 
 
 def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool) -> bool:
@@ -87,16 +88,16 @@ def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool) -
 
 
 @contextmanager
-def _blas_single_thread():
-    """Hold the BLAS to one thread (nested and concurrent uses share one limit, lifted by
-    the last to leave)."""
+def _blas_halved():
+    """Hold the BLAS to half the threads, at least one (nested and concurrent uses share
+    one limit, lifted by the last to leave)."""
     controller = _blas_controller()
     if controller is None:
         yield
         return
     with _blas_lock:
         if _blas["depth"] == 0:
-            _blas["limiter"] = controller.limit(limits=1)
+            _blas["limiter"] = controller.limit(limits=max(1, get_num_threads() // 2))
         _blas["depth"] += 1
     try:
         yield
@@ -113,8 +114,8 @@ class UpstreamFailed(RuntimeError):
 
 
 def run_side_by_side(first, second) -> None:
-    """Run ``first()`` on a new thread and ``second()`` on this one, the BLAS held to one
-    thread each; wait for both, and raise the error that started a failure (not the
+    """Run ``first()`` on a new thread and ``second()`` on this one, the BLAS held to half
+    its threads; wait for both, and raise the error that started a failure (not the
     :class:`UpstreamFailed` it caused in the other).  ``first`` sees this thread's context
     (NumPy's error state included).  If one may wait on the other (a :class:`Stream`),
     each must fail its streams when it fails, or the other waits forever.
@@ -129,7 +130,7 @@ def run_side_by_side(first, second) -> None:
             errors.append(exc)
 
     worker = threading.Thread(target=target, name="nprnn-scan", daemon=True)
-    with _blas_single_thread():
+    with _blas_halved():
         worker.start()
         try:
             second()
