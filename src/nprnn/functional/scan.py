@@ -15,7 +15,9 @@ grows as sequences start, the joining rows take their initial state.  Backward w
 same steps in the opposite order with a running state gradient.
 
 Around the loop (DESIGN contract 2): the input projection of all steps is one GEMM before
-it; the weight, bias and input gradients are one GEMM each after it.
+it; the weight, bias and input gradients are one GEMM each after it.  A pipelined run (see
+:mod:`nprnn.threads`) does the input projection, and in backward the input gradient, one
+GEMM per group of steps instead, as the rows arrive.
 """
 from __future__ import annotations
 
@@ -223,7 +225,11 @@ def _forward_chunks(steps, project, source, sink):
             sink.check()
         project(lo, hi)
 
-    return Chunks(steps, before, lambda lo, hi: sink is None or sink.publish(hi))
+    def after(lo, hi):
+        if sink is not None:
+            sink.publish(hi)
+
+    return Chunks(steps, before, after)
 
 
 def _backward_chunks(steps, total, input_grad, source, sink):
@@ -343,13 +349,11 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
                   scratch, scratch_blocks, chunks)
     h_prev = rec.tape[0]
-    if chunks is not None:
-        pass  # dx was written a group at a time
-    elif dx is None:
+    if dx is None:
         dx = dgx @ rec.w_ih  # (T, H_in)
     elif accumulate:
         dx += dgx @ rec.w_ih
-    else:
+    elif chunks is None:  # (a pipelined run wrote dx a group at a time)
         np.dot(dgx, rec.w_ih, out=dx)
     dW_ih = dgx.T @ rec.x
     dW_hh = dgh.T @ h_prev
