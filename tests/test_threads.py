@@ -106,6 +106,28 @@ def test_pipeline_any_chunk_size_and_repeatable(chunk, side_by_side, monkeypatch
     np.testing.assert_allclose(first[1], alone[1], rtol=1e-12, atol=1e-14)
 
 
+def test_pipeline_tail_waits_for_the_stage_below(side_by_side, monkeypatch):
+    """Steps whose batch has shrunk below MIN_STEP_WORK gate values run after the stage
+    below has finished, not beside it: each such group waits for all its input rows."""
+    monkeypatch.setattr(threads, "CHUNK_STEPS", 1)
+    monkeypatch.setattr(nprnn.recurrent, "side_by_side_pays", lambda *a, **k: threads.get_num_threads() > 1)
+    m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)  # 12 gate values per row
+    x = np.random.default_rng(0).standard_normal((10, 5, 3))
+    lengths = [10, 9, 6, 3, 2]  # batch sizes 5,5,4,3,3,3,2,2,2,1
+    monkeypatch.setattr(threads, "_num_threads", 1)
+    want = m(x, lengths=lengths)
+    monkeypatch.setattr(threads, "_num_threads", 2)
+    waits = []
+    real_wait = threads.Stream.wait
+    monkeypatch.setattr(threads.Stream, "wait", lambda self, end: waits.append(end) or real_wait(self, end))
+    monkeypatch.setattr(threads, "MIN_STEP_WORK", 3 * 12)  # steps of 1 or 2 rows are small
+    got = m(x, lengths=lengths)
+    assert len(side_by_side) == 1
+    assert waits.count(sum(lengths)) == 4  # the four steps of 2 rows and 1 row, each waiting for all 35 rows
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-14)
+
+
 def test_pipeline_with_dropout_in_training_runs_one_at_a_time(side_by_side):
     m = nprnn.LSTM(3, 4, num_layers=2, dropout=0.5, seed=0)
     m(np.ones((8, 2, 3), np.float32))

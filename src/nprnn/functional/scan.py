@@ -213,14 +213,19 @@ class Chunks:
             self.after(*self.rows[k // self.size])
 
 
-def _forward_chunks(steps, project, source, sink):
+def _forward_chunks(steps, project, source, sink, gate_width):
     """Forward in time: wait until ``source`` (None: the input is all there) has
     published a group's input rows and project them; publish its output rows on ``sink``
-    (None: nobody reads them as they come)."""
+    (None: nobody reads them as they come).  Where the batch has shrunk below
+    :data:`~nprnn.threads.MIN_STEP_WORK` gate values a step, two scans at once cost more
+    than one after the other, so from its first such group this stage waits until the
+    stage below has finished."""
+    total = steps[-1][1]
+    small = {lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK}
 
     def before(lo, hi):
         if source is not None:
-            source.wait(hi)
+            source.wait(total if lo in small else hi)
         if sink is not None:
             sink.check()
         project(lo, hi)
@@ -306,7 +311,7 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     elif reverse:
         raise ValueError("a pipelined scan runs forward in time")
     else:
-        chunks = _forward_chunks(steps, project, *pipeline)
+        chunks = _forward_chunks(steps, project, *pipeline, gx.shape[1])
     scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks)
     record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
     return state, record
