@@ -106,26 +106,36 @@ def test_pipeline_any_chunk_size_and_repeatable(chunk, side_by_side, monkeypatch
     np.testing.assert_allclose(first[1], alone[1], rtol=1e-12, atol=1e-14)
 
 
-def test_pipeline_tail_waits_for_the_stage_below(side_by_side, monkeypatch):
-    """Steps whose batch has shrunk below MIN_STEP_WORK gate values run after the stage
-    below has finished, not beside it: each such group waits for all its input rows."""
+def test_pipeline_small_steps_never_run_side_by_side(side_by_side, monkeypatch):
+    """Steps whose batch has shrunk below MIN_STEP_WORK gate values do not run beside
+    the other stage's: forward, they wait for the stage below to finish; backward (where
+    they come first), for the stage above to be past its own."""
     monkeypatch.setattr(threads, "CHUNK_STEPS", 1)
     monkeypatch.setattr(nprnn.recurrent, "side_by_side_pays", lambda *a, **k: threads.get_num_threads() > 1)
     m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)  # 12 gate values per row
     x = np.random.default_rng(0).standard_normal((10, 5, 3))
     lengths = [10, 9, 6, 3, 2]  # batch sizes 5,5,4,3,3,3,2,2,2,1
+    g = np.random.default_rng(1).standard_normal((10, 5, 4))
+
+    def run():
+        out, h = m(x, lengths=lengths)
+        return (out, h) + m.backward(g)
+
     monkeypatch.setattr(threads, "_num_threads", 1)
-    want = m(x, lengths=lengths)
+    want = run()
     monkeypatch.setattr(threads, "_num_threads", 2)
     waits = []
     real_wait = threads.Stream.wait
     monkeypatch.setattr(threads.Stream, "wait", lambda self, end: waits.append(end) or real_wait(self, end))
-    monkeypatch.setattr(threads, "MIN_STEP_WORK", 3 * 12)  # steps of 1 or 2 rows are small
-    got = m(x, lengths=lengths)
-    assert len(side_by_side) == 1
-    assert waits.count(sum(lengths)) == 4  # the four steps of 2 rows and 1 row, each waiting for all 35 rows
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-14)
+    monkeypatch.setattr(threads, "MIN_STEP_WORK", 3 * 12)  # steps of 1 or 2 rows are small: rows 23..29
+    got = run()
+    assert len(side_by_side) == 2  # forward and backward
+    # forward: the four small steps (of 2, 2, 2 and 1 rows) each wait for all 30 rows (and
+    # backward's first step, last in its order, does too); backward, from the end: the four
+    # small steps each wait until the stage above is past rows 23..29, the last 7 rows
+    assert waits.count(30) == 4 + 1 and waits.count(30 - 23) == 4
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_pipeline_with_dropout_in_training_runs_one_at_a_time(side_by_side):

@@ -237,14 +237,18 @@ def _forward_chunks(steps, project, source, sink, gate_width):
     return Chunks(steps, before, after)
 
 
-def _backward_chunks(steps, total, input_grad, source, sink):
+def _backward_chunks(steps, total, input_grad, source, sink, gate_width):
     """Backward through a forward-in-time scan, rows coming from the end: wait until
     ``source`` has published the output gradient's last ``total - lo`` rows, and after a
-    group compute its rows of the input gradient and publish them on ``sink``."""
+    group compute its rows of the input gradient and publish them on ``sink``.  The
+    steps where the batch has shrunk below :data:`~nprnn.threads.MIN_STEP_WORK` gate
+    values come first here; this stage starts them once the stage above is past all of
+    its own, so that two such stretches never run side by side."""
+    small_from = min((lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK), default=total)
 
     def before(lo, hi):
         if source is not None:
-            source.wait(total - lo)
+            source.wait(total - min(lo, small_from))
         if sink is not None:
             sink.check()
 
@@ -350,7 +354,7 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
         def input_grad(lo, hi):  # dx = dgx @ W_ih for rows lo:hi
             np.dot(dgx[lo:hi], rec.w_ih, out=dx[lo:hi])
 
-        chunks = _backward_chunks(rec.steps, T, input_grad, *pipeline)
+        chunks = _backward_chunks(rec.steps, T, input_grad, *pipeline, dgx.shape[1])
     scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
                   scratch, scratch_blocks, chunks)
     h_prev = rec.tape[0]
