@@ -272,16 +272,15 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     dgates, tmp, dh_hh = scratch
     r, z, n = gates[0], gates[1], gates[2]
     dr, dz, dn = dgates[0], dgates[1], dgates[2]
-    np.subtract(h_prev, n, out=dz)  # dL/dz = dh * (h - n), through sigmoid: z(1 - z)
-    dz *= dh
     np.subtract(w.one, z, out=tmp)
-    tmp *= z
-    dz *= tmp
     np.multiply(n, n, out=dn)  # dL/dn = dh * (1 - z), through tanh: 1 - n^2
     np.subtract(w.one, dn, out=dn)
-    np.subtract(w.one, z, out=tmp)
     dn *= tmp
     dn *= dh
+    tmp *= z
+    np.subtract(h_prev, n, out=dz)  # dL/dz = dh * (h - n), through sigmoid: z(1 - z)
+    dz *= dh
+    dz *= tmp
     np.multiply(dn, ghn, out=dr)  # dL/dr = dn * (W_hn h + b_hn), through sigmoid: r(1 - r)
     np.subtract(w.one, r, out=tmp)
     tmp *= r
