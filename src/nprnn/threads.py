@@ -162,10 +162,11 @@ def run_pipeline(n_stages: int, stage) -> None:
 
 
 class Stream:
-    """The rows ``[0, done)`` of an array another thread is filling in order.
+    """How many rows of an array another thread has finished, ``done``: counted from the
+    start (forward) or from the end (backward, which fills rows from the last step).
 
-    The writer calls :meth:`publish` with the end of what it has finished (or
-    :meth:`fail`); a reader calls :meth:`wait` for the rows it needs.
+    The writer calls :meth:`publish` with its new count (or :meth:`fail`); a reader calls
+    :meth:`wait` for the count it needs.
     """
 
     def __init__(self):
