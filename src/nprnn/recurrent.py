@@ -370,17 +370,18 @@ class RNNBase(Module):
 
         masks = [None] * L
         mode = self._side_by_side(x.shape[0], len(batch_sizes))
-        if mode == "layers":  # layer l + 1 reads layer l's output rows as they come
+        if mode == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)
             run_pipeline(L, lambda layer, source, sink: run(layer, 0, (source, sink)))
-        for layer in range(L if mode != "layers" else 0):
-            if mode == "directions":
-                run_side_by_side(lambda: run(layer, 1), lambda: run(layer, 0))
-            else:
-                for d in range(D):
-                    run(layer, d)
-            if train and self.dropout > 0 and layer < L - 1:
-                masks[layer] = self._dropout_mask(outs[layer].shape)
-                outs[layer] *= masks[layer]
+        else:
+            for layer in range(L):
+                if mode == "directions":
+                    run_side_by_side(lambda: run(layer, 1), lambda: run(layer, 0))
+                else:
+                    for d in range(D):
+                        run(layer, d)
+                if train and self.dropout > 0 and layer < L - 1:
+                    masks[layer] = self._dropout_mask(outs[layer].shape)
+                    outs[layer] *= masks[layer]
         record = _Record(records=records, masks=masks, batch_sizes=batch_sizes, side_by_side=mode) if train else None
         return outs[-1], finals, record
 
