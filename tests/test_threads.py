@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nprnn
-from nprnn import threads
+from nprnn import helper, threads
 from reference import LAYERS, compare, make_inputs, random_config, random_packed_config, run_nprnn, run_torch
 
 
@@ -20,6 +20,7 @@ def side_by_side(monkeypatch):
     monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
     monkeypatch.setattr(threads, "_num_threads", 2)
+    monkeypatch.setitem(helper._state, "enabled", False)  # threads here; tests/test_helper.py has the process
     calls = []
     real = threads.run_side_by_side
 

@@ -14,7 +14,8 @@ from ._checks import as_array, check_bool, check_dropout, check_int, check_nonli
 from .functional import KINDS, alloc_blocks, direction_backward, direction_forward
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
-from .threads import run_pipeline, run_side_by_side, side_by_side_pays
+from . import helper as helpers
+from .threads import blas_halved, get_num_threads, run_pipeline, run_side_by_side, side_by_side_pays
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
@@ -352,6 +353,18 @@ class RNNBase(Module):
         self._record = None  # the previous record's buffers are about to be reused
         pool = self._pool()
         finals = [np.empty(s.shape, self.dtype) for s in states]
+        mode = self._side_by_side(x.shape[0], len(batch_sizes))
+        if mode is not None and not train:
+            helper = helpers.acquire(max(1, get_num_threads() // 2))
+            if helper is not None:
+                try:
+                    with blas_halved():
+                        return self._run_helped(helper, mode, x, batch_sizes, states, finals), finals, None
+                except helpers.HelperFailed as exc:  # inference changes nothing: run it here instead
+                    helpers.discard()
+                    warnings.warn(f"nprnn: {exc}; running on threads instead", RuntimeWarning, stacklevel=4)
+                finally:
+                    helpers.release()
         records = [None] * (L * D)
         outs = [np.empty((x.shape[0], D * P), self.dtype) if layer == L - 1  # returned to the caller
                 else alloc_blocks(((1, D * P),), x.shape[0], self.dtype, pool, (layer, "out"))[0]
@@ -359,17 +372,12 @@ class RNNBase(Module):
 
         def run(layer, d, pipeline=None):
             idx = layer * D + d
-            params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
-            final, records[idx] = direction_forward(
-                self.kind, x if layer == 0 else outs[layer - 1], params, tuple(s[idx] for s in states),
-                batch_sizes, d == 1 or self._reverse_only, outs[layer][:, d * P : (d + 1) * P], train,
-                self._step_options(idx), pool, idx, pipeline,
-            )
+            final, records[idx] = self._direction(x if layer == 0 else outs[layer - 1], idx, batch_sizes, states,
+                                                  outs[layer], train, pool, pipeline)
             for f_all, f in zip(finals, final):
                 f_all[idx] = f
 
         masks = [None] * L
-        mode = self._side_by_side(x.shape[0], len(batch_sizes))
         if mode == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)
             run_pipeline(L, lambda layer, source, sink: run(layer, 0, (source, sink)))
         else:
@@ -384,6 +392,68 @@ class RNNBase(Module):
                     outs[layer] *= masks[layer]
         record = _Record(records=records, masks=masks, batch_sizes=batch_sizes, side_by_side=mode) if train else None
         return outs[-1], finals, record
+
+    def _direction(self, x, idx, batch_sizes, states, out, train, pool, pipeline=None):
+        """Layer-direction ``idx`` over ``x``, into its columns of ``out`` (T, D*H_out)."""
+        d = idx % self.num_directions
+        P = self._h_out
+        params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
+        return direction_forward(self.kind, x, params, tuple(s[idx] for s in states), batch_sizes,
+                                 d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
+                                 self._step_options(idx), pool, idx, pipeline)
+
+    def _run_helped(self, helper, mode, x, batch_sizes, states, finals):
+        """Inference with a helper process (:mod:`nprnn.helper`): the reverse directions,
+        or the odd layers of a one-directional stack, run there.  Every layer's output lives
+        in shared memory; returns a copy of the last one."""
+        D, P, L = self.num_directions, self._h_out, self.num_layers
+        pool = self._pool()
+        helper.begin()
+        outs = [helper.empty((x.shape[0], D * P), self.dtype) for _ in range(L)]  # (array, spec) each
+
+        def job(idx, x_spec, stream=None):
+            d = idx % D
+            return dict(idx=idx, reverse=d == 1 or self._reverse_only, x=x_spec, out=outs[idx // D][1],
+                        cols=(d * P, (d + 1) * P), state0=tuple(s[idx] for s in states),
+                        params=tuple(None if n is None else helper.share(self._parameters[n])
+                                     for n in self._layer_names[idx]),
+                        options=self._step_options(idx), stream=stream)
+
+        def here(layer, x_in, pipeline=None):
+            idx = layer * D
+            final, _ = self._direction(x_in, idx, batch_sizes, states, outs[layer][0], False, pool, pipeline)
+            for f_all, f in zip(finals, final):
+                f_all[idx] = f
+
+        def run(jobs, work):  # the helper's jobs beside this process's work
+            helper.start(self.kind.name, batch_sizes, jobs)
+            try:
+                work()
+                done = helper.finish()
+            except BaseException:
+                helper.abort()
+                raise
+            for idx, final in done.items():
+                for f_all, f in zip(finals, final):
+                    f_all[idx] = f
+
+        if mode == "layers":  # stream l carries layer l's output; odd layers in the helper
+            jobs = [job(layer, outs[layer - 1][1], (layer - 1, layer if layer < L - 1 else None))
+                    for layer in range(1, L, 2)]
+
+            def even_layers():
+                for layer in range(0, L, 2):
+                    here(layer, x if layer == 0 else outs[layer - 1][0],
+                         (helper.stream(layer - 1) if layer else None,
+                          helper.stream(layer) if layer < L - 1 else None))
+
+            run(jobs, even_layers)
+        else:
+            for layer in range(L):
+                x_in = x if layer == 0 else outs[layer - 1][0]
+                x_spec = helper.share(x) if layer == 0 else outs[layer - 1][1]
+                run([job(layer * D + 1, x_spec)], lambda: here(layer, x_in))
+        return np.array(outs[-1][0])
 
     def _side_by_side(self, rows, steps):
         """"directions", "layers" or None: which scans of this run go two at a time (see

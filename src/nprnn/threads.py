@@ -88,7 +88,7 @@ def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool) -
 
 
 @contextmanager
-def _blas_halved():
+def blas_halved():
     """Hold the BLAS to half the threads, at least one (nested and concurrent uses share
     one limit, lifted by the last to leave)."""
     controller = _blas_controller()
@@ -130,7 +130,7 @@ def run_side_by_side(first, second) -> None:
             errors.append(exc)
 
     worker = threading.Thread(target=target, name="nprnn-scan", daemon=True)
-    with _blas_halved():
+    with blas_halved():
         worker.start()
         try:
             second()
@@ -168,6 +168,8 @@ class Stream:
     The writer calls :meth:`publish` with its new count (or :meth:`fail`); a reader calls
     :meth:`wait` for the count it needs.
     """
+
+    same_process = True  # the reader shares the GIL with the writer
 
     def __init__(self):
         self.done = 0

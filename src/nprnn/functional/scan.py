@@ -219,9 +219,12 @@ def _forward_chunks(steps, project, source, sink, gate_width):
     (None: nobody reads them as they come).  Where the batch has shrunk below
     :data:`~nprnn.threads.MIN_STEP_WORK` gate values a step, two scans at once cost more
     than one after the other, so from its first such group this stage waits until the
-    stage below has finished."""
+    stage below has finished (a stage in another process, :mod:`nprnn.helper`, does not
+    wait: the two do not share a GIL)."""
     total = steps[-1][1]
-    small = {lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK}
+    small = set()
+    if getattr(source, "same_process", False):  # threads share the GIL; processes do not
+        small = {lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK}
 
     def before(lo, hi):
         if source is not None:

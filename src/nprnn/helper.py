@@ -1,0 +1,406 @@
+"""A helper process: the second core for inference, without sharing the GIL.
+
+Two scans on two threads of one process lose much of the second core to the GIL: a time
+step is a dozen short NumPy calls, and the threads hand the GIL back and forth around
+each of them (each scan runs 1.4-1.7x slower while the other runs; see
+:mod:`nprnn.threads`).  Two processes do not share it.  So an inference run (no backward
+record to keep) that goes side by side sends one of the two scans to a helper process:
+
+* a bidirectional layer: the reverse direction runs in the helper;
+* a stack of one-directional layers: the odd layers run in the helper, each reading the
+  layer below as it comes, exactly as the threaded pipeline does.
+
+Arrays travel through one block of shared memory (inputs, outputs and weights are copied
+in, the helper's outputs are read in place); small messages (the job, progress counts,
+the final states, errors) travel through a socket pair, whose system calls also order
+the memory writes between the two processes.  The helper is a plain Python child that
+imports nprnn and runs :func:`serve`, started in the background on the first run that
+could use it; until it is ready, runs use threads.  It exits when the parent's end of
+the socket closes.  POSIX only (it inherits the descriptors); elsewhere, and with
+``set_helper_process(False)``, runs use threads.
+
+Training runs stay on threads: their backward records would have to live in the helper.
+"""
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import pickle
+import select
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+
+import numpy as np
+
+_HEADER = struct.Struct("!I")
+_ALIGN = 64
+_state = {"enabled": os.name == "posix", "helper": None}
+_lock = threading.Lock()
+
+
+def set_helper_process(enabled: bool) -> None:
+    """Whether inference runs that go side by side may use a helper process (the default
+    on POSIX systems) instead of a second thread; see the module docstring."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"set_helper_process: expected a bool, but got {enabled!r}")
+    if enabled and os.name != "posix":
+        raise ValueError("set_helper_process: a helper process needs a POSIX system (it inherits descriptors)")
+    _state["enabled"] = enabled
+    if not enabled:
+        shutdown()
+
+
+def get_helper_process() -> bool:
+    """The current setting of :func:`set_helper_process`."""
+    return _state["enabled"]
+
+
+class HelperFailed(RuntimeError):
+    """The helper process died or broke the protocol (not an error of the computation)."""
+
+
+class Aborted(Exception):
+    """Raised in the helper when the parent gave up on the run."""
+
+
+# ------------------------------------------------------------------ shared memory, messages
+class _Shared:
+    """A block of shared memory both processes map; grows, never shrinks.  Old mappings
+    stay valid after it grows (they map the same pages)."""
+
+    def __init__(self, fd=None):
+        if fd is None:
+            if hasattr(os, "memfd_create"):
+                fd = os.memfd_create("nprnn-helper")
+            else:
+                handle, path = tempfile.mkstemp(prefix="nprnn-helper-")
+                os.unlink(path)
+                fd = handle
+        self.fd = fd
+        self.size = 0
+        self.map = None
+
+    def ensure(self, nbytes: int, grow: bool) -> None:
+        if nbytes <= self.size:
+            return
+        if grow:
+            nbytes = max(nbytes, 2 * self.size)
+            os.ftruncate(self.fd, nbytes)
+        self.map = mmap.mmap(self.fd, nbytes)
+        self.size = nbytes
+
+    def array(self, spec):
+        """The array a spec ``(offset, shape, dtype)`` names."""
+        offset, shape, dtype = spec
+        return np.ndarray(shape, np.dtype(dtype), buffer=self.map, offset=offset)
+
+    def close(self):
+        self.map = None
+        os.close(self.fd)
+
+
+class _Channel:
+    """Length-prefixed pickled messages over a socket, and the progress counts the other
+    side has announced (``counts[stream] = rows``).  Messages of other runs are dropped."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.counts = {}
+        self.run = 0
+
+    def send(self, *msg):
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(_HEADER.pack(len(data)) + data)
+
+    def _read(self, n):
+        chunks = []
+        while n:
+            chunk = self.sock.recv(n)
+            if not chunk:
+                raise EOFError("the other process closed the connection")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def recv(self):
+        (n,) = _HEADER.unpack(self._read(_HEADER.size))
+        return pickle.loads(self._read(n))
+
+    def ready(self) -> bool:
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+
+class _ProcStream:
+    """A :class:`nprnn.threads.Stream` between the two processes: the writer announces
+    its count, the reader takes messages until the count it needs has come."""
+
+    same_process = False
+
+    def __init__(self, side, sid):
+        self.side, self.sid = side, sid
+
+    def publish(self, end):
+        self.side.channel.send("progress", self.side.channel.run, self.sid, end)
+
+    def wait(self, end):
+        channel = self.side.channel
+        while channel.counts.get(self.sid, 0) < end:
+            self.side.take()
+
+    def check(self):
+        while self.side.channel.ready():
+            self.side.take()
+
+    def fail(self, error):
+        pass  # the side's error reply (or abort) tells the other process
+
+
+# ------------------------------------------------------------------------------- the helper
+def serve(sock_fd: int, mem_fd: int) -> None:
+    """The helper's loop: run jobs until the parent closes the socket."""
+    from .functional import KINDS, direction_forward
+
+    side = _HelperSide(_Channel(socket.socket(fileno=sock_fd)), _Shared(mem_fd))
+    side.channel.send("ready", os.getpid())
+    pool = {}
+    while True:
+        try:
+            msg = side.channel.recv()
+        except EOFError:
+            return
+        if msg[0] != "run":
+            continue  # a late abort or progress of a finished run
+        _, run, size, kind_name, batch_sizes, jobs = msg
+        side.channel.run = run
+        side.channel.counts = {}
+        try:
+            side.shared.ensure(size, grow=False)
+            finals = {}
+            for job in jobs:
+                x = side.shared.array(job["x"])
+                out = side.shared.array(job["out"])[:, job["cols"][0] : job["cols"][1]]
+                params = tuple(None if p is None else side.shared.array(p) for p in job["params"])
+                pipeline = None
+                if job["stream"] is not None:
+                    source, sink = job["stream"]
+                    pipeline = (None if source is None else _ProcStream(side, source),
+                                None if sink is None else _ProcStream(side, sink))
+                final, _ = direction_forward(KINDS[kind_name], x, params, job["state0"], batch_sizes, job["reverse"],
+                                             out, False, job["options"], pool, job["idx"], pipeline)
+                finals[job["idx"]] = final
+            side.channel.send("done", run, finals)
+        except Aborted:
+            side.channel.send("aborted", run)
+        except BaseException as error:  # reported to the parent, which raises it
+            try:
+                side.channel.send("error", run, error)
+            except Exception:  # not picklable
+                side.channel.send("error", run, RuntimeError(f"{type(error).__name__}: {error}"))
+
+
+class _HelperSide:
+    def __init__(self, channel, shared):
+        self.channel, self.shared = channel, shared
+
+    def take(self):
+        msg = self.channel.recv()
+        if msg[1] != self.channel.run:
+            return
+        if msg[0] == "progress":
+            self.channel.counts[msg[2]] = msg[3]
+        elif msg[0] == "abort":
+            raise Aborted()
+
+
+# ------------------------------------------------------------------------------- the parent
+class Helper:
+    """The parent's handle on a helper process (see :func:`acquire`)."""
+
+    def __init__(self, blas_threads: int):
+        self.blas_threads = blas_threads
+        self.shared = _Shared()
+        parent, child = socket.socketpair()
+        self.channel = _Channel(parent)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(blas_threads)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", f"from nprnn.helper import serve; serve({child.fileno()}, {self.shared.fd})"],
+                pass_fds=(child.fileno(), self.shared.fd), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, start_new_session=True)  # Ctrl-C reaches the parent only
+        finally:
+            child.close()
+        self.pid = None  # set by the "ready" message
+        self.used = 0  # bytes of shared memory handed out in the current run
+        self.reply = None  # the helper's final message of the current run
+
+    @property
+    def ready(self) -> bool:
+        if self.pid is None and self.channel.ready():
+            msg = self.channel.recv()
+            if msg[0] != "ready":
+                raise HelperFailed(f"unexpected first message from the helper: {msg[0]!r}")
+            self.pid = msg[1]
+        return self.pid is not None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        if not select.select([self.channel.sock], [], [], timeout)[0] or not self.ready:
+            raise HelperFailed(f"the helper process did not start within {timeout} s")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        try:
+            self.channel.sock.close()  # the helper sees EOF and exits
+            self.process.wait(timeout=5)
+        except Exception:
+            self.process.kill()
+        self.shared.close()
+
+    # -- one run ------------------------------------------------------------------
+    def begin(self) -> None:
+        """A new run: the shared memory is handed out from the start again."""
+        self.used = 0
+
+    def empty(self, shape, dtype):
+        """A fresh shared array: ``(array, spec)``."""
+        dtype = np.dtype(dtype)
+        offset = -(-self.used // _ALIGN) * _ALIGN
+        self.used = offset + int(np.prod(shape)) * dtype.itemsize
+        self.shared.ensure(self.used, grow=True)
+        spec = (offset, tuple(shape), dtype.str)
+        return self.shared.array(spec), spec
+
+    def share(self, array):
+        """A shared copy of ``array``: its spec."""
+        view, spec = self.empty(array.shape, array.dtype)
+        np.copyto(view, array)
+        return spec
+
+    def start(self, kind_name, batch_sizes, jobs) -> None:
+        """Send the helper its jobs (each a dict of specs and settings; see :func:`serve`)."""
+        self.reply = None
+        self.channel.run += 1
+        self.channel.counts = {}
+        self.channel.send("run", self.channel.run, self.shared.size, kind_name, list(batch_sizes), jobs)
+
+    def stream(self, sid):
+        return _ProcStream(self, sid)
+
+    def take(self):
+        """Handle one message of the current run: a progress count, or the helper's final
+        reply (kept in ``reply``; an error reply is raised)."""
+        try:
+            msg = self.channel.recv()
+        except (EOFError, OSError) as exc:
+            raise HelperFailed(f"the helper process exited (code {self.process.poll()})") from exc
+        if msg[1] != self.channel.run:
+            return
+        if msg[0] == "progress":
+            self.channel.counts[msg[2]] = msg[3]
+            return
+        self.reply = msg
+        if msg[0] == "error":
+            raise msg[2]
+
+    def finish(self):
+        """Wait for the helper's jobs: ``{idx: final states}``."""
+        while self.reply is None:
+            self.take()
+        if self.reply[0] != "done":
+            raise HelperFailed(f"unexpected reply from the helper: {self.reply[0]!r}")
+        return self.reply[2]
+
+    def abort(self) -> None:
+        """Stop the helper's jobs after a failure here, and wait until it has."""
+        if self.reply is None:
+            self.channel.send("abort", self.channel.run)
+        while self.reply is None:
+            try:
+                self.take()
+            except HelperFailed:
+                raise
+            except Exception:  # its own error, beside ours
+                return
+
+
+def acquire(blas_threads: int):
+    """The ready helper, locked for this run (``release`` it after), or None: disabled,
+    not ready yet (then it is started), or busy with another thread's run."""
+    if not _state["enabled"] or not sys.executable or getattr(sys, "frozen", False):
+        return None
+    if not _lock.acquire(blocking=False):
+        return None
+    try:
+        helper = _state["helper"]
+        if helper is not None and (not helper.alive() or helper.blas_threads != blas_threads):
+            helper.close()
+            helper = _state["helper"] = None
+        if helper is None:
+            helper = _state["helper"] = Helper(blas_threads)
+        if helper.ready:
+            return helper
+    except Exception as exc:  # no helper: runs use threads
+        warnings.warn(f"nprnn: could not start the helper process ({exc}); using threads", RuntimeWarning,
+                      stacklevel=3)
+        _state["enabled"] = False
+        _state["helper"] = None
+    _lock.release()
+    return None
+
+
+def release() -> None:
+    _lock.release()
+
+
+def discard() -> None:
+    """Drop a helper that failed (called with the lock held); the next run starts another."""
+    helper = _state["helper"]
+    _state["helper"] = None
+    if helper is not None:
+        helper.process.kill()
+        helper.close()
+
+
+def start(blas_threads: int, timeout: float = 60.0) -> None:
+    """Start the helper now and wait until it is ready (the first run would otherwise
+    start it in the background and use threads meanwhile)."""
+    helper = acquire(blas_threads)
+    if helper is None:
+        with _lock:
+            helper = _state["helper"]
+            if helper is None:
+                raise HelperFailed("the helper process is disabled or could not start")
+            helper.wait_ready(timeout)
+    else:
+        release()
+
+
+def shutdown() -> None:
+    """Stop the helper process, if any."""
+    with _lock:
+        helper = _state["helper"]
+        _state["helper"] = None
+        if helper is not None:
+            helper.close()
+
+
+def _after_fork_in_child():
+    global _lock
+    _lock = threading.Lock()
+    _state["helper"] = None  # the parent's helper is the parent's
+
+
+atexit.register(shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
