@@ -38,6 +38,8 @@ import warnings
 
 import numpy as np
 
+from . import threads
+
 _HEADER = struct.Struct("!I")
 _ALIGN = 64
 _state = {"enabled": os.name == "posix", "helper": None}
@@ -146,7 +148,7 @@ class _ProcStream:
         self.side, self.sid = side, sid
 
     def publish(self, end):
-        self.side.channel.send("progress", self.side.channel.run, self.sid, end)
+        self.side.send("progress", self.side.channel.run, self.sid, end)
 
     def wait(self, end):
         channel = self.side.channel
@@ -176,7 +178,8 @@ def serve(sock_fd: int, mem_fd: int) -> None:
             return
         if msg[0] != "run":
             continue  # a late abort or progress of a finished run
-        _, run, size, kind_name, batch_sizes, jobs = msg
+        _, run, size, kind_name, batch_sizes, chunk_steps, jobs = msg
+        threads.CHUNK_STEPS = chunk_steps  # the parent's groups, so that both round alike
         side.channel.run = run
         side.channel.counts = {}
         try:
@@ -207,6 +210,7 @@ def serve(sock_fd: int, mem_fd: int) -> None:
 class _HelperSide:
     def __init__(self, channel, shared):
         self.channel, self.shared = channel, shared
+        self.send = channel.send
 
     def take(self):
         msg = self.channel.recv()
@@ -287,12 +291,18 @@ class Helper:
         np.copyto(view, array)
         return spec
 
+    def send(self, *msg):
+        try:
+            self.channel.send(*msg)
+        except OSError as exc:
+            raise HelperFailed(f"the helper process exited (code {self.process.poll()})") from exc
+
     def start(self, kind_name, batch_sizes, jobs) -> None:
         """Send the helper its jobs (each a dict of specs and settings; see :func:`serve`)."""
         self.reply = None
         self.channel.run += 1
         self.channel.counts = {}
-        self.channel.send("run", self.channel.run, self.shared.size, kind_name, list(batch_sizes), jobs)
+        self.send("run", self.channel.run, self.shared.size, kind_name, list(batch_sizes), threads.CHUNK_STEPS, jobs)
 
     def stream(self, sid):
         return _ProcStream(self, sid)
@@ -324,7 +334,7 @@ class Helper:
     def abort(self) -> None:
         """Stop the helper's jobs after a failure here, and wait until it has."""
         if self.reply is None:
-            self.channel.send("abort", self.channel.run)
+            self.send("abort", self.channel.run)
         while self.reply is None:
             try:
                 self.take()

@@ -430,6 +430,8 @@ class RNNBase(Module):
             try:
                 work()
                 done = helper.finish()
+            except helpers.HelperFailed:
+                raise
             except BaseException:
                 helper.abort()
                 raise
