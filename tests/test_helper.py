@@ -25,6 +25,7 @@ def helped(monkeypatch):
     """Lower the thresholds, allow two threads, start the helper; returns the list of the
     job lists sent to it."""
     monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(helper, "MIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
     monkeypatch.setattr(threads, "_num_threads", 2)
     monkeypatch.setitem(helper._state, "enabled", True)
@@ -143,6 +144,10 @@ def test_training_and_small_runs_stay_in_this_process(helped, monkeypatch):
     m(x)
     assert not helped
     monkeypatch.setattr(threads, "_num_threads", 2)
+    monkeypatch.setattr(helper, "MIN_STEP_WORK", 2 * 4 * 4 + 1)  # 2 rows * 4 gates * 4 hidden a step
+    m(x)
+    assert not helped
+    monkeypatch.setattr(helper, "MIN_STEP_WORK", 2 * 4 * 4)
     m(x)
     assert len(helped) == 1
 

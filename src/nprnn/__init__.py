@@ -12,6 +12,7 @@ from .packing import (
     unpad_sequence,
 )
 from .recurrent import GRU, LSTM, RNN, RNNBase
+from .helper import get_helper_process, set_helper_process
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -19,5 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
-    "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "__version__",
+    "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process", "get_helper_process",
+    "__version__",
 ]

@@ -40,6 +40,11 @@ import numpy as np
 
 from . import threads
 
+# Below this many gate values per step (rows * gates * hidden) an inference run stays in
+# one process.  Two processes share no GIL, so the line is far lower than on threads
+# (nprnn.threads.MIN_STEP_WORK): benchmarks/bench_threads.py measured 1.2-1.7x at 1024 and
+# up, and 0.86x (one-directional GRU) to 1.65x (bidirectional) at 768 (2 cores).
+MIN_STEP_WORK = 1024
 _HEADER = struct.Struct("!I")
 _ALIGN = 64
 _state = {"enabled": os.name == "posix", "helper": None}

@@ -15,6 +15,7 @@ from .functional import KINDS, alloc_blocks, direction_backward, direction_forwa
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 from . import helper as helpers
+from . import threads
 from .threads import blas_halved, get_num_threads, run_pipeline, run_side_by_side, side_by_side_pays
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
@@ -353,18 +354,18 @@ class RNNBase(Module):
         self._record = None  # the previous record's buffers are about to be reused
         pool = self._pool()
         finals = [np.empty(s.shape, self.dtype) for s in states]
-        mode = self._side_by_side(x.shape[0], len(batch_sizes))
-        if mode is not None and not train:
-            helper = helpers.acquire(max(1, get_num_threads() // 2))
-            if helper is not None:
-                try:
-                    with blas_halved():
-                        return self._run_helped(helper, mode, x, batch_sizes, states, finals), finals, None
-                except helpers.HelperFailed as exc:  # inference changes nothing: run it here instead
-                    helpers.discard()
-                    warnings.warn(f"nprnn: {exc}; running on threads instead", RuntimeWarning, stacklevel=4)
-                finally:
-                    helpers.release()
+        mode = None if train else self._side_by_side(x.shape[0], len(batch_sizes), helpers.MIN_STEP_WORK)
+        helper = None if mode is None else helpers.acquire(max(1, get_num_threads() // 2))
+        if helper is not None:
+            try:
+                with blas_halved():
+                    return self._run_helped(helper, mode, x, batch_sizes, states, finals), finals, None
+            except helpers.HelperFailed as exc:  # inference changes nothing: run it here instead
+                helpers.discard()
+                warnings.warn(f"nprnn: {exc}; running on threads instead", RuntimeWarning, stacklevel=4)
+            finally:
+                helpers.release()
+        mode = self._side_by_side(x.shape[0], len(batch_sizes), threads.MIN_STEP_WORK)
         records = [None] * (L * D)
         outs = [np.empty((x.shape[0], D * P), self.dtype) if layer == L - 1  # returned to the caller
                 else alloc_blocks(((1, D * P),), x.shape[0], self.dtype, pool, (layer, "out"))[0]
@@ -457,15 +458,16 @@ class RNNBase(Module):
                 run([job(layer * D + 1, x_spec)], lambda: here(layer, x_in))
         return np.array(outs[-1][0])
 
-    def _side_by_side(self, rows, steps):
+    def _side_by_side(self, rows, steps, min_work):
         """"directions", "layers" or None: which scans of this run go two at a time (see
-        :mod:`nprnn.threads`).  Layers pipeline only forward in time and without dropout
-        between them (its mask applies to a layer's whole output)."""
+        :mod:`nprnn.threads`), given the least gate values a step that pays for it.  Layers
+        pipeline only forward in time and without dropout between them (its mask applies to
+        a layer's whole output)."""
         gate_width = self.kind.num_gates * self.hidden_size
         if self.num_directions == 2:
-            return "directions" if side_by_side_pays(steps, rows, gate_width, pipelined=False) else None
+            return "directions" if side_by_side_pays(steps, rows, gate_width, False, min_work) else None
         if (self.num_layers > 1 and not self._reverse_only and not (self.training and self.dropout > 0)
-                and side_by_side_pays(steps, rows, gate_width, pipelined=True)):
+                and side_by_side_pays(steps, rows, gate_width, True, min_work)):
             return "layers"
         return None
 

@@ -76,15 +76,16 @@ def get_num_threads() -> int:
     return _available_cpus() if _blas_controller() is not None else 1
 
 
-def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool) -> bool:
-    """Whether two scans at once beat one: enough arithmetic per step (``rows`` packed
-    rows over ``steps`` steps, ``gate_width`` = gates * hidden size) and, for a pipeline,
-    at least two chunks to overlap."""
+def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool, min_work: int) -> bool:
+    """Whether two scans at once beat one: at least ``min_work`` gate values per step on
+    average (``rows`` packed rows over ``steps`` steps, ``gate_width`` = gates * hidden
+    size; :data:`MIN_STEP_WORK` on threads) and, for a pipeline, at least two chunks to
+    overlap."""
     if get_num_threads() < 2:
         return False
     if pipelined and steps < 2 * CHUNK_STEPS:
         return False
-    return rows * gate_width >= MIN_STEP_WORK * steps
+    return rows * gate_width >= min_work * steps
 
 
 @contextmanager
