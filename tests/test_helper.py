@@ -289,3 +289,60 @@ def test_helper_follows_the_thread_count(helped, monkeypatch):
     helper.start(2)
     assert helper._state["helper"] is not old and helper._state["helper"].blas_threads == 2
     assert old.process.poll() is not None
+
+
+def _run_script(code):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _running(pid):
+    """Whether process ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+SCRIPT_HEAD = """
+import os, numpy as np, nprnn
+from nprnn import helper, threads
+threads.MIN_STEP_WORK = helper.MIN_STEP_WORK = 0
+nprnn.set_num_threads(2)
+m = nprnn.GRU(3, 8, num_layers=2, seed=0)
+m.eval()
+x = np.ones((20, 3, 3), np.float32)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_one_shot_script_exits_at_once_and_leaves_no_helper():
+    out = _run_script(SCRIPT_HEAD + "m(x)\nprint(helper._state['helper'].process.pid)")  # started, not ready
+    pid = int(out)
+    for _ in range(100):
+        if not _running(pid):
+            break
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def test_a_forked_child_starts_its_own_helper():
+    out = _run_script(SCRIPT_HEAD + """
+helper.start(1)
+a = m(x)[0]
+mine = helper._state["helper"].process.pid
+pid = os.fork()
+if pid == 0:
+    ok = (m(x)[0] == a).all()  # on threads while its own helper starts
+    helper.start(1)
+    ok = ok and (m(x)[0] == a).all() and helper._state["helper"].process.pid != mine
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), (m(x)[0] == a).all(), helper._state["helper"].process.pid == mine)
+""")
+    assert out.split() == ["0", "True", "True"]

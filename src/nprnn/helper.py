@@ -24,15 +24,10 @@ Training runs stay on threads: their backward records would have to live in the 
 from __future__ import annotations
 
 import atexit
-import mmap
 import os
 import pickle
-import select
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import warnings
 
@@ -82,6 +77,8 @@ class _Shared:
     stay valid after it grows (they map the same pages)."""
 
     def __init__(self, fd=None):
+        import tempfile
+
         if fd is None:
             if hasattr(os, "memfd_create"):
                 fd = os.memfd_create("nprnn-helper")
@@ -94,6 +91,8 @@ class _Shared:
         self.map = None
 
     def ensure(self, nbytes: int, grow: bool) -> None:
+        import mmap
+
         if nbytes <= self.size:
             return
         if grow:
@@ -139,8 +138,11 @@ class _Channel:
         (n,) = _HEADER.unpack(self._read(_HEADER.size))
         return pickle.loads(self._read(n))
 
-    def ready(self) -> bool:
-        return bool(select.select([self.sock], [], [], 0)[0])
+    def ready(self, timeout: float = 0) -> bool:
+        """Whether a message has arrived (waiting up to ``timeout`` seconds)."""
+        import select
+
+        return bool(select.select([self.sock], [], [], timeout)[0])
 
 
 class _ProcStream:
@@ -171,16 +173,22 @@ class _ProcStream:
 # ------------------------------------------------------------------------------- the helper
 def serve(sock_fd: int, mem_fd: int) -> None:
     """The helper's loop: run jobs until the parent closes the socket."""
-    from .functional import KINDS, direction_forward
+    import socket
 
     side = _HelperSide(_Channel(socket.socket(fileno=sock_fd)), _Shared(mem_fd))
+    try:
+        _serve(side)
+    except (EOFError, OSError):  # the parent is gone
+        return
+
+
+def _serve(side):
+    from .functional import KINDS, direction_forward
+
     side.channel.send("ready", os.getpid())
     pool = {}
     while True:
-        try:
-            msg = side.channel.recv()
-        except EOFError:
-            return
+        msg = side.channel.recv()
         if msg[0] != "run":
             continue  # a late abort or progress of a finished run
         _, run, size, kind_name, batch_sizes, chunk_steps, jobs = msg
@@ -232,6 +240,9 @@ class Helper:
     """The parent's handle on a helper process (see :func:`acquire`)."""
 
     def __init__(self, blas_threads: int):
+        import socket
+        import subprocess
+
         self.blas_threads = blas_threads
         self.shared = _Shared()
         parent, child = socket.socketpair()
@@ -262,18 +273,22 @@ class Helper:
         return self.pid is not None
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        if not select.select([self.channel.sock], [], [], timeout)[0] or not self.ready:
+        if not self.channel.ready(timeout) or not self.ready:
             raise HelperFailed(f"the helper process did not start within {timeout} s")
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def close(self) -> None:
+        """Stop the helper: it exits on EOF once it is ready (before that it is killed)."""
+        self.channel.sock.close()
+        if self.pid is None:
+            self.process.kill()
         try:
-            self.channel.sock.close()  # the helper sees EOF and exits
             self.process.wait(timeout=5)
         except Exception:
             self.process.kill()
+            self.process.wait()
         self.shared.close()
 
     # -- one run ------------------------------------------------------------------
@@ -410,10 +425,19 @@ def shutdown() -> None:
             helper.close()
 
 
+_forked_off = []  # in a forked child: the parent's helper handles, kept only so they are never collected
+
+
 def _after_fork_in_child():
+    """The parent's helper is the parent's: a forked child closes its copy of the socket
+    and starts its own helper if it needs one."""
     global _lock
     _lock = threading.Lock()
-    _state["helper"] = None  # the parent's helper is the parent's
+    helper = _state["helper"]
+    _state["helper"] = None
+    if helper is not None:
+        helper.channel.sock.close()
+        _forked_off.append(helper)
 
 
 atexit.register(shutdown)
