@@ -11,6 +11,9 @@ half the threads (one on two cores) per scan while they run:
   (:class:`Stream` hands the rows over); backward runs the same pipeline from the top
   layer down, handing each layer's input gradient on from the last step backwards.
 
+Inference runs put the second scan in a helper process instead when they can
+(:mod:`nprnn.helper`): threads lose much of the second core to the GIL, processes do not.
+
 The results equal the one-at-a-time run up to the rounding of the matrix products (a
 product split into chunks, or run on fewer BLAS threads, may round its last bit
 differently); for the same settings they are the same from run to run.
