@@ -269,9 +269,10 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     (dh,) = dstate
     h_prev, gates, ghn = tape
     dgx, dgh = grads  # (n, 3H) rows each
-    dgates, tmp, dh_hh = scratch
+    tmp, dh_hh = scratch
     r, z, n = gates[0], gates[1], gates[2]
-    dr, dz, dn = dgates[0], dgates[1], dgates[2]
+    dgxv = gate_major(dgx, 3)
+    dr, dz, dn = dgxv[0], dgxv[1], dgxv[2]  # written in place in the rows the weight products read
     np.subtract(w.one, z, out=tmp)
     np.multiply(n, n, out=dn)  # dL/dn = dh * (1 - z), through tanh: 1 - n^2
     np.subtract(w.one, dn, out=dn)
@@ -285,9 +286,8 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     np.subtract(w.one, r, out=tmp)
     tmp *= r
     dr *= tmp
-    np.copyto(gate_major(dgx, 3), dgates)
     dghv = gate_major(dgh, 3)
-    np.copyto(dghv[:2], dgates[:2])
+    np.copyto(dghv[:2], dgxv[:2])
     np.multiply(dn, r, out=dghv[2])  # the hidden part of n sits inside r *
     np.dot(dgh, w.hh, out=dh_hh)  # (n, H_out)
     dh *= z
@@ -307,7 +307,7 @@ def _gru_grads(H, P, proj):
 
 
 def _gru_scratch(H, P, proj):
-    return ((3, H), (1, H), (1, P))
+    return ((1, H), (1, P))
 
 
 GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward,
