@@ -14,7 +14,8 @@ import pytest
 
 import nprnn
 from nprnn import helper, threads
-from reference import LAYERS, build_nprnn, compare, make_inputs, random_config, random_packed_config, run_torch
+from reference import (LAYERS, build_nprnn, compare, make_inputs, random_config, random_packed_config, run_nprnn,
+                       run_torch)
 from reference import _hx
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the helper process needs POSIX")
@@ -33,9 +34,9 @@ def helped(monkeypatch):
     sent = []
     real = helper.Helper.start
 
-    def counting(self, kind_name, batch_sizes, jobs):
+    def counting(self, kind_name, batch_sizes, token, jobs):
         sent.append(jobs)
-        real(self, kind_name, batch_sizes, jobs)
+        real(self, kind_name, batch_sizes, token, jobs)
 
     monkeypatch.setattr(helper.Helper, "start", counting)
     return sent
@@ -110,6 +111,80 @@ def test_helper_equals_one_process(cfg, helped, monkeypatch):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("cfg", CONFIGS[30:], ids=[f"{i}-{c['kind']}" for i, c in enumerate(CONFIGS[30:], 30)])
+def test_training_in_the_helper_matches_torch(cfg, helped):
+    """Forward and backward, every gradient."""
+    case = make_inputs(cfg)
+    got = run_nprnn(cfg, case)
+    assert len(helped) == 2 * (cfg["num_layers"] if cfg["bidirectional"] else 1), "not both through the helper"
+    compare(cfg, got, run_torch(cfg, case))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{i}-{c['kind']}" for i, c in enumerate(CONFIGS)])
+def test_training_in_the_helper_equals_threads(cfg, helped, monkeypatch):
+    """Forward and backward, every gradient, bit for bit against the threaded run."""
+    case = make_inputs(cfg)
+    got = run_nprnn(cfg, case)
+    assert helped
+    monkeypatch.setitem(helper._state, "enabled", False)
+    want = run_nprnn(cfg, case)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_training_record_survives_other_runs(helped):
+    """Between a training forward and its backward, other modules use the helper (and its
+    shared memory); the record kept there is untouched."""
+    rng = np.random.default_rng(0)
+    a = nprnn.GRU(3, 6, num_layers=2, seed=0, dtype=np.float64)
+    b = nprnn.GRU(3, 6, num_layers=2, seed=1, dtype=np.float64)
+    x, y = rng.standard_normal((12, 3, 3)), rng.standard_normal((12, 3, 3))
+    g = rng.standard_normal((12, 3, 6))
+    a(x)
+    b(y)  # training forward of another module: its own records
+    b.eval()
+    b(-y)  # inference
+    dx = a.backward(g)[0]
+    grads = {k: v.copy() for k, v in a.grads.items()}
+    assert len(helped) == 4
+    helper.set_helper_process(False)
+    a.zero_grad()
+    a(x)
+    np.testing.assert_array_equal(a.backward(g)[0], dx)
+    for k, v in grads.items():
+        np.testing.assert_array_equal(a.grads[k], v, err_msg=k)
+
+
+def test_backward_after_the_helper_is_gone_says_so(helped):
+    m = nprnn.LSTM(3, 4, num_layers=2, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((8, 2, 3))
+    m(x)
+    os.kill(helper._state["helper"].process.pid, signal.SIGKILL)
+    helper._state["helper"].process.wait()
+    with pytest.raises(RuntimeError, match=r"LSTM.backward\(\): the helper process that holds part of this "
+                                           r"forward's record is gone; run the forward again"):
+        m.backward(np.ones((8, 2, 4)))
+    m(x)  # runs on threads while a new helper starts
+    m.backward(np.ones((8, 2, 4)))
+
+
+def test_collected_modules_are_forgotten_by_the_helper(helped):
+    import gc
+
+    m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)
+    m(np.ones((6, 2, 3)))
+    token = m._helper_token
+    copy = __import__("copy").deepcopy(m)
+    assert "_helper_token" not in copy.__dict__  # a copy is another module
+    del m
+    gc.collect()
+    assert token in helper._forgotten
+    other = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)
+    other(np.ones((6, 2, 3)))  # the next run tells the helper
+    assert token not in helper._forgotten
+
+
 def test_large_run_and_float32_lengths(helped):
     """The benchmark's shape, scaled down: many steps, a shrinking batch, several groups."""
     rng = np.random.default_rng(3)
@@ -133,12 +208,9 @@ def test_large_run_and_float32_lengths(helped):
     np.testing.assert_array_equal(out, kept)
 
 
-def test_training_and_small_runs_stay_in_this_process(helped, monkeypatch):
+def test_small_runs_and_one_thread_stay_in_this_process(helped, monkeypatch):
     m = nprnn.LSTM(3, 4, num_layers=2, seed=0, dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((6, 2, 3))
-    m.train()
-    m(x)
-    assert not helped
     m.eval()
     monkeypatch.setattr(threads, "_num_threads", 1)
     m(x)
@@ -150,6 +222,10 @@ def test_training_and_small_runs_stay_in_this_process(helped, monkeypatch):
     monkeypatch.setattr(helper, "MIN_STEP_WORK", 2 * 4 * 4)
     m(x)
     assert len(helped) == 1
+    m.train()
+    m(x)
+    m.backward(np.ones((6, 2, 4)))
+    assert len(helped) == 3
 
 
 def test_error_in_the_helper_is_raised_here_and_the_helper_goes_on(helped):
@@ -162,9 +238,9 @@ def test_error_in_the_helper_is_raised_here_and_the_helper_goes_on(helped):
         x_spec = h.share(np.ones((4, 3)))
         out, out_spec = h.empty((4, 5), np.float64)
         bad = h.share(np.ones((7, 2)))
-        job = dict(idx=0, reverse=False, x=x_spec, out=out_spec, cols=(0, 5), state0=(np.zeros((2, 5)),),
-                   params=(bad, bad, None, None, None), options=None, stream=None)
-        h.start("rnn_tanh", [2, 2], [job])
+        job = dict(op="forward", train=False, idx=0, reverse=False, x=x_spec, out=out_spec, cols=(0, 5),
+                   state0=(np.zeros((2, 5)),), params=(bad, bad, None, None, None), options=None, stream=None)
+        h.start("rnn_tanh", [2, 2], 0, [job])
         with pytest.raises(ValueError):
             h.finish()
     finally:

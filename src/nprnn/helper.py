@@ -19,17 +19,21 @@ could use it; until it is ready, runs use threads.  It exits when the parent's e
 the socket closes.  POSIX only (it inherits the descriptors); elsewhere, and with
 ``set_helper_process(False)``, runs use threads.
 
-Training runs stay on threads: their backward records would have to live in the helper.
+In training, the helper keeps the records of its scans (their tapes, and copies of their
+inputs and weights) until the backward, which runs each scan's backward where its forward
+ran; the records of a module are dropped when the module is collected.
 """
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import pickle
 import struct
 import sys
 import threading
 import warnings
+import weakref
 
 import numpy as np
 
@@ -183,34 +187,28 @@ def serve(sock_fd: int, mem_fd: int) -> None:
 
 
 def _serve(side):
-    from .functional import KINDS, direction_forward
-
     side.channel.send("ready", os.getpid())
-    pool = {}
+    pools = {}  # per module (its token): reusable work arrays, as the module keeps its own
+    records = {}  # per module: {layer-direction: the training forward's record}, until its backward
     while True:
         msg = side.channel.recv()
+        if msg[0] == "forget":  # modules that are gone
+            for token in msg[1]:
+                pools.pop(token, None)
+                records.pop(token, None)
+            continue
         if msg[0] != "run":
             continue  # a late abort or progress of a finished run
-        _, run, size, kind_name, batch_sizes, chunk_steps, jobs = msg
+        _, run, size, kind_name, batch_sizes, chunk_steps, token, jobs = msg
         threads.CHUNK_STEPS = chunk_steps  # the parent's groups, so that both round alike
         side.channel.run = run
         side.channel.counts = {}
         try:
             side.shared.ensure(size, grow=False)
-            finals = {}
-            for job in jobs:
-                x = side.shared.array(job["x"])
-                out = side.shared.array(job["out"])[:, job["cols"][0] : job["cols"][1]]
-                params = tuple(None if p is None else side.shared.array(p) for p in job["params"])
-                pipeline = None
-                if job["stream"] is not None:
-                    source, sink = job["stream"]
-                    pipeline = (None if source is None else _ProcStream(side, source),
-                                None if sink is None else _ProcStream(side, sink))
-                final, _ = direction_forward(KINDS[kind_name], x, params, job["state0"], batch_sizes, job["reverse"],
-                                             out, False, job["options"], pool, job["idx"], pipeline)
-                finals[job["idx"]] = final
-            side.channel.send("done", run, finals)
+            pool = pools.setdefault(token, {})
+            held = records.setdefault(token, {})
+            results = {job["idx"]: _run_job(side, job, kind_name, batch_sizes, pool, held) for job in jobs}
+            side.channel.send("done", run, results)
         except Aborted:
             side.channel.send("aborted", run)
         except BaseException as error:  # reported to the parent, which raises it
@@ -218,6 +216,49 @@ def _serve(side):
                 side.channel.send("error", run, error)
             except Exception:  # not picklable
                 side.channel.send("error", run, RuntimeError(f"{type(error).__name__}: {error}"))
+
+
+def _run_job(side, job, kind_name, batch_sizes, pool, held):
+    """One layer-direction, forward (its final states; a training forward keeps its record
+    in ``held``) or backward of a kept record (its initial-state and parameter gradients)."""
+    from .functional import KINDS, direction_backward, direction_forward
+
+    idx, cols = job["idx"], job["cols"]
+    pipeline = None
+    if job["stream"] is not None:
+        source, sink = job["stream"]
+        pipeline = (None if source is None else _ProcStream(side, source),
+                    None if sink is None else _ProcStream(side, sink))
+    if job["op"] == "backward":
+        rec = held.pop(idx, None)
+        if rec is None:
+            raise RuntimeError(f"the helper holds no training forward of layer-direction {idx} to backpropagate")
+        dout = side.shared.array(job["dout"])[:, cols[0] : cols[1]]
+        dx = side.shared.array(job["dx"])
+        _, dstate0, pgrads = direction_backward(rec, dout, job["dstate"], pool, idx, dx, False, pipeline)
+        return dstate0, pgrads
+    train = job["train"]
+    # a record outlives this run's shared memory, so a training forward works on copies
+    params = tuple(None if p is None else np.array(side.shared.array(p)) if train else side.shared.array(p)
+                   for p in job["params"])
+    x = side.shared.array(job["x"])
+    out = side.shared.array(job["out"])[:, cols[0] : cols[1]]
+    held.pop(idx, None)
+    final, rec = direction_forward(KINDS[kind_name], x, params, job["state0"], batch_sizes, job["reverse"], out,
+                                   train, job["options"], pool, idx, pipeline)
+    if train:
+        rec.x = keep_copy(rec.x, pool, (idx, "x kept"))
+        held[idx] = rec
+    return final
+
+
+def keep_copy(x, pool, key):
+    """``x`` copied into pooled memory (a record's input that lives in shared memory)."""
+    from .functional import alloc_blocks
+
+    (kept,) = alloc_blocks(((1, x.shape[1]),), x.shape[0], x.dtype, pool, key)
+    np.copyto(kept, x)
+    return kept
 
 
 class _HelperSide:
@@ -317,12 +358,17 @@ class Helper:
         except OSError as exc:
             raise HelperFailed(f"the helper process exited (code {self.process.poll()})") from exc
 
-    def start(self, kind_name, batch_sizes, jobs) -> None:
-        """Send the helper its jobs (each a dict of specs and settings; see :func:`serve`)."""
+    def start(self, kind_name, batch_sizes, token, jobs) -> None:
+        """Send the helper the jobs of module ``token`` (each a dict of specs and settings;
+        see :func:`_run_job`)."""
         self.reply = None
         self.channel.run += 1
         self.channel.counts = {}
-        self.send("run", self.channel.run, self.shared.size, kind_name, list(batch_sizes), threads.CHUNK_STEPS, jobs)
+        gone = _take_forgotten()
+        if gone:
+            self.send("forget", gone)
+        self.send("run", self.channel.run, self.shared.size, kind_name, list(batch_sizes), threads.CHUNK_STEPS,
+                  token, jobs)
 
     def stream(self, sid):
         return _ProcStream(self, sid)
@@ -364,6 +410,27 @@ class Helper:
                 return
 
 
+_tokens = itertools.count(1)
+_forgotten = []  # tokens of modules gone since the last run (appended by finalizers)
+
+
+def token_for(module) -> int:
+    """A number naming ``module`` to the helper (its work arrays and records there are
+    kept under it, and dropped when the module is collected)."""
+    token = module.__dict__.get("_helper_token")
+    if token is None:
+        token = module.__dict__["_helper_token"] = next(_tokens)
+        weakref.finalize(module, _forgotten.append, token)
+    return token
+
+
+def _take_forgotten():
+    gone = []
+    while _forgotten:
+        gone.append(_forgotten.pop())
+    return gone
+
+
 def acquire(blas_threads: int):
     """The ready helper, locked for this run (``release`` it after), or None: disabled,
     not ready yet (then it is started), or busy with another thread's run."""
@@ -387,6 +454,16 @@ def acquire(blas_threads: int):
         _state["helper"] = None
     _lock.release()
     return None
+
+
+def acquire_same(helper) -> bool:
+    """Lock ``helper`` for a run (waiting while another thread uses it); False, unlocked,
+    if it is no longer the running helper."""
+    _lock.acquire()
+    if _state["helper"] is helper and helper.alive():
+        return True
+    _lock.release()
+    return False
 
 
 def release() -> None:

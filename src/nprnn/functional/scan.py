@@ -247,7 +247,9 @@ def _backward_chunks(steps, total, input_grad, source, sink, gate_width):
     steps where the batch has shrunk below :data:`~nprnn.threads.MIN_STEP_WORK` gate
     values come first here; this stage starts them once the stage above is past all of
     its own, so that two such stretches never run side by side."""
-    small_from = min((lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK), default=total)
+    small_from = total
+    if getattr(source, "same_process", False):  # threads share the GIL; processes do not
+        small_from = min((lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK), default=total)
 
     def before(lo, hi):
         if source is not None:
