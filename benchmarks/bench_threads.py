@@ -1,10 +1,11 @@
 """When do two scans side by side pay?  nprnn alone, one thread against two threads and
-against a helper process (inference; :mod:`nprnn.helper`).
+against a helper process (:mod:`nprnn.helper`).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py [--min-time 1]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py [--min-time 1] [--train]
 
 Two-layer LSTM and GRU, one-directional (layers pipelined) and bidirectional (directions
-side by side), padded batches of 100 steps, over a grid of batch and hidden sizes.  The
+side by side), padded batches of 100 steps, over a grid of batch and hidden sizes;
+inference, or with ``--train`` a training step (forward and backward).  The
 threshold is lowered so every case can go side by side; the printed speed-up (time with
 one thread / time with two threads, and the same with the helper) is what
 ``nprnn.threads.MIN_STEP_WORK`` and ``nprnn.helper.MIN_STEP_WORK`` are chosen from.
@@ -22,6 +23,7 @@ from common import paired_times, threads_report  # noqa: E402
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--min-time", type=float, default=1.0)
+    ap.add_argument("--train", action="store_true", help="time forward + backward in training mode")
     args = ap.parse_args()
     import nprnn
     from nprnn import helper, threads
@@ -36,19 +38,25 @@ def main():
         for bidirectional in (False, True):
             for N, H in ((8, 32), (32, 32), (8, 64), (16, 64), (32, 64), (8, 128), (32, 128), (64, 256)):
                 m = getattr(nprnn, kind)(64, H, num_layers=2, bidirectional=bidirectional, seed=0)
-                m.eval()
+                m.train(args.train)
                 x = rng.standard_normal((100, N, 64)).astype(np.float32)
+                g = np.ones((100, N, H * (2 if bidirectional else 1)), np.float32)
+
+                def step():
+                    m(x)
+                    if args.train:
+                        m.backward(g)
 
                 def one():
                     nprnn.set_num_threads(1)
-                    m(x)
+                    step()
 
                 def two(process):
                     nprnn.set_num_threads(2)
                     helper.set_helper_process(process)
                     if process:
                         helper.start(1)
-                    m(x)
+                    step()
 
                 t1, t2 = paired_times(one, lambda: two(False), args.min_time)
                 t1p, tp = paired_times(one, lambda: two(True), args.min_time)
