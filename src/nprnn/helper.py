@@ -1,27 +1,29 @@
-"""A helper process: the second core for inference, without sharing the GIL.
+"""A helper process: the second core, without sharing the GIL.
 
 Two scans on two threads of one process lose much of the second core to the GIL: a time
 step is a dozen short NumPy calls, and the threads hand the GIL back and forth around
 each of them (each scan runs 1.4-1.7x slower while the other runs; see
-:mod:`nprnn.threads`).  Two processes do not share it.  So an inference run (no backward
-record to keep) that goes side by side sends one of the two scans to a helper process:
+:mod:`nprnn.threads`).  Two processes do not share it.  So a run that goes side by side
+sends one of its two scans to a helper process:
 
 * a bidirectional layer: the reverse direction runs in the helper;
 * a stack of one-directional layers: the odd layers run in the helper, each reading the
-  layer below as it comes, exactly as the threaded pipeline does.
+  layer below as it comes, exactly as the threaded pipeline does (and backward from the
+  top layer down, handing input gradients on the same way).
 
-Arrays travel through one block of shared memory (inputs, outputs and weights are copied
-in, the helper's outputs are read in place); small messages (the job, progress counts,
-the final states, errors) travel through a socket pair, whose system calls also order
-the memory writes between the two processes.  The helper is a plain Python child that
-imports nprnn and runs :func:`serve`, started in the background on the first run that
-could use it; until it is ready, runs use threads.  It exits when the parent's end of
-the socket closes.  POSIX only (it inherits the descriptors); elsewhere, and with
-``set_helper_process(False)``, runs use threads.
+In training the helper keeps its scans' records (their tapes, and copies of their inputs
+and weights) until the backward, which runs each scan's backward where its forward ran;
+a module's work arrays and records there are dropped when the module is collected or
+calls ``release_buffers``.
 
-In training, the helper keeps the records of its scans (their tapes, and copies of their
-inputs and weights) until the backward, which runs each scan's backward where its forward
-ran; the records of a module are dropped when the module is collected.
+Arrays travel through one block of shared memory (inputs, outputs, gradients and weights
+are copied in, the helper's results are read in place); small messages (the jobs,
+progress counts, final states, parameter gradients, errors) travel through a socket
+pair, whose system calls also order the memory writes between the two processes.  The
+helper is a plain Python child that imports nprnn and runs :func:`serve`, started in the
+background by the first run that could use it; until it is ready, runs use threads.  It
+exits when the parent's end of the socket closes.  POSIX only (it inherits the
+descriptors); elsewhere, and with ``set_helper_process(False)``, runs use threads.
 """
 from __future__ import annotations
 
@@ -39,10 +41,11 @@ import numpy as np
 
 from . import threads
 
-# Below this many gate values per step (rows * gates * hidden) an inference run stays in
-# one process.  Two processes share no GIL, so the line is far lower than on threads
-# (nprnn.threads.MIN_STEP_WORK): benchmarks/bench_threads.py measured 1.2-1.7x at 1024 and
-# up, and 0.86x (one-directional GRU) to 1.65x (bidirectional) at 768 (2 cores).
+# Below this many gate values per step (rows * gates * hidden) a run stays in one process.
+# Two processes share no GIL, so the line is far lower than on threads
+# (nprnn.threads.MIN_STEP_WORK): benchmarks/bench_threads.py measured 1.2-1.85x (inference)
+# and 0.9-1.7x (training) at 1024 and up, and 0.86x (one-directional GRU inference) to
+# 1.68x (bidirectional GRU training) at 768 (2 cores).
 MIN_STEP_WORK = 1024
 _HEADER = struct.Struct("!I")
 _ALIGN = 64
@@ -51,8 +54,10 @@ _lock = threading.Lock()
 
 
 def set_helper_process(enabled: bool) -> None:
-    """Whether inference runs that go side by side may use a helper process (the default
-    on POSIX systems) instead of a second thread; see the module docstring."""
+    """Whether runs that go side by side may put their second scan in a helper process
+    (the default on POSIX systems) instead of on a second thread; see the module
+    docstring.  Turning it off stops the helper (a pending backward of a forward that
+    used it then fails)."""
     if not isinstance(enabled, bool):
         raise ValueError(f"set_helper_process: expected a bool, but got {enabled!r}")
     if enabled and os.name != "posix":
@@ -422,6 +427,13 @@ def token_for(module) -> int:
         token = module.__dict__["_helper_token"] = next(_tokens)
         weakref.finalize(module, _forgotten.append, token)
     return token
+
+
+def forget(module) -> None:
+    """Have the helper drop ``module``'s work arrays and records (at its next run)."""
+    token = module.__dict__.pop("_helper_token", None)
+    if token is not None:
+        _forgotten.append(token)
 
 
 def _take_forgotten():

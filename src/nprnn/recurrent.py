@@ -337,9 +337,11 @@ class RNNBase(Module):
         self.__dict__["_buffers"] = threading.local()
 
     def release_buffers(self) -> None:
-        """Free the work arrays kept between calls (and any pending backward record)."""
+        """Free the work arrays kept between calls (and any pending backward record), here
+        and in the helper process (at its next run)."""
         self._buffers = threading.local()
         self._record = None
+        helpers.forget(self)
 
     def _dropout_mask(self, shape):
         p = self.dropout
