@@ -70,6 +70,24 @@ def random_packed_config(rng: np.random.Generator) -> dict:
     return cfg
 
 
+def concurrent_config(rng: np.random.Generator, packed: bool, deeper: bool = False) -> dict:
+    """A random layer configuration that goes side by side: bidirectional, or several
+    layers over at least two chunks of steps (``deeper``: up to 4 layers)."""
+    while True:
+        cfg = random_packed_config(rng) if packed else random_config(rng)
+        if cfg["kind"] not in LAYERS or cfg["batch"] is None:
+            continue
+        if not cfg["bidirectional"] and cfg["num_layers"] == 1:
+            continue
+        if deeper:
+            cfg["num_layers"] = max(cfg["num_layers"], int(rng.integers(1, 5)))
+        if not packed:
+            cfg["seq_len"] = int(rng.integers(4, 10))
+        elif cfg["seq_len"] < 4 and not cfg["bidirectional"]:
+            continue
+        return cfg
+
+
 def module_kwargs(cfg: dict) -> dict:
     kw = {"bias": cfg["bias"]}
     for key in ("num_layers", "batch_first", "bidirectional", "nonlinearity"):

@@ -14,8 +14,7 @@ import pytest
 
 import nprnn
 from nprnn import helper, threads
-from reference import (LAYERS, build_nprnn, compare, make_inputs, random_config, random_packed_config, run_nprnn,
-                       run_torch)
+from reference import LAYERS, build_nprnn, compare, concurrent_config, make_inputs, run_nprnn, run_torch
 from reference import _hx
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the helper process needs POSIX")
@@ -26,6 +25,7 @@ def helped(monkeypatch):
     """Lower the thresholds, allow two threads, start the helper; returns the list of the
     job lists sent to it."""
     monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 0)
     monkeypatch.setattr(helper, "MIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
     monkeypatch.setattr(threads, "_num_threads", 2)
@@ -59,22 +59,7 @@ def infer(cfg, case):
     return dict(zip(("out", "h_n", "c_n"), (out,) + states))
 
 
-def _helped_config(rng, packed):
-    while True:
-        cfg = random_packed_config(rng) if packed else random_config(rng)
-        if cfg["kind"] not in LAYERS or cfg["batch"] is None:
-            continue
-        if not cfg["bidirectional"] and cfg["num_layers"] == 1:
-            continue
-        cfg["num_layers"] = max(cfg["num_layers"], int(rng.integers(1, 5)))
-        if not packed:
-            cfg["seq_len"] = int(rng.integers(4, 10))
-        elif cfg["seq_len"] < 4 and not cfg["bidirectional"]:
-            continue
-        return cfg
-
-
-CONFIGS = [_helped_config(np.random.default_rng(7000 + i), packed=i % 2 == 1) for i in range(60)]
+CONFIGS = [concurrent_config(np.random.default_rng(7000 + i), packed=i % 2 == 1, deeper=True) for i in range(60)]
 
 
 def test_configs_cover_both_ways_and_every_kind():

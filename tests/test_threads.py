@@ -11,13 +11,14 @@ import pytest
 
 import nprnn
 from nprnn import helper, threads
-from reference import LAYERS, compare, make_inputs, random_config, random_packed_config, run_nprnn, run_torch
+from reference import LAYERS, compare, concurrent_config, make_inputs, run_nprnn, run_torch
 
 
 @pytest.fixture
 def side_by_side(monkeypatch):
     """Lower the thresholds, allow two threads, and count the side-by-side runs."""
     monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
     monkeypatch.setattr(threads, "_num_threads", 2)
     monkeypatch.setitem(helper._state, "enabled", False)  # threads here; tests/test_helper.py has the process
@@ -38,23 +39,7 @@ def one_at_a_time(monkeypatch):
     monkeypatch.setattr(threads, "_num_threads", 1)
 
 
-def _concurrent_config(rng, packed):
-    """A random layer configuration that goes side by side: bidirectional, or several
-    layers over at least two chunks of steps."""
-    while True:
-        cfg = random_packed_config(rng) if packed else random_config(rng)
-        if cfg["kind"] not in LAYERS or cfg["batch"] is None:
-            continue
-        if not cfg["bidirectional"] and cfg["num_layers"] == 1:
-            continue
-        if not packed:
-            cfg["seq_len"] = int(rng.integers(4, 10))
-        elif cfg["seq_len"] < 4 and not cfg["bidirectional"]:
-            continue
-        return cfg
-
-
-CONFIGS = [_concurrent_config(np.random.default_rng(9000 + i), packed=i % 2 == 1) for i in range(80)]
+CONFIGS = [concurrent_config(np.random.default_rng(9000 + i), packed=i % 2 == 1) for i in range(80)]
 
 
 @pytest.mark.torch
@@ -81,7 +66,9 @@ def test_side_by_side_equals_one_at_a_time(cfg, monkeypatch):
     case = make_inputs(cfg)
     monkeypatch.setattr(threads, "_num_threads", 1)
     want = run_nprnn(cfg, case)
+    monkeypatch.setitem(helper._state, "enabled", False)
     monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
+    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
     monkeypatch.setattr(threads, "_num_threads", 2)
     got = run_nprnn(cfg, case)
@@ -286,3 +273,19 @@ def test_default_and_validation(monkeypatch):
         with pytest.raises(ValueError, match=r"set_num_threads: expected a positive int, but got"):
             nprnn.set_num_threads(bad)
     assert nprnn.get_num_threads() == 3
+
+
+def test_training_on_threads_needs_more_work_a_step(side_by_side, monkeypatch):
+    """Two threads pay later in training than in inference (MIN_TRAIN_STEP_WORK)."""
+    m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)
+    x = np.ones((8, 2, 3))
+    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 2 * 3 * 4 + 1)  # 2 rows * 3 gates * 4 hidden a step
+    m(x)
+    assert not side_by_side
+    m.eval()
+    m(x)
+    assert len(side_by_side) == 1
+    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 2 * 3 * 4)
+    m.train()
+    m(x)
+    assert len(side_by_side) == 2

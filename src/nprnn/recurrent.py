@@ -368,7 +368,8 @@ class RNNBase(Module):
                 warnings.warn(f"nprnn: {exc}; running on threads instead", RuntimeWarning, stacklevel=4)
             finally:
                 helpers.release()
-        mode = self._side_by_side(x.shape[0], len(batch_sizes), threads.MIN_STEP_WORK)
+        mode = self._side_by_side(x.shape[0], len(batch_sizes),
+                                  threads.MIN_TRAIN_STEP_WORK if train else threads.MIN_STEP_WORK)
         records = [None] * (L * D)
         outs = [np.empty((x.shape[0], D * P), self.dtype) if layer == L - 1  # returned to the caller
                 else alloc_blocks(((1, D * P),), x.shape[0], self.dtype, pool, (layer, "out"))[0]

@@ -36,6 +36,9 @@ CHUNK_STEPS = 8  # a pipelined layer hands its output over every this many time 
 # handing the GIL back and forth around each small NumPy call than the second core gives:
 # benchmarks/bench_threads.py measured 0.4-0.9x at 6k and below, 1.0-1.4x from 8k up (2 cores).
 MIN_STEP_WORK = 8192
+# A training run (forward with its records, and backward) on threads pays later: --train
+# measured 0.5-0.9x below 12288 gate values a step, 1.0-1.15x at 12288, 1.1-1.3x at 16384.
+MIN_TRAIN_STEP_WORK = 16384
 
 _num_threads = None  # None until set or first asked: see get_num_threads
 _blas = {"controller": None, "looked": False, "depth": 0, "limiter": None}
@@ -82,7 +85,8 @@ def get_num_threads() -> int:
 def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool, min_work: int) -> bool:
     """Whether two scans at once beat one: at least ``min_work`` gate values per step on
     average (``rows`` packed rows over ``steps`` steps, ``gate_width`` = gates * hidden
-    size; :data:`MIN_STEP_WORK` on threads) and, for a pipeline, at least two chunks to
+    size; on threads :data:`MIN_STEP_WORK`, or :data:`MIN_TRAIN_STEP_WORK` in training) and,
+    for a pipeline, at least two chunks to
     overlap."""
     if get_num_threads() < 2:
         return False
