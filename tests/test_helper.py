@@ -407,3 +407,28 @@ _, status = os.waitpid(pid, 0)
 print(os.waitstatus_to_exitcode(status), (m(x)[0] == a).all(), helper._state["helper"].process.pid == mine)
 """)
     assert out.split() == ["0", "True", "True"]
+
+
+def test_interrupted_message_replaces_the_helper(helped, monkeypatch):
+    """Ctrl-C while a message is half read or written leaves the stream unusable: the run
+    raises KeyboardInterrupt at once, and the next run starts a new helper."""
+    m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)
+    m.eval()
+    x = np.random.default_rng(0).standard_normal((9, 2, 3))
+    want = m(x)
+    old = helper._state["helper"]
+    real_recv = helper._Channel.recv
+
+    def interrupted(self):
+        monkeypatch.setattr(helper._Channel, "recv", real_recv)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(helper._Channel, "recv", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        m(x)
+    assert old.broken
+    got = m(x)  # on threads: the broken helper is killed and another one starts
+    assert helper._state["helper"] is not old and old.process.poll() is not None
+    np.testing.assert_array_equal(got[0], want[0])
+    helper.start(1)
+    np.testing.assert_array_equal(m(x)[0], want[0])

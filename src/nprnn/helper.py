@@ -308,6 +308,7 @@ class Helper:
         self.pid = None  # set by the "ready" message
         self.used = 0  # bytes of shared memory handed out in the current run
         self.reply = None  # the helper's final message of the current run
+        self.broken = False  # a message was cut short: replaced before the next run
 
     @property
     def ready(self) -> bool:
@@ -323,12 +324,14 @@ class Helper:
             raise HelperFailed(f"the helper process did not start within {timeout} s")
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        """Running, with its stream of messages whole."""
+        return not self.broken and self.process.poll() is None
 
-    def close(self) -> None:
-        """Stop the helper: it exits on EOF once it is ready (before that it is killed)."""
+    def close(self, kill: bool = False) -> None:
+        """Stop the helper: it exits on EOF once it is ready (before that, or with
+        ``kill``, it is killed)."""
         self.channel.sock.close()
-        if self.pid is None:
+        if kill or self.pid is None:
             self.process.kill()
         try:
             self.process.wait(timeout=5)
@@ -361,7 +364,11 @@ class Helper:
         try:
             self.channel.send(*msg)
         except OSError as exc:
+            self.broken = True
             raise HelperFailed(f"the helper process exited (code {self.process.poll()})") from exc
+        except BaseException:  # interrupted part-way: the stream of messages is no longer whole
+            self.broken = True
+            raise
 
     def start(self, kind_name, batch_sizes, token, jobs) -> None:
         """Send the helper the jobs of module ``token`` (each a dict of specs and settings;
@@ -384,7 +391,11 @@ class Helper:
         try:
             msg = self.channel.recv()
         except (EOFError, OSError) as exc:
+            self.broken = True
             raise HelperFailed(f"the helper process exited (code {self.process.poll()})") from exc
+        except BaseException:  # interrupted part-way (Ctrl-C): a message may be half read
+            self.broken = True
+            raise
         if msg[1] != self.channel.run:
             return
         if msg[0] == "progress":
@@ -403,10 +414,11 @@ class Helper:
         return self.reply[2]
 
     def abort(self) -> None:
-        """Stop the helper's jobs after a failure here, and wait until it has."""
-        if self.reply is None:
+        """Stop the helper's jobs after a failure here, and wait until it has (a helper
+        whose messages were cut is left to :func:`acquire` to replace)."""
+        if self.reply is None and not self.broken:
             self.send("abort", self.channel.run)
-        while self.reply is None:
+        while self.reply is None and not self.broken:
             try:
                 self.take()
             except HelperFailed:
@@ -453,7 +465,7 @@ def acquire(blas_threads: int):
     try:
         helper = _state["helper"]
         if helper is not None and (not helper.alive() or helper.blas_threads != blas_threads):
-            helper.close()
+            helper.close(kill=True)  # it may be busy with the rest of a cut-off run
             helper = _state["helper"] = None
         if helper is None:
             helper = _state["helper"] = Helper(blas_threads)
@@ -487,8 +499,7 @@ def discard() -> None:
     helper = _state["helper"]
     _state["helper"] = None
     if helper is not None:
-        helper.process.kill()
-        helper.close()
+        helper.close(kill=True)
 
 
 def start(blas_threads: int, timeout: float = 60.0) -> None:
