@@ -147,6 +147,17 @@ class _Channel:
         (n,) = _HEADER.unpack(self._read(_HEADER.size))
         return pickle.loads(self._read(n))
 
+    def take(self):
+        """The next message of the current run, or None when it was a progress count
+        (recorded in ``counts``) or belongs to another run (dropped)."""
+        msg = self.recv()
+        if msg[1] != self.run:
+            return None
+        if msg[0] == "progress":
+            self.counts[msg[2]] = msg[3]
+            return None
+        return msg
+
     def ready(self, timeout: float = 0) -> bool:
         """Whether a message has arrived (waiting up to ``timeout`` seconds)."""
         import select
@@ -272,12 +283,8 @@ class _HelperSide:
         self.send = channel.send
 
     def take(self):
-        msg = self.channel.recv()
-        if msg[1] != self.channel.run:
-            return
-        if msg[0] == "progress":
-            self.channel.counts[msg[2]] = msg[3]
-        elif msg[0] == "abort":
+        msg = self.channel.take()
+        if msg is not None and msg[0] == "abort":
             raise Aborted()
 
 
@@ -389,17 +396,14 @@ class Helper:
         """Handle one message of the current run: a progress count, or the helper's final
         reply (kept in ``reply``; an error reply is raised)."""
         try:
-            msg = self.channel.recv()
+            msg = self.channel.take()
         except (EOFError, OSError) as exc:
             self.broken = True
             raise HelperFailed(f"the helper process exited (code {self.process.poll()})") from exc
         except BaseException:  # interrupted part-way (Ctrl-C): a message may be half read
             self.broken = True
             raise
-        if msg[1] != self.channel.run:
-            return
-        if msg[0] == "progress":
-            self.channel.counts[msg[2]] = msg[3]
+        if msg is None:
             return
         self.reply = msg
         if msg[0] == "error":

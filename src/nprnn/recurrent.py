@@ -21,6 +21,12 @@ from .threads import blas_halved, get_num_threads, run_pipeline, run_side_by_sid
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
 
+def _put(alls, idx, parts):
+    """Row ``idx`` of each (D*layers, N, .) array in ``alls`` gets the matching array of ``parts``."""
+    for a, part in zip(alls, parts):
+        a[idx] = part
+
+
 class _Record:
     """What a training-mode forward leaves for backward."""
 
@@ -379,8 +385,7 @@ class RNNBase(Module):
             idx = layer * D + d
             final, records[idx] = self._direction(x if layer == 0 else outs[layer - 1], idx, batch_sizes, states,
                                                   outs[layer], train, pool, pipeline)
-            for f_all, f in zip(finals, final):
-                f_all[idx] = f
+            _put(finals, idx, final)
 
         masks = [None] * L
         if mode == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)
@@ -435,13 +440,11 @@ class RNNBase(Module):
             final, records[idx] = self._direction(x_in, idx, batch_sizes, states, outs[layer][0], train, pool, pipeline)
             if train and layer > 0:  # its input is in shared memory, which the next run reuses
                 records[idx].x = helpers.keep_copy(records[idx].x, pool, (idx, "x kept"))
-            for f_all, f in zip(finals, final):
-                f_all[idx] = f
+            _put(finals, idx, final)
 
         def beside(jobs, work):
             for idx, final in self._beside_helper(helper, batch_sizes, jobs, work).items():
-                for f_all, f in zip(finals, final):
-                    f_all[idx] = f
+                _put(finals, idx, final)
 
         if mode == "layers":  # stream l carries layer l's output; odd layers in the helper
             jobs = [job(layer, outs[layer - 1][1], (layer - 1, layer if layer < L - 1 else None))
@@ -593,7 +596,7 @@ class RNNBase(Module):
                 raise RuntimeError(f"{self._label}.backward(): {exc}; run the forward again") from exc
             finally:
                 helpers.release()
-        D, P, L = self.num_directions, self._h_out, self.num_layers
+        D, L = self.num_directions, self.num_layers
         grad_states = [np.empty(g.shape, self.dtype) for g in grad_finals]
         pool = self._pool()
         dxs = []  # the input gradient of each layer: the next layer down's output gradient
@@ -604,15 +607,9 @@ class RNNBase(Module):
 
         def run(layer, d, dx, accumulate=False, pipeline=None):
             idx = layer * D + d
-            dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
-            layer_dout = dout if layer == L - 1 else dxs[layer + 1]
-            _, dstate0, pgrads = direction_backward(rec.records[idx], layer_dout[:, d * P : (d + 1) * P], dstate,
-                                                    pool, idx, dx, accumulate, pipeline)
-            for g_all, g in zip(grad_states, dstate0):
-                g_all[idx] = g
-            for name, g in zip(self._layer_names[idx], pgrads):
-                if name is not None:
-                    self._grads[name] += g
+            self._add_grads(grad_states, idx, *self._direction_backward(
+                rec.records[idx], idx, dout if layer == L - 1 else dxs[layer + 1], grad_finals, pool, dx, accumulate,
+                pipeline))
 
         if rec.side_by_side == "layers":  # top layer first, each reading its output gradient as it comes
             run_pipeline(L, lambda i, source, sink: run(L - 1 - i, 0, dxs[L - 1 - i], pipeline=(source, sink)))
@@ -630,6 +627,23 @@ class RNNBase(Module):
                 dx *= rec.masks[layer - 1]  # through dropout
         return dxs[0], grad_states
 
+    def _direction_backward(self, record, idx, dout, grad_finals, pool, dx, accumulate=False, pipeline=None):
+        """Backward of layer-direction ``idx`` from its columns of ``dout`` (T, D*H_out):
+        ``(initial-state gradients, parameter gradients)``; the input gradient goes to ``dx``."""
+        P = self._h_out
+        d = idx % self.num_directions
+        dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
+        _, dstate0, pgrads = direction_backward(record, dout[:, d * P : (d + 1) * P], dstate, pool, idx, dx,
+                                                accumulate, pipeline)
+        return dstate0, pgrads
+
+    def _add_grads(self, grad_states, idx, dstate0, pgrads):
+        """File layer-direction ``idx``'s gradients: its initial-state gradients into
+        ``grad_states``, its parameter gradients added to ``self.grads``."""
+        _put(grad_states, idx, dstate0)
+        for name, g in zip(self._layer_names[idx], pgrads):
+            if name is not None:
+                self._grads[name] += g
 
     def _backward_helped(self, helper, dout, grad_finals, rec):
         """:meth:`_run_backward` of a forward that ran with the helper process: each
@@ -653,10 +667,8 @@ class RNNBase(Module):
 
         def here(layer, layer_dout, dx, pipeline=None):
             idx = layer * D
-            dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
-            _, dstate0, pgrads = direction_backward(rec.records[idx], layer_dout[0][:, :P], dstate, pool, idx, dx,
-                                                    False, pipeline)
-            parts.append((idx, dstate0, pgrads))
+            parts.append((idx, *self._direction_backward(rec.records[idx], idx, layer_dout[0], grad_finals, pool, dx,
+                                                         pipeline=pipeline)))
 
         def beside(jobs, work):
             parts.extend((idx, *r) for idx, r in self._beside_helper(helper, rec.batch_sizes, jobs, work).items())
@@ -682,12 +694,8 @@ class RNNBase(Module):
                 if layer > 0 and rec.masks[layer - 1] is not None:
                     dx *= rec.masks[layer - 1]  # through dropout
         grad_states = [np.empty(g.shape, self.dtype) for g in grad_finals]
-        for idx, dstate0, pgrads in parts:
-            for g_all, g in zip(grad_states, dstate0):
-                g_all[idx] = g
-            for name, g in zip(self._layer_names[idx], pgrads):
-                if name is not None:
-                    self._grads[name] += g
+        for part in parts:
+            self._add_grads(grad_states, *part)
         return dxs[0][0], grad_states
 
 

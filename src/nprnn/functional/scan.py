@@ -213,6 +213,15 @@ class Chunks:
             self.after(*self.rows[k // self.size])
 
 
+def _small_steps(steps, source, gate_width):
+    """The first rows of the steps whose batch has shrunk below
+    :data:`~nprnn.threads.MIN_STEP_WORK` gate values, when ``source`` is a thread of this
+    process (threads share the GIL; processes do not, so there are none to keep apart)."""
+    if not getattr(source, "same_process", False):
+        return []
+    return [lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK]
+
+
 def _forward_chunks(steps, project, source, sink, gate_width):
     """Forward in time: wait until ``source`` (None: the input is all there) has
     published a group's input rows and project them; publish its output rows on ``sink``
@@ -222,9 +231,7 @@ def _forward_chunks(steps, project, source, sink, gate_width):
     stage below has finished (a stage in another process, :mod:`nprnn.helper`, does not
     wait: the two do not share a GIL)."""
     total = steps[-1][1]
-    small = set()
-    if getattr(source, "same_process", False):  # threads share the GIL; processes do not
-        small = {lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK}
+    small = set(_small_steps(steps, source, gate_width))
 
     def before(lo, hi):
         if source is not None:
@@ -247,9 +254,7 @@ def _backward_chunks(steps, total, input_grad, source, sink, gate_width):
     steps where the batch has shrunk below :data:`~nprnn.threads.MIN_STEP_WORK` gate
     values come first here; this stage starts them once the stage above is past all of
     its own, so that two such stretches never run side by side."""
-    small_from = total
-    if getattr(source, "same_process", False):  # threads share the GIL; processes do not
-        small_from = min((lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK), default=total)
+    small_from = min(_small_steps(steps, source, gate_width), default=total)
 
     def before(lo, hi):
         if source is not None:
