@@ -20,6 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
-    "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process", "get_helper_process",
-    "__version__",
+    "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
+    "get_helper_process", "__version__",
 ]

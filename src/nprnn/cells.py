@@ -13,7 +13,6 @@ time loop is undone by calling ``backward`` in reverse order::
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from ._checks import as_array, check_bool, check_int, check_nonlinearity

@@ -11,8 +11,9 @@ half the threads (one on two cores) per scan while they run:
   (:class:`Stream` hands the rows over); backward runs the same pipeline from the top
   layer down, handing each layer's input gradient on from the last step backwards.
 
-Inference runs put the second scan in a helper process instead when they can
+Runs put the second scan in a helper process instead when they can
 (:mod:`nprnn.helper`): threads lose much of the second core to the GIL, processes do not.
+Threads are the fallback (helper turned off, not ready, busy, or not POSIX).
 
 The results equal the one-at-a-time run up to the rounding of the matrix products (a
 product split into chunks, or run on fewer BLAS threads, may round its last bit
