@@ -432,3 +432,20 @@ def test_interrupted_message_replaces_the_helper(helped, monkeypatch):
     np.testing.assert_array_equal(got[0], want[0])
     helper.start(1)
     np.testing.assert_array_equal(m(x)[0], want[0])
+
+
+@pytest.mark.parametrize("kind,kw", [("GRU", {"num_layers": 3}), ("LSTM", {"num_layers": 2, "proj_size": 2}),
+                                     ("LSTM", {"num_layers": 2, "bidirectional": True, "dropout": 0.4}),
+                                     ("RNN", {"num_layers": 2, "bidirectional": True})])
+def test_helper_gradients_match_finite_differences(kind, kw, helped):
+    """Every gradient of a training run through the helper, against central differences."""
+    from test_gradcheck import check
+
+    rng = np.random.default_rng(4)
+    mod = getattr(nprnn, kind)(3, 4, dtype=np.float64, seed=2, **kw)
+    D, L, P = (2 if kw.get("bidirectional") else 1), kw["num_layers"], kw.get("proj_size", 4)
+    x = rng.standard_normal((5, 2, 3))
+    hx = (rng.standard_normal((D * L, 2, P)), rng.standard_normal((D * L, 2, 4))) if kind == "LSTM" \
+        else rng.standard_normal((D * L, 2, 4))
+    check(mod, x, hx, reseed=11 if kw.get("dropout") else None)
+    assert any(job["op"] == "backward" for jobs in helped for job in jobs)
