@@ -234,13 +234,14 @@ def collect_states(module: RNNBase, x) -> dict:
             outs[order[-1]] = final
             return outs
 
-        entry = {"h": after_step(r.tape[0], finals[0][idx])}
+        h_prev, gates, c_prev = r.padded_tape(L)
+        entry = {"h": after_step(h_prev, finals[0][idx])}
         if kind == "LSTM":
-            entry["c"] = after_step(r.tape[2], finals[1][idx])
+            entry["c"] = after_step(c_prev, finals[1][idx])
         if names:
             N = entry["h"].shape[1]
-            gates = r.tape[1].reshape(L, len(names), N, module.hidden_size)
+            gates = gates.reshape(L, N, len(names), module.hidden_size)
             for k, g in enumerate(names):
-                entry[g] = gates[:, k]
+                entry[g] = gates[:, :, k]
         result[(layer, d)] = entry
     return result

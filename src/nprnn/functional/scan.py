@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import threads
+from . import native
 from .cells import CellKind, StepWeights, gate_major, gate_scale
 
 
@@ -284,6 +285,14 @@ class DirectionRecord:
     proj: bool
     has_bias: bool
 
+    def padded_tape(self, L: int):
+        """For a padded run of ``L`` steps: the states before each step (T, H_out), the
+        gate activations (T, G, H) and, for LSTM, the cell states before each step (T, H)."""
+        G = self.kind.num_gates
+        N = self.x.shape[0] // L
+        gates = self.tape[1].reshape(L, G, N, -1).transpose(0, 2, 1, 3).reshape(L * N, G, -1)
+        return self.tape[0], gates, self.tape[2] if self.kind.has_cell else None
+
 
 def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None,
                       pipeline=None):
@@ -295,7 +304,13 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     ``pipeline`` = ``(source, sink)`` runs the scan as one stage of a layer pipeline
     (forward direction only; see :class:`Chunks`).
     Returns ``(final_state, record)``; record is None unless ``train``.
+
+    Runs on the compiled tier (:mod:`.native`) where it can: not for a pipelined stage,
+    nor for the ONNX-only variants.
     """
+    if pipeline is None and native.supports(kind, x.dtype):
+        return native.direction_forward(kind, x, native.prepare(kind, params), state0, batch_sizes, reverse, out,
+                                        train, pool, key)
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
@@ -344,6 +359,10 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     rows are read as ``source`` publishes them from the end, and ``dx``'s rows are
     computed a group of steps at a time and published on ``sink``.
     """
+    if isinstance(rec, native.NativeRecord):
+        if pipeline is not None:
+            raise ValueError("a compiled layer-direction runs its backward in one call, not as a pipeline stage")
+        return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate)
     kind = rec.kind
     T = rec.x.shape[0]
     dtype = rec.x.dtype
@@ -374,9 +393,20 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
         dx += dgx @ rec.w_ih
     elif chunks is None:  # (a pipelined run wrote dx a group at a time)
         np.dot(dgx, rec.w_ih, out=dx)
-    dW_ih = dgx.T @ rec.x
+    pgrads = weight_grads(rec.x, dgx, dgh, h_prev, rec.has_bias, grads[1] if rec.proj else None,
+                          rec.tape[4] if rec.proj else None)
+    return dx, dstate, pgrads
+
+
+def weight_grads(x, dgx, dgh, h_prev, has_bias, dproj=None, m=None):
+    """The parameter gradients of one layer-direction, a GEMM each, from the per-step
+    gradients of the pre-activations on the input side ``dgx`` and the hidden side
+    ``dgh`` (T, G*H), the inputs ``x`` (T, H_in), the previous states ``h_prev``
+    (T, H_out) and, with a projection, the state gradients ``dproj`` (T, H_out) and
+    ``m = o * tanh(c)`` (T, H).  Returns (dW_ih, dW_hh, db_ih, db_hh, dW_hr), None where absent."""
+    dW_ih = dgx.T @ x
     dW_hh = dgh.T @ h_prev
-    db_ih = dgx.sum(axis=0) if rec.has_bias else None
-    db_hh = dgh.sum(axis=0) if rec.has_bias else None
-    dW_hr = grads[1].T @ rec.tape[4] if rec.proj else None  # dh.T @ (o * tanh(c))
-    return dx, dstate, (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
+    db_ih = dgx.sum(axis=0) if has_bias else None
+    db_hh = dgh.sum(axis=0) if has_bias else None
+    dW_hr = dproj.T @ m if dproj is not None else None  # dh.T @ (o * tanh(c))
+    return dW_ih, dW_hh, db_ih, db_hh, dW_hr

@@ -1,0 +1,414 @@
+/* nprnn's compiled kernels: one call runs one layer-direction's whole time loop.
+ *
+ * Python (nprnn/functional/native.py) validates every argument and allocates every array;
+ * the calls here check only that each buffer is large enough for the loop they run, so a
+ * bug upstream raises ValueError instead of touching memory it should not.  The loop runs
+ * with the GIL released and allocates nothing.
+ *
+ * The kernels are written once (_native_kernels.h) and compiled for float and double, each
+ * for AVX-512, AVX2+FMA and the baseline; the best the CPU supports is chosen at import.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* libmvec (glibc, x86-64) has vector versions of exp and tanh.  GCC declares them only
+   under -ffast-math's finite-math assumption, which we do not make (NaN and inf must
+   propagate as in PyTorch); libmvec itself handles them, so declare the clones here. */
+#if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((__simd__("notinbranch"))) float expf(float);
+__attribute__((__simd__("notinbranch"))) float tanhf(float);
+__attribute__((__simd__("notinbranch"))) double exp(double);
+__attribute__((__simd__("notinbranch"))) double tanh(double);
+#endif
+
+enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3 };
+
+/* Everything one call needs.  Forward: h, c are the running states (h_0 in, h_n out),
+   out receives every step's h.  Backward: h, c are the running state gradients, out is
+   the output gradient.  Rows r0..r1 of the batch only (a batch split across threads). */
+struct scan {
+    int kind, train, reverse;
+    long G, H, P, steps, r0, r1, ldout;
+    const int64_t *batch_sizes, *offsets;
+    const void *gx, *whh, *bhn, *whr, *whh_b, *whr_b;
+    void *out, *h, *c;
+    void *gates, *hprev, *cprev, *tc, *m, *ghn;  /* the tape (training) or per-row work */
+    void *dgx, *dgh, *dproj, *scratch;           /* backward */
+};
+
+#define T float
+#define EXP expf
+#define TANH tanhf
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_X86_VARIANTS 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#define VB 64
+#define MR 12
+#define ACC 24
+#define SFX f32_avx512
+#include "_native_kernels.h"
+#undef VB
+#undef MR
+#undef ACC
+#undef SFX
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define VB 32
+#define MR 6
+#define ACC 12
+#define SFX f32_avx2
+#include "_native_kernels.h"
+#undef VB
+#undef MR
+#undef ACC
+#undef SFX
+#pragma GCC pop_options
+#endif
+#define VB 16
+#define MR 6
+#define ACC 12
+#define SFX f32_base
+#include "_native_kernels.h"
+#undef VB
+#undef MR
+#undef ACC
+#undef SFX
+#undef T
+#undef EXP
+#undef TANH
+
+#define T double
+#define EXP exp
+#define TANH tanh
+#ifdef HAVE_X86_VARIANTS
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#define VB 64
+#define MR 12
+#define ACC 24
+#define SFX f64_avx512
+#include "_native_kernels.h"
+#undef VB
+#undef MR
+#undef ACC
+#undef SFX
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define VB 32
+#define MR 6
+#define ACC 12
+#define SFX f64_avx2
+#include "_native_kernels.h"
+#undef VB
+#undef MR
+#undef ACC
+#undef SFX
+#pragma GCC pop_options
+#endif
+#define VB 16
+#define MR 6
+#define ACC 12
+#define SFX f64_base
+#include "_native_kernels.h"
+#undef VB
+#undef MR
+#undef ACC
+#undef SFX
+#undef T
+#undef EXP
+#undef TANH
+
+typedef void (*scan_fn)(const struct scan *);
+struct isa {
+    const char *name;
+    int vector_bytes;
+    scan_fn forward[2], backward[2];  /* [float, double] */
+    void (*pack_f)(const float *, long, long, long, long, float *);
+    void (*pack_d)(const double *, long, long, long, long, double *);
+};
+
+#define ISA(label, vb, s)                                                                                  \
+    {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
+     pack_f64_##s}
+static const struct isa ISA_BASE = ISA("baseline", 16, base);
+#ifdef HAVE_X86_VARIANTS
+static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);
+static const struct isa ISA_AVX512 = ISA("avx512", 64, avx512);
+#endif
+static const struct isa *isa = &ISA_BASE;
+
+static const struct isa *best_isa(void) {
+#ifdef HAVE_X86_VARIANTS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+        return &ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &ISA_AVX2;
+#endif
+    return &ISA_BASE;
+}
+
+/* ------------------------------------------------------------------ buffers */
+#define MAX_BUFS 16
+struct bufs {
+    Py_buffer v[MAX_BUFS];
+    int n;
+};
+
+static void release(struct bufs *b) {
+    for (int i = 0; i < b->n; i++) PyBuffer_Release(&b->v[i]);
+    b->n = 0;
+}
+
+/* The data of `obj` (None gives NULL when optional) as an array of `items` elements of
+   `itemsize` bytes at least, contiguous unless `ld` is given: then 2-D rows of `cols`
+   elements, any row stride, returned in *ld. */
+static void *get(struct bufs *b, PyObject *obj, const char *name, int writable, Py_ssize_t itemsize,
+                 Py_ssize_t items, int optional, long cols, long *ld) {
+    if (obj == Py_None) {
+        if (optional) return NULL;
+        PyErr_Format(PyExc_ValueError, "_native: %s is required", name);
+        return NULL;
+    }
+    Py_buffer *v = &b->v[b->n];
+    int flags = (ld ? PyBUF_STRIDES : PyBUF_C_CONTIGUOUS) | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, v, flags) < 0) return NULL;
+    b->n++;
+    if (v->itemsize != itemsize) {
+        PyErr_Format(PyExc_ValueError, "_native: %s has items of %zd bytes, expected %zd", name, v->itemsize,
+                     itemsize);
+        return NULL;
+    }
+    if (ld) {
+        if (v->ndim != 2 || v->shape[1] != cols || v->shape[0] * cols < items ||
+            (v->shape[0] > 1 && (v->strides[0] % itemsize || v->strides[0] < cols * itemsize)) ||
+            (cols > 1 && v->strides[1] != itemsize)) {
+            PyErr_Format(PyExc_ValueError, "_native: %s must have rows of %ld elements (%zd in all)", name, cols,
+                         items);
+            return NULL;
+        }
+        *ld = v->shape[0] > 1 ? (long)(v->strides[0] / itemsize) : cols;
+    } else if (v->len / itemsize < items) {
+        PyErr_Format(PyExc_ValueError, "_native: %s holds %zd elements, the loop needs %zd", name,
+                     v->len / itemsize, items);
+        return NULL;
+    }
+    return v->buf;
+}
+
+static long as_long(PyObject *o, int *err) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) *err = 1;
+    return v;
+}
+
+static long panels(long M, Py_ssize_t itemsize) {
+    long nr = 2 * isa->vector_bytes / (long)itemsize;
+    return (M + nr - 1) / nr * nr;
+}
+
+/* scan(backward, kind, train, reverse, r0, r1, H, P, batch_sizes, offsets, gx_or_dout, out, h, c,
+        whh, bhn, whr, gates, hprev, cprev, tc, m, ghn, dgx, dgh, dproj, scratch, itemsize) */
+static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 28) {
+        PyErr_SetString(PyExc_TypeError, "_native.scan takes 28 arguments");
+        return NULL;
+    }
+    int err = 0;
+    struct scan s;
+    memset(&s, 0, sizeof s);
+    int back = (int)as_long(args[0], &err);
+    s.kind = (int)as_long(args[1], &err);
+    s.train = (int)as_long(args[2], &err);
+    s.reverse = (int)as_long(args[3], &err);
+    s.r0 = as_long(args[4], &err);
+    s.r1 = as_long(args[5], &err);
+    s.H = as_long(args[6], &err);
+    s.P = as_long(args[7], &err);
+    Py_ssize_t isz = (Py_ssize_t)as_long(args[27], &err);
+    if (err) return NULL;
+    if (s.kind < 0 || s.kind > 3 || (isz != 4 && isz != 8) || s.H < 1 || s.P < 1 || s.r0 < 0 || s.r1 <= s.r0) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: bad kind, size or row range");
+        return NULL;
+    }
+    s.G = s.kind == KIND_LSTM ? 4 : s.kind == KIND_GRU ? 3 : 1;
+    s.train = back ? 1 : s.train;
+    const long GH = s.G * s.H, H = s.H, P = s.P;
+    struct bufs b;
+    b.n = 0;
+    Py_buffer bs;
+    if (PyObject_GetBuffer(args[8], &bs, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    b.v[b.n++] = bs;
+    if (bs.itemsize != 8 || bs.len < 8) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: batch_sizes must be int64 and not empty");
+        goto fail;
+    }
+    s.steps = (long)(bs.len / 8);
+    s.batch_sizes = (const int64_t *)bs.buf;
+    s.offsets = get(&b, args[9], "offsets", 0, 8, s.steps, 0, 0, NULL);
+    if (!s.offsets) goto fail;
+    long rows = 0, N = (long)s.batch_sizes[0];
+    for (long t = 0; t < s.steps; t++) {
+        if (s.batch_sizes[t] < 1 || s.batch_sizes[t] > N || (t && s.batch_sizes[t] > s.batch_sizes[t - 1]) ||
+            s.offsets[t] != rows) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: batch_sizes must be positive and non-increasing, "
+                                              "offsets their running sum");
+            goto fail;
+        }
+        rows += (long)s.batch_sizes[t];
+    }
+    if (s.r1 > N) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: row range past the batch");
+        goto fail;
+    }
+    int lstm = s.kind == KIND_LSTM, gru = s.kind == KIND_GRU;
+    long tape_rows = s.train ? rows : N;  /* per packed row when training, else per batch row */
+    s.out = get(&b, args[11], back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
+    s.h = get(&b, args[12], "h", 1, isz, N * P, 0, 0, NULL);
+    if (!s.out || !s.h) goto fail;
+    s.c = get(&b, args[13], "c", 1, isz, N * H, !lstm, 0, NULL);
+    s.gates = get(&b, args[17], "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
+    if ((lstm && !s.c) || !s.gates) goto fail;
+    s.bhn = get(&b, args[15], "bhn", 0, isz, H, 1, 0, NULL);
+    if (PyErr_Occurred()) goto fail;
+    if (!back) {
+        s.gx = get(&b, args[10], "gx", 0, isz, rows * GH, 0, 0, NULL);
+        s.whh = get(&b, args[14], "whh", 0, isz, P * panels(GH, isz), 0, 0, NULL);
+        if (!s.gx || !s.whh) goto fail;
+        s.whr = get(&b, args[16], "whr", 0, isz, H * panels(P, isz), 1, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+    } else {
+        s.whh_b = get(&b, args[14], "whh", 0, isz, GH * panels(P, isz), 0, 0, NULL);
+        if (!s.whh_b) goto fail;
+        s.whr_b = get(&b, args[16], "whr", 0, isz, P * panels(H, isz), 1, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+        s.whr = s.whr_b;
+    }
+    int proj = s.whr != NULL;
+    if (proj && !lstm) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: a projection is for LSTM only");
+        goto fail;
+    }
+    if (!lstm && !proj && P != H) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: H_out must equal H without a projection");
+        goto fail;
+    }
+    s.hprev = get(&b, args[18], "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
+    s.cprev = get(&b, args[19], "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
+    s.tc = get(&b, args[20], "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
+    s.m = get(&b, args[21], "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
+    s.ghn = get(&b, args[22], "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
+    if (PyErr_Occurred()) goto fail;
+    if (back) {
+        s.dgx = get(&b, args[23], "dgx", 1, isz, rows * GH, 0, 0, NULL);
+        s.dgh = get(&b, args[24], "dgh", 1, isz, rows * GH, !gru, 0, NULL);
+        s.dproj = get(&b, args[25], "dproj", 1, isz, rows * P, !proj, 0, NULL);
+        s.scratch = get(&b, args[26], "scratch", 1, isz, N * H, !proj, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+    }
+    scan_fn fn = back ? isa->backward[isz == 8] : isa->forward[isz == 8];
+    Py_BEGIN_ALLOW_THREADS
+    fn(&s);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+/* pack(src, dst, K, M, sk, sm): dst = B (K, M) in panels, B[k][m] = src[k * sk + m * sm]. */
+static PyObject *py_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "_native.pack takes 6 arguments");
+        return NULL;
+    }
+    int err = 0;
+    long K = as_long(args[2], &err), M = as_long(args[3], &err), sk = as_long(args[4], &err),
+         sm = as_long(args[5], &err);
+    if (err) return NULL;
+    struct bufs b;
+    b.n = 0;
+    Py_buffer *src = &b.v[0];
+    if (PyObject_GetBuffer(args[0], src, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    b.n = 1;
+    Py_ssize_t isz = src->itemsize;
+    if ((isz != 4 && isz != 8) || K < 1 || M < 1 || sk < 0 || sm < 0 ||
+        (K - 1) * sk + (M - 1) * sm >= src->len / isz) {
+        PyErr_SetString(PyExc_ValueError, "_native.pack: the source does not hold a (K, M) matrix");
+        goto fail;
+    }
+    void *dst = get(&b, args[1], "dst", 1, isz, K * panels(M, isz), 0, 0, NULL);
+    if (!dst) goto fail;
+    if (isz == 4)
+        isa->pack_f((const float *)src->buf, K, M, sk, sm, (float *)dst);
+    else
+        isa->pack_d((const double *)src->buf, K, M, sk, sm, (double *)dst);
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(isa->name);
+}
+
+static PyObject *py_panel(PyObject *self, PyObject *arg) {
+    (void)self;
+    long itemsize = PyLong_AsLong(arg);
+    if (itemsize != 4 && itemsize != 8) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "_native.panel_width: itemsize must be 4 or 8");
+        return NULL;
+    }
+    return PyLong_FromLong(2 * isa->vector_bytes / itemsize);
+}
+
+/* set_isa(name): for the tests, run a lesser instruction set than the best. */
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const struct isa *best = best_isa();
+    const struct isa *want = NULL;
+    if (!strcmp(name, "baseline")) want = &ISA_BASE;
+#ifdef HAVE_X86_VARIANTS
+    if (!strcmp(name, "avx2") && best != &ISA_BASE) want = &ISA_AVX2;
+    if (!strcmp(name, "avx512") && best == &ISA_AVX512) want = &ISA_AVX512;
+#endif
+    if (!strcmp(name, "best")) want = best;
+    if (!want) {
+        PyErr_Format(PyExc_ValueError, "_native.set_isa: %s is not available on this CPU", name);
+        return NULL;
+    }
+    isa = want;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL, "Run one layer-direction's time loop."},
+    {"pack", (PyCFunction)(void (*)(void))py_pack, METH_FASTCALL, "Pack a weight matrix into panels."},
+    {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
+    {"panel_width", py_panel, METH_O, "Columns per packed panel for an item size."},
+    {"set_isa", py_set_isa, METH_O, "Choose the instruction set (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    isa = best_isa();
+    return PyModule_Create(&moduledef);
+}

@@ -1,0 +1,273 @@
+/* The native time loop, written once and compiled for every (dtype, instruction set) pair.
+ *
+ * _native.c includes this file once per pair with these macros set:
+ *   T       float or double
+ *   VB      vector width in bytes (64 AVX-512, 32 AVX2, 16 SSE2)
+ *   MR      rows of the register tile (12 with 32 vector registers, 6 with 16)
+ *   ACC     accumulator registers the tile may use (24 or 12)
+ *   SFX     name suffix, e.g. f32_avx512
+ *   EXP, TANH   the libm functions for T (vectorised through libmvec where it exists)
+ * and the target pragma of the instruction set in force.
+ *
+ * The equations are in nprnn.functional.cells (the NumPy kernels, our oracle) and in the
+ * layer docstrings; here is only the mechanics.  The hidden-to-hidden product of a step,
+ * (n, K) @ (K, M), runs on weights packed once into panels of NR = 2 vectors of columns:
+ * panel j holds B[k][j*NR .. j*NR+NR-1] for k = 0..K-1, contiguous, zero past M.  A
+ * register tile of mr rows by 1..4 panels accumulates over k with one broadcast of A per
+ * row and two loads of B per panel.
+ */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+#define VL (VB / (int)sizeof(T))
+#define NR (2 * VL)
+
+typedef T FN(vec) __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));
+#define V FN(vec)
+
+static inline __attribute__((always_inline)) V FN(vload)(const T *p) { return *(const V *)p; }
+static inline __attribute__((always_inline)) void FN(vstore)(T *p, V v) { *(V *)p = v; }
+
+/* C[0:mr, panels j..j+np-1] = Cin + A[0:mr, :K] @ Bp; the last panel may be partial
+   (cols < np*NR valid columns). */
+static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long K, const T *A, long lda,
+                                                         const T *Bp, T *C, long ldc, const T *Cin,
+                                                         long ldcin, long cols) {
+    V acc[MR][8];
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < 2 * np; v++) acc[i][v] = (V){0};
+    const T *b = Bp;
+    const long pstride = K * NR;
+    for (long k = 0; k < K; k++, b += NR) {
+        V bv[8];
+        for (int p = 0; p < np; p++) {
+            bv[2 * p] = FN(vload)(b + p * pstride);
+            bv[2 * p + 1] = FN(vload)(b + p * pstride + VL);
+        }
+        for (int i = 0; i < mr; i++) {
+            T a = A[i * lda + k];
+            for (int v = 0; v < 2 * np; v++) acc[i][v] += a * bv[v];
+        }
+    }
+    if (cols == (long)np * NR) {
+        for (int i = 0; i < mr; i++)
+            for (int v = 0; v < 2 * np; v++) {
+                V r = acc[i][v];
+                if (Cin) r += FN(vload)(Cin + i * ldcin + v * VL);
+                FN(vstore)(C + i * ldc + v * VL, r);
+            }
+    } else {
+        T tmp[8 * VL];
+        for (int i = 0; i < mr; i++) {
+            for (int v = 0; v < 2 * np; v++) FN(vstore)(tmp + v * VL, acc[i][v]);
+            for (long m = 0; m < cols; m++) C[i * ldc + m] = tmp[m] + (Cin ? Cin[i * ldcin + m] : (T)0);
+        }
+    }
+}
+
+/* How many panels a tile of mr rows takes at once: as many as the accumulators allow, up
+   to 4 (small row counts are bound by loading B, so more panels in flight help). */
+#define PANELS(mr) ((ACC / (2 * (mr))) < 1 ? 1 : (ACC / (2 * (mr))) > 4 ? 4 : (ACC / (2 * (mr))))
+
+static inline __attribute__((always_inline)) void FN(row_block)(int mr, long K, long M, const T *A, long lda,
+                                                              const T *Bp, T *C, long ldc, const T *Cin,
+                                                              long ldcin) {
+    const long npan = (M + NR - 1) / NR;
+    const int wide = PANELS(mr);
+    long j = 0;
+    for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
+        FN(tile)(mr, wide, K, A, lda, Bp + j * K * NR, C + j * NR, ldc, Cin ? Cin + j * NR : 0, ldcin,
+                 (long)wide * NR);
+    for (; j < npan; j++) {
+        long cols = M - j * NR < NR ? M - j * NR : NR;
+        FN(tile)(mr, 1, K, A, lda, Bp + j * K * NR, C + j * NR, ldc, Cin ? Cin + j * NR : 0, ldcin, cols);
+    }
+}
+
+#define ROWS_CASE(r) \
+    case r: FN(row_block)(r, K, M, A + i * lda, lda, Bp, C + i * ldc, ldc, Cin ? Cin + i * ldcin : 0, ldcin); break;
+
+/* C (n, M) = Cin + A (n, K) @ B, B packed by FN(pack); Cin may be C itself or NULL. */
+static void FN(gemm)(long n, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc, const T *Cin,
+                     long ldcin) {
+    for (long i = 0; i < n; i += MR) {
+        long mr = n - i < MR ? n - i : MR;
+        switch (mr) {
+            ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6)
+#if MR > 6
+            ROWS_CASE(7) ROWS_CASE(8) ROWS_CASE(9) ROWS_CASE(10) ROWS_CASE(11) ROWS_CASE(12)
+#endif
+            default: break;
+        }
+    }
+}
+#undef ROWS_CASE
+
+/* Pack B (K, M) into panels: B[k][m] = src[k * sk + m * sm]. */
+static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst) {
+    const long npan = (M + NR - 1) / NR;
+    for (long j = 0; j < npan; j++)
+        for (long k = 0; k < K; k++)
+            for (long c = 0; c < NR; c++) {
+                long m = j * NR + c;
+                dst[(j * K + k) * NR + c] = m < M ? src[k * sk + m * sm] : (T)0;
+            }
+}
+
+/* ---------------------------------------------------------------- elementwise */
+static inline void FN(sigmoid)(T *restrict a, long n) {
+    for (long j = 0; j < n; j++) a[j] = (T)1 / ((T)1 + EXP(-a[j]));
+}
+
+static inline void FN(tanh_)(T *restrict a, long n) {
+    for (long j = 0; j < n; j++) a[j] = TANH(a[j]);
+}
+
+/* One layer-direction over all steps; see struct scan in _native.c. */
+static void FN(forward)(const struct scan *s) {
+    const long H = s->H, P = s->P, GH = s->G * s->H;
+    T *h = (T *)s->h, *c = (T *)s->c;
+    for (long q = 0; q < s->steps; q++) {
+        const long t = s->reverse ? s->steps - 1 - q : q;
+        const long n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
+        if (n <= 0) continue;
+        const long row = s->offsets[t] + s->r0;  /* first packed row of this step's slice */
+        T *hr = h + s->r0 * P;
+        const T *gx = (const T *)s->gx + row * GH;
+        T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + s->r0 * GH;
+        if (s->train) memcpy((T *)s->hprev + row * P, hr, n * P * sizeof(T));
+        if (s->kind == KIND_GRU) {
+            FN(gemm)(n, P, GH, hr, P, (const T *)s->whh, gates, GH, 0, 0);
+            T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + s->r0 * H;
+            const T *bhn = (const T *)s->bhn;
+            for (long r = 0; r < n; r++) {
+                T *g = gates + r * GH;
+                const T *x = gx + r * GH;
+                T *gn = ghn + r * H;
+                for (long j = 0; j < 2 * H; j++) g[j] += x[j];
+                FN(sigmoid)(g, 2 * H);  /* r, z */
+                for (long j = 0; j < H; j++) {
+                    gn[j] = g[2 * H + j] + (bhn ? bhn[j] : (T)0);  /* W_hn h + b_hn */
+                    g[2 * H + j] = x[2 * H + j] + g[j] * gn[j];
+                }
+                FN(tanh_)(g + 2 * H, H);  /* n */
+                T *hrow = hr + r * P;
+                for (long j = 0; j < H; j++) {  /* h' = n + z * (h - n) */
+                    T nn = g[2 * H + j];
+                    hrow[j] = nn + g[H + j] * (hrow[j] - nn);
+                }
+            }
+        } else {
+            FN(gemm)(n, P, GH, hr, P, (const T *)s->whh, gates, GH, gx, GH);
+            if (s->kind == KIND_LSTM) {
+                T *cr = c + s->r0 * H;
+                T *tc = s->train ? (T *)s->tc + row * H : (T *)s->tc + s->r0 * H;
+                T *cprev = s->train ? (T *)s->cprev + row * H : 0;
+                T *m = s->whr ? (s->train ? (T *)s->m + row * H : (T *)s->m + s->r0 * H) : 0;
+                for (long r = 0; r < n; r++) {
+                    T *g = gates + r * GH;
+                    T *cc = cr + r * H, *tcr = tc + r * H;
+                    FN(sigmoid)(g, 2 * H);  /* i, f */
+                    FN(tanh_)(g + 2 * H, H);  /* g */
+                    FN(sigmoid)(g + 3 * H, H);  /* o */
+                    if (cprev) memcpy(cprev + r * H, cc, H * sizeof(T));
+                    for (long j = 0; j < H; j++) tcr[j] = cc[j] = g[H + j] * cc[j] + g[j] * g[2 * H + j];
+                    FN(tanh_)(tcr, H);
+                    T *mr_ = m ? m + r * H : hr + r * P;  /* o * tanh(c'), the state unless projected */
+                    for (long j = 0; j < H; j++) mr_[j] = g[3 * H + j] * tcr[j];
+                }
+                if (m) FN(gemm)(n, H, P, m, H, (const T *)s->whr, hr, P, 0, 0);  /* h' = m @ W_hr.T */
+            } else {
+                for (long r = 0; r < n; r++) {
+                    T *g = gates + r * GH;
+                    if (s->kind == KIND_RNN_TANH) FN(tanh_)(g, H);
+                    else for (long j = 0; j < H; j++) g[j] = g[j] > (T)0 ? g[j] : (g[j] == g[j] ? (T)0 : g[j]);
+                    memcpy(hr + r * P, g, H * sizeof(T));
+                }
+            }
+        }
+        T *out = (T *)s->out + row * s->ldout;
+        for (long r = 0; r < n; r++) memcpy(out + r * s->ldout, hr + r * P, P * sizeof(T));
+    }
+}
+
+/* Backward of a training forward: walks the steps in the opposite order. */
+static void FN(backward)(const struct scan *s) {
+    const long H = s->H, P = s->P, GH = s->G * s->H;
+    T *dh = (T *)s->h, *dc = (T *)s->c;
+    for (long q = s->steps - 1; q >= 0; q--) {
+        const long t = s->reverse ? s->steps - 1 - q : q;
+        const long n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
+        if (n <= 0) continue;
+        const long row = s->offsets[t] + s->r0;
+        T *dhr = dh + s->r0 * P;
+        const T *dout = (const T *)s->out + row * s->ldout;
+        for (long r = 0; r < n; r++)
+            for (long j = 0; j < P; j++) dhr[r * P + j] += dout[r * s->ldout + j];
+        const T *gates = (const T *)s->gates + row * GH;
+        T *dgx = (T *)s->dgx + row * GH;
+        if (s->kind == KIND_LSTM) {
+            T *dcr = dc + s->r0 * H;
+            const T *tc = (const T *)s->tc + row * H, *cprev = (const T *)s->cprev + row * H;
+            const T *dm = dhr;
+            long ldm = P;
+            if (s->whr) {  /* through the projection: dm = dh @ W_hr */
+                memcpy((T *)s->dproj + row * P, dhr, n * P * sizeof(T));
+                T *scratch = (T *)s->scratch + s->r0 * H;
+                FN(gemm)(n, P, H, dhr, P, (const T *)s->whr_b, scratch, H, 0, 0);
+                dm = scratch;
+                ldm = H;
+            }
+            for (long r = 0; r < n; r++) {
+                const T *g = gates + r * GH, *tcr = tc + r * H, *cp = cprev + r * H, *dmr = dm + r * ldm;
+                T *d = dgx + r * GH, *dcc = dcr + r * H;
+                for (long j = 0; j < H; j++) {
+                    T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], tj = tcr[j];
+                    T dcj = dcc[j] + dmr[j] * o * ((T)1 - tj * tj);  /* through tanh(c') */
+                    d[j] = dcj * gg * i * ((T)1 - i);  /* through the gates: s(1 - s), 1 - g^2 */
+                    d[H + j] = dcj * cp[j] * f * ((T)1 - f);
+                    d[2 * H + j] = dcj * i * ((T)1 - gg * gg);
+                    d[3 * H + j] = dmr[j] * tj * o * ((T)1 - o);
+                    dcc[j] = dcj * f;  /* to c_prev */
+                }
+            }
+            FN(gemm)(n, GH, P, dgx, GH, (const T *)s->whh_b, dhr, P, 0, 0);  /* to h_prev */
+        } else if (s->kind == KIND_GRU) {
+            const T *ghn = (const T *)s->ghn + row * H, *hprev = (const T *)s->hprev + row * P;
+            T *dgh = (T *)s->dgh + row * GH;
+            for (long r = 0; r < n; r++) {
+                const T *g = gates + r * GH, *gn = ghn + r * H, *hp = hprev + r * P;
+                T *dx = dgx + r * GH, *dhh = dgh + r * GH, *dhj = dhr + r * P;
+                for (long j = 0; j < H; j++) {
+                    T rr = g[j], z = g[H + j], nn = g[2 * H + j], d = dhj[j];
+                    T dn = d * ((T)1 - z) * ((T)1 - nn * nn);  /* through tanh */
+                    T dz = d * (hp[j] - nn) * z * ((T)1 - z);
+                    T dr = dn * gn[j] * rr * ((T)1 - rr);
+                    dx[j] = dhh[j] = dr;
+                    dx[H + j] = dhh[H + j] = dz;
+                    dx[2 * H + j] = dn;
+                    dhh[2 * H + j] = dn * rr;  /* the hidden part of n sits inside r * */
+                    dhj[j] = d * z;  /* the direct path */
+                }
+            }
+            FN(gemm)(n, GH, P, dgh, GH, (const T *)s->whh_b, dhr, P, dhr, P);  /* plus the gates */
+        } else {
+            for (long r = 0; r < n; r++) {
+                const T *a = gates + r * GH;
+                T *d = dgx + r * GH, *dhj = dhr + r * P;
+                if (s->kind == KIND_RNN_TANH)
+                    for (long j = 0; j < H; j++) d[j] = dhj[j] * ((T)1 - a[j] * a[j]);  /* through tanh */
+                else
+                    for (long j = 0; j < H; j++) d[j] = a[j] <= (T)0 ? (T)0 : dhj[j];  /* through relu (NaN passes, as in torch) */
+            }
+            FN(gemm)(n, GH, P, dgx, GH, (const T *)s->whh_b, dhr, P, 0, 0);  /* to h_prev */
+        }
+    }
+}
+
+#undef V
+#undef VL
+#undef NR
+#undef FN
+#undef CAT
+#undef CAT_
