@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 from ._checks import as_array, check_bool, check_dropout, check_int, check_nonlinearity
-from .functional import KINDS, alloc_blocks, direction_backward, direction_forward
+from .functional import KINDS, alloc_blocks, direction_backward, direction_forward, native
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 from . import helper as helpers
@@ -489,6 +489,8 @@ class RNNBase(Module):
         pipeline only forward in time and without dropout between them (its mask applies to
         a layer's whole output)."""
         gate_width = self.kind.num_gates * self.hidden_size
+        if native.supports(self.kind, self.dtype):  # its scans split the batch instead (see threads.row_ranges)
+            return None
         if self.num_directions == 2:
             return "directions" if side_by_side_pays(steps, rows, gate_width, False, min_work) else None
         if (self.num_layers > 1 and not self._reverse_only and not (self.training and self.dropout > 0)

@@ -213,3 +213,65 @@ class Stream:
             self._waiting = False
             if self.done < end:
                 raise UpstreamFailed("the scan producing this layer's input failed") from self._error
+
+
+# --------------------------------------------------------------- the compiled tier
+# A compiled scan (nprnn.functional.native) runs its whole time loop without the GIL, and
+# batch rows are independent over the whole sequence: so the batch splits into parts that
+# run side by side with no per-step synchronisation.  Below this many multiply-adds a call
+# (rows x hidden product width), handing work to another thread costs more than it gains.
+MIN_SPLIT_WORK = 1 << 21
+_workers = {"pool": None, "size": 0}
+_workers_lock = threading.Lock()
+
+
+def row_ranges(lengths, row_work: int) -> list:
+    """How to split a batch for a compiled scan: ``lengths`` are the sequences' lengths
+    (non-increasing, as packed), ``row_work`` the multiply-adds of a row.  Returns
+    ``[(r0, r1), ...]``, one range of sequences per thread with about equal packed rows,
+    or one range when a split does not pay."""
+    batch = len(lengths)
+    parts = min(get_num_threads(), batch)
+    total = int(sum(lengths))
+    if parts < 2 or total * row_work < MIN_SPLIT_WORK * parts:
+        return [(0, batch)]
+    bounds, acc, k = [0], 0, 1
+    for r, n in enumerate(lengths):
+        acc += int(n)
+        if k < parts and acc * parts >= total * k and r + 1 < batch:
+            bounds.append(r + 1)
+            k += 1
+    bounds.append(batch)
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def run_parts(parts) -> None:
+    """Run the callables ``parts`` side by side: the first on this thread, the others on
+    pooled worker threads; wait for all and raise the first error."""
+    if len(parts) == 1:
+        parts[0]()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _workers_lock:
+        if _workers["pool"] is None or _workers["size"] < len(parts) - 1:
+            if _workers["pool"] is not None:
+                _workers["pool"].shutdown(wait=False)
+            _workers["pool"] = ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="nprnn-part")
+            _workers["size"] = len(parts) - 1
+        pool = _workers["pool"]
+    context = contextvars.copy_context()
+    futures = [pool.submit(context.copy().run, part) for part in parts[1:]]
+    error = None
+    try:
+        parts[0]()
+    except BaseException as exc:
+        error = exc
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+

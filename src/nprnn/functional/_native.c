@@ -26,17 +26,35 @@ __attribute__((__simd__("notinbranch"))) double tanh(double);
 
 enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3 };
 
-/* Everything one call needs.  Forward: h, c are the running states (h_0 in, h_n out),
-   out receives every step's h.  Backward: h, c are the running state gradients, out is
-   the output gradient.  Rows r0..r1 of the batch only (a batch split across threads). */
+/* Everything one call needs.  Forward: x the layer input, h, c the running states (h_0
+   in, h_n out), out receives every step's h.  Backward: h, c are the running state
+   gradients, out is the output gradient, dx receives (or, with accumulate, adds) the
+   input gradient.  Rows r0..r1 of the batch only (a batch split across threads). */
 struct scan {
-    int kind, train, reverse;
-    long G, H, P, steps, r0, r1, ldout;
+    int kind, train, reverse, accumulate;
+    long G, H, P, Hin, steps, r0, r1, ldout;
     const int64_t *batch_sizes, *offsets;
-    const void *gx, *whh, *bhn, *whr, *whh_b, *whr_b;
+    const void *x, *wih, *whh, *bias, *bhn, *whr;  /* backward: wih, whh, whr packed untransposed */
     void *out, *h, *c;
-    void *gates, *hprev, *cprev, *tc, *m, *ghn;  /* the tape (training) or per-row work */
-    void *dgx, *dgh, *dproj, *scratch;           /* backward */
+    void *gates, *hprev, *cprev, *tc, *m, *ghn, *gxs;  /* the tape (training) or per-row work */
+    void *dx, *dgx, *dgh, *dproj, *scratch;           /* backward */
+};
+
+/* One matrix product C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], each B packed;
+   A1[i][k] = A1[i * ars1 + k * aks1], A2 row-major with row stride ars2. */
+struct gemm {
+    long n, M, K1;
+    const void *A1;
+    long ars1, aks1;
+    const void *B1;
+    long K2;
+    const void *A2;
+    long ars2;
+    const void *B2;
+    void *C;
+    long ldc;
+    const void *Cin;
+    long ldcin;
 };
 
 #define T float
@@ -156,7 +174,7 @@ static const struct isa *best_isa(void) {
 }
 
 /* ------------------------------------------------------------------ buffers */
-#define MAX_BUFS 16
+#define MAX_BUFS 32
 struct bufs {
     Py_buffer v[MAX_BUFS];
     int n;
@@ -214,12 +232,14 @@ static long panels(long M, Py_ssize_t itemsize) {
     return (M + nr - 1) / nr * nr;
 }
 
-/* scan(backward, kind, train, reverse, r0, r1, H, P, batch_sizes, offsets, gx_or_dout, out, h, c,
-        whh, bhn, whr, gates, hprev, cprev, tc, m, ghn, dgx, dgh, dproj, scratch, itemsize) */
+/* scan(backward, kind, train, reverse, r0, r1, H, P, Hin, accumulate, batch_sizes, offsets,
+        x, out, h, c, wih, whh, bias, bhn, whr, gates, hprev, cprev, tc, m, ghn, gxs,
+        dx, dgx, dgh, dproj, scratch, itemsize) */
+#define SCAN_ARGS 34
 static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 28) {
-        PyErr_SetString(PyExc_TypeError, "_native.scan takes 28 arguments");
+    if (nargs != SCAN_ARGS) {
+        PyErr_SetString(PyExc_TypeError, "_native.scan takes 34 arguments");
         return NULL;
     }
     int err = 0;
@@ -233,27 +253,24 @@ static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     s.r1 = as_long(args[5], &err);
     s.H = as_long(args[6], &err);
     s.P = as_long(args[7], &err);
-    Py_ssize_t isz = (Py_ssize_t)as_long(args[27], &err);
+    s.Hin = as_long(args[8], &err);
+    s.accumulate = (int)as_long(args[9], &err);
+    Py_ssize_t isz = (Py_ssize_t)as_long(args[33], &err);
     if (err) return NULL;
-    if (s.kind < 0 || s.kind > 3 || (isz != 4 && isz != 8) || s.H < 1 || s.P < 1 || s.r0 < 0 || s.r1 <= s.r0) {
+    if (s.kind < 0 || s.kind > 3 || (isz != 4 && isz != 8) || s.H < 1 || s.P < 1 || s.Hin < 1 || s.r0 < 0 ||
+        s.r1 <= s.r0) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: bad kind, size or row range");
         return NULL;
     }
     s.G = s.kind == KIND_LSTM ? 4 : s.kind == KIND_GRU ? 3 : 1;
     s.train = back ? 1 : s.train;
-    const long GH = s.G * s.H, H = s.H, P = s.P;
+    const long GH = s.G * s.H, H = s.H, P = s.P, Hin = s.Hin;
     struct bufs b;
     b.n = 0;
-    Py_buffer bs;
-    if (PyObject_GetBuffer(args[8], &bs, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    b.v[b.n++] = bs;
-    if (bs.itemsize != 8 || bs.len < 8) {
-        PyErr_SetString(PyExc_ValueError, "_native.scan: batch_sizes must be int64 and not empty");
-        goto fail;
-    }
-    s.steps = (long)(bs.len / 8);
-    s.batch_sizes = (const int64_t *)bs.buf;
-    s.offsets = get(&b, args[9], "offsets", 0, 8, s.steps, 0, 0, NULL);
+    s.batch_sizes = get(&b, args[10], "batch_sizes", 0, 8, 1, 0, 0, NULL);
+    if (!s.batch_sizes) goto fail;
+    s.steps = (long)(b.v[0].len / 8);
+    s.offsets = get(&b, args[11], "offsets", 0, 8, s.steps, 0, 0, NULL);
     if (!s.offsets) goto fail;
     long rows = 0, N = (long)s.batch_sizes[0];
     for (long t = 0; t < s.steps; t++) {
@@ -271,47 +288,52 @@ static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     int lstm = s.kind == KIND_LSTM, gru = s.kind == KIND_GRU;
     long tape_rows = s.train ? rows : N;  /* per packed row when training, else per batch row */
-    s.out = get(&b, args[11], back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
-    s.h = get(&b, args[12], "h", 1, isz, N * P, 0, 0, NULL);
+    s.out = get(&b, args[13], back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
+    s.h = get(&b, args[14], "h", 1, isz, N * P, 0, 0, NULL);
     if (!s.out || !s.h) goto fail;
-    s.c = get(&b, args[13], "c", 1, isz, N * H, !lstm, 0, NULL);
-    s.gates = get(&b, args[17], "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
+    s.c = get(&b, args[15], "c", 1, isz, N * H, !lstm, 0, NULL);
+    s.gates = get(&b, args[21], "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
     if ((lstm && !s.c) || !s.gates) goto fail;
-    s.bhn = get(&b, args[15], "bhn", 0, isz, H, 1, 0, NULL);
+    s.bhn = get(&b, args[19], "bhn", 0, isz, H, 1, 0, NULL);
     if (PyErr_Occurred()) goto fail;
     if (!back) {
-        s.gx = get(&b, args[10], "gx", 0, isz, rows * GH, 0, 0, NULL);
-        s.whh = get(&b, args[14], "whh", 0, isz, P * panels(GH, isz), 0, 0, NULL);
-        if (!s.gx || !s.whh) goto fail;
-        s.whr = get(&b, args[16], "whr", 0, isz, H * panels(P, isz), 1, 0, NULL);
+        s.x = get(&b, args[12], "x", 0, isz, rows * Hin, 0, 0, NULL);
+        s.wih = get(&b, args[16], "wih", 0, isz, Hin * panels(GH, isz), 0, 0, NULL);
+        s.whh = get(&b, args[17], "whh", 0, isz, P * panels(GH, isz), 0, 0, NULL);
+        if (!s.x || !s.wih || !s.whh) goto fail;
+        s.bias = get(&b, args[18], "bias", 0, isz, GH, 1, 0, NULL);
+        s.whr = get(&b, args[20], "whr", 0, isz, H * panels(P, isz), 1, 0, NULL);
+        s.gxs = get(&b, args[27], "gxs", 1, isz, N * GH, !gru, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     } else {
-        s.whh_b = get(&b, args[14], "whh", 0, isz, GH * panels(P, isz), 0, 0, NULL);
-        if (!s.whh_b) goto fail;
-        s.whr_b = get(&b, args[16], "whr", 0, isz, P * panels(H, isz), 1, 0, NULL);
+        s.wih = get(&b, args[16], "wih", 0, isz, GH * panels(Hin, isz), 0, 0, NULL);
+        s.whh = get(&b, args[17], "whh", 0, isz, GH * panels(P, isz), 0, 0, NULL);
+        if (!s.wih || !s.whh) goto fail;
+        s.whr = get(&b, args[20], "whr", 0, isz, P * panels(H, isz), 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
-        s.whr = s.whr_b;
     }
     int proj = s.whr != NULL;
     if (proj && !lstm) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: a projection is for LSTM only");
         goto fail;
     }
-    if (!lstm && !proj && P != H) {
+    if (!proj && P != H) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: H_out must equal H without a projection");
         goto fail;
     }
-    s.hprev = get(&b, args[18], "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
-    s.cprev = get(&b, args[19], "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
-    s.tc = get(&b, args[20], "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
-    s.m = get(&b, args[21], "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
-    s.ghn = get(&b, args[22], "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
+    s.hprev = get(&b, args[22], "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
+    s.cprev = get(&b, args[23], "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
+    s.tc = get(&b, args[24], "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
+    s.m = get(&b, args[25], "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
+    s.ghn = get(&b, args[26], "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
     if (PyErr_Occurred()) goto fail;
     if (back) {
-        s.dgx = get(&b, args[23], "dgx", 1, isz, rows * GH, 0, 0, NULL);
-        s.dgh = get(&b, args[24], "dgh", 1, isz, rows * GH, !gru, 0, NULL);
-        s.dproj = get(&b, args[25], "dproj", 1, isz, rows * P, !proj, 0, NULL);
-        s.scratch = get(&b, args[26], "scratch", 1, isz, N * H, !proj, 0, NULL);
+        s.dx = get(&b, args[28], "dx", 1, isz, rows * Hin, 0, 0, NULL);
+        s.dgx = get(&b, args[29], "dgx", 1, isz, rows * GH, 0, 0, NULL);
+        if (!s.dx || !s.dgx) goto fail;
+        s.dgh = get(&b, args[30], "dgh", 1, isz, rows * GH, !gru, 0, NULL);
+        s.dproj = get(&b, args[31], "dproj", 1, isz, rows * P, !proj, 0, NULL);
+        s.scratch = get(&b, args[32], "scratch", 1, isz, N * H, !proj, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }
     scan_fn fn = back ? isa->backward[isz == 8] : isa->forward[isz == 8];

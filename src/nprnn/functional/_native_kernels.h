@@ -28,25 +28,32 @@ typedef T FN(vec) __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias)
 static inline __attribute__((always_inline)) V FN(vload)(const T *p) { return *(const V *)p; }
 static inline __attribute__((always_inline)) void FN(vstore)(T *p, V v) { *(V *)p = v; }
 
-/* C[0:mr, panels j..j+np-1] = Cin + A[0:mr, :K] @ Bp; the last panel may be partial
-   (cols < np*NR valid columns). */
-static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long K, const T *A, long lda,
-                                                         const T *Bp, T *C, long ldc, const T *Cin,
-                                                         long ldcin, long cols) {
+/* C[0:mr, panels j..j+np-1] = Cin + A1 @ B1 (+ A2 @ B2): A[i][k] = A[i * ars + k * aks].
+   Cin may be NULL (zero), C itself, or one row broadcast to all (ldcin = 0, a bias).  The
+   last panel may be partial (cols < np * NR valid columns). */
+static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long K1, const T *A1, long ars1,
+                                                         long aks1, const T *B1, long K2, const T *A2, long ars2,
+                                                         const T *B2, T *C, long ldc, const T *Cin, long ldcin,
+                                                         long cols) {
     V acc[MR][8];
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < 2 * np; v++) acc[i][v] = (V){0};
-    const T *b = Bp;
-    const long pstride = K * NR;
-    for (long k = 0; k < K; k++, b += NR) {
-        V bv[8];
-        for (int p = 0; p < np; p++) {
-            bv[2 * p] = FN(vload)(b + p * pstride);
-            bv[2 * p + 1] = FN(vload)(b + p * pstride + VL);
-        }
-        for (int i = 0; i < mr; i++) {
-            T a = A[i * lda + k];
-            for (int v = 0; v < 2 * np; v++) acc[i][v] += a * bv[v];
+    for (int src = 0; src < 2; src++) {
+        const long K = src ? K2 : K1;
+        const T *A = src ? A2 : A1;
+        const T *b = src ? B2 : B1;
+        const long ars = src ? ars2 : ars1, aks = src ? 1 : aks1;
+        const long pstride = K * NR;
+        for (long k = 0; k < K; k++, b += NR) {
+            V bv[8];
+            for (int p = 0; p < np; p++) {
+                bv[2 * p] = FN(vload)(b + p * pstride);
+                bv[2 * p + 1] = FN(vload)(b + p * pstride + VL);
+            }
+            for (int i = 0; i < mr; i++) {
+                T a = A[i * ars + k * aks];
+                for (int v = 0; v < 2 * np; v++) acc[i][v] += a * bv[v];
+            }
         }
     }
     if (cols == (long)np * NR) {
@@ -69,29 +76,32 @@ static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long 
    to 4 (small row counts are bound by loading B, so more panels in flight help). */
 #define PANELS(mr) ((ACC / (2 * (mr))) < 1 ? 1 : (ACC / (2 * (mr))) > 4 ? 4 : (ACC / (2 * (mr))))
 
-static inline __attribute__((always_inline)) void FN(row_block)(int mr, long K, long M, const T *A, long lda,
-                                                              const T *Bp, T *C, long ldc, const T *Cin,
-                                                              long ldcin) {
-    const long npan = (M + NR - 1) / NR;
+static inline __attribute__((always_inline)) void FN(row_block)(int mr, const struct gemm *g, long i) {
+    const long M = g->M, npan = (M + NR - 1) / NR;
     const int wide = PANELS(mr);
+    const T *A1 = (const T *)g->A1 + i * g->ars1, *A2 = g->A2 ? (const T *)g->A2 + i * g->ars2 : 0;
+    T *C = (T *)g->C + i * g->ldc;
+    const T *Cin = g->Cin ? (const T *)g->Cin + i * g->ldcin : 0;
+    const T *B1 = (const T *)g->B1, *B2 = (const T *)g->B2;
+    const long K1 = g->K1, K2 = g->A2 ? g->K2 : 0;
     long j = 0;
     for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
-        FN(tile)(mr, wide, K, A, lda, Bp + j * K * NR, C + j * NR, ldc, Cin ? Cin + j * NR : 0, ldcin,
-                 (long)wide * NR);
+        FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
+                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (long)wide * NR);
     for (; j < npan; j++) {
         long cols = M - j * NR < NR ? M - j * NR : NR;
-        FN(tile)(mr, 1, K, A, lda, Bp + j * K * NR, C + j * NR, ldc, Cin ? Cin + j * NR : 0, ldcin, cols);
+        FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
+                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
     }
 }
 
 #define ROWS_CASE(r) \
-    case r: FN(row_block)(r, K, M, A + i * lda, lda, Bp, C + i * ldc, ldc, Cin ? Cin + i * ldcin : 0, ldcin); break;
+    case r: FN(row_block)(r, g, i); break;
 
-/* C (n, M) = Cin + A (n, K) @ B, B packed by FN(pack); Cin may be C itself or NULL. */
-static void FN(gemm)(long n, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc, const T *Cin,
-                     long ldcin) {
-    for (long i = 0; i < n; i += MR) {
-        long mr = n - i < MR ? n - i : MR;
+/* C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], the B packed by FN(pack). */
+static void FN(gemm)(const struct gemm *g) {
+    for (long i = 0; i < g->n; i += MR) {
+        long mr = g->n - i < MR ? g->n - i : MR;
         switch (mr) {
             ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6)
 #if MR > 6
@@ -102,6 +112,20 @@ static void FN(gemm)(long n, long K, long M, const T *A, long lda, const T *Bp, 
     }
 }
 #undef ROWS_CASE
+
+/* C = Cin + A @ B for row-major A (n, K), the common case of the loop. */
+static inline void FN(mm)(long n, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc, const T *Cin,
+                          long ldcin) {
+    struct gemm g = {n, M, K, A, lda, 1, Bp, 0, 0, 0, 0, C, ldc, Cin, ldcin};
+    FN(gemm)(&g);
+}
+
+/* C = Cin + A1 @ B1 + A2 @ B2, both A row-major. */
+static inline void FN(mm2)(long n, long M, long K1, const T *A1, long lda1, const T *B1, long K2, const T *A2,
+                           long lda2, const T *B2, T *C, long ldc, const T *Cin, long ldcin) {
+    struct gemm g = {n, M, K1, A1, lda1, 1, B1, K2, A2, lda2, B2, C, ldc, Cin, ldcin};
+    FN(gemm)(&g);
+}
 
 /* Pack B (K, M) into panels: B[k][m] = src[k * sk + m * sm]. */
 static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst) {
@@ -125,30 +149,32 @@ static inline void FN(tanh_)(T *restrict a, long n) {
 
 /* One layer-direction over all steps; see struct scan in _native.c. */
 static void FN(forward)(const struct scan *s) {
-    const long H = s->H, P = s->P, GH = s->G * s->H;
+    const long H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
     T *h = (T *)s->h, *c = (T *)s->c;
+    const T *bias = (const T *)s->bias;
     for (long q = 0; q < s->steps; q++) {
         const long t = s->reverse ? s->steps - 1 - q : q;
         const long n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
         if (n <= 0) continue;
         const long row = s->offsets[t] + s->r0;  /* first packed row of this step's slice */
         T *hr = h + s->r0 * P;
-        const T *gx = (const T *)s->gx + row * GH;
+        const T *x = (const T *)s->x + row * Hin;
         T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + s->r0 * GH;
         if (s->train) memcpy((T *)s->hprev + row * P, hr, n * P * sizeof(T));
         if (s->kind == KIND_GRU) {
-            FN(gemm)(n, P, GH, hr, P, (const T *)s->whh, gates, GH, 0, 0);
+            T *gx = (T *)s->gxs + s->r0 * GH;
+            FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gx, GH, bias, 0);  /* x @ W_ih.T + b */
+            FN(mm)(n, P, GH, hr, P, (const T *)s->whh, gates, GH, 0, 0);     /* h @ W_hh.T */
             T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + s->r0 * H;
             const T *bhn = (const T *)s->bhn;
             for (long r = 0; r < n; r++) {
-                T *g = gates + r * GH;
-                const T *x = gx + r * GH;
-                T *gn = ghn + r * H;
-                for (long j = 0; j < 2 * H; j++) g[j] += x[j];
+                T *g = gates + r * GH, *gn = ghn + r * H;
+                const T *xr = gx + r * GH;
+                for (long j = 0; j < 2 * H; j++) g[j] += xr[j];
                 FN(sigmoid)(g, 2 * H);  /* r, z */
                 for (long j = 0; j < H; j++) {
                     gn[j] = g[2 * H + j] + (bhn ? bhn[j] : (T)0);  /* W_hn h + b_hn */
-                    g[2 * H + j] = x[2 * H + j] + g[j] * gn[j];
+                    g[2 * H + j] = xr[2 * H + j] + g[j] * gn[j];
                 }
                 FN(tanh_)(g + 2 * H, H);  /* n */
                 T *hrow = hr + r * P;
@@ -158,7 +184,8 @@ static void FN(forward)(const struct scan *s) {
                 }
             }
         } else {
-            FN(gemm)(n, P, GH, hr, P, (const T *)s->whh, gates, GH, gx, GH);
+            /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
+            FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hr, P, (const T *)s->whh, gates, GH, bias, 0);
             if (s->kind == KIND_LSTM) {
                 T *cr = c + s->r0 * H;
                 T *tc = s->train ? (T *)s->tc + row * H : (T *)s->tc + s->r0 * H;
@@ -176,7 +203,7 @@ static void FN(forward)(const struct scan *s) {
                     T *mr_ = m ? m + r * H : hr + r * P;  /* o * tanh(c'), the state unless projected */
                     for (long j = 0; j < H; j++) mr_[j] = g[3 * H + j] * tcr[j];
                 }
-                if (m) FN(gemm)(n, H, P, m, H, (const T *)s->whr, hr, P, 0, 0);  /* h' = m @ W_hr.T */
+                if (m) FN(mm)(n, H, P, m, H, (const T *)s->whr, hr, P, 0, 0);  /* h' = m @ W_hr.T */
             } else {
                 for (long r = 0; r < n; r++) {
                     T *g = gates + r * GH;
@@ -193,7 +220,7 @@ static void FN(forward)(const struct scan *s) {
 
 /* Backward of a training forward: walks the steps in the opposite order. */
 static void FN(backward)(const struct scan *s) {
-    const long H = s->H, P = s->P, GH = s->G * s->H;
+    const long H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
     T *dh = (T *)s->h, *dc = (T *)s->c;
     for (long q = s->steps - 1; q >= 0; q--) {
         const long t = s->reverse ? s->steps - 1 - q : q;
@@ -206,6 +233,7 @@ static void FN(backward)(const struct scan *s) {
             for (long j = 0; j < P; j++) dhr[r * P + j] += dout[r * s->ldout + j];
         const T *gates = (const T *)s->gates + row * GH;
         T *dgx = (T *)s->dgx + row * GH;
+        T *dx = (T *)s->dx + row * Hin;
         if (s->kind == KIND_LSTM) {
             T *dcr = dc + s->r0 * H;
             const T *tc = (const T *)s->tc + row * H, *cprev = (const T *)s->cprev + row * H;
@@ -214,7 +242,7 @@ static void FN(backward)(const struct scan *s) {
             if (s->whr) {  /* through the projection: dm = dh @ W_hr */
                 memcpy((T *)s->dproj + row * P, dhr, n * P * sizeof(T));
                 T *scratch = (T *)s->scratch + s->r0 * H;
-                FN(gemm)(n, P, H, dhr, P, (const T *)s->whr_b, scratch, H, 0, 0);
+                FN(mm)(n, P, H, dhr, P, (const T *)s->whr, scratch, H, 0, 0);
                 dm = scratch;
                 ldm = H;
             }
@@ -231,26 +259,26 @@ static void FN(backward)(const struct scan *s) {
                     dcc[j] = dcj * f;  /* to c_prev */
                 }
             }
-            FN(gemm)(n, GH, P, dgx, GH, (const T *)s->whh_b, dhr, P, 0, 0);  /* to h_prev */
+            FN(mm)(n, GH, P, dgx, GH, (const T *)s->whh, dhr, P, 0, 0);  /* to h_prev */
         } else if (s->kind == KIND_GRU) {
             const T *ghn = (const T *)s->ghn + row * H, *hprev = (const T *)s->hprev + row * P;
             T *dgh = (T *)s->dgh + row * GH;
             for (long r = 0; r < n; r++) {
                 const T *g = gates + r * GH, *gn = ghn + r * H, *hp = hprev + r * P;
-                T *dx = dgx + r * GH, *dhh = dgh + r * GH, *dhj = dhr + r * P;
+                T *dxr = dgx + r * GH, *dhh = dgh + r * GH, *dhj = dhr + r * P;
                 for (long j = 0; j < H; j++) {
                     T rr = g[j], z = g[H + j], nn = g[2 * H + j], d = dhj[j];
                     T dn = d * ((T)1 - z) * ((T)1 - nn * nn);  /* through tanh */
                     T dz = d * (hp[j] - nn) * z * ((T)1 - z);
                     T dr = dn * gn[j] * rr * ((T)1 - rr);
-                    dx[j] = dhh[j] = dr;
-                    dx[H + j] = dhh[H + j] = dz;
-                    dx[2 * H + j] = dn;
+                    dxr[j] = dhh[j] = dr;
+                    dxr[H + j] = dhh[H + j] = dz;
+                    dxr[2 * H + j] = dn;
                     dhh[2 * H + j] = dn * rr;  /* the hidden part of n sits inside r * */
                     dhj[j] = d * z;  /* the direct path */
                 }
             }
-            FN(gemm)(n, GH, P, dgh, GH, (const T *)s->whh_b, dhr, P, dhr, P);  /* plus the gates */
+            FN(mm)(n, GH, P, dgh, GH, (const T *)s->whh, dhr, P, dhr, P);  /* plus the gates */
         } else {
             for (long r = 0; r < n; r++) {
                 const T *a = gates + r * GH;
@@ -258,10 +286,12 @@ static void FN(backward)(const struct scan *s) {
                 if (s->kind == KIND_RNN_TANH)
                     for (long j = 0; j < H; j++) d[j] = dhj[j] * ((T)1 - a[j] * a[j]);  /* through tanh */
                 else
-                    for (long j = 0; j < H; j++) d[j] = a[j] <= (T)0 ? (T)0 : dhj[j];  /* through relu (NaN passes, as in torch) */
+                    for (long j = 0; j < H; j++) d[j] = a[j] <= (T)0 ? (T)0 : dhj[j];  /* through relu, NaN passes */
             }
-            FN(gemm)(n, GH, P, dgx, GH, (const T *)s->whh_b, dhr, P, 0, 0);  /* to h_prev */
+            FN(mm)(n, GH, P, dgx, GH, (const T *)s->whh, dhr, P, 0, 0);  /* to h_prev */
         }
+        /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
+        FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
     }
 }
 

@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from .. import threads
+
 try:
     from . import _native
 except ImportError:  # not built: no compiler at install time, or an unusual platform
@@ -76,43 +78,46 @@ def _packed(mat: np.ndarray, transpose: bool) -> np.ndarray:
 
 @dataclass
 class Prepared:
-    """One layer-direction's weights, arranged for the compiled loop.
+    """One layer-direction's weights, arranged for the compiled loop: ``wih``, ``whh``,
+    ``whr`` the packed ``W_ih.T``, ``W_hh.T``, ``W_hr.T`` the forward multiplies by;
+    ``wih_b``, ``whh_b``, ``whr_b`` the packed ``W_ih``, ``W_hh``, ``W_hr`` of backward;
+    ``bias`` (G*H,) the bias added to the input side (for GRU the candidate's hidden bias
+    stays out of it: ``b_hn``, (H,)); ``w_ih`` the plain input weights; ``isa`` the
+    instruction set the panels were packed for."""
 
-    w_ih (G*H, H_in) and b_gx (G*H,) or None: the input projection ``x @ w_ih.T + b_gx``
-    (for GRU the candidate's hidden bias stays out of it: ``b_hn``, (H,)); whh, whr: the
-    packed ``W_hh.T`` and ``W_hr.T`` the forward loop multiplies by; whh_b, whr_b: the
-    packed ``W_hh`` and ``W_hr`` of the backward loop; whh_plain: ``W_hh`` as is.
-    """
-
+    kind: object
+    H: int
+    P: int
     w_ih: np.ndarray
-    b_gx: Optional[np.ndarray]
+    bias: Optional[np.ndarray]
     b_hn: Optional[np.ndarray]
+    wih: np.ndarray
     whh: np.ndarray
-    whh_b: np.ndarray
     whr: Optional[np.ndarray]
+    wih_b: np.ndarray
+    whh_b: np.ndarray
     whr_b: Optional[np.ndarray]
-    whh_plain: np.ndarray
     isa: str
 
 
 def prepare(kind, params) -> Prepared:
     """Arrange ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) (None where absent)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = params
-    H = w_hh.shape[0] // (4 if kind.name == "lstm" else 3 if kind.name == "gru" else 1)
+    H = w_hh.shape[0] // kind.num_gates
     b_hn = None
     if b_ih is None:
-        b_gx = None
+        bias = None
     elif kind.name == "gru":  # the candidate's hidden bias sits inside r * (...)
-        b_gx = b_ih.copy()
-        b_gx[: 2 * H] += b_hh[: 2 * H]
+        bias = b_ih.copy()
+        bias[: 2 * H] += b_hh[: 2 * H]
         b_hn = np.ascontiguousarray(b_hh[2 * H :])
     else:
-        b_gx = b_ih + b_hh
+        bias = b_ih + b_hh
     return Prepared(
-        w_ih=np.ascontiguousarray(w_ih), b_gx=b_gx, b_hn=b_hn,
-        whh=_packed(w_hh, True), whh_b=_packed(w_hh, False),
-        whr=None if w_hr is None else _packed(w_hr, True), whr_b=None if w_hr is None else _packed(w_hr, False),
-        whh_plain=np.array(w_hh, order="C", copy=True), isa=_native.isa(),
+        kind=kind, H=H, P=w_hh.shape[1], w_ih=np.array(w_ih, order="C", copy=True), bias=bias, b_hn=b_hn,
+        wih=_packed(w_ih, True), whh=_packed(w_hh, True), whr=None if w_hr is None else _packed(w_hr, True),
+        wih_b=_packed(w_ih, False), whh_b=_packed(w_hh, False),
+        whr_b=None if w_hr is None else _packed(w_hr, False), isa=_native.isa(),
     )
 
 
@@ -168,29 +173,33 @@ def _arrays(shapes, dtype, pool, key):
     return held
 
 
-def _call(back, kind, train, reverse, rows, H, P, sizes, offsets, first, out, h, c, whh, bhn, whr, a):
-    _native.scan(back, _CODES[kind.name], train, reverse, rows[0], rows[1], H, P, sizes, offsets, first, out, h, c,
-                 whh, bhn, whr, a.get("gates"), a.get("hprev"), a.get("cprev"), a.get("tc"), a.get("m"),
-                 a.get("ghn"), a.get("dgx"), a.get("dgh"), a.get("dproj"), a.get("scratch"), h.dtype.itemsize)
+def _split(sizes, prep):
+    """Row ranges of the batch for side-by-side calls (see :func:`..threads.row_ranges`)."""
+    lengths = np.searchsorted(-sizes, -np.arange(1, int(sizes[0]) + 1), side="right")  # steps with > r rows
+    G = prep.kind.num_gates
+    return threads.row_ranges(lengths, G * prep.H * (prep.P + prep.w_ih.shape[1]) + prep.H * prep.P)
 
 
-def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None,
-                      row_ranges=None, run_parts=None):
+def _call(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a, accumulate=False):
+    if back:
+        wih, whh, whr = prep.wih_b, prep.whh_b, prep.whr_b
+    else:
+        wih, whh, whr = prep.wih, prep.whh, prep.whr
+    _native.scan(back, _CODES[prep.kind.name], train, reverse, rows[0], rows[1], prep.H, prep.P,
+                 prep.w_ih.shape[1], accumulate, sizes, offsets, x, out, h, c, wih, whh, prep.bias, prep.b_hn, whr,
+                 a.get("gates"), a.get("hprev"), a.get("cprev"), a.get("tc"), a.get("m"), a.get("ghn"), a.get("gxs"),
+                 a.get("dx"), a.get("dgx"), a.get("dgh"), a.get("dproj"), a.get("scratch"), h.dtype.itemsize)
+
+
+def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None):
     """One layer in one direction over packed ``x`` (T, H_in); see
-    :func:`.scan.direction_forward`, whose contract this keeps.  ``row_ranges`` (with
-    ``run_parts``, a function that runs callables side by side) splits the batch: each
-    range of rows runs its whole time loop in its own call.
-    Returns ``(final_state, record)``; record is None unless ``train``."""
+    :func:`.scan.direction_forward`, whose contract this keeps.  A large batch is split
+    (:func:`..threads.row_ranges`): each part runs its whole time loop in its own call, on
+    its own thread.  Returns ``(final_state, record)``; record is None unless ``train``."""
     T = x.shape[0]
-    G = 4 if kind.name == "lstm" else 3 if kind.name == "gru" else 1
-    H = prep.whh_plain.shape[0] // G
-    P = prep.whh_plain.shape[1]
+    H, P = prep.H, prep.P
     sizes, offsets = _layout(batch_sizes)
     N = int(sizes[0])
-    gx = _arrays({"gx": (T, G * H)}, x.dtype, pool, (key, "native gx"))["gx"]
-    np.dot(x, prep.w_ih.T, out=gx)  # (T, G*H), all steps at once
-    if prep.b_gx is not None:
-        gx += prep.b_gx
     h = np.array(state0[0], order="C", copy=True)
     c = np.array(state0[1], order="C", copy=True) if kind.name == "lstm" else None
     shapes = _tape_shapes(kind, H, P, prep.whr is not None, T if train else N)
@@ -199,33 +208,28 @@ def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out
         if kind.name == "lstm":
             shapes["cprev"] = (T, H)
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
-
-    def part(rows):
-        _call(0, kind, int(train), int(reverse), rows, H, P, sizes, offsets, gx, out, h, c, prep.whh, prep.b_hn,
-              prep.whr, arrays)
-
-    if N == 0:  # an empty batch: nothing runs
-        pass
-    elif row_ranges is None or len(row_ranges) < 2:
-        part((0, N))
-    else:
-        run_parts([lambda r=r: part(r) for r in row_ranges])
+    if kind.name == "gru":
+        arrays = dict(arrays, gxs=_arrays({"gxs": (N, 3 * H)}, x.dtype, pool, (key, "native gxs"))["gxs"])
+    if N:
+        x = np.ascontiguousarray(x)
+        threads.run_parts([lambda r=r: _call(0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c,
+                                             arrays) for r in _split(sizes, prep)])
     state = (h,) if c is None else (h, c)
     record = None
     if train:
-        record = NativeRecord(kind, x, prep, sizes, offsets, bool(reverse), arrays, prep.b_gx is not None, H, P)
+        record = NativeRecord(kind, x, prep, sizes, offsets, bool(reverse), arrays, prep.bias is not None, H, P)
     return state, record
 
 
-def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False,
-                       row_ranges=None, run_parts=None):
-    """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`."""
+def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False):
+    """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
+    input gradient is computed step by step inside the loop, the weight gradients after it."""
     from .scan import weight_grads
 
-    kind, H, P = rec.kind, rec.H, rec.P
+    kind, H, P, prep = rec.kind, rec.H, rec.P, rec.prep
     T = rec.x.shape[0]
-    G = rec.tape["gates"].shape[1] // H
-    proj = rec.prep.whr is not None
+    G = kind.num_gates
+    proj = prep.whr is not None
     shapes = {"dgx": (T, G * H)}
     if kind.name == "gru":
         shapes["dgh"] = (T, G * H)
@@ -233,32 +237,21 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
         shapes["dproj"] = (T, P)
         shapes["scratch"] = (dstate[0].shape[0], H)
     grads = _arrays(shapes, rec.x.dtype, pool, (key, "native grads"))
-    arrays = dict(rec.tape)
-    arrays.update(grads)
-    dh = dstate[0] if dstate[0].flags.c_contiguous else np.ascontiguousarray(dstate[0])
-    dc = None
-    if kind.name == "lstm":
-        dc = dstate[1] if dstate[1].flags.c_contiguous else np.ascontiguousarray(dstate[1])
-    N = int(rec.batch_sizes[0])
-
-    def part(rows):
-        _call(1, kind, 1, int(rec.reverse), rows, H, P, rec.batch_sizes, rec.offsets, None, dout, dh, dc,
-              rec.prep.whh_b, rec.prep.b_hn, rec.prep.whr_b, arrays)
-
-    if N == 0:
+    if dx is None:
+        dx = np.empty(rec.x.shape, rec.x.dtype)
+        accumulate = False
+    arrays = dict(rec.tape, dx=dx, **grads)
+    dh = np.array(dstate[0], order="C", copy=True)
+    dc = np.array(dstate[1], order="C", copy=True) if kind.name == "lstm" else None
+    if int(rec.batch_sizes[0]) == 0:
         for g in grads.values():
             g.fill(0)
-    elif row_ranges is None or len(row_ranges) < 2:
-        part((0, N))
+        if not accumulate:
+            dx.fill(0)
     else:
-        run_parts([lambda r=r: part(r) for r in row_ranges])
+        threads.run_parts([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
+                                             dout, dh, dc, arrays, accumulate) for r in _split(rec.batch_sizes, prep)])
     dgx = grads["dgx"]
-    dgh = grads.get("dgh", dgx)
-    if dx is None:
-        dx = dgx @ rec.prep.w_ih  # (T, H_in)
-    elif accumulate:
-        dx += dgx @ rec.prep.w_ih
-    else:
-        np.dot(dgx, rec.prep.w_ih, out=dx)
-    pgrads = weight_grads(rec.x, dgx, dgh, arrays["hprev"], rec.has_bias, grads.get("dproj"), arrays.get("m"))
+    pgrads = weight_grads(rec.x, dgx, grads.get("dgh", dgx), arrays["hprev"], rec.has_bias, grads.get("dproj"),
+                          arrays.get("m"))
     return dx, (dh,) if dc is None else (dh, dc), pgrads
