@@ -150,11 +150,13 @@ struct isa {
     scan_fn forward[2], backward[2];  /* [float, double] */
     void (*pack_f)(const float *, long, long, long, long, float *);
     void (*pack_d)(const double *, long, long, long, long, double *);
+    void (*at_f)(long, long, long, long, const float *, long, const float *, float *, long, int);
+    void (*at_d)(long, long, long, long, const double *, long, const double *, double *, long, int);
 };
 
 #define ISA(label, vb, s)                                                                                  \
     {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
-     pack_f64_##s}
+     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s}
 static const struct isa ISA_BASE = ISA("baseline", 16, base);
 #ifdef HAVE_X86_VARIANTS
 static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);
@@ -382,6 +384,47 @@ fail:
     return NULL;
 }
 
+/* gemm_at(A, Bp, C, r0, r1, accumulate): C[r0:r1] (+)= A[:, r0:r1].T @ B for A (K, M1) and
+   C (M1, M) C-contiguous, B (K, M) packed by pack().  The GIL is released. */
+static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "_native.gemm_at takes 6 arguments");
+        return NULL;
+    }
+    int err = 0;
+    long r0 = as_long(args[3], &err), r1 = as_long(args[4], &err);
+    int accumulate = (int)as_long(args[5], &err);
+    if (err) return NULL;
+    struct bufs b;
+    b.n = 0;
+    Py_buffer *a = &b.v[0], *c = &b.v[1];
+    if (PyObject_GetBuffer(args[0], a, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT) < 0) return NULL;
+    b.n = 1;
+    if (PyObject_GetBuffer(args[2], c, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto fail;
+    b.n = 2;
+    Py_ssize_t isz = a->itemsize;
+    if ((isz != 4 && isz != 8) || c->itemsize != isz || a->ndim != 2 || c->ndim != 2 ||
+        c->shape[0] != a->shape[1] || a->shape[0] < 1 || r0 < 0 || r1 > c->shape[0] || r0 > r1) {
+        PyErr_SetString(PyExc_ValueError, "_native.gemm_at: A (K, M1), C (M1, M) and 0 <= r0 <= r1 <= M1 expected");
+        goto fail;
+    }
+    long K = (long)a->shape[0], M1 = (long)a->shape[1], M = (long)c->shape[1];
+    const void *bp = get(&b, args[1], "Bp", 0, isz, K * panels(M, isz), 0, 0, NULL);
+    if (!bp) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        isa->at_f(r0, r1, K, M, (const float *)a->buf, M1, (const float *)bp, (float *)c->buf, M, accumulate);
+    else
+        isa->at_d(r0, r1, K, M, (const double *)a->buf, M1, (const double *)bp, (double *)c->buf, M, accumulate);
+    Py_END_ALLOW_THREADS
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -422,6 +465,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL, "Run one layer-direction's time loop."},
     {"pack", (PyCFunction)(void (*)(void))py_pack, METH_FASTCALL, "Pack a weight matrix into panels."},
+    {"gemm_at", (PyCFunction)(void (*)(void))py_gemm_at, METH_FASTCALL, "A weight gradient: C (+)= A.T @ B."},
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
     {"panel_width", py_panel, METH_O, "Columns per packed panel for an item size."},
     {"set_isa", py_set_isa, METH_O, "Choose the instruction set (tests)."},

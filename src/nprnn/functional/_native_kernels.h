@@ -30,11 +30,12 @@ static inline __attribute__((always_inline)) void FN(vstore)(T *p, V v) { *(V *)
 
 /* C[0:mr, panels j..j+np-1] = Cin + A1 @ B1 (+ A2 @ B2): A[i][k] = A[i * ars + k * aks].
    Cin may be NULL (zero), C itself, or one row broadcast to all (ldcin = 0, a bias).  The
-   last panel may be partial (cols < np * NR valid columns). */
+   panels of B1 lie ps1 elements apart (K1 * NR unless K is cut into blocks), those of B2 ps2.
+   The last panel may be partial (cols < np * NR valid columns). */
 static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long K1, const T *A1, long ars1,
-                                                         long aks1, const T *B1, long K2, const T *A2, long ars2,
-                                                         const T *B2, T *C, long ldc, const T *Cin, long ldcin,
-                                                         long cols) {
+                                                         long aks1, const T *B1, long ps1, long K2, const T *A2,
+                                                         long ars2, const T *B2, long ps2, T *C, long ldc,
+                                                         const T *Cin, long ldcin, long cols) {
     V acc[MR][8];
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < 2 * np; v++) acc[i][v] = (V){0};
@@ -43,7 +44,7 @@ static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long 
         const T *A = src ? A2 : A1;
         const T *b = src ? B2 : B1;
         const long ars = src ? ars2 : ars1, aks = src ? 1 : aks1;
-        const long pstride = K * NR;
+        const long pstride = src ? ps2 : ps1;
         for (long k = 0; k < K; k++, b += NR) {
             V bv[8];
             for (int p = 0; p < np; p++) {
@@ -86,12 +87,12 @@ static inline __attribute__((always_inline)) void FN(row_block)(int mr, const st
     const long K1 = g->K1, K2 = g->A2 ? g->K2 : 0;
     long j = 0;
     for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
-        FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
-                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (long)wide * NR);
+        FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
+                 K2 * NR, C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (long)wide * NR);
     for (; j < npan; j++) {
         long cols = M - j * NR < NR ? M - j * NR : NR;
-        FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
-                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
+        FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
+                 K2 * NR, C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
     }
 }
 
@@ -126,6 +127,49 @@ static inline void FN(mm2)(long n, long M, long K1, const T *A1, long lda1, cons
     struct gemm g = {n, M, K1, A1, lda1, 1, B1, K2, A2, lda2, B2, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
+
+/* C[r0:r1] (+)= A[:, r0:r1].T @ B (C the whole (lda, M) output) for A (K, lda) row-major and B (K, M) packed: a weight
+   gradient, summed over the K packed rows of a sequence.  K is cut into blocks so that a
+   block of each B panel stays in the nearer caches while the rows of C go by. */
+#define KC 256
+static inline __attribute__((always_inline)) void FN(at_block)(int mr, long kc, const T *A, long lda,
+                                                             const T *Bp, long K, long M, T *C, long ldc,
+                                                             const T *Cin) {
+    const long npan = (M + NR - 1) / NR;
+    const int wide = PANELS(mr);
+    long j = 0;
+    for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
+        FN(tile)(mr, wide, kc, A, 1, lda, Bp + j * K * NR, K * NR, 0, 0, 0, 0, 0, C + j * NR, ldc,
+                 Cin ? Cin + j * NR : 0, ldc, (long)wide * NR);
+    for (; j < npan; j++) {
+        long cols = M - j * NR < NR ? M - j * NR : NR;
+        FN(tile)(mr, 1, kc, A, 1, lda, Bp + j * K * NR, K * NR, 0, 0, 0, 0, 0, C + j * NR, ldc,
+                 Cin ? Cin + j * NR : 0, ldc, cols);
+    }
+}
+
+#define AT_CASE(r) \
+    case r: FN(at_block)(r, kc, A + i + k0 * lda, lda, Bp + k0 * NR, K, M, C + i * ldc, ldc, cin ? C + i * ldc : 0); break;
+
+static void FN(gemm_at)(long r0, long r1, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc,
+                        int accumulate) {
+    for (long k0 = 0; k0 < K; k0 += KC) {
+        const long kc = K - k0 < KC ? K - k0 : KC;
+        const int cin = accumulate || k0 > 0;
+        for (long i = r0; i < r1; i += MR) {
+            long mr = r1 - i < MR ? r1 - i : MR;
+            switch (mr) {
+                AT_CASE(1) AT_CASE(2) AT_CASE(3) AT_CASE(4) AT_CASE(5) AT_CASE(6)
+#if MR > 6
+                AT_CASE(7) AT_CASE(8) AT_CASE(9) AT_CASE(10) AT_CASE(11) AT_CASE(12)
+#endif
+                default: break;
+            }
+        }
+    }
+}
+#undef AT_CASE
+#undef KC
 
 /* Pack B (K, M) into panels: B[k][m] = src[k * sk + m * sm]. */
 static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst) {

@@ -224,8 +224,6 @@ def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out
 def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False):
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
-    from .scan import weight_grads
-
     kind, H, P, prep = rec.kind, rec.H, rec.P, rec.prep
     T = rec.x.shape[0]
     G = kind.num_gates
@@ -252,6 +250,23 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
         threads.run_parts([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
                                              dout, dh, dc, arrays, accumulate) for r in _split(rec.batch_sizes, prep)])
     dgx = grads["dgx"]
-    pgrads = weight_grads(rec.x, dgx, grads.get("dgh", dgx), arrays["hprev"], rec.has_bias, grads.get("dproj"),
-                          arrays.get("m"))
+    dgh = grads.get("dgh", dgx)
+    dproj = grads.get("dproj")
+    pgrads = (_at(dgx, rec.x), _at(dgh, arrays["hprev"]),
+              dgx.sum(axis=0) if rec.has_bias else None, dgh.sum(axis=0) if rec.has_bias else None,
+              None if dproj is None else _at(dproj, arrays["m"]))  # dW_ih, dW_hh, db_ih, db_hh, dW_hr
     return dx, (dh,) if dc is None else (dh, dc), pgrads
+
+
+def _at(a, b):
+    """``a.T @ b`` for ``a`` (T, M1) and ``b`` (T, M), a weight gradient summed over the
+    packed rows, on the compiled kernel with the rows of the result split across threads
+    (NumPy's BLAS would leave its own threads spinning against the next loop's)."""
+    K, M1 = a.shape
+    if K == 0:
+        return np.zeros((M1, b.shape[1]), a.dtype)
+    bp = _packed(b, False)
+    out = np.empty((M1, b.shape[1]), a.dtype)
+    threads.run_parts([lambda r=r: _native.gemm_at(a, bp, out, r[0], r[1], 0)
+                       for r in threads.row_ranges([K] * M1, b.shape[1])])
+    return out
