@@ -27,11 +27,14 @@ def _numeric(f, arr, eps=1e-6):
     for _ in it:
         i = it.multi_index
         old = arr[i]
-        arr[i] = old + eps
+        with nprnn.writable(arr):  # a parameter changes only here (and the layers see the change)
+            arr[i] = old + eps
         fp = f()
-        arr[i] = old - eps
+        with nprnn.writable(arr):
+            arr[i] = old - eps
         fm = f()
-        arr[i] = old
+        with nprnn.writable(arr):
+            arr[i] = old
         grad[i] = (fp - fm) / (2 * eps)
     return grad
 

@@ -1,7 +1,8 @@
 """nprnn: PyTorch's recurrent layers written from first principles on NumPy."""
 from . import utils
 from .cells import GRUCell, LSTMCell, RNNCell
-from .module import Module
+from .functional.native import backend, set_backend
+from .module import Module, writable
 from .packing import (
     PackedSequence,
     pack_padded_sequence,
@@ -21,5 +22,5 @@ __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
-    "get_helper_process", "__version__",
+    "get_helper_process", "backend", "set_backend", "writable", "__version__",
 ]

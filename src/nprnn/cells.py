@@ -106,7 +106,8 @@ class RNNCellBase(Module):
                 states.append(h2)
         out = np.empty((N, self.hidden_size), self.dtype)
         train = self.training
-        final, rec = direction_forward(self.kind, np.ascontiguousarray(x2), self._params(), tuple(states), [N], False, out, train)
+        final, rec = direction_forward(self.kind, np.ascontiguousarray(x2), self._params(), tuple(states), [N], False,
+                                       out, train, key=0, cache=self._prepared)
         if train:
             self._stack.append((rec, batched, N))
         return final if batched else tuple(f[0] for f in final)

@@ -8,11 +8,88 @@ gradient array of the same shape in ``grads`` that backward adds into.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_READ_ONLY = ("nprnn parameters are read-only, so that no layer ever runs on weights it prepared before a change: "
+              "change them with load_state_dict(), by assigning the attribute (module.weight_hh_l0 = new_array), "
+              "or in place inside `with nprnn.writable(module):`")
+_epoch = [0]  # bumped whenever any parameter changes by one of those routes
+
+
+def parameter_epoch() -> int:
+    """A counter that changes whenever any parameter of any module may have changed;
+    caches of prepared weights compare it to the value they were made at."""
+    return _epoch[0]
+
+
+class Parameter(np.ndarray):
+    """A parameter array: an ndarray that is read-only outside :func:`writable`, and says
+    so in words (NumPy's own message does not name the supported ways).  Arithmetic on it
+    gives ordinary arrays' values; its copies are writable."""
+
+    def _refuse(self):
+        if not self.flags.writeable:
+            raise ValueError(_READ_ONLY)
+
+    def __setitem__(self, key, value):
+        self._refuse()
+        super().__setitem__(key, value)
+
+    def __iadd__(self, other):
+        self._refuse()
+        return super().__iadd__(other)
+
+    def __isub__(self, other):
+        self._refuse()
+        return super().__isub__(other)
+
+    def __imul__(self, other):
+        self._refuse()
+        return super().__imul__(other)
+
+    def __itruediv__(self, other):
+        self._refuse()
+        return super().__itruediv__(other)
+
+
+def as_parameter(value: np.ndarray) -> Parameter:
+    """A read-only :class:`Parameter` holding a C-ordered copy of ``value``."""
+    p = np.array(value, order="C", copy=True).view(Parameter)
+    p.flags.writeable = False
+    return p
+
+
+@contextmanager
+def writable(*targets):
+    """Within the block, the parameters of the given modules (and any arrays given) may be
+    written in place; on leaving, they are read-only again and every cache of prepared
+    weights is refreshed at its next use::
+
+        with nprnn.writable(lstm):
+            lstm.weight_hh_l0[0] = 0
+    """
+    arrays = []
+    for t in targets:
+        if isinstance(t, Module):
+            arrays.extend(p for _, p in t.named_parameters())
+        elif isinstance(t, np.ndarray):
+            arrays.append(t)
+        else:
+            raise TypeError(f"writable() takes modules and arrays, got {type(t).__name__}")
+    frozen = [a for a in arrays if isinstance(a, Parameter) and not a.flags.writeable]
+    for a in frozen:
+        a.flags.writeable = True
+    try:
+        yield
+    finally:
+        for a in frozen:
+            a.flags.writeable = False
+        _epoch[0] += 1
 
 
 def resolve_dtype(dtype) -> np.dtype:
@@ -37,8 +114,9 @@ def init_uniform(module: "Module", hidden_size: int, rng: np.random.Generator) -
     """Draw every parameter of ``module`` from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)),
     PyTorch's initialisation of recurrent layers and cells."""
     stdv = 1.0 / np.sqrt(hidden_size)
-    for p in module.parameters():
-        p[...] = rng.uniform(-stdv, stdv, p.shape)
+    with writable(module):
+        for p in module.parameters():
+            p[...] = rng.uniform(-stdv, stdv, p.shape)
 
 
 class IncompatibleKeys(NamedTuple):
@@ -58,11 +136,13 @@ class Module:
         object.__setattr__(self, "_grads", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_prepared", {})  # weights arranged for the compiled kernels, see functional.native
 
     # -- attributes ------------------------------------------------------------
     def register_parameter(self, name: str, value: np.ndarray) -> None:
-        self._parameters[name] = value
-        self._grads[name] = np.zeros_like(value)
+        self._parameters[name] = as_parameter(value)
+        self._grads[name] = np.zeros(value.shape, value.dtype)
+        _epoch[0] += 1
 
     def __getattr__(self, name):
         # only called when normal lookup fails
@@ -82,7 +162,8 @@ class Module:
                 raise ValueError(
                     f"cannot assign an array of shape {new.shape} to parameter '{name}' of shape {old.shape}"
                 )
-            params[name] = np.array(new, dtype=old.dtype, order="C", copy=True)
+            params[name] = as_parameter(np.asarray(new, dtype=old.dtype))
+            _epoch[0] += 1
             return
         if isinstance(value, Module):
             if "_modules" not in self.__dict__:
@@ -133,7 +214,7 @@ class Module:
     # -- state dicts -----------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of every parameter, in PyTorch's order and with its names."""
-        return OrderedDict((k, v.copy()) for k, v in self.named_parameters())
+        return OrderedDict((k, np.array(v)) for k, v in self.named_parameters())
 
     def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state_dict`` (any array-likes, e.g. NumPy arrays or CPU
@@ -192,8 +273,26 @@ class Module:
     def apply_state_dict(self, converted: Mapping) -> None:
         """Copy already validated arrays (from :meth:`check_state_dict`) into the parameters."""
         own = dict(self.named_parameters())
-        for key, value in converted.items():
-            np.copyto(own[key], value, casting="unsafe")
+        with writable(*(own[key] for key in converted)):
+            for key, value in converted.items():
+                np.copyto(own[key], value, casting="unsafe")
+
+    # -- copies ----------------------------------------------------------------
+    def __getstate__(self):
+        """Copies and pickles leave out the prepared weights (made again on first use)."""
+        state = dict(self.__dict__)
+        state["_prepared"] = {}
+        return state
+
+    def __setstate__(self, state):
+        """Unpickled and copied parameters are read-only again (pickle keeps no flags)."""
+        self.__dict__.update(state)
+        if "_prepared" in state:  # weights prepared in another process or for the original
+            self.__dict__["_prepared"] = {}
+        for name, p in list(self._parameters.items()):
+            if not (isinstance(p, Parameter) and not p.flags.writeable):
+                self._parameters[name] = as_parameter(p)
+        _epoch[0] += 1
 
     # -- calling ---------------------------------------------------------------
     def __call__(self, *args, **kwargs):

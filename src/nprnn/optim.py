@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .module import Module
+from .module import Module, writable
 
 
 def _pairs(params):
@@ -52,8 +52,9 @@ class Optimizer:
             g.fill(0)
 
     def step(self) -> None:
-        for k, (p, g) in enumerate(zip(self.params, self.grads)):
-            self._update(p, g, self.state[k])
+        with writable(*self.params):
+            for k, (p, g) in enumerate(zip(self.params, self.grads)):
+                self._update(p, g, self.state[k])
 
     def _update(self, p, g, state):  # pragma: no cover - abstract
         raise NotImplementedError

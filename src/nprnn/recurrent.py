@@ -332,14 +332,14 @@ class RNNBase(Module):
     def __getstate__(self):
         """Copies and pickles carry parameters, gradients and settings; not the work
         arrays or a pending backward record."""
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["_buffers"] = None
         state["_record"] = None
         state.pop("_helper_token", None)  # a copy is another module to the helper
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        super().__setstate__(state)
         self.__dict__["_buffers"] = threading.local()
 
     def release_buffers(self) -> None:
@@ -412,7 +412,7 @@ class RNNBase(Module):
         params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
         return direction_forward(self.kind, x, params, tuple(s[idx] for s in states), batch_sizes,
                                  d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
-                                 self._step_options(idx), pool, idx, pipeline)
+                                 self._step_options(idx), pool, idx, pipeline, self._prepared)
 
     def _run_helped(self, helper, mode, x, batch_sizes, states, finals):
         """:meth:`_run` with a helper process (:mod:`nprnn.helper`): the reverse directions,

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from .. import threads
+from ..module import parameter_epoch
 
 try:
     from . import _native
@@ -119,6 +120,20 @@ def prepare(kind, params) -> Prepared:
         wih_b=_packed(w_ih, False), whh_b=_packed(w_hh, False),
         whr_b=None if w_hr is None else _packed(w_hr, False), isa=_native.isa(),
     )
+
+
+def prepared(cache: dict, key, kind, params) -> Prepared:
+    """The prepared weights of ``params`` from ``cache`` (a dict its module owns), made
+    anew when any parameter has changed since (see :func:`nprnn.module.parameter_epoch`:
+    parameters are read-only except through the routes that bump it) or the instruction
+    set is another.  A one-step call then pays for the step, not for packing weights."""
+    epoch = parameter_epoch()
+    hit = cache.get(key)
+    if hit is not None and hit[0] == epoch and hit[1].isa == _native.isa():
+        return hit[1]
+    prep = prepare(kind, params)
+    cache[key] = (epoch, prep)
+    return prep
 
 
 @dataclass

@@ -295,7 +295,7 @@ class DirectionRecord:
 
 
 def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None,
-                      pipeline=None):
+                      pipeline=None, cache=None):
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
@@ -306,11 +306,12 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     Returns ``(final_state, record)``; record is None unless ``train``.
 
     Runs on the compiled tier (:mod:`.native`) where it can: not for a pipelined stage,
-    nor for the ONNX-only variants.
+    nor for the ONNX-only variants.  ``cache`` (a dict the caller owns) keeps that tier's
+    prepared weights under ``key`` from one call to the next.
     """
     if pipeline is None and native.supports(kind, x.dtype):
-        return native.direction_forward(kind, x, native.prepare(kind, params), state0, batch_sizes, reverse, out,
-                                        train, pool, key)
+        prep = native.prepare(kind, params) if cache is None else native.prepared(cache, key, kind, params)
+        return native.direction_forward(kind, x, prep, state0, batch_sizes, reverse, out, train, pool, key)
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
