@@ -15,6 +15,9 @@ def test_demo_prints_seed_shapes_and_only_ok(capsys):
         assert expected in text
     assert "MISMATCH" not in text
     assert text.count("OK ") >= 10
+    import nprnn
+
+    assert f"backend: {nprnn.backend()} (" in text  # which kernels ran, and why
 
 
 def test_module_entry_point():

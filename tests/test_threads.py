@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 
 import nprnn
-from nprnn import helper, threads
+from nprnn import threads
 from reference import LAYERS, compare, concurrent_config, make_inputs, run_nprnn, run_torch
+
+
+@pytest.fixture(autouse=True)
+def numpy_tier():
+    """Two scans side by side is how the NumPy tier uses a second core (the compiled tier
+    splits the batch instead: tests/test_native.py)."""
+    before = nprnn.backend()
+    nprnn.set_backend("numpy")
+    yield
+    nprnn.set_backend(before)
 
 
 @pytest.fixture
@@ -21,7 +31,6 @@ def side_by_side(monkeypatch):
     monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
     monkeypatch.setattr(threads, "_num_threads", 2)
-    monkeypatch.setitem(helper._state, "enabled", False)  # threads here; tests/test_helper.py has the process
     calls = []
     real = threads.run_side_by_side
 
@@ -66,7 +75,6 @@ def test_side_by_side_equals_one_at_a_time(cfg, monkeypatch):
     case = make_inputs(cfg)
     monkeypatch.setattr(threads, "_num_threads", 1)
     want = run_nprnn(cfg, case)
-    monkeypatch.setitem(helper._state, "enabled", False)
     monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 0)
     monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
@@ -155,10 +163,10 @@ def _fail_on(monkeypatch, layer_index):
     """Make the scan of one layer-direction raise."""
     real = nprnn.recurrent.direction_forward
 
-    def failing(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, pipeline):
+    def failing(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, *rest):
         if key == layer_index:
             raise MemoryError(f"boom in {key}")
-        return real(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, pipeline)
+        return real(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, *rest)
 
     monkeypatch.setattr(nprnn.recurrent, "direction_forward", failing)
 
@@ -289,3 +297,11 @@ def test_training_on_threads_needs_more_work_a_step(side_by_side, monkeypatch):
     m.train()
     m(x)
     assert len(side_by_side) == 2
+
+
+def test_set_helper_process_is_a_no_op_that_warns():
+    with pytest.warns(FutureWarning, match="set_helper_process\\(\\) does nothing"):
+        nprnn.set_helper_process(True)
+    with pytest.warns(FutureWarning, match="always False"):
+        assert nprnn.get_helper_process() is False
+

@@ -74,8 +74,6 @@ FORWARD = [
      "LSTM hx dtype (float64) does not match weight dtype (float32)"),
     (lambda: gru(np.ones((3, 2, 5), np.int64)), TypeError, "GRU: input must be a floating-point array of dtype float32, got dtype int64"),
     (lambda: gru([["a"] * 5] * 3), TypeError, "GRU: input must be an array of numbers"),
-    (lambda: gru(np.full((3, 2, 5), np.nan, f32)), ValueError, "GRU: input contains NaN or infinity"),
-    (lambda: rnn(rnd(3, 2, 5), np.full((2, 2, 6), np.inf, f32)), ValueError, "RNN: hx contains NaN or infinity"),
 ]
 
 CELLS = [

@@ -13,8 +13,7 @@ from .packing import (
     unpad_sequence,
 )
 from .recurrent import GRU, LSTM, RNN, RNNBase
-from .helper import get_helper_process, set_helper_process
-from .threads import get_num_threads, set_num_threads
+from .threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
 
 __version__ = "0.1.0"
 

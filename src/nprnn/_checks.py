@@ -41,8 +41,8 @@ def as_array(value, name: str, dtype: np.dtype, owner: str) -> np.ndarray:
     """``value`` as a floating array of the module's dtype.
 
     NumPy arrays must already have that dtype (float32 in, float32 out); other array-likes
-    (lists, scalars, CPU tensors) are converted.  Non-numeric and non-finite values are
-    refused with a message naming the argument.
+    (lists, scalars, CPU tensors) are converted.  Non-numeric values are refused with a
+    message naming the argument; NaN and infinity pass through the layers as in PyTorch.
     """
     def mismatch(got):
         return ValueError(
@@ -66,6 +66,4 @@ def as_array(value, name: str, dtype: np.dtype, owner: str) -> np.ndarray:
         if hasattr(value, "dtype") and arr.dtype.kind == "f" and arr.dtype != dtype:
             raise mismatch(arr.dtype)  # a typed array-like (e.g. a tensor) of the other precision
         arr = arr.astype(dtype)
-    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
-        raise ValueError(f"{owner}: {name} contains NaN or infinity")
     return arr

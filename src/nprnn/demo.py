@@ -54,12 +54,23 @@ def _check(label, ok, out):
     print(f"    {'OK' if ok else 'MISMATCH':8s} {label}")
 
 
+def _backend_line() -> str:
+    """Which kernels run: the compiled ones (and their instruction set) or NumPy's."""
+    from .functional import native
+
+    if native.backend() == "native":
+        return f"native (compiled kernels, {native.isa()})"
+    why = "NPRNN_BACKEND=numpy" if native._native is not None else "the compiled kernels are not built here"
+    return f"numpy ({why})"
+
+
 def run(compare_torch: bool = False) -> int:
     """Print every example; return 0 when every check holds."""
     rng = np.random.default_rng(2024)
     results = []
     torch_diffs = []
-    print("nprnn demo: the seed's examples (shapes, and the identities checked by real comparison)\n")
+    print("nprnn demo: the seed's examples (shapes, and the identities checked by real comparison)")
+    print(f"backend: {_backend_line()}\n")
     for i, (title, mod, x, hx) in enumerate(_examples(rng), 1):
         print(f"[{i}] {title}")
         out, state = mod(x, hx)

@@ -14,9 +14,8 @@ from ._checks import as_array, check_bool, check_dropout, check_int, check_nonli
 from .functional import KINDS, alloc_blocks, direction_backward, direction_forward, native
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
-from . import helper as helpers
 from . import threads
-from .threads import blas_halved, get_num_threads, run_pipeline, run_side_by_side, side_by_side_pays
+from .threads import run_pipeline, run_side_by_side, side_by_side_pays
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
@@ -335,7 +334,6 @@ class RNNBase(Module):
         state = super().__getstate__()
         state["_buffers"] = None
         state["_record"] = None
-        state.pop("_helper_token", None)  # a copy is another module to the helper
         return state
 
     def __setstate__(self, state):
@@ -343,11 +341,9 @@ class RNNBase(Module):
         self.__dict__["_buffers"] = threading.local()
 
     def release_buffers(self) -> None:
-        """Free the work arrays kept between calls (and any pending backward record), here
-        and in the helper process (at its next run)."""
+        """Free the work arrays kept between calls (and any pending backward record)."""
         self._buffers = threading.local()
         self._record = None
-        helpers.forget(self)
 
     def _dropout_mask(self, shape):
         p = self.dropout
@@ -363,17 +359,6 @@ class RNNBase(Module):
         self._record = None  # the previous record's buffers are about to be reused
         pool = self._pool()
         finals = [np.empty(s.shape, self.dtype) for s in states]
-        mode = self._side_by_side(x.shape[0], len(batch_sizes), helpers.MIN_STEP_WORK)
-        helper = None if mode is None else helpers.acquire(max(1, get_num_threads() // 2))
-        if helper is not None:
-            try:
-                with blas_halved():
-                    return self._run_helped(helper, mode, x, batch_sizes, states, finals)
-            except helpers.HelperFailed as exc:  # nothing was kept: run it here instead
-                helpers.discard()
-                warnings.warn(f"nprnn: {exc}; running on threads instead", RuntimeWarning, stacklevel=4)
-            finally:
-                helpers.release()
         mode = self._side_by_side(x.shape[0], len(batch_sizes),
                                   threads.MIN_TRAIN_STEP_WORK if train else threads.MIN_STEP_WORK)
         records = [None] * (L * D)
@@ -402,7 +387,7 @@ class RNNBase(Module):
                     outs[layer] *= masks[layer]
         record = None
         if train:
-            record = _Record(records=records, masks=masks, batch_sizes=batch_sizes, side_by_side=mode, helper=None)
+            record = _Record(records=records, masks=masks, batch_sizes=batch_sizes, side_by_side=mode)
         return outs[-1], finals, record
 
     def _direction(self, x, idx, batch_sizes, states, out, train, pool, pipeline=None):
@@ -413,75 +398,6 @@ class RNNBase(Module):
         return direction_forward(self.kind, x, params, tuple(s[idx] for s in states), batch_sizes,
                                  d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
                                  self._step_options(idx), pool, idx, pipeline, self._prepared)
-
-    def _run_helped(self, helper, mode, x, batch_sizes, states, finals):
-        """:meth:`_run` with a helper process (:mod:`nprnn.helper`): the reverse directions,
-        or the odd layers of a one-directional stack, run there, and in training their
-        records stay there for :meth:`_backward_helped`.  Every layer's output lives in
-        shared memory; returns a copy of the last one, the final states and the record."""
-        D, P, L = self.num_directions, self._h_out, self.num_layers
-        train = self.training
-        pool = self._pool()
-        helper.begin()
-        outs = [helper.empty((x.shape[0], D * P), self.dtype) for _ in range(L)]  # (array, spec) each
-        records = [None] * (L * D)
-        masks = [None] * L
-
-        def job(idx, x_spec, stream=None):
-            d = idx % D
-            return dict(op="forward", train=train, idx=idx, reverse=d == 1 or self._reverse_only, x=x_spec,
-                        out=outs[idx // D][1], cols=(d * P, (d + 1) * P), state0=tuple(s[idx] for s in states),
-                        params=tuple(None if n is None else helper.share(self._parameters[n])
-                                     for n in self._layer_names[idx]),
-                        options=self._step_options(idx), stream=stream)
-
-        def here(layer, x_in, pipeline=None):
-            idx = layer * D
-            final, records[idx] = self._direction(x_in, idx, batch_sizes, states, outs[layer][0], train, pool, pipeline)
-            if train and layer > 0:  # its input is in shared memory, which the next run reuses
-                records[idx].x = helpers.keep_copy(records[idx].x, pool, (idx, "x kept"))
-            _put(finals, idx, final)
-
-        def beside(jobs, work):
-            for idx, final in self._beside_helper(helper, batch_sizes, jobs, work).items():
-                _put(finals, idx, final)
-
-        if mode == "layers":  # stream l carries layer l's output; odd layers in the helper
-            jobs = [job(layer, outs[layer - 1][1], (layer - 1, layer if layer < L - 1 else None))
-                    for layer in range(1, L, 2)]
-
-            def even_layers():
-                for layer in range(0, L, 2):
-                    here(layer, x if layer == 0 else outs[layer - 1][0],
-                         (helper.stream(layer - 1) if layer else None,
-                          helper.stream(layer) if layer < L - 1 else None))
-
-            beside(jobs, even_layers)
-        else:
-            for layer in range(L):
-                x_in = x if layer == 0 else outs[layer - 1][0]
-                x_spec = helper.share(x) if layer == 0 else outs[layer - 1][1]
-                beside([job(layer * D + 1, x_spec)], lambda: here(layer, x_in))
-                if train and self.dropout > 0 and layer < L - 1:
-                    masks[layer] = self._dropout_mask(outs[layer][0].shape)
-                    np.multiply(outs[layer][0], masks[layer], out=outs[layer][0])
-        record = None
-        if train:
-            record = _Record(records=records, masks=masks, batch_sizes=batch_sizes, side_by_side=mode, helper=helper)
-        return np.array(outs[-1][0]), finals, record
-
-    def _beside_helper(self, helper, batch_sizes, jobs, work):
-        """Send the helper its ``jobs``, run ``work()`` here meanwhile, and return the
-        helper's results by layer-direction; a failure here stops the helper's jobs."""
-        helper.start(self.kind.name, batch_sizes, helpers.token_for(self), jobs)
-        try:
-            work()
-            return helper.finish()
-        except helpers.HelperFailed:
-            raise
-        except BaseException:
-            helper.abort()
-            raise
 
     def _side_by_side(self, rows, steps, min_work):
         """"directions", "layers" or None: which scans of this run go two at a time (see
@@ -586,18 +502,6 @@ class RNNBase(Module):
     def _run_backward(self, dout, grad_finals, rec):
         """Backward over all layers; ``dout`` (T, D*H_out) packed time-major.  Runs two
         scans at a time where the forward did (see :meth:`_side_by_side`)."""
-        if rec.helper is not None:
-            if not helpers.acquire_same(rec.helper):
-                raise RuntimeError(f"{self._label}.backward(): the helper process that holds part of this forward's "
-                                   "record is gone; run the forward again")
-            try:
-                with blas_halved():
-                    return self._backward_helped(rec.helper, dout, grad_finals, rec)
-            except helpers.HelperFailed as exc:
-                helpers.discard()
-                raise RuntimeError(f"{self._label}.backward(): {exc}; run the forward again") from exc
-            finally:
-                helpers.release()
         D, L = self.num_directions, self.num_layers
         grad_states = [np.empty(g.shape, self.dtype) for g in grad_finals]
         pool = self._pool()
@@ -646,60 +550,6 @@ class RNNBase(Module):
         for name, g in zip(self._layer_names[idx], pgrads):
             if name is not None:
                 self._grads[name] += g
-
-    def _backward_helped(self, helper, dout, grad_finals, rec):
-        """:meth:`_run_backward` of a forward that ran with the helper process: each
-        layer-direction's backward runs where its forward did.  The input gradients of the
-        layers above the first live in shared memory; parameter gradients are added once
-        every part has finished."""
-        D, P, L = self.num_directions, self._h_out, self.num_layers
-        T = dout.shape[0]
-        pool = self._pool()
-        helper.begin()
-        dxs = [(np.empty((T, self.input_size), self.dtype), None)]  # returned to the caller
-        dxs += [helper.empty((T, D * P), self.dtype) for _ in range(1, L)]  # (array, spec) each
-        helper_has_top = rec.side_by_side == "directions" or (L - 1) % 2 == 1
-        top = (dout, helper.share(dout) if helper_has_top else None)
-        parts = []  # (idx, initial-state gradients, parameter gradients)
-
-        def job(idx, layer_dout, dx_spec, stream=None):
-            d = idx % D
-            return dict(op="backward", idx=idx, cols=(d * P, (d + 1) * P), dout=layer_dout[1], dx=dx_spec,
-                        dstate=tuple(np.array(g[idx]) for g in grad_finals), stream=stream)
-
-        def here(layer, layer_dout, dx, pipeline=None):
-            idx = layer * D
-            parts.append((idx, *self._direction_backward(rec.records[idx], idx, layer_dout[0], grad_finals, pool, dx,
-                                                         pipeline=pipeline)))
-
-        def beside(jobs, work):
-            parts.extend((idx, *r) for idx, r in self._beside_helper(helper, rec.batch_sizes, jobs, work).items())
-
-        if rec.side_by_side == "layers":  # top layer first; stream l carries layer l's input gradient
-            jobs = [job(layer, top if layer == L - 1 else dxs[layer + 1], dxs[layer][1],
-                        (layer + 1 if layer < L - 1 else None, layer)) for layer in reversed(range(1, L, 2))]
-
-            def even_layers():
-                for layer in reversed(range(0, L, 2)):
-                    here(layer, top if layer == L - 1 else dxs[layer + 1], dxs[layer][0],
-                         (helper.stream(layer + 1) if layer < L - 1 else None,
-                          helper.stream(layer) if layer else None))
-
-            beside(jobs, even_layers)
-        else:
-            for layer in reversed(range(L)):
-                dx = dxs[layer][0]
-                dx_rev, dx_rev_spec = helper.empty(dx.shape, self.dtype)
-                layer_dout = top if layer == L - 1 else dxs[layer + 1]
-                beside([job(layer * D + 1, layer_dout, dx_rev_spec)], lambda: here(layer, layer_dout, dx))
-                dx += dx_rev
-                if layer > 0 and rec.masks[layer - 1] is not None:
-                    dx *= rec.masks[layer - 1]  # through dropout
-        grad_states = [np.empty(g.shape, self.dtype) for g in grad_finals]
-        for part in parts:
-            self._add_grads(grad_states, *part)
-        return dxs[0][0], grad_states
-
 
 _SHAPES_DOC = """
     Shapes (N batch, L length, D = 2 if bidirectional else 1, H_in = input_size,

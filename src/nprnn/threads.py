@@ -1,6 +1,12 @@
-"""Two scans side by side: how a layer uses a second core.
+"""How a layer uses more than one core.
 
-NumPy runs elementwise work on one core, and at the batch sizes of a time step the BLAS
+On the compiled tier (:mod:`nprnn.functional.native`) each scan runs its whole time loop
+without the GIL, and batch rows are independent over the whole sequence, so a large batch
+splits into ranges of rows that run side by side (:func:`row_ranges`, :func:`run_parts`),
+with no synchronisation per step.
+
+The NumPy tier holds the GIL around every small NumPy call, so there it runs two *scans*
+at once instead.  NumPy runs elementwise work on one core, and at the batch sizes of a time step the BLAS
 gains little from a second thread (OpenBLAS splits a product of a few dozen rows poorly).
 So instead of splitting a step, a layer runs two *scans* at once, with the BLAS held to
 half the threads (one on two cores) per scan while they run:
@@ -10,10 +16,6 @@ half the threads (one on two cores) per scan while they run:
   first chunk of layer ``l``'s output while layer ``l`` goes on with the next one
   (:class:`Stream` hands the rows over); backward runs the same pipeline from the top
   layer down, handing each layer's input gradient on from the last step backwards.
-
-Runs put the second scan in a helper process instead when they can
-(:mod:`nprnn.helper`): threads lose much of the second core to the GIL, processes do not.
-Threads are the fallback (helper turned off, not ready, busy, or not POSIX).
 
 The results equal the one-at-a-time run up to the rounding of the matrix products (a
 product split into chunks, or run on fewer BLAS threads, may round its last bit
@@ -178,8 +180,6 @@ class Stream:
     :meth:`wait` for the count it needs.
     """
 
-    same_process = True  # the reader shares the GIL with the writer
-
     def __init__(self):
         self.done = 0
         self._error = None
@@ -274,4 +274,22 @@ def run_parts(parts) -> None:
             error = error or exc
     if error is not None:
         raise error
+
+
+def set_helper_process(enabled: bool) -> None:
+    """Deprecated, does nothing: the helper process is gone (the compiled tier's scans use
+    a second core without it).  Kept for one release."""
+    import warnings
+
+    warnings.warn("nprnn.set_helper_process() does nothing since the compiled kernels replaced the helper process; "
+                  "it will be removed in the next release", FutureWarning, stacklevel=2)
+
+
+def get_helper_process() -> bool:
+    """Deprecated: always False (see :func:`set_helper_process`)."""
+    import warnings
+
+    warnings.warn("nprnn.get_helper_process() is always False since the helper process is gone; it will be removed "
+                  "in the next release", FutureWarning, stacklevel=2)
+    return False
 

@@ -140,7 +140,7 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     joined = np.empty_like(h_run)  # previous rows + joining h_0 rows, where the batch grows
     per_n = {}  # views that depend only on the active batch size, made once per size
     prev = None  # (rows of the previous step's output, its batch size)
-    with np.errstate(over="ignore"):  # exp overflowing to inf is how a gate saturates to 0
+    with np.errstate(over="ignore", invalid="ignore"):  # exp overflowing to inf is how a gate saturates to 0; NaN passes
         for k, (lo, hi, n) in enumerate(steps):
             if chunks is not None:
                 chunks.begin(k)
@@ -216,9 +216,9 @@ class Chunks:
 
 def _small_steps(steps, source, gate_width):
     """The first rows of the steps whose batch has shrunk below
-    :data:`~nprnn.threads.MIN_STEP_WORK` gate values, when ``source`` is a thread of this
-    process (threads share the GIL; processes do not, so there are none to keep apart)."""
-    if not getattr(source, "same_process", False):
+    :data:`~nprnn.threads.MIN_STEP_WORK` gate values, when another stage feeds this one
+    (``source``; two such stretches side by side lose more to the GIL than they gain)."""
+    if source is None:
         return []
     return [lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK]
 
@@ -229,8 +229,7 @@ def _forward_chunks(steps, project, source, sink, gate_width):
     (None: nobody reads them as they come).  Where the batch has shrunk below
     :data:`~nprnn.threads.MIN_STEP_WORK` gate values a step, two scans at once cost more
     than one after the other, so from its first such group this stage waits until the
-    stage below has finished (a stage in another process, :mod:`nprnn.helper`, does not
-    wait: the two do not share a GIL)."""
+    stage below has finished."""
     total = steps[-1][1]
     small = set(_small_steps(steps, source, gate_width))
 
@@ -385,17 +384,17 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
             np.dot(dgx[lo:hi], rec.w_ih, out=dx[lo:hi])
 
         chunks = _backward_chunks(rec.steps, T, input_grad, *pipeline, dgx.shape[1])
-    scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
-                  scratch, scratch_blocks, chunks)
-    h_prev = rec.tape[0]
-    if dx is None:
-        dx = dgx @ rec.w_ih  # (T, H_in)
-    elif accumulate:
-        dx += dgx @ rec.w_ih
-    elif chunks is None:  # (a pipelined run wrote dx a group at a time)
-        np.dot(dgx, rec.w_ih, out=dx)
-    pgrads = weight_grads(rec.x, dgx, dgh, h_prev, rec.has_bias, grads[1] if rec.proj else None,
-                          rec.tape[4] if rec.proj else None)
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
+        scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
+                      scratch, scratch_blocks, chunks)
+        if dx is None:
+            dx = dgx @ rec.w_ih  # (T, H_in)
+        elif accumulate:
+            dx += dgx @ rec.w_ih
+        elif chunks is None:  # (a pipelined run wrote dx a group at a time)
+            np.dot(dgx, rec.w_ih, out=dx)
+        pgrads = weight_grads(rec.x, dgx, dgh, rec.tape[0], rec.has_bias, grads[1] if rec.proj else None,
+                              rec.tape[4] if rec.proj else None)
     return dx, dstate, pgrads
 
 

@@ -1,0 +1,311 @@
+"""The two tiers: the compiled kernels against the NumPy ones (and PyTorch), their
+instruction sets, the batch split, the prepared-weight cache, NaN and inf, and the
+kernel's own refusal of buffers that do not fit.
+
+Without the compiled kernels these tests skip, except where ``NPRNN_BACKEND=native`` is
+set (CI): there the import of nprnn itself fails, so the native tier cannot go missing
+silently.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nprnn
+from nprnn import threads
+from nprnn.functional import native
+from nprnn.optim import SGD
+from reference import CELLS, make_inputs, random_config, random_packed_config, run_nprnn, tolerances
+
+needs_native = pytest.mark.skipif(native._native is None, reason="the compiled kernels are not built")
+
+
+def _available_isas():
+    if native._native is None:
+        return []
+    found = []
+    for name in ("avx512", "avx2", "baseline"):
+        try:
+            native._native.set_isa(name)
+            found.append(name)
+        except ValueError:
+            pass
+    native._native.set_isa("best")
+    return found
+
+
+@pytest.fixture
+def tier():
+    """Restore the tier (and the instruction set) a test changes."""
+    before = nprnn.backend()
+    yield
+    nprnn.set_backend(before)
+    if native._native is not None:
+        native._native.set_isa("best")
+
+
+def _run_on(backend, cfg, case):
+    nprnn.set_backend(backend)
+    return run_nprnn(cfg, case)
+
+
+def _assert_same(cfg, got, want):
+    """At the tolerances of the PyTorch parity tests (tight in float64)."""
+    for key, w in want.items():
+        np.testing.assert_allclose(got[key], w, err_msg=key, **tolerances(cfg["dtype"]))
+
+
+CONFIGS = [random_config(np.random.default_rng(7000 + i)) for i in range(60)]
+CONFIGS += [random_packed_config(np.random.default_rng(8000 + i)) for i in range(60)]
+
+
+@needs_native
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{i}-{c['kind']}-{c.get('mode', 'padded')}" for i, c in enumerate(CONFIGS)])
+def test_tiers_agree(cfg, tier):
+    """Forward, backward and every parameter gradient: native == NumPy to rounding."""
+    case = make_inputs(cfg)
+    got = _run_on("native", cfg, case)
+    want = _run_on("numpy", cfg, case)
+    _assert_same(cfg, got, want)
+
+
+ISA_CONFIGS = [c for c in CONFIGS if c["kind"] not in CELLS][:24]
+
+
+@needs_native
+@pytest.mark.parametrize("isa", _available_isas())
+def test_every_instruction_set_matches_numpy(isa, tier):
+    """Each compiled variant the CPU can run (the tests force the lesser ones)."""
+    native._native.set_isa(isa)
+    assert native.isa() == isa
+    for cfg in ISA_CONFIGS:
+        case = make_inputs(cfg)
+        got = _run_on("native", cfg, case)
+        want = _run_on("numpy", cfg, case)
+        _assert_same(cfg, got, want)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "LSTMP"])
+def test_batch_split_is_bit_for_bit(kind, tier, monkeypatch):
+    """Rows split across threads compute exactly what one call computes (a row's sums do
+    not depend on its neighbours), forward and backward, packed and padded."""
+    nprnn.set_backend("native")
+    rng = np.random.default_rng(3)
+    kw = {"proj_size": 3} if kind == "LSTMP" else {}
+    cls = getattr(nprnn, "LSTM" if kind == "LSTMP" else kind)
+    m = cls(5, 7, num_layers=2, bidirectional=True, dtype=np.float64, seed=1, **kw)
+    x = rng.standard_normal((9, 6, 5))
+    lengths = [9, 7, 7, 4, 2, 1]
+    g = rng.standard_normal((9, 6, 2 * (3 if kind == "LSTMP" else 7)))
+    results = []
+    calls = []
+    real = threads.run_parts
+
+    def spying(parts):
+        calls.append(len(parts))
+        return real(parts)
+
+    monkeypatch.setattr(threads, "run_parts", spying)
+    for n_threads, min_work in ((1, threads.MIN_SPLIT_WORK), (2, 0), (3, 0)):
+        monkeypatch.setattr(threads, "MIN_SPLIT_WORK", min_work)
+        nprnn.set_num_threads(n_threads)
+        try:
+            m.zero_grad()
+            out, hn = m(x, lengths=lengths)
+            gx, ghx = m.backward(g)
+            results.append([out, gx, *(hn if isinstance(hn, tuple) else (hn,)),
+                            *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())])
+        finally:
+            nprnn.set_num_threads(os.cpu_count() or 1)
+    assert max(calls) >= 2  # the split did happen
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- the cache
+def _fresh_like(m):
+    """A module built anew with ``m``'s weights: nothing cached."""
+    other = type(m)(m.input_size, m.hidden_size, num_layers=m.num_layers, dtype=m.dtype)
+    other.load_state_dict(m.state_dict())
+    return other.eval()
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_cache_follows_load_state_dict_optimizer_and_writable(kind):
+    rng = np.random.default_rng(0)
+    m = getattr(nprnn, kind)(4, 6, num_layers=2, dtype=np.float64, seed=0).eval()
+    x = rng.standard_normal((5, 3, 4))
+    before = m(x)[0]
+    np.testing.assert_array_equal(m(x)[0], before)  # served from the cache
+    # 1. load_state_dict
+    sd = {k: v * 1.5 for k, v in m.state_dict().items()}
+    m.load_state_dict(sd)
+    after_load = m(x)[0]
+    assert not np.allclose(after_load, before)
+    np.testing.assert_array_equal(after_load, _fresh_like(m)(x)[0])
+    # 2. an optimizer step
+    m.train()
+    out, _ = m(x)
+    m.backward(np.ones_like(out))
+    nprnn.optim.SGD(m, lr=0.1).step()
+    m.eval()
+    after_step = m(x)[0]
+    assert not np.allclose(after_step, after_load)
+    np.testing.assert_array_equal(after_step, _fresh_like(m)(x)[0])
+    # 3. an in-place write, which must go through writable()
+    with pytest.raises(ValueError, match=r"read-only.*load_state_dict\(\).*nprnn\.writable"):
+        m.weight_hh_l1[0, 0] = 3.0
+    with pytest.raises(ValueError, match="read-only"):
+        m.weight_hh_l1 += 1
+    with pytest.raises(ValueError, match="read-only"):
+        np.add(m.weight_hh_l1, 1, out=m.weight_hh_l1)
+    np.testing.assert_array_equal(m(x)[0], after_step)  # nothing changed
+    with nprnn.writable(m):
+        m.weight_hh_l1[0, 0] = 3.0
+    after_write = m(x)[0]
+    assert not np.allclose(after_write, after_step)
+    np.testing.assert_array_equal(after_write, _fresh_like(m)(x)[0])
+    assert not m.weight_hh_l1.flags.writeable
+    # 4. assigning the attribute
+    m.weight_ih_l0 = np.zeros_like(m.weight_ih_l0)
+    np.testing.assert_array_equal(m(x)[0], _fresh_like(m)(x)[0])
+
+
+def test_cells_cache_follows_changes():
+    rng = np.random.default_rng(1)
+    cell = nprnn.LSTMCell(3, 4, dtype=np.float64, seed=0).eval()
+    x = rng.standard_normal((2, 3))
+    h, c = cell(x)
+    with nprnn.writable(cell):
+        cell.bias_ih[:] = 1.0
+    h2, _ = cell(x)
+    other = nprnn.LSTMCell(3, 4, dtype=np.float64).eval()
+    other.load_state_dict(cell.state_dict())
+    np.testing.assert_array_equal(h2, other(x)[0])
+    assert not np.allclose(h, h2)
+
+
+def test_copies_and_pickles_are_read_only_and_prepare_again():
+    import copy
+    import pickle
+
+    m = nprnn.GRU(3, 4, seed=0).eval()
+    x = np.ones((2, 1, 3), np.float32)
+    out = m(x)[0]
+    assert m._prepared or nprnn.backend() == "numpy"
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert clone._prepared == {}
+        assert not clone.weight_hh_l0.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            clone.weight_hh_l0[0] = 0
+        np.testing.assert_array_equal(clone(x)[0], out)
+    assert type(m.state_dict()["weight_hh_l0"]) is np.ndarray  # plain, writable copies
+    assert m.state_dict()["weight_hh_l0"].flags.writeable
+
+
+def test_writable_refuses_other_things():
+    with pytest.raises(TypeError, match="writable\\(\\) takes modules and arrays, got str"):
+        with nprnn.writable("lstm"):
+            pass
+
+
+# ------------------------------------------------------------------------------ NaN, inf
+NAN_CASES = [(kind, where, val) for kind in ("RNN", "LSTM", "GRU") for where in ("x", "h0", "w_hh", "w_ih", "b")
+             for val in (np.nan, np.inf, -np.inf)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+@pytest.mark.parametrize("kind,where,val", NAN_CASES, ids=[f"{k}-{w}-{v}" for k, w, v in NAN_CASES])
+def test_nan_and_inf_propagate_as_in_torch(kind, where, val, backend, tier):
+    """Outputs, states and every gradient: NaN exactly where PyTorch has NaN, the rest equal."""
+    if backend == "native" and native._native is None:
+        pytest.skip("the compiled kernels are not built")
+    import torch
+
+    nprnn.set_backend(backend)
+    rng = np.random.default_rng(abs(hash((kind, where))) % 1000)
+    for N in (1, 3):
+        m = getattr(nprnn, kind)(3, 4, num_layers=2, dtype=np.float64, seed=1)
+        t = getattr(torch.nn, kind)(3, 4, num_layers=2).double()
+        x = rng.standard_normal((5, N, 3))
+        h0 = rng.standard_normal((2, N, 4))
+        sd = m.state_dict()
+        if where == "x":
+            x[2, 0, 1] = val
+        elif where == "h0":
+            h0[0, 0, 1] = val
+        elif where == "w_hh":
+            sd["weight_hh_l0"][1, 2] = val
+        elif where == "w_ih":
+            sd["weight_ih_l1"][0, 0] = val
+        else:
+            sd["bias_hh_l0"][0] = val
+        m.load_state_dict(sd)
+        t.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+        hx = (h0, np.zeros_like(h0)) if kind == "LSTM" else h0
+        xt = torch.from_numpy(x).requires_grad_(True)
+        thx = tuple(torch.from_numpy(a.copy()) for a in hx) if kind == "LSTM" else torch.from_numpy(hx.copy())
+        out, hn = m(x, hx)
+        tout, thn = t(xt, thx)
+        g = rng.standard_normal(out.shape)
+        gx, _ = m.backward(g)
+        (tout * torch.from_numpy(g)).sum().backward()
+        pairs = [(out, tout.detach().numpy()), (gx, xt.grad.numpy())]
+        pairs += [(m.grads[k], p.grad.numpy()) for k, p in t.named_parameters()]
+        for ours, theirs in pairs:
+            assert np.array_equal(np.isnan(ours), np.isnan(theirs))
+            np.testing.assert_allclose(np.nan_to_num(ours, posinf=1e300, neginf=-1e300),
+                                       np.nan_to_num(theirs, posinf=1e300, neginf=-1e300), rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ the backend switches
+def _python(code, **env):
+    full = dict(os.environ, **env)
+    full.pop("NPRNN_BACKEND", None)
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+
+
+def test_backend_environment_variable():
+    r = _python("import nprnn; print(nprnn.backend())", NPRNN_BACKEND="numpy")
+    assert r.returncode == 0 and r.stdout.strip() == "numpy", r.stderr
+    r = _python("import nprnn; print(nprnn.backend())")
+    assert r.stdout.strip() == ("numpy" if native._native is None else "native"), r.stderr
+    r = _python("import nprnn", NPRNN_BACKEND="fortran")
+    assert r.returncode != 0 and "NPRNN_BACKEND must be 'numpy' or 'native', got 'fortran'" in r.stderr
+
+
+def test_set_backend_validates(tier):
+    with pytest.raises(ValueError, match="set_backend: expected 'native' or 'numpy', got 'gpu'"):
+        nprnn.set_backend("gpu")
+    nprnn.set_backend("numpy")
+    assert nprnn.backend() == "numpy"
+
+
+@needs_native
+def test_kernel_refuses_buffers_that_do_not_fit():
+    """A bug upstream gets a ValueError from the kernel, never a write out of bounds."""
+    m = nprnn.LSTM(3, 4, seed=0)
+    prep = native.prepare(m.kind, tuple(m._parameters[n] if n else None for n in m._layer_names[0]))
+    sizes, offsets = native._layout([2, 2, 1])
+    x = np.zeros((5, 3), np.float32)
+    h, c = np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32)
+    work = {"gates": np.zeros((2, 16), np.float32), "tc": np.zeros((2, 4), np.float32)}
+    native._call(0, prep, 0, 0, (0, 2), sizes, offsets, x, np.zeros((5, 4), np.float32), h, c, work)
+    with pytest.raises(ValueError, match="_native: out must have rows of 4 elements"):
+        native._call(0, prep, 0, 0, (0, 2), sizes, offsets, x, np.zeros((4, 4), np.float32), h, c, work)
+    with pytest.raises(ValueError, match="_native: x holds 12 elements, the loop needs 15"):
+        native._call(0, prep, 0, 0, (0, 2), sizes, offsets, x[:4], np.zeros((5, 4), np.float32), h, c, work)
+    with pytest.raises(ValueError, match="row range past the batch"):
+        native._call(0, prep, 0, 0, (0, 3), sizes, offsets, x, np.zeros((5, 4), np.float32), h, c, work)
+    with pytest.raises(ValueError, match="items of 8 bytes, expected 4"):
+        native._call(0, prep, 0, 0, (0, 2), sizes, offsets, x.astype(np.float64), np.zeros((5, 4), np.float32), h,
+                     c, work)
+    bad_sizes, bad_offsets = native._layout([1, 2])
+    with pytest.raises(ValueError, match="non-increasing"):
+        native._call(0, prep, 0, 0, (0, 1), bad_sizes, bad_offsets, x[:3], np.zeros((3, 4), np.float32), h, c, work)
