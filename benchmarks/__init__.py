@@ -1,0 +1,1 @@
+"""nprnn's benchmarks: ``python -m benchmarks`` runs the suite (see :mod:`benchmarks.suite`)."""

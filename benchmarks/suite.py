@@ -1,0 +1,410 @@
+"""The benchmark suite: nprnn against PyTorch and onnxruntime, one process, one command.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks [--quick] [--threads 2]
+        [--out benchmarks/results] [--readme]
+
+Every library gets the same number of threads; the timed calls alternate in blocks
+(:func:`alternating_medians`), so all three see the same drift in machine load; figures
+are medians.  A ratio is the other library's time over nprnn's (> 1: nprnn is faster).
+Each case also prints nprnn's GFLOP/s as a fraction of this machine's large-GEMM rate
+(NumPy's BLAS, same threads), which bounds the larger cases.
+
+Writes ``results.json`` and ``results.md`` into ``--out``; ``--readme`` puts the Markdown
+table into README.md between its ``<!-- speed-table -->`` markers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Case:
+    """One timed case: a layer, its shapes, and what is timed."""
+
+    name: str
+    kind: str  # LSTM, GRU
+    N: int
+    L: int
+    H_in: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    mode: str = "inference"  # inference, train, stream
+    dtype: str = "float32"
+    lengths: Optional[tuple] = None  # variable-length batch (packed in torch)
+    against: tuple = ("torch", "onnxruntime")
+
+
+def cases(quick: bool) -> list:
+    rng = np.random.default_rng(0)
+    varlen = tuple(int(v) for v in rng.integers(50, 101, size=32))
+    out = []
+    for kind in ("LSTM", "GRU"):
+        out += [
+            Case(f"{kind} N=1 L=100 32->64", kind, 1, 100, 32, 64),
+            Case(f"{kind} N=32 L=100 64->128 x2", kind, 32, 100, 64, 128, 2),
+            Case(f"{kind} N=64 L=50 256->512 x2", kind, 64, 50, 256, 512, 2),
+            Case(f"{kind} N=8 L=200 128->256 bidirectional", kind, 8, 200, 128, 256, 1, True),
+            Case(f"{kind} training step N=32 L=100 64->128 x2", kind, 32, 100, 64, 128, 2, mode="train",
+                 against=("torch",)),
+            Case(f"{kind} variable-length training step (32 of 50-100)", kind, 32, 100, 64, 128, 2, mode="train",
+                 lengths=varlen, against=("torch",)),
+            Case(f"{kind} float64 training step N=32 L=100 64->128 x2", kind, 32, 100, 64, 128, 2, mode="train",
+                 dtype="float64", against=("torch",)),
+        ]
+    for H in ((128,) if quick else (64, 128, 256)):
+        out.append(Case(f"LSTM streaming step N=1 {H}->{H}", "LSTM", 1, 1, H, H, mode="stream",
+                        against=("torch", "torch LSTMCell", "onnxruntime")))
+    if not quick:
+        out.append(Case("GRU streaming step N=1 128->128", "GRU", 1, 1, 128, 128, mode="stream",
+                        against=("torch", "torch GRUCell", "onnxruntime")))
+    return out
+
+
+def alternating_medians(fns: dict, min_time: float, block: int = 5, min_blocks: int = 3, settle: float = 0.05) -> dict:
+    """Median seconds per call of each function, timed in alternating blocks of ``block``
+    calls (the first call of a block is not counted: it pays for caches and for another
+    library's thread pool still spinning)."""
+    times = {k: [] for k in fns}
+    start = time.perf_counter()
+    blocks = 0
+    while blocks < min_blocks or time.perf_counter() - start < min_time:
+        for name, fn in fns.items():
+            time.sleep(settle)
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        blocks += 1
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def flops(case: Case) -> float:
+    """Multiply-adds x 2 of one call (training: forward and backward, three times the forward)."""
+    G = 4 if case.kind == "LSTM" else 3
+    D = 2 if case.bidirectional else 1
+    rows = sum(case.lengths) if case.lengths else case.N * case.L
+    total = 0.0
+    for layer in range(case.layers):
+        h_in = case.H_in if layer == 0 else D * case.H
+        total += D * 2.0 * rows * G * case.H * (h_in + case.H)
+    return total * (3 if case.mode == "train" else 1)
+
+
+def gemm_rate(dtype: str, threads: int) -> float:
+    """This machine's large-GEMM rate (GFLOP/s) through NumPy's BLAS with ``threads`` threads."""
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    b = a.T.copy()
+    t = alternating_medians({"gemm": lambda: a @ b}, 1.0, block=3)["gemm"]
+    return 2.0 * n ** 3 / t / 1e9
+
+
+# ------------------------------------------------------------------------------- runners
+def _build(case: Case, torch):
+    import nprnn
+
+    dt = np.dtype(case.dtype)
+    ours = getattr(nprnn, case.kind)(case.H_in, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
+                                     dtype=dt, seed=0)
+    theirs = getattr(torch.nn, case.kind)(case.H_in, case.H, num_layers=case.layers,
+                                          bidirectional=case.bidirectional)
+    theirs = theirs.double() if case.dtype == "float64" else theirs
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    return ours, theirs
+
+
+def _ort_session(module, threads, with_state):
+    import onnxruntime as ort
+
+    from nprnn.onnx import to_onnx
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(to_onnx(module, with_state=with_state).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def runners(case: Case, torch, threads: int) -> dict:
+    """The timed function of nprnn and of each library the case is compared against."""
+    import torch.nn.utils.rnn as tr
+
+    ours, theirs = _build(case, torch)
+    dt = np.dtype(case.dtype)
+    rng = np.random.default_rng(1)
+    D = 2 if case.bidirectional else 1
+    fns = {}
+    if case.mode == "stream":
+        return _stream_runners(case, ours, theirs, torch, threads, rng)
+    x = rng.standard_normal((case.L, case.N, case.H_in)).astype(dt)
+    xt = torch.from_numpy(x)
+    g = np.ones((case.L, case.N, D * case.H), dt)
+    gt = torch.from_numpy(g)
+    if case.mode == "inference":
+        ours.eval()
+        fns["nprnn"] = lambda: ours(x)
+
+        def torch_infer():
+            with torch.no_grad():
+                theirs(xt)
+
+        fns["torch"] = torch_infer
+        if "onnxruntime" in case.against:
+            sess = _ort_session(ours, threads, with_state=False)
+            fns["onnxruntime"] = lambda: sess.run(None, {"input": x})
+        return fns
+    ours.train()
+    if case.lengths:
+        lengths = np.asarray(case.lengths)
+        lt = torch.from_numpy(lengths)
+
+        def np_train():
+            ours(x, lengths=lengths)
+            ours.backward(g)
+
+        def torch_train():
+            theirs.zero_grad(set_to_none=False)
+            out, _ = theirs(tr.pack_padded_sequence(xt, lt, enforce_sorted=False))
+            padded, _ = tr.pad_packed_sequence(out, total_length=case.L)
+            padded.backward(gt)
+    else:
+        def np_train():
+            ours(x)
+            ours.backward(g)
+
+        def torch_train():
+            theirs.zero_grad(set_to_none=False)
+            out, _ = theirs(xt)
+            out.backward(gt)
+
+    fns["nprnn"] = np_train
+    fns["torch"] = torch_train
+    return fns
+
+
+def _stream_runners(case, ours, theirs, torch, threads, rng):
+    """One step of a stream, N=1, the state carried from call to call."""
+    H = case.H
+    x = rng.standard_normal((1, 1, case.H_in)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    lstm = case.kind == "LSTM"
+    ours.eval()
+    zeros = np.zeros((1, 1, H), np.float32)
+    st = {"nprnn": (zeros, zeros) if lstm else zeros}
+
+    def np_step():
+        _, st["nprnn"] = ours(x, st["nprnn"])
+
+    tz = torch.zeros(1, 1, H)
+    st["torch"] = (tz, tz) if lstm else tz
+
+    def torch_step():
+        with torch.no_grad():
+            _, st["torch"] = theirs(xt, st["torch"])
+
+    cell = (torch.nn.LSTMCell if lstm else torch.nn.GRUCell)(case.H_in, H)
+    cell.load_state_dict({k[:-3]: v for k, v in theirs.state_dict().items()})
+    x1 = xt[0]
+    st["cell"] = (torch.zeros(1, H), torch.zeros(1, H)) if lstm else torch.zeros(1, H)
+
+    def cell_step():
+        with torch.no_grad():
+            st["cell"] = cell(x1, st["cell"])
+
+    sess = _ort_session(ours, threads, with_state=True)
+    feeds = {"input": x, "h0": zeros}
+    if lstm:
+        feeds["c0"] = zeros
+
+    def ort_step():
+        res = sess.run(None, feeds)
+        feeds["h0"] = res[1]
+        if lstm:
+            feeds["c0"] = res[2]
+
+    return {"nprnn": np_step, "torch": torch_step, f"torch {'LSTM' if lstm else 'GRU'}Cell": cell_step,
+            "onnxruntime": ort_step}
+
+
+# -------------------------------------------------------------------- whole-process figures
+_COLD = {
+    "nprnn": "import numpy as np, nprnn; m = nprnn.LSTM(64, 128, 2); m(np.zeros((10, 1, 64), np.float32))",
+    "torch": "import torch; m = torch.nn.LSTM(64, 128, 2); m(torch.zeros(10, 1, 64))",
+}
+_RSS = "; import resource, sys; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+
+
+def cold_start(repeats: int) -> dict:
+    """Wall time and peak RSS of a fresh process that imports, builds LSTM(64, 128, 2) and
+    runs it once; medians over alternating runs."""
+    walls = {k: [] for k in _COLD}
+    rss = {k: [] for k in _COLD}
+    for _ in range(repeats):
+        for name, code in _COLD.items():
+            t0 = time.perf_counter()
+            res = subprocess.run([sys.executable, "-c", code + _RSS], capture_output=True, text=True, check=True)
+            walls[name].append(time.perf_counter() - t0)
+            rss[name].append(int(res.stdout.split()[-1]) / 1024)  # KiB -> MiB
+    return {k: {"wall_s": statistics.median(walls[k]), "peak_rss_mib": statistics.median(rss[k])} for k in _COLD}
+
+
+def installed_size(root: str) -> float:
+    """MiB on disk of a distribution and everything it requires (recursively)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen, todo, total = set(), [root], 0
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for f in dist.files or ():
+            try:
+                total += os.path.getsize(dist.locate_file(f))
+            except OSError:
+                pass
+        for req in dist.requires or ():
+            r = Requirement(req)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                todo.append(r.name)
+    return total / 2 ** 20
+
+
+# ------------------------------------------------------------------------------- report
+@dataclass
+class Result:
+    case: dict
+    ms: dict
+    ratios: dict
+    gflops: float
+    gemm_fraction: float
+    extra: dict = field(default_factory=dict)
+
+
+def markdown(results, cold, sizes, meta) -> str:
+    others = ["torch", "onnxruntime"]
+    lines = [f"Measured by `python -m benchmarks` on {meta['date']}: {meta['machine']}, {meta['threads']} threads "
+             "each, medians of alternating blocks; ratio = other's time / nprnn's time (> 1: nprnn is faster).", "",
+             "| case | nprnn | vs PyTorch | vs onnxruntime | nprnn GFLOP/s (share of GEMM peak) |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        ms = r.ms["nprnn"] * 1e3
+        t = f"{ms:.3g} ms" if ms >= 1 else f"{ms * 1e3:.3g} µs"
+        cols = [f"{r.ratios[o]:.2f}" if o in r.ratios else "—" for o in others]
+        extra = "".join(f"; {k} {v:.2f}" for k, v in r.ratios.items() if k not in others)
+        lines.append(f"| {r.case['name']} | {t} | {cols[0]}{extra} | {cols[1]} | {r.gflops:.1f} ({r.gemm_fraction:.0%}) |")
+    if cold:
+        n, t = cold["nprnn"], cold["torch"]
+        lines.append(f"| cold start: import, LSTM(64,128,2), run once | {n['wall_s'] * 1e3:.0f} ms, "
+                     f"{n['peak_rss_mib']:.0f} MiB | {t['wall_s'] / n['wall_s']:.1f}x faster, "
+                     f"{t['peak_rss_mib'] / n['peak_rss_mib']:.1f}x less RSS | — | — |")
+    if sizes:
+        lines.append(f"| installed size with dependencies | {sizes['nprnn']:.0f} MiB | "
+                     f"{sizes['torch'] / sizes['nprnn']:.0f}x smaller ({sizes['torch']:.0f} MiB) | — | — |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer cases and shorter timing (under 2 minutes)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for every library (default: 2)")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds of timing per case (default 3, quick 0.4)")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for results.json and results.md")
+    ap.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
+    args = ap.parse_args(argv)
+    min_time = args.min_time if args.min_time is not None else (0.4 if args.quick else 3.0)
+    warnings.filterwarnings("ignore")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"note: {var} is set; it slows a current OpenBLAS (run with env -u {var})", file=sys.stderr)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+    import torch
+
+    import nprnn
+
+    torch.set_num_threads(args.threads)
+    nprnn.set_num_threads(args.threads)
+    meta = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "nprnn_backend": nprnn.backend(),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
+            "numpy": np.__version__, "quick": args.quick}
+    try:
+        import onnxruntime
+
+        meta["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        onnxruntime = None
+    from nprnn.functional import native
+
+    meta["isa"] = native.isa()
+    print(f"nprnn {nprnn.__version__} ({nprnn.backend()}, {native.isa()}), torch {torch.__version__}, "
+          f"onnxruntime {meta.get('onnxruntime')}, numpy {np.__version__}, {args.threads} threads")
+    rates = {dt: gemm_rate(dt, args.threads) for dt in ("float32", "float64")}
+    meta["gemm_gflops"] = rates
+    print(f"large-GEMM rate: float32 {rates['float32']:.0f} GFLOP/s, float64 {rates['float64']:.0f} GFLOP/s")
+    results = []
+    for case in cases(args.quick):
+        if args.only and args.only not in case.name:
+            continue
+        fns = runners(case, torch, args.threads)
+        if onnxruntime is None:
+            fns.pop("onnxruntime", None)
+        med = alternating_medians(fns, min_time)
+        ratios = {k: v / med["nprnn"] for k, v in med.items() if k != "nprnn"}
+        gf = flops(case) / med["nprnn"] / 1e9 if case.mode != "stream" else 0.0
+        r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype])
+        results.append(r)
+        print(f"{case.name:52s} nprnn {med['nprnn'] * 1e3:9.3f} ms  "
+              + "  ".join(f"{k} {v * 1e3:.3f} ms ({ratios[k]:.2f}x)" for k, v in med.items() if k != "nprnn")
+              + (f"  {gf:.1f} GFLOP/s = {r.gemm_fraction:.0%} of GEMM" if gf else ""), flush=True)
+    cold = sizes = None
+    if not args.only:
+        cold = cold_start(3 if args.quick else 7)
+        print(f"cold start: nprnn {cold['nprnn']['wall_s'] * 1e3:.0f} ms {cold['nprnn']['peak_rss_mib']:.0f} MiB, "
+              f"torch {cold['torch']['wall_s'] * 1e3:.0f} ms {cold['torch']['peak_rss_mib']:.0f} MiB")
+        sizes = {"nprnn": installed_size("nprnn"), "torch": installed_size("torch")}
+        print(f"installed with dependencies: nprnn {sizes['nprnn']:.0f} MiB, torch {sizes['torch']:.0f} MiB")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": [asdict(r) for r in results], "cold_start": cold, "installed_mib": sizes},
+                  f, indent=1)
+    table = markdown(results, cold, sizes, meta)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table)
+    print("\n" + table)
+    if args.readme:
+        readme = os.path.join(HERE, os.pardir, "README.md")
+        text = open(readme).read()
+        start, end = "<!-- speed-table -->", "<!-- /speed-table -->"
+        if start not in text or end not in text:
+            print(f"README.md has no {start} ... {end} markers; table not written", file=sys.stderr)
+            return 1
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        with open(readme, "w") as f:
+            f.write(head + start + "\n" + table + end + tail)
+    return 0
