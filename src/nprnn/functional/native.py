@@ -157,11 +157,21 @@ class NativeRecord:
         return self.tape["hprev"], gates.reshape(gates.shape[0], -1, self.H), self.tape.get("cprev")
 
 
+_LAYOUTS: dict = {}  # the last few batch layouts, as the kernel takes them
+
+
 def _layout(batch_sizes):
-    sizes = np.asarray(batch_sizes, dtype=np.int64)
-    offsets = np.zeros_like(sizes)
-    np.cumsum(sizes[:-1], out=offsets[1:])
-    return sizes, offsets
+    """``(sizes, offsets)`` as int64 arrays: each step's batch size and first packed row."""
+    key = tuple(batch_sizes)
+    hit = _LAYOUTS.get(key)
+    if hit is None:
+        sizes = np.asarray(key, dtype=np.int64)
+        offsets = np.zeros_like(sizes)
+        np.cumsum(sizes[:-1], out=offsets[1:])
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.clear()
+        hit = _LAYOUTS[key] = (sizes, offsets)
+    return hit
 
 
 def _tape_shapes(kind, H, P, proj, rows):
@@ -188,11 +198,14 @@ def _arrays(shapes, dtype, pool, key):
     return held
 
 
-def _split(sizes, prep):
+def _split(sizes, offsets, prep):
     """Row ranges of the batch for side-by-side calls (see :func:`..threads.row_ranges`)."""
-    lengths = np.searchsorted(-sizes, -np.arange(1, int(sizes[0]) + 1), side="right")  # steps with > r rows
-    G = prep.kind.num_gates
-    return threads.row_ranges(lengths, G * prep.H * (prep.P + prep.w_ih.shape[1]) + prep.H * prep.P)
+    row_work = prep.kind.num_gates * prep.H * (prep.P + prep.w_ih.shape[1]) + prep.H * prep.P
+    N = int(sizes[0])
+    if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * threads.MIN_SPLIT_WORK:
+        return ((0, N),)  # too little work to hand any of it to another thread
+    lengths = np.searchsorted(-sizes, -np.arange(1, N + 1), side="right")  # steps with > r rows
+    return threads.row_ranges(lengths, row_work)
 
 
 def _call(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a, accumulate=False):
@@ -228,7 +241,7 @@ def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out
     if N:
         x = np.ascontiguousarray(x)
         threads.run_parts([lambda r=r: _call(0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c,
-                                             arrays) for r in _split(sizes, prep)])
+                                             arrays) for r in _split(sizes, offsets, prep)])
     state = (h,) if c is None else (h, c)
     record = None
     if train:
@@ -263,7 +276,7 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
             dx.fill(0)
     else:
         threads.run_parts([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
-                                             dout, dh, dc, arrays, accumulate) for r in _split(rec.batch_sizes, prep)])
+                                             dout, dh, dc, arrays, accumulate) for r in _split(rec.batch_sizes, rec.offsets, prep)])
     dgx = grads["dgx"]
     dgh = grads.get("dgh", dgx)
     dproj = grads.get("dproj")
