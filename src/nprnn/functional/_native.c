@@ -148,8 +148,8 @@ struct isa {
     const char *name;
     int vector_bytes;
     scan_fn forward[2], backward[2];  /* [float, double] */
-    void (*pack_f)(const float *, long, long, long, long, float *);
-    void (*pack_d)(const double *, long, long, long, long, double *);
+    void (*pack_f)(const float *, long, long, long, long, float *, long, long);
+    void (*pack_d)(const double *, long, long, long, long, double *, long, long);
     void (*at_f)(long, long, long, long, const float *, long, const float *, float *, long, int);
     void (*at_d)(long, long, long, long, const double *, long, const double *, double *, long, int);
 };
@@ -349,16 +349,18 @@ fail:
     return NULL;
 }
 
-/* pack(src, dst, K, M, sk, sm): dst = B (K, M) in panels, B[k][m] = src[k * sk + m * sm]. */
+/* pack(src, dst, K, M, sk, sm[, col0, Mtot]): columns col0..col0+M of a packed B (K, Mtot)
+   from src, B[k][col0 + m] = src[k * sk + m * sm] (by default col0 = 0, Mtot = M). */
 static PyObject *py_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "_native.pack takes 6 arguments");
+    if (nargs != 6 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "_native.pack takes 6 or 8 arguments");
         return NULL;
     }
     int err = 0;
     long K = as_long(args[2], &err), M = as_long(args[3], &err), sk = as_long(args[4], &err),
          sm = as_long(args[5], &err);
+    long col0 = nargs == 8 ? as_long(args[6], &err) : 0, Mtot = nargs == 8 ? as_long(args[7], &err) : M;
     if (err) return NULL;
     struct bufs b;
     b.n = 0;
@@ -366,17 +368,17 @@ static PyObject *py_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     if (PyObject_GetBuffer(args[0], src, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
     b.n = 1;
     Py_ssize_t isz = src->itemsize;
-    if ((isz != 4 && isz != 8) || K < 1 || M < 1 || sk < 0 || sm < 0 ||
+    if ((isz != 4 && isz != 8) || K < 1 || M < 1 || sk < 0 || sm < 0 || col0 < 0 || col0 + M > Mtot ||
         (K - 1) * sk + (M - 1) * sm >= src->len / isz) {
         PyErr_SetString(PyExc_ValueError, "_native.pack: the source does not hold a (K, M) matrix");
         goto fail;
     }
-    void *dst = get(&b, args[1], "dst", 1, isz, K * panels(M, isz), 0, 0, NULL);
+    void *dst = get(&b, args[1], "dst", 1, isz, K * panels(Mtot, isz), 0, 0, NULL);
     if (!dst) goto fail;
     if (isz == 4)
-        isa->pack_f((const float *)src->buf, K, M, sk, sm, (float *)dst);
+        isa->pack_f((const float *)src->buf, K, M, sk, sm, (float *)dst, col0, Mtot);
     else
-        isa->pack_d((const double *)src->buf, K, M, sk, sm, (double *)dst);
+        isa->pack_d((const double *)src->buf, K, M, sk, sm, (double *)dst, col0, Mtot);
     release(&b);
     Py_RETURN_NONE;
 fail:

@@ -171,15 +171,19 @@ static void FN(gemm_at)(long r0, long r1, long K, long M, const T *A, long lda, 
 #undef AT_CASE
 #undef KC
 
-/* Pack B (K, M) into panels: B[k][m] = src[k * sk + m * sm]. */
-static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst) {
-    const long npan = (M + NR - 1) / NR;
-    for (long j = 0; j < npan; j++)
-        for (long k = 0; k < K; k++)
-            for (long c = 0; c < NR; c++) {
-                long m = j * NR + c;
-                dst[(j * K + k) * NR + c] = m < M ? src[k * sk + m * sm] : (T)0;
-            }
+/* Pack B (K, M) into columns col0.. of a panel array of Mtot columns: B[k][m] =
+   src[k * sk + m * sm].  The segment that ends at Mtot also writes the zero padding, so
+   several sources side by side (each its own call) make one packed matrix. */
+static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst, long col0, long Mtot) {
+    for (long k = 0; k < K; k++) {
+        const T *row = src + k * sk;
+        for (long m = 0; m < M; m++) {
+            long col = col0 + m;
+            dst[((col / NR) * K + k) * NR + col % NR] = row[m * sm];
+        }
+        if (col0 + M == Mtot)
+            for (long col = Mtot; col % NR; col++) dst[((col / NR) * K + k) * NR + col % NR] = (T)0;
+    }
 }
 
 /* ---------------------------------------------------------------- elementwise */

@@ -73,7 +73,7 @@ def _packed(mat: np.ndarray, transpose: bool) -> np.ndarray:
     nr = _native.panel_width(mat.dtype.itemsize)
     out = np.empty(K * (-(-M // nr) * nr), mat.dtype)
     sk, sm = (1, cols) if transpose else (cols, 1)
-    _native.pack(mat, out, K, M, sk, sm)
+    _native.pack(mat, out, K, M, sk, sm, 0, M)
     return out
 
 
@@ -278,23 +278,36 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
         threads.run_parts([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
                                              dout, dh, dc, arrays, accumulate) for r in _split(rec.batch_sizes, rec.offsets, prep)])
     dgx = grads["dgx"]
-    dgh = grads.get("dgh", dgx)
-    dproj = grads.get("dproj")
-    pgrads = (_at(dgx, rec.x), _at(dgh, arrays["hprev"]),
-              dgx.sum(axis=0) if rec.has_bias else None, dgh.sum(axis=0) if rec.has_bias else None,
-              None if dproj is None else _at(dproj, arrays["m"]))  # dW_ih, dW_hh, db_ih, db_hh, dW_hr
-    return dx, (dh,) if dc is None else (dh, dc), pgrads
+    db_ih = dgx.sum(axis=0) if rec.has_bias else None
+    if "dgh" in grads:  # GRU: the hidden side has its own gradient
+        (dW_ih,), (dW_hh,) = _at(dgx, rec.x), _at(grads["dgh"], arrays["hprev"])
+        db_hh = grads["dgh"].sum(axis=0) if rec.has_bias else None
+    else:  # both sides from the same gradient, read once
+        dW_ih, dW_hh = _at(dgx, rec.x, arrays["hprev"])
+        db_hh = db_ih
+    dW_hr = _at(grads["dproj"], arrays["m"])[0] if proj else None
+    return dx, (dh,) if dc is None else (dh, dc), (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
 
-def _at(a, b):
-    """``a.T @ b`` for ``a`` (T, M1) and ``b`` (T, M), a weight gradient summed over the
-    packed rows, on the compiled kernel with the rows of the result split across threads
-    (NumPy's BLAS would leave its own threads spinning against the next loop's)."""
+def _at(a, *bs):
+    """``a.T @ [b0 | b1 | ...]`` for ``a`` (T, M1) and each ``b`` (T, M_i): weight gradients
+    summed over the packed rows, the ``b`` side by side so that ``a`` is read once.  On the
+    compiled kernel, the rows of the result split across threads (NumPy's BLAS would leave
+    its own threads spinning against the next loop's).  Returns one (M1, M_i) view each."""
     K, M1 = a.shape
+    widths = [b.shape[1] for b in bs]
+    M = sum(widths)
     if K == 0:
-        return np.zeros((M1, b.shape[1]), a.dtype)
-    bp = _packed(b, False)
-    out = np.empty((M1, b.shape[1]), a.dtype)
-    threads.run_parts([lambda r=r: _native.gemm_at(a, bp, out, r[0], r[1], 0)
-                       for r in threads.row_ranges([K] * M1, b.shape[1])])
-    return out
+        out = np.zeros((M1, M), a.dtype)
+    else:
+        nr = _native.panel_width(a.dtype.itemsize)
+        bp = np.empty(K * (-(-M // nr) * nr), a.dtype)
+        col = 0
+        for b, w in zip(bs, widths):
+            _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
+            col += w
+        out = np.empty((M1, M), a.dtype)
+        threads.run_parts([lambda r=r: _native.gemm_at(a, bp, out, r[0], r[1], 0)
+                           for r in threads.row_ranges([K] * M1, M)])
+    starts = np.cumsum([0] + widths)
+    return [out[:, s:e] for s, e in zip(starts[:-1], starts[1:])]
