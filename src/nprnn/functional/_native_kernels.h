@@ -177,7 +177,18 @@ static void FN(gemm_at)(long r0, long r1, long K, long M, const T *A, long lda, 
 static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst, long col0, long Mtot) {
     for (long k = 0; k < K; k++) {
         const T *row = src + k * sk;
-        for (long m = 0; m < M; m++) {
+        long m = 0;
+        while (sm == 1 && m < M) {  /* contiguous rows: a whole panel row at once where it fits */
+            long col = col0 + m;
+            if (col % NR == 0 && m + NR <= M) {
+                memcpy(dst + ((col / NR) * K + k) * NR, row + m, NR * sizeof(T));
+                m += NR;
+            } else {
+                dst[((col / NR) * K + k) * NR + col % NR] = row[m];
+                m++;
+            }
+        }
+        for (; m < M; m++) {
             long col = col0 + m;
             dst[((col / NR) * K + k) * NR + col % NR] = row[m * sm];
         }
