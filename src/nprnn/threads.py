@@ -225,55 +225,74 @@ _workers = {"pool": None, "size": 0}
 _workers_lock = threading.Lock()
 
 
+PARTS_PER_THREAD = 4  # more parts than threads: a thread slowed down by another process takes fewer
+MIN_PART_ROWS = 4  # a part of fewer rows would leave the kernel's register tiles mostly empty
+
+
 def row_ranges(lengths, row_work: int) -> list:
     """How to split a batch for a compiled scan: ``lengths`` are the sequences' lengths
     (non-increasing, as packed), ``row_work`` the multiply-adds of a row.  Returns
-    ``[(r0, r1), ...]``, one range of sequences per thread with about equal packed rows,
-    or one range when a split does not pay."""
+    ``[(r0, r1), ...]``, ranges of sequences with about equal packed rows, a few per thread
+    (:func:`run_parts` hands them out as threads come free), or one range when a split does
+    not pay."""
     batch = len(lengths)
-    parts = min(get_num_threads(), batch)
+    threads = min(get_num_threads(), batch)
     total = int(sum(lengths))
-    if parts < 2 or total * row_work < MIN_SPLIT_WORK * parts:
+    if threads < 2 or total * row_work < MIN_SPLIT_WORK * threads:
         return [(0, batch)]
+    parts = max(threads, min(PARTS_PER_THREAD * threads, batch // MIN_PART_ROWS))
     bounds, acc, k = [0], 0, 1
     for r, n in enumerate(lengths):
         acc += int(n)
-        if k < parts and acc * parts >= total * k and r + 1 < batch:
-            bounds.append(r + 1)
+        while k < parts and acc * parts >= total * k and r + 1 < batch:
+            if bounds[-1] != r + 1:
+                bounds.append(r + 1)
             k += 1
     bounds.append(batch)
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def run_parts(parts) -> None:
-    """Run the callables ``parts`` side by side: the first on this thread, the others on
-    pooled worker threads; wait for all and raise the first error."""
+    """Run the callables ``parts`` side by side on this thread and pooled worker threads
+    (up to :func:`get_num_threads` in all), each thread taking the next part as it comes
+    free; wait for all and raise the first error (no part starts after one failed)."""
     if len(parts) == 1:
         parts[0]()
         return
     from concurrent.futures import ThreadPoolExecutor
 
+    helpers = min(get_num_threads(), len(parts)) - 1
     with _workers_lock:
-        if _workers["pool"] is None or _workers["size"] < len(parts) - 1:
+        if _workers["pool"] is None or _workers["size"] < helpers:
             if _workers["pool"] is not None:
                 _workers["pool"].shutdown(wait=False)
-            _workers["pool"] = ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="nprnn-part")
-            _workers["size"] = len(parts) - 1
+            _workers["pool"] = ThreadPoolExecutor(max(helpers, 1), thread_name_prefix="nprnn-part")
+            _workers["size"] = max(helpers, 1)
         pool = _workers["pool"]
+    queue = list(reversed(parts))
+    lock = threading.Lock()
+    errors = []
+
+    def drain():
+        while True:
+            with lock:
+                if errors or not queue:
+                    return
+                part = queue.pop()
+            try:
+                part()
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                return
+
     context = contextvars.copy_context()
-    futures = [pool.submit(context.copy().run, part) for part in parts[1:]]
-    error = None
-    try:
-        parts[0]()
-    except BaseException as exc:
-        error = exc
+    futures = [pool.submit(context.copy().run, drain) for _ in range(helpers)]
+    drain()
     for future in futures:
-        try:
-            future.result()
-        except BaseException as exc:
-            error = error or exc
-    if error is not None:
-        raise error
+        future.result()
+    if errors:
+        raise errors[0]
 
 
 def set_helper_process(enabled: bool) -> None:
