@@ -319,6 +319,15 @@ class RNNBase(Module):
             return output, (finals[0], finals[1])
         return output, finals[0]
 
+    def stream(self, batch_size=None):
+        """A :class:`~nprnn.stream.Stream`: ``stream.step(x_t)`` runs one time step
+        through every layer, carrying the state between calls (one-directional layers;
+        no dropout, nothing kept for backward).  ``batch_size=None`` streams one
+        unbatched sequence, ``x_t`` of shape (input_size,)."""
+        from .stream import Stream
+
+        return Stream(self, batch_size)
+
     def _pool(self) -> dict:
         """This thread's reusable work arrays (like PyTorch's caching allocator: memory is
         kept between calls because fresh memory costs page faults).  ``release_buffers``

@@ -238,8 +238,10 @@ static long panels(long M, Py_ssize_t itemsize) {
         x, out, h, c, wih, whh, bias, bhn, whr, gates, hprev, cprev, tc, m, ghn, gxs,
         dx, dgx, dgh, dproj, scratch, itemsize) */
 #define SCAN_ARGS 34
-static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
+/* Parse and check scan()'s arguments into *sp, the buffers held in *bp (released on
+   failure); returns the loop to run, or NULL with an exception set. */
+static scan_fn parse_scan(PyObject *const *args, Py_ssize_t nargs, struct scan *sp, struct bufs *bp) {
+    bp->n = 0;
     if (nargs != SCAN_ARGS) {
         PyErr_SetString(PyExc_TypeError, "_native.scan takes 34 arguments");
         return NULL;
@@ -269,6 +271,7 @@ static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     const long GH = s.G * s.H, H = s.H, P = s.P, Hin = s.Hin;
     struct bufs b;
     b.n = 0;
+    scan_fn fn = NULL;
     s.batch_sizes = get(&b, args[10], "batch_sizes", 0, 8, 1, 0, 0, NULL);
     if (!s.batch_sizes) goto fail;
     s.steps = (long)(b.v[0].len / 8);
@@ -338,16 +341,79 @@ static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         s.scratch = get(&b, args[32], "scratch", 1, isz, N * H, !proj, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }
-    scan_fn fn = back ? isa->backward[isz == 8] : isa->forward[isz == 8];
+    fn = back ? isa->backward[isz == 8] : isa->forward[isz == 8];
+    *sp = s;
+    *bp = b;
+    return fn;
+fail:
+    release(&b);
+    return NULL;
+}
+
+static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    struct scan s;
+    struct bufs b;
+    scan_fn fn = parse_scan(args, nargs, &s, &b);
+    if (!fn) return NULL;
     Py_BEGIN_ALLOW_THREADS
     fn(&s);
     Py_END_ALLOW_THREADS
     release(&b);
     Py_RETURN_NONE;
-fail:
-    release(&b);
-    return NULL;
 }
+
+/* Call(*scan_args): scan()'s arguments parsed and checked once, the arrays held; call() runs
+   the loop again on them (a stream's step: the same arrays every time, new contents). */
+typedef struct {
+    PyObject_HEAD
+    struct scan s;
+    struct bufs b;
+    scan_fn fn;
+} CallObject;
+
+static void call_dealloc(CallObject *self) {
+    release(&self->b);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *call_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (kwds && PyDict_Size(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "_native.Call takes no keyword arguments");
+        return NULL;
+    }
+    CallObject *self = (CallObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->fn = parse_scan(&PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args), &self->s, &self->b);
+    if (!self->fn) {
+        self->b.n = 0;
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *call_call(CallObject *self, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_Size(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "a _native.Call takes no arguments");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    self->fn(&self->s);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyTypeObject CallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nprnn.functional._native.Call",
+    .tp_basicsize = sizeof(CallObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "scan()'s arguments, checked once; calling it runs the loop on them again.",
+    .tp_new = call_new,
+    .tp_dealloc = (destructor)call_dealloc,
+    .tp_call = (ternaryfunc)call_call,
+};
 
 /* pack(src, dst, K, M, sk, sm[, col0, Mtot]): columns col0..col0+M of a packed B (K, Mtot)
    from src, B[k][col0 + m] = src[k * sk + m * sm] (by default col0 = 0, Mtot = M). */
@@ -478,5 +544,14 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_native", NULL, -
 
 PyMODINIT_FUNC PyInit__native(void) {
     isa = best_isa();
-    return PyModule_Create(&moduledef);
+    if (PyType_Ready(&CallType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    Py_INCREF(&CallType);
+    if (PyModule_AddObject(m, "Call", (PyObject *)&CallType) < 0) {
+        Py_DECREF(&CallType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -186,6 +186,16 @@ def _tape_shapes(kind, H, P, proj, rows):
     return shapes
 
 
+def step_work(prep: Prepared, N: int) -> dict:
+    """The per-row work arrays of an inference call over a batch of ``N`` (a stream keeps
+    them from step to step)."""
+    dtype = prep.w_ih.dtype
+    shapes = _tape_shapes(prep.kind, prep.H, prep.P, prep.whr is not None, N)
+    if prep.kind.name == "gru":
+        shapes["gxs"] = (N, 3 * prep.H)
+    return {name: np.empty(shape, dtype) for name, shape in shapes.items()}
+
+
 def _arrays(shapes, dtype, pool, key):
     """Arrays of the given shapes, reused from ``pool`` (see :func:`.scan.alloc_blocks`)."""
     if pool is None:
@@ -208,15 +218,20 @@ def _split(sizes, offsets, prep):
     return threads.row_ranges(lengths, row_work)
 
 
-def _call(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a, accumulate=False):
+def call_args(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a, accumulate=False) -> tuple:
+    """The arguments of one ``_native.scan`` call (see _native.c), the arrays in ``a`` by name."""
     if back:
         wih, whh, whr = prep.wih_b, prep.whh_b, prep.whr_b
     else:
         wih, whh, whr = prep.wih, prep.whh, prep.whr
-    _native.scan(back, _CODES[prep.kind.name], train, reverse, rows[0], rows[1], prep.H, prep.P,
-                 prep.w_ih.shape[1], accumulate, sizes, offsets, x, out, h, c, wih, whh, prep.bias, prep.b_hn, whr,
-                 a.get("gates"), a.get("hprev"), a.get("cprev"), a.get("tc"), a.get("m"), a.get("ghn"), a.get("gxs"),
-                 a.get("dx"), a.get("dgx"), a.get("dgh"), a.get("dproj"), a.get("scratch"), h.dtype.itemsize)
+    return (back, _CODES[prep.kind.name], train, reverse, rows[0], rows[1], prep.H, prep.P, prep.w_ih.shape[1],
+            accumulate, sizes, offsets, x, out, h, c, wih, whh, prep.bias, prep.b_hn, whr,
+            a.get("gates"), a.get("hprev"), a.get("cprev"), a.get("tc"), a.get("m"), a.get("ghn"), a.get("gxs"),
+            a.get("dx"), a.get("dgx"), a.get("dgh"), a.get("dproj"), a.get("scratch"), h.dtype.itemsize)
+
+
+def _call(*args, **kw):
+    _native.scan(*call_args(*args, **kw))
 
 
 def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None):
