@@ -43,7 +43,7 @@ class Case:
     H: int
     layers: int = 1
     bidirectional: bool = False
-    mode: str = "inference"  # inference, train, stream
+    mode: str = "inference"  # inference, train, stream (layer.stream().step), call (one step, plain layer call)
     dtype: str = "float32"
     lengths: Optional[tuple] = None  # variable-length batch (packed in torch)
     against: tuple = ("torch", "onnxruntime")
@@ -69,6 +69,8 @@ def cases(quick: bool) -> list:
     for H in ((128,) if quick else (64, 128, 256)):
         out.append(Case(f"LSTM streaming step N=1 {H}->{H}", "LSTM", 1, 1, H, H, mode="stream",
                         against=("torch", "torch LSTMCell", "onnxruntime")))
+    out.append(Case("LSTM one step, plain layer call, N=1 128->128", "LSTM", 1, 1, 128, 128, mode="call",
+                    against=("torch", "onnxruntime")))
     if not quick:
         out.append(Case("GRU streaming step N=1 128->128", "GRU", 1, 1, 128, 128, mode="stream",
                         against=("torch", "torch GRUCell", "onnxruntime")))
@@ -152,7 +154,7 @@ def runners(case: Case, torch, threads: int) -> dict:
     rng = np.random.default_rng(1)
     D = 2 if case.bidirectional else 1
     fns = {}
-    if case.mode == "stream":
+    if case.mode in ("stream", "call"):
         return _stream_runners(case, ours, theirs, torch, threads, rng)
     x = rng.standard_normal((case.L, case.N, case.H_in)).astype(dt)
     xt = torch.from_numpy(x)
@@ -210,8 +212,14 @@ def _stream_runners(case, ours, theirs, torch, threads, rng):
     zeros = np.zeros((1, 1, H), np.float32)
     st = {"nprnn": (zeros, zeros) if lstm else zeros}
 
+    stream = ours.stream(1)
+    x_step = x[0]
+
     def np_step():
-        _, st["nprnn"] = ours(x, st["nprnn"])
+        if case.mode == "stream":
+            stream.step(x_step)
+        else:  # the plain layer call, its state carried by the caller
+            _, st["nprnn"] = ours(x, st["nprnn"])
 
     tz = torch.zeros(1, 1, H)
     st["torch"] = (tz, tz) if lstm else tz
@@ -240,8 +248,10 @@ def _stream_runners(case, ours, theirs, torch, threads, rng):
         if lstm:
             feeds["c0"] = res[2]
 
-    return {"nprnn": np_step, "torch": torch_step, f"torch {'LSTM' if lstm else 'GRU'}Cell": cell_step,
-            "onnxruntime": ort_step}
+    fns = {"nprnn": np_step, "torch": torch_step, "onnxruntime": ort_step}
+    if case.mode == "stream":
+        fns[f"torch {'LSTM' if lstm else 'GRU'}Cell"] = cell_step
+    return fns
 
 
 # -------------------------------------------------------------------- whole-process figures
@@ -378,7 +388,7 @@ def main(argv=None) -> int:
             fns.pop("onnxruntime", None)
         med = alternating_medians(fns, min_time)
         ratios = {k: v / med["nprnn"] for k, v in med.items() if k != "nprnn"}
-        gf = flops(case) / med["nprnn"] / 1e9 if case.mode != "stream" else 0.0
+        gf = flops(case) / med["nprnn"] / 1e9
         r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype])
         results.append(r)
         print(f"{case.name:52s} nprnn {med['nprnn'] * 1e3:9.3f} ms  "
