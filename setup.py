@@ -21,7 +21,7 @@ setup(
         Extension(
             "nprnn.functional._native",
             sources=["src/nprnn/functional/_native.c"],
-            depends=["src/nprnn/functional/_native_kernels.h"],
+            depends=["src/nprnn/functional/_native_kernels.h", "src/nprnn/functional/_native_isas.h"],
             extra_compile_args=flags,
             libraries=[] if sys.platform == "win32" else ["m"],  # libm brings libmvec where it exists
             optional=True,

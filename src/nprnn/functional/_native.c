@@ -40,106 +40,48 @@ struct scan {
     void *dx, *dgx, *dgh, *dproj, *scratch;           /* backward */
 };
 
-/* One matrix product C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], each B packed;
-   A1[i][k] = A1[i * ars1 + k * aks1], A2 row-major with row stride ars2. */
+/* One matrix product C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], each B packed,
+   its panels ps1 (ps2) elements apart; A1[i][k] = A1[i * ars1 + k * aks1], A2 row-major
+   with row stride ars2. */
 struct gemm {
     long n, M, K1;
     const void *A1;
     long ars1, aks1;
     const void *B1;
-    long K2;
+    long ps1, K2;
     const void *A2;
     long ars2;
     const void *B2;
+    long ps2;
     void *C;
     long ldc;
     const void *Cin;
     long ldcin;
 };
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_X86_VARIANTS 1  /* GCC can compile functions for AVX-512 and AVX2 beside the baseline */
+#endif
+#define PASTE_(a, b) a##_##b
+#define PASTE(a, b) PASTE_(a, b)
+
 #define T float
+#define TNAME f32
 #define EXP expf
 #define TANH tanhf
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define HAVE_X86_VARIANTS 1
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
-#define VB 64
-#define MR 12
-#define ACC 24
-#define SFX f32_avx512
-#include "_native_kernels.h"
-#undef VB
-#undef MR
-#undef ACC
-#undef SFX
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define VB 32
-#define MR 6
-#define ACC 12
-#define SFX f32_avx2
-#include "_native_kernels.h"
-#undef VB
-#undef MR
-#undef ACC
-#undef SFX
-#pragma GCC pop_options
-#endif
-#define VB 16
-#define MR 6
-#define ACC 12
-#define SFX f32_base
-#include "_native_kernels.h"
-#undef VB
-#undef MR
-#undef ACC
-#undef SFX
+#include "_native_isas.h"
 #undef T
+#undef TNAME
 #undef EXP
 #undef TANH
 
 #define T double
+#define TNAME f64
 #define EXP exp
 #define TANH tanh
-#ifdef HAVE_X86_VARIANTS
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
-#define VB 64
-#define MR 12
-#define ACC 24
-#define SFX f64_avx512
-#include "_native_kernels.h"
-#undef VB
-#undef MR
-#undef ACC
-#undef SFX
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define VB 32
-#define MR 6
-#define ACC 12
-#define SFX f64_avx2
-#include "_native_kernels.h"
-#undef VB
-#undef MR
-#undef ACC
-#undef SFX
-#pragma GCC pop_options
-#endif
-#define VB 16
-#define MR 6
-#define ACC 12
-#define SFX f64_base
-#include "_native_kernels.h"
-#undef VB
-#undef MR
-#undef ACC
-#undef SFX
+#include "_native_isas.h"
 #undef T
+#undef TNAME
 #undef EXP
 #undef TANH
 

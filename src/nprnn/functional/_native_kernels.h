@@ -1,6 +1,6 @@
 /* The native time loop, written once and compiled for every (dtype, instruction set) pair.
  *
- * _native.c includes this file once per pair with these macros set:
+ * _native_isas.h includes this file once per pair with these macros set:
  *   T       float or double
  *   VB      vector width in bytes (64 AVX-512, 32 AVX2, 16 SSE2)
  *   MR      rows of the register tile (12 with 32 vector registers, 6 with 16)
@@ -85,14 +85,15 @@ static inline __attribute__((always_inline)) void FN(row_block)(int mr, const st
     const T *Cin = g->Cin ? (const T *)g->Cin + i * g->ldcin : 0;
     const T *B1 = (const T *)g->B1, *B2 = (const T *)g->B2;
     const long K1 = g->K1, K2 = g->A2 ? g->K2 : 0;
+    const long ps1 = g->ps1, ps2 = g->ps2;
     long j = 0;
     for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
-        FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
-                 K2 * NR, C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (long)wide * NR);
+        FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
+                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (long)wide * NR);
     for (; j < npan; j++) {
         long cols = M - j * NR < NR ? M - j * NR : NR;
-        FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * K1 * NR, K1 * NR, K2, A2, g->ars2, B2 + j * K2 * NR,
-                 K2 * NR, C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
+        FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
+                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
     }
 }
 
@@ -117,58 +118,33 @@ static void FN(gemm)(const struct gemm *g) {
 /* C = Cin + A @ B for row-major A (n, K), the common case of the loop. */
 static inline void FN(mm)(long n, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc, const T *Cin,
                           long ldcin) {
-    struct gemm g = {n, M, K, A, lda, 1, Bp, 0, 0, 0, 0, C, ldc, Cin, ldcin};
+    struct gemm g = {n, M, K, A, lda, 1, Bp, K * NR, 0, 0, 0, 0, 0, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
 
 /* C = Cin + A1 @ B1 + A2 @ B2, both A row-major. */
 static inline void FN(mm2)(long n, long M, long K1, const T *A1, long lda1, const T *B1, long K2, const T *A2,
                            long lda2, const T *B2, T *C, long ldc, const T *Cin, long ldcin) {
-    struct gemm g = {n, M, K1, A1, lda1, 1, B1, K2, A2, lda2, B2, C, ldc, Cin, ldcin};
+    struct gemm g = {n, M, K1, A1, lda1, 1, B1, K1 * NR, K2, A2, lda2, B2, K2 * NR, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
 
-/* C[r0:r1] (+)= A[:, r0:r1].T @ B (C the whole (lda, M) output) for A (K, lda) row-major and B (K, M) packed: a weight
-   gradient, summed over the K packed rows of a sequence.  K is cut into blocks so that a
-   block of each B panel stays in the nearer caches while the rows of C go by. */
+/* C[r0:r1] (+)= A[:, r0:r1].T @ B (C the whole (lda, M) output) for A (K, lda) row-major
+   and B (K, M) packed: a weight gradient, summed over the K packed rows of a sequence.  K
+   is cut into blocks so that a block of each B panel stays in the nearer caches while the
+   rows of C go by. */
 #define KC 256
-static inline __attribute__((always_inline)) void FN(at_block)(int mr, long kc, const T *A, long lda,
-                                                             const T *Bp, long K, long M, T *C, long ldc,
-                                                             const T *Cin) {
-    const long npan = (M + NR - 1) / NR;
-    const int wide = PANELS(mr);
-    long j = 0;
-    for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
-        FN(tile)(mr, wide, kc, A, 1, lda, Bp + j * K * NR, K * NR, 0, 0, 0, 0, 0, C + j * NR, ldc,
-                 Cin ? Cin + j * NR : 0, ldc, (long)wide * NR);
-    for (; j < npan; j++) {
-        long cols = M - j * NR < NR ? M - j * NR : NR;
-        FN(tile)(mr, 1, kc, A, 1, lda, Bp + j * K * NR, K * NR, 0, 0, 0, 0, 0, C + j * NR, ldc,
-                 Cin ? Cin + j * NR : 0, ldc, cols);
-    }
-}
-
-#define AT_CASE(r) \
-    case r: FN(at_block)(r, kc, A + i + k0 * lda, lda, Bp + k0 * NR, K, M, C + i * ldc, ldc, cin ? C + i * ldc : 0); break;
-
 static void FN(gemm_at)(long r0, long r1, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc,
                         int accumulate) {
     for (long k0 = 0; k0 < K; k0 += KC) {
         const long kc = K - k0 < KC ? K - k0 : KC;
-        const int cin = accumulate || k0 > 0;
-        for (long i = r0; i < r1; i += MR) {
-            long mr = r1 - i < MR ? r1 - i : MR;
-            switch (mr) {
-                AT_CASE(1) AT_CASE(2) AT_CASE(3) AT_CASE(4) AT_CASE(5) AT_CASE(6)
-#if MR > 6
-                AT_CASE(7) AT_CASE(8) AT_CASE(9) AT_CASE(10) AT_CASE(11) AT_CASE(12)
-#endif
-                default: break;
-            }
-        }
+        T *Cr = C + r0 * ldc;
+        /* A read across (A[i][k] = A[k * lda + i]); a block of kc rows of each B panel */
+        struct gemm g = {r1 - r0, M, kc, A + r0 + k0 * lda, 1, lda, Bp + k0 * NR, K * NR, 0, 0, 0, 0, 0, Cr, ldc,
+                         accumulate || k0 > 0 ? Cr : 0, ldc};
+        FN(gemm)(&g);
     }
 }
-#undef AT_CASE
 #undef KC
 
 /* Pack B (K, M) into columns col0.. of a panel array of Mtot columns: B[k][m] =
@@ -360,3 +336,7 @@ static void FN(backward)(const struct scan *s) {
 #undef FN
 #undef CAT
 #undef CAT_
+#undef VB
+#undef MR
+#undef ACC
+#undef SFX
