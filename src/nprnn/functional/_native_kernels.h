@@ -182,6 +182,58 @@ static inline void FN(tanh_)(T *restrict a, long n) {
     for (long j = 0; j < n; j++) a[j] = TANH(a[j]);
 }
 
+/* The elementwise work of one batch row, one function each so that every array is a
+   restrict parameter of its own (GCC then vectorises the loops; slices of one row's gates
+   are disjoint ranges of H). */
+static void FN(lstm_cell_row)(long H, const T *restrict i, const T *restrict f, const T *restrict g,
+                              const T *restrict o, T *restrict c, T *restrict tc, T *restrict m) {
+    for (long j = 0; j < H; j++) tc[j] = c[j] = f[j] * c[j] + i[j] * g[j];  /* c' = f c + i g */
+    FN(tanh_)(tc, H);
+    for (long j = 0; j < H; j++) m[j] = o[j] * tc[j];  /* o * tanh(c') */
+}
+
+static void FN(gru_cell_row)(long H, T *restrict r, T *restrict n, const T *restrict z, const T *restrict xr,
+                             const T *restrict xn, const T *restrict bhn, T *restrict ghn, T *restrict h) {
+    for (long j = 0; j < 2 * H; j++) r[j] += xr[j];  /* r and z (z follows r in the row) */
+    FN(sigmoid)(r, 2 * H);
+    for (long j = 0; j < H; j++) {
+        ghn[j] = n[j] + (bhn ? bhn[j] : (T)0);  /* W_hn h + b_hn */
+        n[j] = xn[j] + r[j] * ghn[j];
+    }
+    FN(tanh_)(n, H);
+    for (long j = 0; j < H; j++) h[j] = n[j] + z[j] * (h[j] - n[j]);  /* h' = n + z (h - n) */
+}
+
+static void FN(lstm_back_row)(long H, const T *restrict i, const T *restrict f, const T *restrict g,
+                              const T *restrict o, const T *restrict tc, const T *restrict cp,
+                              const T *restrict dm, T *restrict di, T *restrict df, T *restrict dg,
+                              T *restrict d_o, T *restrict dc) {
+    for (long j = 0; j < H; j++) {
+        T dcj = dc[j] + dm[j] * o[j] * ((T)1 - tc[j] * tc[j]);  /* through tanh(c') */
+        di[j] = dcj * g[j] * i[j] * ((T)1 - i[j]);  /* through the gates: s(1 - s), 1 - g^2 */
+        df[j] = dcj * cp[j] * f[j] * ((T)1 - f[j]);
+        dg[j] = dcj * i[j] * ((T)1 - g[j] * g[j]);
+        d_o[j] = dm[j] * tc[j] * o[j] * ((T)1 - o[j]);
+        dc[j] = dcj * f[j];  /* to c_prev */
+    }
+}
+
+static void FN(gru_back_row)(long H, const T *restrict r, const T *restrict z, const T *restrict n,
+                             const T *restrict ghn, const T *restrict hp, T *restrict dxr, T *restrict dxz,
+                             T *restrict dxn, T *restrict dhr, T *restrict dhz, T *restrict dhn, T *restrict dh) {
+    for (long j = 0; j < H; j++) {
+        T d = dh[j];
+        T dn = d * ((T)1 - z[j]) * ((T)1 - n[j] * n[j]);  /* through tanh */
+        T dz = d * (hp[j] - n[j]) * z[j] * ((T)1 - z[j]);
+        T dr = dn * ghn[j] * r[j] * ((T)1 - r[j]);
+        dxr[j] = dhr[j] = dr;
+        dxz[j] = dhz[j] = dz;
+        dxn[j] = dn;
+        dhn[j] = dn * r[j];  /* the hidden part of n sits inside r * */
+        dh[j] = d * z[j];  /* the direct path */
+    }
+}
+
 /* One layer-direction over all steps; see struct scan in _native.c. */
 static void FN(forward)(const struct scan *s) {
     const long H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
@@ -203,20 +255,9 @@ static void FN(forward)(const struct scan *s) {
             T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + s->r0 * H;
             const T *bhn = (const T *)s->bhn;
             for (long r = 0; r < n; r++) {
-                T *g = gates + r * GH, *gn = ghn + r * H;
+                T *g = gates + r * GH;
                 const T *xr = gx + r * GH;
-                for (long j = 0; j < 2 * H; j++) g[j] += xr[j];
-                FN(sigmoid)(g, 2 * H);  /* r, z */
-                for (long j = 0; j < H; j++) {
-                    gn[j] = g[2 * H + j] + (bhn ? bhn[j] : (T)0);  /* W_hn h + b_hn */
-                    g[2 * H + j] = xr[2 * H + j] + g[j] * gn[j];
-                }
-                FN(tanh_)(g + 2 * H, H);  /* n */
-                T *hrow = hr + r * P;
-                for (long j = 0; j < H; j++) {  /* h' = n + z * (h - n) */
-                    T nn = g[2 * H + j];
-                    hrow[j] = nn + g[H + j] * (hrow[j] - nn);
-                }
+                FN(gru_cell_row)(H, g, g + 2 * H, g + H, xr, xr + 2 * H, bhn, ghn + r * H, hr + r * P);
             }
         } else {
             /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
@@ -228,15 +269,13 @@ static void FN(forward)(const struct scan *s) {
                 T *m = s->whr ? (s->train ? (T *)s->m + row * H : (T *)s->m + s->r0 * H) : 0;
                 for (long r = 0; r < n; r++) {
                     T *g = gates + r * GH;
-                    T *cc = cr + r * H, *tcr = tc + r * H;
                     FN(sigmoid)(g, 2 * H);  /* i, f */
                     FN(tanh_)(g + 2 * H, H);  /* g */
                     FN(sigmoid)(g + 3 * H, H);  /* o */
-                    if (cprev) memcpy(cprev + r * H, cc, H * sizeof(T));
-                    for (long j = 0; j < H; j++) tcr[j] = cc[j] = g[H + j] * cc[j] + g[j] * g[2 * H + j];
-                    FN(tanh_)(tcr, H);
-                    T *mr_ = m ? m + r * H : hr + r * P;  /* o * tanh(c'), the state unless projected */
-                    for (long j = 0; j < H; j++) mr_[j] = g[3 * H + j] * tcr[j];
+                    if (cprev) memcpy(cprev + r * H, cr + r * H, H * sizeof(T));
+                    /* o * tanh(c') is the new state, or what the projection multiplies */
+                    FN(lstm_cell_row)(H, g, g + H, g + 2 * H, g + 3 * H, cr + r * H, tc + r * H,
+                                      m ? m + r * H : hr + r * P);
                 }
                 if (m) FN(mm)(n, H, P, m, H, (const T *)s->whr, hr, P, 0, 0);  /* h' = m @ W_hr.T */
             } else {
@@ -282,42 +321,26 @@ static void FN(backward)(const struct scan *s) {
                 ldm = H;
             }
             for (long r = 0; r < n; r++) {
-                const T *g = gates + r * GH, *tcr = tc + r * H, *cp = cprev + r * H, *dmr = dm + r * ldm;
-                T *d = dgx + r * GH, *dcc = dcr + r * H;
-                for (long j = 0; j < H; j++) {
-                    T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], tj = tcr[j];
-                    T dcj = dcc[j] + dmr[j] * o * ((T)1 - tj * tj);  /* through tanh(c') */
-                    d[j] = dcj * gg * i * ((T)1 - i);  /* through the gates: s(1 - s), 1 - g^2 */
-                    d[H + j] = dcj * cp[j] * f * ((T)1 - f);
-                    d[2 * H + j] = dcj * i * ((T)1 - gg * gg);
-                    d[3 * H + j] = dmr[j] * tj * o * ((T)1 - o);
-                    dcc[j] = dcj * f;  /* to c_prev */
-                }
+                const T *g = gates + r * GH;
+                T *d = dgx + r * GH;
+                FN(lstm_back_row)(H, g, g + H, g + 2 * H, g + 3 * H, tc + r * H, cprev + r * H, dm + r * ldm, d,
+                                  d + H, d + 2 * H, d + 3 * H, dcr + r * H);
             }
             FN(mm)(n, GH, P, dgx, GH, (const T *)s->whh, dhr, P, 0, 0);  /* to h_prev */
         } else if (s->kind == KIND_GRU) {
             const T *ghn = (const T *)s->ghn + row * H, *hprev = (const T *)s->hprev + row * P;
             T *dgh = (T *)s->dgh + row * GH;
             for (long r = 0; r < n; r++) {
-                const T *g = gates + r * GH, *gn = ghn + r * H, *hp = hprev + r * P;
-                T *dxr = dgx + r * GH, *dhh = dgh + r * GH, *dhj = dhr + r * P;
-                for (long j = 0; j < H; j++) {
-                    T rr = g[j], z = g[H + j], nn = g[2 * H + j], d = dhj[j];
-                    T dn = d * ((T)1 - z) * ((T)1 - nn * nn);  /* through tanh */
-                    T dz = d * (hp[j] - nn) * z * ((T)1 - z);
-                    T dr = dn * gn[j] * rr * ((T)1 - rr);
-                    dxr[j] = dhh[j] = dr;
-                    dxr[H + j] = dhh[H + j] = dz;
-                    dxr[2 * H + j] = dn;
-                    dhh[2 * H + j] = dn * rr;  /* the hidden part of n sits inside r * */
-                    dhj[j] = d * z;  /* the direct path */
-                }
+                const T *g = gates + r * GH;
+                T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH;
+                FN(gru_back_row)(H, g, g + H, g + 2 * H, ghn + r * H, hprev + r * P, dx_, dx_ + H, dx_ + 2 * H, dh_,
+                                 dh_ + H, dh_ + 2 * H, dhr + r * P);
             }
             FN(mm)(n, GH, P, dgh, GH, (const T *)s->whh, dhr, P, dhr, P);  /* plus the gates */
         } else {
             for (long r = 0; r < n; r++) {
-                const T *a = gates + r * GH;
-                T *d = dgx + r * GH, *dhj = dhr + r * P;
+                const T *restrict a = gates + r * GH;
+                T *restrict d = dgx + r * GH, *restrict dhj = dhr + r * P;
                 if (s->kind == KIND_RNN_TANH)
                     for (long j = 0; j < H; j++) d[j] = dhj[j] * ((T)1 - a[j] * a[j]);  /* through tanh */
                 else
