@@ -309,3 +309,35 @@ def test_kernel_refuses_buffers_that_do_not_fit():
     bad_sizes, bad_offsets = native._layout([1, 2])
     with pytest.raises(ValueError, match="non-increasing"):
         native._call(0, prep, 0, 0, (0, 1), bad_sizes, bad_offsets, x[:3], np.zeros((3, 4), np.float32), h, c, work)
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_padding_past_lengths_is_never_read(kind, backend, tier):
+    """With lengths=, what lies past each sequence's end may be anything, NaN included."""
+    if backend == "native" and native._native is None:
+        pytest.skip("the compiled kernels are not built")
+    nprnn.set_backend(backend)
+    rng = np.random.default_rng(5)
+    m = getattr(nprnn, kind)(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    x = rng.standard_normal((6, 3, 3))
+    lengths = [6, 2, 4]
+    dirty = x.copy()
+    for b, n in enumerate(lengths):
+        dirty[n:, b] = np.nan
+    out, hn = m(x, lengths=lengths)
+    gx, _ = m.backward(np.ones_like(out))
+    grads = {k: v.copy() for k, v in m.grads.items()}
+    m.zero_grad()
+    out2, hn2 = m(dirty, lengths=lengths)
+    gx2, _ = m.backward(np.ones_like(out2))
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(gx2, gx)
+    for a, b in zip(_flat(hn2), _flat(hn)):
+        np.testing.assert_array_equal(a, b)
+    for k, v in m.grads.items():
+        np.testing.assert_array_equal(v, grads[k])
+
+
+def _flat(state):
+    return state if isinstance(state, tuple) else (state,)
