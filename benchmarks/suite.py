@@ -77,10 +77,12 @@ def cases(quick: bool) -> list:
     return out
 
 
-def alternating_medians(fns: dict, min_time: float, block: int = 5, min_blocks: int = 3, settle: float = 0.05) -> dict:
+def alternating_medians(fns: dict, min_time: float, block: int = 5, min_blocks: int = 3, settle: float = 0.3) -> dict:
     """Median seconds per call of each function, timed in alternating blocks of ``block``
-    calls (the first call of a block is not counted: it pays for caches and for another
-    library's thread pool still spinning)."""
+    calls.  Before each block the process sleeps ``settle`` seconds, and the block's first
+    call is not counted: thread pools spin for a while after their last job (OpenBLAS's,
+    PyTorch's OpenMP and onnxruntime's for up to about 0.1-0.2 s), and one library's
+    spinning threads would otherwise slow the next one down."""
     times = {k: [] for k in fns}
     start = time.perf_counter()
     blocks = 0
@@ -115,7 +117,7 @@ def gemm_rate(dtype: str, torch) -> float:
     a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
     b = a.T.copy()
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    t = min(alternating_medians({"numpy": lambda: a @ b, "torch": lambda: ta @ tb}, 2.0, block=3).values())
+    t = min(alternating_medians({"numpy": lambda: a @ b, "torch": lambda: ta @ tb}, 2.0, block=3, settle=0.1).values())
     return 2.0 * n ** 3 / t / 1e9
 
 
