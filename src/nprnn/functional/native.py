@@ -81,24 +81,32 @@ def _packed(mat: np.ndarray, transpose: bool) -> np.ndarray:
 class Prepared:
     """One layer-direction's weights, arranged for the compiled loop: ``wih``, ``whh``,
     ``whr`` the packed ``W_ih.T``, ``W_hh.T``, ``W_hr.T`` the forward multiplies by;
-    ``wih_b``, ``whh_b``, ``whr_b`` the packed ``W_ih``, ``W_hh``, ``W_hr`` of backward;
     ``bias`` (G*H,) the bias added to the input side (for GRU the candidate's hidden bias
-    stays out of it: ``b_hn``, (H,)); ``w_ih`` the plain input weights; ``isa`` the
-    instruction set the panels were packed for."""
+    stays out of it: ``b_hn``, (H,)); ``isa`` the instruction set the panels were packed
+    for.  The packed ``W_ih``, ``W_hh``, ``W_hr`` that backward multiplies by are made on
+    first use (:meth:`backward_weights`), so inference keeps one arranged copy."""
 
     kind: object
     H: int
     P: int
-    w_ih: np.ndarray
+    H_in: int
+    dtype: np.dtype
     bias: Optional[np.ndarray]
     b_hn: Optional[np.ndarray]
     wih: np.ndarray
     whh: np.ndarray
     whr: Optional[np.ndarray]
-    wih_b: np.ndarray
-    whh_b: np.ndarray
-    whr_b: Optional[np.ndarray]
     isa: str
+    params: tuple  # the parameter arrays these were made from (read-only between changes)
+    _backward: Optional[tuple] = None
+
+    def backward_weights(self) -> tuple:
+        """(packed W_ih, packed W_hh, packed W_hr or None), made once."""
+        if self._backward is None:
+            w_ih, w_hh, _, _, w_hr = self.params
+            self._backward = (_packed(w_ih, False), _packed(w_hh, False),
+                              None if w_hr is None else _packed(w_hr, False))
+        return self._backward
 
 
 def prepare(kind, params) -> Prepared:
@@ -111,14 +119,13 @@ def prepare(kind, params) -> Prepared:
     elif kind.name == "gru":  # the candidate's hidden bias sits inside r * (...)
         bias = b_ih.copy()
         bias[: 2 * H] += b_hh[: 2 * H]
-        b_hn = np.ascontiguousarray(b_hh[2 * H :])
+        b_hn = np.array(b_hh[2 * H :])
     else:
         bias = b_ih + b_hh
     return Prepared(
-        kind=kind, H=H, P=w_hh.shape[1], w_ih=np.array(w_ih, order="C", copy=True), bias=bias, b_hn=b_hn,
+        kind=kind, H=H, P=w_hh.shape[1], H_in=w_ih.shape[1], dtype=w_hh.dtype, bias=bias, b_hn=b_hn,
         wih=_packed(w_ih, True), whh=_packed(w_hh, True), whr=None if w_hr is None else _packed(w_hr, True),
-        wih_b=_packed(w_ih, False), whh_b=_packed(w_hh, False),
-        whr_b=None if w_hr is None else _packed(w_hr, False), isa=_native.isa(),
+        isa=_native.isa(), params=tuple(params),
     )
 
 
@@ -189,7 +196,7 @@ def _tape_shapes(kind, H, P, proj, rows):
 def step_work(prep: Prepared, N: int) -> dict:
     """The per-row work arrays of an inference call over a batch of ``N`` (a stream keeps
     them from step to step)."""
-    dtype = prep.w_ih.dtype
+    dtype = prep.dtype
     shapes = _tape_shapes(prep.kind, prep.H, prep.P, prep.whr is not None, N)
     if prep.kind.name == "gru":
         shapes["gxs"] = (N, 3 * prep.H)
@@ -210,7 +217,7 @@ def _arrays(shapes, dtype, pool, key):
 
 def _split(sizes, offsets, prep):
     """Row ranges of the batch for side-by-side calls (see :func:`..threads.row_ranges`)."""
-    row_work = prep.kind.num_gates * prep.H * (prep.P + prep.w_ih.shape[1]) + prep.H * prep.P
+    row_work = prep.kind.num_gates * prep.H * (prep.P + prep.H_in) + prep.H * prep.P
     N = int(sizes[0])
     if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * threads.MIN_SPLIT_WORK:
         return ((0, N),)  # too little work to hand any of it to another thread
@@ -221,10 +228,10 @@ def _split(sizes, offsets, prep):
 def call_args(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a, accumulate=False) -> tuple:
     """The arguments of one ``_native.scan`` call (see _native.c), the arrays in ``a`` by name."""
     if back:
-        wih, whh, whr = prep.wih_b, prep.whh_b, prep.whr_b
+        wih, whh, whr = prep.backward_weights()
     else:
         wih, whh, whr = prep.wih, prep.whh, prep.whr
-    return (back, _CODES[prep.kind.name], train, reverse, rows[0], rows[1], prep.H, prep.P, prep.w_ih.shape[1],
+    return (back, _CODES[prep.kind.name], train, reverse, rows[0], rows[1], prep.H, prep.P, prep.H_in,
             accumulate, sizes, offsets, x, out, h, c, wih, whh, prep.bias, prep.b_hn, whr,
             a.get("gates"), a.get("hprev"), a.get("cprev"), a.get("tc"), a.get("m"), a.get("ghn"), a.get("gxs"),
             a.get("dx"), a.get("dgx"), a.get("dgh"), a.get("dproj"), a.get("scratch"), h.dtype.itemsize)
