@@ -1,13 +1,18 @@
 """The compiled tier: one call of :mod:`nprnn.functional._native` runs a layer-direction's
 whole time loop, with the gates fused and the GIL released.
 
-It keeps the contract of the NumPy loop in :mod:`.scan` (packed time-major rows, the
-input projection of all steps as one GEMM before the loop, the weight gradients as a few
-GEMMs after it) and the same records, so the two tiers are interchangeable per call.
-What differs is inside the loop: the hidden weights are packed once into the panels the
-kernel's register tiles read (:class:`Prepared`), the sigmoid gates are computed as such
-(no scaled weights), and the running state lives in one ``(N, H_out)`` array that ends
-as ``h_n``, because the rows of sequences that have ended are never touched again.
+It keeps the contract of the NumPy loop in :mod:`.scan` (packed time-major rows; the
+records backward needs), so the two tiers are interchangeable per call.  What differs:
+the weights are packed once into the panels the kernel's register tiles read
+(:class:`Prepared`, cached per module); each step computes ``x_t @ W_ih.T + h @ W_hh.T + b``
+in one pass over the tile (the input projection and, in backward, the input gradient
+happen step by step inside the loop, where the rows are hot), and the weight gradients
+are products on the same kernel after it (:func:`_at`); the sigmoid gates are computed as
+such (no scaled weights); the running state lives in one ``(N, H_out)`` array that ends as
+``h_n``, because the rows of sequences that have ended are never touched again; and a
+large batch splits into row ranges that run their whole loops side by side
+(:func:`..threads.row_ranges`).  No BLAS is called, so no BLAS thread pool spins against
+these threads.
 
 ``NPRNN_BACKEND=numpy`` in the environment turns this tier off; ``NPRNN_BACKEND=native``
 makes its absence an error instead of a quiet fallback.
@@ -182,8 +187,9 @@ def _layout(batch_sizes):
 
 
 def _tape_shapes(kind, H, P, proj, rows):
-    G = 4 if kind.name == "lstm" else 3 if kind.name == "gru" else 1
-    shapes = {"gates": (rows, G * H)}
+    """The per-row arrays the kernel writes: per packed row when training (the tape), per
+    batch row otherwise (work)."""
+    shapes = {"gates": (rows, kind.num_gates * H)}
     if kind.name == "lstm":
         shapes["tc"] = (rows, H)
         if proj:
@@ -297,8 +303,9 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
         if not accumulate:
             dx.fill(0)
     else:
+        ranges = _split(rec.batch_sizes, rec.offsets, prep)
         threads.run_parts([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
-                                             dout, dh, dc, arrays, accumulate) for r in _split(rec.batch_sizes, rec.offsets, prep)])
+                                             dout, dh, dc, arrays, accumulate) for r in ranges])
     dgx = grads["dgx"]
     db_ih = dgx.sum(axis=0) if rec.has_bias else None
     if "dgh" in grads:  # GRU: the hidden side has its own gradient

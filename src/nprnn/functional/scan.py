@@ -1,4 +1,7 @@
-"""The time loop, written once for every cell kind, direction and batch layout.
+"""The NumPy time loop, written once for every cell kind, direction and batch layout, and
+the one entry point of both tiers: :func:`direction_forward` and :func:`direction_backward`
+hand a call to the compiled tier (:mod:`.native`) where it can run it, and run it here
+otherwise.
 
 Sequences are stored time-major and *packed*: the rows of step ``t`` are
 ``data[offset[t] : offset[t] + batch_sizes[t]]``, the first ``batch_sizes[t]`` sequences of
