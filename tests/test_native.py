@@ -151,7 +151,7 @@ def test_cache_follows_load_state_dict_optimizer_and_writable(kind):
     m.train()
     out, _ = m(x)
     m.backward(np.ones_like(out))
-    nprnn.optim.SGD(m, lr=0.1).step()
+    SGD(m, lr=0.1).step()
     m.eval()
     after_step = m(x)[0]
     assert not np.allclose(after_step, after_load)
