@@ -88,28 +88,34 @@ def test_every_instruction_set_matches_numpy(isa, tier):
 
 
 @needs_native
+@pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "LSTMP"])
-def test_batch_split_is_bit_for_bit(kind, tier, monkeypatch):
-    """Rows split across threads compute exactly what one call computes (a row's sums do
-    not depend on its neighbours), forward and backward, packed and padded."""
+def test_batch_split_is_bit_for_bit(kind, bidirectional, tier, monkeypatch):
+    """Rows split across threads, and directions side by side, compute exactly what one
+    call computes (a row's sums do not depend on its neighbours), forward and backward."""
     nprnn.set_backend("native")
     rng = np.random.default_rng(3)
     kw = {"proj_size": 3} if kind == "LSTMP" else {}
     cls = getattr(nprnn, "LSTM" if kind == "LSTMP" else kind)
-    m = cls(5, 7, num_layers=2, bidirectional=True, dtype=np.float64, seed=1, **kw)
+    m = cls(5, 7, num_layers=2, bidirectional=bidirectional, dtype=np.float64, seed=1, **kw)
     x = rng.standard_normal((9, 6, 5))
     lengths = [9, 7, 7, 4, 2, 1]
-    g = rng.standard_normal((9, 6, 2 * (3 if kind == "LSTMP" else 7)))
-    results = []
-    calls = []
-    real = threads.run_parts
+    D = 2 if bidirectional else 1
+    g = rng.standard_normal((9, 6, D * (3 if kind == "LSTMP" else 7)))
+    results, parts, sides = [], [], []
+    real_parts, real_sides = threads.run_parts, nprnn.recurrent.run_side_by_side
 
-    def spying(parts):
-        calls.append(len(parts))
-        return real(parts)
+    def spying_parts(p):
+        parts.append(len(p))
+        return real_parts(p)
 
-    monkeypatch.setattr(threads, "run_parts", spying)
-    for n_threads, min_work in ((1, threads.MIN_SPLIT_WORK), (2, 0), (3, 0)):
+    def spying_sides(*a, **k):
+        sides.append(1)
+        return real_sides(*a, **k)
+
+    monkeypatch.setattr(threads, "run_parts", spying_parts)
+    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", spying_sides)
+    for n_threads, min_work in ((1, threads.MIN_SPLIT_WORK), (2, 0), (4, 0)):
         monkeypatch.setattr(threads, "MIN_SPLIT_WORK", min_work)
         nprnn.set_num_threads(n_threads)
         try:
@@ -120,7 +126,8 @@ def test_batch_split_is_bit_for_bit(kind, tier, monkeypatch):
                             *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())])
         finally:
             nprnn.set_num_threads(os.cpu_count() or 1)
-    assert max(calls) >= 2  # the split did happen
+    assert max(parts) >= 2  # the split did happen (with 4 threads, two for each direction)
+    assert bool(sides) == bidirectional  # and the directions went side by side
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)

@@ -34,9 +34,9 @@ def side_by_side(monkeypatch):
     calls = []
     real = threads.run_side_by_side
 
-    def counting(first, second):
+    def counting(first, second, **kw):
         calls.append(threading.current_thread().name)
-        real(first, second)
+        real(first, second, **kw)
 
     monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", counting)  # directions
     monkeypatch.setattr(threads, "run_side_by_side", counting)  # pipelines (threads.run_pipeline)

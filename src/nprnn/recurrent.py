@@ -387,7 +387,7 @@ class RNNBase(Module):
         else:
             for layer in range(L):
                 if mode == "directions":
-                    run_side_by_side(lambda: run(layer, 1), lambda: run(layer, 0))
+                    run_side_by_side(lambda: run(layer, 1), lambda: run(layer, 0), blas=not self._native())
                 else:
                     for d in range(D):
                         run(layer, d)
@@ -408,13 +408,24 @@ class RNNBase(Module):
                                  d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
                                  self._step_options(idx), pool, idx, pipeline, self._prepared)
 
+    def _native(self) -> bool:
+        """Whether this layer's scans run on the compiled tier (which calls no BLAS)."""
+        return native.supports(self.kind, self.dtype)
+
     def _side_by_side(self, rows, steps, min_work):
         """"directions", "layers" or None: which scans of this run go two at a time (see
         :mod:`nprnn.threads`), given the least gate values a step that pays for it.  Layers
         pipeline only forward in time and without dropout between them (its mask applies to
         a layer's whole output)."""
         gate_width = self.kind.num_gates * self.hidden_size
-        if native.supports(self.kind, self.dtype):  # its scans split the batch instead (see threads.row_ranges)
+        if self._native():
+            # The compiled scans split the batch (threads.row_ranges); the two directions of a
+            # layer also go side by side, each on half the threads, as each part of a split
+            # reads all the weights at every step, and two directions give each read twice
+            # the rows.
+            work = rows * gate_width * (self._h_out + self.hidden_size)
+            if self.num_directions == 2 and threads.get_num_threads() >= 2 and work >= threads.MIN_SPLIT_WORK:
+                return "directions"
             return None
         if self.num_directions == 2:
             return "directions" if side_by_side_pays(steps, rows, gate_width, False, min_work) else None
@@ -533,7 +544,7 @@ class RNNBase(Module):
             dx = dxs[layer]
             if rec.side_by_side == "directions":
                 (dx_rev,) = alloc_blocks(((1, dx.shape[1]),), dx.shape[0], self.dtype, pool, (layer, "dx reverse"))
-                run_side_by_side(lambda: run(layer, 1, dx_rev), lambda: run(layer, 0, dx))
+                run_side_by_side(lambda: run(layer, 1, dx_rev), lambda: run(layer, 0, dx), blas=not self._native())
                 dx += dx_rev
             else:
                 for d in range(D):

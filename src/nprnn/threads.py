@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 CHUNK_STEPS = 8  # a pipelined layer hands its output over every this many time steps
 # Below this many gate values per step (rows * gates * hidden), two threads lose more to
@@ -85,6 +85,15 @@ def get_num_threads() -> int:
     return _available_cpus() if _blas_controller() is not None else 1
 
 
+_share = contextvars.ContextVar("nprnn_thread_share", default=1)  # how many scans share the threads now
+
+
+def threads_here() -> int:
+    """The threads one scan may use: :func:`get_num_threads`, divided among the scans a
+    side-by-side run (:func:`run_side_by_side`) is running at once."""
+    return max(1, get_num_threads() // _share.get())
+
+
 def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool, min_work: int) -> bool:
     """Whether two scans at once beat one: at least ``min_work`` gate values per step on
     average (``rows`` packed rows over ``steps`` steps, ``gate_width`` = gates * hidden
@@ -124,14 +133,16 @@ class UpstreamFailed(RuntimeError):
     """Raised in a scan waiting on a :class:`Stream` whose writer failed."""
 
 
-def run_side_by_side(first, second) -> None:
-    """Run ``first()`` on a new thread and ``second()`` on this one, the BLAS held to half
-    its threads; wait for both, and raise the error that started a failure (not the
+def run_side_by_side(first, second, blas: bool = True) -> None:
+    """Run ``first()`` on a new thread and ``second()`` on this one, each given half the
+    threads (:func:`threads_here`) and, with ``blas``, the BLAS held to half its threads;
+    wait for both, and raise the error that started a failure (not the
     :class:`UpstreamFailed` it caused in the other).  ``first`` sees this thread's context
     (NumPy's error state included).  If one may wait on the other (a :class:`Stream`),
     each must fail its streams when it fails, or the other waits forever.
     """
     context = contextvars.copy_context()
+    context.run(_share.set, _share.get() * 2)
     errors = []
 
     def target():
@@ -141,14 +152,18 @@ def run_side_by_side(first, second) -> None:
             errors.append(exc)
 
     worker = threading.Thread(target=target, name="nprnn-scan", daemon=True)
-    with blas_halved():
-        worker.start()
-        try:
-            second()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            worker.join()
+    token = _share.set(_share.get() * 2)
+    try:
+        with blas_halved() if blas else nullcontext():
+            worker.start()
+            try:
+                second()
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                worker.join()
+    finally:
+        _share.reset(token)
     if errors:
         raise next((e for e in errors if not isinstance(e, UpstreamFailed)), errors[0])
 
@@ -236,7 +251,7 @@ def row_ranges(lengths, row_work: int) -> list:
     (:func:`run_parts` hands them out as threads come free), or one range when a split does
     not pay."""
     batch = len(lengths)
-    threads = min(get_num_threads(), batch)
+    threads = min(threads_here(), batch)
     total = int(sum(lengths))
     if threads < 2 or total * row_work < MIN_SPLIT_WORK * threads:
         return [(0, batch)]
@@ -261,7 +276,7 @@ def run_parts(parts) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    helpers = min(get_num_threads(), len(parts)) - 1
+    helpers = min(threads_here(), len(parts)) - 1
     with _workers_lock:
         if _workers["pool"] is None or _workers["size"] < helpers:
             if _workers["pool"] is not None:
