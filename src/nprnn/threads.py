@@ -233,9 +233,11 @@ class Stream:
 # --------------------------------------------------------------- the compiled tier
 # A compiled scan (nprnn.functional.native) runs its whole time loop without the GIL, and
 # batch rows are independent over the whole sequence: so the batch splits into parts that
-# run side by side with no per-step synchronisation.  Below this many multiply-adds a call
-# (rows x hidden product width), handing work to another thread costs more than it gains.
-MIN_SPLIT_WORK = 1 << 21
+# run side by side with no per-step synchronisation.  Handing a part to a pooled thread
+# costs about 150 us on the project's machine (waking the thread and passing the GIL), so
+# a split needs this many multiply-adds a thread to pay: measured (bench_threads and
+# back-to-back calls) 0.3-0.4x at 1M, 0.9x at 5-6M, 0.97-1.31x at 8-10M a thread.
+MIN_SPLIT_WORK = 8_000_000
 _workers = {"pool": None, "size": 0}
 _workers_lock = threading.Lock()
 
