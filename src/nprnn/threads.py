@@ -243,7 +243,7 @@ _workers_lock = threading.Lock()
 
 
 PARTS_PER_THREAD = 4  # more parts than threads: a thread slowed down by another process takes fewer
-MIN_PART_ROWS = 4  # a part of fewer rows would leave the kernel's register tiles mostly empty
+MIN_PART_ROWS = 8  # a part of fewer rows leaves the register tiles part empty and reads the weights for few rows
 
 
 def row_ranges(lengths, row_work: int) -> list:
