@@ -309,7 +309,7 @@ class RNNBase(Module):
             finals = [f[:, layout.unsorted_indices] for f in finals]
         if record is not None:
             record.layout = layout
-        self._record = record
+        self.__dict__["_record"] = record  # (a plain attribute: no parameter lookup on the way)
         return out, finals
 
     def _finish(self, output, finals, layout):
@@ -365,7 +365,7 @@ class RNNBase(Module):
         """All layers over packed time-major ``x`` (T, H_in); states (D*layers, N, .)."""
         D, P, L = self.num_directions, self._h_out, self.num_layers
         train = self.training
-        self._record = None  # the previous record's buffers are about to be reused
+        self.__dict__["_record"] = None  # the previous record's buffers are about to be reused
         pool = self._pool()
         finals = [np.empty(s.shape, self.dtype) for s in states]
         mode = self._side_by_side(x.shape[0], len(batch_sizes),
