@@ -248,3 +248,40 @@ def test_composition_names_and_recursion():
     m.load_state_dict(sd)
     np.testing.assert_array_equal(m.head.bias, sd["head.bias"])
     assert "(rnn): GRU(3, 4)" in repr(m)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
+def test_optimizers_take_parameters_and_named_parameters(cls):
+    """PyTorch's idiom: ``Adam(model.parameters())``; each parameter knows its gradient."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(0)
+    models = [nprnn.GRU(3, 4, num_layers=2, seed=1) for _ in range(3)]
+    opts = [cls(models[0], lr=0.05), cls(models[1].parameters(), lr=0.05), cls(models[2].named_parameters(), lr=0.05)]
+    assert opts[2].names == [n for n, _ in models[2].named_parameters()]
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    for _ in range(3):
+        for m, opt in zip(models, opts):
+            opt.zero_grad()
+            out, _ = m(x)
+            m.backward(np.ones_like(out))
+            opt.step()
+    for other in models[1:]:
+        for a, b in zip(models[0].parameters(), other.parameters()):
+            np.testing.assert_array_equal(a, b)
+    for clone in (copy.deepcopy(models[0]), pickle.loads(pickle.dumps(models[0]))):
+        for name, p in clone.named_parameters():
+            assert p.grad is clone.grads[name]
+    m = models[0]
+    m.weight_hh_l1 = np.zeros_like(m.weight_hh_l1)
+    assert m.weight_hh_l1.grad is m.grads["weight_hh_l1"]
+
+
+def test_optimizer_refuses_what_it_cannot_place():
+    with pytest.raises(TypeError, match="item 0 is an array with no gradient the optimizer can find"):
+        Adam([np.zeros(3)])
+    with pytest.raises(TypeError, match="parameter groups .* are not supported; use one optimizer per group"):
+        Adam([{"params": nprnn.GRU(2, 2).parameters(), "lr": 0.1}])
+    with pytest.raises(TypeError, match="item 0 is a str"):
+        Adam(["weight"])

@@ -30,7 +30,10 @@ def parameter_epoch() -> int:
 class Parameter(np.ndarray):
     """A parameter array: an ndarray that is read-only outside :func:`writable`, and says
     so in words (NumPy's own message does not name the supported ways).  Arithmetic on it
-    gives ordinary arrays' values; its copies are writable."""
+    gives ordinary arrays' values; its copies are writable.  ``p.grad`` is the gradient
+    array backward adds into (the module's ``grads`` entry), as in PyTorch."""
+
+    grad = None
 
     def _refuse(self):
         if not self.flags.writeable:
@@ -140,8 +143,8 @@ class Module:
 
     # -- attributes ------------------------------------------------------------
     def register_parameter(self, name: str, value: np.ndarray) -> None:
-        self._parameters[name] = as_parameter(value)
-        self._grads[name] = np.zeros(value.shape, value.dtype)
+        p = self._parameters[name] = as_parameter(value)
+        p.grad = self._grads[name] = np.zeros(value.shape, value.dtype)
         _epoch[0] += 1
 
     def __getattr__(self, name):
@@ -162,7 +165,8 @@ class Module:
                 raise ValueError(
                     f"cannot assign an array of shape {new.shape} to parameter '{name}' of shape {old.shape}"
                 )
-            params[name] = as_parameter(np.asarray(new, dtype=old.dtype))
+            p = params[name] = as_parameter(np.asarray(new, dtype=old.dtype))
+            p.grad = self._grads[name]
             _epoch[0] += 1
             return
         if isinstance(value, Module):
@@ -291,7 +295,8 @@ class Module:
             self.__dict__["_prepared"] = {}
         for name, p in list(self._parameters.items()):
             if not (isinstance(p, Parameter) and not p.flags.writeable):
-                self._parameters[name] = as_parameter(p)
+                p = self._parameters[name] = as_parameter(p)
+            p.grad = self._grads[name]  # (pickles keep no attributes of arrays)
         _epoch[0] += 1
 
     # -- calling ---------------------------------------------------------------

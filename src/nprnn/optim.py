@@ -12,23 +12,44 @@ import math
 
 import numpy as np
 
-from .module import Module, writable
+from .module import Module, Parameter, writable
 
 
 def _pairs(params):
-    """(names, params, grads) from a module or from (param, grad) pairs."""
+    """(names, params, grads) from a module, from ``model.parameters()`` or
+    ``model.named_parameters()`` (each parameter knows its gradient array, ``p.grad``), or
+    from (parameter, gradient) array pairs."""
     if isinstance(params, Module):
         grads = params.grads
         named = list(params.named_parameters())
         return [n for n, _ in named], [p for _, p in named], [grads[n] for n, _ in named]
-    pairs = list(params)
-    if not pairs:
+    items = list(params)
+    if not items:
         raise ValueError("optimizer got an empty parameter list")
-    for k, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(a, np.ndarray) for a in pair)
-                and pair[0].shape == pair[1].shape):
-            raise TypeError(f"optimizer params must be a Module or (parameter, gradient) array pairs of equal shape; item {k} is not")
-    return [str(k) for k in range(len(pairs))], [p for p, _ in pairs], [g for _, g in pairs]
+    names, ps, gs = [], [], []
+    for k, item in enumerate(items):
+        name = str(k)
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):  # from named_parameters()
+            name, item = item
+        if isinstance(item, Parameter):
+            if item.grad is None or item.grad.shape != item.shape:
+                raise TypeError(f"optimizer params: parameter {name} has no gradient array (it belongs to no module)")
+            p, g = item, item.grad
+        elif isinstance(item, dict):
+            raise TypeError("optimizer params: parameter groups (dicts with their own options) are not supported; "
+                            "use one optimizer per group")
+        elif (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(a, np.ndarray) for a in item)
+              and item[0].shape == item[1].shape):
+            p, g = item
+        else:
+            what = ("an array with no gradient the optimizer can find" if isinstance(item, np.ndarray)
+                    else f"a {type(item).__name__}")
+            raise TypeError(f"optimizer params must be a Module, model.parameters(), model.named_parameters() or "
+                            f"(parameter, gradient) array pairs of equal shape; item {k} is {what}")
+        names.append(name)
+        ps.append(p)
+        gs.append(g)
+    return names, ps, gs
 
 
 def _check_nonneg(name, value):
