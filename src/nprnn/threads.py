@@ -5,11 +5,10 @@ without the GIL, and batch rows are independent over the whole sequence, so a la
 splits into ranges of rows that run side by side (:func:`row_ranges`, :func:`run_parts`),
 with no synchronisation per step.
 
-The NumPy tier holds the GIL around every small NumPy call, so there it runs two *scans*
-at once instead.  NumPy runs elementwise work on one core, and at the batch sizes of a time step the BLAS
-gains little from a second thread (OpenBLAS splits a product of a few dozen rows poorly).
-So instead of splitting a step, a layer runs two *scans* at once, with the BLAS held to
-half the threads (one on two cores) per scan while they run:
+The NumPy tier holds the GIL around every small NumPy call, and at the batch sizes of a
+time step the BLAS gains little from a second thread (OpenBLAS splits a product of a few
+dozen rows poorly).  So there, instead of splitting a step, a layer runs two *scans* at
+once, with the BLAS held to half the threads (one on two cores) per scan while they run:
 
 * a bidirectional layer runs its two directions side by side;
 * a stack of one-directional layers runs as a pipeline: layer ``l + 1`` starts on the
@@ -238,12 +237,10 @@ class Stream:
 # a split needs this many multiply-adds a thread to pay: measured (bench_threads and
 # back-to-back calls) 0.3-0.4x at 1M, 0.9x at 5-6M, 0.97-1.31x at 8-10M a thread.
 MIN_SPLIT_WORK = 8_000_000
-_workers = {"pool": None, "size": 0}
-_workers_lock = threading.Lock()
-
-
 PARTS_PER_THREAD = 4  # more parts than threads: a thread slowed down by another process takes fewer
 MIN_PART_ROWS = 8  # a part of fewer rows leaves the register tiles part empty and reads the weights for few rows
+_workers = {"pool": None, "size": 0}  # the pooled threads run_parts hands parts to
+_workers_lock = threading.Lock()
 
 
 def row_ranges(lengths, row_work: int) -> list:
