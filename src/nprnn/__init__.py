@@ -13,6 +13,8 @@ from .packing import (
     unpad_sequence,
 )
 from .recurrent import GRU, LSTM, RNN, RNNBase
+from .activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .sequential import LastStep, Sequential
 from .threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
 
 __version__ = "0.1.0"
@@ -21,5 +23,6 @@ __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
-    "get_helper_process", "backend", "set_backend", "writable", "__version__",
+    "get_helper_process", "backend", "set_backend", "writable", "Sequential", "LastStep", "ReLU", "Tanh",
+    "Sigmoid", "Softmax", "LogSoftmax", "__version__",
 ]

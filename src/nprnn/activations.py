@@ -1,0 +1,109 @@
+"""Activation modules: ``ReLU``, ``Tanh``, ``Sigmoid``, ``Softmax``, ``LogSoftmax``.
+
+Same contract as the other layers (:mod:`nprnn.layers`): ``forward`` in training mode keeps
+what ``backward(grad_output)`` needs and ``backward`` returns the gradient of the input.
+NaN and inf pass as in PyTorch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import as_array
+from .layers import _check_grad, _need_record
+from .module import Module, resolve_dtype
+
+
+class _Activation(Module):
+    """The shared mechanics: subclasses give ``_forward(x) -> y`` and
+    ``_backward(g, x, y) -> grad_input``."""
+
+    def __init__(self, *, dtype=np.float32):
+        super().__init__()
+        self.dtype = resolve_dtype(dtype)
+        self._record = None
+
+    def forward(self, input):
+        x = as_array(input, "input", self.dtype, type(self).__name__)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            y = self._forward(x)
+        self._record = (x, y) if self.training else None
+        return y
+
+    def backward(self, grad_output):
+        _need_record(self, self._record)
+        x, y = self._record
+        g = _check_grad(self, grad_output, y.shape)
+        self._record = None
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._backward(g, x, y)
+
+
+class ReLU(_Activation):
+    """``max(x, 0)`` (NaN stays NaN); backward passes the gradient where the output is > 0."""
+
+    def _forward(self, x):
+        return np.where(x <= 0, x.dtype.type(0), x)
+
+    def _backward(self, g, x, y):
+        return np.where(y <= 0, g.dtype.type(0), g)  # PyTorch's threshold_backward
+
+
+class Tanh(_Activation):
+    """``tanh(x)``; backward ``g * (1 - y^2)``."""
+
+    def _forward(self, x):
+        return np.tanh(x)
+
+    def _backward(self, g, x, y):
+        return g * (1 - y * y)
+
+
+class Sigmoid(_Activation):
+    """``1 / (1 + exp(-x))``; backward ``g * y * (1 - y)``."""
+
+    def _forward(self, x):
+        return 1 / (1 + np.exp(-x))
+
+    def _backward(self, g, x, y):
+        return g * y * (1 - y)
+
+
+class _OverDim(_Activation):
+    def __init__(self, dim: int = -1, *, dtype=np.float32):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"{type(self).__name__}: dim must be an int, got {type(dim).__name__}")
+        super().__init__(dtype=dtype)
+        self.dim = int(dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+    def forward(self, input):
+        x = as_array(input, "input", self.dtype, type(self).__name__)
+        if not -x.ndim <= self.dim < max(x.ndim, 1):
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-max(x.ndim, 1)}, "
+                             f"{max(x.ndim, 1) - 1}], but got {self.dim})")
+        return super().forward(x)
+
+
+class Softmax(_OverDim):
+    """``exp(x) / sum(exp(x))`` along ``dim`` (shifted by the maximum); backward
+    ``y * (g - sum(g * y))``."""
+
+    def _forward(self, x):
+        e = np.exp(x - x.max(axis=self.dim, keepdims=True))
+        return e / e.sum(axis=self.dim, keepdims=True)
+
+    def _backward(self, g, x, y):
+        return y * (g - (g * y).sum(axis=self.dim, keepdims=True))
+
+
+class LogSoftmax(_OverDim):
+    """``x - log(sum(exp(x)))`` along ``dim``; backward ``g - exp(y) * sum(g)``."""
+
+    def _forward(self, x):
+        shifted = x - x.max(axis=self.dim, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=self.dim, keepdims=True))
+
+    def _backward(self, g, x, y):
+        return g - np.exp(y) * g.sum(axis=self.dim, keepdims=True)
