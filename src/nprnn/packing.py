@@ -15,12 +15,31 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Iterable
 
+import numbers
+
 import numpy as np
 
 __all__ = [
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "invert_permutation",
 ]
+
+
+def _int_array(value, name: str) -> np.ndarray:
+    """``value`` as an int64 array, refusing what is not integers (floats, bools, objects)."""
+    arr = np.asarray(value)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"PackedSequence: {name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _permutation(value, n: int, name: str) -> np.ndarray:
+    """``value`` as an int64 permutation of ``0 .. n-1``, or a clear error."""
+    arr = _int_array(value, name)
+    if arr.ndim != 1 or arr.size != n or not np.array_equal(np.sort(arr), np.arange(n)):
+        raise ValueError(f"PackedSequence: {name} must be a permutation of 0..{n - 1} (one index per sequence), "
+                         f"got {arr.tolist()}")
+    return arr
 
 
 def invert_permutation(permutation):
@@ -48,13 +67,19 @@ class PackedSequence(namedtuple("PackedSequence", ["data", "batch_sizes", "sorte
             if not (isinstance(data, (list, tuple)) and len(data) == 2):
                 raise TypeError("Expected data to be a list or tuple of length 2, or data and batch_sizes")
             data, batch_sizes = data
-        batch_sizes = np.asarray(batch_sizes, dtype=np.int64)
+        batch_sizes = _int_array(batch_sizes, "batch_sizes")
+        if batch_sizes.ndim != 1 or not batch_sizes.size or batch_sizes.min() <= 0 or np.any(np.diff(batch_sizes) > 0):
+            raise ValueError(f"PackedSequence: batch_sizes must be a non-empty 1-D array of positive, non-increasing "
+                             f"integers, got {batch_sizes.tolist()}")
+        N = int(batch_sizes[0])
         if sorted_indices is not None:
-            sorted_indices = np.asarray(sorted_indices, dtype=np.int64)
+            sorted_indices = _permutation(sorted_indices, N, "sorted_indices")
         if unsorted_indices is None:
             unsorted_indices = invert_permutation(sorted_indices)
         else:
-            unsorted_indices = np.asarray(unsorted_indices, dtype=np.int64)
+            unsorted_indices = _permutation(unsorted_indices, N, "unsorted_indices")
+            if sorted_indices is None or not np.array_equal(unsorted_indices[sorted_indices], np.arange(N)):
+                raise ValueError("PackedSequence: unsorted_indices must be the inverse of sorted_indices")
         return super().__new__(cls, data, batch_sizes, sorted_indices, unsorted_indices)
 
     @property
@@ -150,9 +175,15 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
     """Undo :func:`pack_padded_sequence`: returns ``(padded, lengths)`` in the original batch
     order, padded to ``total_length`` steps if given."""
     _check_packed(sequence)
+    if isinstance(padding_value, bool) or not isinstance(padding_value, numbers.Real):
+        raise TypeError(f"pad_packed_sequence(): argument 'padding_value' must be Number, not "
+                        f"{type(padding_value).__name__}")
     bs = sequence.batch_sizes
     max_len = bs.size
     if total_length is not None:
+        if isinstance(total_length, bool) or not isinstance(total_length, (int, np.integer)):
+            raise TypeError(f"pad_packed_sequence(): argument 'total_length' must be int, not "
+                            f"{type(total_length).__name__}")
         if total_length < max_len:
             raise ValueError(
                 "Expected total_length to be at least the length of the longest sequence in input, but got "
