@@ -42,6 +42,18 @@ def _permutation(value, n: int, name: str) -> np.ndarray:
     return arr
 
 
+def _flag(fn: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): argument '{name}' must be bool, not {type(value).__name__}")
+    return bool(value)
+
+
+def _number(fn: str, name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}(): argument '{name}' must be Number, not {type(value).__name__}")
+    return value
+
+
 def invert_permutation(permutation):
     """The inverse of an index permutation (None stays None)."""
     if permutation is None:
@@ -145,6 +157,8 @@ def pack_padded_sequence(input, lengths, batch_first: bool = False, enforce_sort
     """Pack a padded batch ``(L, B, *)`` (``(B, L, *)`` if batch_first) of sequences with
     the given lengths.  With ``enforce_sorted`` the lengths must be decreasing; otherwise
     the batch is sorted here and the permutation kept in the result."""
+    batch_first = _flag("pack_padded_sequence", "batch_first", batch_first)
+    enforce_sorted = _flag("pack_padded_sequence", "enforce_sorted", enforce_sorted)
     x = np.asarray(input)
     if x.ndim < 2:
         raise ValueError(f"pack_padded_sequence: input must have at least 2 dimensions (time and batch), got {x.ndim}")
@@ -175,9 +189,8 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
     """Undo :func:`pack_padded_sequence`: returns ``(padded, lengths)`` in the original batch
     order, padded to ``total_length`` steps if given."""
     _check_packed(sequence)
-    if isinstance(padding_value, bool) or not isinstance(padding_value, numbers.Real):
-        raise TypeError(f"pad_packed_sequence(): argument 'padding_value' must be Number, not "
-                        f"{type(padding_value).__name__}")
+    batch_first = _flag("pad_packed_sequence", "batch_first", batch_first)
+    _number("pad_packed_sequence", "padding_value", padding_value)
     bs = sequence.batch_sizes
     max_len = bs.size
     if total_length is not None:
@@ -208,6 +221,8 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
 def pad_sequence(sequences, batch_first: bool = False, padding_value: float = 0.0, padding_side: str = "right"):
     """Stack variable-length ``(L_i, *)`` arrays into ``(max L, B, *)`` (``(B, max L, *)`` if
     batch_first), filling with ``padding_value`` on the right (or the left)."""
+    batch_first = _flag("pad_sequence", "batch_first", batch_first)
+    _number("pad_sequence", "padding_value", padding_value)
     if isinstance(sequences, np.ndarray):
         sequences = list(sequences)
     elif not isinstance(sequences, Iterable):
@@ -240,12 +255,17 @@ def pad_sequence(sequences, batch_first: bool = False, padding_value: float = 0.
 
 def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list:
     """Split a padded batch back into a list of ``(L_i, *)`` arrays (copies)."""
+    batch_first = _flag("unpad_sequence", "batch_first", batch_first)
     x = np.asarray(padded_sequences)
     if x.ndim < 2:
         raise ValueError(f"unpad_sequence: padded_sequences must have at least 2 dimensions, got {x.ndim}")
     if not batch_first:
         x = np.swapaxes(x, 0, 1)
-    lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
+    lengths = np.asarray(lengths)
+    if lengths.size and (lengths.dtype.kind not in "iuf" or (lengths.dtype.kind == "f" and not np.all(
+            np.isfinite(lengths) & (lengths == np.round(lengths))))):
+        raise TypeError(f"unpad_sequence: lengths must be integers, got {lengths.tolist()}")
+    lengths = lengths.astype(np.int64).reshape(-1)
     if lengths.size != x.shape[0]:
         raise ValueError(f"unpad_sequence: got {lengths.size} lengths for a batch of {x.shape[0]} sequences")
     if lengths.size and (lengths.min() < 0 or lengths.max() > x.shape[1]):
@@ -255,6 +275,7 @@ def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list
 
 def pack_sequence(sequences, enforce_sorted: bool = True) -> PackedSequence:
     """Pack a list of ``(L_i, *)`` arrays (decreasing lengths unless ``enforce_sorted=False``)."""
+    enforce_sorted = _flag("pack_sequence", "enforce_sorted", enforce_sorted)
     seqs = [np.asarray(s) for s in sequences]
     if not seqs:
         raise RuntimeError("received an empty list of sequences")
