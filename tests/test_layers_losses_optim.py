@@ -285,3 +285,20 @@ def test_optimizer_refuses_what_it_cannot_place():
         Adam([{"params": nprnn.GRU(2, 2).parameters(), "lr": 0.1}])
     with pytest.raises(TypeError, match="item 0 is a str"):
         Adam(["weight"])
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("betas", [0.9], "param_groups[0]['betas'] must be 2 numbers, got [0.9]"),
+    ("betas", [0.9, 1.5], "Invalid beta parameter at index 1: 1.5"),
+    ("lr", -1.0, "Invalid learning rate: -1.0"),
+    ("lr", "x", "param_groups[0]['lr'] must be float, got 'x'"),
+    ("eps", None, "param_groups[0]['eps'] must be float, got None"),
+])
+def test_optimizer_state_dict_hyper_parameters_checked_before_loading(key, value, msg):
+    m = nprnn.LSTM(2, 3)
+    opt = Adam(m, lr=0.01)
+    sd = opt.state_dict()
+    bad = {"state": sd["state"], "param_groups": [dict(sd["param_groups"][0], **{key: value})]}
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        opt.load_state_dict(bad)
+    assert opt.defaults["lr"] == 0.01 and opt.defaults["betas"] == (0.9, 0.999)  # nothing changed

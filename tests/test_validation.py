@@ -252,3 +252,18 @@ class TestStateDict:
         m.load_state_dict(t.state_dict())  # tensors directly
         x = rnd(4, 2, 5)
         np.testing.assert_allclose(m(x)[0], t(torch.from_numpy(x))[0].detach().numpy(), rtol=1.3e-6, atol=1e-5)
+
+
+def test_dtype_none_means_float32_as_in_torch():
+    assert nprnn.LSTM(2, 3, dtype=None).dtype == np.float32
+    assert nprnn.GRUCell(2, 3, dtype=None).dtype == np.float32
+
+
+def test_other_byte_order_is_named_as_such():
+    m = nprnn.GRU(2, 3)
+    with pytest.raises(ValueError, match=re.escape("GRU input dtype (>f4) is float32 in the other byte order. "
+                                                   "Convert input: input.astype(numpy.float32)")):
+        m(np.zeros((2, 1, 2), ">f4"))
+    with pytest.raises(ValueError) as info:
+        m(np.zeros((2, 1, 2), ">f8"))
+    assert "dtype=numpy.>" not in str(info.value)

@@ -45,9 +45,13 @@ def as_array(value, name: str, dtype: np.dtype, owner: str) -> np.ndarray:
     message naming the argument; NaN and infinity pass through the layers as in PyTorch.
     """
     def mismatch(got):
+        if got.kind == "f" and not got.isnative and got.newbyteorder("=") == dtype:  # same type, other byte order
+            return ValueError(f"{owner} {name} dtype ({got.str}) is {dtype} in the other byte order. "
+                              f"Convert {name}: {name}.astype(numpy.{dtype})")
+        build = f", or build the model with dtype=numpy.{got.name}" if got.isnative else ""
         return ValueError(
             f"{owner} {name} dtype ({got}) does not match weight dtype ({dtype}). "
-            f"Convert {name}: {name}.astype(numpy.{dtype}), or build the model with dtype=numpy.{got}"
+            f"Convert {name}: {name}.astype(numpy.{dtype}){build}"
         )
 
     if isinstance(value, np.ndarray):

@@ -96,6 +96,9 @@ def writable(*targets):
 
 
 def resolve_dtype(dtype) -> np.dtype:
+    """The module dtype: float32 (also for None, PyTorch's "the default") or float64."""
+    if dtype is None:
+        return np.dtype(np.float32)
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:

@@ -52,6 +52,10 @@ def _pairs(params):
     return names, ps, gs
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_nonneg(name, value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ValueError(f"Invalid {name}: {value}")
@@ -122,7 +126,17 @@ class Optimizer:
         defaults = {}
         for key, v in self.defaults.items():
             got = groups[0].get(key, v)
+            if isinstance(v, tuple):
+                ok = isinstance(got, (list, tuple)) and len(got) == len(v) and all(_is_number(b) for b in got)
+            elif isinstance(v, bool):
+                ok = isinstance(got, (bool, np.bool_))
+            else:
+                ok = _is_number(got)
+            if not ok:
+                kind = f"{len(v)} numbers" if isinstance(v, tuple) else type(v).__name__
+                raise ValueError(f"optimizer state_dict: param_groups[0]['{key}'] must be {kind}, got {got!r}")
             defaults[key] = tuple(float(b) for b in got) if isinstance(v, tuple) else type(v)(got)
+        type(self)(list(zip(self.params, self.grads)), **defaults)  # the constructor's checks (ranges)
         return defaults, new_state
 
     def apply_state_dict(self, checked) -> None:
