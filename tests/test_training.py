@@ -230,3 +230,41 @@ def test_default_training_beats_the_unigram_baseline(tmp_path):
     val = res["history"]["val_loss"]
     assert val[-1] < 0.6 * res["baseline"]
     assert val[-1] < val[0]
+
+
+@pytest.mark.parametrize("change,msg", [
+    (lambda meta: meta.pop("step"), "no valid 'step' (a non-negative int), got None"),
+    (lambda meta: meta.update(step="7"), "no valid 'step' (a non-negative int), got '7'"),
+    (lambda meta: meta.update(extra=[1]), "'extra' must be a JSON object, got list"),
+    (lambda meta: meta["optimizer"].pop("param_group"), "the checkpoint's optimizer header is malformed"),
+    (lambda meta: meta["optimizer"].update(scalars={"x": {}}), "the checkpoint's optimizer state is malformed"),
+    (lambda meta: meta["optimizer"]["param_group"].update(betas=[0.9]), "param_groups[0]['betas'] must be 2 numbers"),
+])
+def test_checkpoint_header_checked_before_anything_changes(change, msg, tmp_path):
+    """A header that lacks or garbles a field is refused, and model, optimizer and
+    generators stay as they were (before, a missing 'step' raised KeyError after applying)."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    m, opt = _small()
+    for g in m.grads.values():
+        g[...] = 0.5
+    opt.step()
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, m, opt, step=7)
+    with safe_open(str(path), framework="np") as f:
+        meta = json.loads(f.metadata()["nprnn"])
+    change(meta)
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(path)), str(bad), metadata={"nprnn": json.dumps(meta)})
+    m2, opt2 = _small(seed=1)
+    before, before_opt = _state(m2, opt2)
+    rng_before = m2.lstm._rng.bit_generator.state
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        load_checkpoint(bad, m2, opt2)
+    for a, b in zip(before, m2.state_dict().values()):
+        np.testing.assert_array_equal(a, b)
+    assert opt2.state == before_opt and opt2.defaults["betas"] == (0.9, 0.999)
+    assert m2.lstm._rng.bit_generator.state == rng_before

@@ -228,6 +228,12 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
     changing anything; on any error nothing is changed."""
     tensors, metadata = _decode(path, "safetensors")
     meta = _checkpoint_header(path, metadata)
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}: the checkpoint header has no valid 'step' (a non-negative int), got {step!r}")
+    extra = meta.get("extra", {})
+    if not isinstance(extra, dict):
+        raise ValueError(f"{path}: the checkpoint header's 'extra' must be a JSON object, got {type(extra).__name__}")
     model_sd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     converted, _ = model.check_state_dict(model_sd, strict=True, check_dtype=True)
     checked_opt = None
@@ -235,15 +241,22 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
         info = meta.get("optimizer")
         if info is None:
             raise ValueError(f"{path} holds no optimizer state, but an optimizer was given to restore")
+        if (not isinstance(info, dict) or not isinstance(info.get("class"), str)
+                or not isinstance(info.get("param_group"), dict) or not isinstance(info.get("scalars", {}), dict)):
+            raise ValueError(f"{path}: the checkpoint's optimizer header is malformed (it needs 'class', "
+                             "'param_group' and 'scalars')")
         if info["class"] != type(optimizer).__name__:
             raise ValueError(f"{path} holds {info['class']} state, not {type(optimizer).__name__}")
         state = {}
-        for key, v in tensors.items():
-            if key.startswith("optim/"):
-                _, k, name = key.split("/", 2)
-                state.setdefault(int(k), {})[name] = v
-        for k, scal in info.get("scalars", {}).items():
-            state.setdefault(int(k), {}).update(scal)
+        try:
+            for key, v in tensors.items():
+                if key.startswith("optim/"):
+                    _, k, name = key.split("/", 2)
+                    state.setdefault(int(k), {})[name] = v
+            for k, scal in info.get("scalars", {}).items():
+                state.setdefault(int(k), {}).update(dict(scal))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: the checkpoint's optimizer state is malformed ({exc})") from exc
         checked_opt = optimizer.check_state_dict({"state": state, "param_groups": [info["param_group"]]})
     gens = _generators(model, rngs)
     saved = meta.get("rng", {})
@@ -263,4 +276,4 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
     for name, g in gens.items():
         g.bit_generator.state = saved[name]
     arrays = {k[len("array/"):]: v for k, v in tensors.items() if k.startswith("array/")}
-    return {"step": meta["step"], "extra": meta.get("extra", {}), "arrays": arrays, "model_class": meta.get("model_class")}
+    return {"step": step, "extra": extra, "arrays": arrays, "model_class": meta.get("model_class")}
