@@ -192,3 +192,43 @@ def test_convert_round_trips(tmp_path, capsys):
     assert "no projection" in capsys.readouterr().err
     assert main(["convert", os.path.join(TORCH_DIR, "views.pt"), str(tmp_path / "v.npz")]) == 2
     assert main(["convert", src, str(tmp_path / "x.pt")]) == 2
+
+
+def test_atomic_write_keeps_permissions_symlinks_and_cleans_stale_temporaries(tmp_path):
+    """An existing file keeps its mode, a symlink stays a link to the rewritten target, a
+    new file gets 0666 less the umask, and a temporary file a killed writer left is gone."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from nprnn.serialization import atomic_write
+
+    target = tmp_path / "w.safetensors"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o644)
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new" and stat.S_IMODE(os.stat(target).st_mode) == 0o644
+    os.chmod(target, 0o640)
+    atomic_write(target, b"newer")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target)
+    atomic_write(link, b"through the link")
+    assert link.is_symlink() and target.read_bytes() == b"through the link"
+    fresh = tmp_path / "fresh.bin"
+    mask = os.umask(0o022)
+    try:
+        atomic_write(fresh, b"x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o644
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".tmp-{int(dead.stdout)}-abcd1234-w.safetensors"  # its writer has exited
+    live = tmp_path / f".tmp-{os.getpid()}-abcd1234-w.safetensors"  # this process's: not stale
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    atomic_write(target, b"again")
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["w.safetensors", "link.safetensors", "fresh.bin", live.name])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
@@ -37,11 +37,24 @@ def _safetensors():
 
 
 def atomic_write(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    A symlink is followed (its target is replaced, the link stays); an existing file keeps
+    its permissions, a new one gets the usual ones (0666 less the umask).  The temporary
+    file is named after this process, and temporary files that a killed writer left
+    beside the target are removed."""
+    path = os.path.realpath(os.fspath(path))
+    folder, base = os.path.split(path)
+    _remove_stale_temporaries(folder, base)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{base}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -53,6 +66,30 @@ def atomic_write(path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_stale_temporaries(folder: str, base: str) -> None:
+    """Remove ``.tmp-<pid>-<token>-<base>`` files whose writing process no longer runs."""
+    if os.name != "posix":
+        return
+    suffix = "-" + base
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".tmp-") and n.endswith(suffix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(".tmp-"):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its writer is gone
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+        except OSError:  # alive (another user's): leave it
+            pass
 
 
 FORMATS = ("safetensors", "npz", "torch")
