@@ -1,6 +1,7 @@
 """Weights files: PyTorch .pt state dicts read without PyTorch (and malicious pickles refused),
 safetensors exchanged with PyTorch both ways, round trips through every format."""
 import io
+import re
 import os
 import pickle
 import subprocess
@@ -232,3 +233,86 @@ def test_atomic_write_keeps_permissions_symlinks_and_cleans_stale_temporaries(tm
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["w.safetensors", "link.safetensors", "fresh.bin", live.name])
+
+
+# ------------------------------------------------------------- damaged and crafted .pt files
+def _pt(path, entries, storages, compress=False):
+    """A file laid out as torch.save writes one, its pickle written opcode by opcode (no
+    torch needed): ``entries`` name -> (storage key, offset, size, stride), ``storages`` key
+    -> float32 array."""
+    import struct as st
+
+    def uni(s):
+        b = s.encode()
+        return b"X" + st.pack("<I", len(b)) + b
+
+    def ints(values):
+        return b"(" + b"".join(b"J" + st.pack("<i", v) for v in values) + b"t"
+
+    p = b"\x80\x02ccollections\nOrderedDict\n)R"
+    for name, (key, offset, size, stride) in entries.items():
+        pid = b"(" + uni("storage") + b"ctorch\nFloatStorage\n" + uni(key) + uni("cpu") + \
+            b"J" + st.pack("<i", storages[key].size) + b"tQ"
+        p += uni(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"J" + st.pack("<i", offset) + \
+            ints(size) + ints(stride) + b"\x89ccollections\nOrderedDict\n)Rt" + b"Rs"
+    p += b"."
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method) as z:
+        z.writestr("archive/data.pkl", p)
+        z.writestr("archive/byteorder", "little")
+        for key, arr in storages.items():
+            z.writestr(f"archive/data/{key}", np.asarray(arr, "<f4").tobytes())
+
+
+def test_crafted_file_reads_as_written(tmp_path):
+    """The helper's files are what the reader expects (so the refusals below are about
+    what each one changes)."""
+    path = tmp_path / "ok.pt"
+    _pt(path, {"a": ("0", 1, (2, 2), (2, 1)), "s": ("0", 3, (), ())}, {"0": np.arange(6, dtype=np.float32)})
+    got = load_torch_state_dict(path)
+    np.testing.assert_array_equal(got["a"], [[1, 2], [3, 4]])
+    assert got["s"].shape == () and got["s"] == 3
+
+
+@pytest.mark.parametrize("entry,msg", [
+    (("0", 9, (), ()), "a tensor reaches outside its storage (offset 9, last element 9, storage of 4)"),
+    (("0", 0, (4,), (2,)), "a tensor reaches outside its storage"),
+    (("0", 0, (5000, 5000), (0, 0)), "a tensor of 25000000 elements views a storage of 4: more than 16 times"),
+    (("0", 0, (2,), (1, 1)), "a tensor has size (2,) and stride (1, 1)"),
+])
+def test_crafted_tensors_outside_their_storage_are_refused(entry, msg, tmp_path):
+    path = tmp_path / "bad.pt"
+    _pt(path, {"w": entry}, {"0": np.arange(4, dtype=np.float32)})
+    with pytest.raises(ValueError, match=re.escape(msg)) as info:
+        load_torch_state_dict(path)
+    assert str(path) in str(info.value)
+
+
+def test_zip_bomb_refused_before_unpacking(tmp_path):
+    path = tmp_path / "bomb.pt"
+    n = 5_000_000  # 20 MB of zeros compress to some 20 KB
+    _pt(path, {"w": ("0", 0, (n,), (1,))}, {"0": np.zeros(n, np.float32)}, compress=True)
+    assert os.path.getsize(path) < 200_000
+    with pytest.raises(ValueError, match="would unpack to 20000000 bytes from .*more than 100 times, refused"):
+        load_torch_state_dict(path)
+
+
+def test_flipped_bytes_give_one_clear_error(tmp_path):
+    """Every single-byte corruption of a real torch.save file either still reads (a byte of
+    weight data the archive's checksum does not cover) or raises ValueError naming the file."""
+    with open(os.path.join(TORCH_DIR, "views.pt"), "rb") as f:
+        raw = f.read()
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "flipped.pt"
+    outcomes = {"read": 0, "refused": 0}
+    for pos in rng.choice(len(raw), size=300, replace=False):
+        data = bytearray(raw)
+        data[pos] ^= 1 << int(rng.integers(8))
+        bad.write_bytes(bytes(data))
+        try:
+            load_torch_state_dict(bad)
+            outcomes["read"] += 1
+        except ValueError as exc:
+            assert str(bad) in str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0

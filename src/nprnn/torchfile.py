@@ -13,8 +13,10 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import struct
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -49,13 +51,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         }
 
     def _rebuild_tensor(self, storage, storage_offset, size, stride, *_ignored):
-        """A tensor as a strided view of its storage, copied out (views become arrays)."""
+        """A tensor as a strided view of its storage, copied out (views become arrays).
+        Every element it names must lie in the storage, and the copy may not be larger than
+        :data:`MAX_EXPANSION` times the storage (zero strides would otherwise let a few
+        bytes expand to gigabytes)."""
         data, name = storage
+        storage_offset = int(storage_offset)
         size, stride = tuple(int(n) for n in size), tuple(int(n) for n in stride)
-        if size and min(size) > 0:
+        if len(size) != len(stride) or min(size, default=0) < 0:
+            raise pickle.UnpicklingError(f"a tensor has size {size} and stride {stride}")
+        numel = int(np.prod(size, dtype=np.int64)) if size else 1
+        if numel > 0:  # (0-d tensors included: one element, at the offset)
             last = storage_offset + sum((n - 1) * st for n, st in zip(size, stride))
-            if storage_offset < 0 or min(stride) < 0 or last >= data.size:
-                raise pickle.UnpicklingError(f"a tensor reaches outside its storage ({last} >= {data.size})")
+            if storage_offset < 0 or min(stride, default=0) < 0 or last >= data.size:
+                raise pickle.UnpicklingError(f"a tensor reaches outside its storage (offset {storage_offset}, "
+                                             f"last element {last}, storage of {data.size})")
+            if numel > MAX_EXPANSION * data.size:
+                raise pickle.UnpicklingError(f"a tensor of {numel} elements views a storage of {data.size}: more "
+                                             f"than {MAX_EXPANSION} times its size, refused")
         base = data[storage_offset:] if data.size else data
         view = np.lib.stride_tricks.as_strided(base, shape=size, strides=tuple(st * data.itemsize for st in stride))
         out = np.array(view, dtype=np.float32 if name == "HalfStorage" else view.dtype, copy=True)
@@ -83,10 +96,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
         _, stype, key, _location, numel = pid
         if key not in self.storages:
+            member = f"{self.prefix}/data/{key}"
             try:
-                raw = self.archive.read(f"{self.prefix}/data/{key}")
+                info = self.archive.getinfo(member)
             except KeyError as exc:
                 raise pickle.UnpicklingError(f"storage {key} is missing from the archive") from exc
+            itemsize = 2 if stype.dtype == "bfloat16" else np.dtype(stype.dtype).itemsize
+            if info.file_size != int(numel) * itemsize:  # checked before anything is decompressed
+                raise pickle.UnpicklingError(f"storage {key} unpacks to {info.file_size} bytes, the pickle says "
+                                             f"{numel} elements of {itemsize} bytes")
+            _check_ratio(info)
+            raw = self.archive.read(member)
             if stype.dtype == "bfloat16":  # the top 16 bits of a float32
                 data = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
             else:
@@ -96,6 +116,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
             self.storages[key] = (data, stype.name)
         return self.storages[key]
 
+MAX_EXPANSION = 16  # a tensor may hold at most this many times the elements of its storage
+MAX_RATIO = 100  # torch.save stores its entries uncompressed; a member may unpack to at most this factor
+
+
+def _check_ratio(info) -> None:
+    """Refuse a member that would unpack to far more than it occupies (a zip bomb)."""
+    if info.file_size > MAX_RATIO * info.compress_size + (1 << 20):
+        raise pickle.UnpicklingError(f"{info.filename} would unpack to {info.file_size} bytes from "
+                                     f"{info.compress_size}: more than {MAX_RATIO} times, refused")
+
+
+# what a damaged file can raise while it is read; each becomes one ValueError naming the file
+_DAMAGE = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, UnicodeDecodeError,
+           AttributeError, IndexError, KeyError, OverflowError, NotImplementedError, struct.error, zlib.error, OSError,
+           RuntimeError)  # (zipfile raises RuntimeError for a member flagged as encrypted)
+
+
 def load_torch_state_dict(path) -> dict:
     """``{name: ndarray}`` from a file written by ``torch.save(state_dict, path)``.
 
@@ -104,7 +141,10 @@ def load_torch_state_dict(path) -> dict:
     """
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OverflowError, struct.error, OSError, NotImplementedError,
+            RuntimeError) as exc:
         raise ValueError(f"{path} is not a PyTorch zip archive (saved by torch>=1.6?) or it is truncated: {exc}") from exc
     with archive:
         pkl_names = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -112,16 +152,19 @@ def load_torch_state_dict(path) -> dict:
             raise ValueError(f"{path} is a zip file but not a PyTorch checkpoint (no <name>/data.pkl)")
         prefix = pkl_names[0].split("/")[0]
         try:
-            order = archive.read(f"{prefix}/byteorder").decode().strip()
-        except KeyError:
-            order = "little"
-        if order != "little":
-            raise ValueError(f"{path} was saved on a big-endian machine, which is not supported")
-        try:
+            try:
+                order = archive.read(f"{prefix}/byteorder").decode().strip()
+            except KeyError:
+                order = "little"
+            if order != "little":
+                raise ValueError(f"{path} was saved on a big-endian machine, which is not supported")
+            _check_ratio(archive.getinfo(pkl_names[0]))
             unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pkl_names[0])), archive, prefix)
             obj = unpickler.load()
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+        except _DAMAGE as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
+                raise
+            raise ValueError(f"{path} is damaged or not a state dict that torch.save wrote: {exc}") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
     out = {}
