@@ -268,3 +268,31 @@ def test_checkpoint_header_checked_before_anything_changes(change, msg, tmp_path
         np.testing.assert_array_equal(a, b)
     assert opt2.state == before_opt and opt2.defaults["betas"] == (0.9, 0.999)
     assert m2.lstm._rng.bit_generator.state == rng_before
+
+
+def test_checkpoint_checksum_refuses_a_flipped_bit_and_old_files_warn(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    m, opt = _small()
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, m, opt, step=3)
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0x04  # a bit of the last tensor's data
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(raw))
+    m2, opt2 = _small(seed=1)
+    before, _ = _state(m2, opt2)
+    with pytest.raises(ValueError, match="do not match its checksum"):
+        load_checkpoint(bad, m2, opt2)
+    for a, b in zip(before, m2.state_dict().values()):
+        np.testing.assert_array_equal(a, b)
+    with safe_open(str(path), framework="np") as f:
+        meta = json.loads(f.metadata()["nprnn"])
+    del meta["checksum"]  # as written before checksums
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata={"nprnn": json.dumps(meta)})
+    with pytest.warns(UserWarning, match="carries no checksum"):
+        assert load_checkpoint(old, m2, opt2)["step"] == 3

@@ -13,10 +13,12 @@ unless all of it is right.  safetensors is an optional dependency (``pip install
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import secrets
+import warnings
 import zipfile
 
 import numpy as np
@@ -227,7 +229,19 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, rngs: di
         group = {key: (list(v) if isinstance(v, tuple) else v) for key, v in sd["param_groups"][0].items()}
         meta["optimizer"] = {"class": type(optimizer).__name__, "param_group": group, "scalars": scalars}
     meta["rng"] = {name: g.bit_generator.state for name, g in _generators(model, rngs).items()}
+    meta["checksum"] = _checksum(tensors)
     atomic_write(path, _encode(tensors, {"nprnn": json.dumps(meta)}, "safetensors"))
+
+
+def _checksum(tensors: dict) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order (safetensors
+    itself keeps no checksum, so a flipped bit would otherwise be trained on)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _checkpoint_header(path, metadata) -> dict:
@@ -265,6 +279,12 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
     changing anything; on any error nothing is changed."""
     tensors, metadata = _decode(path, "safetensors")
     meta = _checkpoint_header(path, metadata)
+    if "checksum" not in meta:
+        warnings.warn(f"{path} carries no checksum (written before nprnn kept one): its tensors cannot be verified",
+                      UserWarning, stacklevel=2)
+    elif meta["checksum"] != _checksum(tensors):
+        raise ValueError(f"{path}: the checkpoint's tensors do not match its checksum (the file is damaged); "
+                         "nothing was loaded")
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{path}: the checkpoint header has no valid 'step' (a non-negative int), got {step!r}")
