@@ -302,3 +302,30 @@ def test_optimizer_state_dict_hyper_parameters_checked_before_loading(key, value
     with pytest.raises(ValueError, match=re.escape(msg)):
         opt.load_state_dict(bad)
     assert opt.defaults["lr"] == 0.01 and opt.defaults["betas"] == (0.9, 0.999)  # nothing changed
+
+
+@pytest.mark.parametrize("mutate,msg", [
+    (lambda sd: sd["param_groups"][0].pop("params"), "'param_groups' must be a list of dicts, each with a 'params' list"),
+    (lambda sd: sd.update(param_groups="x"), "'param_groups' must be a list of dicts"),
+    (lambda sd: sd["state"].update({"x": {}}), "state key 'x' is not a parameter index"),
+    (lambda sd: sd["state"][0].update(exp_aog=sd["state"][0]["exp_avg"]),
+     "parameter 0 has state ['exp_aog'] that Adam does not keep"),
+    (lambda sd: sd["state"][0].update(exp_avg="abc"), "optimizer state 'exp_avg' of parameter 0 is not numeric"),
+    (lambda sd: sd["state"][0].update(step=-1.0), "optimizer state 'step' of parameter 0 must be a number >= 0"),
+    (lambda sd: sd["state"].update({0: [1, 2]}), "the state of parameter 0 must be a dict, got list"),
+])
+def test_optimizer_state_dict_structure_checked(mutate, msg):
+    m = nprnn.GRU(2, 3, seed=0)
+    opt = Adam(m, lr=0.1)
+    out, _ = m(np.ones((2, 1, 2), np.float32))
+    m.backward(np.ones_like(out))
+    opt.step()
+    sd = opt.state_dict()
+    mutate(sd)
+    before = {k: {n: (np.array(v) if isinstance(v, np.ndarray) else v) for n, v in s.items()} for k, s in
+              enumerate(opt.state)}
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        opt.load_state_dict(sd)
+    for k, s in enumerate(opt.state):
+        for n, v in s.items():
+            np.testing.assert_array_equal(v, before[k][n])

@@ -104,25 +104,46 @@ class Optimizer:
             state = state_dict["state"]
         except (KeyError, TypeError) as exc:
             raise ValueError("optimizer state_dict must have 'state' and 'param_groups'") from exc
+        if (not isinstance(groups, (list, tuple)) or not groups or not all(isinstance(g, dict) for g in groups)
+                or not isinstance(groups[0].get("params"), (list, tuple)) or not isinstance(state, dict)):
+            raise ValueError("optimizer state_dict: 'param_groups' must be a list of dicts, each with a 'params' list, "
+                             "and 'state' a dict")
         if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
             raise ValueError(
                 "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
             )
         new_state = [dict() for _ in self.params]
         for key, s in state.items():
-            k = int(key)
+            try:
+                k = int(key)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"optimizer state_dict: state key {key!r} is not a parameter index") from exc
             if not 0 <= k < len(self.params):
                 raise ValueError(f"optimizer state for parameter {key} but there are {len(self.params)} parameters")
+            if not isinstance(s, dict):
+                raise ValueError(f"optimizer state_dict: the state of parameter {key} must be a dict, got "
+                                 f"{type(s).__name__}")
+            unknown = sorted(set(s) - set(self._state_keys))
+            if unknown:
+                raise ValueError(f"optimizer state_dict: parameter {key} has state {unknown} that "
+                                 f"{type(self).__name__} does not keep (it keeps {list(self._state_keys)})")
             for name, v in s.items():
-                if name == "step":
-                    new_state[k][name] = float(np.asarray(v))
+                if v is None:  # PyTorch's way of saying "none yet" (SGD without momentum)
                     continue
-                arr = np.asarray(v)
+                try:
+                    arr = np.asarray(v, dtype=np.float64 if name == "step" else self.params[k].dtype)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"optimizer state '{name}' of parameter {k} is not numeric: {exc}") from exc
+                if name == "step":
+                    if arr.shape != () or not arr >= 0:
+                        raise ValueError(f"optimizer state 'step' of parameter {k} must be a number >= 0, got {v!r}")
+                    new_state[k][name] = float(arr)
+                    continue
                 if arr.shape != self.params[k].shape:
                     raise ValueError(
                         f"optimizer state '{name}' of parameter {k} has shape {arr.shape}, expected {self.params[k].shape}"
                     )
-                new_state[k][name] = np.array(arr, dtype=self.params[k].dtype, copy=True)
+                new_state[k][name] = np.array(arr, copy=True)
         defaults = {}
         for key, v in self.defaults.items():
             got = groups[0].get(key, v)
@@ -152,6 +173,8 @@ class SGD(Optimizer):
     ``b = momentum * b + (1 - dampening) * g`` (``b = g`` at the first step), then
     ``g = g + momentum * b`` (nesterov) or ``g = b``; finally ``p -= lr * g``."""
 
+    _state_keys = ("momentum_buffer",)
+
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         lr, momentum = _check_nonneg("learning rate", lr), _check_nonneg("momentum value", momentum)
         weight_decay = _check_nonneg("weight_decay value", weight_decay)
@@ -179,6 +202,8 @@ class Adam(Optimizer):
     """``torch.optim.Adam`` (without amsgrad): ``m = b1 m + (1 - b1) g``,
     ``v = b2 v + (1 - b2) g^2``, ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``;
     weight decay adds ``wd * p`` to ``g`` (L2)."""
+
+    _state_keys = ("step", "exp_avg", "exp_avg_sq")
 
     _decoupled = False
 

@@ -130,7 +130,10 @@ def _encode(tensors: dict, metadata: dict, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-_READ_ERRORS = (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile)  # JSONDecodeError is a ValueError
+# what a damaged file raises while it is read (JSONDecodeError is a ValueError; zipfile raises
+# NotImplementedError for an unknown version and RuntimeError for a member flagged encrypted)
+_READ_ERRORS = (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, TypeError, OverflowError,
+                UnicodeDecodeError, AttributeError, IndexError)
 
 
 def _unreadable(path, fmt, exc):
