@@ -5,67 +5,91 @@ import argparse
 import sys
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="nprnn", description="PyTorch's recurrent layers on NumPy.")
+_FMT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help shows its default
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nprnn", description="PyTorch's recurrent layers on NumPy.",
+                                     formatter_class=_FMT)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="run the seed's examples and check their shapes and identities")
+    demo = sub.add_parser("demo", help="run the seed's examples and check their shapes and identities",
+                          formatter_class=_FMT)
     demo.add_argument("--compare-torch", action="store_true",
                       help="also run the same weights in PyTorch and print the largest differences")
-    tr = sub.add_parser("train", help="train a character-level LSTM language model",
+    tr = sub.add_parser("train", help="train a character-level LSTM language model", formatter_class=_FMT,
                         description="Train a character-level LSTM language model on the shipped corpus "
                                     "(the Python Language Reference, PSF License) or on --text FILE.")
-    tr.add_argument("--text", help="a UTF-8 text file to train on (default: the shipped corpus)")
-    tr.add_argument("--steps", type=int, default=1000, help="total training steps (default 1000)")
-    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--text", help="a UTF-8 text file to train on; without it, the shipped corpus")
+    tr.add_argument("--steps", type=int, default=1000, help="total training steps")
+    tr.add_argument("--batch-size", type=int, default=32, help="windows trained on at once")
     tr.add_argument("--seq-len", type=int, default=64, help="characters per window (truncated BPTT length)")
-    tr.add_argument("--hidden-size", type=int, default=256)
-    tr.add_argument("--num-layers", type=int, default=1)
-    tr.add_argument("--embed-dim", type=int, default=32)
-    tr.add_argument("--dropout", type=float, default=0.0)
+    tr.add_argument("--hidden-size", type=int, default=256, help="LSTM hidden size")
+    tr.add_argument("--num-layers", type=int, default=1, help="LSTM layers")
+    tr.add_argument("--embed-dim", type=int, default=32, help="character embedding size")
+    tr.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers, in [0, 1)")
     tr.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     tr.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
-    tr.add_argument("--eval-every", type=int, default=100)
-    tr.add_argument("--checkpoint", default="charlm.safetensors", help="checkpoint path (default charlm.safetensors)")
-    tr.add_argument("--ckpt-every", type=int, default=200)
+    tr.add_argument("--eval-every", type=int, default=100, help="steps between validation losses")
+    tr.add_argument("--checkpoint", default="charlm.safetensors", help="checkpoint path (needs safetensors)")
+    tr.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and dropout")
     tr.add_argument("--plot", help="write the loss curve to this PNG (needs matplotlib)")
-    tr.add_argument("--sample-len", type=int, default=200)
+    tr.add_argument("--sample-len", type=int, default=200, help="characters sampled after training")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
-    gen = sub.add_parser("generate", help="sample text from a model trained with `nprnn train`")
-    gen.add_argument("--checkpoint", default="charlm.safetensors")
-    gen.add_argument("--prompt", default="The ")
-    gen.add_argument("--length", type=int, default=300)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--seed", type=int, default=None)
+    gen = sub.add_parser("generate", help="sample text from a model trained with `nprnn train`", formatter_class=_FMT)
+    gen.add_argument("--checkpoint", default="charlm.safetensors", help="a checkpoint written by `nprnn train`")
+    gen.add_argument("--prompt", default="The ", help="text the sample continues")
+    gen.add_argument("--length", type=int, default=300, help="characters to generate (>= 0)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (> 0)")
+    gen.add_argument("--seed", type=int, default=None, help="seed of the sampling; without it, fresh randomness")
     cv = sub.add_parser("convert", help="convert weights between .pt, .safetensors, .npz and .onnx",
+                        formatter_class=_FMT,
                         description="Convert a recurrent layer's weights: .pt (read without PyTorch), .safetensors, "
                                     ".npz, .onnx. Prints the arrays read and the inferred layer configuration.")
-    cv.add_argument("src")
-    cv.add_argument("dst")
+    cv.add_argument("src", help="file to read (.pt, .pth, .safetensors, .npz or .onnx)")
+    cv.add_argument("dst", help="file to write (.safetensors, .npz or .onnx)")
     cv.add_argument("--prefix", help="key prefix of the recurrent layer inside a larger state dict, e.g. 'lstm.'")
     cv.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only (weights cannot tell)")
     cv.add_argument("--batch-first", action="store_true", help="ONNX output: batch-first input and output")
     ex = sub.add_parser("explain", help="parameters, shapes, equations and checked identities of a layer",
+                        formatter_class=_FMT,
                         description="Explain a recurrent layer: every parameter, every shape with its dimensions "
                                     "named, the equations, and the identities between output and h_n, each "
                                     "checked by running the layer on random input.")
     _layer_options(ex)
-    ex.add_argument("--batch", type=int, default=4)
-    ex.add_argument("--seq-len", type=int, default=3)
-    ex.add_argument("--unbatched", action="store_true")
+    ex.add_argument("--batch", type=int, default=4, help="batch size of the example input")
+    ex.add_argument("--seq-len", type=int, default=3, help="sequence length of the example input")
+    ex.add_argument("--unbatched", action="store_true", help="explain an unbatched (L, H_in) input")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     ex.add_argument("--plot", help="draw the unrolled network to this .png or .svg")
-    ps = sub.add_parser("plot-states", help="heatmaps of hidden and cell states and gate activations over time")
+    ps = sub.add_parser("plot-states", help="heatmaps of hidden and cell states and gate activations over time",
+                        formatter_class=_FMT)
     ps.add_argument("--checkpoint", help="a model trained with `nprnn train` (else a random layer from the options)")
     ps.add_argument("--text", default="The \"while\" statement is used for repeated execution.",
                     help="with --checkpoint: the text to run")
     _layer_options(ps, required=False)
     ps.add_argument("--seq-len", type=int, default=40, help="without --checkpoint: random input length")
-    ps.add_argument("--out", default="states.png", help="output PNG")
-    ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--out", default="states.png", help="output PNG (needs matplotlib)")
+    ps.add_argument("--seed", type=int, default=0, help="seed of the random layer and input")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run a command; errors are one line on stderr and a non-zero exit, never a traceback."""
+    parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except KeyboardInterrupt:
+        print("nprnn: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, ImportError, OSError, IndexError) as exc:
+        return _fail(str(exc) or type(exc).__name__)
+
+
+def _dispatch(parser, args) -> int:
     if args.version:
         from . import __version__
 
@@ -86,24 +110,38 @@ def main(argv=None) -> int:
     if args.command == "convert":
         from .convert import convert
 
-        try:
-            convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first)
-        except (ValueError, FileNotFoundError, ImportError, RuntimeError, TypeError) as exc:
-            return _fail(str(exc))
+        convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first)
         return 0
     parser.print_help()
     return 2
 
 
+def _need(module: str, why: str, extra: str) -> None:
+    """Check an optional dependency before any long work starts."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{why} needs {module}: pip install 'nprnn[{extra}]'")
+
+
+def _positive(args, *names) -> None:
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+
+
 def _layer_options(p, required=True):
-    p.add_argument("kind", choices=["rnn", "lstm", "gru"], nargs=None if required else "?", default="lstm")
-    p.add_argument("--input-size", type=int, default=None if required else 8, required=required)
-    p.add_argument("--hidden-size", type=int, default=None if required else 16, required=required)
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--batch-first", action="store_true")
-    p.add_argument("--proj-size", type=int, default=0, help="LSTM only")
-    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("kind", choices=["rnn", "lstm", "gru"], nargs=None if required else "?", default="lstm",
+                   help="the layer")
+    p.add_argument("--input-size", type=int, default=None if required else 8, required=required,
+                   help="features of each input step")
+    p.add_argument("--hidden-size", type=int, default=None if required else 16, required=required,
+                   help="hidden state size")
+    p.add_argument("--num-layers", type=int, default=1, help="stacked layers")
+    p.add_argument("--bidirectional", action="store_true", help="a reverse direction beside the forward one")
+    p.add_argument("--batch-first", action="store_true", help="input and output as (batch, seq, feature)")
+    p.add_argument("--proj-size", type=int, default=0, help="LSTM only: projection size (0: none)")
+    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="bias vectors")
     p.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only")
 
 
@@ -126,17 +164,15 @@ def _explain(args) -> int:
 
     from .explain import explain, format_text
 
-    try:
-        layer = _build_layer(args)
-        if args.batch <= 0 or args.seq_len <= 0:
-            raise ValueError("--batch and --seq-len must be positive")
-        info = explain(layer, batch=args.batch, seq_len=args.seq_len, unbatched=args.unbatched)
-        if args.plot:
-            from .diagram import unrolled
+    _positive(args, "batch", "seq_len")
+    if args.plot:
+        _need("matplotlib", "--plot", "plot")
+    layer = _build_layer(args)
+    info = explain(layer, batch=args.batch, seq_len=args.seq_len, unbatched=args.unbatched)
+    if args.plot:
+        from .diagram import unrolled
 
-            unrolled(layer, args.seq_len, args.plot)
-    except (ValueError, TypeError, ImportError) as exc:
-        return _fail(str(exc))
+        unrolled(layer, args.seq_len, args.plot)
     print(json.dumps(info, indent=2) if args.json else format_text(info))
     if args.plot and not args.json:
         print(f"\ndiagram written to {args.plot}")
@@ -149,22 +185,23 @@ def _plot_states(args) -> int:
     from .diagram import state_heatmaps
     from .explain import collect_states
 
-    try:
-        if args.checkpoint:
-            from .charlm import load_for_generation
+    _need("matplotlib", "plot-states", "plot")
+    if args.checkpoint:
+        from .charlm import load_for_generation
 
-            model, vocab = load_for_generation(args.checkpoint)
-            ids = vocab.encode(args.text)[:, None]  # (L, 1)
-            layer, x = model.lstm, model.embed.eval()(ids)
-            title = f"{args.checkpoint}: {args.text[:60]!r}"
-        else:
-            layer = _build_layer(args)
-            shape = (1, args.seq_len, args.input_size) if args.batch_first else (args.seq_len, 1, args.input_size)
-            x = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
-            title = f"{layer!r} on random input"
-        state_heatmaps(collect_states(layer, x), args.out, title)
-    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+        if not args.text:
+            raise ValueError("--text is empty: give the text to run through the model")
+        model, vocab = load_for_generation(args.checkpoint)
+        ids = vocab.encode(args.text)[:, None]  # (L, 1)
+        layer, x = model.lstm, model.embed.eval()(ids)
+        title = f"{args.checkpoint}: {args.text[:60]!r}"
+    else:
+        _positive(args, "seq_len", "input_size", "hidden_size", "num_layers")
+        layer = _build_layer(args)
+        shape = (1, args.seq_len, args.input_size) if args.batch_first else (args.seq_len, 1, args.input_size)
+        x = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
+        title = f"{layer!r} on random input"
+    state_heatmaps(collect_states(layer, x), args.out, title)
     print(f"state heatmaps written to {args.out}")
     return 0
 
@@ -177,6 +214,14 @@ def _fail(msg: str) -> int:
 def _train(args) -> int:
     from .charlm import train
 
+    _positive(args, "steps", "batch_size", "seq_len", "hidden_size", "num_layers", "embed_dim", "eval_every",
+              "ckpt_every")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.checkpoint:
+        _need("safetensors", "--checkpoint", "train")
+    if args.plot:
+        _need("matplotlib", "--plot", "plot")
     text = None
     if args.text:
         try:
@@ -184,27 +229,24 @@ def _train(args) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as exc:
             return _fail(f"cannot read --text {args.text}: {exc}")
-    for name in ("steps", "batch_size", "seq_len", "hidden_size", "num_layers", "embed_dim", "eval_every", "ckpt_every"):
-        if getattr(args, name) <= 0:
-            return _fail(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    try:
-        train(text, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, hidden_size=args.hidden_size,
-              num_layers=args.num_layers, embed_dim=args.embed_dim, dropout=args.dropout, lr=args.lr, clip=args.clip,
-              eval_every=args.eval_every, checkpoint=args.checkpoint, ckpt_every=args.ckpt_every, resume=args.resume,
-              seed=args.seed, plot=args.plot, sample_len=args.sample_len, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        return _fail(str(exc))
+        if not text:
+            return _fail(f"--text {args.text} is empty")
+    train(text, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, hidden_size=args.hidden_size,
+          num_layers=args.num_layers, embed_dim=args.embed_dim, dropout=args.dropout, lr=args.lr, clip=args.clip,
+          eval_every=args.eval_every, checkpoint=args.checkpoint, ckpt_every=args.ckpt_every, resume=args.resume,
+          seed=args.seed, plot=args.plot, sample_len=args.sample_len, progress=not args.no_progress)
     return 0
 
 
 def _generate(args) -> int:
     from .charlm import load_for_generation, sample
 
-    try:
-        model, vocab = load_for_generation(args.checkpoint)
-        print(sample(model, vocab, args.prompt, args.length, args.temperature, rng=args.seed))
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        return _fail(str(exc))
+    if args.length < 0:
+        raise ValueError(f"--length must be >= 0, got {args.length}")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    model, vocab = load_for_generation(args.checkpoint)
+    print(sample(model, vocab, args.prompt, args.length, args.temperature, rng=args.seed))
     return 0
 
 

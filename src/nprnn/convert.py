@@ -62,8 +62,16 @@ def build(cfg: dict, nonlinearity: str = "tanh", batch_first: bool = False):
     return cls(cfg["input_size"], cfg["hidden_size"], **kw)
 
 
+_EXTENSIONS = (".pt", ".pth", ".safetensors", ".npz", ".onnx")
+
+
 def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, log=print) -> dict:
     """Convert ``src`` to ``dst`` (formats from the extensions); returns the configuration."""
+    for role, path in (("source", src), ("destination", dst)):
+        ext = os.path.splitext(os.fspath(path))[1].lower()
+        if ext not in _EXTENSIONS:
+            raise ValueError(f"convert: the {role} {os.fspath(path)!r} has an unknown extension {ext or '(none)'!r}; "
+                             f"known: {', '.join(_EXTENSIONS)}")
     src_fmt = "onnx" if os.fspath(src).lower().endswith(".onnx") else format_of(src)
     dst_fmt = "onnx" if os.fspath(dst).lower().endswith(".onnx") else format_of(dst)
     if src_fmt == "onnx":

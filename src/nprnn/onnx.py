@@ -13,6 +13,8 @@ as r, z, n against ONNX's z, r, h.  ONNX's bias ``B`` is ``[W_b, R_b]`` concaten
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .recurrent import GRU, LSTM, RNN, RNNBase
@@ -293,7 +295,16 @@ def import_onnx(model_or_path) -> RNNBase:
     onnx = _onnx()
     from onnx import numpy_helper
 
-    model = onnx.load(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else model_or_path
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = model_or_path
+    else:
+        if not os.path.isfile(os.fspath(model_or_path)):
+            raise FileNotFoundError(f"no such file: {os.fspath(model_or_path)}")
+        try:
+            model = onnx.load(model_or_path)
+        except Exception as exc:  # protobuf's DecodeError and friends: a damaged or foreign file
+            raise ValueError(f"{os.fspath(model_or_path)} is not a readable ONNX model (truncated or corrupted?): "
+                             f"{exc}") from exc
     nodes = [n for n in model.graph.node if n.op_type in _TO_ONNX]
     if len(nodes) != 1:
         raise ValueError(f"expected exactly one RNN, GRU or LSTM node, found {len(nodes)}")

@@ -264,6 +264,8 @@ def checkpoint_metadata(path) -> dict:
     _safetensors()
     from safetensors import safe_open
 
+    if not os.path.isfile(os.fspath(path)):
+        raise FileNotFoundError(f"no such file: {os.fspath(path)}")
     try:
         with safe_open(os.fspath(path), framework="np") as f:
             metadata = f.metadata() or {}
