@@ -186,3 +186,33 @@ def test_copy_and_pickle_keep_parameters_and_behaviour():
             clone.weight_ih_l0[...] = 0  # independent parameters
         assert not np.array_equal(clone(x)[0], out)
     np.testing.assert_array_equal(m(x)[0], out)
+
+
+def test_copies_and_pickles_carry_parameters_only():
+    """As PyTorch's: parameters and settings, not gradients, records or prepared weights; a
+    pickle is the size of the parameters (plus a little)."""
+    import copy
+    import pickle
+
+    from nprnn.layers import Linear
+
+    m = nprnn.LSTM(64, 128, num_layers=2, seed=0)
+    out, _ = m(np.ones((5, 2, 64), np.float32))
+    m.backward(np.ones_like(out))
+    param_bytes = sum(p.nbytes for p in m.parameters())
+    assert len(pickle.dumps(m)) < param_bytes * 1.01 + 20_000
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert all(not g.any() for g in clone.grads.values())
+        for name, p in clone.named_parameters():
+            assert p.grad is clone.grads[name] and p.grad.shape == p.shape
+        clone.train()
+        out2, _ = clone(np.ones((5, 2, 64), np.float32))
+        clone.backward(np.ones_like(out2))  # gradients accumulate from zero
+        for k, g in clone.grads.items():
+            np.testing.assert_allclose(g, m.grads[k], rtol=1e-5, atol=1e-6)
+    cell = nprnn.GRUCell(3, 4)
+    cell(np.ones((2, 3), np.float32))
+    assert pickle.loads(pickle.dumps(cell))._stack == []
+    lin = Linear(3, 2)
+    lin(np.ones((2, 3), np.float32))
+    assert pickle.loads(pickle.dumps(lin))._record is None

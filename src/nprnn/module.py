@@ -286,9 +286,16 @@ class Module:
 
     # -- copies ----------------------------------------------------------------
     def __getstate__(self):
-        """Copies and pickles leave out the prepared weights (made again on first use)."""
+        """Copies and pickles carry parameters and settings only, as PyTorch's do: not the
+        gradients (the copy starts from zeros), pending backward records or prepared
+        weights (made again on first use)."""
         state = dict(self.__dict__)
         state["_prepared"] = {}
+        state["_grads"] = OrderedDict((k, (g.shape, g.dtype.str)) for k, g in self._grads.items())
+        if "_record" in state:
+            state["_record"] = None
+        if "_stack" in state:
+            state["_stack"] = []
         return state
 
     def __setstate__(self, state):
@@ -296,6 +303,10 @@ class Module:
         self.__dict__.update(state)
         if "_prepared" in state:  # weights prepared in another process or for the original
             self.__dict__["_prepared"] = {}
+        grads = self.__dict__.get("_grads", {})
+        for k, g in list(grads.items()):
+            if isinstance(g, tuple):  # (shape, dtype) from __getstate__
+                grads[k] = np.zeros(g[0], np.dtype(g[1]))
         for name, p in list(self._parameters.items()):
             if not (isinstance(p, Parameter) and not p.flags.writeable):
                 p = self._parameters[name] = as_parameter(p)

@@ -338,8 +338,8 @@ class RNNBase(Module):
         return pool
 
     def __getstate__(self):
-        """Copies and pickles carry parameters, gradients and settings; not the work
-        arrays or a pending backward record."""
+        """Copies and pickles carry parameters and settings (see Module.__getstate__), not
+        the work arrays."""
         state = super().__getstate__()
         state["_buffers"] = None
         state["_record"] = None
