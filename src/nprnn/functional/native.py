@@ -152,21 +152,21 @@ def prepared(cache: dict, key, kind, params) -> Prepared:
 class NativeRecord:
     """What the backward of one compiled layer-direction needs from its forward."""
 
-    kind: object
     x: np.ndarray  # (T, H_in) the layer input
-    prep: Prepared
+    prep: Prepared  # the weights the forward ran with (kind and sizes too)
     batch_sizes: np.ndarray  # int64, in time order
     offsets: np.ndarray
     reverse: bool
     tape: dict  # hprev (T, H_out), gates (T, G*H), and per kind cprev, tc, m, ghn (T, H)
-    has_bias: bool
-    H: int
-    P: int
+
+    @property
+    def kind(self):
+        return self.prep.kind
 
     def padded_tape(self, L: int):
         """See :meth:`.scan.DirectionRecord.padded_tape` (the layout is the same for any ``L``)."""
         gates = self.tape["gates"]
-        return self.tape["hprev"], gates.reshape(gates.shape[0], -1, self.H), self.tape.get("cprev")
+        return self.tape["hprev"], gates.reshape(gates.shape[0], -1, self.prep.H), self.tape.get("cprev")
 
 
 _LAYOUTS: dict = {}  # the last few batch layouts, as the kernel takes them
@@ -247,13 +247,13 @@ def _call(*args, **kw):
     _native.scan(*call_args(*args, **kw))
 
 
-def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None):
+def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None):
     """One layer in one direction over packed ``x`` (T, H_in); see
     :func:`.scan.direction_forward`, whose contract this keeps.  A large batch is split
     (:func:`..threads.row_ranges`): each part runs its whole time loop in its own call, on
     its own thread.  Returns ``(final_state, record)``; record is None unless ``train``."""
     T = x.shape[0]
-    H, P = prep.H, prep.P
+    kind, H, P = prep.kind, prep.H, prep.P
     sizes, offsets = _layout(batch_sizes)
     N = int(sizes[0])
     h = np.array(state0[0], order="C", copy=True)
@@ -273,14 +273,15 @@ def direction_forward(kind, x, prep: Prepared, state0, batch_sizes, reverse, out
     state = (h,) if c is None else (h, c)
     record = None
     if train:
-        record = NativeRecord(kind, x, prep, sizes, offsets, bool(reverse), arrays, prep.bias is not None, H, P)
+        record = NativeRecord(x, prep, sizes, offsets, bool(reverse), arrays)
     return state, record
 
 
 def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False):
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
-    kind, H, P, prep = rec.kind, rec.H, rec.P, rec.prep
+    prep = rec.prep
+    kind, H, P = prep.kind, prep.H, prep.P
     T = rec.x.shape[0]
     G = kind.num_gates
     proj = prep.whr is not None
@@ -307,10 +308,11 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
         threads.run_parts([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
                                              dout, dh, dc, arrays, accumulate) for r in ranges])
     dgx = grads["dgx"]
-    db_ih = dgx.sum(axis=0) if rec.has_bias else None
+    has_bias = prep.bias is not None
+    db_ih = dgx.sum(axis=0) if has_bias else None
     if "dgh" in grads:  # GRU: the hidden side has its own gradient
         (dW_ih,), (dW_hh,) = _at(dgx, rec.x), _at(grads["dgh"], arrays["hprev"])
-        db_hh = grads["dgh"].sum(axis=0) if rec.has_bias else None
+        db_hh = grads["dgh"].sum(axis=0) if has_bias else None
     else:  # both sides from the same gradient, read once
         dW_ih, dW_hh = _at(dgx, rec.x, arrays["hprev"])
         db_hh = db_ih
