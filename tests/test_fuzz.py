@@ -51,6 +51,26 @@ def _close(a, b):
     np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), rtol=1e-9, atol=1e-10)
 
 
+def _pair(torch, name, case, **kw):
+    """nprnn's module ``name`` (float64, eval) and PyTorch's with the same weights."""
+    ours = getattr(nprnn, name)(case["input_size"], case["hidden_size"], dtype=np.float64, seed=case["seed"],
+                                **kw).eval()
+    theirs = getattr(torch.nn, name)(case["input_size"], case["hidden_size"], **kw).double()
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    return ours, theirs
+
+
+def _states(rng, shape, pair):
+    """A random hx of ``shape`` (a pair of them for LSTMs), or None; and PyTorch's copy."""
+    import torch
+
+    if shape is None:
+        return None, None
+    h = rng.standard_normal(shape)
+    hx = (h, h.copy()) if pair else h
+    return hx, (tuple(torch.from_numpy(a) for a in hx) if pair else torch.from_numpy(h))
+
+
 def _flat(result):
     out, state = result
     return [out] + (list(state) if isinstance(state, tuple) else [state])
@@ -77,22 +97,15 @@ def test_layers_fed_any_shape_match_torch_or_refuse_cleanly(case):
     import torch
 
     rng = np.random.default_rng(case["seed"])
-    kw = dict(num_layers=case["num_layers"], bidirectional=case["bidirectional"], batch_first=case["batch_first"])
-    ours = getattr(nprnn, case["kind"])(case["input_size"], case["hidden_size"], dtype=np.float64, seed=case["seed"],
-                                        **kw).eval()
-    theirs = getattr(torch.nn, case["kind"])(case["input_size"], case["hidden_size"], **kw).double()
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    ours, theirs = _pair(torch, case["kind"], case, num_layers=case["num_layers"],
+                         bidirectional=case["bidirectional"], batch_first=case["batch_first"])
     x = rng.standard_normal(case["x_shape"])
     if case["special"] is not None and x.size:
         x.flat[rng.integers(x.size)] = case["special"]
-    hx = None if case["hx_shape"] is None else rng.standard_normal(case["hx_shape"])
-    if hx is not None and case["kind"] == "LSTM":
-        hx = (hx, hx.copy())
+    hx, t_hx = _states(rng, case["hx_shape"], case["kind"] == "LSTM")
     got = _outcome(lambda: ours(x, hx))
 
     def run_torch():
-        t_hx = None if hx is None else (tuple(torch.from_numpy(h) for h in hx) if isinstance(hx, tuple)
-                                        else torch.from_numpy(hx))
         with torch.no_grad():
             out, st_ = theirs(torch.from_numpy(x), t_hx)
         return out.numpy(), (tuple(s.numpy() for s in st_) if isinstance(st_, tuple) else st_.numpy())
@@ -123,18 +136,11 @@ def test_cells_fed_any_shape_match_torch_or_refuse_cleanly(case):
     import torch
 
     rng = np.random.default_rng(case["seed"])
-    ours = getattr(nprnn, case["kind"])(case["input_size"], case["hidden_size"], dtype=np.float64,
-                                        seed=case["seed"]).eval()
-    theirs = getattr(torch.nn, case["kind"])(case["input_size"], case["hidden_size"]).double()
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    ours, theirs = _pair(torch, case["kind"], case)
     x = rng.standard_normal(case["x_shape"])
-    hx = None if case["hx_shape"] is None else rng.standard_normal(case["hx_shape"])
-    if hx is not None and case["kind"] == "LSTMCell":
-        hx = (hx, hx.copy())
+    hx, t_hx = _states(rng, case["hx_shape"], case["kind"] == "LSTMCell")
     got = _outcome(lambda: ours(x, hx))
     try:
-        t_hx = None if hx is None else (tuple(torch.from_numpy(h) for h in hx) if isinstance(hx, tuple)
-                                        else torch.from_numpy(hx))
         with torch.no_grad():
             y = theirs(torch.from_numpy(x), t_hx)
         want = ("ok", tuple(t.numpy() for t in y) if isinstance(y, tuple) else (y.numpy(),))
