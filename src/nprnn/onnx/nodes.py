@@ -1,28 +1,21 @@
-"""ONNX export and import with the standard ``RNN``, ``GRU`` and ``LSTM`` operators.
+"""One ONNX recurrent node (``RNN``, ``GRU``, ``LSTM``) as an nprnn layer.
 
-Export writes one operator node per layer (both directions in one node), chained with
-Transpose/Reshape, with dynamic batch and sequence axes; ``onnxruntime`` runs the result.
-Import builds an nprnn layer from a model's single recurrent node, including what ONNX
-defines and PyTorch lacks: ``direction="reverse"``, ``layout=1``, ``sequence_lens``, GRU
-with ``linear_before_reset=0``, LSTM peepholes, ``clip`` and ``input_forget`` (the last
-three and GRU ``linear_before_reset=0`` run forward only).
+:func:`module_from_node` builds the layer, including what ONNX defines and PyTorch lacks:
+``direction="reverse"``, ``layout=1``, GRU with ``linear_before_reset=0``, LSTM peepholes,
+``clip`` and ``input_forget`` (the last three and GRU ``linear_before_reset=0`` run forward
+only); :func:`run_node` runs it with the operator's inputs and layouts.
 
 Gate orders differ: PyTorch stores LSTM gates as i, f, g, o and ONNX as i, o, f, c; GRU
 as r, z, n against ONNX's z, r, h.  ONNX's bias ``B`` is ``[W_b, R_b]`` concatenated.
-``onnx`` is an optional dependency (``pip install onnx onnxruntime``).
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from .recurrent import GRU, LSTM, RNN, RNNBase
-from .serialization import atomic_write
+from ..recurrent import GRU, LSTM, RNN, RNNBase
 
 # ONNX gate block k comes from PyTorch block _TO_ONNX[kind][k]
 _TO_ONNX = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
-_OP = {LSTM: "LSTM", GRU: "GRU", RNN: "RNN"}
 
 
 def _onnx():
@@ -39,117 +32,6 @@ def _permute_gates(a, order):
     return np.concatenate([blocks[k] for k in order], axis=0)
 
 
-def _op_type(module) -> str:
-    for cls, name in _OP.items():
-        if type(module) is cls:
-            return name
-    raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM and nprnn.GRU, got {type(module).__name__}")
-
-
-def to_onnx(module: RNNBase, *, with_state: bool = True, lengths: bool = False, opset: int = 17):
-    """Build the ``onnx.ModelProto`` of ``module`` (see :func:`export`)."""
-    onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
-
-    op = _op_type(module)
-    if getattr(module, "proj_size", 0):
-        raise ValueError("ONNX's LSTM operator has no projection (proj_size > 0): this LSTM cannot be written "
-                         "with the standard operators")
-    elem = TensorProto.FLOAT if module.dtype == np.float32 else TensorProto.DOUBLE
-    D, H, L = module.num_directions, module.hidden_size, module.num_layers
-    order = _TO_ONNX[op]
-    seq, batch = "seq_len", "batch"
-    x_shape = [batch, seq, module.input_size] if module.batch_first else [seq, batch, module.input_size]
-    inputs = [helper.make_tensor_value_info("input", elem, x_shape)]
-    state_names = ["h0", "c0"] if op == "LSTM" else ["h0"]
-    if with_state:
-        inputs += [helper.make_tensor_value_info(n, elem, [D * L, batch, H]) for n in state_names]
-    if lengths:
-        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, [batch]))
-    nodes, inits = [], []
-
-    def const(name, array):
-        inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    x = "input"
-    if module.batch_first:
-        nodes.append(helper.make_node("Transpose", [x], ["x_time_major"], perm=[1, 0, 2]))
-        x = "x_time_major"
-    seq_lens = ""
-    if lengths:
-        nodes.append(helper.make_node("Cast", ["lengths"], ["lengths_i32"], to=TensorProto.INT32))
-        seq_lens = "lengths_i32"
-    const("shape_merge_dirs", np.array([0, 0, -1], np.int64))
-    y_h, y_c = [], []
-    for layer in range(L):
-        sfx = [f"_l{layer}", f"_l{layer}_reverse"][:D]
-        p = module._parameters
-        W = np.stack([_permute_gates(p["weight_ih" + s], order) for s in sfx])
-        R = np.stack([_permute_gates(p["weight_hh" + s], order) for s in sfx])
-        ins = [x, const(f"W{layer}", W), const(f"R{layer}", R)]
-        if module.bias:
-            B = np.stack([np.concatenate([_permute_gates(p["bias_ih" + s], order), _permute_gates(p["bias_hh" + s], order)])
-                          for s in sfx])
-            ins.append(const(f"B{layer}", B))
-        else:
-            ins.append("")
-        ins.append(seq_lens)
-        if with_state:
-            const(f"starts{layer}", np.array([layer * D], np.int64))
-            const(f"ends{layer}", np.array([(layer + 1) * D], np.int64))
-            const(f"axes{layer}", np.array([0], np.int64))
-            for n in state_names:
-                nodes.append(helper.make_node("Slice", [n, f"starts{layer}", f"ends{layer}", f"axes{layer}"],
-                                              [f"{n}_l{layer}"]))
-                ins.append(f"{n}_l{layer}")
-        else:
-            ins += [""] * len(state_names)
-        attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
-        if op == "GRU":
-            attrs["linear_before_reset"] = 1
-        if op == "RNN":
-            attrs["activations"] = ["Relu" if module.nonlinearity == "relu" else "Tanh"] * D
-        outs = [f"Y{layer}", f"Y_h{layer}"] + ([f"Y_c{layer}"] if op == "LSTM" else [])
-        while ins and ins[-1] == "":
-            ins.pop()
-        nodes.append(helper.make_node(op, ins, outs, name=f"{op.lower()}_layer{layer}", **attrs))
-        y_h.append(outs[1])
-        if op == "LSTM":
-            y_c.append(outs[2])
-        # (seq, D, batch, H) -> (seq, batch, D * H)
-        nodes.append(helper.make_node("Transpose", [outs[0]], [f"Y{layer}_t"], perm=[0, 2, 1, 3]))
-        nodes.append(helper.make_node("Reshape", [f"Y{layer}_t", "shape_merge_dirs"], [f"X{layer + 1}"]))
-        x = f"X{layer + 1}"
-    if module.batch_first:
-        nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[1, 0, 2]))
-    else:
-        nodes.append(helper.make_node("Identity", [x], ["output"]))
-    nodes.append(helper.make_node("Concat", y_h, ["h_n"], axis=0))
-    outputs = [helper.make_tensor_value_info("output", elem, [batch, seq, D * H] if module.batch_first
-                                             else [seq, batch, D * H]),
-               helper.make_tensor_value_info("h_n", elem, [D * L, batch, H])]
-    if op == "LSTM":
-        nodes.append(helper.make_node("Concat", y_c, ["c_n"], axis=0))
-        outputs.append(helper.make_tensor_value_info("c_n", elem, [D * L, batch, H]))
-    graph = helper.make_graph(nodes, f"nprnn_{op.lower()}", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="nprnn")
-    onnx.checker.check_model(model)
-    return model
-
-
-def export(module: RNNBase, path, *, with_state: bool = True, lengths: bool = False, opset: int = 17) -> None:
-    """Write ``module`` as an ONNX model (atomically).
-
-    Inputs: ``input`` (layout as the module's ``batch_first``), ``h0`` (and ``c0``) when
-    ``with_state``, ``lengths`` (int64, per sequence) when ``lengths``; outputs ``output``,
-    ``h_n`` (and ``c_n``), shaped as nprnn returns them.  Batch and sequence length are
-    dynamic.  An LSTM with ``proj_size`` is refused: ONNX's operator has no projection.
-    """
-    atomic_write(path, to_onnx(module, with_state=with_state, lengths=lengths, opset=opset).SerializeToString())
-
-
-# ------------------------------------------------------------------------------ import
 _ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
 
 
@@ -287,33 +169,3 @@ def run_node(module: RNNBase, node, X, sequence_lens=None, initial_h=None, initi
     else:  # out (seq, batch, D*H) -> Y (seq, D, batch, H)
         Y = np.ascontiguousarray(out.reshape(out.shape[0], out.shape[1], D, H).transpose(0, 2, 1, 3))
     return (Y, *states)
-
-
-def import_onnx(model_or_path) -> RNNBase:
-    """An nprnn layer from an ONNX model whose graph has one RNN, GRU or LSTM node with its
-    weights as initializers (as :func:`export` writes for a one-layer model)."""
-    onnx = _onnx()
-    from onnx import numpy_helper
-
-    if isinstance(model_or_path, onnx.ModelProto):
-        model = model_or_path
-    else:
-        if not os.path.isfile(os.fspath(model_or_path)):
-            raise FileNotFoundError(f"no such file: {os.fspath(model_or_path)}")
-        try:
-            model = onnx.load(model_or_path)
-        except Exception as exc:  # protobuf's DecodeError and friends: a damaged or foreign file
-            raise ValueError(f"{os.fspath(model_or_path)} is not a readable ONNX model (truncated or corrupted?): "
-                             f"{exc}") from exc
-    nodes = [n for n in model.graph.node if n.op_type in _TO_ONNX]
-    if len(nodes) != 1:
-        raise ValueError(f"expected exactly one RNN, GRU or LSTM node, found {len(nodes)}")
-    node = nodes[0]
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    names = list(node.input) + [""] * 8
-    missing = [n for n in (names[1], names[2]) if n not in inits]
-    if missing:
-        raise ValueError(f"the weights {missing} are graph inputs, not initializers: give them to module_from_node")
-    get = {"B": names[3], "P": names[7] if node.op_type == "LSTM" else ""}
-    return module_from_node(node, inits[names[1]], inits[names[2]],
-                            inits.get(get["B"]) if get["B"] else None, inits.get(get["P"]) if get["P"] else None)

@@ -1,0 +1,553 @@
+"""Import of whole ONNX graphs.
+
+:func:`import_onnx` reads a model into an :class:`ONNXGraph`, a Module that runs the
+graph's nodes in order on NumPy (:mod:`.ops`).  Each recurrent node is an nprnn layer
+(:mod:`.nodes`, or :mod:`.scan` for the LSTMP pattern nprnn exports), a ``Gemm`` on
+constant weights a :class:`~nprnn.Linear` and a ``Gather`` from a constant table an
+:class:`~nprnn.Embedding`, so their weights appear in ``state_dict()`` and ``explain``
+works on them.  A node type outside the supported list is refused by name.
+
+Two simplifications follow, each proved on probe data before it is made (never read off
+node names): what is not proved stays as it is, correct, only less folded.
+
+- **Folding.** Recurrent nodes of one kind and size where the second reads the first's
+  output merged to (seq, batch, directions * hidden) by the exporter's layout nodes
+  (Transpose + Reshape, or Shape/Slice/Concat arithmetic) become one layer with that
+  ``num_layers``, as torch writes one node per layer; the state dict then has torch's
+  keys (``weight_ih_l1``, ...).  Their initial states may come from anywhere.
+- **Collapse.** A graph that is then exactly one recurrent layer between its inputs
+  (``input``, states, lengths) and outputs (``output``, ``h_n``, ``c_n``), with the
+  exporter's Transposes for ``batch_first`` around it, is returned as that layer.
+
+A probe runs the nodes in question on random data at two sizes and asks for bit-equal
+results, which layout nodes (they only move data) give and nothing else does.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+
+import numpy as np
+
+from ..layers import Embedding, Linear
+from ..module import Module
+from ..recurrent import GRU, LSTM, RNN
+from . import ops
+from .nodes import _attrs, _onnx, module_from_node
+
+RECURRENT = ("RNN", "GRU", "LSTM")
+_PROBE_SIZES = ((3, 2), (5, 7))  # (seq_len, batch) pairs used by the probes
+
+
+class _Step:
+    """One node run as an operator; ``inputs``/``outputs`` are value names."""
+
+    module = None
+
+    def __init__(self, node, opset):
+        self.node, self.opset = node, opset
+        self.op_type = node.op_type
+        self.inputs = [n for n in node.input if n]
+        self.outputs = [n for n in node.output if n]
+        self._attrs = _attrs(node)
+
+    def run(self, values):
+        ins = [values[n] if n else None for n in self.node.input]
+        outs = ops.run(self.op_type, ins, dict(self._attrs), self.opset)
+        return dict(zip(self.node.output, outs))
+
+
+class _ModuleStep:
+    """A node that is an nprnn module of one input: Gemm as Linear, Gather as Embedding."""
+
+    def __init__(self, name, module, x, y, op_type):
+        self.name, self.module, self.op_type = name, module, op_type
+        self.inputs, self.outputs = [x], [y]
+
+    def run(self, values):
+        return {self.outputs[0]: self.module(values[self.inputs[0]])}
+
+
+class RecurrentNode:
+    """One ONNX ``RNN``/``GRU``/``LSTM`` node: its layer and how its inputs and outputs map
+    to the layer's call.  ``layout=1`` puts batch first in X, Y and the states."""
+
+    def __init__(self, node, consts):
+        names = list(node.input) + [""] * 8
+        for role, i in (("W", 1), ("R", 2), ("B", 3), ("P", 7)):
+            if names[i] and names[i] not in consts:
+                raise ValueError(f"{node.op_type} node {node.name!r}: its weight {role} ({names[i]!r}) is computed in the "
+                                 "graph or fed at run time; nprnn imports recurrent weights that are constants")
+        get = lambda i: consts[names[i]] if names[i] else None  # noqa: E731
+        self.layer = module_from_node(node, get(1), get(2), get(3), get(7) if node.op_type == "LSTM" else None)
+        self.kind, self.name = node.op_type, node.name
+        self.layout = int(_attrs(node).get("layout", 0))
+        self.x, self.lens, self.h0 = names[0], names[4], names[5]
+        self.c0 = names[6] if node.op_type == "LSTM" else ""
+        outs = list(node.output) + ["", "", ""]
+        self.y, self.y_h, self.y_c = outs[0], outs[1], outs[2] if node.op_type == "LSTM" else ""
+        self.inputs = [n for n in (self.x, self.lens, self.h0, self.c0) if n]
+        self.outputs = [n for n in (self.y, self.y_h, self.y_c) if n]
+        self.ys = [self.y] if self.y else []  # the per-step outputs
+
+    def initial(self, values):
+        """The initial (h, c) given to this node in nprnn's (D, N, H) layout, None if absent."""
+        return tuple(None if not n or n not in values else (np.swapaxes(values[n], 0, 1) if self.layout else values[n])
+                     for n in (self.h0, self.c0))
+
+    def emit(self, out, h, c):
+        """This node's outputs from nprnn's ``output`` (None: not wanted) and final states (D, N, H)."""
+        res = {}
+        if out is not None and self.y:
+            D = self.layer.num_directions
+            if self.layout:
+                res[self.y] = out.reshape(out.shape[0], out.shape[1], D, -1)
+            else:
+                res[self.y] = np.ascontiguousarray(out.reshape(out.shape[0], out.shape[1], D, -1).transpose(0, 2, 1, 3))
+        for name, s in ((self.y_h, h), (self.y_c, c)):
+            if name:
+                res[name] = np.ascontiguousarray(np.swapaxes(s, 0, 1)) if self.layout else s
+        return res
+
+    def probe_outputs(self, T, N, rng):
+        D, H = self.layer.num_directions, self.layer.hidden_size
+        shape = (N, T, D, H) if self.layout else (T, D, N, H)
+        return {self.y: rng.standard_normal(shape).astype(self.layer.dtype)}
+
+    def layer_output(self, raw):
+        """nprnn's ``output`` (seq, batch, D*H), batch first with layout=1, from this node's Y."""
+        Y = raw[self.y]
+        if self.layout:
+            return Y.reshape(Y.shape[0], Y.shape[1], -1)
+        return Y.transpose(0, 2, 1, 3).reshape(Y.shape[0], Y.shape[2], -1)
+
+
+class _RecurrentStep:
+    """One layer run for one or more recurrent nodes (several when folded: layer k of the
+    stack computes node k, and the nodes' states are the layer's states k)."""
+
+    def __init__(self, name, module, parts):
+        self.name, self.module, self.parts = name, module, parts
+        self.op_type = parts[0].kind
+        self.inputs = sorted({n for p in parts for n in p.inputs})
+        last = parts[-1]
+        self.outputs = [n for p in parts for n in p.outputs if n not in p.ys or p is last]
+
+    def run(self, values):
+        first, last, layer = self.parts[0], self.parts[-1], self.module
+        x = values[first.x]
+        lens = values[first.lens] if first.lens else None
+        given = [p.initial(values) for p in self.parts]
+        hx = None
+        if any(s is not None for pair in given for s in pair):
+            N = x.shape[0] if layer.batch_first else x.shape[1]
+            D, Hh, Hc = layer.num_directions, layer.proj_size or layer.hidden_size, layer.hidden_size
+            h = np.concatenate([g[0] if g[0] is not None else np.zeros((D, N, Hh), layer.dtype) for g in given])
+            c = np.concatenate([g[1] if g[1] is not None else np.zeros((D, N, Hc), layer.dtype) for g in given])
+            hx = (h, c) if isinstance(layer, LSTM) else h
+        out, state = layer(x, hx, lengths=lens)
+        h_n, c_n = state if isinstance(state, tuple) else (state, None)
+        D, res = layer.num_directions, {}
+        for k, p in enumerate(self.parts):
+            rows = slice(k * D, (k + 1) * D)
+            res.update(p.emit(out if p is last else None, h_n[rows], None if c_n is None else c_n[rows]))
+        return res
+
+
+def _module_name(node, taken, default):
+    """A submodule name from an exporter's node name: '/rnn/LSTM_1' -> 'rnn' (TorchScript)."""
+    parts = [p for p in node.name.split("/") if p][:-1] if node.name.startswith("/") else []
+    base = ".".join(parts) if parts else default
+    base = re.sub(r"[^0-9A-Za-z_.]", "_", base) or default
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+class ONNXGraph(Module):
+    """An ONNX graph run on NumPy: call it with the graph's inputs (positionally in the
+    graph's order, or by name), get its outputs (one array, or a tuple).  Inputs with an
+    initializer of the same name are optional and default to it.  Recurrent nodes,
+    ``Gemm`` and table ``Gather`` are submodules, so ``state_dict()`` holds their weights.
+    Inference only: ``backward`` is refused."""
+
+    def __init__(self, steps, consts, input_names, defaults, output_names, value_info):
+        super().__init__()
+        object.__setattr__(self, "_steps", steps)
+        object.__setattr__(self, "_consts", consts)
+        self.input_names, self.output_names = list(input_names), list(output_names)
+        self._defaults, self._value_info = defaults, value_info
+        for s in steps:
+            if s.module is not None:
+                setattr(self, s.name, s.module)
+        self.eval()
+
+    def extra_repr(self):
+        return f"inputs={self.input_names}, outputs={self.output_names}, nodes={len(self._steps)}"
+
+    @property
+    def op_types(self):
+        """The operator types this graph runs, in order."""
+        return [s.op_type for s in self._steps]
+
+    def forward(self, *args, **kwargs):
+        if len(args) > len(self.input_names):
+            raise TypeError(f"ONNXGraph takes {len(self.input_names)} inputs {self.input_names}, got {len(args)}")
+        feeds = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k not in self.input_names:
+                raise TypeError(f"ONNXGraph: unexpected input {k!r}; inputs are {self.input_names}")
+            if k in feeds:
+                raise TypeError(f"ONNXGraph: input {k!r} given twice")
+            feeds[k] = v
+        values = dict(self._consts)
+        for name in self.input_names:
+            if name in feeds and feeds[name] is not None:
+                values[name] = self._check_input(name, feeds[name])
+            elif name in self._defaults:
+                values[name] = self._defaults[name]
+            else:
+                raise TypeError(f"ONNXGraph: missing input {name!r}")
+        for step in self._steps:
+            values.update(step.run(values))
+        outs = tuple(values[n] for n in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _check_input(self, name, value):
+        dtype, shape = self._value_info.get(name, (None, None))
+        a = np.asarray(value)
+        if dtype is not None:
+            if a.dtype.kind != dtype.kind:
+                raise TypeError(f"ONNXGraph: input {name!r} must be {dtype}, got {a.dtype}")
+            a = a.astype(dtype, copy=False)
+        if shape is not None:
+            if a.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, a.shape)):
+                want = "(" + ", ".join(str(d) for d in shape) + ")"
+                raise ValueError(f"ONNXGraph: input {name!r} must have shape {want}, got {a.shape}")
+        return a
+
+    def backward(self, *args, **kwargs):
+        raise NotImplementedError("ONNXGraph runs inference only; to train, rebuild the model from nprnn modules and "
+                                  "load_state_dict(graph.state_dict())")
+
+
+# ------------------------------------------------------------------------------ reading
+def _read(model):
+    """(steps, consts, inputs, defaults, outputs, value_info) of a model, constants folded."""
+    from onnx import helper, numpy_helper
+
+    from .scan import scan_lstmp
+
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 7:
+        raise ValueError(f"ONNX opset {opset} is older than nprnn supports (7 and later)")
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    input_names = [i.name for i in g.input]
+    defaults = {n: consts.pop(n) for n in input_names if n in consts}
+    value_info = {}
+    for i in g.input:
+        tt = i.type.tensor_type
+        if i.type.HasField("tensor_type") and tt.elem_type:
+            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in tt.shape.dim] \
+                if tt.HasField("shape") else None
+            value_info[i.name] = (np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)), shape)
+    steps, taken = [], set()
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise ValueError(f"ONNX node {node.name!r} of type {node.op_type} in domain {node.domain!r} is not supported")
+        op = node.op_type
+        if op in RECURRENT:
+            part = RecurrentNode(node, consts)
+            default = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}[op]
+            steps.append(_RecurrentStep(_module_name(node, taken, default), part.layer, [part]))
+            continue
+        if op == "Scan":
+            part = scan_lstmp(node, consts)
+            steps.append(_RecurrentStep(_module_name(node, taken, "lstm"), part.layer, [part]))
+            continue
+        if op not in ops.SUPPORTED:
+            raise ValueError(f"ONNX operator {op} (node {node.name!r}) is not supported by nprnn's import; supported: "
+                             f"{', '.join(sorted(ops.SUPPORTED + list(RECURRENT)))} and Scan as nprnn writes LSTMP")
+        ins = [n for n in node.input if n]
+        if all(n in consts for n in ins):  # constant folding: shapes, constants, weights arithmetic
+            outs = ops.run(op, [consts[n] if n else None for n in node.input], _attrs(node), opset)
+            consts.update(zip(node.output, outs))
+            continue
+        module_step = _as_module(node, consts, taken)
+        steps.append(module_step or _Step(node, opset))
+    outputs = [o.name for o in g.output]
+    return steps, consts, input_names, defaults, outputs, value_info
+
+
+def _as_module(node, consts, taken):
+    """Gemm on constant weights as Linear; Gather from a constant 2-D table as Embedding."""
+    a = _attrs(node)
+    ins = list(node.input) + ["", "", ""]
+    if node.op_type == "Gemm" and ins[1] in consts and (not ins[2] or ins[2] in consts) and ins[0] not in consts \
+            and a.get("alpha", 1.0) == 1.0 and a.get("beta", 1.0) == 1.0 and not a.get("transA", 0):
+        W = consts[ins[1]]
+        W = W if a.get("transB", 0) else W.T
+        b = consts[ins[2]] if ins[2] else None
+        if W.ndim != 2 or W.dtype not in (np.float32, np.float64) or (b is not None and b.shape != (W.shape[0],)):
+            return None
+        lin = Linear(W.shape[1], W.shape[0], bias=b is not None, dtype=W.dtype)
+        lin.load_state_dict({"weight": W, **({"bias": b} if b is not None else {})})
+        default = ins[1][: -len(".weight")] if ins[1].endswith(".weight") else "linear"
+        return _ModuleStep(_module_name(node, taken, default), lin, ins[0], node.output[0], "Gemm")
+    if node.op_type == "Gather" and ins[0] in consts and ins[1] not in consts and a.get("axis", 0) == 0:
+        table = consts[ins[0]]
+        if table.ndim != 2 or table.dtype not in (np.float32, np.float64):
+            return None
+        emb = Embedding(table.shape[0], table.shape[1], dtype=table.dtype)
+        emb.load_state_dict({"weight": table})
+        default = ins[0][: -len(".weight")] if ins[0].endswith(".weight") else "embedding"
+        return _ModuleStep(_module_name(node, taken, default), emb, ins[1], node.output[0], "Gather")
+    return None
+
+
+# ------------------------------------------------------------------------------ folding
+def _producers(steps):
+    return {o: i for i, s in enumerate(steps) for o in s.outputs}
+
+
+def _consumers(steps):
+    use = {}
+    for i, s in enumerate(steps):
+        for n in s.inputs:
+            use.setdefault(n, set()).add(i)
+    return use
+
+
+def _between(steps, sources, target):
+    """Indices of the steps on a path from one of the values ``sources`` to value ``target``."""
+    prod, use = _producers(steps), _consumers(steps)
+    down, todo = set(), list(sources)
+    while todo:
+        for i in use.get(todo.pop(), ()):
+            if i not in down:
+                down.add(i)
+                todo.extend(steps[i].outputs)
+    up, todo = set(), [target]
+    while todo:
+        i = prod.get(todo.pop())
+        if i is not None and i not in up:
+            up.add(i)
+            todo.extend(steps[i].inputs)
+    return sorted(down & up)
+
+
+def _evaluate(steps, idx, feeds, consts):
+    values = dict(consts)
+    values.update(feeds)
+    for i in idx:
+        values.update(steps[i].run(values))
+    return values
+
+
+def _same_stack(a, b):
+    la, lb = a.layer, b.layer
+    cls = type(la)
+    if cls not in (RNN, GRU, LSTM) or type(lb) is not cls:
+        return False
+    keys = ("hidden_size", "proj_size", "num_directions", "dtype", "bias", "batch_first", "mode")
+    width = la.num_directions * (la.proj_size or la.hidden_size)
+    return all(getattr(la, k, None) == getattr(lb, k, None) for k in keys) and lb.input_size == width \
+        and a.lens == b.lens and a.layout == b.layout
+
+
+def _links(steps, consts, outputs):
+    """Pairs (i, j) of recurrent steps where step j's input is step i's output, merged by
+    layout nodes only, with the indices of those nodes."""
+    rec = [i for i, s in enumerate(steps) if isinstance(s, _RecurrentStep)]
+    use = _consumers(steps)
+    links = []
+    for i in rec:
+        a = steps[i].parts[-1]
+        for j in rec:
+            b = steps[j].parts[0]
+            if j <= i or not _same_stack(a, b):
+                continue
+            if not a.ys:
+                continue
+            mid = _between(steps, a.ys, b.x)
+            if (not mid and b.x not in a.ys) or any(isinstance(steps[k], _RecurrentStep) or steps[k].module is not None
+                                                    for k in mid):
+                continue
+            inside = set(mid) | {j}
+            made = a.ys + [o for k in mid for o in steps[k].outputs]
+            if any(o in outputs or not use.get(o, set()) <= inside for o in made):
+                continue
+            if any(n in steps[j].inputs and n != b.x for n in made):
+                continue
+            side = {n for k in mid for n in steps[k].inputs} - set(made)
+            if not side <= set(consts):
+                continue
+            if _probe_merge(steps, mid, a, b.x, consts):
+                links.append((i, j, mid))
+                break
+    return links
+
+
+def _probe_merge(steps, mid, a, target, consts):
+    rng = np.random.default_rng(0)
+    try:
+        for T, N in _PROBE_SIZES:
+            raw = a.probe_outputs(T, N, rng)
+            got = _evaluate(steps, mid, raw, consts)[target]
+            want = a.layer_output(raw)
+            if got.shape != want.shape or not np.array_equal(got, want):
+                return False
+    except Exception:  # a probe that cannot run proves nothing
+        return False
+    return True
+
+
+def _stacked_layer(layers):
+    """One layer with ``len(layers)`` layers computing ``layers`` (each one layer) in turn."""
+    l0 = layers[0]
+    cls = type(l0)
+    kw = dict(num_layers=len(layers), bias=l0.bias, batch_first=l0.batch_first, bidirectional=l0.num_directions == 2,
+              dtype=l0.dtype)
+    if cls is RNN:
+        kw["nonlinearity"] = l0.nonlinearity
+    if getattr(l0, "proj_size", 0):
+        kw["proj_size"] = l0.proj_size
+    stack = cls(l0.input_size, l0.hidden_size, **kw)
+    sd = {re.sub(r"_l0(_reverse)?$", rf"_l{k}\1", key): v for k, layer in enumerate(layers)
+          for key, v in layer.state_dict().items()}
+    stack.load_state_dict(sd)
+    return stack.eval()
+
+
+def _fold(steps, consts, outputs):
+    links = _links(steps, consts, outputs)
+    if not links:
+        return steps
+    nxt = {i: (j, mid) for i, j, mid in links}
+    has_prev = {j for _, j, _ in links}
+    drop, place = set(), {}
+    for start in sorted(nxt):
+        if start in has_prev:
+            continue
+        chain, i = [start], start
+        while i in nxt:
+            i, mid = nxt[i]
+            drop.update(mid)
+            chain.append(i)
+        drop.update(chain)
+        parts = [p for k in chain for p in steps[k].parts]
+        place[chain[-1]] = _RecurrentStep(steps[chain[0]].name, _stacked_layer([p.layer for p in parts]), parts)
+    folded = [place[i] if i in place else s for i, s in enumerate(steps) if i in place or i not in drop]
+    return _in_order(folded) or steps
+
+
+def _in_order(steps):
+    """``steps`` reordered so each runs after the steps it reads from (the given order
+    where it already does), or None when they read in a circle."""
+    prod = _producers(steps)
+    done, order, waiting = set(), [], list(range(len(steps)))
+    while waiting:
+        ready = next((i for i in waiting if all(n not in prod or prod[n] in done for n in steps[i].inputs)), None)
+        if ready is None:
+            return None
+        waiting.remove(ready)
+        done.add(ready)
+        order.append(steps[ready])
+    return order
+
+
+# ------------------------------------------------------------------------------ collapse
+def _collapse(graph):
+    """The one recurrent layer ``graph`` computes, or None (see the module docstring)."""
+    rec = [s for s in graph._steps if isinstance(s, _RecurrentStep)]
+    if len(rec) != 1 or any(s.module is not None for s in graph._steps if s is not rec[0]):
+        return None
+    layer = rec[0].module
+    if not isinstance(layer, (RNN, GRU, LSTM)) or not 1 <= len(graph.output_names) <= (3 if isinstance(layer, LSTM) else 2):
+        return None
+    roles = _input_roles(graph, layer)
+    if roles is None:
+        return None
+    for batch_first in (layer.batch_first, not layer.batch_first):
+        cand = copy.deepcopy(layer)
+        cand.batch_first = batch_first
+        if _probe_layer(graph, cand, roles):
+            return cand.eval()
+    return None
+
+
+def _input_roles(graph, layer):
+    """Graph inputs as ('x' | 'h0' | 'c0' | 'lengths'), or None when they are anything else."""
+    names = graph.input_names
+    info = [graph._value_info.get(n, (None, None)) for n in names]
+    if not names or info[0][0] is None or info[0][0].kind != "f" or info[0][1] is None or len(info[0][1]) != 3:
+        return None
+    roles, states = ["x"], ["h0", "c0"] if isinstance(layer, LSTM) else ["h0"]
+    for dtype, shape in info[1:]:
+        if dtype is None or shape is None:
+            return None
+        if dtype.kind == "f" and len(shape) == 3 and states:
+            roles.append(states.pop(0))
+        elif dtype.kind in "iu" and len(shape) == 1 and "lengths" not in roles:
+            roles.append("lengths")
+        else:
+            return None
+    return roles
+
+
+def _probe_layer(graph, layer, roles):
+    rng = np.random.default_rng(1)
+    x_shape = graph._value_info[graph.input_names[0]][1]
+    if x_shape[2] != layer.input_size:
+        return False
+    D, L = layer.num_directions, layer.num_layers
+    static = [d if isinstance(d, int) and d > 0 else None for d in x_shape[:2]]
+    sizes = _PROBE_SIZES[:1] if None not in static else _PROBE_SIZES
+    try:
+        for T, N in sizes:
+            dims = [N, T] if layer.batch_first else [T, N]
+            dims = [s or d for s, d in zip(static, dims)]
+            T, N = dims[::-1] if layer.batch_first else dims
+            feeds = {"x": rng.standard_normal((*dims, layer.input_size)).astype(layer.dtype),
+                     "h0": rng.standard_normal((D * L, N, layer.proj_size or layer.hidden_size)).astype(layer.dtype),
+                     "c0": rng.standard_normal((D * L, N, layer.hidden_size)).astype(layer.dtype),
+                     "lengths": rng.integers(1, T + 1, N)}
+            got = graph(*[feeds[r] for r in roles])
+            got = got if isinstance(got, tuple) else (got,)
+            hx = None
+            if "h0" in roles:
+                hx = (feeds["h0"], feeds["c0"] if "c0" in roles else np.zeros_like(feeds["c0"])) \
+                    if isinstance(layer, LSTM) else feeds["h0"]
+            out, state = layer(feeds["x"], hx, lengths=feeds["lengths"] if "lengths" in roles else None)
+            want = (out, *(state if isinstance(state, tuple) else (state,)))
+            if not all(g.shape == w.shape and np.array_equal(g, w) for g, w in zip(got, want)):
+                return False
+    except Exception:  # a probe that cannot run proves nothing
+        return False
+    return True
+
+
+def import_onnx(model_or_path) -> Module:
+    """An nprnn Module computing an ONNX model: an :class:`ONNXGraph` running its nodes,
+    or, when the graph is exactly one recurrent layer (as :func:`nprnn.onnx.export` and
+    torch's exporters write a bare ``nn.LSTM``), that layer itself (``nprnn.LSTM`` etc.,
+    with ``num_layers``, ``bidirectional`` and ``batch_first`` as the graph says)."""
+    onnx = _onnx()
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = model_or_path
+    else:
+        if not os.path.isfile(os.fspath(model_or_path)):
+            raise FileNotFoundError(f"no such file: {os.fspath(model_or_path)}")
+        try:
+            model = onnx.load(model_or_path)
+        except Exception as exc:  # protobuf's DecodeError and friends: a damaged or foreign file
+            raise ValueError(f"{os.fspath(model_or_path)} is not a readable ONNX model (truncated or corrupted?): "
+                             f"{exc}") from exc
+    steps, consts, inputs, defaults, outputs, value_info = _read(model)
+    steps = _fold(steps, consts, set(outputs))
+    graph = ONNXGraph(steps, consts, inputs, defaults, outputs, value_info)
+    return _collapse(graph) or graph
