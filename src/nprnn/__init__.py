@@ -14,6 +14,7 @@ from .packing import (
 )
 from .recurrent import GRU, LSTM, RNN, RNNBase
 from .activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .layers import Dropout, Embedding, LayerNorm, Linear
 from .sequential import LastStep, Sequential
 from .threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
 
@@ -24,5 +25,5 @@ __all__ = [
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
     "get_helper_process", "backend", "set_backend", "writable", "Sequential", "LastStep", "ReLU", "Tanh",
-    "Sigmoid", "Softmax", "LogSoftmax", "__version__",
+    "Sigmoid", "Softmax", "LogSoftmax", "Linear", "Embedding", "Dropout", "LayerNorm", "__version__",
 ]

@@ -60,13 +60,14 @@ class Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def op(self, op_type, inputs, base=None, n_out=1, **attrs):
+    def op(self, op_type, inputs, base=None, n_out=1, node_name=None, **attrs):
         from onnx import helper
 
         outs = [self.name(base or op_type.lower()) for _ in range(n_out)]
         while inputs and inputs[-1] == "":
             inputs = inputs[:-1]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name(f"{op_type}_node"), **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name(node_name or f"{op_type}_node"),
+                                           **attrs))
         return outs[0] if n_out == 1 else outs
 
     def optional_state(self, name, rows, size, x, batch_axis, dtype):
@@ -103,7 +104,8 @@ def _recurrent(b, m, x, states, lens, prefix=""):
                 b.const(np.array([0], np.int64)))
         s0 = {k: b.op("Slice", [v, *rows], base=f"{k}_l{layer}") for k, v in states.items()}
         if P:
-            x, h, c = emit_lstmp_layer(b, m, layer, x, s0.get("h0"), s0.get("c0"), lens, prefix)
+            x, h, c = emit_lstmp_layer(b, m, layer, x, s0.get("h0"), s0.get("c0"), lens, prefix,
+                                       _node_name(prefix, f"Scan{layer}"))
             y_h.append(h)
             y_c.append(c)
             continue
@@ -122,7 +124,8 @@ def _recurrent(b, m, x, states, lens, prefix=""):
             attrs["linear_before_reset"] = 1
         if op == "RNN":
             attrs["activations"] = ["Relu" if m.nonlinearity == "relu" else "Tanh"] * D
-        outs = b.op(op, ins, base=f"{prefix}{op}{layer}", n_out=3 if op == "LSTM" else 2, **attrs)
+        outs = b.op(op, ins, base=f"{prefix}{op}{layer}", n_out=3 if op == "LSTM" else 2,
+                    node_name=_node_name(prefix, f"{op}{layer}"), **attrs)
         y_h.append(outs[1])
         if op == "LSTM":
             y_c.append(outs[2])
@@ -134,6 +137,12 @@ def _recurrent(b, m, x, states, lens, prefix=""):
     h_n = b.op("Concat", y_h, base="h_n", axis=0) if L > 1 else y_h[0]
     c_n = (b.op("Concat", y_c, base="c_n", axis=0) if L > 1 else y_c[0]) if op == "LSTM" else None
     return x, h_n, c_n
+
+
+def _node_name(prefix, name):
+    """Node names as torch's exporter writes them, '/<module path>/<op>', so that import
+    names the submodule after the module (Sequential's '0', '1', ...)."""
+    return f"/{prefix.rstrip('.')}/{name}" if prefix else name
 
 
 def _linear(b, m, x, rank, prefix):
@@ -218,7 +227,7 @@ def to_onnx(model, *, with_state: bool = True, lengths: bool = False, opset: int
             x, rank = _module(b, m, x, rank, lens if isinstance(m, RNNBase) else ("lengths" if lengths else None),
                               f"{key}.")
         b.nodes.append(helper.make_node("Identity", [x], ["output"], name="output_node"))
-        b.outputs.append(helper.make_tensor_value_info("output", elem, None))
+        b.outputs.append(helper.make_tensor_value_info("output", elem, [f"out{k}" for k in range(rank)]))
     else:
         m = model
         D, L, H = m.num_directions, m.num_layers, m.hidden_size

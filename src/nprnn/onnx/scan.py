@@ -63,7 +63,7 @@ def _body(names, D, H, P, elem, split_name):
     return helper.make_graph(nodes, "lstmp_step", inputs, outs)
 
 
-def emit_lstmp_layer(b, m, layer, x, h0, c0, lens, prefix=""):
+def emit_lstmp_layer(b, m, layer, x, h0, c0, lens, prefix="", node_name=None):
     """Layer ``layer`` of LSTM ``m`` (with ``proj_size``) on time-major ``x`` as one Scan;
     ``h0``/``c0`` are (D, N, P)/(D, N, H) values or None for zeros.  Returns the names of
     (output (T, N, D*P), h_n (D, N, P), c_n (D, N, H))."""
@@ -94,6 +94,7 @@ def emit_lstmp_layer(b, m, layer, x, h0, c0, lens, prefix=""):
     ins += [x] * D
     body = _body(names, D, H, P, b.elem, split)
     outs = b.op("Scan", ins, base=f"{prefix}lstmp{layer}", n_out=3 * D, body=body, num_scan_inputs=D,
+                node_name=node_name,
                 scan_input_directions=[0, 1][:D], scan_output_directions=[0, 1][:D])
     ys = outs[2 * D:]
     y = b.op("Concat", ys, base="layer_output", axis=2) if D == 2 else ys[0]
