@@ -189,10 +189,77 @@ def test_convert_round_trips(tmp_path, capsys):
     assert infer_config(composite)["num_layers"] == 2
     np.savez(tmp_path / "comp.npz", **composite)
     assert main(["convert", str(tmp_path / "comp.npz"), str(tmp_path / "rnn.onnx"), "--nonlinearity", "relu"]) == 0
-    assert main(["convert", os.path.join(TORCH_DIR, "lstm_bidirectional_proj.pt"), str(tmp_path / "p.onnx")]) == 2
-    assert "no projection" in capsys.readouterr().err
-    assert main(["convert", os.path.join(TORCH_DIR, "views.pt"), str(tmp_path / "v.npz")]) == 2
+    assert "model: embed: Embedding -> rnn: RNN -> head: Linear" in capsys.readouterr().out
+    # the whole model went to ONNX, and comes back whole
+    assert main(["convert", str(tmp_path / "rnn.onnx"), str(tmp_path / "back.npz")]) == 0
+    with np.load(tmp_path / "back.npz") as back:
+        assert sorted(f for f in back.files if f != "__metadata__") == sorted(composite)
+        for k, v in composite.items():
+            np.testing.assert_array_equal(back[k], v, err_msg=k)
+    # --prefix takes one layer and says what it leaves
+    assert main(["convert", str(tmp_path / "comp.npz"), str(tmp_path / "only.onnx"), "--prefix", "rnn."]) == 0
+    assert "left out (not under --prefix 'rnn.'): embed.weight, head.weight" in capsys.readouterr().out
+    assert main(["convert", os.path.join(TORCH_DIR, "lstm_bidirectional_proj.pt"), str(tmp_path / "p.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["convert", os.path.join(TORCH_DIR, "views.pt"), str(tmp_path / "v.npz")]) == 0  # no layer: arrays copied
+    assert "the arrays are copied as they are" in capsys.readouterr().out
+    assert main(["convert", os.path.join(TORCH_DIR, "views.pt"), str(tmp_path / "v.onnx")]) == 2
     assert main(["convert", src, str(tmp_path / "x.pt")]) == 2
+
+
+def test_convert_refuses_what_it_cannot_place(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from nprnn.cli import main
+
+    rnn = {f"rnn.{k}": v for k, v in nprnn.GRU(2, 3).state_dict().items()}
+    cases = [
+        ({**rnn, "norm.weight": np.ones(3, np.float32), "norm.bias": np.zeros(3, np.float32)},
+         "cannot place norm.weight, norm.bias in a model"),
+        ({**rnn, "fc1.weight": np.ones((4, 3), np.float32), "fc2.weight": np.ones((2, 4), np.float32)},
+         "fc2.weight follow another Linear's weights; the activation"),
+        ({**rnn, "head.0.weight": np.ones((4, 3), np.float32)}, "cannot place head.0.weight as one module"),
+        ({**rnn, "head.weight": np.ones((4, 5), np.float32)}, "head.weight take inputs of width 5, but what comes before them gives 3"),
+        ({"proj.weight": np.ones((2, 2), np.float32), **rnn}, "proj.weight come before the recurrent layer"),
+    ]
+    for i, (tensors, msg) in enumerate(cases):
+        np.savez(tmp_path / f"m{i}.npz", **tensors)
+        assert main(["convert", str(tmp_path / f"m{i}.npz"), str(tmp_path / f"m{i}.onnx")]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / f"m{i}.onnx").exists()
+        assert main(["convert", str(tmp_path / f"m{i}.npz"), str(tmp_path / f"m{i}.safetensors")]) == 0  # every array
+
+
+@pytest.mark.torch
+def test_convert_whole_torch_model_to_onnx(tmp_path):
+    """The issue's user: a 2-layer batch_first LSTM with a Linear head on the last step,
+    saved by torch, converted to ONNX without torch, run by onnxruntime and by nprnn."""
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+
+    from nprnn.cli import main
+    from nprnn.onnx import import_onnx
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(4, 6, num_layers=2, batch_first=True)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    assert main(["convert", str(tmp_path / "model.pt"), str(tmp_path / "model.onnx"), "--batch-first", "--last-step"]) == 0
+    x = np.random.default_rng(0).standard_normal((5, 7, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], want, rtol=0, atol=1e-5)
+    back = import_onnx(str(tmp_path / "model.onnx"))
+    np.testing.assert_allclose(back(x), want, rtol=0, atol=1e-5)
+    assert set(back.state_dict()) == set(model.state_dict())
 
 
 def test_atomic_write_keeps_permissions_symlinks_and_cleans_stale_temporaries(tmp_path):

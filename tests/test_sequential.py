@@ -126,3 +126,16 @@ def test_sequential_and_last_step_refusals():
     relu = nprnn.ReLU()
     with pytest.raises(RuntimeError, match="ReLU.backward\\(\\) needs a forward pass in training mode first"):
         relu.backward(np.zeros(2, np.float32))
+
+
+def test_named_children_from_a_mapping():
+    from collections import OrderedDict
+
+    rnn, head = nprnn.GRU(3, 4, seed=0), nprnn.Linear(4, 2, seed=1)
+    model = nprnn.Sequential(OrderedDict([("rnn", rnn), ("last", nprnn.LastStep()), ("head", head)]))
+    assert model["rnn"] is rnn and model[2] is head
+    assert list(model.state_dict()) == [f"rnn.{k}" for k in rnn.state_dict()] + ["head.weight", "head.bias"]
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), head(rnn(x)[0][-1]))
+    with pytest.raises(ValueError, match="a child's name must be non-empty and without '.', got 'a.b'"):
+        nprnn.Sequential({"a.b": head})

@@ -46,13 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None, help="seed of the sampling; without it, fresh randomness")
     cv = sub.add_parser("convert", help="convert weights between .pt, .safetensors, .npz and .onnx",
                         formatter_class=_FMT,
-                        description="Convert a recurrent layer's weights: .pt (read without PyTorch), .safetensors, "
-                                    ".npz, .onnx. Prints the arrays read and the inferred layer configuration.")
+                        description="Convert a state dict: .pt (read without PyTorch), .safetensors, .npz, .onnx. "
+                                    "Prints the arrays read and the inferred layer configuration. Between tensor "
+                                    "formats every array is written; to .onnx the whole model is exported (recurrent "
+                                    "layers, Linear heads, an embedding) or the keys that cannot be placed are named.")
     cv.add_argument("src", help="file to read (.pt, .pth, .safetensors, .npz or .onnx)")
     cv.add_argument("dst", help="file to write (.safetensors, .npz or .onnx)")
     cv.add_argument("--prefix", help="key prefix of the recurrent layer inside a larger state dict, e.g. 'lstm.'")
     cv.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only (weights cannot tell)")
     cv.add_argument("--batch-first", action="store_true", help="ONNX output: batch-first input and output")
+    cv.add_argument("--last-step", action="store_true",
+                    help="ONNX output: the Linear head after the recurrent layer reads its last step (output[:, -1]), "
+                         "not every step")
     ex = sub.add_parser("explain", help="parameters, shapes, equations and checked identities of a layer",
                         formatter_class=_FMT,
                         description="Explain a recurrent layer: every parameter, every shape with its dimensions "
@@ -110,7 +115,8 @@ def _dispatch(parser, args) -> int:
     if args.command == "convert":
         from .convert import convert
 
-        convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first)
+        convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first,
+                last_step=args.last_step)
         return 0
     parser.print_help()
     return 2

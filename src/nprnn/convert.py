@@ -4,6 +4,14 @@ A recurrent layer's configuration is read off its parameter names and shapes
 (``weight_ih_l{k}[_reverse]`` etc.): the gate count from ``weight_hh``'s rows, the
 projection from ``weight_hr``, layers and directions from the suffixes.  Only what the
 weights cannot tell (RNN nonlinearity, batch_first) comes from options.
+
+Between tensor formats every array is written.  To ``.onnx`` a whole state dict becomes a
+model (:func:`model_from_state_dict`): its modules in key order, each recurrent prefix a
+layer, ``<name>.weight`` (+ ``.bias``) a Linear (an Embedding when it comes first and has
+no bias, named "emb..."), applied to every step unless ``last_step`` puts a LastStep before the first
+Linear after a recurrent layer.  What cannot be placed so — other keys, widths that do
+not chain, two Linears in a row (an activation between them cannot be read off weights)
+— is refused, naming the keys.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import re
 
 import numpy as np
 
+from .layers import Embedding, Linear
 from .recurrent import GRU, LSTM, RNN
 from .serialization import format_of, read_tensors, write_tensors
 
@@ -62,11 +71,91 @@ def build(cfg: dict, nonlinearity: str = "tanh", batch_first: bool = False):
     return cls(cfg["input_size"], cfg["hidden_size"], **kw)
 
 
+def _groups(tensors):
+    """Keys in order, grouped by module: ("recurrent", prefix) or ("linear", prefix, leaves)."""
+    groups, where = [], {}
+    for key in tensors:
+        m = _KEY.match(key)
+        if m:
+            gid = ("recurrent", m["prefix"])
+        else:
+            prefix, _, leaf = key.rpartition(".")
+            gid = ("module", prefix)
+        if gid not in where:
+            where[gid] = len(groups)
+            groups.append((gid, []))
+        groups[where[gid]][1].append(key)
+    return groups
+
+
+def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh", batch_first=False):
+    """The nprnn model a whole state dict describes (see the module docstring): a bare
+    layer for one recurrent layer's weights, else a ``Sequential`` named as the keys are."""
+    from collections import OrderedDict
+
+    from .sequential import LastStep, Sequential
+
+    groups = _groups(tensors)
+    if len(groups) == 1 and groups[0][0][0] == "recurrent":
+        return _layer(tensors, groups[0][0][1], nonlinearity, batch_first)
+    children, width, seen_rnn, previous, unplaced = OrderedDict(), None, False, None, []
+    for (kind, prefix), keys in groups:
+        if kind == "recurrent":
+            layer = _layer(tensors, prefix, nonlinearity, batch_first)
+            name, takes = prefix.rstrip("."), layer.input_size
+            module, out_width, seen_rnn = layer, layer.num_directions * (layer.proj_size or layer.hidden_size), True
+        else:
+            leaves = {k.rpartition(".")[2]: np.asarray(tensors[k]) for k in keys}
+            W, b = leaves.get("weight"), leaves.get("bias")
+            if set(leaves) - {"weight", "bias"} or W is None or W.ndim != 2 or (b is not None and b.shape != W.shape[:1]):
+                unplaced += keys
+                continue
+            name = prefix
+            if not seen_rnn:  # before the recurrent layer only an embedding table is read off for sure
+                if previous is not None or b is not None or "emb" not in prefix.lower():
+                    raise ValueError(f"convert: {', '.join(keys)} come before the recurrent layer; only an embedding "
+                                     "table (a name with 'emb', no bias) can be placed there")
+                module = Embedding(W.shape[0], W.shape[1], dtype=W.dtype)
+                takes, out_width = None, W.shape[1]
+            else:
+                if isinstance(previous, Linear):
+                    raise ValueError(f"convert: {', '.join(keys)} follow another Linear's weights; the activation "
+                                     "between them (if any) cannot be read off a state dict: build the model as an "
+                                     "nprnn.Sequential and use nprnn.onnx.export")
+                module = Linear(W.shape[1], W.shape[0], bias=b is not None, dtype=W.dtype)
+                takes, out_width = W.shape[1], W.shape[0]
+                if seen_rnn and last_step and not any(isinstance(c, LastStep) for c in children.values()):
+                    children["last_step"] = LastStep(batch_first=batch_first)
+            module.load_state_dict({k.rpartition(".")[2]: tensors[k] for k in keys})
+        if width is not None and takes is not None and takes != width:
+            raise ValueError(f"convert: {', '.join(keys)} take inputs of width {takes}, but what comes before them "
+                             f"gives {width}")
+        width = out_width
+        if not name or "." in name:
+            raise ValueError(f"convert: cannot place {', '.join(keys)} as one module of a model (nested names)")
+        children[name], previous = module, module
+    if unplaced:
+        raise ValueError(f"convert: cannot place {', '.join(unplaced)} in a model of recurrent layers, Linear and "
+                         "Embedding; convert to .safetensors or .npz to keep every array")
+    if not seen_rnn:
+        raise ValueError("convert: no recurrent layer's weights (weight_ih_l0, ...) found")
+    return Sequential(children)
+
+
+def _layer(tensors, prefix, nonlinearity, batch_first):
+    cfg = infer_config(tensors, prefix)
+    module = build(cfg, nonlinearity, batch_first)
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and _KEY.match(k)
+                            and _KEY.match(k)["prefix"] == prefix})
+    return module
+
+
 _EXTENSIONS = (".pt", ".pth", ".safetensors", ".npz", ".onnx")
 
 
-def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, log=print) -> dict:
-    """Convert ``src`` to ``dst`` (formats from the extensions); returns the configuration."""
+def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, last_step=False, log=print):
+    """Convert ``src`` to ``dst`` (formats from the extensions); returns the configuration
+    of the recurrent layer (``prefix``'s, or the first; None when there is none)."""
     for role, path in (("source", src), ("destination", dst)):
         ext = os.path.splitext(os.fspath(path))[1].lower()
         if ext not in _EXTENSIONS:
@@ -78,21 +167,36 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, lo
         from .onnx import import_onnx
 
         module = import_onnx(os.fspath(src))
+        left = getattr(module, "unplaced_constants", lambda: [])()
+        if left:
+            raise ValueError(f"convert: {os.fspath(src)} holds weights that are no layer's (constants {', '.join(left)} "
+                             "feed its other nodes); they would be lost, so nothing is written")
         tensors = dict(module.state_dict())
     else:
         tensors = read_tensors(src)
     log(f"read {src} ({src_fmt}): {len(tensors)} arrays")
     for k, v in tensors.items():
         log(f"  {k:32s} {str(tuple(np.shape(v))):14s} {np.asarray(v).dtype}")
-    cfg = infer_config(tensors, prefix)
-    desc = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("kind", "prefix"))
-    log(f"inferred: {cfg['kind']}({desc})" + (f" under prefix {cfg['prefix']!r}" if cfg["prefix"] else ""))
+    cfg = None
+    if prefix is not None or _first_prefix(tensors) is not None or dst_fmt == "onnx":
+        cfg = infer_config(tensors, prefix if prefix is not None else _first_prefix(tensors))
+        desc = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("kind", "prefix"))
+        log(f"inferred: {cfg['kind']}({desc})" + (f" under prefix {cfg['prefix']!r}" if cfg["prefix"] else ""))
+    else:
+        log("no recurrent layer's weights (weight_ih_l0, ...): the arrays are copied as they are")
     if dst_fmt == "onnx":
         from .onnx import export
 
-        module = build(cfg, nonlinearity, batch_first)
-        module.load_state_dict({k[len(cfg["prefix"]):]: v for k, v in tensors.items() if k.startswith(cfg["prefix"])
-                                and _KEY.match(k)})
+        if prefix is not None:  # the one layer asked for; say what stays behind
+            module = _layer(tensors, cfg["prefix"], nonlinearity, batch_first)
+            left = [k for k in tensors if not (k.startswith(cfg["prefix"]) and _KEY.match(k))]
+            if left:
+                log(f"left out (not under --prefix {prefix!r}): {', '.join(left)}")
+        else:
+            module = model_from_state_dict(tensors, last_step=last_step, nonlinearity=nonlinearity,
+                                           batch_first=batch_first)
+            if type(module).__name__ == "Sequential":
+                log("model: " + " -> ".join(f"{k}: {type(m).__name__}" for k, m in module._modules.items()))
         export(module, dst)
     elif dst_fmt == "torch":
         raise ValueError("writing .pt needs PyTorch; write .safetensors (PyTorch reads it with safetensors.torch.load_file)")
@@ -100,3 +204,12 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, lo
         write_tensors(dst, tensors)
     log(f"wrote {dst} ({dst_fmt})")
     return cfg
+
+
+def _first_prefix(tensors):
+    """The prefix of the first recurrent layer's keys (None when there is none: infer_config says so)."""
+    for key in tensors:
+        m = _KEY.match(key)
+        if m:
+            return m["prefix"]
+    return None

@@ -11,6 +11,8 @@ gradient of the input (None after an ``Embedding``, whose input is integers).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ._checks import as_array, check_bool
@@ -96,16 +98,23 @@ class LastStep(Module):
 
 class Sequential(Module):
     """Modules run in order (see the module docstring); children are named ``"0"``,
-    ``"1"``, ... as in PyTorch, so ``state_dict`` keys read ``0.weight_ih_l0``."""
+    ``"1"``, ... as in PyTorch, so ``state_dict`` keys read ``0.weight_ih_l0``, or by the
+    keys of one mapping given instead: ``Sequential({"rnn": lstm, "head": linear})``."""
 
     def __init__(self, *modules):
         super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
-            modules = tuple(modules[0])
-        for k, m in enumerate(modules):
+        if len(modules) == 1 and isinstance(modules[0], Mapping):  # named children, as torch's OrderedDict form
+            items = [(str(k), m) for k, m in modules[0].items()]
+        else:
+            if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
+                modules = tuple(modules[0])
+            items = [(str(k), m) for k, m in enumerate(modules)]
+        for k, m in items:
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: item {k} is a {type(m).__name__}, not an nprnn Module")
-            self._modules[str(k)] = m
+            if not k or "." in k:
+                raise ValueError(f"Sequential: a child's name must be non-empty and without '.', got {k!r}")
+            self._modules[k] = m
 
     def __len__(self):
         return len(self._modules)
@@ -114,6 +123,8 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def __getitem__(self, index):
+        if isinstance(index, str):
+            return self._modules[index]
         return list(self._modules.values())[index]
 
     def forward(self, input, lengths=None):

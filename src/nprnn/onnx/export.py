@@ -8,7 +8,7 @@ module              ONNX
 RNN / GRU / LSTM    one ``RNN``/``GRU``/``LSTM`` node per layer (both directions in it),
                     ``Transpose`` + ``Reshape`` between layers, ``Transpose`` for batch_first
 LSTM, proj_size     one ``Scan`` per layer whose body is the cell step (:mod:`.scan`)
-Linear              ``Gemm`` on 2-D input, ``MatMul`` + ``Add`` on more dimensions
+Linear              ``Gemm`` (between ``Reshape`` to 2-D and back on more dimensions)
 Embedding           ``Gather`` from the table
 activations         ``Relu``, ``Tanh``, ``Sigmoid``, ``Softmax``, ``LogSoftmax``
 LastStep            ``Gather`` of the last step, ``GatherND`` of each sequence's with lengths
@@ -146,12 +146,17 @@ def _node_name(prefix, name):
 
 
 def _linear(b, m, x, rank, prefix):
-    W = b.const(m.weight, f"{prefix}weight", exact=True)  # as stored, (out, in)
+    """``Gemm`` with the weight as stored (out, in); on more than 2-D input, between Reshapes
+    to (-1, in) and back, so that import finds the Linear again."""
+    W = b.const(m.weight, f"{prefix}weight", exact=True)
     bias = b.const(m.bias, f"{prefix}bias", exact=True) if "bias" in m._parameters else ""
     if rank == 2:
-        return b.op("Gemm", [x, W, bias], base="linear", transB=1)
-    y = b.op("MatMul", [x, b.op("Transpose", [W], base="weight_t", perm=[1, 0])], base="matmul")
-    return b.op("Add", [y, bias], base="linear") if bias else y
+        return b.op("Gemm", [x, W, bias], base="linear", transB=1, node_name=_node_name(prefix, "Gemm"))
+    flat = b.op("Reshape", [x, b.const(np.array([-1, m.in_features], np.int64))], base="rows")
+    y = b.op("Gemm", [flat, W, bias], base="linear_rows", transB=1, node_name=_node_name(prefix, "Gemm"))
+    lead = b.op("Slice", [b.op("Shape", [x]), b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64))])
+    shape = b.op("Concat", [lead, b.const(np.array([m.out_features], np.int64))], axis=0)
+    return b.op("Reshape", [y, shape], base="linear")
 
 
 def _last_step(b, m, x, lens):
@@ -172,7 +177,8 @@ def _module(b, m, x, rank, lens, prefix):
     if type(m) is Linear:
         return _linear(b, m, x, rank, prefix), rank
     if type(m) is Embedding:
-        return b.op("Gather", [b.const(m.weight, f"{prefix}weight", exact=True), x], base="embedding"), rank + 1
+        return b.op("Gather", [b.const(m.weight, f"{prefix}weight", exact=True), x], base="embedding",
+                    node_name=_node_name(prefix, "Gather")), rank + 1
     if type(m) is LastStep:
         return _last_step(b, m, x, lens), rank - 1
     if type(m) is Dropout:

@@ -193,6 +193,12 @@ class ONNXGraph(Module):
         """The operator types this graph runs, in order."""
         return [s.op_type for s in self._steps]
 
+    def unplaced_constants(self):
+        """Names of weight-like constants (float, 2-D or more) that feed nodes other than
+        the submodules: a state dict of this graph leaves them out."""
+        return sorted({n for s in self._steps if s.module is None for n in s.inputs
+                       if n in self._consts and self._consts[n].dtype.kind == "f" and self._consts[n].ndim >= 2})
+
     def forward(self, *args, **kwargs):
         if len(args) > len(self.input_names):
             raise TypeError(f"ONNXGraph takes {len(self.input_names)} inputs {self.input_names}, got {len(args)}")
