@@ -170,7 +170,7 @@ def test_optimizer_state_dict_round_trip_and_errors():
     sd = opt.state_dict()
     opt2 = Adam(nprnn.LSTM(3, 4, dtype=np.float64, seed=1), lr=0.5)
     opt2.load_state_dict(sd)
-    assert opt2.defaults["lr"] == 0.01
+    assert opt2.param_groups[0]["lr"] == 0.01 and opt2.defaults["lr"] == 0.5  # as torch: groups load, defaults stay
     np.testing.assert_array_equal(opt2.state[0]["exp_avg"], opt.state[0]["exp_avg"])
     bad = opt.state_dict()
     bad["state"][0]["exp_avg"] = np.zeros((2, 2))
@@ -281,10 +281,64 @@ def test_optimizers_take_parameters_and_named_parameters(cls):
 def test_optimizer_refuses_what_it_cannot_place():
     with pytest.raises(TypeError, match="item 0 is an array with no gradient the optimizer can find"):
         Adam([np.zeros(3)])
-    with pytest.raises(TypeError, match="parameter groups .* are not supported; use one optimizer per group"):
-        Adam([{"params": nprnn.GRU(2, 2).parameters(), "lr": 0.1}])
+    gru, head = nprnn.GRU(2, 2), nprnn.Linear(2, 1)
+    with pytest.raises(TypeError, match="a parameter group \\(a dict\\) among plain parameters"):
+        Adam([*head.parameters(), {"params": gru.parameters()}])
+    with pytest.raises(ValueError, match=re.escape("param group 1: unknown option(s) ['momentum']; Adam takes")):
+        Adam([{"params": gru.parameters()}, {"params": head.parameters(), "momentum": 0.9}])
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        Adam([{"params": gru.parameters()}, {"params": gru.parameters(), "lr": 0.1}])
+    with pytest.raises(ValueError, match="Invalid learning rate: -1.0"):
+        Adam([{"params": gru.parameters(), "lr": -1.0}])
+    with pytest.raises(ValueError, match="param group 0 has no 'params' key"):
+        Adam([{"lr": 0.1}])
     with pytest.raises(TypeError, match="item 0 is a str"):
         Adam(["weight"])
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_parameter_groups_match_torch(name):
+    """torch's parameter groups: each group's own options, a scheduler-style lr change
+    through param_groups, and a state dict with both groups that loads back."""
+    import torch
+
+    rnn, head = nprnn.GRU(3, 4, dtype=np.float64, seed=0), nprnn.Linear(4, 2, dtype=np.float64, seed=1)
+    t_rnn, t_head = torch.nn.GRU(3, 4).double(), torch.nn.Linear(4, 2).double()
+    with torch.no_grad():
+        for mod, tmod in ((rnn, t_rnn), (head, t_head)):
+            for k, v in mod.state_dict().items():
+                getattr(tmod, k).copy_(torch.from_numpy(np.array(v)))
+    extra = {"momentum": 0.9} if name == "SGD" else {"betas": (0.8, 0.99)}
+    groups = lambda a, b: [{"params": a}, {"params": b, "lr": 0.05, "weight_decay": 0.01, **extra}]  # noqa: E731
+    opt = getattr(nprnn.optim, name)(groups(rnn.parameters(), head.named_parameters()), lr=0.01)
+    t_opt = getattr(torch.optim, name)(groups(t_rnn.parameters(), t_head.parameters()), lr=0.01)
+    rng = np.random.default_rng(0)
+    for step in range(4):
+        x = rng.standard_normal((5, 2, 3))
+        out, _ = rnn(x)
+        y = head(out)
+        g = np.ones_like(y) * 0.1
+        rnn.backward(head.backward(g))
+        t_out, _ = t_rnn(torch.from_numpy(x))
+        (t_head(t_out) * 0.1).sum().backward()
+        opt.step()
+        t_opt.step()
+        opt.zero_grad()
+        t_opt.zero_grad()
+        if step == 1:  # a learning-rate schedule as torch users write it
+            for group, t_group in zip(opt.param_groups, t_opt.param_groups):
+                group["lr"] *= 0.5
+                t_group["lr"] *= 0.5
+    for mod, tmod in ((rnn, t_rnn), (head, t_head)):
+        for k, v in mod.state_dict().items():
+            np.testing.assert_allclose(v, getattr(tmod, k).detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+    sd = opt.state_dict()
+    assert [len(g["params"]) for g in sd["param_groups"]] == [len(g["params"]) for g in t_opt.state_dict()["param_groups"]]
+    assert [g["lr"] for g in sd["param_groups"]] == [g["lr"] for g in t_opt.param_groups]
+    again = getattr(nprnn.optim, name)(groups(rnn.parameters(), head.parameters()), lr=0.3)
+    again.load_state_dict(sd)
+    assert [g["lr"] for g in again.param_groups] == [0.005, 0.025]
 
 
 @pytest.mark.parametrize("key,value,msg", [
@@ -301,7 +355,7 @@ def test_optimizer_state_dict_hyper_parameters_checked_before_loading(key, value
     bad = {"state": sd["state"], "param_groups": [dict(sd["param_groups"][0], **{key: value})]}
     with pytest.raises(ValueError, match=re.escape(msg)):
         opt.load_state_dict(bad)
-    assert opt.defaults["lr"] == 0.01 and opt.defaults["betas"] == (0.9, 0.999)  # nothing changed
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["betas"] == (0.9, 0.999)  # nothing changed
 
 
 @pytest.mark.parametrize("mutate,msg", [

@@ -236,9 +236,10 @@ def test_default_training_beats_the_unigram_baseline(tmp_path):
     (lambda meta: meta.pop("step"), "no valid 'step' (a non-negative int), got None"),
     (lambda meta: meta.update(step="7"), "no valid 'step' (a non-negative int), got '7'"),
     (lambda meta: meta.update(extra=[1]), "'extra' must be a JSON object, got list"),
-    (lambda meta: meta["optimizer"].pop("param_group"), "the checkpoint's optimizer header is malformed"),
+    (lambda meta: meta["optimizer"].pop("param_groups"), "the checkpoint's optimizer header is malformed"),
     (lambda meta: meta["optimizer"].update(scalars={"x": {}}), "the checkpoint's optimizer state is malformed"),
-    (lambda meta: meta["optimizer"]["param_group"].update(betas=[0.9]), "param_groups[0]['betas'] must be 2 numbers"),
+    (lambda meta: meta["optimizer"]["param_groups"][0].update(betas=[0.9]), "param_groups[0]['betas'] must be 2 numbers"),
+    (lambda meta: meta["optimizer"].update(param_groups=[{"params": []}] * 2), "a different number of parameter groups"),
 ])
 def test_checkpoint_header_checked_before_anything_changes(change, msg, tmp_path):
     """A header that lacks or garbles a field is refused, and model, optimizer and
@@ -266,7 +267,7 @@ def test_checkpoint_header_checked_before_anything_changes(change, msg, tmp_path
         load_checkpoint(bad, m2, opt2)
     for a, b in zip(before, m2.state_dict().values()):
         np.testing.assert_array_equal(a, b)
-    assert opt2.state == before_opt and opt2.defaults["betas"] == (0.9, 0.999)
+    assert opt2.state == before_opt and opt2.param_groups[0]["betas"] == (0.9, 0.999)
     assert m2.lstm._rng.bit_generator.state == rng_before
 
 

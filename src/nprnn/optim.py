@@ -1,9 +1,10 @@
 """Optimizers that match ``torch.optim`` step for step, and gradient clipping.
 
-An optimizer is built on a module (or a list of ``(parameter, gradient)`` array pairs)
-and updates the parameter arrays in place from the gradient arrays that backward fills::
+An optimizer is built on a module, ``model.parameters()`` (each parameter knows its
+gradient array), ``(parameter, gradient)`` array pairs or torch's parameter groups, and
+updates the parameter arrays in place from the gradient arrays that backward fills::
 
-    opt = Adam(model, lr=1e-3)
+    opt = Adam(model.parameters(), lr=1e-3)
     ...; model.backward(...); clip_grad_norm_(model, 1.0); opt.step(); opt.zero_grad()
 """
 from __future__ import annotations
@@ -36,8 +37,8 @@ def _pairs(params):
                 raise TypeError(f"optimizer params: parameter {name} has no gradient array (it belongs to no module)")
             p, g = item, item.grad
         elif isinstance(item, dict):
-            raise TypeError("optimizer params: parameter groups (dicts with their own options) are not supported; "
-                            "use one optimizer per group")
+            raise TypeError("optimizer params: a parameter group (a dict) among plain parameters; give either "
+                            "parameters or a list of groups, as torch.optim does")
         elif (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(a, np.ndarray) for a in item)
               and item[0].shape == item[1].shape):
             p, g = item
@@ -62,15 +63,54 @@ def _check_nonneg(name, value):
     return float(value)
 
 
+def _groups(params):
+    """``[(group options, params)]``: one group without options, or torch's list of dicts
+    each with ``'params'`` and its own options."""
+    if isinstance(params, (list, tuple)) and params and all(isinstance(g, dict) for g in params):
+        out = []
+        for k, g in enumerate(params):
+            if "params" not in g:
+                raise ValueError(f"optimizer param group {k} has no 'params' key")
+            out.append(({key: v for key, v in g.items() if key != "params"}, g["params"]))
+        return out
+    return [({}, params)]
+
+
 class Optimizer:
-    """Base: holds the parameters, their gradients, hyper-parameters and per-parameter state."""
+    """Base: holds the parameters, their gradients, hyper-parameters and per-parameter state.
+
+    ``params`` is a module, ``model.parameters()``, ``model.named_parameters()``,
+    (parameter, gradient) pairs, or torch's list of parameter groups, each a dict with
+    ``'params'`` and the options it sets for itself (``[{'params': a.parameters()},
+    {'params': b.parameters(), 'lr': 1e-4}]``).  ``param_groups`` holds each group's
+    options and parameters; change ``group['lr']`` there to schedule the learning rate."""
 
     _state_keys: tuple = ()
 
     def __init__(self, params, defaults: dict):
-        self.names, self.params, self.grads = _pairs(params)
         self.defaults = dict(defaults)
+        self.names, self.params, self.grads, self.param_groups = [], [], [], []
+        seen = set()
+        for k, (options, group_params) in enumerate(_groups(params)):
+            unknown = sorted(set(options) - set(defaults))
+            if unknown:
+                raise ValueError(f"optimizer param group {k}: unknown option(s) {unknown}; "
+                                 f"{type(self).__name__} takes {sorted(defaults)}")
+            checked = self._check_options(**{**defaults, **options}) if options else dict(defaults)
+            names, ps, gs = _pairs(group_params)
+            if any(id(p) in seen for p in ps):
+                raise ValueError("some parameters appear in more than one parameter group")
+            seen.update(id(p) for p in ps)
+            self.names += names
+            self.params += ps
+            self.grads += gs
+            self.param_groups.append(dict(checked, params=ps))
         self.state = [dict() for _ in self.params]  # per parameter: step count and buffers
+
+    @classmethod
+    def _check_options(cls, **options) -> dict:
+        """Validated options (the constructor's checks) for one group."""
+        return cls([(np.zeros(1), np.zeros(1))], **options).defaults
 
     def zero_grad(self) -> None:
         for g in self.grads:
@@ -78,10 +118,14 @@ class Optimizer:
 
     def step(self) -> None:
         with writable(*self.params):
-            for k, (p, g) in enumerate(zip(self.params, self.grads)):
-                self._update(p, g, self.state[k])
+            k = 0
+            for group in self.param_groups:
+                options = {key: v for key, v in group.items() if key != "params"}
+                for _ in group["params"]:
+                    self._update(self.params[k], self.grads[k], self.state[k], options)
+                    k += 1
 
-    def _update(self, p, g, state):  # pragma: no cover - abstract
+    def _update(self, p, g, state, options):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -89,8 +133,12 @@ class Optimizer:
         the layout of ``torch.optim.Optimizer.state_dict()`` (arrays copied)."""
         state = {k: {key: (v.copy() if isinstance(v, np.ndarray) else v) for key, v in s.items()}
                  for k, s in enumerate(self.state) if s}
-        group = dict(self.defaults, params=list(range(len(self.params))))
-        return {"state": state, "param_groups": [group]}
+        groups, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            groups.append(dict({k: v for k, v in group.items() if k != "params"}, params=list(range(start, start + n))))
+            start += n
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore from :meth:`state_dict` (or a PyTorch optimizer's, converted to arrays).
@@ -105,10 +153,12 @@ class Optimizer:
         except (KeyError, TypeError) as exc:
             raise ValueError("optimizer state_dict must have 'state' and 'param_groups'") from exc
         if (not isinstance(groups, (list, tuple)) or not groups or not all(isinstance(g, dict) for g in groups)
-                or not isinstance(groups[0].get("params"), (list, tuple)) or not isinstance(state, dict)):
+                or not all(isinstance(g.get("params"), (list, tuple)) for g in groups) or not isinstance(state, dict)):
             raise ValueError("optimizer state_dict: 'param_groups' must be a list of dicts, each with a 'params' list, "
                              "and 'state' a dict")
-        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+        if len(groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        if any(len(g["params"]) != len(mine["params"]) for g, mine in zip(groups, self.param_groups)):
             raise ValueError(
                 "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
             )
@@ -144,9 +194,14 @@ class Optimizer:
                         f"optimizer state '{name}' of parameter {k} has shape {arr.shape}, expected {self.params[k].shape}"
                     )
                 new_state[k][name] = np.array(arr, copy=True)
-        defaults = {}
+        options = [self._group_options(g, i, mine) for i, (g, mine) in enumerate(zip(groups, self.param_groups))]
+        return options, new_state
+
+    def _group_options(self, group, index, mine):
+        """One saved group's options, checked against the types and ranges they must have."""
+        out = {}
         for key, v in self.defaults.items():
-            got = groups[0].get(key, v)
+            got = group.get(key, mine.get(key, v))
             if isinstance(v, tuple):
                 ok = isinstance(got, (list, tuple)) and len(got) == len(v) and all(_is_number(b) for b in got)
             elif isinstance(v, bool):
@@ -155,16 +210,19 @@ class Optimizer:
                 ok = _is_number(got)
             if not ok:
                 kind = f"{len(v)} numbers" if isinstance(v, tuple) else type(v).__name__
-                raise ValueError(f"optimizer state_dict: param_groups[0]['{key}'] must be {kind}, got {got!r}")
-            defaults[key] = tuple(float(b) for b in got) if isinstance(v, tuple) else type(v)(got)
-        type(self)(list(zip(self.params, self.grads)), **defaults)  # the constructor's checks (ranges)
-        return defaults, new_state
+                raise ValueError(f"optimizer state_dict: param_groups[{index}]['{key}'] must be {kind}, got {got!r}")
+            out[key] = tuple(float(b) for b in got) if isinstance(v, tuple) else type(v)(got)
+        return self._check_options(**out)  # the constructor's checks (ranges)
 
     def apply_state_dict(self, checked) -> None:
-        self.defaults, self.state = checked
+        options, self.state = checked
+        for group, opts in zip(self.param_groups, options):
+            group.update(opts)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        if len(self.param_groups) > 1:
+            args += f", {len(self.param_groups)} param groups"
         return f"{type(self).__name__}({args})"
 
 
@@ -183,8 +241,7 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=float(dampening),
                                       weight_decay=weight_decay, nesterov=bool(nesterov)))
 
-    def _update(self, p, g, state):
-        d = self.defaults
+    def _update(self, p, g, state, d):
         if d["weight_decay"]:
             g = g + d["weight_decay"] * p
         if d["momentum"]:
@@ -216,8 +273,7 @@ class Adam(Optimizer):
         weight_decay = _check_nonneg("weight_decay value", weight_decay)
         super().__init__(params, dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay))
 
-    def _update(self, p, g, state):
-        d = self.defaults
+    def _update(self, p, g, state, d):
         lr, (b1, b2), eps, wd = d["lr"], d["betas"], d["eps"], d["weight_decay"]
         if not state:
             state["step"] = 0.0

@@ -229,8 +229,8 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, rngs: di
                     tensors[f"optim/{k}/{key}"] = v
                 else:
                     scalars.setdefault(str(k), {})[key] = v
-        group = {key: (list(v) if isinstance(v, tuple) else v) for key, v in sd["param_groups"][0].items()}
-        meta["optimizer"] = {"class": type(optimizer).__name__, "param_group": group, "scalars": scalars}
+        groups = [{key: (list(v) if isinstance(v, tuple) else v) for key, v in g.items()} for g in sd["param_groups"]]
+        meta["optimizer"] = {"class": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
     meta["rng"] = {name: g.bit_generator.state for name, g in _generators(model, rngs).items()}
     meta["checksum"] = _checksum(tensors)
     atomic_write(path, _encode(tensors, {"nprnn": json.dumps(meta)}, "safetensors"))
@@ -303,10 +303,12 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
         info = meta.get("optimizer")
         if info is None:
             raise ValueError(f"{path} holds no optimizer state, but an optimizer was given to restore")
+        if isinstance(info, dict) and isinstance(info.get("param_group"), dict):  # written before param groups
+            info = dict(info, param_groups=[info["param_group"]])
         if (not isinstance(info, dict) or not isinstance(info.get("class"), str)
-                or not isinstance(info.get("param_group"), dict) or not isinstance(info.get("scalars", {}), dict)):
+                or not isinstance(info.get("param_groups"), list) or not isinstance(info.get("scalars", {}), dict)):
             raise ValueError(f"{path}: the checkpoint's optimizer header is malformed (it needs 'class', "
-                             "'param_group' and 'scalars')")
+                             "'param_groups' and 'scalars')")
         if info["class"] != type(optimizer).__name__:
             raise ValueError(f"{path} holds {info['class']} state, not {type(optimizer).__name__}")
         state = {}
@@ -319,7 +321,7 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
                 state.setdefault(int(k), {}).update(dict(scal))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: the checkpoint's optimizer state is malformed ({exc})") from exc
-        checked_opt = optimizer.check_state_dict({"state": state, "param_groups": [info["param_group"]]})
+        checked_opt = optimizer.check_state_dict({"state": state, "param_groups": info["param_groups"]})
     gens = _generators(model, rngs)
     saved = meta.get("rng", {})
     missing = sorted(set(gens) - set(saved))
