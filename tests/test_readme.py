@@ -18,6 +18,8 @@ def _skip_missing(block):
         pytest.importorskip("torch")
     if "export(" in block or "import_onnx" in block:
         pytest.importorskip("onnx")
+    if "distributed" in block:
+        pytest.importorskip("distributed")
     if "onnxruntime" in block:
         pytest.importorskip("onnxruntime")
     if "torch.onnx.export" in block and "dynamo=False" not in block:
@@ -44,7 +46,7 @@ def test_each_block_runs_alone(index, tmp_path, monkeypatch):
     block = BLOCKS[index]
     _skip_missing(block)
     monkeypatch.chdir(tmp_path)
-    _run(block, index, {"__name__": "__readme__"})
+    _run(block, index, {"__name__": "__main__"})
 
 
 @pytest.mark.torch
@@ -52,6 +54,6 @@ def test_all_blocks_run_in_order(tmp_path, monkeypatch):
     for block in BLOCKS:
         _skip_missing(block)
     monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "__readme__"}
+    namespace = {"__name__": "__main__"}
     for index, block in enumerate(BLOCKS):
         _run(block, index, namespace)
