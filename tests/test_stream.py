@@ -101,3 +101,47 @@ def test_stream_refusals():
         s.reset(rows=[2])
     with pytest.raises(ValueError, match="rows must be batch indices"):
         s.reset(rows=[0.5])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequential_streams_as_the_whole_model_on_each_prefix(dtype):
+    """A streaming classifier: step t returns what the model returns for the sequence that
+    ends at step t (LastStep keeps that step); a time-distributed head gives output[t]."""
+    from nprnn.layers import Embedding, Linear
+
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    classifier = nprnn.Sequential(Embedding(9, 5, dtype=dtype, seed=0),
+                                  nprnn.LSTM(5, 8, num_layers=2, batch_first=True, dtype=dtype, seed=1),
+                                  nprnn.LastStep(batch_first=True), Linear(8, 3, dtype=dtype, seed=2),
+                                  nprnn.LogSoftmax(dim=-1, dtype=dtype)).eval()
+    ids = np.random.default_rng(0).integers(0, 9, (3, 7))
+    stream = classifier.stream(batch_size=3)
+    for t in range(7):
+        np.testing.assert_allclose(stream.step(ids[:, t]), classifier(ids[:, : t + 1]), **tol)
+    tagger = nprnn.Sequential(nprnn.GRU(4, 6, dtype=dtype, seed=3), nprnn.Tanh(dtype=dtype),
+                              nprnn.RNN(6, 5, dtype=dtype, seed=4), Linear(5, 2, dtype=dtype, seed=5))
+    x = np.random.default_rng(1).standard_normal((6, 2, 4)).astype(dtype)
+    want = tagger.eval()(x)
+    stream = tagger.train().stream(batch_size=2)  # a stream runs the model as in eval mode ...
+    got = np.stack([stream.step(x_t) for x_t in x])
+    np.testing.assert_allclose(got, want, **tol)
+    assert tagger.training and all(m.training for m in tagger)  # ... and leaves its modes as they were
+    assert len(stream.state) == 2
+    stream.reset(rows=[1])
+    assert not stream.state[0][:, 1].any() and stream.state[0][:, 0].any()
+
+
+def test_sequential_stream_refusals():
+    from nprnn.layers import Linear
+
+    with pytest.raises(ValueError, match="the model has no recurrent layer"):
+        nprnn.Sequential(Linear(3, 2)).stream()
+    with pytest.raises(ValueError, match="a bidirectional layer needs the whole sequence"):
+        nprnn.Sequential(nprnn.GRU(3, 2, bidirectional=True)).stream()
+    stream = nprnn.Sequential(nprnn.GRU(3, 2), nprnn.LSTM(2, 2)).stream(batch_size=1)
+    with pytest.raises(ValueError, match="must be a list of 2 layer state"):
+        stream.state = [np.zeros((1, 1, 2))]
+    before = stream.state
+    with pytest.raises(TypeError, match="must be a pair"):
+        stream.state = [np.ones((1, 1, 2), np.float32), np.ones((1, 1, 2), np.float32)]
+    assert all(np.array_equal(a, b) for a, b in zip(before[:1], stream.state[:1]))  # nothing changed

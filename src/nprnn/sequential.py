@@ -127,6 +127,14 @@ class Sequential(Module):
             return self._modules[index]
         return list(self._modules.values())[index]
 
+    def stream(self, batch_size=None):
+        """A :class:`~nprnn.stream.SequentialStream`: ``step(x_t)`` runs one time step
+        through the model, each recurrent layer's state carried between calls, and returns
+        what the model returns for the sequence ending at ``x_t``."""
+        from .stream import SequentialStream
+
+        return SequentialStream(self, batch_size)
+
     def forward(self, input, lengths=None):
         x = input
         for m in self:

@@ -148,3 +148,71 @@ class Stream:
             if self._c is not None:
                 self._c[idx] = final[1]
             x = self._outs[idx]
+
+
+class SequentialStream:
+    """One time step at a time through a ``Sequential``: its recurrent layers stream (their
+    states carried), ``LastStep`` passes the step on (the newest step is the last one so
+    far), and the other modules run on the step as in eval mode.  So ``step(x_t)`` returns
+    what the whole model returns for the sequence that ends at ``x_t``.  Built by
+    :meth:`nprnn.Sequential.stream`."""
+
+    def __init__(self, model, batch_size=None):
+        from .recurrent import RNNBase
+        from .sequential import LastStep
+
+        self._parts = []
+        for key, m in model._modules.items():
+            if isinstance(m, RNNBase):
+                self._parts.append(("stream", m.stream(batch_size)))
+            elif isinstance(m, LastStep):
+                continue
+            else:
+                self._parts.append(("module", m))
+        if not any(kind == "stream" for kind, _ in self._parts):
+            raise ValueError("Sequential.stream(): the model has no recurrent layer to carry a state")
+        self.batch_size = batch_size
+
+    @property
+    def streams(self) -> list:
+        """The recurrent layers' streams, in order."""
+        return [p for kind, p in self._parts if kind == "stream"]
+
+    @property
+    def state(self) -> list:
+        """Each recurrent layer's state (its stream's ``state``), in order; assignable."""
+        return [s.state for s in self.streams]
+
+    @state.setter
+    def state(self, states):
+        streams = self.streams
+        if not isinstance(states, (list, tuple)) or len(states) != len(streams):
+            raise ValueError(f"Sequential stream state must be a list of {len(streams)} layer state(s), "
+                             f"got {type(states).__name__}")
+        saved = [s.state for s in streams]
+        try:
+            for s, st in zip(streams, states):
+                s.state = st
+        except Exception:  # nothing changes unless every layer takes its state
+            for s, st in zip(streams, saved):
+                s.state = st
+            raise
+
+    def reset(self, rows=None) -> None:
+        """Zero every recurrent layer's state, of all rows or of ``rows`` only."""
+        for s in self.streams:
+            s.reset(rows)
+
+    def step(self, x_t):
+        x = x_t
+        for kind, part in self._parts:
+            if kind == "stream":
+                x = part.step(x)
+            else:
+                was = part.training
+                part.train(False)
+                try:
+                    x = part(x)
+                finally:
+                    part.train(was)
+        return x
