@@ -143,7 +143,8 @@ def _ort_session(module, threads, with_state):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(to_onnx(module, with_state=with_state).SerializeToString(), opts,
+    # states, when fed, are required inputs: the leanest graph for onnxruntime
+    return ort.InferenceSession(to_onnx(module, with_state=with_state, optional_state=False).SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
 
 

@@ -29,11 +29,12 @@ EXPORTS = [
 
 
 @pytest.mark.parametrize("cls,kw", EXPORTS, ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(EXPORTS)])
-@pytest.mark.parametrize("with_state,lengths", [(True, False), (False, False), (True, True)])
-def test_export_matches_onnxruntime(cls, kw, with_state, lengths, tmp_path):
+@pytest.mark.parametrize("with_state,lengths,optional", [(True, False, True), (False, False, True), (True, True, True),
+                                                         (True, False, False)])
+def test_export_matches_onnxruntime(cls, kw, with_state, lengths, optional, tmp_path):
     m = cls(3, 5, seed=0, **kw).eval()
     path = tmp_path / "m.onnx"
-    export(m, path, with_state=with_state, lengths=lengths)
+    export(m, path, with_state=with_state, lengths=lengths, optional_state=optional)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     for N, L in ((4, 6), (1, 3), (7, 2)):  # dynamic batch and sequence length

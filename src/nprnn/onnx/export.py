@@ -191,7 +191,7 @@ def _module(b, m, x, rank, lens, prefix):
                     "Dropout, ReLU, Tanh, Sigmoid, Softmax, LogSoftmax)")
 
 
-def to_onnx(model, *, with_state: bool = True, lengths: bool = False, opset: int = 17):
+def to_onnx(model, *, with_state: bool = True, lengths: bool = False, optional_state: bool = True, opset: int = 17):
     """Build the ``onnx.ModelProto`` of ``model`` (see :func:`export`)."""
     onnx = _onnx()
     from onnx import TensorProto, helper
@@ -241,9 +241,13 @@ def to_onnx(model, *, with_state: bool = True, lengths: bool = False, opset: int
         states = {}
         if with_state:
             batch_axis = 0 if m.batch_first else 1
-            states["h0"] = b.optional_state("h0", D * L, Hh, "input", batch_axis, dtype)
-            if isinstance(m, LSTM):
-                states["c0"] = b.optional_state("c0", D * L, H, "input", batch_axis, dtype)
+            sizes = {"h0": Hh, "c0": H} if isinstance(m, LSTM) else {"h0": Hh}
+            for name, size in sizes.items():
+                if optional_state:
+                    states[name] = b.optional_state(name, D * L, size, "input", batch_axis, dtype)
+                else:
+                    b.inputs.append(helper.make_tensor_value_info(name, elem, [D * L, "batch", size]))
+                    states[name] = name
         y, h_n, c_n = _recurrent(b, m, "input", states, lens)
         named = [("output", y), ("h_n", h_n)] + ([("c_n", c_n)] if c_n else [])
         for name, value in named:
@@ -259,9 +263,13 @@ def to_onnx(model, *, with_state: bool = True, lengths: bool = False, opset: int
     return model_proto
 
 
-def export(model, path, *, with_state: bool = True, lengths: bool = False, opset: int = 17) -> None:
+def export(model, path, *, with_state: bool = True, lengths: bool = False, optional_state: bool = True,
+           opset: int = 17) -> None:
     """Write ``model`` (an nprnn ``RNN``, ``GRU``, ``LSTM`` — with ``proj_size`` too — or a
     ``Sequential`` of recurrent layers, ``Linear``, ``Embedding``, ``LastStep``, ``Dropout``
     and activations) as an ONNX model, atomically.  See the module docstring for the
-    graph's inputs and outputs; ``with_state=False`` leaves out the state inputs."""
-    atomic_write(path, to_onnx(model, with_state=with_state, lengths=lengths, opset=opset).SerializeToString())
+    graph's inputs and outputs; ``with_state=False`` leaves out the state inputs, and
+    ``optional_state=False`` makes them required inputs (no zero default to widen: the
+    leanest graph for a caller that always feeds them)."""
+    atomic_write(path, to_onnx(model, with_state=with_state, lengths=lengths, optional_state=optional_state,
+                               opset=opset).SerializeToString())
