@@ -208,3 +208,50 @@ def test_variant_backward_is_refused():
     out, _ = m(np.zeros((2, 1, 3), np.float32))
     with pytest.raises(NotImplementedError, match="backward is not implemented for ONNX-only variants"):
         m.backward(out)
+
+
+def _lstm_graph(attrs=None, B=None, P=None, domain=""):
+    W, R = np.zeros((1, 12, 2), np.float32), np.zeros((1, 12, 3), np.float32)
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")]
+    ins = ["X", "W", "R"]
+    if B is not None:
+        inits.append(numpy_helper.from_array(B, "B"))
+        ins.append("B")
+    if P is not None:
+        ins += [""] * (7 - len(ins)) + ["P"]
+        inits.append(numpy_helper.from_array(P, "P"))
+    node = helper.make_node("LSTM", ins, ["Y"], hidden_size=3, domain=domain, **(attrs or {}))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", 2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+@pytest.mark.parametrize("model,msg", [
+    (_lstm_graph({"sideways": 1}), r"attribute\(s\) \['sideways'\] are not attributes of the ONNX LSTM operator"),
+    (_lstm_graph({"direction": "sideways"}), "direction must be 'forward', 'reverse' or 'bidirectional', got 'sideways'"),
+    (_lstm_graph({"layout": 2}), "layout must be 0 or 1, got 2"),
+    (_lstm_graph({"input_forget": 3}), "input_forget must be 0 or 1, got 3"),
+    (_lstm_graph({"clip": -1.0}), "clip must be a positive float, got -1.0"),
+    (_lstm_graph({"activations": ["Sigmoid", "Tanh"]}), "activations must name 3 function"),
+    (_lstm_graph(B=np.zeros(24, np.float32)), r"B must have shape \(1, 24\) \(\[W_b, R_b\] per direction\), got \(24,\)"),
+    (_lstm_graph(P=np.zeros((1, 4), np.float32)), r"P must have shape \(1, 9\)"),
+    (_lstm_graph(domain="com.example"), "in domain 'com.example' is not supported"),
+], ids=["attribute", "direction", "layout", "input_forget", "clip", "activations", "B-1d", "P-shape", "domain"])
+def test_import_validates_against_the_operator_schema(model, msg):
+    """Every attribute is checked against the operator (ONNX's checker lets several of these through)."""
+    with pytest.raises(ValueError, match=msg):
+        import_onnx(model)
+
+
+def test_generic_nodes_are_checked_and_their_failures_named():
+    node = helper.make_node("Transpose", ["X"], ["Y"], perm=[1, 0], name="t1", foo=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["a", "b", "c"])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ValueError, match=r"node 't1' \(Transpose\): attribute\(s\) \['foo'\] are not supported"):
+        import_onnx(model)
+    del model.graph.node[0].attribute[1]  # the graph holds its own copy of the node
+    g = import_onnx(model)
+    with pytest.raises(ValueError, match=r"ONNX node 't1' \(Transpose\) cannot run on inputs of shapes \[\(2, 3, 4\)\]"):
+        g(np.zeros((2, 3, 4), np.float32))

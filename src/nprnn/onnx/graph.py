@@ -54,7 +54,12 @@ class _Step:
 
     def run(self, values):
         ins = [values[n] if n else None for n in self.node.input]
-        outs = ops.run(self.op_type, ins, dict(self._attrs), self.opset)
+        try:
+            outs = ops.run(self.op_type, ins, dict(self._attrs), self.opset)
+        except Exception as exc:  # NumPy's messages name no node: say which one, and what it was given
+            shapes = ", ".join("-" if x is None else str(np.shape(x)) for x in ins)
+            raise ValueError(f"ONNX node {self.node.name!r} ({self.op_type}) cannot run on inputs of shapes "
+                             f"[{shapes}]: {exc}") from exc
         return dict(zip(self.node.output, outs))
 
 
@@ -278,10 +283,11 @@ def _read(model):
         if op not in ops.SUPPORTED:
             raise ValueError(f"ONNX operator {op} (node {node.name!r}) is not supported by nprnn's import; supported: "
                              f"{', '.join(sorted(ops.SUPPORTED + list(RECURRENT)))} and Scan as nprnn writes LSTMP")
+        ops.check(op, _attrs(node), node.name)
         ins = [n for n in node.input if n]
         if all(n in consts for n in ins):  # constant folding: shapes, constants, weights arithmetic
-            outs = ops.run(op, [consts[n] if n else None for n in node.input], _attrs(node), opset)
-            consts.update(zip(node.output, outs))
+            outs = _Step(node, opset).run(consts)
+            consts.update(outs)
             continue
         module_step = _as_module(node, consts, taken)
         steps.append(module_step or _Step(node, opset))

@@ -33,6 +33,9 @@ def _permute_gates(a, order):
 
 
 _ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+# the operators' attributes (onnx.ai/onnx/operators): shared, and each operator's own
+_COMMON_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "layout"}
+_OWN_ATTRS = {"RNN": set(), "GRU": {"linear_before_reset"}, "LSTM": {"input_forget"}}
 
 
 class ONNXRecurrent(RNNBase):
@@ -90,17 +93,31 @@ def module_from_node(node, W, R, B=None, P=None, dtype=None) -> RNNBase:
     if op not in _TO_ONNX:
         raise ValueError(f"not a recurrent node: {op}")
     a = _attrs(node)
+    allowed = _COMMON_ATTRS | _OWN_ATTRS[op]
+    unknown = sorted(set(a) - allowed)
+    if unknown:
+        raise ValueError(f"{op}: attribute(s) {unknown} are not attributes of the ONNX {op} operator "
+                         f"(it has {sorted(allowed)})")
     W, R = np.asarray(W), np.asarray(R)
+    if W.ndim != 3 or R.ndim != 3:
+        raise ValueError(f"{op}: W and R must be 3-D (directions, gates * hidden, size), got W {W.shape} and R {R.shape}")
     dtype = np.dtype(dtype or W.dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"{op}: only float32 and float64 weights are supported, got {dtype}")
     direction = a.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ValueError(f"{op}: direction must be 'forward', 'reverse' or 'bidirectional', got {direction!r}")
     D = 2 if direction == "bidirectional" else 1
-    H = int(a.get("hidden_size", R.shape[-1]))
+    H = a.get("hidden_size", R.shape[-1])
+    if not isinstance(H, int) or H < 1:
+        raise ValueError(f"{op}: hidden_size must be a positive int, got {H!r}")
     acts = [x.decode() if isinstance(x, bytes) else x for x in a.get("activations", [])]
     nonlinearity = "tanh"
     if acts:
+        if len(acts) != D * len(_ACTIVATIONS[op]):
+            raise ValueError(f"{op}: activations must name {len(_ACTIVATIONS[op])} function(s) per direction "
+                             f"({D} direction(s)), got {acts}")
         per_dir = [acts[i:i + len(_ACTIVATIONS[op])] for i in range(0, len(acts), len(_ACTIVATIONS[op]))]
         if op == "RNN" and all(p == ["Relu"] for p in per_dir):
             nonlinearity = "relu"
@@ -113,12 +130,20 @@ def module_from_node(node, W, R, B=None, P=None, dtype=None) -> RNNBase:
     clip = a.get("clip")
     if clip is not None and op != "LSTM":
         raise ValueError(f"{op}: clip is supported for LSTM only")
-    lbr = int(a.get("linear_before_reset", 0))
-    input_forget = bool(a.get("input_forget", 0))
-    layout = int(a.get("layout", 0))
+    if clip is not None and (not isinstance(clip, float) or not clip > 0):
+        raise ValueError(f"{op}: clip must be a positive float, got {clip!r}")
+    flags = {k: a.get(k, 0) for k in ("linear_before_reset", "input_forget", "layout")}
+    for k, v in flags.items():
+        if v not in (0, 1):
+            raise ValueError(f"{op}: {k} must be 0 or 1, got {v!r}")
+    lbr, input_forget, layout = int(flags["linear_before_reset"]), bool(flags["input_forget"]), int(flags["layout"])
     G = {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
     if W.shape[0] != D or W.shape[1] != G * H or R.shape != (D, G * H, H):
         raise ValueError(f"{op}: W {W.shape} and R {R.shape} do not fit hidden_size={H}, {D} direction(s)")
+    if B is not None and np.shape(B) != (D, 2 * G * H):
+        raise ValueError(f"{op}: B must have shape {(D, 2 * G * H)} ([W_b, R_b] per direction), got {np.shape(B)}")
+    if P is not None and np.shape(P) != (D, 3 * H):
+        raise ValueError(f"{op}: P must have shape {(D, 3 * H)} (the peepholes per direction), got {np.shape(P)}")
     extras = op == "LSTM" and (P is not None or clip is not None or input_forget)
     plain = direction in ("forward", "bidirectional") and not extras and (op != "GRU" or lbr)
     kwargs = dict(batch_first=bool(layout), bias=True, dtype=dtype)

@@ -143,8 +143,25 @@ OPS = {
     "Tanh": np.tanh,
     "Sigmoid": _sigmoid,
 }
+# each operator's attributes (those it takes before the opset where they became inputs too)
+ATTRIBUTES = {
+    "Transpose": {"perm"}, "Reshape": {"allowzero"}, "Squeeze": {"axes"}, "Unsqueeze": {"axes"}, "Concat": {"axis"},
+    "Slice": {"starts", "ends", "axes"}, "Gather": {"axis"}, "GatherND": {"batch_dims"}, "Shape": {"start", "end"},
+    "Constant": {"value", "value_float", "value_floats", "value_int", "value_ints"}, "ConstantOfShape": {"value"},
+    "Cast": {"to"}, "Gemm": {"alpha", "beta", "transA", "transB"}, "Softmax": {"axis"}, "LogSoftmax": {"axis"},
+}
 # opsets before which an operator took these inputs as attributes
 _ATTR_INPUTS = {"Squeeze": (13, ["axes"]), "Unsqueeze": (13, ["axes"]), "Slice": (10, ["starts", "ends", "axes"])}
+
+
+def check(op_type: str, attrs: dict, name: str) -> None:
+    """Refuse a node whose type or attributes this module does not implement, by name."""
+    if op_type not in SUPPORTED:
+        raise ValueError(f"ONNX operator {op_type} (node {name!r}) is not supported by nprnn's import")
+    unknown = sorted(set(attrs) - ATTRIBUTES.get(op_type, set()))
+    if unknown:
+        raise ValueError(f"ONNX node {name!r} ({op_type}): attribute(s) {unknown} are not supported "
+                         f"({op_type} takes {sorted(ATTRIBUTES.get(op_type, set())) or 'none'})")
 
 
 def run(op_type: str, inputs: list, attrs: dict, opset: int) -> list:
