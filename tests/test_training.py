@@ -258,8 +258,12 @@ def test_checkpoint_header_checked_before_anything_changes(change, msg, tmp_path
     with safe_open(str(path), framework="np") as f:
         meta = json.loads(f.metadata()["nprnn"])
     change(meta)
+    from nprnn.serialization import _checksum
+
+    tensors = load_file(str(path))
+    meta["sha256"] = _checksum(tensors, meta)  # a writer that wrote this header, checksum and all
     bad = tmp_path / "bad.safetensors"
-    save_file(load_file(str(path)), str(bad), metadata={"nprnn": json.dumps(meta)})
+    save_file(tensors, str(bad), metadata={"nprnn": json.dumps(meta)})
     m2, opt2 = _small(seed=1)
     before, before_opt = _state(m2, opt2)
     rng_before = m2.lstm._rng.bit_generator.state
@@ -292,7 +296,17 @@ def test_checkpoint_checksum_refuses_a_flipped_bit_and_old_files_warn(tmp_path):
         np.testing.assert_array_equal(a, b)
     with safe_open(str(path), framework="np") as f:
         meta = json.loads(f.metadata()["nprnn"])
-    del meta["checksum"]  # as written before checksums
+    changed = dict(meta, step=4)  # the header is covered too: another step is refused
+    save_file(load_file(str(path)), str(tmp_path / "step.safetensors"), metadata={"nprnn": json.dumps(changed)})
+    with pytest.raises(ValueError, match="tensors or header do not match its checksum"):
+        load_checkpoint(tmp_path / "step.safetensors", m2, opt2)
+    del meta["sha256"]
+    from nprnn.serialization import _checksum
+
+    tensors_only = dict(meta, checksum=_checksum(load_file(str(path))))  # as written when it covered tensors only
+    save_file(load_file(str(path)), str(tmp_path / "v1.safetensors"), metadata={"nprnn": json.dumps(tensors_only)})
+    assert load_checkpoint(tmp_path / "v1.safetensors", m2, opt2)["step"] == 3  # verified, no warning
+    # and as written before checksums:
     old = tmp_path / "old.safetensors"
     save_file(load_file(str(path)), str(old), metadata={"nprnn": json.dumps(meta)})
     with pytest.warns(UserWarning, match="carries no checksum"):

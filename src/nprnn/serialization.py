@@ -232,18 +232,22 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, rngs: di
         groups = [{key: (list(v) if isinstance(v, tuple) else v) for key, v in g.items()} for g in sd["param_groups"]]
         meta["optimizer"] = {"class": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
     meta["rng"] = {name: g.bit_generator.state for name, g in _generators(model, rngs).items()}
-    meta["checksum"] = _checksum(tensors)
+    meta["sha256"] = _checksum(tensors, meta)
     atomic_write(path, _encode(tensors, {"nprnn": json.dumps(meta)}, "safetensors"))
 
 
-def _checksum(tensors: dict) -> str:
-    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order (safetensors
-    itself keeps no checksum, so a flipped bit would otherwise be trained on)."""
+def _checksum(tensors: dict, header: dict | None = None) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order, then of the
+    header (as canonical JSON, without its own checksum) when given: safetensors keeps no
+    checksum, so a flipped bit would otherwise be trained on, or restore another step."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
         h.update(a.tobytes())
+    if header is not None:
+        rest = {k: v for k, v in header.items() if k != "sha256"}
+        h.update(json.dumps(rest, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -284,12 +288,17 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
     changing anything; on any error nothing is changed."""
     tensors, metadata = _decode(path, "safetensors")
     meta = _checkpoint_header(path, metadata)
-    if "checksum" not in meta:
+    if "sha256" in meta:  # tensors and header
+        if meta["sha256"] != _checksum(tensors, meta):
+            raise ValueError(f"{path}: the checkpoint's tensors or header do not match its checksum (the file is "
+                             "damaged); nothing was loaded")
+    elif "checksum" in meta:  # written when the checksum covered the tensors only
+        if meta["checksum"] != _checksum(tensors):
+            raise ValueError(f"{path}: the checkpoint's tensors do not match its checksum (the file is damaged); "
+                             "nothing was loaded")
+    else:
         warnings.warn(f"{path} carries no checksum (written before nprnn kept one): its tensors cannot be verified",
                       UserWarning, stacklevel=2)
-    elif meta["checksum"] != _checksum(tensors):
-        raise ValueError(f"{path}: the checkpoint's tensors do not match its checksum (the file is damaged); "
-                         "nothing was loaded")
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{path}: the checkpoint header has no valid 'step' (a non-negative int), got {step!r}")
