@@ -47,3 +47,13 @@ def pytest_sessionfinish(session, exitstatus):
     if RUN_SLOW and _skipped_slow:
         print(f"\nNPRNN_RUN_SLOW=1 but {len(_skipped_slow)} slow test(s) were skipped", file=sys.stderr)
         session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and getattr(fuzz, "COUNTS", None):
+        terminalreporter.write_sep("-", "fuzz cases by outcome")
+        for key in ("clean errors", "raw errors", "silent acceptances"):
+            fuzz.COUNTS.setdefault(key, 0)
+        for key, n in sorted(fuzz.COUNTS.items()):
+            terminalreporter.write_line(f"{key}: {n}")

@@ -151,6 +151,9 @@ def load_torch_state_dict(path) -> dict:
         if len(pkl_names) != 1:
             raise ValueError(f"{path} is a zip file but not a PyTorch checkpoint (no <name>/data.pkl)")
         prefix = pkl_names[0].split("/")[0]
+        stray = [n for n in archive.namelist() if not n.startswith(prefix + "/")]
+        if stray:  # torch.save writes every entry under one folder; torch.load refuses others too
+            raise ValueError(f"{path} is damaged: archive entry {stray[0]!r} is not in its folder {prefix!r}/")
         try:
             try:
                 order = archive.read(f"{prefix}/byteorder").decode().strip()

@@ -252,11 +252,27 @@ def _read(model):
 
     from .scan import scan_lstmp
 
+    from onnx.defs import onnx_opset_version
+
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 7:
-        raise ValueError(f"ONNX opset {opset} is older than nprnn supports (7 and later)")
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    if not 7 <= opset <= onnx_opset_version():
+        raise ValueError(f"ONNX opset {opset} is not one nprnn reads (7 to {onnx_opset_version()}, the released ones "
+                         "the installed onnx package knows)")
+
+    def array(t):
+        try:
+            return numpy_helper.to_array(t)
+        except Exception as exc:  # an unknown element type, data that does not fit the shape, ...
+            raise ValueError(f"ONNX tensor {t.name!r} cannot be read (damaged?): {type(exc).__name__}: {exc}") from exc
+
+    def elem_dtype(code, name):
+        try:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(code))
+        except Exception as exc:
+            raise ValueError(f"ONNX input {name!r} has an unknown element type {code}") from exc
+
+    consts = {t.name: array(t) for t in g.initializer}
     input_names = [i.name for i in g.input]
     defaults = {n: consts.pop(n) for n in input_names if n in consts}
     value_info = {}
@@ -265,9 +281,15 @@ def _read(model):
         if i.type.HasField("tensor_type") and tt.elem_type:
             shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in tt.shape.dim] \
                 if tt.HasField("shape") else None
-            value_info[i.name] = (np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)), shape)
+            value_info[i.name] = (elem_dtype(tt.elem_type, i.name), shape)
     steps, taken = [], set()
+    known = set(consts) | set(input_names)
     for node in g.node:
+        missing = [n for n in node.input if n and n not in known]
+        if missing:
+            raise ValueError(f"ONNX node {node.name!r} ({node.op_type}) reads {missing[0]!r}, which no input, "
+                             "initializer or earlier node provides")
+        known.update(n for n in node.output if n)
         if node.domain not in ("", "ai.onnx"):
             raise ValueError(f"ONNX node {node.name!r} of type {node.op_type} in domain {node.domain!r} is not supported")
         op = node.op_type
@@ -292,6 +314,9 @@ def _read(model):
         module_step = _as_module(node, consts, taken)
         steps.append(module_step or _Step(node, opset))
     outputs = [o.name for o in g.output]
+    missing = [n for n in outputs if n not in known]
+    if missing:
+        raise ValueError(f"ONNX graph output {missing[0]!r} is computed by no node")
     return steps, consts, input_names, defaults, outputs, value_info
 
 
@@ -559,6 +584,11 @@ def import_onnx(model_or_path) -> Module:
         except Exception as exc:  # protobuf's DecodeError and friends: a damaged or foreign file
             raise ValueError(f"{os.fspath(model_or_path)} is not a readable ONNX model (truncated or corrupted?): "
                              f"{exc}") from exc
+    try:
+        onnx.checker.check_model(model)  # structure: IR version, SSA, defined inputs, operator schemas
+    except Exception as exc:  # onnx's ValidationError and friends
+        where = "the model" if isinstance(model_or_path, onnx.ModelProto) else os.fspath(model_or_path)
+        raise ValueError(f"{where} is not a valid ONNX model: {str(exc).strip().splitlines()[0]}") from exc
     steps, consts, inputs, defaults, outputs, value_info = _read(model)
     steps = _fold(steps, consts, set(outputs))
     graph = ONNXGraph(steps, consts, inputs, defaults, outputs, value_info)
