@@ -17,6 +17,23 @@ def _threads_in_worker(_):
     return threads.get_num_threads()
 
 
+def _threads_and_blas_in_worker(_):
+    from threadpoolctl import threadpool_info
+
+    from nprnn import threads
+
+    n = threads.get_num_threads()
+    return n, {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+
+def test_workers_default_to_one_thread_and_one_blas_thread():
+    """Without an initializer: a worker process defaults to one nprnn thread, BLAS capped at one."""
+    pytest.importorskip("threadpoolctl")
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for n, blas in pool.map(_threads_and_blas_in_worker, range(2)):
+            assert n == 1 and blas <= {1}
+
+
 def test_process_pool_equals_serial_run():
     rng = np.random.default_rng(0)
     model = nprnn.Sequential(nprnn.GRU(4, 16, num_layers=2, batch_first=True, seed=0), nprnn.LastStep(True),

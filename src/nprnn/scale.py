@@ -1,8 +1,10 @@
 """Scoring and training on more sequences than one process handles: a process pool, or a
 Dask cluster through its client's executor, runs a model over batches in worker processes.
 
-Each worker should use one nprnn thread and one BLAS thread, so that workers x threads
-never exceed the cores: pass :func:`init_worker` as the pool's initializer.  Models travel
+Each worker uses one nprnn thread and one BLAS thread, so that workers x threads never
+exceed the cores: that is the default in a process multiprocessing started (see
+:func:`nprnn.get_num_threads`); :func:`init_worker` as the pool's initializer sets it
+explicitly, or to another count.  Models travel
 to the workers pickled, which carries parameters and settings only (no gradients or
 records).  The results equal the serial run: each batch goes through the same kernel calls.
 

@@ -76,11 +76,28 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
 
 
+def _in_worker_process() -> bool:
+    """Whether this process was started by multiprocessing (a process pool's worker, a
+    Dask worker under its nanny), where other workers share the cores."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
 def get_num_threads() -> int:
     """The current setting; by default the cores the process may use when threadpoolctl
-    is installed, else 1."""
+    is installed, else 1.  In a worker process (started by multiprocessing, as process
+    pools and Dask start theirs) the default is 1, and the BLAS is capped at one thread
+    too (with threadpoolctl), so that workers x threads never exceed the cores."""
+    global _num_threads
     if _num_threads is not None:
         return _num_threads
+    if _in_worker_process():
+        _num_threads = 1
+        controller = _blas_controller()
+        if controller is not None:
+            controller.limit(limits=1)
+        return 1
     return _available_cpus() if _blas_controller() is not None else 1
 
 
