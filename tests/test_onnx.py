@@ -256,3 +256,22 @@ def test_generic_nodes_are_checked_and_their_failures_named():
     g = import_onnx(model)
     with pytest.raises(ValueError, match=r"ONNX node 't1' \(Transpose\) cannot run on inputs of shapes \[\(2, 3, 4\)\]"):
         g(np.zeros((2, 3, 4), np.float32))
+
+
+def test_import_refuses_unknown_versions_and_undefined_values():
+    model = _lstm_graph()
+    model.ir_version = 0
+    with pytest.raises(ValueError, match="ONNX IR version 0 is not one nprnn reads"):
+        import_onnx(model)
+    model = _lstm_graph()
+    model.opset_import[0].version = 99
+    with pytest.raises(ValueError, match="ONNX opset 99 is not one nprnn reads"):
+        import_onnx(model)
+    model = _lstm_graph()
+    model.graph.node[0].input[0] = "nowhere"
+    with pytest.raises(ValueError, match="reads 'nowhere', which no input, initializer or earlier node provides"):
+        import_onnx(model)
+    model = _lstm_graph()
+    model.graph.output[0].name = "missing"
+    with pytest.raises(ValueError, match="graph output 'missing' is computed by no node"):
+        import_onnx(model)
