@@ -1,0 +1,43 @@
+"""The import paths users have: whatever the package's inner layout becomes, these keep
+working (the README, the seed's examples and the docs use them)."""
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "nprnn": ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module", "Sequential", "LastStep",
+              "Linear", "Embedding", "Dropout", "LayerNorm", "ReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax",
+              "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
+              "pack_sequence", "unpack_sequence", "set_num_threads", "get_num_threads", "backend", "set_backend",
+              "writable", "optim", "losses", "utils", "__version__"],
+    "nprnn.utils.rnn": ["PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence",
+                        "pack_sequence", "unpack_sequence", "unpad_sequence"],
+    "nprnn.layers": ["Linear", "Embedding", "Dropout", "LayerNorm"],
+    "nprnn.optim": ["SGD", "Adam", "AdamW", "clip_grad_norm_"],
+    "nprnn.losses": ["cross_entropy", "mse_loss"],
+    "nprnn.serialization": ["save", "load_into", "save_checkpoint", "load_checkpoint", "checkpoint_metadata",
+                            "read_tensors", "write_tensors", "atomic_write"],
+    "nprnn.torchfile": ["load_torch_state_dict"],
+    "nprnn.convert": ["convert", "infer_config", "model_from_state_dict"],
+    "nprnn.onnx": ["export", "to_onnx", "import_onnx", "ONNXGraph", "ONNXRecurrent", "module_from_node", "run_node"],
+    "nprnn.scale": ["init_worker", "map_batches", "run", "dask_worker_setup", "data_parallel_step", "shard_gradients"],
+    "nprnn.stream": ["Stream", "SequentialStream"],
+    "nprnn.explain": ["explain"],
+    "nprnn.charlm": ["CharLM"],
+    "nprnn.cli": ["main"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_import(module):
+    mod = importlib.import_module(module)
+    missing = [name for name in PUBLIC[module] if not hasattr(mod, name)]
+    assert not missing, f"{module} lost {missing}"
+
+
+def test_top_level_all_is_importable():
+    import nprnn
+
+    assert set(PUBLIC["nprnn"]) <= set(nprnn.__all__)
+    for name in nprnn.__all__:
+        assert hasattr(nprnn, name), name
