@@ -6,9 +6,9 @@
 The compiled tier splits the batch into row ranges that run their whole loops side by
 side; the NumPy tier runs two scans at once (directions, or layers as a pipeline).  The
 thresholds are lowered so every case can use two threads; the printed speed-up (time with
-one thread / time with two) is what ``nprnn.threads.MIN_SPLIT_WORK`` (multiply-adds per
-call, compiled tier) and ``MIN_STEP_WORK`` / ``MIN_TRAIN_STEP_WORK`` (gate values per step,
-NumPy tier) are chosen from.  Two-layer LSTM and GRU, one-directional and bidirectional,
+one thread / time with two) is what ``nprnn.config.settings.min_split_work`` (multiply-adds
+per call, compiled tier) and ``min_step_work`` / ``min_train_step_work`` (gate values per
+step, NumPy tier) are chosen from.  Two-layer LSTM and GRU, one-directional and bidirectional,
 batches of 100 steps over a grid of batch and hidden sizes; ``--train`` times a training
 step (forward and backward) instead of inference.
 """
@@ -29,10 +29,10 @@ def main():
     ap.add_argument("--tier", choices=("native", "numpy"), default="native")
     args = ap.parse_args()
     import nprnn
-    from nprnn import threads
 
     nprnn.set_backend(args.tier)
-    threads.MIN_STEP_WORK = threads.MIN_TRAIN_STEP_WORK = threads.MIN_SPLIT_WORK = 0
+    s = nprnn.config.settings
+    s.min_step_work = s.min_train_step_work = s.min_split_work = 0
     print(f"nprnn {nprnn.backend()}; numpy {np.__version__}; " + "; ".join(threads_report()))
     print(f"{'case':34s} {'madds/call':>11s} {'1 thread ms':>12s} {'2 threads ms':>13s} {'speed-up':>9s}")
     rng = np.random.default_rng(0)

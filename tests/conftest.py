@@ -57,3 +57,15 @@ def pytest_terminal_summary(terminalreporter):
             fuzz.COUNTS.setdefault(key, 0)
         for key, n in sorted(fuzz.COUNTS.items()):
             terminalreporter.write_line(f"{key}: {n}")
+
+
+@pytest.fixture
+def config():
+    """``config(num_threads=2, min_step_work=0, ...)`` changes nprnn.config settings for the
+    rest of one test, through ``nprnn.config.override``; everything is restored after."""
+    from contextlib import ExitStack
+
+    import nprnn
+
+    with ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(nprnn.config.override(**changes))

@@ -90,10 +90,10 @@ def test_every_instruction_set_matches_numpy(isa, tier):
 @needs_native
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "LSTMP"])
-def test_batch_split_is_bit_for_bit(kind, bidirectional, tier, monkeypatch):
+def test_batch_split_is_bit_for_bit(config, kind, bidirectional, tier, monkeypatch):
     """Rows split across threads, and directions side by side, compute exactly what one
     call computes (a row's sums do not depend on its neighbours), forward and backward."""
-    nprnn.set_backend("native")
+    config(backend="native")
     rng = np.random.default_rng(3)
     kw = {"proj_size": 3} if kind == "LSTMP" else {}
     cls = getattr(nprnn, "LSTM" if kind == "LSTMP" else kind)
@@ -102,32 +102,18 @@ def test_batch_split_is_bit_for_bit(kind, bidirectional, tier, monkeypatch):
     lengths = [9, 7, 7, 4, 2, 1]
     D = 2 if bidirectional else 1
     g = rng.standard_normal((9, 6, D * (3 if kind == "LSTMP" else 7)))
-    results, parts, sides = [], [], []
-    real_parts, real_sides = threads.run_parts, nprnn.recurrent.run_side_by_side
-
-    def spying_parts(p):
-        parts.append(len(p))
-        return real_parts(p)
-
-    def spying_sides(*a, **k):
-        sides.append(1)
-        return real_sides(*a, **k)
-
-    monkeypatch.setattr(threads, "run_parts", spying_parts)
-    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", spying_sides)
-    for n_threads, min_work in ((1, threads.MIN_SPLIT_WORK), (2, 0), (4, 0)):
-        monkeypatch.setattr(threads, "MIN_SPLIT_WORK", min_work)
-        nprnn.set_num_threads(n_threads)
-        try:
-            m.zero_grad()
-            out, hn = m(x, lengths=lengths)
-            gx, ghx = m.backward(g)
-            results.append([out, gx, *(hn if isinstance(hn, tuple) else (hn,)),
-                            *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())])
-        finally:
-            nprnn.set_num_threads(os.cpu_count() or 1)
-    assert max(parts) >= 2  # the split did happen (with 4 threads, two for each direction)
-    assert bool(sides) == bidirectional  # and the directions went side by side
+    results = []
+    before = dict(threads.activity)
+    for n_threads, min_work in ((1, nprnn.config.settings.min_split_work), (2, 0), (4, 0)):
+        config(min_split_work=min_work, num_threads=n_threads)
+        m.zero_grad()
+        out, hn = m(x, lengths=lengths)
+        gx, ghx = m.backward(g)
+        results.append([out, gx, *(hn if isinstance(hn, tuple) else (hn,)),
+                        *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())])
+    grew = {k: threads.activity[k] - before.get(k, 0) for k in ("splits", "side by side")}
+    assert grew["splits"] >= 1  # the split did happen (with 4 threads, two for each direction)
+    assert bool(grew["side by side"]) == bidirectional  # and the directions went side by side
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)

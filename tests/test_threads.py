@@ -15,37 +15,32 @@ from reference import LAYERS, compare, concurrent_config, make_inputs, run_nprnn
 
 
 @pytest.fixture(autouse=True)
-def numpy_tier():
+def numpy_tier(config):
     """Two scans side by side is how the NumPy tier uses a second core (the compiled tier
     splits the batch instead: tests/test_native.py)."""
-    before = nprnn.backend()
-    nprnn.set_backend("numpy")
-    yield
-    nprnn.set_backend(before)
+    config(backend="numpy")
+
+
+class _Count:
+    """How many side-by-side runs happened since it was made (nprnn.threads.activity)."""
+
+    def __init__(self):
+        self.start = threads.activity["side by side"]
+
+    def __len__(self):
+        return threads.activity["side by side"] - self.start
 
 
 @pytest.fixture
-def side_by_side(monkeypatch):
+def side_by_side(config):
     """Lower the thresholds, allow two threads, and count the side-by-side runs."""
-    monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
-    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 0)
-    monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
-    monkeypatch.setattr(threads, "_num_threads", 2)
-    calls = []
-    real = threads.run_side_by_side
-
-    def counting(first, second, **kw):
-        calls.append(threading.current_thread().name)
-        real(first, second, **kw)
-
-    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", counting)  # directions
-    monkeypatch.setattr(threads, "run_side_by_side", counting)  # pipelines (threads.run_pipeline)
-    return calls
+    config(min_step_work=0, min_train_step_work=0, chunk_steps=2, num_threads=2)
+    return _Count()
 
 
 @pytest.fixture
-def one_at_a_time(monkeypatch):
-    monkeypatch.setattr(threads, "_num_threads", 1)
+def one_at_a_time(config, monkeypatch):
+    config(num_threads=1)
 
 
 CONFIGS = [concurrent_config(np.random.default_rng(9000 + i), packed=i % 2 == 1) for i in range(80)]
@@ -68,31 +63,31 @@ def test_configs_cover_both_ways_of_going_side_by_side():
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:40], ids=[f"{i}-{c['kind']}" for i, c in enumerate(CONFIGS[:40])])
-def test_side_by_side_equals_one_at_a_time(cfg, monkeypatch):
+def test_side_by_side_equals_one_at_a_time(config, cfg, monkeypatch):
     """Without PyTorch: the same numbers either way (float64: to rounding; chunked
     products may round their last bit differently)."""
     cfg = dict(cfg, dtype="float64")
     case = make_inputs(cfg)
-    monkeypatch.setattr(threads, "_num_threads", 1)
+    config(num_threads=1)
     want = run_nprnn(cfg, case)
-    monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
-    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 0)
-    monkeypatch.setattr(threads, "CHUNK_STEPS", 2)
-    monkeypatch.setattr(threads, "_num_threads", 2)
+    config(min_step_work=0)
+    config(min_train_step_work=0)
+    config(chunk_steps=2)
+    config(num_threads=2)
     got = run_nprnn(cfg, case)
     for key, w in want.items():
         np.testing.assert_allclose(got[key], w, rtol=1e-12, atol=1e-14, err_msg=key)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-def test_pipeline_any_chunk_size_and_repeatable(chunk, side_by_side, monkeypatch):
-    monkeypatch.setattr(threads, "CHUNK_STEPS", chunk)
+def test_pipeline_any_chunk_size_and_repeatable(config, chunk, side_by_side, monkeypatch):
+    config(chunk_steps=chunk)
     m = nprnn.GRU(3, 5, num_layers=3, seed=0, dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((11, 4, 3))
     lengths = [11, 7, 3, 9]
     first = m(x, lengths=lengths)
     second = m(x, lengths=lengths)
-    monkeypatch.setattr(threads, "_num_threads", 1)
+    config(num_threads=1)
     alone = m(x, lengths=lengths)
     if chunk * 2 <= 11:
         assert len(side_by_side) == 2
@@ -102,11 +97,11 @@ def test_pipeline_any_chunk_size_and_repeatable(chunk, side_by_side, monkeypatch
     np.testing.assert_allclose(first[1], alone[1], rtol=1e-12, atol=1e-14)
 
 
-def test_pipeline_small_steps_never_run_side_by_side(side_by_side, monkeypatch):
+def test_pipeline_small_steps_never_run_side_by_side(config, side_by_side, monkeypatch):
     """Steps whose batch has shrunk below MIN_STEP_WORK gate values do not run beside
     the other stage's: forward, they wait for the stage below to finish; backward (where
     they come first), for the stage above to be past its own."""
-    monkeypatch.setattr(threads, "CHUNK_STEPS", 1)
+    config(chunk_steps=1)
     monkeypatch.setattr(nprnn.recurrent, "side_by_side_pays", lambda *a, **k: threads.get_num_threads() > 1)
     m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)  # 12 gate values per row
     x = np.random.default_rng(0).standard_normal((10, 5, 3))
@@ -117,13 +112,13 @@ def test_pipeline_small_steps_never_run_side_by_side(side_by_side, monkeypatch):
         out, h = m(x, lengths=lengths)
         return (out, h) + m.backward(g)
 
-    monkeypatch.setattr(threads, "_num_threads", 1)
+    config(num_threads=1)
     want = run()
-    monkeypatch.setattr(threads, "_num_threads", 2)
+    config(num_threads=2)
     waits = []
     real_wait = threads.Stream.wait
     monkeypatch.setattr(threads.Stream, "wait", lambda self, end: waits.append(end) or real_wait(self, end))
-    monkeypatch.setattr(threads, "MIN_STEP_WORK", 3 * 12)  # steps of 1 or 2 rows are small: rows 23..29
+    config(min_step_work=3 * 12)  # steps of 1 or 2 rows are small: rows 23..29
     got = run()
     assert len(side_by_side) == 2  # forward and backward
     # forward: the four small steps (of 2, 2, 2 and 1 rows) each wait for all 30 rows (and
@@ -137,17 +132,17 @@ def test_pipeline_small_steps_never_run_side_by_side(side_by_side, monkeypatch):
 def test_pipeline_with_dropout_in_training_runs_one_at_a_time(side_by_side):
     m = nprnn.LSTM(3, 4, num_layers=2, dropout=0.5, seed=0)
     m(np.ones((8, 2, 3), np.float32))
-    assert side_by_side == []  # the mask covers a layer's whole output
+    assert len(side_by_side) == 0  # the mask covers a layer's whole output
     m.eval()
     m(np.ones((8, 2, 3), np.float32))
     assert len(side_by_side) == 1
 
 
-def test_bidirectional_with_dropout_goes_side_by_side_and_matches(side_by_side, monkeypatch):
+def test_bidirectional_with_dropout_goes_side_by_side_and_matches(config, side_by_side, monkeypatch):
     x = np.random.default_rng(1).standard_normal((6, 3, 2))
     runs = []
     for n in (2, 1):
-        monkeypatch.setattr(threads, "_num_threads", n)
+        config(num_threads=n)
         m = nprnn.GRU(2, 3, num_layers=2, dropout=0.4, bidirectional=True, seed=3, dtype=np.float64)
         out, h = m(x)
         dx, dh = m.backward(np.ones_like(out))
@@ -239,8 +234,8 @@ def test_the_stage_below_stops_early_when_the_one_above_fails(side_by_side, monk
 
 
 @pytest.mark.parametrize("threads_setting,blas_during", [(2, 1), (4, 2)])
-def test_blas_held_to_half_during_and_restored_after(threads_setting, blas_during, side_by_side, monkeypatch):
-    monkeypatch.setattr(threads, "_num_threads", threads_setting)
+def test_blas_held_to_half_during_and_restored_after(config, threads_setting, blas_during, side_by_side, monkeypatch):
+    config(num_threads=threads_setting)
     controller = threads._blas_controller()
     if controller is None or not controller.lib_controllers:
         pytest.skip("threadpoolctl sees no BLAS here")
@@ -260,20 +255,18 @@ def test_blas_held_to_half_during_and_restored_after(threads_setting, blas_durin
     assert after == before
 
 
-def test_small_runs_and_one_thread_go_one_at_a_time(monkeypatch):
-    calls = []
-    monkeypatch.setattr(nprnn.recurrent, "run_side_by_side", lambda a, b: calls.append(1))
-    monkeypatch.setattr(threads, "run_side_by_side", lambda a, b: calls.append(1))
-    monkeypatch.setattr(threads, "_num_threads", 2)
+def test_small_runs_and_one_thread_go_one_at_a_time(config, monkeypatch):
+    calls = _Count()
+    config(num_threads=2)
     nprnn.LSTM(3, 4, num_layers=2, seed=0)(np.ones((40, 2, 3), np.float32))  # 2*4*4 gate values a step
-    monkeypatch.setattr(threads, "MIN_STEP_WORK", 0)
-    monkeypatch.setattr(threads, "_num_threads", 1)
+    config(min_step_work=0)
+    config(num_threads=1)
     nprnn.LSTM(3, 4, num_layers=2, seed=0)(np.ones((40, 2, 3), np.float32))
-    assert calls == []
+    assert len(calls) == 0
 
 
-def test_default_and_validation(monkeypatch):
-    monkeypatch.setattr(threads, "_num_threads", None)
+def test_default_and_validation(config, monkeypatch):
+    config(num_threads=None)
     assert nprnn.get_num_threads() == (threads._available_cpus() if threads._blas_controller() else 1)
     nprnn.set_num_threads(3)
     assert nprnn.get_num_threads() == 3
@@ -283,17 +276,17 @@ def test_default_and_validation(monkeypatch):
     assert nprnn.get_num_threads() == 3
 
 
-def test_training_on_threads_needs_more_work_a_step(side_by_side, monkeypatch):
+def test_training_on_threads_needs_more_work_a_step(config, side_by_side, monkeypatch):
     """Two threads pay later in training than in inference (MIN_TRAIN_STEP_WORK)."""
     m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)
     x = np.ones((8, 2, 3))
-    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 2 * 3 * 4 + 1)  # 2 rows * 3 gates * 4 hidden a step
+    config(min_train_step_work=2 * 3 * 4 + 1)  # 2 rows * 3 gates * 4 hidden a step
     m(x)
     assert not side_by_side
     m.eval()
     m(x)
     assert len(side_by_side) == 1
-    monkeypatch.setattr(threads, "MIN_TRAIN_STEP_WORK", 2 * 3 * 4)
+    config(min_train_step_work=2 * 3 * 4)
     m.train()
     m(x)
     assert len(side_by_side) == 2

@@ -1,5 +1,5 @@
 """nprnn: PyTorch's recurrent layers written from first principles on NumPy."""
-from . import losses, optim, utils
+from . import config, losses, optim, utils
 from .cells import GRUCell, LSTMCell, RNNCell
 from .functional.native import backend, set_backend
 from .module import Module, writable
@@ -21,7 +21,7 @@ from .threads import get_helper_process, get_num_threads, set_helper_process, se
 __version__ = "0.1.0"
 
 __all__ = [
-    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module", "optim", "losses",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module", "optim", "losses", "config",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
     "get_helper_process", "backend", "set_backend", "writable", "Sequential", "LastStep", "ReLU", "Tanh",

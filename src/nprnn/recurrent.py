@@ -15,6 +15,7 @@ from .functional import KINDS, alloc_blocks, direction_backward, direction_forwa
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 from . import threads
+from .config import settings
 from .threads import run_pipeline, run_side_by_side, side_by_side_pays
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
@@ -369,7 +370,7 @@ class RNNBase(Module):
         pool = self._pool()
         finals = [np.empty(s.shape, self.dtype) for s in states]
         mode = self._side_by_side(x.shape[0], len(batch_sizes),
-                                  threads.MIN_TRAIN_STEP_WORK if train else threads.MIN_STEP_WORK)
+                                  settings.min_train_step_work if train else settings.min_step_work)
         records = [None] * (L * D)
         outs = [np.empty((x.shape[0], D * P), self.dtype) if layer == L - 1  # returned to the caller
                 else alloc_blocks(((1, D * P),), x.shape[0], self.dtype, pool, (layer, "out"))[0]
@@ -424,7 +425,7 @@ class RNNBase(Module):
             # reads all the weights at every step, and two directions give each read twice
             # the rows.
             work = rows * gate_width * (self._h_out + self.hidden_size)
-            if self.num_directions == 2 and threads.get_num_threads() >= 2 and work >= threads.MIN_SPLIT_WORK:
+            if self.num_directions == 2 and threads.get_num_threads() >= 2 and work >= settings.min_split_work:
                 return "directions"
             return None
         if self.num_directions == 2:

@@ -31,18 +31,18 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 
-CHUNK_STEPS = 8  # a pipelined layer hands its output over every this many time steps
-# Below this many gate values per step (rows * gates * hidden), two threads lose more to
-# handing the GIL back and forth around each small NumPy call than the second core gives:
-# benchmarks/bench_threads.py measured 0.4-0.9x at 6k and below, 1.0-1.4x from 8k up (2 cores).
-MIN_STEP_WORK = 8192
-# A training run (forward with its records, and backward) on threads pays later: --train
-# measured 0.5-0.9x below 12288 gate values a step, 1.0-1.15x at 12288, 1.1-1.3x at 16384.
-MIN_TRAIN_STEP_WORK = 16384
+from .config import settings
 
-_num_threads = None  # None until set or first asked: see get_num_threads
+# The thresholds live in nprnn.config.settings: chunk_steps, the steps a pipelined layer
+# hands over at a time; min_step_work, the gate values a step (rows * gates * hidden) below
+# which two threads lose more to handing the GIL back and forth around each small NumPy
+# call than the second core gives (benchmarks/bench_threads.py: 0.4-0.9x at 6k and below,
+# 1.0-1.4x from 8k up, 2 cores); min_train_step_work, the same for a training run (forward
+# with records, and backward), measured 0.5-0.9x below 12288, 1.0-1.15x at 12288, 1.1-1.3x
+# at 16384; min_split_work, parts_per_thread, min_part_rows for the compiled tier's split.
 _blas = {"controller": None, "looked": False, "depth": 0, "limiter": None}
 _blas_lock = threading.Lock()
 
@@ -72,8 +72,7 @@ def set_num_threads(n: int) -> None:
     docstring)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, but got {n!r}")
-    global _num_threads
-    _num_threads = n
+    settings.num_threads = n
 
 
 def _in_worker_process() -> bool:
@@ -89,11 +88,10 @@ def get_num_threads() -> int:
     is installed, else 1.  In a worker process (started by multiprocessing, as process
     pools and Dask start theirs) the default is 1, and the BLAS is capped at one thread
     too (with threadpoolctl), so that workers x threads never exceed the cores."""
-    global _num_threads
-    if _num_threads is not None:
-        return _num_threads
+    if settings.num_threads is not None:
+        return settings.num_threads
     if _in_worker_process():
-        _num_threads = 1
+        settings.num_threads = 1
         controller = _blas_controller()
         if controller is not None:
             controller.limit(limits=1)
@@ -102,6 +100,9 @@ def get_num_threads() -> int:
 
 
 _share = contextvars.ContextVar("nprnn_thread_share", default=1)  # how many scans share the threads now
+# What ran on more than one thread, counted for whoever wants to see it (tests, benchmarks):
+# "side by side" runs of two scans, "parts" handed out by a batch split, "splits" (run_parts calls).
+activity: Counter = Counter()
 
 
 def threads_here() -> int:
@@ -113,12 +114,12 @@ def threads_here() -> int:
 def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool, min_work: int) -> bool:
     """Whether two scans at once beat one: at least ``min_work`` gate values per step on
     average (``rows`` packed rows over ``steps`` steps, ``gate_width`` = gates * hidden
-    size; on threads :data:`MIN_STEP_WORK`, or :data:`MIN_TRAIN_STEP_WORK` in training) and,
+    size; ``settings.min_step_work``, or ``min_train_step_work`` in training) and,
     for a pipeline, at least two chunks to
     overlap."""
     if get_num_threads() < 2:
         return False
-    if pipelined and steps < 2 * CHUNK_STEPS:
+    if pipelined and steps < 2 * settings.chunk_steps:
         return False
     return rows * gate_width >= min_work * steps
 
@@ -157,6 +158,7 @@ def run_side_by_side(first, second, blas: bool = True) -> None:
     (NumPy's error state included).  If one may wait on the other (a :class:`Stream`),
     each must fail its streams when it fails, or the other waits forever.
     """
+    activity["side by side"] += 1
     context = contextvars.copy_context()
     context.run(_share.set, _share.get() * 2)
     errors = []
@@ -251,11 +253,8 @@ class Stream:
 # batch rows are independent over the whole sequence: so the batch splits into parts that
 # run side by side with no per-step synchronisation.  Handing a part to a pooled thread
 # costs about 150 us on the project's machine (waking the thread and passing the GIL), so
-# a split needs this many multiply-adds a thread to pay: measured (bench_threads and
-# back-to-back calls) 0.3-0.4x at 1M, 0.9x at 5-6M, 0.97-1.31x at 8-10M a thread.
-MIN_SPLIT_WORK = 8_000_000
-PARTS_PER_THREAD = 4  # more parts than threads: a thread slowed down by another process takes fewer
-MIN_PART_ROWS = 8  # a part of fewer rows leaves the register tiles part empty and reads the weights for few rows
+# a split needs settings.min_split_work multiply-adds a thread to pay: measured (bench_threads
+# and back-to-back calls) 0.3-0.4x at 1M, 0.9x at 5-6M, 0.97-1.31x at 8-10M a thread.
 _workers = {"pool": None, "size": 0}  # the pooled threads run_parts hands parts to
 _workers_lock = threading.Lock()
 
@@ -269,9 +268,9 @@ def row_ranges(lengths, row_work: int) -> list:
     batch = len(lengths)
     threads = min(threads_here(), batch)
     total = int(sum(lengths))
-    if threads < 2 or total * row_work < MIN_SPLIT_WORK * threads:
+    if threads < 2 or total * row_work < settings.min_split_work * threads:
         return [(0, batch)]
-    parts = max(threads, min(PARTS_PER_THREAD * threads, batch // MIN_PART_ROWS))
+    parts = max(threads, min(settings.parts_per_thread * threads, batch // settings.min_part_rows))
     bounds, acc, k = [0], 0, 1
     for r, n in enumerate(lengths):
         acc += int(n)
@@ -290,6 +289,8 @@ def run_parts(parts) -> None:
     if len(parts) == 1:
         parts[0]()
         return
+    activity["splits"] += 1
+    activity["parts"] += len(parts)
     from concurrent.futures import ThreadPoolExecutor
 
     helpers = min(threads_here(), len(parts)) - 1

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from .. import threads
+from ..config import settings
 from ..module import parameter_epoch
 
 try:
@@ -225,7 +226,7 @@ def _split(sizes, offsets, prep):
     """Row ranges of the batch for side-by-side calls (see :func:`..threads.row_ranges`)."""
     row_work = prep.kind.num_gates * prep.H * (prep.P + prep.H_in) + prep.H * prep.P
     N = int(sizes[0])
-    if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * threads.MIN_SPLIT_WORK:
+    if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * settings.min_split_work:
         return ((0, N),)  # too little work to hand any of it to another thread
     lengths = np.searchsorted(-sizes, -np.arange(1, N + 1), side="right")  # steps with > r rows
     return threads.row_ranges(lengths, row_work)

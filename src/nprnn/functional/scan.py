@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import threads
+from ..config import settings
 from . import native
 from .cells import CellKind, StepWeights, gate_major, gate_scale
 
@@ -198,12 +198,12 @@ def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tap
 
 
 class Chunks:
-    """A pipelined scan (see :mod:`nprnn.threads`) works in groups of ``CHUNK_STEPS``
+    """A pipelined scan (see :mod:`nprnn.threads`) works in groups of ``settings.chunk_steps``
     steps (in processing order): ``before(lo, hi)`` runs before a group's first step and
     ``after(lo, hi)`` after its last, ``lo:hi`` being the rows the group covers."""
 
     def __init__(self, steps, before, after):
-        size = threads.CHUNK_STEPS
+        size = settings.chunk_steps
         self.size, self.last, self.before, self.after = size, len(steps) - 1, before, after
         self.rows = [(min(s[0] for s in steps[j : j + size]), max(s[1] for s in steps[j : j + size]))
                      for j in range(0, len(steps), size)]
@@ -219,18 +219,18 @@ class Chunks:
 
 def _small_steps(steps, source, gate_width):
     """The first rows of the steps whose batch has shrunk below
-    :data:`~nprnn.threads.MIN_STEP_WORK` gate values, when another stage feeds this one
+    ``settings.min_step_work`` gate values, when another stage feeds this one
     (``source``; two such stretches side by side lose more to the GIL than they gain)."""
     if source is None:
         return []
-    return [lo for lo, hi, n in steps if n * gate_width < threads.MIN_STEP_WORK]
+    return [lo for lo, hi, n in steps if n * gate_width < settings.min_step_work]
 
 
 def _forward_chunks(steps, project, source, sink, gate_width):
     """Forward in time: wait until ``source`` (None: the input is all there) has
     published a group's input rows and project them; publish its output rows on ``sink``
     (None: nobody reads them as they come).  Where the batch has shrunk below
-    :data:`~nprnn.threads.MIN_STEP_WORK` gate values a step, two scans at once cost more
+    ``settings.min_step_work`` gate values a step, two scans at once cost more
     than one after the other, so from its first such group this stage waits until the
     stage below has finished."""
     total = steps[-1][1]
@@ -254,7 +254,7 @@ def _backward_chunks(steps, total, input_grad, source, sink, gate_width):
     """Backward through a forward-in-time scan, rows coming from the end: wait until
     ``source`` has published the output gradient's last ``total - lo`` rows, and after a
     group compute its rows of the input gradient and publish them on ``sink``.  The
-    steps where the batch has shrunk below :data:`~nprnn.threads.MIN_STEP_WORK` gate
+    steps where the batch has shrunk below ``settings.min_step_work`` gate
     values come first here; this stage starts them once the stage above is past all of
     its own, so that two such stretches never run side by side."""
     small_from = min(_small_steps(steps, source, gate_width), default=total)

@@ -1,0 +1,71 @@
+"""nprnn's settings, in one object: threads, the thresholds that decide when more than one
+thread pays, and the backend.
+
+``nprnn.config.settings`` holds the current values; ``set_num_threads``/``set_backend``
+change them for the process, and :func:`override` for a ``with`` block (tests, benchmarks)::
+
+    with nprnn.config.override(num_threads=2, min_step_work=0):
+        ...                      # the old values come back on leaving, even on an error
+
+The thresholds are measured figures (see :mod:`nprnn.threads` for where each comes from);
+nothing else in nprnn keeps a copy of them.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class Settings:
+    num_threads: int | None = None  # None: decided on first use (nprnn.threads.get_num_threads)
+    # a pipelined NumPy-tier layer hands its output on every this many time steps
+    chunk_steps: int = 8
+    # NumPy tier: gate values a step (rows * gates * hidden) from which two scans at once pay,
+    # in inference and in training (benchmarks/bench_threads.py: 0.4-0.9x below, 1.0-1.4x above)
+    min_step_work: int = 8192
+    min_train_step_work: int = 16384
+    # compiled tier: multiply-adds a thread from which splitting the batch pays (~150 us a hand-off)
+    min_split_work: int = 8_000_000
+    parts_per_thread: int = 4  # more parts than threads, so a thread slowed down takes fewer
+    min_part_rows: int = 8  # a smaller part leaves the register tiles part empty
+
+
+settings = Settings()
+_NAMES = {f.name for f in fields(Settings)}
+
+
+_NON_NEGATIVE = {"min_step_work", "min_train_step_work", "min_split_work"}  # 0: always split / side by side
+
+
+def _check(name, value):
+    if name == "num_threads" and value is None:
+        return
+    least = 0 if name in _NON_NEGATIVE else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"nprnn.config: {name} must be an int >= {least}, got {value!r}")
+
+
+@contextmanager
+def override(backend: str | None = None, **changes):
+    """Set some settings (and the backend, ``"native"`` or ``"numpy"``) for a ``with``
+    block; every value is checked before any changes, and all come back on leaving."""
+    unknown = sorted(set(changes) - _NAMES)
+    if unknown:
+        raise TypeError(f"nprnn.config.override: unknown setting(s) {unknown}; settings are {sorted(_NAMES)}")
+    for name, value in changes.items():
+        _check(name, value)
+    from .functional import native
+
+    saved = {name: getattr(settings, name) for name in changes}
+    saved_backend = native.backend()
+    if backend is not None:
+        native.set_backend(backend)
+    for name, value in changes.items():
+        setattr(settings, name, value)
+    try:
+        yield settings
+    finally:
+        for name, value in saved.items():
+            setattr(settings, name, value)
+        native.set_backend(saved_backend)
