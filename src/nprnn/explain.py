@@ -30,30 +30,28 @@ def _kind(module) -> str:
 
 
 def equations(module) -> list:
+    """The layer's equations, as the reference step (:mod:`nprnn.functional.reference`)
+    states them, for this configuration."""
+    from .functional import reference
+
     kind = _kind(module)
     if kind == "RNN":
-        act = module.nonlinearity
-        return [f"h_t = {act}(x_t @ W_ih.T + b_ih + h_(t-1) @ W_hh.T + b_hh)"]
+        return [e.replace("tanh(", f"{module.nonlinearity}(", 1) for e in reference.equations(reference.rnn_step_forward)]
     if kind == "GRU":
-        return [
-            "r_t = sigmoid(x_t @ W_ir.T + b_ir + h_(t-1) @ W_hr.T + b_hr)",
-            "z_t = sigmoid(x_t @ W_iz.T + b_iz + h_(t-1) @ W_hz.T + b_hz)",
-            "n_t = tanh(x_t @ W_in.T + b_in + r_t * (h_(t-1) @ W_hn.T + b_hn))",
-            "h_t = (1 - z_t) * n_t + z_t * h_(t-1)",
-        ]
-    eqs = [
-        "i_t = sigmoid(x_t @ W_ii.T + b_ii + h_(t-1) @ W_hi.T + b_hi)",
-        "f_t = sigmoid(x_t @ W_if.T + b_if + h_(t-1) @ W_hf.T + b_hf)",
-        "g_t = tanh(x_t @ W_ig.T + b_ig + h_(t-1) @ W_hg.T + b_hg)",
-        "o_t = sigmoid(x_t @ W_io.T + b_io + h_(t-1) @ W_ho.T + b_ho)",
-        "c_t = f_t * c_(t-1) + i_t * g_t",
-    ]
-    if module.proj_size:
-        eqs.append("h_t = (o_t * tanh(c_t)) @ W_hr.T      (projection to proj_size)")
-    else:
-        eqs.append("h_t = o_t * tanh(c_t)")
-    eqs.append("layer k > 0 takes x_t = output of layer k-1 at step t (both directions concatenated)")
-    return eqs if module.num_layers > 1 or module.bidirectional else eqs[:-1]
+        return reference.equations(reference.gru_step_forward)
+    eqs = []
+    for e in reference.equations(reference.lstm_step_forward):
+        if e.endswith("(without a projection)"):
+            if not module.proj_size:
+                eqs.append(e[: -len("(without a projection)")].rstrip())
+        elif e.endswith("(projection to proj_size)"):
+            if module.proj_size:
+                eqs.append(e)
+        else:
+            eqs.append(e)
+    if module.num_layers > 1 or module.bidirectional:
+        eqs.append("layer k > 0 takes x_t = output of layer k-1 at step t (both directions concatenated)")
+    return eqs
 
 
 def _describe(module, name, shape) -> str:

@@ -597,11 +597,11 @@ _SHAPES_DOC = """
 
 
 class RNN(RNNBase):
-    r"""Elman RNN.  For each layer and step:
+    __doc__ = r"""Elman RNN.  For each layer and step:
 
-        h_t = act(x_t @ weight_ih.T + bias_ih + h_{t-1} @ weight_hh.T + bias_hh)
+        <equations>
 
-    with ``act`` tanh or relu (``nonlinearity``).  weight_ih (H, H_in or D*H),
+    with relu in place of tanh when ``nonlinearity="relu"``.  weight_ih (H, H_in or D*H),
     weight_hh (H, H).
 
     Example::
@@ -626,15 +626,9 @@ class RNN(RNNBase):
 
 
 class LSTM(RNNBase):
-    r"""Long short-term memory, optionally with a projection (LSTMP).  For each layer and step:
+    __doc__ = r"""Long short-term memory, optionally with a projection (LSTMP).  For each layer and step:
 
-        i = sigmoid(x_t W_ii.T + b_ii + h_{t-1} W_hi.T + b_hi)
-        f = sigmoid(x_t W_if.T + b_if + h_{t-1} W_hf.T + b_hf)
-        g =    tanh(x_t W_ig.T + b_ig + h_{t-1} W_hg.T + b_hg)
-        o = sigmoid(x_t W_io.T + b_io + h_{t-1} W_ho.T + b_ho)
-        c_t = f * c_{t-1} + i * g
-        h_t = o * tanh(c_t)                 (proj_size = 0)
-        h_t = (o * tanh(c_t)) @ W_hr.T      (proj_size > 0, H_out = proj_size)
+        <equations>
 
     weight_ih = [W_ii; W_if; W_ig; W_io] (4H, H_in), weight_hh (4H, H_out), biases (4H,),
     weight_hr (proj_size, H).  Call ``output, (h_n, c_n) = lstm(input, (h_0, c_0))``.
@@ -656,12 +650,9 @@ class LSTM(RNNBase):
 
 
 class GRU(RNNBase):
-    r"""Gated recurrent unit.  For each layer and step:
+    __doc__ = r"""Gated recurrent unit.  For each layer and step:
 
-        r = sigmoid(x_t W_ir.T + b_ir + h_{t-1} W_hr.T + b_hr)
-        z = sigmoid(x_t W_iz.T + b_iz + h_{t-1} W_hz.T + b_hz)
-        n =    tanh(x_t W_in.T + b_in + r * (h_{t-1} W_hn.T + b_hn))
-        h_t = (1 - z) * n + z * h_{t-1}
+        <equations>
 
     weight_ih = [W_ir; W_iz; W_in] (3H, H_in), weight_hh (3H, H), biases (3H,).
 
@@ -683,3 +674,17 @@ class GRU(RNNBase):
             raise TypeError(f"GRU got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype=dtype, seed=seed)
+
+
+def _equations_into_docstrings():
+    """The classes' docstrings show the equations of the reference steps
+    (:mod:`nprnn.functional.reference`), where they are written once."""
+    from .functional import reference
+
+    for cls, step in ((RNN, reference.rnn_step_forward), (LSTM, reference.lstm_step_forward),
+                      (GRU, reference.gru_step_forward)):
+        lines = "\n".join("        " + e for e in reference.equations(step))
+        cls.__doc__ = cls.__doc__.replace("        <equations>", lines)
+
+
+_equations_into_docstrings()

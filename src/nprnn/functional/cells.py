@@ -2,8 +2,8 @@
 
 Every kernel works on the rows of the sequences still active at this step (``n`` rows)
 and writes into arrays it is handed; nothing is allocated and nothing is kept on an
-object.  The equations are in the class docstrings of :mod:`nprnn.recurrent`; here only
-the mechanics:
+object.  The equations are in :mod:`nprnn.functional.reference`, whose plain steps these
+kernels are tested against step by step (tests/test_reference.py); here only the mechanics:
 
 * The input projection ``gx = x @ W_ih.T + b`` has already been computed for all steps
   (see :mod:`nprnn.functional.scan`); a step adds ``h @ W_hh.T`` and applies the gates.

@@ -1,0 +1,184 @@
+"""The reference: one time step of each cell kind, forward and backward, written plainly.
+
+This is the text to read to learn what a layer computes, and the oracle every fast
+kernel (compiled and NumPy) is tested against, step by step.  Each kind is a pair of
+functions in the style of cs231n's ``rnn_layers.py``:
+
+* ``step_forward(x, state, p) -> (state', cache)``
+* ``step_backward(dstate', cache) -> (dx, dstate, dp)``
+
+``x`` is (N, input_size); ``state`` is ``(h,)``, or ``(h, c)`` for the LSTM; ``p`` maps
+PyTorch's names without the layer suffix (``weight_ih``, ``weight_hh``, ``bias_ih``,
+``bias_hh``, ``weight_hr``) to arrays, a bias or the projection absent when the layer
+has none.  They allocate as they please and keep nothing between calls.
+
+Each ``*_step_forward`` docstring holds its kind's equations, once: ``nprnn explain``
+prints them from there.  ``@`` is the matrix product, ``*`` elementwise; PyTorch's
+``weight_ih`` stacks the gates' input weights (``W_ii, W_if, ...`` for the LSTM) and
+``weight_hh`` their hidden weights, in the order the equations list the gates.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _affine(x, h, p):
+    """x W_ih^T + b_ih + h W_hh^T + b_hh (a bias absent counts as zero)."""
+    a = x @ p["weight_ih"].T + h @ p["weight_hh"].T
+    if p.get("bias_ih") is not None:
+        a = a + p["bias_ih"] + p["bias_hh"]
+    return a
+
+
+def _affine_backward(da, x, h, p):
+    """Gradients of x, h and the four weights of :func:`_affine` given its output's ``da``."""
+    dp = {"weight_ih": da.T @ x, "weight_hh": da.T @ h}
+    if p.get("bias_ih") is not None:
+        dp["bias_ih"] = dp["bias_hh"] = da.sum(axis=0)
+    return da @ p["weight_ih"], da @ p["weight_hh"], dp
+
+
+# ------------------------------------------------------------------------------ RNN
+def rnn_step_forward(x, state, p, nonlinearity="tanh"):
+    """One step of an Elman RNN (``relu`` in place of ``tanh`` with that nonlinearity)::
+
+        h_t = tanh(x_t @ W_ih.T + b_ih + h_(t-1) @ W_hh.T + b_hh)
+    """
+    (h,) = state
+    a = _affine(x, h, p)
+    h_next = np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)
+    return (h_next,), (x, h, a, h_next, p, nonlinearity)
+
+
+def equations(function) -> list:
+    """The equation lines of a ``*_step_forward`` docstring (its indented block)."""
+    import inspect
+
+    doc = inspect.getdoc(function) or ""
+    block = doc.split("::", 1)[1] if "::" in doc else ""
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def rnn_step_backward(dstate, cache):
+    (dh_next,) = dstate
+    x, h, a, h_next, p, nonlinearity = cache
+    da = dh_next * (1 - h_next ** 2) if nonlinearity == "tanh" else dh_next * (a > 0)
+    dx, dh, dp = _affine_backward(da, x, h, p)
+    return dx, (dh,), dp
+
+
+# ------------------------------------------------------------------------------ LSTM
+def lstm_step_forward(x, state, p):
+    """One step of an LSTM, gates in PyTorch's order i, f, g, o (``weight_hr`` present: with
+    a projection to proj_size)::
+
+        i_t = sigmoid(x_t @ W_ii.T + b_ii + h_(t-1) @ W_hi.T + b_hi)
+        f_t = sigmoid(x_t @ W_if.T + b_if + h_(t-1) @ W_hf.T + b_hf)
+        g_t = tanh(x_t @ W_ig.T + b_ig + h_(t-1) @ W_hg.T + b_hg)
+        o_t = sigmoid(x_t @ W_io.T + b_io + h_(t-1) @ W_ho.T + b_ho)
+        c_t = f_t * c_(t-1) + i_t * g_t
+        h_t = (o_t * tanh(c_t)) @ W_hr.T      (projection to proj_size)
+        h_t = o_t * tanh(c_t)                 (without a projection)
+    """
+    h, c = state
+    i, f, g, o = np.split(_affine(x, h, p), 4, axis=1)
+    i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
+    c_next = f * c + i * g
+    tc = np.tanh(c_next)
+    m = o * tc
+    h_next = m @ p["weight_hr"].T if p.get("weight_hr") is not None else m
+    return (h_next, c_next), (x, h, c, i, f, g, o, tc, m, p)
+
+
+def lstm_step_backward(dstate, cache):
+    dh_next, dc_next = dstate
+    x, h, c, i, f, g, o, tc, m, p = cache
+    dp = {}
+    if p.get("weight_hr") is not None:
+        dp["weight_hr"] = dh_next.T @ m
+        dm = dh_next @ p["weight_hr"]
+    else:
+        dm = dh_next
+    dc_total = dc_next + dm * o * (1 - tc ** 2)
+    da = np.concatenate([dc_total * g * i * (1 - i),  # i
+                         dc_total * c * f * (1 - f),  # f
+                         dc_total * i * (1 - g ** 2),  # g
+                         dm * tc * o * (1 - o)], axis=1)  # o
+    dx, dh, dp_affine = _affine_backward(da, x, h, p)
+    dp.update(dp_affine)
+    return dx, (dh, dc_total * f), dp
+
+
+# ------------------------------------------------------------------------------ GRU
+def gru_step_forward(x, state, p):
+    """One step of a GRU, gates r, z, n (the hidden part of n is reset by r after its bias)::
+
+        r_t = sigmoid(x_t @ W_ir.T + b_ir + h_(t-1) @ W_hr.T + b_hr)
+        z_t = sigmoid(x_t @ W_iz.T + b_iz + h_(t-1) @ W_hz.T + b_hz)
+        n_t = tanh(x_t @ W_in.T + b_in + r_t * (h_(t-1) @ W_hn.T + b_hn))
+        h_t = (1 - z_t) * n_t + z_t * h_(t-1)
+    """
+    (h,) = state
+    gi = x @ p["weight_ih"].T
+    gh = h @ p["weight_hh"].T
+    if p.get("bias_ih") is not None:
+        gi, gh = gi + p["bias_ih"], gh + p["bias_hh"]
+    r_i, z_i, n_i = np.split(gi, 3, axis=1)
+    r_h, z_h, n_h = np.split(gh, 3, axis=1)
+    r, z = _sigmoid(r_i + r_h), _sigmoid(z_i + z_h)
+    n = np.tanh(n_i + r * n_h)
+    h_next = (1 - z) * n + z * h
+    return (h_next,), (x, h, r, z, n, n_h, p)
+
+
+def gru_step_backward(dstate, cache):
+    (dh_next,) = dstate
+    x, h, r, z, n, n_h, p = cache
+    dn_pre = dh_next * (1 - z) * (1 - n ** 2)
+    dr_pre = dn_pre * n_h * r * (1 - r)
+    dz_pre = dh_next * (h - n) * z * (1 - z)
+    dgi = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+    dgh = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+    dp = {"weight_ih": dgi.T @ x, "weight_hh": dgh.T @ h}
+    if p.get("bias_ih") is not None:
+        dp["bias_ih"], dp["bias_hh"] = dgi.sum(axis=0), dgh.sum(axis=0)
+    return dgi @ p["weight_ih"], (dgh @ p["weight_hh"] + dh_next * z,), dp
+
+
+STEPS = {  # kind -> (step_forward, step_backward)
+    "rnn_tanh": (lambda x, s, p: rnn_step_forward(x, s, p, "tanh"), rnn_step_backward),
+    "rnn_relu": (lambda x, s, p: rnn_step_forward(x, s, p, "relu"), rnn_step_backward),
+    "lstm": (lstm_step_forward, lstm_step_backward),
+    "gru": (gru_step_forward, gru_step_backward),
+}
+
+
+def scan_forward(mode, x, state, p):
+    """One layer-direction over a whole (T, N, input_size) sequence, a step at a time:
+    returns (outputs (T, N, H_out), final state, caches)."""
+    forward = STEPS[mode][0]
+    outs, caches = [], []
+    for x_t in x:
+        state, cache = forward(x_t, state, p)
+        outs.append(state[0])
+        caches.append(cache)
+    return np.stack(outs), state, caches
+
+
+def scan_backward(mode, doutputs, dstate, caches):
+    """Backpropagation through time for :func:`scan_forward`: ``doutputs`` (T, N, H_out)
+    and the final state's gradient in; the input's gradient, the initial state's and the
+    weights' (summed over steps) out."""
+    backward = STEPS[mode][1]
+    dxs, dp_total = [], {}
+    for t in range(len(caches) - 1, -1, -1):
+        dstate = (dstate[0] + doutputs[t],) + tuple(dstate[1:])
+        dx, dstate, dp = backward(dstate, caches[t])
+        dxs.append(dx)
+        for k, v in dp.items():
+            dp_total[k] = dp_total[k] + v if k in dp_total else v
+    return np.stack(dxs[::-1]), dstate, dp_total
