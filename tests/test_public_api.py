@@ -42,3 +42,29 @@ def test_top_level_all_is_importable():
     assert set(PUBLIC["nprnn"]) <= set(nprnn.__all__)
     for name in nprnn.__all__:
         assert hasattr(nprnn, name), name
+
+
+def test_the_kernels_import_no_concurrency_interop_cli_or_teaching_module():
+    """functional/ is pure computation: it takes a runner (functional/runners.py) instead
+    of importing threads, and knows nothing of ONNX, the CLI or the teaching tools."""
+    import ast
+    import os
+
+    import nprnn.functional
+
+    folder = os.path.dirname(nprnn.functional.__file__)
+    banned = {"threads", "onnx", "cli", "explain", "diagram", "demo", "charlm", "scale", "stream", "convert"}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:  # from .. import x / from ..x import y
+                targets = [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nprnn"):
+                targets = [node.module.split(".")[1] if "." in node.module else a.name for a in node.names]
+            else:
+                continue
+            hit = {t.split(".")[0] for t in targets if t} & banned
+            assert not hit, f"functional/{name} imports {sorted(hit)}"

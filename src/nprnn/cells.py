@@ -18,6 +18,7 @@ import numpy as np
 from ._checks import as_array, check_bool, check_int, check_nonlinearity
 from .functional import KINDS, direction_backward, direction_forward
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
+from .threads import THREADED
 
 
 class RNNCellBase(Module):
@@ -107,7 +108,7 @@ class RNNCellBase(Module):
         out = np.empty((N, self.hidden_size), self.dtype)
         train = self.training
         final, rec = direction_forward(self.kind, np.ascontiguousarray(x2), self._params(), tuple(states), [N], False,
-                                       out, train, key=0, cache=self._prepared)
+                                       out, train, key=0, cache=self._prepared, runner=THREADED)
         if train:
             self._stack.append((rec, batched, N))
         return final if batched else tuple(f[0] for f in final)
@@ -132,7 +133,7 @@ class RNNCellBase(Module):
             dstate.append(np.array(g.reshape(N, self.hidden_size), order="C", copy=True))
         self._stack.pop()
         dout = np.zeros((N, self.hidden_size), self.dtype)
-        dx, dstate0, pgrads = direction_backward(rec, dout, tuple(dstate))
+        dx, dstate0, pgrads = direction_backward(rec, dout, tuple(dstate), runner=THREADED)
         for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), pgrads):
             if g is not None:
                 self._grads[name] += g

@@ -407,7 +407,7 @@ class RNNBase(Module):
         params = tuple(None if n is None else self._parameters[n] for n in self._layer_names[idx])
         return direction_forward(self.kind, x, params, tuple(s[idx] for s in states), batch_sizes,
                                  d == 1 or self._reverse_only, out[:, d * P : (d + 1) * P], train,
-                                 self._step_options(idx), pool, idx, pipeline, self._prepared)
+                                 self._step_options(idx), pool, idx, pipeline, self._prepared, threads.THREADED)
 
     def _native(self) -> bool:
         """Whether this layer's scans run on the compiled tier (which calls no BLAS)."""
@@ -561,7 +561,7 @@ class RNNBase(Module):
         d = idx % self.num_directions
         dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
         _, dstate0, pgrads = direction_backward(record, dout[:, d * P : (d + 1) * P], dstate, pool, idx, dx,
-                                                accumulate, pipeline)
+                                                accumulate, pipeline, threads.THREADED)
         return dstate0, pgrads
 
     def _add_grads(self, grad_states, idx, dstate0, pgrads):

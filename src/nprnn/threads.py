@@ -327,6 +327,20 @@ def run_parts(parts) -> None:
         raise errors[0]
 
 
+class ThreadedRunner:
+    """The runner (:mod:`nprnn.functional.runners`) that splits a large batch into
+    :func:`row_ranges` and runs them with :func:`run_parts`."""
+
+    def ranges(self, lengths, row_work: int) -> list:
+        return row_ranges(lengths, row_work)
+
+    def run(self, parts) -> None:
+        run_parts(parts)
+
+
+THREADED = ThreadedRunner()
+
+
 def set_helper_process(enabled: bool) -> None:
     """Deprecated, does nothing: the helper process is gone (the compiled tier's scans use
     a second core without it).  Kept for one release."""

@@ -25,8 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-from .. import threads
 from ..config import settings
+from .runners import SERIAL
 from ..module import parameter_epoch
 
 try:
@@ -222,14 +222,15 @@ def _arrays(shapes, dtype, pool, key):
     return held
 
 
-def _split(sizes, offsets, prep):
-    """Row ranges of the batch for side-by-side calls (see :func:`..threads.row_ranges`)."""
+def _split(sizes, offsets, prep, runner):
+    """Row ranges of the batch for side-by-side calls (``runner.ranges``; see
+    :func:`nprnn.threads.row_ranges`)."""
     row_work = prep.kind.num_gates * prep.H * (prep.P + prep.H_in) + prep.H * prep.P
     N = int(sizes[0])
     if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * settings.min_split_work:
         return ((0, N),)  # too little work to hand any of it to another thread
     lengths = np.searchsorted(-sizes, -np.arange(1, N + 1), side="right")  # steps with > r rows
-    return threads.row_ranges(lengths, row_work)
+    return runner.ranges(lengths, row_work)
 
 
 def call_args(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a, accumulate=False) -> tuple:
@@ -248,11 +249,12 @@ def _call(*args, **kw):
     _native.scan(*call_args(*args, **kw))
 
 
-def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None):
+def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None,
+                      runner=SERIAL):
     """One layer in one direction over packed ``x`` (T, H_in); see
-    :func:`.scan.direction_forward`, whose contract this keeps.  A large batch is split
-    (:func:`..threads.row_ranges`): each part runs its whole time loop in its own call, on
-    its own thread.  Returns ``(final_state, record)``; record is None unless ``train``."""
+    :func:`.scan.direction_forward`, whose contract this keeps.  ``runner`` may split a
+    large batch (:mod:`.runners`): each part runs its whole time loop in its own call.
+    Returns ``(final_state, record)``; record is None unless ``train``."""
     T = x.shape[0]
     kind, H, P = prep.kind, prep.H, prep.P
     sizes, offsets = _layout(batch_sizes)
@@ -269,8 +271,8 @@ def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, trai
         arrays = dict(arrays, gxs=_arrays({"gxs": (N, 3 * H)}, x.dtype, pool, (key, "native gxs"))["gxs"])
     if N:
         x = np.ascontiguousarray(x)
-        threads.run_parts([lambda r=r: _call(0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c,
-                                             arrays) for r in _split(sizes, offsets, prep)])
+        runner.run([lambda r=r: _call(0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c, arrays)
+                    for r in _split(sizes, offsets, prep, runner)])
     state = (h,) if c is None else (h, c)
     record = None
     if train:
@@ -278,7 +280,8 @@ def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, trai
     return state, record
 
 
-def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False):
+def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False,
+                       runner=SERIAL):
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
     prep = rec.prep
@@ -305,26 +308,26 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
         if not accumulate:
             dx.fill(0)
     else:
-        ranges = _split(rec.batch_sizes, rec.offsets, prep)
-        threads.run_parts([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
-                                             dout, dh, dc, arrays, accumulate) for r in ranges])
+        ranges = _split(rec.batch_sizes, rec.offsets, prep, runner)
+        runner.run([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
+                                      dout, dh, dc, arrays, accumulate) for r in ranges])
     dgx = grads["dgx"]
     has_bias = prep.bias is not None
     db_ih = dgx.sum(axis=0) if has_bias else None
     if "dgh" in grads:  # GRU: the hidden side has its own gradient
-        (dW_ih,), (dW_hh,) = _at(dgx, rec.x), _at(grads["dgh"], arrays["hprev"])
+        (dW_ih,), (dW_hh,) = _at(dgx, rec.x, runner=runner), _at(grads["dgh"], arrays["hprev"], runner=runner)
         db_hh = grads["dgh"].sum(axis=0) if has_bias else None
     else:  # both sides from the same gradient, read once
-        dW_ih, dW_hh = _at(dgx, rec.x, arrays["hprev"])
+        dW_ih, dW_hh = _at(dgx, rec.x, arrays["hprev"], runner=runner)
         db_hh = db_ih
-    dW_hr = _at(grads["dproj"], arrays["m"])[0] if proj else None
+    dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if proj else None
     return dx, (dh,) if dc is None else (dh, dc), (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
 
-def _at(a, *bs):
+def _at(a, *bs, runner=SERIAL):
     """``a.T @ [b0 | b1 | ...]`` for ``a`` (T, M1) and each ``b`` (T, M_i): weight gradients
     summed over the packed rows, the ``b`` side by side so that ``a`` is read once.  On the
-    compiled kernel, the rows of the result split across threads (NumPy's BLAS would leave
+    compiled kernel, the rows of the result split as ``runner`` says (NumPy's BLAS would leave
     its own threads spinning against the next loop's).  Returns one (M1, M_i) view each."""
     K, M1 = a.shape
     widths = [b.shape[1] for b in bs]
@@ -339,7 +342,6 @@ def _at(a, *bs):
             _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
             col += w
         out = np.empty((M1, M), a.dtype)
-        threads.run_parts([lambda r=r: _native.gemm_at(a, bp, out, r[0], r[1], 0)
-                           for r in threads.row_ranges([K] * M1, M)])
+        runner.run([lambda r=r: _native.gemm_at(a, bp, out, r[0], r[1], 0) for r in runner.ranges([K] * M1, M)])
     starts = np.cumsum([0] + widths)
     return [out[:, s:e] for s, e in zip(starts[:-1], starts[1:])]

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import settings
+from .runners import SERIAL
 from . import native
 from .cells import CellKind, StepWeights, gate_major, gate_scale
 
@@ -297,7 +298,7 @@ class DirectionRecord:
 
 
 def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None,
-                      pipeline=None, cache=None):
+                      pipeline=None, cache=None, runner=SERIAL):
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
@@ -309,11 +310,12 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
 
     Runs on the compiled tier (:mod:`.native`) where it can: not for a pipelined stage,
     nor for the ONNX-only variants.  ``cache`` (a dict the caller owns) keeps that tier's
-    prepared weights under ``key`` from one call to the next.
+    prepared weights under ``key`` from one call to the next, and ``runner``
+    (:mod:`.runners`) may split its batch.
     """
     if pipeline is None and native.supports(kind, x.dtype):
         prep = native.prepare(kind, params) if cache is None else native.prepared(cache, key, kind, params)
-        return native.direction_forward(x, prep, state0, batch_sizes, reverse, out, train, pool, key)
+        return native.direction_forward(x, prep, state0, batch_sizes, reverse, out, train, pool, key, runner)
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
@@ -350,7 +352,7 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
 
 
 def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False,
-                       pipeline=None):
+                       pipeline=None, runner=SERIAL):
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
@@ -365,7 +367,7 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     if isinstance(rec, native.NativeRecord):
         if pipeline is not None:
             raise ValueError("a compiled layer-direction runs its backward in one call, not as a pipeline stage")
-        return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate)
+        return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate, runner)
     kind = rec.kind
     T = rec.x.shape[0]
     dtype = rec.x.dtype
