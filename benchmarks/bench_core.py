@@ -55,7 +55,8 @@ def main():
 
             for mode, a, b in (("inference", torch_infer, np_infer), ("train step", torch_train, np_train)):
                 tt, tn = paired_times(a, b, args.min_time)
-                print(f"{kind + ' ' + name:40s} {mode:10s} {tt * 1e3:10.2f} {tn * 1e3:10.2f} {tt / tn:12.2f}", flush=True)
+                print(f"{kind + ' ' + name:40s} {mode:10s} {tt * 1e3:10.2f} {tn * 1e3:10.2f} {tt / tn:12.2f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -330,7 +330,8 @@ def markdown(results, cold, sizes, meta) -> str:
         t = f"{ms:.3g} ms" if ms >= 1 else f"{ms * 1e3:.3g} µs"
         cols = [f"{r.ratios[o]:.2f}" if o in r.ratios else "—" for o in others]
         extra = "".join(f"; {k} {v:.2f}" for k, v in r.ratios.items() if k not in others)
-        lines.append(f"| {r.case['name']} | {t} | {cols[0]}{extra} | {cols[1]} | {r.gflops:.1f} ({r.gemm_fraction:.0%}) |")
+        lines.append(f"| {r.case['name']} | {t} | {cols[0]}{extra} | {cols[1]} | {r.gflops:.1f} "
+                     f"({r.gemm_fraction:.0%}) |")
     if cold:
         n, t = cold["nprnn"], cold["torch"]
         lines.append(f"| cold start: import, LSTM(64,128,2), run once | {n['wall_s'] * 1e3:.0f} ms, "

@@ -143,7 +143,8 @@ def make_inputs(cfg: dict) -> dict:
 
 def build_nprnn(cfg: dict):
     cls = getattr(nprnn, cfg["kind"])
-    return cls(cfg["input_size"], cfg["hidden_size"], dtype=np.dtype(cfg["dtype"]), seed=cfg["seed"], **module_kwargs(cfg))
+    return cls(cfg["input_size"], cfg["hidden_size"], dtype=np.dtype(cfg["dtype"]), seed=cfg["seed"],
+               **module_kwargs(cfg))
 
 
 def _hx(case, cfg):

@@ -5,7 +5,8 @@ import pytest
 
 import nprnn
 
-PAIRS = [("RNN", "RNNCell", {"nonlinearity": "relu"}), ("RNN", "RNNCell", {}), ("LSTM", "LSTMCell", {}), ("GRU", "GRUCell", {})]
+PAIRS = [("RNN", "RNNCell", {"nonlinearity": "relu"}), ("RNN", "RNNCell", {}), ("LSTM", "LSTMCell", {}),
+         ("GRU", "GRUCell", {})]
 
 
 @pytest.mark.parametrize("layer_name,cell_name,kw", PAIRS)

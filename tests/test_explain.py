@@ -17,8 +17,8 @@ GRID = [dict(kind=k, num_layers=n, bidirectional=b, batch_first=bf, bias=bias, p
 
 
 def build(c):
-    kw = dict(num_layers=c["num_layers"], bidirectional=c["bidirectional"], batch_first=c["batch_first"], bias=c["bias"],
-              seed=0)
+    kw = dict(num_layers=c["num_layers"], bidirectional=c["bidirectional"], batch_first=c["batch_first"],
+              bias=c["bias"], seed=0)
     if c["proj"]:
         kw["proj_size"] = c["proj"]
     return getattr(nprnn, c["kind"])(5, 6, **kw)
@@ -62,7 +62,8 @@ def test_json_schema_is_stable(capsys):
     assert main(["explain", "gru", "--input-size", "3", "--hidden-size", "4", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["schema"] == SCHEMA_VERSION == 1
-    assert list(info) == ["schema", "layer", "config", "parameters", "total_parameters", "shapes", "equations", "identities"]
+    assert list(info) == ["schema", "layer", "config", "parameters", "total_parameters", "shapes", "equations",
+                          "identities"]
     assert set(info["parameters"][0]) == {"name", "shape", "count", "description"}
     assert set(info["shapes"]) == {"input", "h_0", "output", "h_n"}
     assert set(info["shapes"]["input"]) == {"shape", "dims"}
@@ -83,9 +84,11 @@ def test_seed_acceptance_command(capsys):
 
 
 def test_bidirectional_and_projection_explain_themselves(capsys):
-    assert main(["explain", "lstm", "--input-size", "5", "--hidden-size", "10", "--bidirectional", "--proj-size", "4"]) == 0
+    assert main(["explain", "lstm", "--input-size", "5", "--hidden-size", "10", "--bidirectional", "--proj-size",
+                 "4"]) == 0
     text = capsys.readouterr().out
-    assert "weight_ih_l0_reverse (40, 5)" in text and "weight_hr_l0 " in text and "4 = proj_size, 10 = hidden_size" in text
+    assert "weight_ih_l0_reverse (40, 5)" in text and "weight_hr_l0 " in text
+    assert "4 = proj_size, 10 = hidden_size" in text
     assert "output[-1, :, 4:] == h_n[-1]: does not hold" in text
     assert "output[0, :, 4:] == h_n[-1]: holds" in text
     assert "h_t = (o_t * tanh(c_t)) @ W_hr.T" in text
@@ -93,7 +96,8 @@ def test_bidirectional_and_projection_explain_themselves(capsys):
 
 
 @pytest.mark.parametrize("ext", ["png", "svg"])
-@pytest.mark.parametrize("args", [["lstm", "--num-layers", "2"], ["gru", "--num-layers", "6", "--bidirectional", "--seq-len", "20"],
+@pytest.mark.parametrize("args", [["lstm", "--num-layers", "2"],
+                                  ["gru", "--num-layers", "6", "--bidirectional", "--seq-len", "20"],
                                   ["rnn", "--seq-len", "1"]])
 def test_diagram_renders(tmp_path, ext, args):
     out = tmp_path / f"d.{ext}"

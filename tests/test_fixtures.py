@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-
 from reference import compare, run_nprnn
 
 FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "*.npz")))

@@ -59,7 +59,7 @@ def check(mod, x, hx, reseed=None):
     analytic = {"x": gx}
     hx_list = list(hx) if isinstance(hx, tuple) else [hx]
     ghx_list = list(ghx) if isinstance(ghx, tuple) else [ghx]
-    for k, (h, g) in enumerate(zip(hx_list, ghx_list)):
+    for k, g in enumerate(ghx_list[: len(hx_list)]):
         analytic[f"hx{k}"] = g
     analytic.update({k: v.copy() for k, v in mod.grads.items()})
 
@@ -91,7 +91,8 @@ def test_cells(kind, kw):
 
 
 @pytest.mark.parametrize("kind,kw", [
-    ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}), ("LSTM", {"proj_size": 2}), ("GRU", {}),
+    ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}), ("LSTM", {"proj_size": 2}),
+    ("GRU", {}),
 ])
 def test_multilayer_bidirectional(kind, kw):
     rng = np.random.default_rng(1)

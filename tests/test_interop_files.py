@@ -1,9 +1,9 @@
 """Weights files: PyTorch .pt state dicts read without PyTorch (and malicious pickles refused),
 safetensors exchanged with PyTorch both ways, round trips through every format."""
 import io
-import re
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -41,7 +41,8 @@ def test_torch_file_loads_into_module_and_runs_like_the_fixture():
             np.testing.assert_array_equal(m.state_dict()[k], want[k])
     m64 = nprnn.GRU(5, 3, batch_first=True, dtype=np.float64)
     load_into(m64, os.path.join(TORCH_DIR, "gru_float64.pt"))
-    with pytest.raises(RuntimeError, match="dtype mismatch for weight_ih_l0: the file has float64, the model has float32"):
+    with pytest.raises(RuntimeError,
+                       match="dtype mismatch for weight_ih_l0: the file has float64, the model has float32"):
         load_into(nprnn.GRU(5, 3), os.path.join(TORCH_DIR, "gru_float64.pt"))
 
 
@@ -55,7 +56,8 @@ def test_reading_needs_no_torch():
 
 
 def test_whole_model_refused():
-    with pytest.raises(ValueError, match=r"holds a pickled torch\.nn\.modules\.rnn\.LSTM \(a whole model\), not a state "
+    with pytest.raises(ValueError,
+                       match=r"holds a pickled torch\.nn\.modules\.rnn\.LSTM \(a whole model\), not a state "
                                          r"dict.*save model\.state_dict\(\) instead"):
         load_torch_state_dict(os.path.join(TORCH_DIR, "whole_model.pt"))
 
@@ -81,12 +83,14 @@ def test_malicious_pickles_are_refused_and_not_run(tmp_path):
     sentinel = tmp_path / "pwned"
     cases = {
         "system": pickle.dumps({"w": _Evil(sentinel)}, protocol=2),
-        "eval": pickle.dumps({"w": _Reduce(eval, ("__import__('os').system('touch " + str(sentinel) + "')",))}, protocol=2),
+        "eval": pickle.dumps({"w": _Reduce(eval, ("__import__('os').system('touch " + str(sentinel) + "')",))},
+                             protocol=2),
         "import": pickle.dumps(_Reduce(__import__, ("os",)), protocol=2),
     }
     for name, payload in cases.items():
         path = _zip_with_pickle(tmp_path, payload, name)
-        with pytest.raises(ValueError, match=r"refusing to load (posix|os|nt|builtins|__builtin__)\.\w+.*nothing was executed"):
+        with pytest.raises(ValueError,
+                           match=r"refusing to load (posix|os|nt|builtins|__builtin__)\.\w+.*nothing was executed"):
             load_torch_state_dict(path)
     assert not sentinel.exists()
 
@@ -174,7 +178,8 @@ def test_convert_round_trips(tmp_path, capsys):
     assert main(["convert", src, str(tmp_path / "a.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "weight_ih_l0                     (9, 5)" in out
-    assert "inferred: GRU(input_size=5, hidden_size=3, num_layers=1, bidirectional=False, bias=True, dtype=float64)" in out
+    assert ("inferred: GRU(input_size=5, hidden_size=3, num_layers=1, bidirectional=False, bias=True, "
+            "dtype=float64)") in out
     assert main(["convert", str(tmp_path / "a.safetensors"), str(tmp_path / "b.npz")]) == 0
     assert main(["convert", str(tmp_path / "b.npz"), str(tmp_path / "c.onnx")]) == 0
     assert main(["convert", str(tmp_path / "c.onnx"), str(tmp_path / "d.safetensors")]) == 0
@@ -183,7 +188,8 @@ def test_convert_round_trips(tmp_path, capsys):
     for k, v in want.items():
         np.testing.assert_array_equal(got[k], v)
     # a larger model: the recurrent layer is found by --prefix
-    composite = {"embed.weight": np.zeros((5, 2), np.float32), **{f"rnn.{k}": v for k, v in nprnn.RNN(2, 3, num_layers=2).state_dict().items()},
+    rnn = nprnn.RNN(2, 3, num_layers=2).state_dict()
+    composite = {"embed.weight": np.zeros((5, 2), np.float32), **{f"rnn.{k}": v for k, v in rnn.items()},
                  "head.weight": np.zeros((4, 3), np.float32)}
     assert infer_config(composite)["prefix"] == "rnn."
     assert infer_config(composite)["num_layers"] == 2
@@ -201,7 +207,8 @@ def test_convert_round_trips(tmp_path, capsys):
     assert "left out (not under --prefix 'rnn.'): embed.weight, head.weight" in capsys.readouterr().out
     assert main(["convert", os.path.join(TORCH_DIR, "lstm_bidirectional_proj.pt"), str(tmp_path / "p.onnx")]) == 0
     capsys.readouterr()
-    assert main(["convert", os.path.join(TORCH_DIR, "views.pt"), str(tmp_path / "v.npz")]) == 0  # no layer: arrays copied
+    assert main(["convert", os.path.join(TORCH_DIR, "views.pt"),
+                 str(tmp_path / "v.npz")]) == 0  # no layer: arrays copied
     assert "the arrays are copied as they are" in capsys.readouterr().out
     assert main(["convert", os.path.join(TORCH_DIR, "views.pt"), str(tmp_path / "v.onnx")]) == 2
     assert main(["convert", src, str(tmp_path / "x.pt")]) == 2
@@ -218,7 +225,8 @@ def test_convert_refuses_what_it_cannot_place(tmp_path, capsys):
         ({**rnn, "fc1.weight": np.ones((4, 3), np.float32), "fc2.weight": np.ones((2, 4), np.float32)},
          "fc2.weight follow another Linear's weights; the activation"),
         ({**rnn, "head.0.weight": np.ones((4, 3), np.float32)}, "cannot place head.0.weight as one module"),
-        ({**rnn, "head.weight": np.ones((4, 5), np.float32)}, "head.weight take inputs of width 5, but what comes before them gives 3"),
+        ({**rnn, "head.weight": np.ones((4, 5), np.float32)},
+         "head.weight take inputs of width 5, but what comes before them gives 3"),
         ({"proj.weight": np.ones((2, 2), np.float32), **rnn}, "proj.weight come before the recurrent layer"),
     ]
     for i, (tensors, msg) in enumerate(cases):
@@ -251,7 +259,8 @@ def test_convert_whole_torch_model_to_onnx(tmp_path):
     torch.manual_seed(0)
     model = Model().eval()
     torch.save(model.state_dict(), tmp_path / "model.pt")
-    assert main(["convert", str(tmp_path / "model.pt"), str(tmp_path / "model.onnx"), "--batch-first", "--last-step"]) == 0
+    assert main(["convert", str(tmp_path / "model.pt"), str(tmp_path / "model.onnx"), "--batch-first",
+                 "--last-step"]) == 0
     x = np.random.default_rng(0).standard_normal((5, 7, 4)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()

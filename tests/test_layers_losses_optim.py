@@ -25,10 +25,14 @@ def test_linear_layernorm_embedding_match_torch(dtype):
     tdt = torch.float64 if dtype == np.float64 else torch.float32
     rng = np.random.default_rng(0)
     for ours, theirs, x in (
-        (Linear(5, 3, dtype=dtype, seed=0), torch.nn.Linear(5, 3, dtype=tdt), rng.standard_normal((4, 2, 5)).astype(dtype)),
-        (Linear(5, 3, bias=False, dtype=dtype, seed=0), torch.nn.Linear(5, 3, bias=False, dtype=tdt), rng.standard_normal((4, 5)).astype(dtype)),
-        (LayerNorm(6, dtype=dtype), torch.nn.LayerNorm(6, dtype=tdt), rng.standard_normal((3, 6)).astype(dtype) * 3 + 1),
-        (LayerNorm((2, 3), eps=1e-3, dtype=dtype), torch.nn.LayerNorm((2, 3), eps=1e-3, dtype=tdt), rng.standard_normal((4, 2, 3)).astype(dtype)),
+        (Linear(5, 3, dtype=dtype, seed=0), torch.nn.Linear(5, 3, dtype=tdt), rng.standard_normal((4, 2,
+                                                                                                   5)).astype(dtype)),
+        (Linear(5, 3, bias=False, dtype=dtype, seed=0), torch.nn.Linear(5, 3, bias=False, dtype=tdt),
+         rng.standard_normal((4, 5)).astype(dtype)),
+        (LayerNorm(6, dtype=dtype), torch.nn.LayerNorm(6, dtype=tdt), rng.standard_normal((3,
+                                                                                           6)).astype(dtype) * 3 + 1),
+        (LayerNorm((2, 3), eps=1e-3, dtype=dtype), torch.nn.LayerNorm((2, 3), eps=1e-3, dtype=tdt),
+         rng.standard_normal((4, 2, 3)).astype(dtype)),
     ):
         sd = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in ours.state_dict().items()}
         ours.load_state_dict(sd)
@@ -74,7 +78,8 @@ def test_dropout_layer():
 @pytest.mark.parametrize("kw", [
     {}, {"reduction": "sum"}, {"reduction": "none"}, {"ignore_index": 1}, {"label_smoothing": 0.2},
     {"weight": True}, {"weight": True, "label_smoothing": 0.1, "ignore_index": 0},
-    {"weight": True, "reduction": "none", "label_smoothing": 0.3}, {"reduction": "sum", "label_smoothing": 0.5, "ignore_index": 2},
+    {"weight": True, "reduction": "none", "label_smoothing": 0.3}, {"reduction": "sum", "label_smoothing": 0.5,
+                                                                    "ignore_index": 2},
 ])
 @pytest.mark.parametrize("shape", [(6, 4), (4,), (3, 4, 5)])
 def test_cross_entropy_matches_torch(kw, shape):
@@ -130,8 +135,10 @@ def test_cross_entropy_gradient_finite_differences():
 
 
 OPTIMS = [
-    (SGD, dict(lr=0.1)), (SGD, dict(lr=0.1, momentum=0.9)), (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
-    (SGD, dict(lr=0.05, momentum=0.5, dampening=0.3)), (Adam, dict(lr=1e-2)), (Adam, dict(lr=1e-2, betas=(0.8, 0.9), weight_decay=0.1)),
+    (SGD, dict(lr=0.1)), (SGD, dict(lr=0.1, momentum=0.9)), (SGD, dict(lr=0.05, momentum=0.9, nesterov=True,
+                                                                       weight_decay=0.01)),
+    (SGD, dict(lr=0.05, momentum=0.5, dampening=0.3)), (Adam, dict(lr=1e-2)), (Adam, dict(lr=1e-2, betas=(0.8, 0.9),
+                                                                                          weight_decay=0.1)),
     (AdamW, dict(lr=1e-2)), (AdamW, dict(lr=3e-3, weight_decay=0.5, eps=1e-6)),
 ]
 
@@ -175,7 +182,8 @@ def test_optimizer_state_dict_round_trip_and_errors():
     bad = opt.state_dict()
     bad["state"][0]["exp_avg"] = np.zeros((2, 2))
     before = opt2.state_dict()
-    with pytest.raises(ValueError, match=re.escape("optimizer state 'exp_avg' of parameter 0 has shape (2, 2), expected (16, 3)")):
+    with pytest.raises(ValueError,
+                       match=re.escape("optimizer state 'exp_avg' of parameter 0 has shape (2, 2), expected (16, 3)")):
         opt2.load_state_dict(bad)
     np.testing.assert_array_equal(opt2.state_dict()["state"][0]["exp_avg"], before["state"][0]["exp_avg"])
     with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
@@ -188,17 +196,23 @@ def test_optimizer_state_dict_round_trip_and_errors():
     (lambda: SGD(nprnn.RNN(2, 2), nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
     (lambda: Adam([]), "optimizer got an empty parameter list"),
     (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 3])), "Target 3 is out of bounds."),
-    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 1]), reduction="avg"), "avg is not a valid value for reduction"),
-    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0.5, 1])), "cross_entropy: target must hold integer class indices"),
-    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 1]), label_smoothing=1.5), "label_smoothing must be between 0.0 and 1.0"),
+    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 1]), reduction="avg"),
+     "avg is not a valid value for reduction"),
+    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0.5, 1])),
+     "cross_entropy: target must hold integer class indices"),
+    (lambda: cross_entropy(np.zeros((2, 3)), np.array([0, 1]), label_smoothing=1.5),
+     "label_smoothing must be between 0.0 and 1.0"),
     (lambda: mse_loss(np.zeros(2), np.zeros(3)), "mse_loss: input and target must have the same shape"),
-    (lambda: Linear(3, 2)(np.zeros((2, 4), np.float32)), "Linear: input.size(-1) must be equal to in_features. Expected 3, got 4"),
+    (lambda: Linear(3, 2)(np.zeros((2, 4), np.float32)),
+     "Linear: input.size(-1) must be equal to in_features. Expected 3, got 4"),
     (lambda: Embedding(3, 2)(np.array([0, 3])), "Embedding: index 3 is out of range for 3 embeddings"),
     (lambda: Embedding(3, 2)(np.array([0.0])), "Embedding: input must be an array of integer indices"),
     (lambda: Embedding(3, 2, padding_idx=3), "Padding_idx must be within num_embeddings"),
     (lambda: Dropout(1.5), "dropout probability has to be between 0 and 1, but got 1.5"),
-    (lambda: LayerNorm(4)(np.zeros((2, 3), np.float32)), "Given normalized_shape=[4], expected input with shape [*, 4]"),
-    (lambda: Linear(3, 2).backward(np.zeros((1, 2), np.float32)), "Linear.backward() needs a forward pass in training mode first"),
+    (lambda: LayerNorm(4)(np.zeros((2, 3), np.float32)),
+     "Given normalized_shape=[4], expected input with shape [*, 4]"),
+    (lambda: Linear(3, 2).backward(np.zeros((1, 2), np.float32)),
+     "Linear.backward() needs a forward pass in training mode first"),
 ])
 def test_errors(call, msg):
     with pytest.raises((ValueError, TypeError, RuntimeError, IndexError, AssertionError), match=re.escape(msg)):
@@ -234,7 +248,8 @@ class Seq2(nprnn.Module):
 def test_composition_names_and_recursion():
     m = Seq2()
     names = list(m.state_dict())
-    assert names == ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0", "head.weight", "head.bias"]
+    assert names == ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0", "head.weight",
+                     "head.bias"]
     assert list(m.grads) == names
     m.eval()
     assert not m.rnn.training and not m.head.training
@@ -334,7 +349,8 @@ def test_parameter_groups_match_torch(name):
         for k, v in mod.state_dict().items():
             np.testing.assert_allclose(v, getattr(tmod, k).detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
     sd = opt.state_dict()
-    assert [len(g["params"]) for g in sd["param_groups"]] == [len(g["params"]) for g in t_opt.state_dict()["param_groups"]]
+    theirs = t_opt.state_dict()["param_groups"]
+    assert [len(g["params"]) for g in sd["param_groups"]] == [len(g["params"]) for g in theirs]
     assert [g["lr"] for g in sd["param_groups"]] == [g["lr"] for g in t_opt.param_groups]
     again = getattr(nprnn.optim, name)(groups(rnn.parameters(), head.parameters()), lr=0.3)
     again.load_state_dict(sd)
@@ -359,7 +375,8 @@ def test_optimizer_state_dict_hyper_parameters_checked_before_loading(key, value
 
 
 @pytest.mark.parametrize("mutate,msg", [
-    (lambda sd: sd["param_groups"][0].pop("params"), "'param_groups' must be a list of dicts, each with a 'params' list"),
+    (lambda sd: sd["param_groups"][0].pop("params"),
+     "'param_groups' must be a list of dicts, each with a 'params' list"),
     (lambda sd: sd.update(param_groups="x"), "'param_groups' must be a list of dicts"),
     (lambda sd: sd["state"].update({"x": {}}), "state key 'x' is not a parameter index"),
     (lambda sd: sd["state"][0].update(exp_aog=sd["state"][0]["exp_avg"]),

@@ -1,7 +1,6 @@
 """Live parity with PyTorch on seeded random configurations (skipped without PyTorch)."""
 import numpy as np
 import pytest
-
 from reference import compare, make_inputs, random_config, random_packed_config, run_nprnn, run_torch
 
 pytestmark = pytest.mark.torch

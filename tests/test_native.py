@@ -12,12 +12,12 @@ import sys
 
 import numpy as np
 import pytest
+from reference import CELLS, make_inputs, random_config, random_packed_config, run_nprnn, tolerances
 
 import nprnn
 from nprnn import threads
 from nprnn.functional import native
 from nprnn.optim import SGD
-from reference import CELLS, make_inputs, random_config, random_packed_config, run_nprnn, tolerances
 
 needs_native = pytest.mark.skipif(native._native is None, reason="the compiled kernels are not built")
 
@@ -62,7 +62,8 @@ CONFIGS += [random_packed_config(np.random.default_rng(8000 + i)) for i in range
 
 
 @needs_native
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{i}-{c['kind']}-{c.get('mode', 'padded')}" for i, c in enumerate(CONFIGS)])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{i}-{c['kind']}-{c.get('mode', 'padded')}" for i,
+                                              c in enumerate(CONFIGS)])
 def test_tiers_agree(cfg, tier):
     """Forward, backward and every parameter gradient: native == NumPy to rounding."""
     case = make_inputs(cfg)

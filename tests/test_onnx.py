@@ -22,9 +22,12 @@ def session(model):
 
 
 EXPORTS = [
-    (nprnn.RNN, {}), (nprnn.RNN, {"nonlinearity": "relu", "num_layers": 2}), (nprnn.RNN, {"bidirectional": True, "bias": False}),
-    (nprnn.GRU, {}), (nprnn.GRU, {"num_layers": 3, "bidirectional": True}), (nprnn.GRU, {"batch_first": True, "bias": False}),
-    (nprnn.LSTM, {}), (nprnn.LSTM, {"num_layers": 2, "bidirectional": True, "batch_first": True}), (nprnn.LSTM, {"bias": False}),
+    (nprnn.RNN, {}), (nprnn.RNN, {"nonlinearity": "relu", "num_layers": 2}), (nprnn.RNN, {"bidirectional": True,
+                                                                                          "bias": False}),
+    (nprnn.GRU, {}), (nprnn.GRU, {"num_layers": 3, "bidirectional": True}), (nprnn.GRU, {"batch_first": True,
+                                                                                         "bias": False}),
+    (nprnn.LSTM, {}), (nprnn.LSTM, {"num_layers": 2, "bidirectional": True, "batch_first": True}), (nprnn.LSTM,
+                                                                                                    {"bias": False}),
 ]
 
 
@@ -73,7 +76,8 @@ def test_export_refusals(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("cls,kw", [(nprnn.GRU, {}), (nprnn.LSTM, {"bidirectional": True}), (nprnn.RNN, {"nonlinearity": "relu"}),
+@pytest.mark.parametrize("cls,kw", [(nprnn.GRU, {}), (nprnn.LSTM, {"bidirectional": True}), (nprnn.RNN,
+                                                                                             {"nonlinearity": "relu"}),
                                     (nprnn.LSTM, {"batch_first": True})])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_export_import_round_trip(cls, kw, dtype, tmp_path):
@@ -191,7 +195,8 @@ def test_import_variants_match_onnxruntime(op, attrs, peep):
 
 def test_import_refusals():
     W, R = np.zeros((1, 12, 3), np.float32), np.zeros((1, 12, 4), np.float32)
-    for attrs, msg in (({"activations": ["HardSigmoid", "Tanh", "Tanh"]}, "activations"), ({"activation_alpha": [0.5]}, "activation_alpha")):
+    for attrs, msg in (({"activations": ["HardSigmoid", "Tanh", "Tanh"]}, "activations"), ({"activation_alpha": [0.5]},
+                                                                                           "activation_alpha")):
         node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=3, **attrs)
         with pytest.raises(ValueError, match=msg):
             module_from_node(node, np.zeros((1, 12, 3), np.float32), np.zeros((1, 12, 3), np.float32))
@@ -229,12 +234,14 @@ def _lstm_graph(attrs=None, B=None, P=None, domain=""):
 
 @pytest.mark.parametrize("model,msg", [
     (_lstm_graph({"sideways": 1}), r"attribute\(s\) \['sideways'\] are not attributes of the ONNX LSTM operator"),
-    (_lstm_graph({"direction": "sideways"}), "direction must be 'forward', 'reverse' or 'bidirectional', got 'sideways'"),
+    (_lstm_graph({"direction": "sideways"}),
+     "direction must be 'forward', 'reverse' or 'bidirectional', got 'sideways'"),
     (_lstm_graph({"layout": 2}), "layout must be 0 or 1, got 2"),
     (_lstm_graph({"input_forget": 3}), "input_forget must be 0 or 1, got 3"),
     (_lstm_graph({"clip": -1.0}), "clip must be a positive float, got -1.0"),
     (_lstm_graph({"activations": ["Sigmoid", "Tanh"]}), "activations must name 3 function"),
-    (_lstm_graph(B=np.zeros(24, np.float32)), r"B must have shape \(1, 24\) \(\[W_b, R_b\] per direction\), got \(24,\)"),
+    (_lstm_graph(B=np.zeros(24, np.float32)),
+     r"B must have shape \(1, 24\) \(\[W_b, R_b\] per direction\), got \(24,\)"),
     (_lstm_graph(P=np.zeros((1, 4), np.float32)), r"P must have shape \(1, 9\)"),
     (_lstm_graph(domain="com.example"), "in domain 'com.example' is not supported"),
 ], ids=["attribute", "direction", "layout", "input_forget", "clip", "activations", "B-1d", "P-shape", "domain"])
@@ -254,7 +261,8 @@ def test_generic_nodes_are_checked_and_their_failures_named():
     attrs = model.graph.node[0].attribute  # the graph holds its own copy of the node
     del attrs[[a.name for a in attrs].index("foo")]
     g = import_onnx(model)
-    with pytest.raises(ValueError, match=r"ONNX node 't1' \(Transpose\) cannot run on inputs of shapes \[\(2, 3, 4\)\]"):
+    with pytest.raises(ValueError,
+                       match=r"ONNX node 't1' \(Transpose\) cannot run on inputs of shapes \[\(2, 3, 4\)\]"):
         g(np.zeros((2, 3, 4), np.float32))
 
 

@@ -231,7 +231,8 @@ def test_sequential_lstm_with_head_runs_in_onnxruntime(tmp_path):
 
 
 def test_sequential_embedding_activations_and_lengths(tmp_path):
-    model = nprnn.Sequential(nprnn.Embedding(10, 4, seed=0), nprnn.GRU(4, 6, batch_first=True, bidirectional=True, seed=1),
+    model = nprnn.Sequential(nprnn.Embedding(10, 4, seed=0), nprnn.GRU(4, 6, batch_first=True, bidirectional=True,
+                                                                       seed=1),
                              nprnn.LastStep(batch_first=True), nprnn.Linear(12, 7, seed=2), nprnn.Tanh(),
                              nprnn.Linear(7, 5, seed=3), nprnn.ReLU(), nprnn.Sigmoid(), nprnn.LogSoftmax(dim=-1)).eval()
 
@@ -306,7 +307,8 @@ def test_foreign_scan_is_refused():
                              "b", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("s", "x")],
                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("s2", "y")])
     node = helper.make_node("Scan", ["s0", "X"], ["S", "Y"], body=body, num_scan_inputs=1)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s0", "X")],
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s0",
+                                                                                                                "X")],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     with pytest.raises(ValueError, match="ONNX operator Scan .* unless it is the LSTM-with-projection step"):
         import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))

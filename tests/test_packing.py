@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 
 import nprnn
-from nprnn.utils.rnn import (PackedSequence, invert_permutation, pack_padded_sequence, pack_sequence,
-                             pad_packed_sequence, pad_sequence, unpack_sequence, unpad_sequence)
+from nprnn.utils.rnn import (
+    PackedSequence,
+    invert_permutation,
+    pack_padded_sequence,
+    pack_sequence,
+    pad_packed_sequence,
+    pad_sequence,
+    unpack_sequence,
+    unpad_sequence,
+)
 
 
 def rand_lengths(rng, B, L):
@@ -153,7 +161,8 @@ ERRORS = [
      "unpad_sequence(): argument 'batch_first' must be bool, not str"),
     (lambda: nprnn.GRU(2, 3)(pack_sequence([np.zeros((2, 2), np.float32)]), lengths=[2]), ValueError,
      "GRU: lengths= is for padded input; a PackedSequence carries its own lengths"),
-    (lambda: nprnn.LSTM(2, 3)(pack_sequence([np.zeros((2, 2), np.float32)] * 2), (np.zeros((1, 3, 3), np.float32),) * 2),
+    (lambda: nprnn.LSTM(2, 3)(pack_sequence([np.zeros((2, 2), np.float32)] * 2), (np.zeros((1, 3, 3), np.float32),
+                                                                                  ) * 2),
      RuntimeError, "Expected hidden[0] size (1, 2, 3), got [1, 3, 3]"),
 ]
 
@@ -193,7 +202,8 @@ def test_utilities_equal_torch():
         lengths = rand_lengths(rng, B, L)
         x = rng.standard_normal((B, L, 2) if bf else (L, B, 2))
         p = pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=False)
-        pt = tr.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths), batch_first=bf, enforce_sorted=False)
+        pt = tr.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths), batch_first=bf,
+                                     enforce_sorted=False)
         for ours, theirs in zip(p, pt):
             np.testing.assert_array_equal(ours, theirs.numpy())
         total = L + int(rng.integers(0, 3))
@@ -205,7 +215,8 @@ def test_utilities_equal_torch():
         side = str(rng.choice(["left", "right"]))
         np.testing.assert_array_equal(pad_sequence(seqs, bf, 0.5, side),
                                       tr.pad_sequence([torch.from_numpy(s) for s in seqs], bf, 0.5, side).numpy())
-        ps, pst = pack_sequence(seqs, enforce_sorted=False), tr.pack_sequence([torch.from_numpy(s) for s in seqs], enforce_sorted=False)
+        ps, pst = pack_sequence(seqs, enforce_sorted=False), tr.pack_sequence([torch.from_numpy(s) for s in seqs],
+                                                                              enforce_sorted=False)
         np.testing.assert_array_equal(ps.data, pst.data.numpy())
         for a, b in zip(unpack_sequence(ps), tr.unpack_sequence(pst)):
             np.testing.assert_array_equal(a, b.numpy())

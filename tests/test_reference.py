@@ -13,10 +13,10 @@ LAYER = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {"no
          "lstm": ("LSTM", {}), "gru": ("GRU", {})}
 
 
-def _params(mode, I, H, P, bias, rng):
+def _params(mode, n_in, H, P, bias, rng):
     G = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[mode]
     Hout = P or H
-    p = {"weight_ih": rng.standard_normal((G * H, I)) * 0.5, "weight_hh": rng.standard_normal((G * H, Hout)) * 0.5}
+    p = {"weight_ih": rng.standard_normal((G * H, n_in)) * 0.5, "weight_hh": rng.standard_normal((G * H, Hout)) * 0.5}
     if bias:
         p["bias_ih"], p["bias_hh"] = rng.standard_normal(G * H) * 0.3, rng.standard_normal(G * H) * 0.3
     if P:
@@ -33,9 +33,9 @@ def _state(mode, N, H, P, rng):
 @pytest.mark.parametrize("mode,kw", MODES, ids=IDS)
 def test_reference_step_gradients_equal_finite_differences(mode, kw, bias):
     rng = np.random.default_rng(0)
-    N, I, H, P = 3, 4, 5, kw.get("proj_size", 0)
-    p = _params(mode, I, H, P, bias, rng)
-    x, state = rng.standard_normal((N, I)), _state(mode, N, H, P, rng)
+    N, n_in, H, P = 3, 4, 5, kw.get("proj_size", 0)
+    p = _params(mode, n_in, H, P, bias, rng)
+    x, state = rng.standard_normal((N, n_in)), _state(mode, N, H, P, rng)
     weights = [rng.standard_normal(s.shape) for s in ref.STEPS[mode][0](x, state, p)[0]]
     forward, backward = ref.STEPS[mode]
 
@@ -81,12 +81,12 @@ def test_fast_kernels_equal_the_reference_step_by_step(mode, kw, bias, tier):
     """A one-layer nprnn layer against the reference loop: each step's output, the final
     state, and every gradient (input, initial state, weights), in float64."""
     rng = np.random.default_rng(1)
-    T, N, I, H, P = 6, 4, 3, 5, kw.get("proj_size", 0)
+    T, N, n_in, H, P = 6, 4, 3, 5, kw.get("proj_size", 0)
     name, extra = LAYER[mode]
-    layer = getattr(nprnn, name)(I, H, bias=bias, dtype=np.float64, **extra, **kw)
-    p = _params(mode, I, H, P, bias, rng)
+    layer = getattr(nprnn, name)(n_in, H, bias=bias, dtype=np.float64, **extra, **kw)
+    p = _params(mode, n_in, H, P, bias, rng)
     layer.load_state_dict({k + "_l0": v for k, v in p.items()})
-    x, state = rng.standard_normal((T, N, I)), _state(mode, N, H, P, rng)
+    x, state = rng.standard_normal((T, N, n_in)), _state(mode, N, H, P, rng)
     hx = tuple(s[None] for s in state) if mode == "lstm" else state[0][None]
     out, final = layer(x, hx)
     want_out, want_final, caches = ref.scan_forward(mode, x, state, p)
@@ -110,12 +110,12 @@ def test_fast_kernels_equal_the_reference_step_by_step(mode, kw, bias, tier):
 @pytest.mark.parametrize("mode", ["rnn_tanh", "lstm", "gru"])
 def test_cells_equal_the_reference_step(mode, tier):
     rng = np.random.default_rng(2)
-    N, I, H = 3, 4, 5
+    N, n_in, H = 3, 4, 5
     name = {"rnn_tanh": "RNNCell", "lstm": "LSTMCell", "gru": "GRUCell"}[mode]
-    cell = getattr(nprnn, name)(I, H, dtype=np.float64)
-    p = _params(mode, I, H, 0, True, rng)
+    cell = getattr(nprnn, name)(n_in, H, dtype=np.float64)
+    p = _params(mode, n_in, H, 0, True, rng)
     cell.load_state_dict(p)
-    x, state = rng.standard_normal((N, I)), _state(mode, N, H, 0, rng)
+    x, state = rng.standard_normal((N, n_in)), _state(mode, N, H, 0, rng)
     got = cell(x, state if mode == "lstm" else state[0])
     want, cache = ref.STEPS[mode][0](x, state, p)
     for g, w in zip(got if isinstance(got, tuple) else (got,), want):

@@ -108,7 +108,8 @@ def test_dask_local_cluster_scores_and_trains_as_one_process():
                              Linear(16, 3, seed=1))
     batches = [rng.standard_normal((5, 12, 4)).astype(np.float32) for _ in range(4)]
     serial = [run(model, b) for b in batches]
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         client.register_plugin(dask_worker_setup())
         assert set(client.run(_threads_in_worker, 0).values()) == {1}  # one nprnn thread a worker

@@ -8,10 +8,10 @@ import threading
 
 import numpy as np
 import pytest
+from reference import LAYERS, compare, concurrent_config, make_inputs, run_nprnn, run_torch
 
 import nprnn
 from nprnn import threads
-from reference import LAYERS, compare, concurrent_config, make_inputs, run_nprnn, run_torch
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,8 @@ CONFIGS = [concurrent_config(np.random.default_rng(9000 + i), packed=i % 2 == 1)
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{i}-{c['kind']}-{c.get('mode', 'padded')}" for i, c in enumerate(CONFIGS)])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{i}-{c['kind']}-{c.get('mode', 'padded')}" for i,
+                                              c in enumerate(CONFIGS)])
 def test_side_by_side_matches_torch(cfg, side_by_side):
     case = make_inputs(cfg)
     got = run_nprnn(cfg, case)

@@ -125,7 +125,8 @@ def test_checkpoint_round_trip_and_untouched_on_error(tmp_path):
         np.testing.assert_array_equal(a, b)
     # wrong dtype
     m4 = CharLM(10, embed_dim=4, hidden_size=6, dtype=np.float64, seed=2)
-    with pytest.raises(RuntimeError, match=r"dtype mismatch for embed\.weight: the file has float32, the model has float64"):
+    with pytest.raises(RuntimeError,
+                       match=r"dtype mismatch for embed\.weight: the file has float32, the model has float64"):
         load_checkpoint(path, m4)
     # an optimizer of another kind: nothing changes, the model included
     m5, _ = _small(seed=4)
@@ -238,16 +239,18 @@ def test_default_training_beats_the_unigram_baseline(tmp_path):
     (lambda meta: meta.update(extra=[1]), "'extra' must be a JSON object, got list"),
     (lambda meta: meta["optimizer"].pop("param_groups"), "the checkpoint's optimizer header is malformed"),
     (lambda meta: meta["optimizer"].update(scalars={"x": {}}), "the checkpoint's optimizer state is malformed"),
-    (lambda meta: meta["optimizer"]["param_groups"][0].update(betas=[0.9]), "param_groups[0]['betas'] must be 2 numbers"),
-    (lambda meta: meta["optimizer"].update(param_groups=[{"params": []}] * 2), "a different number of parameter groups"),
+    (lambda meta: meta["optimizer"]["param_groups"][0].update(betas=[0.9]),
+     "param_groups[0]['betas'] must be 2 numbers"),
+    (lambda meta: meta["optimizer"].update(param_groups=[{"params": []}] * 2),
+     "a different number of parameter groups"),
 ])
 def test_checkpoint_header_checked_before_anything_changes(change, msg, tmp_path):
     """A header that lacks or garbles a field is refused, and model, optimizer and
     generators stay as they were (before, a missing 'step' raised KeyError after applying)."""
     import json
 
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     m, opt = _small()
     for g in m.grads.values():

@@ -35,7 +35,8 @@ CONSTRUCTOR = [
      "Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'."),
     (lambda: nprnn.RNNCell(5, 6, nonlinearity="sigmoid"), ValueError,
      "Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'."),
-    (lambda: nprnn.LSTM(5, 6, dtype=np.float16), TypeError, "dtype must be numpy.float32 or numpy.float64, got float16"),
+    (lambda: nprnn.LSTM(5, 6, dtype=np.float16), TypeError,
+     "dtype must be numpy.float32 or numpy.float64, got float16"),
     (lambda: nprnn.LSTMCell(5, 6, dtype="int32"), TypeError, "dtype must be numpy.float32 or numpy.float64, got int32"),
     (lambda: nprnn.GRU(5, 6, seed="x"), TypeError, "seed should be None, an int or a numpy.random.Generator, got: str"),
     (lambda: nprnn.GRUCell(5, -1), ValueError, "hidden_size must be greater than zero"),
@@ -65,14 +66,16 @@ FORWARD = [
     (lambda: lstm(rnd(3, 2, 5), (rnd(2, 2, 6), rnd(2, 2, 7))), RuntimeError,
      "Expected hidden[1] size (2, 2, 6), got [2, 2, 7]"),
     (lambda: lstm(rnd(3, 2, 5), rnd(2, 2, 6)), TypeError, "LSTM: hx must be a tuple (h_0, c_0) of two arrays"),
-    (lambda: lstm(rnd(3, 2, 5), (rnd(2, 2, 6),)), TypeError, "LSTM: hx must be a tuple (h_0, c_0) of two arrays, got tuple of length 1"),
+    (lambda: lstm(rnd(3, 2, 5), (rnd(2, 2, 6),)), TypeError,
+     "LSTM: hx must be a tuple (h_0, c_0) of two arrays, got tuple of length 1"),
     (lambda: gru(rnd(0, 2, 5)), RuntimeError, "Expected sequence length to be larger than 0 in RNN"),
     (lambda: lstm(rnd(3, 2, 5, dtype=np.float64)), ValueError,
      "LSTM input dtype (float64) does not match weight dtype (float32)"),
     (lambda: lstm64(rnd(3, 2, 5)), ValueError, "LSTM input dtype (float32) does not match weight dtype (float64)"),
     (lambda: lstm(rnd(3, 2, 5), (rnd(2, 2, 6, dtype=np.float64), rnd(2, 2, 6))), ValueError,
      "LSTM hx dtype (float64) does not match weight dtype (float32)"),
-    (lambda: gru(np.ones((3, 2, 5), np.int64)), TypeError, "GRU: input must be a floating-point array of dtype float32, got dtype int64"),
+    (lambda: gru(np.ones((3, 2, 5), np.int64)), TypeError,
+     "GRU: input must be a floating-point array of dtype float32, got dtype int64"),
     (lambda: gru([["a"] * 5] * 3), TypeError, "GRU: input must be an array of numbers"),
 ]
 
@@ -90,8 +93,10 @@ CELLS = [
     (lambda: nprnn.LSTMCell(5, 6)(rnd(3, 5), (rnd(3, 6), rnd(3, 7))), RuntimeError,
      "hidden1 has inconsistent hidden_size: got 7, expected 6"),
     (lambda: nprnn.LSTMCell(5, 6)(rnd(3, 5), (rnd(3, 6),)), RuntimeError, "lstm_cell expects two hidden states"),
-    (lambda: nprnn.GRUCell(5, 6)(rnd(5), rnd(1, 6)), ValueError, "GRUCell: Expected hidden to be 1D for 1D input, got 2D instead"),
-    (lambda: nprnn.GRUCell(5, 6)(rnd(2, 5, dtype=np.float64)), ValueError, "GRUCell input dtype (float64) does not match"),
+    (lambda: nprnn.GRUCell(5, 6)(rnd(5), rnd(1, 6)), ValueError,
+     "GRUCell: Expected hidden to be 1D for 1D input, got 2D instead"),
+    (lambda: nprnn.GRUCell(5, 6)(rnd(2, 5, dtype=np.float64)), ValueError,
+     "GRUCell input dtype (float64) does not match"),
 ]
 
 
@@ -239,7 +244,9 @@ class TestStateDict:
 
     def test_parameter_assignment_shape(self):
         m = nprnn.RNN(2, 3)
-        with pytest.raises(ValueError, match=re.escape("cannot assign an array of shape (3, 3) to parameter 'weight_ih_l0' of shape (3, 2)")):
+        with pytest.raises(ValueError,
+                           match=re.escape("cannot assign an array of shape (3, 3) to parameter 'weight_ih_l0' of "
+                                           "shape (3, 2)")):
             m.weight_ih_l0 = np.zeros((3, 3))
 
     @pytest.mark.torch

@@ -1,7 +1,9 @@
 """nprnn: PyTorch's recurrent layers written from first principles on NumPy."""
 from . import config, losses, optim, utils
+from .activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .cells import GRUCell, LSTMCell, RNNCell
 from .functional.native import backend, set_backend
+from .layers import Dropout, Embedding, LayerNorm, Linear
 from .module import Module, writable
 from .packing import (
     PackedSequence,
@@ -13,8 +15,6 @@ from .packing import (
     unpad_sequence,
 )
 from .recurrent import GRU, LSTM, RNN, RNNBase
-from .activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from .layers import Dropout, Embedding, LayerNorm, Linear
 from .sequential import LastStep, Sequential
 from .threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
 

@@ -66,7 +66,8 @@ def as_array(value, name: str, dtype: np.dtype, owner: str) -> np.ndarray:
         except Exception as exc:
             raise TypeError(f"{owner}: {name} must be an array of numbers, got {type(value).__name__}") from exc
         if arr.dtype.kind not in "fiub":
-            raise TypeError(f"{owner}: {name} must be an array of numbers, got {type(value).__name__} of dtype {arr.dtype}")
+            raise TypeError(f"{owner}: {name} must be an array of numbers, got {type(value).__name__} of dtype "
+                            f"{arr.dtype}")
         if hasattr(value, "dtype") and arr.dtype.kind == "f" and arr.dtype != dtype:
             raise mismatch(arr.dtype)  # a typed array-like (e.g. a tensor) of the other precision
         arr = arr.astype(dtype)

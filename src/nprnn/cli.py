@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 _FMT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help shows its default
 
 

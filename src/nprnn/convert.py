@@ -24,7 +24,8 @@ from .layers import Embedding, Linear
 from .recurrent import GRU, LSTM, RNN
 from .serialization import format_of, read_tensors, write_tensors
 
-_KEY = re.compile(r"^(?P<prefix>.*?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
+_KEY = re.compile(r"^(?P<prefix>.*?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+                  r"_l(?P<layer>\d+)(?P<rev>_reverse)?$")
 
 
 def infer_config(tensors: dict, prefix: str | None = None) -> dict:
@@ -37,7 +38,8 @@ def infer_config(tensors: dict, prefix: str | None = None) -> dict:
     if prefix is None:
         if len(groups) != 1:
             found = sorted(groups) if groups else "none"
-            raise ValueError(f"expected the weights of one recurrent layer, found prefixes {found}: pick one with --prefix")
+            raise ValueError(f"expected the weights of one recurrent layer, found prefixes {found}: pick one with "
+                             "--prefix")
         prefix = next(iter(groups))
     if prefix not in groups:
         raise ValueError(f"no recurrent weights under prefix {prefix!r}; found {sorted(groups)}")
@@ -107,7 +109,8 @@ def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh"
         else:
             leaves = {k.rpartition(".")[2]: np.asarray(tensors[k]) for k in keys}
             W, b = leaves.get("weight"), leaves.get("bias")
-            if set(leaves) - {"weight", "bias"} or W is None or W.ndim != 2 or (b is not None and b.shape != W.shape[:1]):
+            if set(leaves) - {"weight",
+                              "bias"} or W is None or W.ndim != 2 or (b is not None and b.shape != W.shape[:1]):
                 unplaced += keys
                 continue
             name = prefix
@@ -169,7 +172,8 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
         module = import_onnx(os.fspath(src))
         left = getattr(module, "unplaced_constants", lambda: [])()
         if left:
-            raise ValueError(f"convert: {os.fspath(src)} holds weights that are no layer's (constants {', '.join(left)} "
+            raise ValueError(f"convert: {os.fspath(src)} holds weights that are no layer's "
+                             f"(constants {', '.join(left)} "
                              "feed its other nodes); they would be lost, so nothing is written")
         tensors = dict(module.state_dict())
     else:
@@ -199,7 +203,8 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
                 log("model: " + " -> ".join(f"{k}: {type(m).__name__}" for k, m in module._modules.items()))
         export(module, dst)
     elif dst_fmt == "torch":
-        raise ValueError("writing .pt needs PyTorch; write .safetensors (PyTorch reads it with safetensors.torch.load_file)")
+        raise ValueError("writing .pt needs PyTorch; write .safetensors (PyTorch reads it with "
+                         "safetensors.torch.load_file)")
     else:
         write_tensors(dst, tensors)
     log(f"wrote {dst} ({dst_fmt})")

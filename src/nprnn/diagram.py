@@ -93,13 +93,15 @@ def unrolled(module, seq_len: int, path: str) -> None:
             shared = is_final and layer == last_layer
             fc = "#e05555" if shared else "white"
             ax.add_patch(FancyBboxPatch((x, yy), cw, ch, boxstyle="round,pad=0.02,rounding_size=0.08",
-                                        fc=fc, ec="#c62828" if is_final else "0.35", lw=2.2 if is_final else 1.0, zorder=2))
+                                        fc=fc, ec="#c62828" if is_final else "0.35", lw=2.2 if is_final else 1.0,
+                                        zorder=2))
             ax.text(x + cw / 2, yy + ch / 2, f"{kind.lower()} t={t}", ha="center", va="center", fontsize=8,
                     color="white" if shared else "black", zorder=3)
             if is_final:
                 idx = layer * D + d
                 tag = f"h_n[{idx}]" + (f", c_n[{idx}]" if kind == "LSTM" else "")
-                ax.text(x + cw / 2, yy + ch + 0.05, tag, ha="center", va="bottom", fontsize=7, color="#c62828", zorder=3)
+                ax.text(x + cw / 2, yy + ch + 0.05, tag, ha="center", va="bottom", fontsize=7, color="#c62828",
+                        zorder=3)
         # recurrence arrows
         for a, b in zip(steps[:-1], steps[1:]):
             xa, xb = x_of[a] + cw, x_of[b]
@@ -121,7 +123,8 @@ def unrolled(module, seq_len: int, path: str) -> None:
                 continue
             ys = [y_of[r] for r in drawn if r[0] == layer]
             if prev_y is not None:
-                ax.annotate("", xy=(x, min(ys)), xytext=(x, prev_y), arrowprops=dict(arrowstyle="->", color="#777777", lw=0.9))
+                arrow = dict(arrowstyle="->", color="#777777", lw=0.9)
+                ax.annotate("", xy=(x, min(ys)), xytext=(x, prev_y), arrowprops=arrow)
             prev_y = max(ys) + ch
     ax.set_xlim(0, width)
     ax.set_ylim(0, top_y + 0.9)

@@ -36,7 +36,8 @@ def equations(module) -> list:
 
     kind = _kind(module)
     if kind == "RNN":
-        return [e.replace("tanh(", f"{module.nonlinearity}(", 1) for e in reference.equations(reference.rnn_step_forward)]
+        return [e.replace("tanh(", f"{module.nonlinearity}(",
+                          1) for e in reference.equations(reference.rnn_step_forward)]
     if kind == "GRU":
         return reference.equations(reference.gru_step_forward)
     eqs = []
@@ -74,7 +75,8 @@ def _describe(module, name, shape) -> str:
     if name.startswith("weight_hh"):
         return f"hidden-to-hidden weights of {where}; {rows}; {shape[1]} = {h_out}"
     if name.startswith("weight_hr"):
-        return f"projection of {where}: h_t = (o_t * tanh(c_t)) @ weight_hr.T; {shape[0]} = proj_size, {shape[1]} = hidden_size"
+        return (f"projection of {where}: h_t = (o_t * tanh(c_t)) @ weight_hr.T; {shape[0]} = proj_size, "
+                f"{shape[1]} = hidden_size")
     side = "input" if parts[1] == "ih" else "hidden"
     return f"{side}-side bias of {where}; {rows}"
 
@@ -152,10 +154,12 @@ def identities(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False
           "h_n holds one state per layer and direction at the last step, whatever the sequence length")
     if kind == "LSTM":
         claim("c_n has a slice in output", False,
-              any(np.array_equal(step(t)[..., : min(P, state[1].shape[-1])], state[1][-1][..., :P]) for t in range(seq_len)),
+              any(np.array_equal(step(t)[..., : min(P, state[1].shape[-1])], state[1][-1][...,
+                                                                                          :P]) for t in range(seq_len)),
               "output is built from h_t; the cell state c_t never leaves the cell except as c_n")
         if module.proj_size:
-            claim(f"h_n's last dimension is proj_size={module.proj_size}, c_n's is hidden_size={module.hidden_size}", True,
+            claim(f"h_n's last dimension is proj_size={module.proj_size}, c_n's is hidden_size={module.hidden_size}",
+                  True,
                   h_n.shape[-1] == module.proj_size and state[1].shape[-1] == module.hidden_size,
                   "the projection shrinks h_t (and so output and h_n) but not the cell state")
     return res
@@ -174,7 +178,8 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
     if kind == "RNN":
         config["nonlinearity"] = module.nonlinearity
     return {"schema": SCHEMA_VERSION, "layer": kind, "config": config, "parameters": params,
-            "total_parameters": int(sum(p["count"] for p in params)), "shapes": shapes(module, batch, seq_len, unbatched),
+            "total_parameters": int(sum(p["count"] for p in params)),
+            "shapes": shapes(module, batch, seq_len, unbatched),
             "equations": equations(module), "identities": identities(module, batch, seq_len, unbatched, seed)}
 
 

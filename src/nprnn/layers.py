@@ -41,7 +41,8 @@ class Linear(Module):
         self.dtype = resolve_dtype(dtype)
         rng = resolve_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
-        self.register_parameter("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype))
+        self.register_parameter("weight", rng.uniform(-bound, bound, (self.out_features,
+                                                                      self.in_features)).astype(self.dtype))
         if bias:
             self.register_parameter("bias", rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype))
         self._record = None

@@ -191,7 +191,8 @@ class Optimizer:
                     continue
                 if arr.shape != self.params[k].shape:
                     raise ValueError(
-                        f"optimizer state '{name}' of parameter {k} has shape {arr.shape}, expected {self.params[k].shape}"
+                        f"optimizer state '{name}' of parameter {k} has shape {arr.shape}, expected "
+                        f"{self.params[k].shape}"
                     )
                 new_state[k][name] = np.array(arr, copy=True)
         options = [self._group_options(g, i, mine) for i, (g, mine) in enumerate(zip(groups, self.param_groups))]

@@ -12,10 +12,9 @@ caller's arrays.
 """
 from __future__ import annotations
 
+import numbers
 from collections import namedtuple
 from collections.abc import Iterable
-
-import numbers
 
 import numpy as np
 
@@ -107,13 +106,15 @@ def _check_lengths(lengths, batch_size: int, max_len: int, enforce_sorted: bool)
         raise TypeError(f"'lengths' argument should be a 1-D array of integers, got {type(lengths).__name__}") from exc
     if lengths.ndim != 1:
         raise RuntimeError(f"'lengths' argument should be a 1D array of integers, but got {lengths.ndim}D array")
-    if lengths.dtype.kind == "f" and lengths.size and np.all(np.isfinite(lengths)) and np.all(lengths == np.round(lengths)):
+    whole = lengths.size and np.all(np.isfinite(lengths)) and np.all(lengths == np.round(lengths))
+    if lengths.dtype.kind == "f" and whole:
         lengths = lengths.astype(np.int64)
     if lengths.size and lengths.dtype.kind not in "iu":
         raise TypeError(f"'lengths' argument should be a 1-D array of integers, got dtype {lengths.dtype}")
     lengths = lengths.astype(np.int64)
     if lengths.size != batch_size:
-        raise RuntimeError(f"Expected `len(lengths)` to be equal to batch_size, but got {lengths.size} (batch_size={batch_size})")
+        raise RuntimeError(f"Expected `len(lengths)` to be equal to batch_size, but got {lengths.size} "
+                           f"(batch_size={batch_size})")
     if lengths.size and lengths.min() <= 0:
         raise RuntimeError(
             "Length of all samples has to be greater than 0, but found an element in 'lengths' that is <= 0"

@@ -10,12 +10,12 @@ import warnings
 
 import numpy as np
 
+from . import threads
 from ._checks import as_array, check_bool, check_dropout, check_int, check_nonlinearity
+from .config import settings
 from .functional import KINDS, alloc_blocks, direction_backward, direction_forward, native
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
-from . import threads
-from .config import settings
 from .threads import run_pipeline, run_side_by_side, side_by_side_pays
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
@@ -223,7 +223,8 @@ class RNNBase(Module):
         """
         if isinstance(input, PackedSequence):
             if lengths is not None:
-                raise ValueError(f"{self._label}: lengths= is for padded input; a PackedSequence carries its own lengths")
+                raise ValueError(f"{self._label}: lengths= is for padded input; a PackedSequence carries its own "
+                                 "lengths")
             return self._forward_packed(input, hx)
         input = self._check_input(input)
         batched = input.ndim == 3
@@ -273,7 +274,8 @@ class RNNBase(Module):
                 b1 < b2 for b1, b2 in zip(batch_sizes, batch_sizes[1:])) or batch_sizes[-1] <= 0:
             raise ValueError(
                 f"{self._label}: batch_sizes {batch_sizes} do not describe a packed batch of {x.shape[0]} rows "
-                "(they must be positive, non-increasing and sum to len(data)); make PackedSequences with pack_padded_sequence"
+                "(they must be positive, non-increasing and sum to len(data)); make PackedSequences with "
+                "pack_padded_sequence"
             )
         N = batch_sizes[0]
         states = self._initial_states(hx, N, True)
@@ -476,7 +478,8 @@ class RNNBase(Module):
                 g_out = g_out.transpose(1, 0, 2)
             dout = np.ascontiguousarray(g_out).reshape(L * N, g_out.shape[-1])
             if layout.rows is not None:  # gradients at padding never enter
-                (packed,) = alloc_blocks(((1, dout.shape[1]),), layout.rows.size, self.dtype, self._pool(), "dout_packed")
+                (packed,) = alloc_blocks(((1, dout.shape[1]),), layout.rows.size, self.dtype, self._pool(),
+                                         "dout_packed")
                 dout = np.take(dout, layout.rows, axis=0, out=packed)
         dx, grad_states = self._run_backward(dout, parts, rec)
         self._record = None

@@ -257,9 +257,11 @@ def _checkpoint_header(path, metadata) -> dict:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise KeyError("format")
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is a safetensors file but not an nprnn checkpoint (no '{CHECKPOINT_FORMAT}' header)") from exc
+        raise ValueError(f"{path} is a safetensors file but not an nprnn checkpoint (no '{CHECKPOINT_FORMAT}' "
+                         "header)") from exc
     if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {meta.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+        raise ValueError(f"{path}: checkpoint version {meta.get('version')} is not supported (expected "
+                         f"{CHECKPOINT_VERSION})")
     return meta
 
 

@@ -162,7 +162,7 @@ class SequentialStream:
         from .sequential import LastStep
 
         self._parts = []
-        for key, m in model._modules.items():
+        for m in model._modules.values():
             if isinstance(m, RNNBase):
                 self._parts.append(("stream", m.stream(batch_size)))
             elif isinstance(m, LastStep):

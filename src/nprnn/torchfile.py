@@ -145,7 +145,8 @@ def load_torch_state_dict(path) -> dict:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OverflowError, struct.error, OSError, NotImplementedError,
             RuntimeError) as exc:
-        raise ValueError(f"{path} is not a PyTorch zip archive (saved by torch>=1.6?) or it is truncated: {exc}") from exc
+        raise ValueError(f"{path} is not a PyTorch zip archive (saved by torch>=1.6?) or it is truncated: "
+                         f"{exc}") from exc
     with archive:
         pkl_names = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkl_names) != 1:

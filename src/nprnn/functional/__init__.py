@@ -1,8 +1,15 @@
 """Pure NumPy kernels: per-step cells and the time loop.  No classes with state, no validation."""
 from .cells import GRU, KINDS, LSTM, RNN_RELU, RNN_TANH, CellKind, StepWeights
 from .scan import (
-    DirectionRecord, alloc_blocks, block_views, direction_backward, direction_forward, prepare_weights, scan_backward,
-    scan_forward, step_slices,
+    DirectionRecord,
+    alloc_blocks,
+    block_views,
+    direction_backward,
+    direction_forward,
+    prepare_weights,
+    scan_backward,
+    scan_forward,
+    step_slices,
 )
 
 __all__ = [

@@ -26,8 +26,8 @@ from typing import Optional
 import numpy as np
 
 from ..config import settings
-from .runners import SERIAL
 from ..module import parameter_epoch
+from .runners import SERIAL
 
 try:
     from . import _native

@@ -30,9 +30,9 @@ from typing import Sequence
 import numpy as np
 
 from ..config import settings
-from .runners import SERIAL
 from . import native
 from .cells import CellKind, StepWeights, gate_major, gate_scale
+from .runners import SERIAL
 
 
 def step_slices(batch_sizes: Sequence[int], reverse: bool) -> list:
@@ -124,8 +124,8 @@ def block_views(arrays, blocks, lo: int, hi: int) -> tuple:
     return tuple(_block_view(a, k, w, lo, hi) for a, (k, w) in zip(arrays, blocks))
 
 
-def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks, train: bool,
-                 chunks=None):
+def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks,
+                 train: bool, chunks=None):
     """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view, receives
     every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
     on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
@@ -144,7 +144,8 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     joined = np.empty_like(h_run)  # previous rows + joining h_0 rows, where the batch grows
     per_n = {}  # views that depend only on the active batch size, made once per size
     prev = None  # (rows of the previous step's output, its batch size)
-    with np.errstate(over="ignore", invalid="ignore"):  # exp overflowing to inf is how a gate saturates to 0; NaN passes
+    # exp overflowing to inf is how a gate saturates to 0; NaN passes
+    with np.errstate(over="ignore", invalid="ignore"):
         for k, (lo, hi, n) in enumerate(steps):
             if chunks is not None:
                 chunks.begin(k)

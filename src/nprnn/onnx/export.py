@@ -79,8 +79,8 @@ class Builder:
         self.inputs.append(helper.make_tensor_value_info(name, self.elem, [rows, "batch", size]))
         batch = self.op("Slice", [self.op("Shape", [x]), self.const(np.array([batch_axis], np.int64)),
                                   self.const(np.array([batch_axis + 1], np.int64))], base="batch")
-        shape = self.op("Concat", [self.const(np.array([rows], np.int64)), batch, self.const(np.array([size], np.int64))],
-                        axis=0)
+        rows_, size_ = self.const(np.array([rows], np.int64)), self.const(np.array([size], np.int64))
+        shape = self.op("Concat", [rows_, batch, size_], axis=0)
         return self.op("Expand", [name, shape], base=f"{name}_full")
 
 
@@ -113,8 +113,8 @@ def _recurrent(b, m, x, states, lens, prefix=""):
         R = np.stack([_permute_gates(p["weight_hh" + s], order) for s in sfx])
         ins = [x, b.const(W, f"{prefix}W{layer}"), b.const(R, f"{prefix}R{layer}")]
         if m.bias:
-            B = np.stack([np.concatenate([_permute_gates(p["bias_ih" + s], order), _permute_gates(p["bias_hh" + s], order)])
-                          for s in sfx])
+            B = np.stack([np.concatenate([_permute_gates(p["bias_ih" + s], order),
+                                          _permute_gates(p["bias_hh" + s], order)]) for s in sfx])
             ins.append(b.const(B, f"{prefix}B{layer}"))
         else:
             ins.append("")

@@ -82,8 +82,8 @@ class RecurrentNode:
         names = list(node.input) + [""] * 8
         for role, i in (("W", 1), ("R", 2), ("B", 3), ("P", 7)):
             if names[i] and names[i] not in consts:
-                raise ValueError(f"{node.op_type} node {node.name!r}: its weight {role} ({names[i]!r}) is computed in the "
-                                 "graph or fed at run time; nprnn imports recurrent weights that are constants")
+                raise ValueError(f"{node.op_type} node {node.name!r}: its weight {role} ({names[i]!r}) is computed "
+                                 "in the graph or fed at run time; nprnn imports recurrent weights that are constants")
         get = lambda i: consts[names[i]] if names[i] else None  # noqa: E731
         self.layer = module_from_node(node, get(1), get(2), get(3), get(7) if node.op_type == "LSTM" else None)
         self.kind, self.name = node.op_type, node.name
@@ -249,10 +249,9 @@ class ONNXGraph(Module):
 def _read(model):
     """(steps, consts, inputs, defaults, outputs, value_info) of a model, constants folded."""
     from onnx import helper, numpy_helper
+    from onnx.defs import onnx_opset_version
 
     from .scan import scan_lstmp
-
-    from onnx.defs import onnx_opset_version
 
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -295,7 +294,8 @@ def _read(model):
                              "(a graph assigns each value once)")
         known.update(n for n in node.output if n)
         if node.domain not in ("", "ai.onnx"):
-            raise ValueError(f"ONNX node {node.name!r} of type {node.op_type} in domain {node.domain!r} is not supported")
+            raise ValueError(f"ONNX node {node.name!r} of type {node.op_type} in domain {node.domain!r} is not "
+                             "supported")
         op = node.op_type
         if op in RECURRENT:
             part = RecurrentNode(node, consts)
@@ -508,7 +508,8 @@ def _collapse(graph):
     if len(rec) != 1 or any(s.module is not None for s in graph._steps if s is not rec[0]):
         return None
     layer = rec[0].module
-    if not isinstance(layer, (RNN, GRU, LSTM)) or not 1 <= len(graph.output_names) <= (3 if isinstance(layer, LSTM) else 2):
+    outputs = len(graph.output_names)
+    if not isinstance(layer, (RNN, GRU, LSTM)) or not 1 <= outputs <= (3 if isinstance(layer, LSTM) else 2):
         return None
     roles = _input_roles(graph, layer)
     if roles is None:

@@ -100,7 +100,8 @@ def module_from_node(node, W, R, B=None, P=None, dtype=None) -> RNNBase:
                          f"(it has {sorted(allowed)})")
     W, R = np.asarray(W), np.asarray(R)
     if W.ndim != 3 or R.ndim != 3:
-        raise ValueError(f"{op}: W and R must be 3-D (directions, gates * hidden, size), got W {W.shape} and R {R.shape}")
+        raise ValueError(f"{op}: W and R must be 3-D (directions, gates * hidden, size), got W {W.shape} and R "
+                         f"{R.shape}")
     dtype = np.dtype(dtype or W.dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"{op}: only float32 and float64 weights are supported, got {dtype}")

@@ -129,8 +129,8 @@ def _canonical(graph):
 def scan_lstmp(node, consts):
     """The :class:`ScanLSTMP` a Scan node stands for; ValueError when it is not the pattern."""
     def refuse(why):
-        return ValueError(f"ONNX operator Scan (node {node.name!r}) is not supported by nprnn's import unless it is the "
-                          f"LSTM-with-projection step nprnn writes: {why}")
+        return ValueError(f"ONNX operator Scan (node {node.name!r}) is not supported by nprnn's import unless it is "
+                          f"the LSTM-with-projection step nprnn writes: {why}")
 
     a = _attrs(node)
     body, D = a.get("body"), int(a.get("num_scan_inputs", 0))
@@ -198,7 +198,7 @@ class ScanLSTMP:
     def emit(self, out, h, c):
         res = {}
         if out is not None:
-            for d, (y, part) in enumerate(zip(self.ys, np.split(out, len(self.ys), axis=-1))):
+            for y, part in zip(self.ys, np.split(out, len(self.ys), axis=-1)):
                 res[y] = np.ascontiguousarray(part)
         for d in range(len(self.ys)):
             res[self.h_ns[d]], res[self.c_ns[d]] = h[d], c[d]
