@@ -68,3 +68,20 @@ def test_the_kernels_import_no_concurrency_interop_cli_or_teaching_module():
                 continue
             hit = {t.split(".")[0] for t in targets if t} & banned
             assert not hit, f"functional/{name} imports {sorted(hit)}"
+
+
+def test_the_core_names_no_onnx_variant():
+    """ONNX's extra cell kinds live in nprnn/onnx/variants.py and register themselves; the
+    kernels and the layers name none of them."""
+    import os
+
+    import nprnn
+
+    root = os.path.dirname(nprnn.__file__)
+    core = [os.path.join(root, "functional", n) for n in os.listdir(os.path.join(root, "functional"))
+            if n.endswith(".py")] + [os.path.join(root, n) for n in ("recurrent.py", "cells.py", "module.py")]
+    for path in core:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for word in ("gru_lbr0", "lstm_ext", "peephole", "input_forget", "linear_before_reset"):
+            assert word not in text, f"{os.path.relpath(path, root)} names {word}"

@@ -33,7 +33,7 @@ kernels are tested against step by step (tests/test_reference.py); here only the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -48,8 +48,8 @@ class StepWeights:
     b_hn: (H,) GRU only: the hidden bias of the candidate gate (it sits inside ``r *``)
     hrT, hr: LSTM projection ``weight_hr`` transposed and as is, or None
     one, two: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
-    hnT: (H, H) GRU with linear_before_reset=0: the candidate's hidden weights, transposed
-    peep: (3, H) LSTM peepholes for i, f, o; clip: pre-activation bound; input_forget: f = 1 - i
+    extra: what a registered kind's own kernels need besides (its options, and what its
+        ``prepare`` hook arranges)
     """
 
     hhT: np.ndarray
@@ -59,10 +59,7 @@ class StepWeights:
     hr: Optional[np.ndarray] = None
     one: np.floating = np.float64(1)
     two: np.floating = np.float64(2)
-    hnT: Optional[np.ndarray] = None
-    peep: Optional[np.ndarray] = None
-    clip: Optional[float] = None
-    input_forget: bool = False
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +82,7 @@ class CellKind:
     grad_blocks: Callable
     scratch_blocks: Callable
     separate_dgh: bool = False  # the gradient w.r.t. h @ W_hh.T differs from that w.r.t. gx
+    prepare: Optional[Callable] = None  # prepare(step_weights, w_hh): a kind's own arrangement of its weights
 
 
 def gate_scale(kind: CellKind, hidden_size: int, dtype) -> Optional[np.ndarray]:
@@ -313,79 +311,14 @@ def _gru_scratch(H, P, proj):
 GRU = CellKind("gru", 3, (-1, -1, 1), False, _gru_forward, _gru_backward,
                _gru_tape, _gru_work, _gru_grads, _gru_scratch, separate_dgh=True)
 
-# ------------------------------------------- ONNX-only variants (forward only, for imported models)
-def _no_backward(dstate, w, tape, grads, scratch):
-    raise NotImplementedError("backward is not implemented for the ONNX-only cell variants "
-                              "(GRU with linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
+KINDS = {k.name: k for k in (RNN_TANH, RNN_RELU, LSTM, GRU)}  # the registry: name -> kind
 
 
-def _gru_lbr0_forward(gx, h, c, w, tape, work, train, h_out):
-    """ONNX GRU with linear_before_reset=0: n = tanh(W_in x + b_in + (r * h) @ W_hn.T + b_hn)."""
-    gates, rh = tape  # (3, n, H), (n, H)
-    (gh, ghv), ghn = work  # (n, 2H) with its gate-major view, (n, H)
-    np.dot(h, w.hhT, out=gh)  # r, z only, negated
-    gxv = gate_major(gx, 3)
-    rz = gates[:2]
-    np.add(gxv[:2], ghv, out=rz)
-    _sigmoid_of_scaled(rz, w.one)
-    r, z, n = gates[0], gates[1], gates[2]
-    np.multiply(r, h, out=rh)
-    np.dot(rh, w.hnT, out=ghn)
-    if w.b_hn is not None:
-        ghn += w.b_hn
-    np.add(ghn, gxv[2], out=n)
-    np.tanh(n, out=n)
-    _gru_update(h, z, n, h_out)
+def register(kind: CellKind) -> CellKind:
+    """Add a cell kind to :data:`KINDS` (a layer's ``mode`` names one), as the ONNX importer
+    adds its variants (:mod:`nprnn.onnx.variants`); the core names none of them."""
+    if KINDS.get(kind.name, kind) is not kind:
+        raise ValueError(f"a different cell kind named {kind.name!r} is already registered")
+    KINDS[kind.name] = kind
+    return kind
 
-
-def _sigmoid(a, one):
-    np.negative(a, out=a)
-    _sigmoid_of_scaled(a, one)
-
-
-def _lstm_ext_forward(gx, h, c, w, tape, work, train, h_out):
-    """ONNX LSTM with peepholes (i, f see c_{t-1}; o sees c_t), clip and input_forget."""
-    gates, c_prev, tc = tape[0], tape[1], tape[2]
-    gh, ghv = work[0]
-    np.dot(h, w.hhT, out=gh)
-    np.add(gate_major(gx, 4), ghv, out=gates)  # pre-activations, unscaled
-    i, f, g, o = gates[0], gates[1], gates[2], gates[3]
-    if w.peep is not None:
-        i += w.peep[0] * c
-        f += w.peep[1] * c
-    if w.clip is not None:
-        np.clip(gates[:3], -w.clip, w.clip, out=gates[:3])
-    _sigmoid(i, w.one)
-    if w.input_forget:
-        np.subtract(w.one, i, out=f)
-    else:
-        _sigmoid(f, w.one)
-    np.tanh(g, out=g)
-    if train:
-        np.copyto(c_prev, c)
-    c *= f
-    np.multiply(i, g, out=tc)
-    c += tc
-    if w.peep is not None:
-        o += w.peep[2] * c
-    if w.clip is not None:
-        np.clip(o, -w.clip, w.clip, out=o)
-    _sigmoid(o, w.one)
-    np.tanh(c, out=tc)
-    _lstm_output(o, tc, w, tape, work, h_out)
-
-
-def _gru_lbr0_tape(H, P, proj):
-    return ((3, H), (1, H))
-
-
-def _gru_lbr0_work(H, P, proj):
-    return ((-2, H), (1, H))
-
-
-GRU_LBR0 = CellKind("gru_lbr0", 3, (-1, -1, 1), False, _gru_lbr0_forward, _no_backward,
-                    _gru_lbr0_tape, _gru_lbr0_work, _gru_grads, _gru_scratch, separate_dgh=True)
-LSTM_EXT = CellKind("lstm_ext", 4, (), True, _lstm_ext_forward, _no_backward,
-                    _lstm_tape, _lstm_work, _lstm_grads, _lstm_scratch)
-
-KINDS = {k.name: k for k in (RNN_TANH, RNN_RELU, LSTM, GRU, GRU_LBR0, LSTM_EXT)}

@@ -48,8 +48,8 @@ def step_slices(batch_sizes: Sequence[int], reverse: bool) -> list:
 
 
 def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
-    """Arrange one layer-direction's parameters for the loop (``options``: the extras of
-    the ONNX-only variants, ``peep``, ``clip``, ``input_forget``).
+    """Arrange one layer-direction's parameters for the loop (``options``: what a
+    registered kind's kernels read from ``StepWeights.extra``).
 
     Returns ``(w_ih_s, b_gx, step_weights)``: the input weights and the bias for the
     projection of all steps (rows scaled by :func:`.cells.gate_scale`), and the weights
@@ -81,12 +81,10 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
         hr=None if w_hr is None else np.ascontiguousarray(w_hr),
         one=dt(1),
         two=dt(2),
-        **(options or {}),
+        extra=dict(options or {}),
     )
-    if kind.name == "gru_lbr0":  # the candidate's hidden product comes after the reset gate
-        H = w_hh.shape[0] // 3
-        step.hhT = hhT[:, : 2 * H].copy()
-        step.hnT = w_hh[2 * H :].T.copy()
+    if kind.prepare is not None:
+        kind.prepare(step, w_hh)
     return w_ih_s, b_gx, step
 
 

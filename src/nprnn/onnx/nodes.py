@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..recurrent import GRU, LSTM, RNN, RNNBase
+from . import variants  # noqa: F401  (registers the cell kinds ONNXRecurrent runs)
 
 # ONNX gate block k comes from PyTorch block _TO_ONNX[kind][k]
 _TO_ONNX = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
