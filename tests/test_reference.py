@@ -67,6 +67,47 @@ def test_reference_step_gradients_equal_finite_differences(mode, kw, bias):
                                    err_msg=name)
 
 
+def test_layer_norm_lstm_reference_equals_finite_differences():
+    """The worked example of DESIGN.md: a kind that exists as a reference step only."""
+    rng = np.random.default_rng(3)
+    N, n_in, H = 3, 4, 5
+    p = {"weight_ih": rng.standard_normal((4 * H, n_in)) * 0.5, "weight_hh": rng.standard_normal((4 * H, H)) * 0.5}
+    for name, width in (("ln_i", 4 * H), ("ln_h", 4 * H), ("ln_c", H)):
+        p[name + "_weight"] = 1 + 0.2 * rng.standard_normal(width)
+        p[name + "_bias"] = 0.2 * rng.standard_normal(width)
+    x, state = rng.standard_normal((N, n_in)), (rng.standard_normal((N, H)), rng.standard_normal((N, H)))
+    forward, backward = ref.STEPS["ln_lstm"]
+    (h1, c1), cache = forward(x, state, p)
+    weights = (rng.standard_normal(h1.shape), rng.standard_normal(c1.shape))
+
+    def loss():
+        h_, c_ = forward(x, state, p)[0]
+        return float((weights[0] * h_).sum() + (weights[1] * c_).sum())
+
+    dx, dstate, dp = backward(weights, cache)
+    eps = 1e-6
+
+    def numeric(array):
+        grad = np.zeros_like(array)
+        for idx in np.ndindex(array.shape):
+            old = array[idx]
+            array[idx] = old + eps
+            up = loss()
+            array[idx] = old - eps
+            down = loss()
+            array[idx] = old
+            grad[idx] = (up - down) / (2 * eps)
+        return grad
+
+    np.testing.assert_allclose(dx, numeric(x), rtol=1e-6, atol=1e-8)
+    for k in range(2):
+        np.testing.assert_allclose(dstate[k], numeric(state[k]), rtol=1e-6, atol=1e-8)
+    assert set(dp) == set(p)
+    for name, w in p.items():
+        np.testing.assert_allclose(dp[name], numeric(w), rtol=1e-6, atol=1e-8, err_msg=name)
+    assert "c_t = LN_c(f_t * c_(t-1) + i_t * g_t)" in ref.equations(ref.ln_lstm_step_forward)
+
+
 @pytest.fixture(params=["native", "numpy"])
 def tier(request, config):
     if request.param == "native" and native._native is None:  # (CI builds them: NPRNN_BACKEND=native)
@@ -144,3 +185,35 @@ def test_layer_docstrings_show_the_reference_equations_and_their_examples_run():
             runner.run(test)
         assert runner.summarize(verbose=False).attempted >= 3
         assert runner.summarize(verbose=False).failed == 0, cls.__name__
+
+
+@pytest.mark.torch
+def test_layer_norm_lstm_reference_equals_torch():
+    """The layer-norm LSTM step as torch's autograd computes it (custom_lstms.py's cell)."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    N, n_in, H = 3, 4, 5
+    p = {"weight_ih": rng.standard_normal((4 * H, n_in)), "weight_hh": rng.standard_normal((4 * H, H))}
+    for name, width in (("ln_i", 4 * H), ("ln_h", 4 * H), ("ln_c", H)):
+        p[name + "_weight"], p[name + "_bias"] = 1 + 0.2 * rng.standard_normal(width), 0.2 * rng.standard_normal(width)
+    x, h, c = rng.standard_normal((N, n_in)), rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    (h1, c1), cache = ref.ln_lstm_step_forward(x, (h, c), p)
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    xt, ht, ct = (torch.tensor(a, requires_grad=True) for a in (x, h, c))
+
+    def ln(a, name):
+        return torch.nn.functional.layer_norm(a, a.shape[-1:], t[name + "_weight"], t[name + "_bias"], 1e-5)
+
+    gates = ln(xt @ t["weight_ih"].t(), "ln_i") + ln(ht @ t["weight_hh"].t(), "ln_h")
+    i, f, g, o = gates.chunk(4, 1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    cy = ln(f * ct + i * g, "ln_c")
+    hy = o * torch.tanh(cy)
+    np.testing.assert_allclose(h1, hy.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(c1, cy.detach().numpy(), rtol=1e-12, atol=1e-13)
+    w_h, w_c = rng.standard_normal(h1.shape), rng.standard_normal(c1.shape)
+    ((hy * torch.from_numpy(w_h)).sum() + (cy * torch.from_numpy(w_c)).sum()).backward()
+    dx, (dh, dc), dp = ref.ln_lstm_step_backward((w_h, w_c), cache)
+    for got, want in [(dx, xt.grad), (dh, ht.grad), (dc, ct.grad)] + [(dp[k], t[k].grad) for k in p]:
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-12)

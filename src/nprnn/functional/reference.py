@@ -149,11 +149,66 @@ def gru_step_backward(dstate, cache):
     return dgi @ p["weight_ih"], (dgh @ p["weight_hh"] + dh_next * z,), dp
 
 
+# ------------------------------------------------------------------------------ layer-norm LSTM
+def _layer_norm(a, gamma, beta, eps=1e-5):
+    mu = a.mean(axis=1, keepdims=True)
+    inv = 1.0 / np.sqrt(((a - mu) ** 2).mean(axis=1, keepdims=True) + eps)
+    xhat = (a - mu) * inv
+    return gamma * xhat + beta, (xhat, inv, gamma)
+
+
+def _layer_norm_backward(dy, cache):
+    """Gradients of the input, gamma and beta of :func:`_layer_norm` given its output's ``dy``."""
+    xhat, inv, gamma = cache
+    dxhat = dy * gamma  # through the scale
+    da = inv * (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+    return da, (dy * xhat).sum(axis=0), dy.sum(axis=0)
+
+
+def ln_lstm_step_forward(x, state, p):
+    """One step of a layer-norm LSTM (as PyTorch's ``benchmarks/fastrnns/custom_lstms.py``
+    writes it: each product normalised over its 4H gates, the cell over its H values; the
+    normalisations' shifts stand in for the biases)::
+
+        i_t, f_t, g_t, o_t = split(LN_i(x_t @ W_ih.T) + LN_h(h_(t-1) @ W_hh.T), 4)
+        i_t, f_t, o_t = sigmoid(i_t), sigmoid(f_t), sigmoid(o_t);   g_t = tanh(g_t)
+        c_t = LN_c(f_t * c_(t-1) + i_t * g_t)
+        h_t = o_t * tanh(c_t)
+        LN(a) = gamma * (a - mean(a)) / sqrt(var(a) + 1e-5) + beta, over each row
+
+    ``p``: ``weight_ih``, ``weight_hh`` and ``ln_i_weight``/``ln_i_bias``,
+    ``ln_h_weight``/``ln_h_bias`` (4H each), ``ln_c_weight``/``ln_c_bias`` (H each).
+    """
+    h, c = state
+    yi, ln_i = _layer_norm(x @ p["weight_ih"].T, p["ln_i_weight"], p["ln_i_bias"])
+    yh, ln_h = _layer_norm(h @ p["weight_hh"].T, p["ln_h_weight"], p["ln_h_bias"])
+    i, f, g, o = np.split(yi + yh, 4, axis=1)
+    i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
+    c_next, ln_c = _layer_norm(f * c + i * g, p["ln_c_weight"], p["ln_c_bias"])
+    tc = np.tanh(c_next)
+    return (o * tc, c_next), (x, h, c, i, f, g, o, tc, ln_i, ln_h, ln_c, p)
+
+
+def ln_lstm_step_backward(dstate, cache):
+    dh_next, dc_next = dstate
+    x, h, c, i, f, g, o, tc, ln_i, ln_h, ln_c, p = cache
+    dc_norm = dc_next + dh_next * o * (1 - tc ** 2)  # through tanh(c_t)
+    dcell, dp_c_w, dp_c_b = _layer_norm_backward(dc_norm, ln_c)  # through LN_c
+    dgates = np.concatenate([dcell * g * i * (1 - i), dcell * c * f * (1 - f), dcell * i * (1 - g ** 2),
+                             dh_next * tc * o * (1 - o)], axis=1)
+    dai, dp_i_w, dp_i_b = _layer_norm_backward(dgates, ln_i)  # through LN_i
+    dah, dp_h_w, dp_h_b = _layer_norm_backward(dgates, ln_h)  # through LN_h
+    dp = {"weight_ih": dai.T @ x, "weight_hh": dah.T @ h, "ln_i_weight": dp_i_w, "ln_i_bias": dp_i_b,
+          "ln_h_weight": dp_h_w, "ln_h_bias": dp_h_b, "ln_c_weight": dp_c_w, "ln_c_bias": dp_c_b}
+    return dai @ p["weight_ih"], (dah @ p["weight_hh"], dcell * f), dp
+
+
 STEPS = {  # kind -> (step_forward, step_backward)
     "rnn_tanh": (lambda x, s, p: rnn_step_forward(x, s, p, "tanh"), rnn_step_backward),
     "rnn_relu": (lambda x, s, p: rnn_step_forward(x, s, p, "relu"), rnn_step_backward),
     "lstm": (lstm_step_forward, lstm_step_backward),
     "gru": (gru_step_forward, gru_step_backward),
+    "ln_lstm": (ln_lstm_step_forward, ln_lstm_step_backward),  # reference only: no fast kernel, no layer
 }
 
 
