@@ -5,8 +5,11 @@ the one time loop in :mod:`nprnn.functional.scan`.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -27,11 +30,22 @@ def _put(alls, idx, parts):
         a[idx] = part
 
 
+@dataclass(frozen=True)
 class _Record:
-    """What a training-mode forward leaves for backward."""
+    """What a training-mode forward leaves for backward.
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    records: each layer-direction's record (from direction_forward), layer-major
+    masks: per layer, the dropout mask applied to its output (None: none)
+    batch_sizes: the packed batch sizes the scans ran on
+    side_by_side: how the scans ran ("directions", "layers" or None), so backward runs alike
+    layout: how the caller's batch maps onto the packed rows (:class:`_Layout`)
+    """
+
+    records: list
+    masks: list
+    batch_sizes: object
+    side_by_side: Optional[str]
+    layout: Optional["_Layout"] = None
 
 
 class _Layout:
@@ -311,7 +325,7 @@ class RNNBase(Module):
         if layout.sorted_indices is not None:
             finals = [f[:, layout.unsorted_indices] for f in finals]
         if record is not None:
-            record.layout = layout
+            record = dataclasses.replace(record, layout=layout)
         self.__dict__["_record"] = record  # (a plain attribute: no parameter lookup on the way)
         return out, finals
 

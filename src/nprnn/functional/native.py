@@ -149,7 +149,7 @@ def prepared(cache: dict, key, kind, params) -> Prepared:
     return prep
 
 
-@dataclass
+@dataclass(frozen=True)
 class NativeRecord:
     """What the backward of one compiled layer-direction needs from its forward."""
 

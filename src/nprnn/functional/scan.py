@@ -273,7 +273,7 @@ def _backward_chunks(steps, total, input_grad, source, sink, gate_width):
     return Chunks(list(reversed(steps)), before, after)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DirectionRecord:
     """What the backward pass of one layer-direction needs from its forward."""
 
