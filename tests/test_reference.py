@@ -44,27 +44,30 @@ def test_reference_step_gradients_equal_finite_differences(mode, kw, bias):
 
     _, cache = forward(x, state, p)
     dx, dstate, dp = backward(tuple(weights), cache)
-    eps = 1e-6
+    _assert_finite_differences(lambda: loss(x, state, p), x, state, p, dx, dstate, dp)
 
-    def numeric(array, rebuild):
-        grad = np.zeros_like(array)
-        for idx in np.ndindex(array.shape):
-            old = array[idx]
-            array[idx] = old + eps
-            up = rebuild()
-            array[idx] = old - eps
-            down = rebuild()
-            array[idx] = old
-            grad[idx] = (up - down) / (2 * eps)
-        return grad
 
-    np.testing.assert_allclose(dx, numeric(x, lambda: loss(x, state, p)), rtol=1e-6, atol=1e-8)
+def _numeric(array, loss, eps=1e-6):
+    """Central differences of ``loss()`` with respect to each element of ``array`` (changed in place, restored)."""
+    grad = np.zeros_like(array)
+    for idx in np.ndindex(array.shape):
+        old = array[idx]
+        array[idx] = old + eps
+        up = loss()
+        array[idx] = old - eps
+        down = loss()
+        array[idx] = old
+        grad[idx] = (up - down) / (2 * eps)
+    return grad
+
+
+def _assert_finite_differences(loss, x, state, p, dx, dstate, dp):
+    np.testing.assert_allclose(dx, _numeric(x, loss), rtol=1e-6, atol=1e-8)
     for k, s in enumerate(state):
-        np.testing.assert_allclose(dstate[k], numeric(s, lambda: loss(x, state, p)), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(dstate[k], _numeric(s, loss), rtol=1e-6, atol=1e-8)
     assert set(dp) == set(p)
     for name, w in p.items():
-        np.testing.assert_allclose(dp[name], numeric(w, lambda: loss(x, state, p)), rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
+        np.testing.assert_allclose(dp[name], _numeric(w, loss), rtol=1e-6, atol=1e-8, err_msg=name)
 
 
 def test_layer_norm_lstm_reference_equals_finite_differences():
@@ -85,26 +88,7 @@ def test_layer_norm_lstm_reference_equals_finite_differences():
         return float((weights[0] * h_).sum() + (weights[1] * c_).sum())
 
     dx, dstate, dp = backward(weights, cache)
-    eps = 1e-6
-
-    def numeric(array):
-        grad = np.zeros_like(array)
-        for idx in np.ndindex(array.shape):
-            old = array[idx]
-            array[idx] = old + eps
-            up = loss()
-            array[idx] = old - eps
-            down = loss()
-            array[idx] = old
-            grad[idx] = (up - down) / (2 * eps)
-        return grad
-
-    np.testing.assert_allclose(dx, numeric(x), rtol=1e-6, atol=1e-8)
-    for k in range(2):
-        np.testing.assert_allclose(dstate[k], numeric(state[k]), rtol=1e-6, atol=1e-8)
-    assert set(dp) == set(p)
-    for name, w in p.items():
-        np.testing.assert_allclose(dp[name], numeric(w), rtol=1e-6, atol=1e-8, err_msg=name)
+    _assert_finite_differences(loss, x, state, p, dx, dstate, dp)
     assert "c_t = LN_c(f_t * c_(t-1) + i_t * g_t)" in ref.equations(ref.ln_lstm_step_forward)
 
 
