@@ -200,7 +200,10 @@ def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tap
 class Chunks:
     """A pipelined scan (see :mod:`nprnn.threads`) works in groups of ``settings.chunk_steps``
     steps (in processing order): ``before(lo, hi)`` runs before a group's first step and
-    ``after(lo, hi)`` after its last, ``lo:hi`` being the rows the group covers."""
+    ``after(lo, hi)`` after its last, ``lo:hi`` being the rows the group covers.
+    ``Chunks.groups_begun`` counts the groups begun by all pipelined scans (for tests)."""
+
+    groups_begun = 0
 
     def __init__(self, steps, before, after):
         size = settings.chunk_steps
@@ -210,6 +213,7 @@ class Chunks:
 
     def begin(self, k):
         if k % self.size == 0:
+            Chunks.groups_begun += 1
             self.before(*self.rows[k // self.size])
 
     def end(self, k):
