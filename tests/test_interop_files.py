@@ -205,6 +205,11 @@ def test_convert_round_trips(tmp_path, capsys):
     # --prefix takes one layer and says what it leaves
     assert main(["convert", str(tmp_path / "comp.npz"), str(tmp_path / "only.onnx"), "--prefix", "rnn."]) == 0
     assert "left out (not under --prefix 'rnn.'): embed.weight, head.weight" in capsys.readouterr().out
+    # a nested layer's keys start with the prefix too: they are left out, and said so
+    nested = {**composite, **{f"rnn.inner.{k}": v for k, v in rnn.items()}}
+    np.savez(tmp_path / "nested.npz", **nested)
+    assert main(["convert", str(tmp_path / "nested.npz"), str(tmp_path / "n.onnx"), "--prefix", "rnn."]) == 0
+    assert "rnn.inner.weight_ih_l0, rnn.inner.weight_hh_l0" in capsys.readouterr().out
     assert main(["convert", os.path.join(TORCH_DIR, "lstm_bidirectional_proj.pt"), str(tmp_path / "p.onnx")]) == 0
     capsys.readouterr()
     assert main(["convert", os.path.join(TORCH_DIR, "views.pt"),

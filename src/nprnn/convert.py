@@ -145,11 +145,15 @@ def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh"
     return Sequential(children)
 
 
+def _layer_keys(tensors, prefix) -> list:
+    """The keys of the recurrent layer whose parameter names follow ``prefix`` directly."""
+    return [k for k in tensors if (m := _KEY.match(k)) and m["prefix"] == prefix]
+
+
 def _layer(tensors, prefix, nonlinearity, batch_first):
     cfg = infer_config(tensors, prefix)
     module = build(cfg, nonlinearity, batch_first)
-    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and _KEY.match(k)
-                            and _KEY.match(k)["prefix"] == prefix})
+    module.load_state_dict({k[len(prefix):]: tensors[k] for k in _layer_keys(tensors, prefix)})
     return module
 
 
@@ -193,7 +197,8 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
 
         if prefix is not None:  # the one layer asked for; say what stays behind
             module = _layer(tensors, cfg["prefix"], nonlinearity, batch_first)
-            left = [k for k in tensors if not (k.startswith(cfg["prefix"]) and _KEY.match(k))]
+            taken = set(_layer_keys(tensors, cfg["prefix"]))
+            left = [k for k in tensors if k not in taken]
             if left:
                 log(f"left out (not under --prefix {prefix!r}): {', '.join(left)}")
         else:
