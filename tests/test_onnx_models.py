@@ -272,6 +272,11 @@ def test_lstm_with_projection_exports_as_scan_and_imports_back(kw, tmp_path):
     got = sess.run(None, {"input": x, "h0": h0, "c0": c0})
     for g, w in zip(got, flat(m(x, (h0, c0)))):
         np.testing.assert_allclose(g, w, **TOL)
+    # without state inputs, each layer's zero states are built in the graph
+    export(m, tmp_path / "no_state.onnx", with_state=False)
+    got = session(str(tmp_path / "no_state.onnx")).run(None, {"input": x})
+    for g, w in zip(got, flat(m(x))):
+        np.testing.assert_allclose(g, w, **TOL)
 
 
 @pytest.mark.parametrize("cls", [nprnn.RNN, nprnn.GRU, nprnn.LSTM])

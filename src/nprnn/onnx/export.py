@@ -70,6 +70,11 @@ class Builder:
                                            **attrs))
         return outs[0] if n_out == 1 else outs
 
+    def batch(self, x, axis):
+        """The batch size of ``x`` (its dimension ``axis``) as a 1-element int64 value."""
+        return self.op("Slice", [self.op("Shape", [x]), self.const(np.array([axis], np.int64)),
+                                 self.const(np.array([axis + 1], np.int64))], base="batch")
+
     def optional_state(self, name, rows, size, x, batch_axis, dtype):
         """A graph input ``name`` (rows, batch, size) defaulting to zeros: its initializer has
         batch 1, widened by ``Expand`` to the batch of ``x``."""
@@ -77,10 +82,8 @@ class Builder:
 
         self.const(np.zeros((rows, 1, size), dtype), name, exact=True)
         self.inputs.append(helper.make_tensor_value_info(name, self.elem, [rows, "batch", size]))
-        batch = self.op("Slice", [self.op("Shape", [x]), self.const(np.array([batch_axis], np.int64)),
-                                  self.const(np.array([batch_axis + 1], np.int64))], base="batch")
         rows_, size_ = self.const(np.array([rows], np.int64)), self.const(np.array([size], np.int64))
-        shape = self.op("Concat", [rows_, batch, size_], axis=0)
+        shape = self.op("Concat", [rows_, self.batch(x, batch_axis), size_], axis=0)
         return self.op("Expand", [name, shape], base=f"{name}_full")
 
 

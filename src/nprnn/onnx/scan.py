@@ -79,18 +79,18 @@ def emit_lstmp_layer(b, m, layer, x, h0, c0, lens, prefix="", node_name=None):
             keys.update(b_ih="bias_ih", b_hh="bias_hh")
         names.append({k: b.const(m._parameters[v + sfx], f"{prefix}{v}{sfx}", exact=True) for k, v in keys.items()})
     split = b.const(np.array([H] * 4, np.int64), "gate_split")
-    ins = []
-    for d in range(D):
+    zeros = {}  # without given states, one (N, size) zero value serves every direction
+    if h0 is None or c0 is None:
+        batch = b.batch(x, 1)
         for size, given, kind in ((P, h0, "h"), (H, c0, "c")):
             if given is None:
-                batch = b.op("Slice", [b.op("Shape", [x]), b.const(np.array([1], np.int64)),
-                                       b.const(np.array([2], np.int64))], base="batch")
                 shape = b.op("Concat", [batch, b.const(np.array([size], np.int64))], axis=0)
-                ins.append(b.op("ConstantOfShape", [shape], base=f"{kind}0_zero",
-                                value=_zero(m.dtype)))
-            else:
-                ins.append(b.op("Gather", [given, b.const(np.array(d, np.int64))], base=f"{kind}0_l{layer}_d{d}",
-                                axis=0))
+                zeros[kind] = b.op("ConstantOfShape", [shape], base=f"{kind}0_zero", value=_zero(m.dtype))
+    ins = []
+    for d in range(D):
+        for given, kind in ((h0, "h"), (c0, "c")):
+            ins.append(zeros[kind] if given is None else
+                       b.op("Gather", [given, b.const(np.array(d, np.int64))], base=f"{kind}0_l{layer}_d{d}", axis=0))
     ins += [x] * D
     body = _body(names, D, H, P, b.elem, split)
     outs = b.op("Scan", ins, base=f"{prefix}lstmp{layer}", n_out=3 * D, body=body, num_scan_inputs=D,
