@@ -324,6 +324,11 @@ def _read(model):
     return steps, consts, input_names, defaults, outputs, value_info
 
 
+def _owner(weight_name, default):
+    """The module a torch weight name belongs to ('head.weight' -> 'head'), else ``default``."""
+    return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else default
+
+
 def _as_module(node, consts, taken):
     """Gemm on constant weights as Linear; Gather from a constant 2-D table as Embedding."""
     a = _attrs(node)
@@ -337,16 +342,15 @@ def _as_module(node, consts, taken):
             return None
         lin = Linear(W.shape[1], W.shape[0], bias=b is not None, dtype=W.dtype)
         lin.load_state_dict({"weight": W, **({"bias": b} if b is not None else {})})
-        default = ins[1][: -len(".weight")] if ins[1].endswith(".weight") else "linear"
-        return _ModuleStep(_module_name(node, taken, default), lin, ins[0], node.output[0], "Gemm")
+        return _ModuleStep(_module_name(node, taken, _owner(ins[1], "linear")), lin, ins[0], node.output[0], "Gemm")
     if node.op_type == "Gather" and ins[0] in consts and ins[1] not in consts and a.get("axis", 0) == 0:
         table = consts[ins[0]]
         if table.ndim != 2 or table.dtype not in (np.float32, np.float64):
             return None
         emb = Embedding(table.shape[0], table.shape[1], dtype=table.dtype)
         emb.load_state_dict({"weight": table})
-        default = ins[0][: -len(".weight")] if ins[0].endswith(".weight") else "embedding"
-        return _ModuleStep(_module_name(node, taken, default), emb, ins[1], node.output[0], "Gather")
+        return _ModuleStep(_module_name(node, taken, _owner(ins[0], "embedding")), emb, ins[1], node.output[0],
+                           "Gather")
     return None
 
 
@@ -363,9 +367,9 @@ def _consumers(steps):
     return use
 
 
-def _between(steps, sources, target):
-    """Indices of the steps on a path from one of the values ``sources`` to value ``target``."""
-    prod, use = _producers(steps), _consumers(steps)
+def _between(steps, prod, use, sources, target):
+    """Indices of the steps on a path from one of the values ``sources`` to value ``target``
+    (``prod``/``use``: :func:`_producers` and :func:`_consumers` of ``steps``)."""
     down, todo = set(), list(sources)
     while todo:
         for i in use.get(todo.pop(), ()):
@@ -404,7 +408,7 @@ def _links(steps, consts, outputs):
     """Pairs (i, j) of recurrent steps where step j's input is step i's output, merged by
     layout nodes only, with the indices of those nodes."""
     rec = [i for i, s in enumerate(steps) if isinstance(s, _RecurrentStep)]
-    use = _consumers(steps)
+    prod, use = _producers(steps), _consumers(steps)
     links = []
     for i in rec:
         a = steps[i].parts[-1]
@@ -414,7 +418,7 @@ def _links(steps, consts, outputs):
                 continue
             if not a.ys:
                 continue
-            mid = _between(steps, a.ys, b.x)
+            mid = _between(steps, prod, use, a.ys, b.x)
             if (not mid and b.x not in a.ys) or any(isinstance(steps[k], _RecurrentStep) or steps[k].module is not None
                                                     for k in mid):
                 continue
