@@ -340,6 +340,18 @@ def test_onnx_nodes_match_onnxruntime_or_refuse_cleanly(case):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+FLIPS = st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1, max_size=3)  # (where, which bit)
+
+
+def _damage(data: bytes, flips, truncate) -> bytearray:
+    """``data`` with a bit flipped at each relative position of ``flips``, and cut at the
+    first one's position when ``truncate``."""
+    raw = bytearray(data)
+    for where, bit in flips:
+        raw[min(int(where * len(raw)), len(raw) - 1)] ^= 1 << bit
+    return raw[: int(flips[0][0] * len(raw))] if truncate else raw
+
+
 def _small_onnx_model():
     from nprnn.onnx import to_onnx
 
@@ -352,7 +364,7 @@ ONNX_BYTES = []
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1, max_size=3), truncate=st.booleans())
+@given(flips=FLIPS, truncate=st.booleans())
 def test_damaged_onnx_files_refuse_cleanly_or_run_as_onnxruntime(flips, truncate, tmp_path_factory):
     """Bit flips and truncations anywhere in a saved model: one clean error, or a model
     that computes what onnxruntime computes from the same bytes."""
@@ -361,11 +373,7 @@ def test_damaged_onnx_files_refuse_cleanly_or_run_as_onnxruntime(flips, truncate
 
     if not ONNX_BYTES:
         ONNX_BYTES.append(_small_onnx_model())
-    raw = bytearray(ONNX_BYTES[0])
-    for where, bit in flips:
-        raw[min(int(where * len(raw)), len(raw) - 1)] ^= 1 << bit
-    if truncate:
-        raw = raw[: int(flips[0][0] * len(raw))]
+    raw = _damage(ONNX_BYTES[0], flips, truncate)
     path = tmp_path_factory.mktemp("onnx") / "damaged.onnx"
     path.write_bytes(bytes(raw))
     x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
@@ -396,18 +404,14 @@ def _checkpoint_bytes(tmp):
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1, max_size=3), truncate=st.booleans())
+@given(flips=FLIPS, truncate=st.booleans())
 def test_damaged_checkpoints_load_exactly_or_change_nothing(flips, truncate, tmp_path_factory):
     pytest.importorskip("safetensors")
     from nprnn.optim import Adam
     from nprnn.serialization import load_checkpoint
 
     tmp = tmp_path_factory.mktemp("ckpt")
-    raw = bytearray(_checkpoint_bytes(tmp))
-    for where, bit in flips:
-        raw[min(int(where * len(raw)), len(raw) - 1)] ^= 1 << bit
-    if truncate:
-        raw = raw[: int(flips[0][0] * len(raw))]
+    raw = _damage(_checkpoint_bytes(tmp), flips, truncate)
     path = tmp / "damaged.safetensors"
     path.write_bytes(bytes(raw))
     model = nprnn.GRU(3, 4, num_layers=2, seed=1)
@@ -424,7 +428,7 @@ def test_damaged_checkpoints_load_exactly_or_change_nothing(flips, truncate, tmp
 
 @FUZZ
 @given(name=st.sampled_from(["gru_float64.pt", "lstm_bidirectional_proj.pt", "views.pt"]),
-       flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1, max_size=3), truncate=st.booleans())
+       flips=FLIPS, truncate=st.booleans())
 def test_damaged_pt_files_read_as_torch_or_refuse_cleanly(name, flips, truncate, tmp_path_factory):
     """torch.save files with flipped bits: our reader (no pickle code runs) refuses with
     one clean error, or returns what torch.load(weights_only=True) returns."""
@@ -432,11 +436,7 @@ def test_damaged_pt_files_read_as_torch_or_refuse_cleanly(name, flips, truncate,
 
     fixture = os.path.join(os.path.dirname(__file__), "fixtures", "torch", name)
     with open(fixture, "rb") as f:
-        raw = bytearray(f.read())
-    for where, bit in flips:
-        raw[min(int(where * len(raw)), len(raw) - 1)] ^= 1 << bit
-    if truncate:
-        raw = raw[: int(flips[0][0] * len(raw))]
+        raw = _damage(f.read(), flips, truncate)
     path = tmp_path_factory.mktemp("pt") / name
     path.write_bytes(bytes(raw))
     got = _outcome(lambda: load_torch_state_dict(str(path)))
