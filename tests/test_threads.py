@@ -103,7 +103,7 @@ def test_pipeline_small_steps_never_run_side_by_side(config, side_by_side, monke
     the other stage's: forward, they wait for the stage below to finish; backward (where
     they come first), for the stage above to be past its own."""
     config(chunk_steps=1)
-    monkeypatch.setattr(nprnn.recurrent, "side_by_side_pays", lambda *a, **k: threads.get_num_threads() > 1)
+    monkeypatch.setattr(nprnn.threads, "side_by_side_pays", lambda *a, **k: threads.get_num_threads() > 1)
     m = nprnn.GRU(3, 4, num_layers=2, seed=0, dtype=np.float64)  # 12 gate values per row
     x = np.random.default_rng(0).standard_normal((10, 5, 3))
     lengths = [10, 9, 6, 3, 2]  # batch sizes 5,5,4,3,3,3,2,2,2,1
@@ -157,14 +157,14 @@ def test_bidirectional_with_dropout_goes_side_by_side_and_matches(config, side_b
 
 def _fail_on(monkeypatch, layer_index):
     """Make the scan of one layer-direction raise."""
-    real = nprnn.recurrent.direction_forward
+    real = nprnn.functional.stack.direction_forward
 
     def failing(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, *rest):
         if key == layer_index:
             raise MemoryError(f"boom in {key}")
         return real(kind, x, params, state0, batch_sizes, reverse, out, train, options, pool, key, *rest)
 
-    monkeypatch.setattr(nprnn.recurrent, "direction_forward", failing)
+    monkeypatch.setattr(nprnn.functional.stack, "direction_forward", failing)
 
 
 @pytest.mark.parametrize("failing", [0, 1, 2])
@@ -196,17 +196,21 @@ def _error_within(seconds, call):
 
 @pytest.mark.parametrize("failing", [0, 1, 2])
 def test_a_failing_backward_stage_raises_and_nothing_hangs(failing, side_by_side, monkeypatch):
-    real = nprnn.recurrent.direction_backward
+    real = nprnn.functional.stack.direction_backward
 
     def failing_backward(rec, dout, dstate, pool, key, *rest):
         if key == failing:
             raise MemoryError(f"boom in {key}")
         return real(rec, dout, dstate, pool, key, *rest)
 
-    monkeypatch.setattr(nprnn.recurrent, "direction_backward", failing_backward)
+    monkeypatch.setattr(nprnn.functional.stack, "direction_backward", failing_backward)
     m = nprnn.GRU(3, 4, num_layers=3, seed=0)
-    out, _ = m(np.ones((9, 2, 3), np.float32))
-    error = _error_within(30, lambda: m.backward(np.ones_like(out)))
+
+    def forward_and_backward():  # (in one thread: records belong to the thread that ran forward)
+        out, _ = m(np.ones((9, 2, 3), np.float32))
+        m.backward(np.ones_like(out))
+
+    error = _error_within(30, forward_and_backward)
     assert str(error) == f"boom in {failing}"
 
 
@@ -214,7 +218,7 @@ def test_the_stage_below_stops_early_when_the_one_above_fails(side_by_side, monk
     """Layer 1 fails at once: layer 0 (on the other thread) stops at its next chunk
     instead of running its 1000 steps to the end."""
     _fail_on(monkeypatch, 1)
-    start = nprnn.functional.scan.Chunks.groups_begun  # only layer 0's stage begins groups: layer 1 fails first
+    start = nprnn.threads.activity["groups"]  # only layer 0's stage begins groups: layer 1 fails first
     m = nprnn.GRU(3, 64, num_layers=2, seed=0)  # big enough steps to release the GIL
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)  # let the failing thread in soon, whatever the other does
@@ -223,7 +227,7 @@ def test_the_stage_below_stops_early_when_the_one_above_fails(side_by_side, monk
             m(np.ones((1000, 16, 3), np.float32))
     finally:
         sys.setswitchinterval(interval)
-    assert 0 < nprnn.functional.scan.Chunks.groups_begun - start < 250  # of 500 groups
+    assert 0 < nprnn.threads.activity["groups"] - start < 250  # of 500 groups
 
 
 @pytest.mark.parametrize("threads_setting,blas_during", [(2, 1), (4, 2)])
@@ -234,13 +238,13 @@ def test_blas_held_to_half_during_and_restored_after(config, threads_setting, bl
         pytest.skip("threadpoolctl sees no BLAS here")
     before = [c.num_threads for c in controller.lib_controllers]
     seen = []
-    real = nprnn.recurrent.direction_forward
+    real = nprnn.functional.stack.direction_forward
 
     def spying(*args):
         seen.append([c.num_threads for c in threads._blas_controller().lib_controllers])
         return real(*args)
 
-    monkeypatch.setattr(nprnn.recurrent, "direction_forward", spying)
+    monkeypatch.setattr(nprnn.functional.stack, "direction_forward", spying)
     nprnn.GRU(3, 4, bidirectional=True, seed=0)(np.ones((5, 2, 3), np.float32))
     assert len(side_by_side) == 1
     assert seen and all(all(n == blas_during for n in s) for s in seen)

@@ -154,7 +154,8 @@ class TestBackwardErrors:
             m.backward(out)
 
     def test_cell_without_forward(self):
-        with pytest.raises(RuntimeError, match=r"LSTMCell.backward\(\) needs a matching forward call"):
+        message = r"LSTMCell.backward\(\) needs a forward pass in training mode first, in the same thread"
+        with pytest.raises(RuntimeError, match=message):
             nprnn.LSTMCell(5, 6).backward((rnd(2, 6), None))
 
     def test_grad_output_shape(self):

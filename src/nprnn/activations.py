@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import as_array
-from .layers import _check_grad, _need_record
+from .layers import _check_grad
 from .module import Module, resolve_dtype
 
 
@@ -20,20 +20,18 @@ class _Activation(Module):
     def __init__(self, *, dtype=np.float32):
         super().__init__()
         self.dtype = resolve_dtype(dtype)
-        self._record = None
 
     def forward(self, input):
         x = as_array(input, "input", self.dtype, type(self).__name__)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             y = self._forward(x)
-        self._record = (x, y) if self.training else None
+        self._keep((x, y) if self.training else None)
         return y
 
     def backward(self, grad_output):
-        _need_record(self, self._record)
-        x, y = self._record
+        x, y = self._latest()
         g = _check_grad(self, grad_output, y.shape)
-        self._record = None
+        self._take()
         with np.errstate(over="ignore", invalid="ignore"):
             return self._backward(g, x, y)
 

@@ -6,7 +6,9 @@ length 1), so the two can never disagree.  The equations are those of
 
 Backward through a loop of cell calls works like a stack: each training-mode call
 pushes what its backward needs and each ``backward`` pops the latest, so a manual
-time loop is undone by calling ``backward`` in reverse order::
+time loop is undone by calling ``backward`` in reverse order (each thread has its own
+stack; ``eval()`` empties them, and past ``max_pending_records`` a warning says memory
+grows)::
 
     for t in range(L):              h = cell(x[t], h)
     for t in reversed(range(L)):    dx[t], dh = cell.backward(dh + dout[t])
@@ -32,7 +34,6 @@ class RNNCellBase(Module):
         self.kind = KINDS[mode]
         self.dtype = resolve_dtype(dtype)
         self._rng = resolve_rng(seed)
-        self._stack = []
         G = self.kind.num_gates * self.hidden_size
         self.register_parameter("weight_ih", np.empty((G, self.input_size), self.dtype))
         self.register_parameter("weight_hh", np.empty((G, self.hidden_size), self.dtype))
@@ -110,16 +111,11 @@ class RNNCellBase(Module):
         final, rec = direction_forward(self.kind, np.ascontiguousarray(x2), self._params(), tuple(states), [N], False,
                                        out, train, key=0, cache=self._prepared, runner=THREADED)
         if train:
-            self._stack.append((rec, batched, N))
+            self._push((rec, batched, N))
         return final if batched else tuple(f[0] for f in final)
 
     def _step_backward(self, grads):
-        if not self._stack:
-            raise RuntimeError(
-                f"{self._label}.backward() needs a matching forward call in training mode first "
-                "(each training-mode call can be backpropagated once, latest first)"
-            )
-        rec, batched, N = self._stack[-1]
+        rec, batched, N = self._latest()
         names = ("grad_h", "grad_c") if self.kind.has_cell else ("grad_h",)
         shape = (N, self.hidden_size) if batched else (self.hidden_size,)
         dstate = []
@@ -131,12 +127,10 @@ class RNNCellBase(Module):
             if g.shape != shape:
                 raise ValueError(f"{self._label}: {name} has shape {g.shape}, expected {shape}")
             dstate.append(np.array(g.reshape(N, self.hidden_size), order="C", copy=True))
-        self._stack.pop()
+        self._take()
         dout = np.zeros((N, self.hidden_size), self.dtype)
         dx, dstate0, pgrads = direction_backward(rec, dout, tuple(dstate), runner=THREADED)
-        for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), pgrads):
-            if g is not None:
-                self._grads[name] += g
+        self._add_grads(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), pgrads)
         if not batched:
             return dx[0], tuple(d[0] for d in dstate0)
         return dx, tuple(dstate0)

@@ -215,9 +215,8 @@ def collect_states(module: RNNBase, x) -> dict:
     module.dropout = 0.0
     try:
         out, state = module(x)
-        rec = module._record
+        rec = module._take().stack
     finally:
-        module._record = None
         module.dropout = dropout
         module.train(was)
     L = out.shape[1] if module.batch_first else out.shape[0]

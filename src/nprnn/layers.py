@@ -15,14 +15,6 @@ from ._checks import as_array, check_int
 from .module import Module, resolve_dtype, resolve_rng
 
 
-def _need_record(module, record):
-    if record is None:
-        raise RuntimeError(
-            f"{type(module).__name__}.backward() needs a forward pass in training mode first "
-            "(call .train() before forward; each forward can be backpropagated once)"
-        )
-
-
 def _check_grad(module, grad, shape):
     g = as_array(grad, "grad_output", module.dtype, type(module).__name__)
     if g.shape != shape:
@@ -45,7 +37,6 @@ class Linear(Module):
                                                                       self.in_features)).astype(self.dtype))
         if bias:
             self.register_parameter("bias", rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype))
-        self._record = None
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={'bias' in self._parameters}"
@@ -60,14 +51,13 @@ class Linear(Module):
         y = x @ self.weight.T  # (..., out)
         if "bias" in self._parameters:
             y += self.bias
-        self._record = (x, y.shape) if self.training else None
+        self._keep((x, y.shape) if self.training else None)
         return y
 
     def backward(self, grad_output):
-        _need_record(self, self._record)
-        x, shape = self._record
+        x, shape = self._latest()
         g = _check_grad(self, grad_output, shape)
-        self._record = None
+        self._take()
         g2 = g.reshape(-1, self.out_features)
         self._grads["weight"] += g2.T @ x.reshape(-1, self.in_features)
         if "bias" in self._parameters:
@@ -95,7 +85,6 @@ class Embedding(Module):
         if padding_idx is not None:
             weight[padding_idx] = 0
         self.register_parameter("weight", weight)
-        self._record = None
 
     def extra_repr(self):
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -108,14 +97,13 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             bad = idx.min() if idx.min() < 0 else idx.max()
             raise IndexError(f"Embedding: index {bad} is out of range for {self.num_embeddings} embeddings")
-        self._record = idx if self.training else None
+        self._keep(idx if self.training else None)
         return self.weight[idx]  # (..., embedding_dim), a copy
 
     def backward(self, grad_output):
-        _need_record(self, self._record)
-        idx = self._record
+        idx = self._latest()
         g = _check_grad(self, grad_output, idx.shape + (self.embedding_dim,))
-        self._record = None
+        self._take()
         flat_idx = idx.reshape(-1)
         flat_g = g.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
@@ -136,7 +124,6 @@ class Dropout(Module):
         self.p = float(p)
         self.dtype = resolve_dtype(dtype)
         self._rng = resolve_rng(seed)
-        self._record = None
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -144,20 +131,19 @@ class Dropout(Module):
     def forward(self, input):
         x = as_array(input, "input", self.dtype, "Dropout")
         if not self.training or self.p == 0:
-            self._record = ("identity", x.shape) if self.training else None
+            self._keep(("identity", x.shape) if self.training else None)
             return x.copy()
         if self.p == 1:
             mask = np.zeros(x.shape, self.dtype)
         else:
             mask = (self._rng.random(x.shape) >= self.p).astype(self.dtype) * self.dtype.type(1 / (1 - self.p))
-        self._record = (mask, x.shape)
+        self._keep((mask, x.shape))
         return x * mask
 
     def backward(self, grad_output):
-        _need_record(self, self._record)
-        mask, shape = self._record
+        mask, shape = self._latest()
         g = _check_grad(self, grad_output, shape)
-        self._record = None
+        self._take()
         return g.copy() if isinstance(mask, str) else g * mask
 
 
@@ -180,7 +166,6 @@ class LayerNorm(Module):
             self.register_parameter("weight", np.ones(self.normalized_shape, self.dtype))
             if bias:
                 self.register_parameter("bias", np.zeros(self.normalized_shape, self.dtype))
-        self._record = None
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -204,14 +189,13 @@ class LayerNorm(Module):
             y = xhat * self.weight
             if "bias" in self._parameters:
                 y += self.bias
-        self._record = (xhat, rstd, axes) if self.training else None
+        self._keep((xhat, rstd, axes) if self.training else None)
         return y
 
     def backward(self, grad_output):
-        _need_record(self, self._record)
-        xhat, rstd, axes = self._record
+        xhat, rstd, axes = self._latest()
         g = _check_grad(self, grad_output, xhat.shape)
-        self._record = None
+        self._take()
         lead = tuple(range(xhat.ndim - len(axes)))
         if self.elementwise_affine:
             self._grads["weight"] += (g * xhat).sum(axis=lead)

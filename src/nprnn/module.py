@@ -7,9 +7,12 @@ gradient array of the same shape in ``grads`` that backward adds into.
 """
 from __future__ import annotations
 
+import threading
+import warnings
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterator, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -130,12 +133,53 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list
 
 
+class _Work:
+    """One thread's work for one module: the arrays kept between calls (``pool``) and the
+    training records waiting for backward (``records``, latest last)."""
+
+    __slots__ = ("pool", "records", "__weakref__")
+
+    def __init__(self) -> None:
+        self.pool: dict = {}
+        self.records: list = []
+
+
+class _PerThread:
+    """Each thread's :class:`_Work`, dropped with the thread (a thread's records are its
+    own: another thread's forward never feeds this thread's backward)."""
+
+    def __init__(self) -> None:
+        self._by_thread: "weakref.WeakKeyDictionary[threading.Thread, _Work]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def here(self) -> _Work:
+        thread = threading.current_thread()
+        work = self._by_thread.get(thread)
+        if work is None:
+            with self._lock:
+                work = self._by_thread[thread] = _Work()
+        return work
+
+    def drop_records(self) -> None:
+        with self._lock:
+            for work in list(self._by_thread.values()):
+                work.records.clear()
+
+
+_grads_lock = threading.Lock()  # backward in several threads adds into the same gradients
+
+
 class Module:
     """Base class of every nprnn layer and cell.
 
     Subclasses call ``super().__init__()``, then :meth:`register_parameter` for each
-    parameter in PyTorch's order, and implement ``forward`` (and ``backward``).
+    parameter in PyTorch's order, and implement ``forward`` (and ``backward``).  A
+    training-mode forward keeps its record for backward with :meth:`_keep` (or
+    :meth:`_push`), per thread; backward takes it with :meth:`_take` and files its
+    parameter gradients with :meth:`_add_grads`.
     """
+
+    max_pending_records = 1024  # a cell warns when a thread holds more records than this
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -143,6 +187,58 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_prepared", {})  # weights arranged for the compiled kernels, see functional.native
+        object.__setattr__(self, "_threads", _PerThread())
+
+    # -- per-thread work ---------------------------------------------------------
+    def _pool(self) -> dict:
+        """This thread's reusable work arrays (like PyTorch's caching allocator: memory is
+        kept between calls because fresh memory costs page faults)."""
+        return self._threads.here().pool
+
+    def _keep(self, record: Any) -> None:
+        """Keep ``record`` (None: nothing) as this thread's one record for backward."""
+        records = self._threads.here().records
+        records.clear()
+        if record is not None:
+            records.append(record)
+
+    def _push(self, record: Any) -> None:
+        """Add ``record`` to this thread's records (a cell: backward takes the latest),
+        warning once the pending records pass :attr:`max_pending_records`."""
+        records = self._threads.here().records
+        records.append(record)
+        if len(records) == self.max_pending_records + 1:
+            warnings.warn(f"{type(self).__name__} holds {len(records)} training-mode records waiting for backward(), "
+                          "and memory grows with each call: call backward() for each training-mode call, or eval() "
+                          "(which releases them) to run without gradients", RuntimeWarning, stacklevel=3)
+
+    def _latest(self) -> Any:
+        """This thread's latest record (left in place: a backward whose arguments are
+        refused can be called again); RuntimeError when there is none."""
+        records = self._threads.here().records
+        if not records:
+            raise RuntimeError(
+                f"{getattr(self, '_label', type(self).__name__)}.backward() needs a forward pass in training mode "
+                "first, in the same thread (call .train() before forward; each forward can be backpropagated "
+                "once)")
+        return records[-1]
+
+    def _take(self) -> Any:
+        """This thread's latest record, removed (see :meth:`_latest`)."""
+        record = self._latest()
+        self._threads.here().records.pop()
+        return record
+
+    def _add_grads(self, names: Iterator, grads: Iterator) -> None:
+        """Add parameter gradients into ``grads`` (None names or gradients are skipped)."""
+        with _grads_lock:
+            for name, g in zip(names, grads):
+                if name is not None and g is not None:
+                    self._grads[name] += g
+
+    def release_buffers(self) -> None:
+        """Free the work arrays kept between calls and any pending backward records."""
+        object.__setattr__(self, "_threads", _PerThread())
 
     # -- attributes ------------------------------------------------------------
     def register_parameter(self, name: str, value: np.ndarray) -> None:
@@ -213,6 +309,8 @@ class Module:
             raise ValueError("training mode is expected to be boolean")
         for _, mod in self.named_modules():
             object.__setattr__(mod, "training", mode)
+            if not mode:
+                mod._threads.drop_records()  # nothing will backpropagate through them
         return self
 
     def eval(self) -> "Module":
@@ -287,20 +385,22 @@ class Module:
     # -- copies ----------------------------------------------------------------
     def __getstate__(self):
         """Copies and pickles carry parameters and settings only, as PyTorch's do: not the
-        gradients (the copy starts from zeros), pending backward records or prepared
-        weights (made again on first use)."""
+        gradients (the copy starts from zeros), work arrays, pending backward records or
+        prepared weights (made again on first use)."""
         state = dict(self.__dict__)
         state["_prepared"] = {}
         state["_grads"] = OrderedDict((k, (g.shape, g.dtype.str)) for k, g in self._grads.items())
-        if "_record" in state:
-            state["_record"] = None
-        if "_stack" in state:
-            state["_stack"] = []
+        state["_threads"] = None
+        for old in ("_record", "_stack", "_buffers"):  # what older versions kept
+            state.pop(old, None)
         return state
 
     def __setstate__(self, state):
         """Unpickled and copied parameters are read-only again (pickle keeps no flags)."""
         self.__dict__.update(state)
+        for old in ("_record", "_stack", "_buffers"):  # pickled by older versions
+            self.__dict__.pop(old, None)
+        self.__dict__["_threads"] = _PerThread()
         if "_prepared" in state:  # weights prepared in another process or for the original
             self.__dict__["_prepared"] = {}
         grads = self.__dict__.get("_grads", {})

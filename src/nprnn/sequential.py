@@ -16,7 +16,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._checks import as_array, check_bool
-from .layers import _need_record
 from .module import Module
 from .packing import PackedSequence, _check_lengths
 from .recurrent import RNNBase
@@ -30,7 +29,6 @@ class LastStep(Module):
     def __init__(self, batch_first: bool = False):
         super().__init__()
         self.batch_first = check_bool("batch_first", batch_first)
-        self._record = None
 
     def extra_repr(self):
         return "batch_first=True" if self.batch_first else ""
@@ -59,7 +57,7 @@ class LastStep(Module):
             y = x[last, np.arange(x.shape[1])]
         else:
             y = x[np.arange(x.shape[0]), last]
-        self._record = ("padded", x.shape, x.dtype, last, time_axis) if self.training else None
+        self._keep(("padded", x.shape, x.dtype, last, time_axis) if self.training else None)
         return y
 
     def _packed(self, packed):
@@ -71,17 +69,16 @@ class LastStep(Module):
         if packed.unsorted_indices is not None:
             rows = rows[np.asarray(packed.unsorted_indices)]
         data = packed.data
-        self._record = ("packed", data.shape, data.dtype, rows, packed) if self.training else None
+        self._keep(("packed", data.shape, data.dtype, rows, packed) if self.training else None)
         return data[rows]
 
     def backward(self, grad_output):
-        _need_record(self, self._record)
-        layout, shape, dtype, where, extra = self._record
+        layout, shape, dtype, where, extra = self._latest()
         out_shape = (shape[-1],) if len(shape) == 2 and layout == "padded" else (len(where), shape[-1])
         g = as_array(grad_output, "grad_output", dtype, "LastStep")
         if g.shape != out_shape:
             raise ValueError(f"LastStep: grad_output has shape {g.shape}, expected {out_shape} (the output's)")
-        self._record = None
+        self._take()
         grad = np.zeros(shape, dtype)
         if layout == "packed":
             grad[where] = g

@@ -101,7 +101,8 @@ def get_num_threads() -> int:
 
 _share = contextvars.ContextVar("nprnn_thread_share", default=1)  # how many scans share the threads now
 # What ran on more than one thread, counted for whoever wants to see it (tests, benchmarks):
-# "side by side" runs of two scans, "parts" handed out by a batch split, "splits" (run_parts calls).
+# "side by side" runs of two scans, "parts" handed out by a batch split, "splits" (run_parts calls),
+# "groups" of steps begun by pipelined scans.
 activity: Counter = Counter()
 
 
@@ -187,22 +188,106 @@ def run_side_by_side(first, second, blas: bool = True) -> None:
 
 
 def run_pipeline(n_stages: int, stage) -> None:
-    """Run ``stage(i, source, sink)`` for ``i = 0 .. n_stages - 1`` as a pipeline over two
+    """Run ``stage(i, pipeline_stage)`` for ``i = 0 .. n_stages - 1`` as a pipeline over two
     threads (even stages on a new one, odd ones on this one): stage ``i`` reads what stage
-    ``i - 1`` publishes, as it comes, on ``source``, and publishes on ``sink`` (None at the
-    two ends).  A failing stage fails every stream, so no stage waits forever."""
+    ``i - 1`` publishes, as it comes, and publishes what stage ``i + 1`` reads (see
+    :class:`PipelineStage`).  A failing stage fails every stream, so no stage waits forever."""
     streams = [Stream() for _ in range(n_stages - 1)]
 
     def lane(first):
         try:
             for i in range(first, n_stages, 2):
-                stage(i, streams[i - 1] if i else None, streams[i] if i < n_stages - 1 else None)
+                stage(i, PipelineStage(streams[i - 1] if i else None, streams[i] if i < n_stages - 1 else None))
         except BaseException as error:
             for stream in streams:
                 stream.fail(error)
             raise
 
     run_side_by_side(lambda: lane(0), lambda: lane(1))
+
+
+class Chunks:
+    """A pipelined scan works in groups of ``settings.chunk_steps`` steps (in processing
+    order): ``before(lo, hi)`` runs before a group's first step and ``after(lo, hi)`` after
+    its last, ``lo:hi`` being the rows the group covers (counted in ``activity["groups"]``)."""
+
+    def __init__(self, steps, before, after):
+        size = settings.chunk_steps
+        self.size, self.last, self.before, self.after = size, len(steps) - 1, before, after
+        self.rows = [(min(s[0] for s in steps[j : j + size]), max(s[1] for s in steps[j : j + size]))
+                     for j in range(0, len(steps), size)]
+
+    def begin(self, k):
+        if k % self.size == 0:
+            activity["groups"] += 1
+            self.before(*self.rows[k // self.size])
+
+    def end(self, k):
+        if k % self.size == self.size - 1 or k == self.last:
+            self.after(*self.rows[k // self.size])
+
+
+class PipelineStage:
+    """One scan of a pipeline (:func:`run_pipeline`): it reads its input rows as ``source``
+    publishes them and publishes its own on ``sink`` (None: at an end of the pipeline).
+    The scans (:mod:`nprnn.functional.scan`) ask it for the hooks around their steps."""
+
+    def __init__(self, source, sink):
+        self.source, self.sink = source, sink
+
+    def _small_steps(self, steps, gate_width):
+        """The first rows of the steps whose batch has shrunk below
+        ``settings.min_step_work`` gate values, when another stage feeds this one (two
+        such stretches side by side lose more to the GIL than they gain)."""
+        if self.source is None:
+            return []
+        return [lo for lo, hi, n in steps if n * gate_width < settings.min_step_work]
+
+    def forward_hooks(self, steps, project, gate_width):
+        """Forward in time: wait until the source (None: the input is all there) has
+        published a group's input rows and ``project(lo, hi)`` them; publish its output rows
+        on the sink.  Where the batch has shrunk below ``settings.min_step_work`` gate
+        values a step, two scans at once cost more than one after the other, so from its
+        first such group this stage waits until the stage below has finished."""
+        source, sink = self.source, self.sink
+        total = steps[-1][1]
+        small = set(self._small_steps(steps, gate_width))
+
+        def before(lo, hi):
+            if source is not None:
+                source.wait(total if lo in small else hi)
+            if sink is not None:
+                sink.check()
+            project(lo, hi)
+
+        def after(lo, hi):
+            if sink is not None:
+                sink.publish(hi)
+
+        return Chunks(steps, before, after)
+
+    def backward_hooks(self, steps, total, input_grad, gate_width):
+        """Backward through a forward-in-time scan, rows coming from the end: wait until the
+        source has published the output gradient's last ``total - lo`` rows, and after a
+        group compute its rows of the input gradient (``input_grad(lo, hi)``) and publish
+        them.  The steps where the batch has shrunk below ``settings.min_step_work`` gate
+        values come first here; this stage starts them once the stage above is past all
+        of its own, so that two such stretches never run side by side."""
+        source, sink = self.source, self.sink
+        small_from = min(self._small_steps(steps, gate_width), default=total)
+
+        def before(lo, hi):
+            if source is not None:
+                source.wait(total - min(lo, small_from))
+            if sink is not None:
+                sink.check()
+
+        def after(lo, hi):
+            input_grad(lo, hi)
+            if sink is not None:
+                sink.publish(total - lo)
+
+        return Chunks(list(reversed(steps)), before, after)
 
 
 class Stream:
@@ -328,14 +413,40 @@ def run_parts(parts) -> None:
 
 
 class ThreadedRunner:
-    """The runner (:mod:`nprnn.functional.runners`) that splits a large batch into
-    :func:`row_ranges` and runs them with :func:`run_parts`."""
+    """The runner (:mod:`nprnn.functional.runners`) that uses more than one core: it
+    splits a large batch of a compiled scan into :func:`row_ranges` run by
+    :func:`run_parts`, and runs two scans of a stack at once where that pays."""
 
     def ranges(self, lengths, row_work: int) -> list:
         return row_ranges(lengths, row_work)
 
     def run(self, parts) -> None:
         run_parts(parts)
+
+    def schedule(self, *, compiled, layers, directions, rows, steps, gate_width, row_width, train, pipelinable):
+        """"directions", "layers" or None: which scans of a stack go two at a time.  Layers
+        pipeline only forward in time and without dropout between them (its mask applies to
+        a layer's whole output)."""
+        if compiled:
+            # The compiled scans split the batch (row_ranges); the two directions of a layer
+            # also go side by side, each on half the threads, as each part of a split reads
+            # all the weights at every step, and two directions give each read twice the rows.
+            work = rows * gate_width * row_width
+            if directions == 2 and get_num_threads() >= 2 and work >= settings.min_split_work:
+                return "directions"
+            return None
+        min_work = settings.min_train_step_work if train else settings.min_step_work
+        if directions == 2:
+            return "directions" if side_by_side_pays(steps, rows, gate_width, False, min_work) else None
+        if layers > 1 and pipelinable and side_by_side_pays(steps, rows, gate_width, True, min_work):
+            return "layers"
+        return None
+
+    def side_by_side(self, first, second, blas: bool = True) -> None:
+        run_side_by_side(first, second, blas)
+
+    def pipeline(self, n_stages: int, stage) -> None:
+        run_pipeline(n_stages, stage)
 
 
 THREADED = ThreadedRunner()

@@ -1,23 +1,56 @@
-"""How the independent parts of a compiled scan run.
+"""How the independent parts of a run are scheduled.
 
-A runner has ``ranges(lengths, row_work) -> [(r0, r1), ...]``, the row ranges a batch of
-sequences with these lengths splits into, and ``run(parts)``, which calls each part
-and returns when all are done.  The kernels take one as an argument and know nothing of
-threads: :data:`SERIAL`, the default, runs everything on the calling thread, and
-:data:`nprnn.threads.THREADED` splits large batches across threads.
+The kernels and the layer stack take a runner as an argument and know nothing of threads.
+A runner answers two questions:
+
+* within one compiled scan: ``ranges(lengths, row_work) -> [(r0, r1), ...]``, the row
+  ranges a batch of sequences with these lengths splits into, and ``run(parts)``, which
+  calls each part and returns when all are done;
+* within a stack of scans (:mod:`.stack`): ``schedule(...)``, which scans run at once
+  (None, ``"directions"`` or ``"layers"``), and ``side_by_side(first, second, blas)`` and
+  ``pipeline(n, stage)``, which run them so.
+
+:data:`SERIAL`, the default, runs everything on the calling thread, one thing at a time;
+:data:`nprnn.threads.THREADED` uses more cores.
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+
+class Runner(Protocol):
+    def ranges(self, lengths: Sequence[int], row_work: int) -> list: ...
+
+    def run(self, parts: Sequence[Callable[[], None]]) -> None: ...
+
+    def schedule(self, *, compiled: bool, layers: int, directions: int, rows: int, steps: int, gate_width: int,
+                 row_width: int, train: bool, pipelinable: bool) -> Optional[str]: ...
+
+    def side_by_side(self, first: Callable[[], None], second: Callable[[], None], blas: bool = True) -> None: ...
+
+    def pipeline(self, n_stages: int, stage: Callable[[int, Any], None]) -> None: ...
+
 
 class SerialRunner:
-    """One range, run on the calling thread."""
+    """Everything on the calling thread, one at a time: one range, no schedule."""
 
-    def ranges(self, lengths, row_work: int) -> list:
+    def ranges(self, lengths: Sequence[int], row_work: int) -> list:
         return [(0, len(lengths))]
 
-    def run(self, parts) -> None:
+    def run(self, parts: Sequence[Callable[[], None]]) -> None:
         for part in parts:
             part()
+
+    def schedule(self, **shape: Any) -> Optional[str]:
+        return None
+
+    def side_by_side(self, first: Callable[[], None], second: Callable[[], None], blas: bool = True) -> None:
+        second()
+        first()
+
+    def pipeline(self, n_stages: int, stage: Callable[[int, Any], None]) -> None:
+        for i in range(n_stages):
+            stage(i, None)
 
 
 SERIAL = SerialRunner()

@@ -29,7 +29,6 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import settings
 from . import native
 from .cells import CellKind, StepWeights, gate_major, gate_scale
 from .runners import SERIAL
@@ -128,8 +127,8 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
     on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
     h_prev first) when training, else per-row workspace (N rows) like ``work``.
-    ``chunks`` (a pipelined run, see :class:`Chunks`) fills ``gx`` a group of steps at a
-    time and hands the finished output on.
+    ``chunks`` (a pipelined run: ``begin(k)`` and ``end(k)`` around step ``k``) fills
+    ``gx`` a group of steps at a time and hands the finished output on.
 
     The previous step's ``h`` is read straight from its output rows, so no step copies
     its state; only where sequences end are their final rows copied into ``h_n``, and
@@ -197,86 +196,6 @@ def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tap
             chunks.end(k)
 
 
-class Chunks:
-    """A pipelined scan (see :mod:`nprnn.threads`) works in groups of ``settings.chunk_steps``
-    steps (in processing order): ``before(lo, hi)`` runs before a group's first step and
-    ``after(lo, hi)`` after its last, ``lo:hi`` being the rows the group covers.
-    ``Chunks.groups_begun`` counts the groups begun by all pipelined scans (for tests)."""
-
-    groups_begun = 0
-
-    def __init__(self, steps, before, after):
-        size = settings.chunk_steps
-        self.size, self.last, self.before, self.after = size, len(steps) - 1, before, after
-        self.rows = [(min(s[0] for s in steps[j : j + size]), max(s[1] for s in steps[j : j + size]))
-                     for j in range(0, len(steps), size)]
-
-    def begin(self, k):
-        if k % self.size == 0:
-            Chunks.groups_begun += 1
-            self.before(*self.rows[k // self.size])
-
-    def end(self, k):
-        if k % self.size == self.size - 1 or k == self.last:
-            self.after(*self.rows[k // self.size])
-
-
-def _small_steps(steps, source, gate_width):
-    """The first rows of the steps whose batch has shrunk below
-    ``settings.min_step_work`` gate values, when another stage feeds this one
-    (``source``; two such stretches side by side lose more to the GIL than they gain)."""
-    if source is None:
-        return []
-    return [lo for lo, hi, n in steps if n * gate_width < settings.min_step_work]
-
-
-def _forward_chunks(steps, project, source, sink, gate_width):
-    """Forward in time: wait until ``source`` (None: the input is all there) has
-    published a group's input rows and project them; publish its output rows on ``sink``
-    (None: nobody reads them as they come).  Where the batch has shrunk below
-    ``settings.min_step_work`` gate values a step, two scans at once cost more
-    than one after the other, so from its first such group this stage waits until the
-    stage below has finished."""
-    total = steps[-1][1]
-    small = set(_small_steps(steps, source, gate_width))
-
-    def before(lo, hi):
-        if source is not None:
-            source.wait(total if lo in small else hi)
-        if sink is not None:
-            sink.check()
-        project(lo, hi)
-
-    def after(lo, hi):
-        if sink is not None:
-            sink.publish(hi)
-
-    return Chunks(steps, before, after)
-
-
-def _backward_chunks(steps, total, input_grad, source, sink, gate_width):
-    """Backward through a forward-in-time scan, rows coming from the end: wait until
-    ``source`` has published the output gradient's last ``total - lo`` rows, and after a
-    group compute its rows of the input gradient and publish them on ``sink``.  The
-    steps where the batch has shrunk below ``settings.min_step_work`` gate
-    values come first here; this stage starts them once the stage above is past all of
-    its own, so that two such stretches never run side by side."""
-    small_from = min(_small_steps(steps, source, gate_width), default=total)
-
-    def before(lo, hi):
-        if source is not None:
-            source.wait(total - min(lo, small_from))
-        if sink is not None:
-            sink.check()
-
-    def after(lo, hi):
-        input_grad(lo, hi)
-        if sink is not None:
-            sink.publish(total - lo)
-
-    return Chunks(list(reversed(steps)), before, after)
-
-
 @dataclass(frozen=True)
 class DirectionRecord:
     """What the backward pass of one layer-direction needs from its forward."""
@@ -301,14 +220,16 @@ class DirectionRecord:
 
 
 def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None,
-                      pipeline=None, cache=None, runner=SERIAL):
+                      stage=None, cache=None, runner=SERIAL):
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
     tuple of (N, .) initial states; ``out`` (T, H_out) receives the outputs; ``pool`` and
     ``key`` let the caller's buffers be reused (see :func:`alloc_blocks`).
-    ``pipeline`` = ``(source, sink)`` runs the scan as one stage of a layer pipeline
-    (forward direction only; see :class:`Chunks`).
+    ``stage`` runs the scan as one stage of a layer pipeline (forward in time only): its
+    ``forward_hooks(steps, project, gate_width)`` gives the ``begin(k)``/``end(k)`` calls
+    around each step, which project the input a group of steps at a time as it arrives
+    and hand the output on (see ``nprnn.threads.PipelineStage``).
     Returns ``(final_state, record)``; record is None unless ``train``.
 
     Runs on the compiled tier (:mod:`.native`) where it can: not for a pipelined stage,
@@ -316,7 +237,7 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     prepared weights under ``key`` from one call to the next, and ``runner``
     (:mod:`.runners`) may split its batch.
     """
-    if pipeline is None and native.supports(kind, x.dtype):
+    if stage is None and native.supports(kind, x.dtype):
         prep = native.prepare(kind, params) if cache is None else native.prepared(cache, key, kind, params)
         return native.direction_forward(x, prep, state0, batch_sizes, reverse, out, train, pool, key, runner)
     w_ih, w_hh, b_ih, b_hh, w_hr = params
@@ -342,20 +263,20 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     else:
         tape_blocks = kind.tape_blocks(H, P, proj)
         tape = alloc_blocks(tape_blocks, N, x.dtype, pool, (key, "rows"))
-    if pipeline is None:
+    if stage is None:
         project(0, x.shape[0])
         chunks = None
     elif reverse:
         raise ValueError("a pipelined scan runs forward in time")
     else:
-        chunks = _forward_chunks(steps, project, *pipeline, gx.shape[1])
+        chunks = stage.forward_hooks(steps, project, gx.shape[1])
     scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks)
     record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
     return state, record
 
 
 def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False,
-                       pipeline=None, runner=SERIAL):
+                       stage=None, runner=SERIAL):
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
@@ -363,12 +284,12 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     Returns ``(dx, dstate0, param_grads)``: the input gradient (T, H_in) — written into
     ``dx`` if given, or added to it with ``accumulate`` — the initial-state gradients, and
     (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None for absent ones.
-    ``pipeline`` = ``(source, sink)`` (a forward-in-time scan, ``dx`` given): ``dout``'s
-    rows are read as ``source`` publishes them from the end, and ``dx``'s rows are
-    computed a group of steps at a time and published on ``sink``.
+    ``stage`` (a forward-in-time scan, ``dx`` given): its ``backward_hooks(steps, total,
+    input_grad, gate_width)`` wait for ``dout``'s rows as they arrive from the end, and
+    compute ``dx``'s rows a group of steps at a time and hand them on.
     """
     if isinstance(rec, native.NativeRecord):
-        if pipeline is not None:
+        if stage is not None:
             raise ValueError("a compiled layer-direction runs its backward in one call, not as a pipeline stage")
         return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate, runner)
     kind = rec.kind
@@ -384,14 +305,14 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     dgx = grads[0]  # (T, G*H) gradient of the pre-activations, input side
     dgh = grads[1] if kind.separate_dgh else dgx  # hidden side
     chunks = None
-    if pipeline is not None:
+    if stage is not None:
         if rec.steps[0][0] != 0 or dx is None or accumulate:
             raise ValueError("a pipelined backward runs a forward-in-time scan into a given dx")
 
         def input_grad(lo, hi):  # dx = dgx @ W_ih for rows lo:hi
             np.dot(dgx[lo:hi], rec.w_ih, out=dx[lo:hi])
 
-        chunks = _backward_chunks(rec.steps, T, input_grad, *pipeline, dgx.shape[1])
+        chunks = stage.backward_hooks(rec.steps, T, input_grad, dgx.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
         scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
                       scratch, scratch_blocks, chunks)

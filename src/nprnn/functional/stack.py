@@ -1,0 +1,149 @@
+"""The layer x direction stack: every scan of a multi-layer, possibly bidirectional layer,
+forward and backward, as plain functions.
+
+Layer ``l`` reads the ``(T, D*H_out)`` output of layer ``l - 1`` (dropout between layers in
+training), and each of its directions writes its own columns of its output.  Backward
+walks the layers from the top, each direction adding its input gradient into the layer's.
+
+Which scans may run at once is the ``runner``'s choice (:mod:`.runners`): :data:`SERIAL`
+runs one after the other; ``nprnn.threads.THREADED`` may run a layer's two directions side
+by side, or pipeline a stack of one-directional layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import native
+from .cells import CellKind
+from .runners import SERIAL, Runner
+from .scan import alloc_blocks, direction_backward, direction_forward
+
+Params = tuple  # (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent
+
+
+@dataclass(frozen=True)
+class StackRecord:
+    """What a training-mode :func:`stack_forward` leaves for :func:`stack_backward`.
+
+    records: each layer-direction's record (from direction_forward), layer-major
+    masks: per layer, the dropout mask applied to its output (None: none)
+    schedule: how the scans ran ("directions", "layers" or None), so backward runs alike
+    """
+
+    records: list
+    masks: list
+    schedule: Optional[str]
+    num_layers: int
+    num_directions: int
+    out_width: int  # H_out of one direction
+    native: bool
+
+
+def _put(alls: Sequence[np.ndarray], idx: int, parts: Sequence[np.ndarray]) -> None:
+    """Row ``idx`` of each (D*layers, N, .) array in ``alls`` gets the matching array of ``parts``."""
+    for a, part in zip(alls, parts):
+        a[idx] = part
+
+
+def stack_forward(kind: CellKind, x: np.ndarray, params: Sequence[Params], states: Sequence[np.ndarray],
+                  batch_sizes: Sequence[int], *, num_layers: int, num_directions: int, train: bool,
+                  reverse_only: bool = False, dropout: float = 0.0, rng: Optional[np.random.Generator] = None,
+                  options: Optional[Sequence[Any]] = None, pool: Optional[dict] = None, cache: Optional[dict] = None,
+                  runner: Runner = SERIAL) -> tuple[np.ndarray, list, Optional[StackRecord]]:
+    """All layers and directions over packed time-major ``x`` (T, H_in).
+
+    ``params[idx]`` and ``states[k][idx]`` belong to layer-direction ``idx = layer * D + d``
+    (``states``: h, and for LSTM c, each (D*layers, N, .)).  ``reverse_only`` runs the one
+    direction backwards in time (ONNX's ``direction="reverse"``).  ``options[idx]`` are a
+    kind's extra settings (:class:`.cells.StepWeights`).  Returns ``(output (T, D*H_out),
+    final states like states, record)``, the record None unless ``train``.
+    """
+    D, L = num_directions, num_layers
+    H = params[0][1].shape[0] // kind.num_gates
+    P = params[0][1].shape[1]
+    dtype = x.dtype
+    compiled = native.supports(kind, dtype)
+    finals = [np.empty(s.shape, dtype) for s in states]
+    schedule = runner.schedule(compiled=compiled, layers=L, directions=D, rows=x.shape[0], steps=len(batch_sizes),
+                               gate_width=kind.num_gates * H, row_width=P + H, train=train,
+                               pipelinable=not reverse_only and not (train and dropout > 0))
+    records: list = [None] * (L * D)
+    outs = [np.empty((x.shape[0], D * P), dtype) if layer == L - 1  # returned to the caller
+            else alloc_blocks(((1, D * P),), x.shape[0], dtype, pool, (layer, "out"))[0]
+            for layer in range(L)]  # (T, D*H_out) each
+
+    def run(layer: int, d: int, stage: Any = None) -> None:
+        idx = layer * D + d
+        final, records[idx] = direction_forward(
+            kind, x if layer == 0 else outs[layer - 1], params[idx], tuple(s[idx] for s in states), batch_sizes,
+            d == 1 or reverse_only, outs[layer][:, d * P : (d + 1) * P], train, None if options is None
+            else options[idx], pool, idx, stage, cache, runner)
+        _put(finals, idx, final)
+
+    masks: list = [None] * L
+    if schedule == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)
+        runner.pipeline(L, lambda layer, stage: run(layer, 0, stage))
+    else:
+        for layer in range(L):
+            if schedule == "directions":
+                runner.side_by_side(lambda: run(layer, 1), lambda: run(layer, 0), blas=not compiled)
+            else:
+                for d in range(D):
+                    run(layer, d)
+            if train and dropout > 0 and layer < L - 1:
+                masks[layer] = _dropout_mask(outs[layer].shape, dropout, rng, dtype)
+                outs[layer] *= masks[layer]
+    record = StackRecord(records, masks, schedule, L, D, P, compiled) if train else None
+    return outs[-1], finals, record
+
+
+def _dropout_mask(shape: tuple, p: float, rng: Optional[np.random.Generator], dtype: np.dtype) -> np.ndarray:
+    """A Bernoulli(1 - p) mask scaled by 1 / (1 - p) (zeros for p = 1)."""
+    if p >= 1:
+        return np.zeros(shape, dtype)
+    keep = (rng if rng is not None else np.random.default_rng()).random(shape) >= p
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - p))
+
+
+def stack_backward(rec: StackRecord, dout: np.ndarray, grad_finals: Sequence[np.ndarray], pool: Optional[dict] = None,
+                   runner: Runner = SERIAL) -> tuple[np.ndarray, list, list]:
+    """Backward of :func:`stack_forward`: ``dout`` (T, D*H_out) the output gradient,
+    ``grad_finals`` the final states' gradients (like the states).  Returns ``(dx (T, H_in),
+    initial-state gradients like the states, parameter gradients per layer-direction)``,
+    the latter each (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None where absent."""
+    D, L, P = rec.num_directions, rec.num_layers, rec.out_width
+    dtype = dout.dtype
+    grad_states = [np.empty(g.shape, dtype) for g in grad_finals]
+    pgrads: list = [None] * (L * D)
+    dxs = []  # the input gradient of each layer: the next layer down's output gradient
+    for layer in range(L):
+        x_rows, in_size = rec.records[layer * D].x.shape
+        dxs.append(np.empty((x_rows, in_size), dtype) if layer == 0  # returned to the caller
+                   else alloc_blocks(((1, in_size),), x_rows, dtype, pool, (layer, "dx"))[0])
+
+    def run(layer: int, d: int, dx: np.ndarray, accumulate: bool = False, stage: Any = None) -> None:
+        idx = layer * D + d
+        above = dout if layer == L - 1 else dxs[layer + 1]
+        dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
+        _, dstate0, pgrads[idx] = direction_backward(rec.records[idx], above[:, d * P : (d + 1) * P], dstate, pool,
+                                                     idx, dx, accumulate, stage, runner)
+        _put(grad_states, idx, dstate0)
+
+    if rec.schedule == "layers":  # top layer first, each reading its output gradient as it comes
+        runner.pipeline(L, lambda i, stage: run(L - 1 - i, 0, dxs[L - 1 - i], stage=stage))
+        return dxs[0], grad_states, pgrads
+    for layer in reversed(range(L)):
+        dx = dxs[layer]
+        if rec.schedule == "directions":
+            (dx_rev,) = alloc_blocks(((1, dx.shape[1]),), dx.shape[0], dtype, pool, (layer, "dx reverse"))
+            runner.side_by_side(lambda: run(layer, 1, dx_rev), lambda: run(layer, 0, dx), blas=not rec.native)
+            dx += dx_rev
+        else:
+            for d in range(D):
+                run(layer, d, dx, accumulate=d > 0)
+        if layer > 0 and rec.masks[layer - 1] is not None:
+            dx *= rec.masks[layer - 1]  # through dropout
+    return dxs[0], grad_states, pgrads
