@@ -46,14 +46,16 @@ def test_top_level_all_is_importable():
 
 def test_the_kernels_import_no_concurrency_interop_cli_or_teaching_module():
     """functional/ is pure computation: it takes a runner (functional/runners.py) instead
-    of importing threads, and knows nothing of ONNX, the CLI or the teaching tools."""
+    of importing threads, and knows nothing of the layers, ONNX, the CLI or the teaching
+    tools."""
     import ast
     import os
 
     import nprnn.functional
 
     folder = os.path.dirname(nprnn.functional.__file__)
-    banned = {"threads", "onnx", "cli", "explain", "diagram", "demo", "charlm", "scale", "stream", "convert"}
+    banned = {"threads", "onnx", "cli", "explain", "diagram", "demo", "charlm", "scale", "stream", "convert",
+              "parallel", "interop", "teach", "nn"}
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".py"):
             continue
@@ -71,7 +73,7 @@ def test_the_kernels_import_no_concurrency_interop_cli_or_teaching_module():
 
 
 def test_the_core_names_no_onnx_variant():
-    """ONNX's extra cell kinds live in nprnn/onnx/variants.py and register themselves; the
+    """ONNX's extra cell kinds live in nprnn/interop/onnx/variants.py and register themselves; the
     kernels and the layers name none of them."""
     import os
 
@@ -79,9 +81,31 @@ def test_the_core_names_no_onnx_variant():
 
     root = os.path.dirname(nprnn.__file__)
     core = [os.path.join(root, "functional", n) for n in os.listdir(os.path.join(root, "functional"))
-            if n.endswith(".py")] + [os.path.join(root, n) for n in ("recurrent.py", "cells.py", "module.py")]
+            if n.endswith(".py")]
+    core += [os.path.join(root, "nn", n) for n in ("recurrent.py", "layout.py", "cells.py", "module.py")]
     for path in core:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         for word in ("gru_lbr0", "lstm_ext", "peephole", "input_forget", "linear_before_reset"):
             assert word not in text, f"{os.path.relpath(path, root)} names {word}"
+
+
+def test_old_paths_are_the_moved_modules_themselves():
+    """nprnn.serialization, nprnn.onnx.graph, ...: one module object under both names (one
+    copy of each class, so isinstance and patches agree), and a pickle naming an old path
+    (written before the move) loads."""
+    import pickle
+
+    import nprnn
+    from nprnn._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(f"nprnn.{old}") is importlib.import_module(f"nprnn.{new}"), old
+    import nprnn.interop.onnx.graph
+    import nprnn.onnx.graph
+
+    assert nprnn.onnx.graph is nprnn.interop.onnx.graph
+    assert nprnn.onnx.graph.__spec__.name == "nprnn.interop.onnx.graph"
+    old_pickle = pickle.dumps(nprnn.GRU(2, 3), protocol=0).replace(b"nprnn.nn.recurrent", b"nprnn.recurrent")
+    assert b"nprnn.recurrent" in old_pickle
+    assert type(pickle.loads(old_pickle)) is nprnn.GRU

@@ -1,11 +1,22 @@
-"""nprnn: PyTorch's recurrent layers written from first principles on NumPy."""
-from . import config, losses, optim, utils
-from .activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from .cells import GRUCell, LSTMCell, RNNCell
+"""nprnn: PyTorch's recurrent layers written from first principles on NumPy.
+
+The package's layers: :mod:`nprnn.functional` (the kernels: cell steps, the time loop,
+the layer stack; plain functions), :mod:`nprnn.nn` (the layers users build with),
+:mod:`nprnn.parallel` (threads and scale-out), :mod:`nprnn.interop` (files, PyTorch,
+ONNX), :mod:`nprnn.teach` (explain, diagrams, demo) and the CLI (:mod:`nprnn.cli`).
+"""
+from . import (
+    _moved,  # noqa: F401  (first: nprnn.serialization, nprnn.onnx, ... the paths users have)
+    config,
+    utils,
+)
 from .functional.native import backend, set_backend
-from .layers import Dropout, Embedding, LayerNorm, Linear
-from .module import Module, writable
-from .packing import (
+from .nn import losses, optim
+from .nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .nn.cells import GRUCell, LSTMCell, RNNCell
+from .nn.layers import Dropout, Embedding, LayerNorm, Linear
+from .nn.module import Module, writable
+from .nn.packing import (
     PackedSequence,
     pack_padded_sequence,
     pack_sequence,
@@ -14,9 +25,9 @@ from .packing import (
     unpack_sequence,
     unpad_sequence,
 )
-from .recurrent import GRU, LSTM, RNN, RNNBase
-from .sequential import LastStep, Sequential
-from .threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
+from .nn.recurrent import GRU, LSTM, RNN, RNNBase
+from .nn.sequential import LastStep, Sequential
+from .parallel.threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
 
 __version__ = "0.1.0"
 

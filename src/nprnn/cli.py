@@ -100,7 +100,7 @@ def _dispatch(parser, args) -> int:
         print(__version__)
         return 0
     if args.command == "demo":
-        from .demo import run
+        from .teach.demo import run
 
         return run(compare_torch=args.compare_torch)
     if args.command == "train":
@@ -112,7 +112,7 @@ def _dispatch(parser, args) -> int:
     if args.command == "plot-states":
         return _plot_states(args)
     if args.command == "convert":
-        from .convert import convert
+        from .interop.convert import convert
 
         convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first,
                 last_step=args.last_step)
@@ -167,7 +167,7 @@ def _build_layer(args):
 def _explain(args) -> int:
     import json
 
-    from .explain import explain, format_text
+    from .teach.explain import explain, format_text
 
     _positive(args, "batch", "seq_len")
     if args.plot:
@@ -175,7 +175,7 @@ def _explain(args) -> int:
     layer = _build_layer(args)
     info = explain(layer, batch=args.batch, seq_len=args.seq_len, unbatched=args.unbatched)
     if args.plot:
-        from .diagram import unrolled
+        from .teach.diagram import unrolled
 
         unrolled(layer, args.seq_len, args.plot)
     print(json.dumps(info, indent=2) if args.json else format_text(info))
@@ -187,12 +187,12 @@ def _explain(args) -> int:
 def _plot_states(args) -> int:
     import numpy as np
 
-    from .diagram import state_heatmaps
-    from .explain import collect_states
+    from .teach.diagram import state_heatmaps
+    from .teach.explain import collect_states
 
     _need("matplotlib", "plot-states", "plot")
     if args.checkpoint:
-        from .charlm import load_for_generation
+        from .teach.charlm import load_for_generation
 
         if not args.text:
             raise ValueError("--text is empty: give the text to run through the model")
@@ -217,7 +217,7 @@ def _fail(msg: str) -> int:
 
 
 def _train(args) -> int:
-    from .charlm import train
+    from .teach.charlm import train
 
     _positive(args, "steps", "batch_size", "seq_len", "hidden_size", "num_layers", "embed_dim", "eval_every",
               "ckpt_every")
@@ -244,7 +244,7 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from .charlm import load_for_generation, sample
+    from .teach.charlm import load_for_generation, sample
 
     if args.length < 0:
         raise ValueError(f"--length must be >= 0, got {args.length}")

@@ -26,7 +26,6 @@ from typing import Optional
 import numpy as np
 
 from ..config import settings
-from ..module import parameter_epoch
 from .runners import SERIAL
 
 try:
@@ -135,9 +134,24 @@ def prepare(kind, params) -> Prepared:
     )
 
 
+_epoch = [0]
+
+
+def weights_changed() -> None:
+    """Say that some parameter of some module may have changed (the modules call it on
+    each route that changes one: parameters are read-only otherwise)."""
+    _epoch[0] += 1
+
+
+def parameter_epoch() -> int:
+    """A counter that changes whenever any parameter of any module may have changed;
+    caches of prepared weights compare it to the value they were made at."""
+    return _epoch[0]
+
+
 def prepared(cache: dict, key, kind, params) -> Prepared:
     """The prepared weights of ``params`` from ``cache`` (a dict its module owns), made
-    anew when any parameter has changed since (see :func:`nprnn.module.parameter_epoch`:
+    anew when any parameter has changed since (see :func:`parameter_epoch`:
     parameters are read-only except through the routes that bump it) or the instruction
     set is another.  A one-step call then pays for the step, not for packing weights."""
     epoch = parameter_epoch()

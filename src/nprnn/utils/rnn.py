@@ -1,5 +1,5 @@
 """``torch.nn.utils.rnn`` for nprnn: the packed-sequence API (defined in :mod:`nprnn.packing`)."""
-from ..packing import (
+from ..nn.packing import (
     PackedSequence,
     invert_permutation,
     pack_padded_sequence,

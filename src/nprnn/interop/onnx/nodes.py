@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..recurrent import GRU, LSTM, RNN, RNNBase
+from ...nn.recurrent import GRU, LSTM, RNN, RNNBase
 from . import variants  # noqa: F401  (registers the cell kinds ONNXRecurrent runs)
 
 # ONNX gate block k comes from PyTorch block _TO_ONNX[kind][k]

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_array
-from .functional import native
-from .functional.scan import direction_forward
-from .module import parameter_epoch
+from .._checks import as_array
+from ..functional import native
+from ..functional.scan import direction_forward
 
 
 class Stream:
@@ -120,7 +119,7 @@ class Stream:
         """Each layer's kernel call, its arguments checked once (``_native.Call``) and all of
         its arrays owned by the stream (the input is copied into ``_x``); made again only
         when a parameter has changed."""
-        key = (parameter_epoch(), native.isa())
+        key = (native.parameter_epoch(), native.isa())
         if self._calls is not None and self._calls[0] == key:
             return self._calls[1]
         layer = self._layer

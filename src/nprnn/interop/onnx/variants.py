@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional.cells import (
+from ...functional.cells import (
     CellKind,
     _gru_grads,
     _gru_scratch,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_array
+from .._checks import as_array
 from .layers import _check_grad
 from .module import Module, resolve_dtype
 

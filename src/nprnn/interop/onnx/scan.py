@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..recurrent import LSTM
+from ...nn.recurrent import LSTM
 from .nodes import _attrs
 
 

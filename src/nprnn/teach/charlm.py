@@ -14,12 +14,12 @@ from importlib import resources
 
 import numpy as np
 
-from .layers import Embedding, Linear
-from .losses import cross_entropy
-from .module import Module, resolve_rng
-from .optim import Adam, clip_grad_norm_
-from .recurrent import LSTM
-from .serialization import checkpoint_metadata, load_checkpoint, save_checkpoint
+from ..interop.serialization import checkpoint_metadata, load_checkpoint, save_checkpoint
+from ..nn.layers import Embedding, Linear
+from ..nn.losses import cross_entropy
+from ..nn.module import Module, resolve_rng
+from ..nn.optim import Adam, clip_grad_norm_
+from ..nn.recurrent import LSTM
 
 
 def default_corpus() -> str:

@@ -30,9 +30,9 @@ import re
 
 import numpy as np
 
-from ..layers import Embedding, Linear
-from ..module import Module
-from ..recurrent import GRU, LSTM, RNN
+from ...nn.layers import Embedding, Linear
+from ...nn.module import Module
+from ...nn.recurrent import GRU, LSTM, RNN
 from . import ops
 from .nodes import _attrs, _onnx, module_from_node
 

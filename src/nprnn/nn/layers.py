@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import as_array, check_int
+from .._checks import as_array, check_int
 from .module import Module, resolve_dtype, resolve_rng
 
 

@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ._checks import as_array
-from .functional import alloc_blocks
+from .._checks import as_array
+from ..functional import alloc_blocks
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 
 

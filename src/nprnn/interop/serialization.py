@@ -23,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from .module import Module
+from ..nn.module import Module
 
 CHECKPOINT_FORMAT = "nprnn.checkpoint"
 CHECKPOINT_VERSION = 1

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from ..layers import Dropout, Embedding, Linear
-from ..recurrent import GRU, LSTM, RNN, RNNBase
-from ..sequential import LastStep, Sequential
+from ...nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from ...nn.layers import Dropout, Embedding, Linear
+from ...nn.recurrent import GRU, LSTM, RNN, RNNBase
+from ...nn.sequential import LastStep, Sequential
 from ..serialization import atomic_write
 from .nodes import _TO_ONNX, _onnx, _permute_gates
 

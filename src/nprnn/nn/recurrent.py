@@ -12,12 +12,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._checks import check_bool, check_dropout, check_int, check_nonlinearity
-from .functional import KINDS
-from .functional.stack import StackRecord, stack_backward, stack_forward
+from .._checks import check_bool, check_dropout, check_int, check_nonlinearity
+from ..functional import KINDS
+from ..functional.stack import StackRecord, stack_backward, stack_forward
+from ..parallel.threads import THREADED
 from .layout import Layout, check_grads, layout_of
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
-from .threads import THREADED
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
@@ -278,7 +278,7 @@ class GRU(RNNBase):
 def _equations_into_docstrings():
     """The classes' docstrings show the equations of the reference steps
     (:mod:`nprnn.functional.reference`), where they are written once."""
-    from .functional import reference
+    from ..functional import reference
 
     for cls, step in ((RNN, reference.rnn_step_forward), (LSTM, reference.lstm_step_forward),
                       (GRU, reference.gru_step_forward)):

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_array, check_bool, check_int, check_nonlinearity
-from .functional import KINDS, direction_backward, direction_forward
+from .._checks import as_array, check_bool, check_int, check_nonlinearity
+from ..functional import KINDS, direction_backward, direction_forward
+from ..parallel.threads import THREADED
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
-from .threads import THREADED
 
 
 class RNNCellBase(Module):

@@ -16,18 +16,13 @@ from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from ..functional.native import weights_changed  # each route that changes a parameter calls it
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _READ_ONLY = ("nprnn parameters are read-only, so that no layer ever runs on weights it prepared before a change: "
               "change them with load_state_dict(), by assigning the attribute (module.weight_hh_l0 = new_array), "
               "or in place inside `with nprnn.writable(module):`")
-_epoch = [0]  # bumped whenever any parameter changes by one of those routes
-
-
-def parameter_epoch() -> int:
-    """A counter that changes whenever any parameter of any module may have changed;
-    caches of prepared weights compare it to the value they were made at."""
-    return _epoch[0]
 
 
 class Parameter(np.ndarray):
@@ -95,7 +90,7 @@ def writable(*targets):
     finally:
         for a in frozen:
             a.flags.writeable = False
-        _epoch[0] += 1
+        weights_changed()
 
 
 def resolve_dtype(dtype) -> np.dtype:
@@ -244,7 +239,7 @@ class Module:
     def register_parameter(self, name: str, value: np.ndarray) -> None:
         p = self._parameters[name] = as_parameter(value)
         p.grad = self._grads[name] = np.zeros(value.shape, value.dtype)
-        _epoch[0] += 1
+        weights_changed()
 
     def __getattr__(self, name):
         # only called when normal lookup fails
@@ -266,7 +261,7 @@ class Module:
                 )
             p = params[name] = as_parameter(np.asarray(new, dtype=old.dtype))
             p.grad = self._grads[name]
-            _epoch[0] += 1
+            weights_changed()
             return
         if isinstance(value, Module):
             if "_modules" not in self.__dict__:
@@ -411,7 +406,7 @@ class Module:
             if not (isinstance(p, Parameter) and not p.flags.writeable):
                 p = self._parameters[name] = as_parameter(p)
             p.grad = self._grads[name]  # (pickles keep no attributes of arrays)
-        _epoch[0] += 1
+        weights_changed()
 
     # -- calling ---------------------------------------------------------------
     def __call__(self, *args, **kwargs):

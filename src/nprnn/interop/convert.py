@@ -20,8 +20,8 @@ import re
 
 import numpy as np
 
-from .layers import Embedding, Linear
-from .recurrent import GRU, LSTM, RNN
+from ..nn.layers import Embedding, Linear
+from ..nn.recurrent import GRU, LSTM, RNN
 from .serialization import format_of, read_tensors, write_tensors
 
 _KEY = re.compile(r"^(?P<prefix>.*?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -95,7 +95,7 @@ def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh"
     layer for one recurrent layer's weights, else a ``Sequential`` named as the keys are."""
     from collections import OrderedDict
 
-    from .sequential import LastStep, Sequential
+    from ..nn.sequential import LastStep, Sequential
 
     groups = _groups(tensors)
     if len(groups) == 1 and groups[0][0][0] == "recurrent":

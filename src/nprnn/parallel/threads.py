@@ -34,7 +34,7 @@ import threading
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 
-from .config import settings
+from ..config import settings
 
 # The thresholds live in nprnn.config.settings: chunk_steps, the steps a pipelined layer
 # hands over at a time; min_step_work, the gate values a step (rows * gates * hidden) below

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._checks import as_array, check_bool
+from .._checks import as_array, check_bool
 from .module import Module
 from .packing import PackedSequence, _check_lengths
 from .recurrent import RNNBase

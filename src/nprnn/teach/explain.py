@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recurrent import GRU, LSTM, RNN, RNNBase
+from ..nn.recurrent import GRU, LSTM, RNN, RNNBase
 
 SCHEMA_VERSION = 1
 _GATES = {"LSTM": "i, f, g, o", "GRU": "r, z, n", "RNN": ""}
@@ -32,7 +32,7 @@ def _kind(module) -> str:
 def equations(module) -> list:
     """The layer's equations, as the reference step (:mod:`nprnn.functional.reference`)
     states them, for this configuration."""
-    from .functional import reference
+    from ..functional import reference
 
     kind = _kind(module)
     if kind == "RNN":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recurrent import GRU, LSTM, RNN
+from ..nn.recurrent import GRU, LSTM, RNN
 
 
 def _examples(rng):
@@ -56,7 +56,7 @@ def _check(label, ok, out):
 
 def _backend_line() -> str:
     """Which kernels run: the compiled ones (and their instruction set) or NumPy's."""
-    from .functional import native
+    from ..functional import native
 
     if native.backend() == "native":
         return f"native (compiled kernels, {native.isa()})"
