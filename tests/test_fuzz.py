@@ -135,6 +135,76 @@ def test_layers_fed_any_shape_match_torch_or_refuse_cleanly(case):
             _close(a, b)
 
 
+special_case = st.fixed_dictionaries({
+    "kind": st.sampled_from(["RNN", "LSTM", "GRU"]),
+    "num_layers": st.integers(1, 2),
+    "bidirectional": st.booleans(),
+    "proj": st.booleans(),
+    "where": st.sampled_from(["input", "h0", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                              "weight_hh_l0_reverse", "weight_hr_l0", "weight_ih_l1"]),
+    "value": st.sampled_from([np.nan, np.inf, -np.inf]),
+    "lengths": st.booleans(),
+    "seed": st.integers(0, 2 ** 16),
+})
+
+
+@pytest.mark.torch
+@FUZZ
+@given(special_case)
+def test_nan_and_inf_propagate_as_in_torch_forward_and_backward(case):
+    """A NaN or an infinity in the input, the initial state or any weight: training
+    forward and backward give torch's outputs and gradients, NaN where torch has NaN
+    (on the tier this run uses; CI runs the suite once per tier)."""
+    import torch
+
+    rng = np.random.default_rng(case["seed"])
+    kind, L = case["kind"], case["num_layers"]
+    kw = dict(num_layers=L, bidirectional=case["bidirectional"])
+    if kind == "LSTM" and case["proj"]:
+        kw["proj_size"] = 2
+    ours = getattr(nprnn, kind)(3, 4, dtype=np.float64, seed=case["seed"], **kw)
+    theirs = getattr(torch.nn, kind)(3, 4, **kw).double()
+    where = case["where"]
+    state = ours.state_dict()
+    x = rng.standard_normal((5, 3, 3))
+    D = 2 if case["bidirectional"] else 1
+    h0 = rng.standard_normal((D * L, 3, kw.get("proj_size", 4)))
+    if where == "input":
+        x[rng.integers(5), rng.integers(3), rng.integers(3)] = case["value"]
+    elif where == "h0":
+        h0[rng.integers(D * L), rng.integers(3), rng.integers(h0.shape[2])] = case["value"]
+    elif where in state:
+        state[where].flat[rng.integers(state[where].size)] = case["value"]
+    else:
+        return  # (that weight is absent in this configuration)
+    ours.load_state_dict(state)
+    theirs.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    hx = (h0, np.zeros((D * L, 3, 4))) if kind == "LSTM" else h0
+    lengths = [5, 3, 2] if case["lengths"] else None
+    g = rng.standard_normal((5, 3, D * kw.get("proj_size", 4)))
+    if lengths is not None:
+        g[3:, 1] = g[2:, 2] = 0  # (padding has no gradient)
+    with np.errstate(all="ignore"):
+        out, _ = ours(x, hx, lengths=lengths)
+        dx, dhx = ours.backward(g)
+    tx = torch.from_numpy(x).requires_grad_()
+    th = tuple(torch.from_numpy(a).requires_grad_() for a in hx) if kind == "LSTM" else (
+        torch.from_numpy(h0).requires_grad_(),)
+    if lengths is None:
+        t_out, _ = theirs(tx, th if kind == "LSTM" else th[0])
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(tx, torch.tensor(lengths))
+        t_out, _ = theirs(packed, th if kind == "LSTM" else th[0])
+        t_out, _ = torch.nn.utils.rnn.pad_packed_sequence(t_out, total_length=5)
+    (t_out * torch.from_numpy(g)).sum().backward()
+    _close(out, t_out.detach().numpy())
+    _close(dx, tx.grad.numpy())
+    _close(dhx[0] if kind == "LSTM" else dhx, th[0].grad.numpy())
+    for name, p in theirs.named_parameters():
+        _close(ours.grads[name], p.grad.numpy())
+    COUNTS["NaN/inf cases compared with torch (outputs and gradients)"] += 1
+
+
 cell_case = st.fixed_dictionaries({
     "kind": st.sampled_from(["RNNCell", "LSTMCell", "GRUCell"]),
     "input_size": st.integers(1, 4),
