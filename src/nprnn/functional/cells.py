@@ -34,9 +34,18 @@ kernels are tested against step by step (tests/test_reference.py); here only the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
+
+from .._typing import Array, Blocks, OptArray
+
+# A step's kernels: forward(gx, h, c, w, tape, work, train, h_out) and
+# backward(dstate, w, tape, grads, scratch), the tape/work/grads/scratch as block views
+# (see block_views in .scan); and the block shapes as a function of (H, H_out, proj).
+ForwardStep = Callable[[Array, Array, Any, "StepWeights", Any, Any, bool, Array], None]  # (c: the LSTM's, else None)
+BackwardStep = Callable[[tuple[Array, ...], "StepWeights", Any, Any, Any], None]
+BlocksOf = Callable[[int, int, bool], Blocks]
 
 
 @dataclass
@@ -52,14 +61,14 @@ class StepWeights:
         ``prepare`` hook arranges)
     """
 
-    hhT: np.ndarray
-    hh: np.ndarray
-    b_hn: Optional[np.ndarray] = None
-    hrT: Optional[np.ndarray] = None
-    hr: Optional[np.ndarray] = None
-    one: np.floating = np.float64(1)
-    two: np.floating = np.float64(2)
-    extra: dict = field(default_factory=dict)
+    hhT: Array
+    hh: Array
+    b_hn: OptArray = None
+    hrT: OptArray = None
+    hr: OptArray = None
+    one: Any = np.float64(1)  # (a NumPy scalar of the weights' dtype)
+    two: Any = np.float64(2)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,19 +82,20 @@ class CellKind:
 
     name: str
     num_gates: int
-    gate_scales: tuple  # per gate block, the factor folded into its weight rows (see gate_scale)
+    gate_scales: tuple[float, ...]  # per gate block, the factor folded into its weight rows (see gate_scale)
     has_cell: bool
-    forward: Callable
-    backward: Callable
-    tape_blocks: Callable
-    work_blocks: Callable
-    grad_blocks: Callable
-    scratch_blocks: Callable
+    forward: ForwardStep
+    backward: BackwardStep
+    tape_blocks: BlocksOf
+    work_blocks: BlocksOf
+    grad_blocks: BlocksOf
+    scratch_blocks: BlocksOf
     separate_dgh: bool = False  # the gradient w.r.t. h @ W_hh.T differs from that w.r.t. gx
-    prepare: Optional[Callable] = None  # prepare(step_weights, w_hh): a kind's own arrangement of its weights
+    # prepare(step_weights, w_hh): a kind's own arrangement of its weights
+    prepare: Optional[Callable[["StepWeights", Array], None]] = None
 
 
-def gate_scale(kind: CellKind, hidden_size: int, dtype) -> Optional[np.ndarray]:
+def gate_scale(kind: CellKind, hidden_size: int, dtype: Any) -> OptArray:
     """(G*H,) factor folded into the weight rows: -1 for sigmoid gates, -2 for the LSTM's
     tanh gate, 1 where the kernel applies the activation itself; None for the plain RNN."""
     if not kind.gate_scales:
@@ -93,13 +103,13 @@ def gate_scale(kind: CellKind, hidden_size: int, dtype) -> Optional[np.ndarray]:
     return np.repeat(np.asarray(kind.gate_scales, dtype=dtype), hidden_size)
 
 
-def gate_major(a, num_gates):
+def gate_major(a: Array, num_gates: int) -> Array:
     """View rows ``(n, G*H)`` as ``(G, n, H)`` (no copy)."""
     n = a.shape[0]
     return a.reshape(n, num_gates, a.shape[1] // num_gates).transpose(1, 0, 2)
 
 
-def _sigmoid_of_scaled(a, one):
+def _sigmoid_of_scaled(a: Array, one: Any) -> None:
     """In place: ``a = -z`` (as scaled by gate_scale) becomes sigmoid(z)."""
     np.exp(a, a)
     np.add(a, one, a)
@@ -107,8 +117,9 @@ def _sigmoid_of_scaled(a, one):
 
 
 # ----------------------------------------------------------------------------- RNN
-def _rnn_forward(nonlinearity):
-    def forward(gx, h, c, w, tape, work, train, h_out):
+def _rnn_forward(nonlinearity: str) -> ForwardStep:
+    def forward(gx: Array, h: Array, c: OptArray, w: StepWeights, tape: Any, work: Any, train: bool,
+                h_out: Array) -> None:
         (act,) = tape
         np.dot(h, w.hhT, out=act)  # (n, H)
         act += gx
@@ -121,8 +132,8 @@ def _rnn_forward(nonlinearity):
     return forward
 
 
-def _rnn_backward(nonlinearity):
-    def backward(dstate, w, tape, grads, scratch):
+def _rnn_backward(nonlinearity: str) -> BackwardStep:
+    def backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: Any, scratch: Any) -> None:
         (dh,) = dstate
         _h_prev, act = tape
         (dz,) = grads
@@ -138,11 +149,11 @@ def _rnn_backward(nonlinearity):
     return backward
 
 
-def _rows(H, P, proj):
+def _rows(H: int, P: int, proj: bool) -> Blocks:
     return ((1, H),)
 
 
-def _nothing(H, P, proj):
+def _nothing(H: int, P: int, proj: bool) -> Blocks:
     return ()
 
 
@@ -153,7 +164,8 @@ RNN_RELU = CellKind("rnn_relu", 1, (), False, _rnn_forward("relu"), _rnn_backwar
 
 
 # ---------------------------------------------------------------------------- LSTM
-def _lstm_forward(gx, h, c, w, tape, work, train, h_out):
+def _lstm_forward(gx: Array, h: Array, c: Array, w: StepWeights, tape: Any, work: Any, train: bool,
+                  h_out: Array) -> None:
     gates, c_prev, tc = tape[0], tape[1], tape[2]  # gates (4, n, H)
     gh, ghv = work[0]  # (n, 4H) and its gate-major view
     np.dot(h, w.hhT, gh)
@@ -171,7 +183,7 @@ def _lstm_forward(gx, h, c, w, tape, work, train, h_out):
     _lstm_output(o, tc, w, tape, work, h_out)
 
 
-def _lstm_output(o, tc, w, tape, work, h_out):
+def _lstm_output(o: Array, tc: Array, w: StepWeights, tape: Any, work: Any, h_out: Array) -> None:
     """h' = o * tanh(c'), or (o * tanh(c')) @ W_hr.T with a projection."""
     if w.hrT is None:
         np.multiply(o, tc, h_out)
@@ -185,7 +197,7 @@ def _lstm_output(o, tc, w, tape, work, h_out):
         np.copyto(h_out, work[1])
 
 
-def _lstm_backward(dstate, w, tape, grads, scratch):
+def _lstm_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: Any, scratch: Any) -> None:
     dh, dc = dstate
     gates, c_prev, tc = tape[1], tape[2], tape[3]  # tape[0] is h_prev
     dgates, deriv, tmp = scratch[0], scratch[1], scratch[2]  # (4, n, H), (4, n, H), (n, H)
@@ -216,19 +228,19 @@ def _lstm_backward(dstate, w, tape, grads, scratch):
     np.dot(dG, w.hh, out=dh)  # to h_prev
 
 
-def _lstm_tape(H, P, proj):
+def _lstm_tape(H: int, P: int, proj: bool) -> Blocks:
     return ((4, H), (1, H), (1, H), (1, H)) if proj else ((4, H), (1, H), (1, H))
 
 
-def _lstm_work(H, P, proj):
+def _lstm_work(H: int, P: int, proj: bool) -> Blocks:
     return ((-4, H), (1, P)) if proj else ((-4, H),)
 
 
-def _lstm_grads(H, P, proj):
+def _lstm_grads(H: int, P: int, proj: bool) -> Blocks:
     return ((1, 4 * H), (1, P)) if proj else ((1, 4 * H),)
 
 
-def _lstm_scratch(H, P, proj):
+def _lstm_scratch(H: int, P: int, proj: bool) -> Blocks:
     return ((4, H), (4, H), (1, H), (1, H)) if proj else ((4, H), (4, H), (1, H))
 
 
@@ -237,7 +249,8 @@ LSTM = CellKind("lstm", 4, (-1, -1, -2, -1), True, _lstm_forward, _lstm_backward
 
 
 # ----------------------------------------------------------------------------- GRU
-def _gru_forward(gx, h, c, w, tape, work, train, h_out):
+def _gru_forward(gx: Array, h: Array, c: OptArray, w: StepWeights, tape: Any, work: Any, train: bool,
+                  h_out: Array) -> None:
     gates, ghn = tape  # (3, n, H), (n, H)
     ((gh, ghv),) = work  # (n, 3H) and its gate-major view
     np.dot(h, w.hhT, gh)  # r, z rows negated
@@ -256,14 +269,14 @@ def _gru_forward(gx, h, c, w, tape, work, train, h_out):
     _gru_update(h, z, n, h_out)
 
 
-def _gru_update(h, z, n, h_out):
+def _gru_update(h: Array, z: Array, n: Array, h_out: Array) -> None:
     """h' = (1 - z) * n + z * h, written as n + z * (h - n)."""
     np.subtract(h, n, h_out)
     np.multiply(h_out, z, h_out)
     np.add(h_out, n, h_out)
 
 
-def _gru_backward(dstate, w, tape, grads, scratch):
+def _gru_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: Any, scratch: Any) -> None:
     (dh,) = dstate
     h_prev, gates, ghn = tape
     dgx, dgh = grads  # (n, 3H) rows each
@@ -292,19 +305,19 @@ def _gru_backward(dstate, w, tape, grads, scratch):
     dh += dh_hh  # to h_prev: direct path z * dh plus the gates
 
 
-def _gru_tape(H, P, proj):
+def _gru_tape(H: int, P: int, proj: bool) -> Blocks:
     return ((3, H), (1, H))
 
 
-def _gru_work(H, P, proj):
+def _gru_work(H: int, P: int, proj: bool) -> Blocks:
     return ((-3, H),)
 
 
-def _gru_grads(H, P, proj):
+def _gru_grads(H: int, P: int, proj: bool) -> Blocks:
     return ((1, 3 * H), (1, 3 * H))
 
 
-def _gru_scratch(H, P, proj):
+def _gru_scratch(H: int, P: int, proj: bool) -> Blocks:
     return ((1, H), (1, P))
 
 

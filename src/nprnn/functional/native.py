@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from functools import partial
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .._typing import Array, OptArray, Params, Pool
 from ..config import settings
-from .runners import SERIAL
+from .cells import CellKind
+from .runners import SERIAL, Runner
 
 try:
-    from . import _native
+    from . import _native  # type: ignore[attr-defined]
 except ImportError:  # not built: no compiler at install time, or an unusual platform
     _native = None
 
@@ -64,7 +67,7 @@ def isa() -> Optional[str]:
     return None if _native is None else _native.isa()
 
 
-def supports(kind, dtype) -> bool:
+def supports(kind: CellKind, dtype: Any) -> bool:
     """Whether this call can run natively: the tier is on and the kind is one of PyTorch's
     (the ONNX-only variants stay on NumPy)."""
     return _enabled and kind.name in _CODES
@@ -91,21 +94,21 @@ class Prepared:
     for.  The packed ``W_ih``, ``W_hh``, ``W_hr`` that backward multiplies by are made on
     first use (:meth:`backward_weights`), so inference keeps one arranged copy."""
 
-    kind: object
+    kind: CellKind
     H: int
     P: int
     H_in: int
-    dtype: np.dtype
-    bias: Optional[np.ndarray]
-    b_hn: Optional[np.ndarray]
-    wih: np.ndarray
-    whh: np.ndarray
-    whr: Optional[np.ndarray]
+    dtype: np.dtype[Any]
+    bias: OptArray
+    b_hn: OptArray
+    wih: Array
+    whh: Array
+    whr: OptArray
     isa: str
-    params: tuple  # the parameter arrays these were made from (read-only between changes)
-    _backward: Optional[tuple] = None
+    params: Params  # the parameter arrays these were made from (read-only between changes)
+    _backward: Optional[tuple[Array, Array, OptArray]] = None
 
-    def backward_weights(self) -> tuple:
+    def backward_weights(self) -> tuple[Array, Array, OptArray]:
         """(packed W_ih, packed W_hh, packed W_hr or None), made once."""
         if self._backward is None:
             w_ih, w_hh, _, _, w_hr = self.params
@@ -114,12 +117,12 @@ class Prepared:
         return self._backward
 
 
-def prepare(kind, params) -> Prepared:
+def prepare(kind: CellKind, params: Params) -> Prepared:
     """Arrange ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) (None where absent)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     H = w_hh.shape[0] // kind.num_gates
     b_hn = None
-    if b_ih is None:
+    if b_ih is None or b_hh is None:  # (they come together)
         bias = None
     elif kind.name == "gru":  # the candidate's hidden bias sits inside r * (...)
         bias = b_ih.copy()
@@ -130,7 +133,7 @@ def prepare(kind, params) -> Prepared:
     return Prepared(
         kind=kind, H=H, P=w_hh.shape[1], H_in=w_ih.shape[1], dtype=w_hh.dtype, bias=bias, b_hn=b_hn,
         wih=_packed(w_ih, True), whh=_packed(w_hh, True), whr=None if w_hr is None else _packed(w_hr, True),
-        isa=_native.isa(), params=tuple(params),
+        isa=_native.isa(), params=params,
     )
 
 
@@ -149,7 +152,7 @@ def parameter_epoch() -> int:
     return _epoch[0]
 
 
-def prepared(cache: dict, key, kind, params) -> Prepared:
+def prepared(cache: dict[Any, Any], key: Any, kind: CellKind, params: Params) -> Prepared:
     """The prepared weights of ``params`` from ``cache`` (a dict its module owns), made
     anew when any parameter has changed since (see :func:`parameter_epoch`:
     parameters are read-only except through the routes that bump it) or the instruction
@@ -157,7 +160,7 @@ def prepared(cache: dict, key, kind, params) -> Prepared:
     epoch = parameter_epoch()
     hit = cache.get(key)
     if hit is not None and hit[0] == epoch and hit[1].isa == _native.isa():
-        return hit[1]
+        return hit[1]  # type: ignore[no-any-return]
     prep = prepare(kind, params)
     cache[key] = (epoch, prep)
     return prep
@@ -167,27 +170,27 @@ def prepared(cache: dict, key, kind, params) -> Prepared:
 class NativeRecord:
     """What the backward of one compiled layer-direction needs from its forward."""
 
-    x: np.ndarray  # (T, H_in) the layer input
+    x: Array  # (T, H_in) the layer input
     prep: Prepared  # the weights the forward ran with (kind and sizes too)
-    batch_sizes: np.ndarray  # int64, in time order
-    offsets: np.ndarray
+    batch_sizes: Array  # int64, in time order
+    offsets: Array
     reverse: bool
-    tape: dict  # hprev (T, H_out), gates (T, G*H), and per kind cprev, tc, m, ghn (T, H)
+    tape: dict[str, Array]  # hprev (T, H_out), gates (T, G*H), and per kind cprev, tc, m, ghn (T, H)
 
     @property
-    def kind(self):
+    def kind(self) -> CellKind:
         return self.prep.kind
 
-    def padded_tape(self, L: int):
+    def padded_tape(self, L: int) -> tuple[Array, Array, OptArray]:
         """See :meth:`.scan.DirectionRecord.padded_tape` (the layout is the same for any ``L``)."""
         gates = self.tape["gates"]
         return self.tape["hprev"], gates.reshape(gates.shape[0], -1, self.prep.H), self.tape.get("cprev")
 
 
-_LAYOUTS: dict = {}  # the last few batch layouts, as the kernel takes them
+_LAYOUTS: dict[tuple[int, ...], tuple[Array, Array]] = {}  # the last few batch layouts, as the kernel takes them
 
 
-def _layout(batch_sizes):
+def _layout(batch_sizes: Sequence[int]) -> tuple[Array, Array]:
     """``(sizes, offsets)`` as int64 arrays: each step's batch size and first packed row."""
     key = tuple(batch_sizes)
     hit = _LAYOUTS.get(key)
@@ -201,7 +204,7 @@ def _layout(batch_sizes):
     return hit
 
 
-def _tape_shapes(kind, H, P, proj, rows):
+def _tape_shapes(kind: CellKind, H: int, P: int, proj: bool, rows: int) -> dict[str, tuple[int, int]]:
     """The per-row arrays the kernel writes: per packed row when training (the tape), per
     batch row otherwise (work)."""
     shapes = {"gates": (rows, kind.num_gates * H)}
@@ -214,7 +217,7 @@ def _tape_shapes(kind, H, P, proj, rows):
     return shapes
 
 
-def step_work(prep: Prepared, N: int) -> dict:
+def step_work(prep: Prepared, N: int) -> dict[str, Array]:
     """The per-row work arrays of an inference call over a batch of ``N`` (a stream keeps
     them from step to step)."""
     dtype = prep.dtype
@@ -224,19 +227,19 @@ def step_work(prep: Prepared, N: int) -> dict:
     return {name: np.empty(shape, dtype) for name, shape in shapes.items()}
 
 
-def _arrays(shapes, dtype, pool, key):
+def _arrays(shapes: dict[str, tuple[int, int]], dtype: Any, pool: Optional[Pool], key: Any) -> dict[str, Array]:
     """Arrays of the given shapes, reused from ``pool`` (see :func:`.scan.alloc_blocks`)."""
     if pool is None:
         return {name: np.empty(shape, dtype) for name, shape in shapes.items()}
     held = pool.get(key)
     if held is not None and {k: a.shape for k, a in held.items()} == shapes and all(
             a.dtype == dtype for a in held.values()):
-        return held
+        return held  # type: ignore[no-any-return]
     held = pool[key] = {name: np.empty(shape, dtype) for name, shape in shapes.items()}
     return held
 
 
-def _split(sizes, offsets, prep, runner):
+def _split(sizes: Array, offsets: Array, prep: Prepared, runner: Runner) -> Sequence[tuple[int, int]]:
     """Row ranges of the batch for side-by-side calls (``runner.ranges``; see
     :func:`nprnn.threads.row_ranges`)."""
     row_work = prep.kind.num_gates * prep.H * (prep.P + prep.H_in) + prep.H * prep.P
@@ -244,10 +247,12 @@ def _split(sizes, offsets, prep, runner):
     if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * settings.min_split_work:
         return ((0, N),)  # too little work to hand any of it to another thread
     lengths = np.searchsorted(-sizes, -np.arange(1, N + 1), side="right")  # steps with > r rows
-    return runner.ranges(lengths, row_work)
+    return runner.ranges([int(n) for n in lengths], row_work)
 
 
-def call_args(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a, accumulate=False) -> tuple:
+def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[int, int], sizes: Array,
+              offsets: Array, x: OptArray, out: Array, h: Array, c: OptArray, a: dict[str, Array],
+              accumulate: bool = False) -> tuple[Any, ...]:
     """The arguments of one ``_native.scan`` call (see _native.c), the arrays in ``a`` by name."""
     if back:
         wih, whh, whr = prep.backward_weights()
@@ -259,12 +264,13 @@ def call_args(back, prep, train, reverse, rows, sizes, offsets, x, out, h, c, a,
             a.get("dx"), a.get("dgx"), a.get("dgh"), a.get("dproj"), a.get("scratch"), h.dtype.itemsize)
 
 
-def _call(*args, **kw):
+def _call(*args: Any, **kw: Any) -> None:
     _native.scan(*call_args(*args, **kw))
 
 
-def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, train, pool=None, key=None,
-                      runner=SERIAL):
+def direction_forward(x: Array, prep: Prepared, state0: tuple[Array, ...], batch_sizes: Sequence[int],
+                      reverse: bool, out: Array, train: bool, pool: Optional[Pool] = None, key: Any = None,
+                      runner: Runner = SERIAL) -> tuple[tuple[Array, ...], Optional["NativeRecord"]]:
     """One layer in one direction over packed ``x`` (T, H_in); see
     :func:`.scan.direction_forward`, whose contract this keeps.  ``runner`` may split a
     large batch (:mod:`.runners`): each part runs its whole time loop in its own call.
@@ -285,7 +291,7 @@ def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, trai
         arrays = dict(arrays, gxs=_arrays({"gxs": (N, 3 * H)}, x.dtype, pool, (key, "native gxs"))["gxs"])
     if N:
         x = np.ascontiguousarray(x)
-        runner.run([lambda r=r: _call(0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c, arrays)
+        runner.run([partial(_call, 0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c, arrays)
                     for r in _split(sizes, offsets, prep, runner)])
     state = (h,) if c is None else (h, c)
     record = None
@@ -294,8 +300,9 @@ def direction_forward(x, prep: Prepared, state0, batch_sizes, reverse, out, trai
     return state, record
 
 
-def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False,
-                       runner=SERIAL):
+def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None,
+                       key: Any = None, dx: OptArray = None, accumulate: bool = False, runner: Runner = SERIAL
+                       ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
     prep = rec.prep
@@ -323,8 +330,8 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
             dx.fill(0)
     else:
         ranges = _split(rec.batch_sizes, rec.offsets, prep, runner)
-        runner.run([lambda r=r: _call(1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None,
-                                      dout, dh, dc, arrays, accumulate) for r in ranges])
+        runner.run([partial(_call, 1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None, dout, dh, dc,
+                            arrays, accumulate) for r in ranges])
     dgx = grads["dgx"]
     has_bias = prep.bias is not None
     db_ih = dgx.sum(axis=0) if has_bias else None
@@ -338,7 +345,7 @@ def direction_backward(rec: NativeRecord, dout, dstate, pool=None, key=None, dx=
     return dx, (dh,) if dc is None else (dh, dc), (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
 
-def _at(a, *bs, runner=SERIAL):
+def _at(a: Array, *bs: Array, runner: Runner = SERIAL) -> list[Array]:
     """``a.T @ [b0 | b1 | ...]`` for ``a`` (T, M1) and each ``b`` (T, M_i): weight gradients
     summed over the packed rows, the ``b`` side by side so that ``a`` is read once.  On the
     compiled kernel, the rows of the result split as ``runner`` says (NumPy's BLAS would leave
@@ -356,6 +363,6 @@ def _at(a, *bs, runner=SERIAL):
             _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
             col += w
         out = np.empty((M1, M), a.dtype)
-        runner.run([lambda r=r: _native.gemm_at(a, bp, out, r[0], r[1], 0) for r in runner.ranges([K] * M1, M)])
+        runner.run([partial(_native.gemm_at, a, bp, out, r[0], r[1], 0) for r in runner.ranges([K] * M1, M)])
     starts = np.cumsum([0] + widths)
     return [out[:, s:e] for s, e in zip(starts[:-1], starts[1:])]

@@ -19,22 +19,31 @@ prints them from there.  ``@`` is the matrix product, ``*`` elementwise; PyTorch
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
+from .._typing import Array
 
-def _sigmoid(a):
+State = tuple[Array, ...]  # (h,) or (h, c), each (N, .)
+Weights = dict[str, Any]  # PyTorch's names without the layer suffix: weight_ih, weight_hh, bias_ih, ...
+Cache = tuple[Any, ...]  # what a step's backward needs from its forward
+Grads = dict[str, Array]  # the gradient of each weight, by name
+
+
+def _sigmoid(a: Array) -> Array:
     return 1.0 / (1.0 + np.exp(-a))
 
 
-def _affine(x, h, p):
+def _affine(x: Array, h: Array, p: Weights) -> Array:
     """x W_ih^T + b_ih + h W_hh^T + b_hh (a bias absent counts as zero)."""
-    a = x @ p["weight_ih"].T + h @ p["weight_hh"].T
+    a: Array = x @ p["weight_ih"].T + h @ p["weight_hh"].T
     if p.get("bias_ih") is not None:
         a = a + p["bias_ih"] + p["bias_hh"]
     return a
 
 
-def _affine_backward(da, x, h, p):
+def _affine_backward(da: Array, x: Array, h: Array, p: Weights) -> tuple[Array, Array, Grads]:
     """Gradients of x, h and the four weights of :func:`_affine` given its output's ``da``."""
     dp = {"weight_ih": da.T @ x, "weight_hh": da.T @ h}
     if p.get("bias_ih") is not None:
@@ -43,7 +52,7 @@ def _affine_backward(da, x, h, p):
 
 
 # ------------------------------------------------------------------------------ RNN
-def rnn_step_forward(x, state, p, nonlinearity="tanh"):
+def rnn_step_forward(x: Array, state: State, p: Weights, nonlinearity: str = "tanh") -> tuple[State, Cache]:
     """One step of an Elman RNN (``relu`` in place of ``tanh`` with that nonlinearity)::
 
         h_t = tanh(x_t @ W_ih.T + b_ih + h_(t-1) @ W_hh.T + b_hh)
@@ -54,7 +63,7 @@ def rnn_step_forward(x, state, p, nonlinearity="tanh"):
     return (h_next,), (x, h, a, h_next, p, nonlinearity)
 
 
-def equations(function) -> list:
+def equations(function: Callable[..., Any]) -> list[str]:
     """The equation lines of a ``*_step_forward`` docstring (its indented block)."""
     import inspect
 
@@ -63,7 +72,7 @@ def equations(function) -> list:
     return [line.strip() for line in block.splitlines() if line.strip()]
 
 
-def rnn_step_backward(dstate, cache):
+def rnn_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
     (dh_next,) = dstate
     x, h, a, h_next, p, nonlinearity = cache
     da = dh_next * (1 - h_next ** 2) if nonlinearity == "tanh" else dh_next * (a > 0)
@@ -72,7 +81,7 @@ def rnn_step_backward(dstate, cache):
 
 
 # ------------------------------------------------------------------------------ LSTM
-def lstm_step_forward(x, state, p):
+def lstm_step_forward(x: Array, state: State, p: Weights) -> tuple[State, Cache]:
     """One step of an LSTM, gates in PyTorch's order i, f, g, o (``weight_hr`` present: with
     a projection to proj_size)::
 
@@ -94,7 +103,7 @@ def lstm_step_forward(x, state, p):
     return (h_next, c_next), (x, h, c, i, f, g, o, tc, m, p)
 
 
-def lstm_step_backward(dstate, cache):
+def lstm_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
     dh_next, dc_next = dstate
     x, h, c, i, f, g, o, tc, m, p = cache
     dp = {}
@@ -114,7 +123,7 @@ def lstm_step_backward(dstate, cache):
 
 
 # ------------------------------------------------------------------------------ GRU
-def gru_step_forward(x, state, p):
+def gru_step_forward(x: Array, state: State, p: Weights) -> tuple[State, Cache]:
     """One step of a GRU, gates r, z, n (the hidden part of n is reset by r after its bias)::
 
         r_t = sigmoid(x_t @ W_ir.T + b_ir + h_(t-1) @ W_hr.T + b_hr)
@@ -135,7 +144,7 @@ def gru_step_forward(x, state, p):
     return (h_next,), (x, h, r, z, n, n_h, p)
 
 
-def gru_step_backward(dstate, cache):
+def gru_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
     (dh_next,) = dstate
     x, h, r, z, n, n_h, p = cache
     dn_pre = dh_next * (1 - z) * (1 - n ** 2)
@@ -150,14 +159,14 @@ def gru_step_backward(dstate, cache):
 
 
 # ------------------------------------------------------------------------------ layer-norm LSTM
-def _layer_norm(a, gamma, beta, eps=1e-5):
+def _layer_norm(a: Array, gamma: Array, beta: Array, eps: float = 1e-5) -> tuple[Array, Cache]:
     mu = a.mean(axis=1, keepdims=True)
     inv = 1.0 / np.sqrt(((a - mu) ** 2).mean(axis=1, keepdims=True) + eps)
     xhat = (a - mu) * inv
     return gamma * xhat + beta, (xhat, inv, gamma)
 
 
-def _layer_norm_backward(dy, cache):
+def _layer_norm_backward(dy: Array, cache: Cache) -> tuple[Array, Array, Array]:
     """Gradients of the input, gamma and beta of :func:`_layer_norm` given its output's ``dy``."""
     xhat, inv, gamma = cache
     dxhat = dy * gamma  # through the scale
@@ -165,7 +174,7 @@ def _layer_norm_backward(dy, cache):
     return da, (dy * xhat).sum(axis=0), dy.sum(axis=0)
 
 
-def ln_lstm_step_forward(x, state, p):
+def ln_lstm_step_forward(x: Array, state: State, p: Weights) -> tuple[State, Cache]:
     """One step of a layer-norm LSTM (as PyTorch's ``benchmarks/fastrnns/custom_lstms.py``
     writes it: each product normalised over its 4H gates, the cell over its H values; the
     normalisations' shifts stand in for the biases)::
@@ -189,7 +198,7 @@ def ln_lstm_step_forward(x, state, p):
     return (o * tc, c_next), (x, h, c, i, f, g, o, tc, ln_i, ln_h, ln_c, p)
 
 
-def ln_lstm_step_backward(dstate, cache):
+def ln_lstm_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
     dh_next, dc_next = dstate
     x, h, c, i, f, g, o, tc, ln_i, ln_h, ln_c, p = cache
     dc_norm = dc_next + dh_next * o * (1 - tc ** 2)  # through tanh(c_t)
@@ -203,7 +212,9 @@ def ln_lstm_step_backward(dstate, cache):
     return dai @ p["weight_ih"], (dah @ p["weight_hh"], dcell * f), dp
 
 
-STEPS = {  # kind -> (step_forward, step_backward)
+StepForward = Callable[[Array, State, Weights], tuple[State, Cache]]
+StepBackward = Callable[[State, Cache], tuple[Array, State, Grads]]
+STEPS: dict[str, tuple[StepForward, StepBackward]] = {  # kind -> (step_forward, step_backward)
     "rnn_tanh": (lambda x, s, p: rnn_step_forward(x, s, p, "tanh"), rnn_step_backward),
     "rnn_relu": (lambda x, s, p: rnn_step_forward(x, s, p, "relu"), rnn_step_backward),
     "lstm": (lstm_step_forward, lstm_step_backward),
@@ -212,7 +223,7 @@ STEPS = {  # kind -> (step_forward, step_backward)
 }
 
 
-def scan_forward(mode, x, state, p):
+def scan_forward(mode: str, x: Array, state: State, p: Weights) -> tuple[Array, State, list[Cache]]:
     """One layer-direction over a whole (T, N, input_size) sequence, a step at a time:
     returns (outputs (T, N, H_out), final state, caches)."""
     forward = STEPS[mode][0]
@@ -224,12 +235,13 @@ def scan_forward(mode, x, state, p):
     return np.stack(outs), state, caches
 
 
-def scan_backward(mode, doutputs, dstate, caches):
+def scan_backward(mode: str, doutputs: Array, dstate: State, caches: list[Cache]) -> tuple[Array, State, Grads]:
     """Backpropagation through time for :func:`scan_forward`: ``doutputs`` (T, N, H_out)
     and the final state's gradient in; the input's gradient, the initial state's and the
     weights' (summed over steps) out."""
     backward = STEPS[mode][1]
-    dxs, dp_total = [], {}
+    dxs: list[Array] = []
+    dp_total: Grads = {}
     for t in range(len(caches) - 1, -1, -1):
         dstate = (dstate[0] + doutputs[t],) + tuple(dstate[1:])
         dx, dstate, dp = backward(dstate, caches[t])

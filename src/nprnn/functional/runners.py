@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 
 class Runner(Protocol):
-    def ranges(self, lengths: Sequence[int], row_work: int) -> list: ...
+    def ranges(self, lengths: Sequence[int], row_work: int) -> list[tuple[int, int]]: ...
 
     def run(self, parts: Sequence[Callable[[], None]]) -> None: ...
 
@@ -34,7 +34,7 @@ class Runner(Protocol):
 class SerialRunner:
     """Everything on the calling thread, one at a time: one range, no schedule."""
 
-    def ranges(self, lengths: Sequence[int], row_work: int) -> list:
+    def ranges(self, lengths: Sequence[int], row_work: int) -> list[tuple[int, int]]:
         return [(0, len(lengths))]
 
     def run(self, parts: Sequence[Callable[[], None]]) -> None:

@@ -25,18 +25,19 @@ GEMM per group of steps instead, as the rows arrive.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .._typing import Array, Blocks, OptArray, Params, Pool, Steps
 from . import native
 from .cells import CellKind, StepWeights, gate_major, gate_scale
-from .runners import SERIAL
+from .runners import SERIAL, Runner
 
 
-def step_slices(batch_sizes: Sequence[int], reverse: bool) -> list:
+def step_slices(batch_sizes: Sequence[int], reverse: bool) -> Steps:
     """(lo, hi, n) for every step in processing order."""
-    out = []
+    out: Steps = []
     lo = 0
     for n in batch_sizes:
         out.append((lo, lo + n, n))
@@ -46,7 +47,8 @@ def step_slices(batch_sizes: Sequence[int], reverse: bool) -> list:
     return out
 
 
-def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
+def prepare_weights(kind: CellKind, w_ih: Array, w_hh: Array, b_ih: OptArray, b_hh: OptArray, w_hr: OptArray,
+                    options: Any = None) -> tuple[Array, OptArray, StepWeights]:
     """Arrange one layer-direction's parameters for the loop (``options``: what a
     registered kind's kernels read from ``StepWeights.extra``).
 
@@ -57,7 +59,7 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
     G = kind.num_gates
     H = w_hh.shape[0] // G
     scale = gate_scale(kind, H, w_hh.dtype)
-    if b_ih is None:
+    if b_ih is None or b_hh is None:  # (they come together)
         b_gx, b_hn = None, None
     elif kind.separate_dgh:  # GRU: the candidate's hidden bias stays inside r * (...)
         b_gx = b_ih.copy()
@@ -87,7 +89,8 @@ def prepare_weights(kind: CellKind, w_ih, w_hh, b_ih, b_hh, w_hr, options=None):
     return w_ih_s, b_gx, step
 
 
-def alloc_blocks(blocks, rows: int, dtype, pool=None, key=None) -> tuple:
+def alloc_blocks(blocks: Blocks, rows: int, dtype: Any, pool: Optional[Pool] = None, key: Any = None
+                 ) -> tuple[Array, ...]:
     """Arrays for ``rows`` rows of each block ``(k, width)`` (see :class:`.cells.CellKind`).
 
     With a ``pool`` (a dict owned by the caller), arrays of the same shapes are reused from
@@ -98,14 +101,14 @@ def alloc_blocks(blocks, rows: int, dtype, pool=None, key=None) -> tuple:
     if pool is not None:
         held = pool.get(key)
         if held is not None and [a.shape for a in held] == shapes and all(a.dtype == dtype for a in held):
-            return held
+            return held  # type: ignore[no-any-return]
     arrays = tuple(np.empty(shape, dtype) for shape in shapes)
     if pool is not None:
         pool[key] = arrays
     return arrays
 
 
-def _block_view(a, k, w, lo, hi):
+def _block_view(a: Array, k: int, w: int, lo: int, hi: int) -> Any:
     if k == 1:
         return a[lo:hi]
     if k > 1:
@@ -114,15 +117,16 @@ def _block_view(a, k, w, lo, hi):
     return rows, gate_major(rows, -k)
 
 
-def block_views(arrays, blocks, lo: int, hi: int) -> tuple:
+def block_views(arrays: Sequence[Array], blocks: Blocks, lo: int, hi: int) -> tuple[Any, ...]:
     """Rows ``lo:hi`` of each array: ``(n, width)`` for a block ``(1, width)``, gate-major
     ``(k, n, width)`` for ``(k, width)``, and for ``(-k, width)`` the rows ``(n, k*width)``
     together with their gate-major view ``(k, n, width)`` (a matrix product's output)."""
     return tuple(_block_view(a, k, w, lo, hi) for a, (k, w) in zip(arrays, blocks))
 
 
-def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, tape_blocks, work, work_blocks,
-                 train: bool, chunks=None):
+def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...], w: StepWeights, steps: Steps,
+                 tape: tuple[Array, ...], tape_blocks: Blocks, work: tuple[Array, ...], work_blocks: Blocks,
+                 train: bool, chunks: Any = None) -> None:
     """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view, receives
     every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
     on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
@@ -139,7 +143,7 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
     h_run = state[0]
     c_run = state[1] if kind.has_cell else None
     joined = np.empty_like(h_run)  # previous rows + joining h_0 rows, where the batch grows
-    per_n = {}  # views that depend only on the active batch size, made once per size
+    per_n: dict[int, Any] = {}  # views that depend only on the active batch size, made once per size
     prev = None  # (rows of the previous step's output, its batch size)
     # exp overflowing to inf is how a gate saturates to 0; NaN passes
     with np.errstate(over="ignore", invalid="ignore"):
@@ -175,14 +179,15 @@ def scan_forward(kind: CellKind, gx, out, state, w: StepWeights, steps, tape, ta
                 chunks.end(k)
 
 
-def scan_backward(kind: CellKind, dout, dstate, w: StepWeights, steps, tape, tape_blocks, grads, grad_blocks,
-                  scratch, scratch_blocks, chunks=None):
+def scan_backward(kind: CellKind, dout: Array, dstate: tuple[Array, ...], w: StepWeights, steps: Steps,
+                  tape: tuple[Array, ...], tape_blocks: Blocks, grads: tuple[Array, ...], grad_blocks: Blocks,
+                  scratch: tuple[Array, ...], scratch_blocks: Blocks, chunks: Any = None) -> None:
     """Walk the steps backwards.  ``dout`` (T, H_out) the gradient of the outputs;
     ``dstate`` running state gradients, overwritten (they end as the gradient of the
     initial state); ``grads`` per-step gradient records (T rows), filled; ``chunks`` (a
     pipelined run) waits for ``dout`` and hands the input gradient on, a group at a time."""
     backward = kind.backward
-    per_n = {}
+    per_n: dict[int, Any] = {}
     for k, (lo, hi, n) in enumerate(reversed(steps)):
         if chunks is not None:
             chunks.begin(k)
@@ -201,16 +206,16 @@ class DirectionRecord:
     """What the backward pass of one layer-direction needs from its forward."""
 
     kind: CellKind
-    x: np.ndarray  # (T, H_in) the layer input
-    w_ih: np.ndarray
+    x: Array  # (T, H_in) the layer input
+    w_ih: Array
     step: StepWeights
-    steps: list
-    tape: tuple
-    tape_blocks: tuple
+    steps: Steps
+    tape: tuple[Array, ...]
+    tape_blocks: Blocks
     proj: bool
     has_bias: bool
 
-    def padded_tape(self, L: int):
+    def padded_tape(self, L: int) -> tuple[Array, Array, OptArray]:
         """For a padded run of ``L`` steps: the states before each step (T, H_out), the
         gate activations (T, G, H) and, for LSTM, the cell states before each step (T, H)."""
         G = self.kind.num_gates
@@ -219,8 +224,10 @@ class DirectionRecord:
         return self.tape[0], gates, self.tape[2] if self.kind.has_cell else None
 
 
-def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options=None, pool=None, key=None,
-                      stage=None, cache=None, runner=SERIAL):
+def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Array, ...],
+                      batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool, options: Any = None,
+                      pool: Optional[Pool] = None, key: Any = None, stage: Any = None,
+                      cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL) -> tuple[tuple[Array, ...], Any]:
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
@@ -244,7 +251,7 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
 
-    def project(lo, hi):  # gx = x @ W_ih.T + b for rows lo:hi, (rows, G*H)
+    def project(lo: int, hi: int) -> None:  # gx = x @ W_ih.T + b for rows lo:hi, (rows, G*H)
         np.dot(x[lo:hi], w_ih_s.T, out=gx[lo:hi])
         if b_gx is not None:
             gx[lo:hi] += b_gx
@@ -275,8 +282,9 @@ def direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train,
     return state, record
 
 
-def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, dx=None, accumulate=False,
-                       stage=None, runner=SERIAL):
+def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None, key: Any = None,
+                       dx: OptArray = None, accumulate: bool = False, stage: Any = None, runner: Runner = SERIAL
+                       ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
@@ -309,8 +317,10 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
         if rec.steps[0][0] != 0 or dx is None or accumulate:
             raise ValueError("a pipelined backward runs a forward-in-time scan into a given dx")
 
-        def input_grad(lo, hi):  # dx = dgx @ W_ih for rows lo:hi
-            np.dot(dgx[lo:hi], rec.w_ih, out=dx[lo:hi])
+        target = dx
+
+        def input_grad(lo: int, hi: int) -> None:  # dx = dgx @ W_ih for rows lo:hi
+            np.dot(dgx[lo:hi], rec.w_ih, out=target[lo:hi])
 
         chunks = stage.backward_hooks(rec.steps, T, input_grad, dgx.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
@@ -327,7 +337,8 @@ def direction_backward(rec: DirectionRecord, dout, dstate, pool=None, key=None, 
     return dx, dstate, pgrads
 
 
-def weight_grads(x, dgx, dgh, h_prev, has_bias, dproj=None, m=None):
+def weight_grads(x: Array, dgx: Array, dgh: Array, h_prev: Array, has_bias: bool, dproj: OptArray = None,
+                 m: OptArray = None) -> tuple[OptArray, ...]:
     """The parameter gradients of one layer-direction, a GEMM each, from the per-step
     gradients of the pre-activations on the input side ``dgx`` and the hidden side
     ``dgh`` (T, G*H), the inputs ``x`` (T, H_in), the previous states ``h_prev``

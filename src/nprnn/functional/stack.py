@@ -16,12 +16,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .._typing import Array, OptArray, Params, Pool
 from . import native
 from .cells import CellKind
 from .runners import SERIAL, Runner
 from .scan import alloc_blocks, direction_backward, direction_forward
-
-Params = tuple  # (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,8 @@ class StackRecord:
     schedule: how the scans ran ("directions", "layers" or None), so backward runs alike
     """
 
-    records: list
-    masks: list
+    records: list[Any]
+    masks: list[OptArray]
     schedule: Optional[str]
     num_layers: int
     num_directions: int
@@ -42,17 +41,18 @@ class StackRecord:
     native: bool
 
 
-def _put(alls: Sequence[np.ndarray], idx: int, parts: Sequence[np.ndarray]) -> None:
+def _put(alls: Sequence[Array], idx: int, parts: Sequence[Array]) -> None:
     """Row ``idx`` of each (D*layers, N, .) array in ``alls`` gets the matching array of ``parts``."""
     for a, part in zip(alls, parts):
         a[idx] = part
 
 
-def stack_forward(kind: CellKind, x: np.ndarray, params: Sequence[Params], states: Sequence[np.ndarray],
+def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Sequence[Array],
                   batch_sizes: Sequence[int], *, num_layers: int, num_directions: int, train: bool,
                   reverse_only: bool = False, dropout: float = 0.0, rng: Optional[np.random.Generator] = None,
-                  options: Optional[Sequence[Any]] = None, pool: Optional[dict] = None, cache: Optional[dict] = None,
-                  runner: Runner = SERIAL) -> tuple[np.ndarray, list, Optional[StackRecord]]:
+                  options: Optional[Sequence[Any]] = None, pool: Optional[Pool] = None,
+                  cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL
+                  ) -> tuple[Array, list[Array], Optional[StackRecord]]:
     """All layers and directions over packed time-major ``x`` (T, H_in).
 
     ``params[idx]`` and ``states[k][idx]`` belong to layer-direction ``idx = layer * D + d``
@@ -70,7 +70,7 @@ def stack_forward(kind: CellKind, x: np.ndarray, params: Sequence[Params], state
     schedule = runner.schedule(compiled=compiled, layers=L, directions=D, rows=x.shape[0], steps=len(batch_sizes),
                                gate_width=kind.num_gates * H, row_width=P + H, train=train,
                                pipelinable=not reverse_only and not (train and dropout > 0))
-    records: list = [None] * (L * D)
+    records: list[Any] = [None] * (L * D)
     outs = [np.empty((x.shape[0], D * P), dtype) if layer == L - 1  # returned to the caller
             else alloc_blocks(((1, D * P),), x.shape[0], dtype, pool, (layer, "out"))[0]
             for layer in range(L)]  # (T, D*H_out) each
@@ -83,7 +83,7 @@ def stack_forward(kind: CellKind, x: np.ndarray, params: Sequence[Params], state
             else options[idx], pool, idx, stage, cache, runner)
         _put(finals, idx, final)
 
-    masks: list = [None] * L
+    masks: list[OptArray] = [None] * L
     if schedule == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)
         runner.pipeline(L, lambda layer, stage: run(layer, 0, stage))
     else:
@@ -100,16 +100,17 @@ def stack_forward(kind: CellKind, x: np.ndarray, params: Sequence[Params], state
     return outs[-1], finals, record
 
 
-def _dropout_mask(shape: tuple, p: float, rng: Optional[np.random.Generator], dtype: np.dtype) -> np.ndarray:
+def _dropout_mask(shape: tuple[int, ...], p: float, rng: Optional[np.random.Generator], dtype: np.dtype[Any]) -> Array:
     """A Bernoulli(1 - p) mask scaled by 1 / (1 - p) (zeros for p = 1)."""
     if p >= 1:
         return np.zeros(shape, dtype)
     keep = (rng if rng is not None else np.random.default_rng()).random(shape) >= p
-    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - p))
+    mask: Array = keep.astype(dtype) * dtype.type(1.0 / (1.0 - p))
+    return mask
 
 
-def stack_backward(rec: StackRecord, dout: np.ndarray, grad_finals: Sequence[np.ndarray], pool: Optional[dict] = None,
-                   runner: Runner = SERIAL) -> tuple[np.ndarray, list, list]:
+def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], pool: Optional[Pool] = None,
+                   runner: Runner = SERIAL) -> tuple[Array, list[Array], list[Any]]:
     """Backward of :func:`stack_forward`: ``dout`` (T, D*H_out) the output gradient,
     ``grad_finals`` the final states' gradients (like the states).  Returns ``(dx (T, H_in),
     initial-state gradients like the states, parameter gradients per layer-direction)``,
@@ -117,14 +118,14 @@ def stack_backward(rec: StackRecord, dout: np.ndarray, grad_finals: Sequence[np.
     D, L, P = rec.num_directions, rec.num_layers, rec.out_width
     dtype = dout.dtype
     grad_states = [np.empty(g.shape, dtype) for g in grad_finals]
-    pgrads: list = [None] * (L * D)
+    pgrads: list[Any] = [None] * (L * D)
     dxs = []  # the input gradient of each layer: the next layer down's output gradient
     for layer in range(L):
         x_rows, in_size = rec.records[layer * D].x.shape
         dxs.append(np.empty((x_rows, in_size), dtype) if layer == 0  # returned to the caller
                    else alloc_blocks(((1, in_size),), x_rows, dtype, pool, (layer, "dx"))[0])
 
-    def run(layer: int, d: int, dx: np.ndarray, accumulate: bool = False, stage: Any = None) -> None:
+    def run(layer: int, d: int, dx: Array, accumulate: bool = False, stage: Any = None) -> None:
         idx = layer * D + d
         above = dout if layer == L - 1 else dxs[layer + 1]
         dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
