@@ -5,11 +5,14 @@ Messages follow PyTorch's wording where PyTorch has one.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
+from ._typing import Array
 
-def check_int(name: str, value, minimum: int = 1) -> int:
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
     if value < minimum:
@@ -17,34 +20,34 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_bool(name: str, value) -> bool:
+def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
     return bool(value)
 
 
-def check_dropout(dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
+def check_dropout(dropout: Any) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= float(dropout) <= 1:
         raise ValueError(
             "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
         )
     return float(dropout)
 
 
-def check_nonlinearity(nonlinearity) -> str:
+def check_nonlinearity(nonlinearity: Any) -> str:
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    return nonlinearity
+    return str(nonlinearity)
 
 
-def as_array(value, name: str, dtype: np.dtype, owner: str) -> np.ndarray:
+def as_array(value: Any, name: str, dtype: np.dtype[Any], owner: str) -> Array:
     """``value`` as a floating array of the module's dtype.
 
     NumPy arrays must already have that dtype (float32 in, float32 out); other array-likes
     (lists, scalars, CPU tensors) are converted.  Non-numeric values are refused with a
     message naming the argument; NaN and infinity pass through the layers as in PyTorch.
     """
-    def mismatch(got):
+    def mismatch(got: np.dtype[Any]) -> ValueError:
         if got.kind == "f" and not got.isnative and got.newbyteorder("=") == dtype:  # same type, other byte order
             return ValueError(f"{owner} {name} dtype ({got.str}) is {dtype} in the other byte order. "
                               f"Convert {name}: {name}.astype(numpy.{dtype})")

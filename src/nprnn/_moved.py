@@ -11,7 +11,9 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
-from typing import Optional
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any, Optional
 
 MOVED = {
     "module": "nn.module", "recurrent": "nn.recurrent", "layout": "nn.layout", "cells": "nn.cells",
@@ -38,21 +40,23 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     folder)."""
 
     def __init__(self) -> None:
-        self._specs: dict = {}
+        self._specs: dict[str, Any] = {}
 
-    def find_spec(self, fullname, path=None, target=None):  # type: ignore[override]
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Optional[ModuleSpec]:
         if new_name(fullname) is None:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
-    def create_module(self, spec):  # type: ignore[override]
-        module = importlib.import_module(new_name(spec.name))  # type: ignore[arg-type]
+    def create_module(self, spec: ModuleSpec) -> ModuleType:
+        module = importlib.import_module(str(new_name(spec.name)))
         self._specs[spec.name] = module.__spec__
         return module
 
-    def exec_module(self, module) -> None:  # type: ignore[override]
+    def exec_module(self, module: ModuleType) -> None:
         # importlib set the alias's spec on the module; give it back its own
-        module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)
+        alias = module.__spec__
+        if alias is not None:
+            module.__spec__ = self._specs.pop(alias.name, alias)
 
 
 if not any(isinstance(f, _Alias) for f in sys.meta_path):

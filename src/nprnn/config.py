@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from typing import Any, Iterator
 
 
 @dataclass
@@ -38,7 +39,7 @@ _NAMES = {f.name for f in fields(Settings)}
 _NON_NEGATIVE = {"min_step_work", "min_train_step_work", "min_split_work"}  # 0: always split / side by side
 
 
-def _check(name, value):
+def _check(name: str, value: Any) -> None:
     if name == "num_threads" and value is None:
         return
     least = 0 if name in _NON_NEGATIVE else 1
@@ -47,7 +48,7 @@ def _check(name, value):
 
 
 @contextmanager
-def override(backend: str | None = None, **changes):
+def override(backend: str | None = None, **changes: Any) -> Iterator["Settings"]:
     """Set some settings (and the backend, ``"native"`` or ``"numpy"``) for a ``with``
     block; every value is checked before any changes, and all come back on leaving."""
     unknown = sorted(set(changes) - _NAMES)

@@ -106,7 +106,8 @@ def gate_scale(kind: CellKind, hidden_size: int, dtype: Any) -> OptArray:
 def gate_major(a: Array, num_gates: int) -> Array:
     """View rows ``(n, G*H)`` as ``(G, n, H)`` (no copy)."""
     n = a.shape[0]
-    return a.reshape(n, num_gates, a.shape[1] // num_gates).transpose(1, 0, 2)
+    view: Array = a.reshape(n, num_gates, a.shape[1] // num_gates).transpose(1, 0, 2)
+    return view
 
 
 def _sigmoid_of_scaled(a: Array, one: Any) -> None:

@@ -33,8 +33,11 @@ from .runners import SERIAL, Runner
 
 try:
     from . import _native  # type: ignore[attr-defined]
+
+    compiled = _native  # the compiled module, for the callers that build their own calls (streams)
 except ImportError:  # not built: no compiler at install time, or an unusual platform
     _native = None
+    compiled = None
 
 _CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _FORCED = os.environ.get("NPRNN_BACKEND", "").strip().lower()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ _KEY = re.compile(r"^(?P<prefix>.*?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh
 
 def infer_config(tensors: dict, prefix: str | None = None) -> dict:
     """The layer kind and constructor arguments of the recurrent weights in ``tensors``."""
-    groups = {}
+    groups: dict[str, Any] = {}
     for key in tensors:
         m = _KEY.match(key)
         if m:
@@ -100,7 +101,8 @@ def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh"
     groups = _groups(tensors)
     if len(groups) == 1 and groups[0][0][0] == "recurrent":
         return _layer(tensors, groups[0][0][1], nonlinearity, batch_first)
-    children, width, seen_rnn, previous, unplaced = OrderedDict(), None, False, None, []
+    children: OrderedDict[str, Any] = OrderedDict()
+    width, seen_rnn, previous, unplaced = None, False, None, []
     for (kind, prefix), keys in groups:
         if kind == "recurrent":
             layer = _layer(tensors, prefix, nonlinearity, batch_first)

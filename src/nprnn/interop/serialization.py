@@ -20,6 +20,7 @@ import os
 import secrets
 import warnings
 import zipfile
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,7 @@ def _encode(tensors: dict, metadata: dict, fmt: str) -> bytes:
         return _safetensors().save(tensors, metadata=metadata or None)
     buf = io.BytesIO()
     extra = {"__metadata__": np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)} if metadata else {}
-    np.savez(buf, **tensors, **extra)
+    np.savez(buf, **tensors, **extra)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
@@ -222,7 +223,7 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, rngs: di
             "model_class": type(model).__name__, "extra": extra or {}}
     if optimizer is not None:
         sd = optimizer.state_dict()
-        scalars = {}
+        scalars: dict[str, Any] = {}
         for k, s in sd["state"].items():
             for key, v in s.items():
                 if isinstance(v, np.ndarray):
@@ -322,7 +323,7 @@ def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = Non
                              "'param_groups' and 'scalars')")
         if info["class"] != type(optimizer).__name__:
             raise ValueError(f"{path} holds {info['class']} state, not {type(optimizer).__name__}")
-        state = {}
+        state: dict[int, Any] = {}
         try:
             for key, v in tensors.items():
                 if key.startswith("optim/"):

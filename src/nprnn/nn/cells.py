@@ -15,9 +15,12 @@ grows)::
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import numpy as np
 
 from .._checks import as_array, check_bool, check_int, check_nonlinearity
+from .._typing import Array, Params
 from ..functional import KINDS, direction_backward, direction_forward
 from ..parallel.threads import THREADED
 from .module import Module, init_uniform, resolve_dtype, resolve_rng
@@ -26,7 +29,8 @@ from .module import Module, init_uniform, resolve_dtype, resolve_rng
 class RNNCellBase(Module):
     _label = "RNNCellBase"
 
-    def __init__(self, mode, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = np.float32,
+                 seed: Any = None) -> None:
         super().__init__()
         self.input_size = check_int("input_size", input_size)
         self.hidden_size = check_int("hidden_size", hidden_size)
@@ -56,11 +60,11 @@ class RNNCellBase(Module):
             s += ", dtype=float64"
         return s
 
-    def _params(self):
+    def _params(self) -> Params:
         p = self._parameters
         return (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), None)
 
-    def _step(self, input, hx):
+    def _step(self, input: Any, hx: Any) -> tuple[Array, ...]:
         """Validate, run one step; returns the new state tuple (batched or not)."""
         label = self._label
         if not hasattr(input, "ndim"):
@@ -93,9 +97,9 @@ class RNNCellBase(Module):
         N = x2.shape[0]
         widths = (self.hidden_size,) * (2 if has_cell else 1)
         if hx is None:
-            states = tuple(np.zeros((N, w), self.dtype) for w in widths)
+            states: Sequence[Array] = tuple(np.zeros((N, w), self.dtype) for w in widths)
         else:
-            states = []
+            states = given = []
             for k, h in enumerate(parts):
                 h2 = as_array(h, "hx", self.dtype, label)
                 h2 = h2 if batched else h2[None]
@@ -105,7 +109,7 @@ class RNNCellBase(Module):
                     raise RuntimeError(
                         f"hidden{k} has inconsistent hidden_size: got {h2.shape[1]}, expected {widths[k]}"
                     )
-                states.append(h2)
+                given.append(h2)
         out = np.empty((N, self.hidden_size), self.dtype)
         train = self.training
         final, rec = direction_forward(self.kind, np.ascontiguousarray(x2), self._params(), tuple(states), [N], False,
@@ -114,7 +118,7 @@ class RNNCellBase(Module):
             self._push((rec, batched, N))
         return final if batched else tuple(f[0] for f in final)
 
-    def _step_backward(self, grads):
+    def _step_backward(self, grads: tuple[Any, ...]) -> tuple[Array, tuple[Array, ...]]:
         rec, batched, N = self._latest()
         names = ("grad_h", "grad_c") if self.kind.has_cell else ("grad_h",)
         shape = (N, self.hidden_size) if batched else (self.hidden_size,)
@@ -144,14 +148,15 @@ class RNNCell(RNNCellBase):
 
     _label = "RNNCell"
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh", *,
+                 dtype: Any = np.float32, seed: Any = None) -> None:
         self.nonlinearity = check_nonlinearity(nonlinearity)
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, dtype=dtype, seed=seed)
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Any, hx: Any = None) -> Any:
         return self._step(input, hx)[0]
 
-    def backward(self, grad_h):
+    def backward(self, grad_h: Any) -> tuple[Array, Array]:
         dx, (dh,) = self._step_backward((grad_h,))
         return dx, dh
 
@@ -164,13 +169,14 @@ class GRUCell(RNNCellBase):
 
     _label = "GRUCell"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = np.float32,
+                 seed: Any = None) -> None:
         super().__init__("gru", input_size, hidden_size, bias, dtype=dtype, seed=seed)
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Any, hx: Any = None) -> Any:
         return self._step(input, hx)[0]
 
-    def backward(self, grad_h):
+    def backward(self, grad_h: Any) -> tuple[Array, Array]:
         dx, (dh,) = self._step_backward((grad_h,))
         return dx, dh
 
@@ -184,14 +190,15 @@ class LSTMCell(RNNCellBase):
 
     _label = "LSTMCell"
 
-    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = np.float32,
+                 seed: Any = None) -> None:
         super().__init__("lstm", input_size, hidden_size, bias, dtype=dtype, seed=seed)
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Any, hx: Any = None) -> Any:
         h, c = self._step(input, hx)
         return h, c
 
-    def backward(self, grads):
+    def backward(self, grads: Any) -> tuple[Array, tuple[Array, Array]]:
         if not isinstance(grads, (tuple, list)) or len(grads) != 2:
             raise TypeError("LSTMCell.backward expects a pair (grad_h, grad_c); either may be None")
         dx, (dh, dc) = self._step_backward(tuple(grads))

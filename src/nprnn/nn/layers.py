@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
 from .._checks import as_array, check_int
+from .._typing import Array
 from .module import Module, resolve_dtype, resolve_rng
 
 
-def _check_grad(module, grad, shape):
+def _check_grad(module: Any, grad: Any, shape: Any) -> Array:
     g = as_array(grad, "grad_output", module.dtype, type(module).__name__)
     if g.shape != shape:
         raise ValueError(f"{type(module).__name__}: grad_output has shape {g.shape}, expected {shape} (the output's)")
@@ -26,7 +28,8 @@ class Linear(Module):
     """``y = x @ weight.T + bias``; weight (out_features, in_features), bias (out_features,),
     both drawn from U(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype: Any = np.float32,
+                 seed: Any = None) -> None:
         super().__init__()
         self.in_features = check_int("in_features", in_features)
         self.out_features = check_int("out_features", out_features)
@@ -38,10 +41,10 @@ class Linear(Module):
         if bias:
             self.register_parameter("bias", rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={'bias' in self._parameters}"
 
-    def forward(self, input):
+    def forward(self, input: Any) -> Any:
         x = as_array(input, "input", self.dtype, "Linear")
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise RuntimeError(
@@ -54,7 +57,7 @@ class Linear(Module):
         self._keep((x, y.shape) if self.training else None)
         return y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: Any) -> Any:
         x, shape = self._latest()
         g = _check_grad(self, grad_output, shape)
         self._take()
@@ -69,7 +72,8 @@ class Embedding(Module):
     """Lookup table: ``weight[input]``; weight (num_embeddings, embedding_dim) drawn from
     N(0, 1), the ``padding_idx`` row zero and never updated by backward."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx=None, *, dtype=np.float32, seed=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Any = None, *, dtype: Any = np.float32,
+                 seed: Any = None) -> None:
         super().__init__()
         self.num_embeddings = check_int("num_embeddings", num_embeddings)
         self.embedding_dim = check_int("embedding_dim", embedding_dim)
@@ -86,11 +90,11 @@ class Embedding(Module):
             weight[padding_idx] = 0
         self.register_parameter("weight", weight)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
         return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
 
-    def forward(self, input):
+    def forward(self, input: Any) -> Any:
         idx = np.asarray(input)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"Embedding: input must be an array of integer indices, got dtype {idx.dtype}")
@@ -100,7 +104,7 @@ class Embedding(Module):
         self._keep(idx if self.training else None)
         return self.weight[idx]  # (..., embedding_dim), a copy
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: Any) -> Any:
         idx = self._latest()
         g = _check_grad(self, grad_output, idx.shape + (self.embedding_dim,))
         self._take()
@@ -117,7 +121,7 @@ class Dropout(Module):
     """Zeroes each element with probability ``p`` in training mode and scales the rest by
     ``1 / (1 - p)``; the identity in eval mode.  Masks come from ``seed``."""
 
-    def __init__(self, p: float = 0.5, *, dtype=np.float32, seed=None):
+    def __init__(self, p: float = 0.5, *, dtype: Any = np.float32, seed: Any = None) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
@@ -125,10 +129,10 @@ class Dropout(Module):
         self.dtype = resolve_dtype(dtype)
         self._rng = resolve_rng(seed)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def forward(self, input):
+    def forward(self, input: Any) -> Any:
         x = as_array(input, "input", self.dtype, "Dropout")
         if not self.training or self.p == 0:
             self._keep(("identity", x.shape) if self.training else None)
@@ -140,7 +144,7 @@ class Dropout(Module):
         self._keep((mask, x.shape))
         return x * mask
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: Any) -> Any:
         mask, shape = self._latest()
         g = _check_grad(self, grad_output, shape)
         self._take()
@@ -151,8 +155,8 @@ class LayerNorm(Module):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last
     ``len(normalized_shape)`` dimensions (biased variance, as PyTorch)."""
 
-    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
-                 *, dtype=np.float32):
+    def __init__(self, normalized_shape: Any, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 *, dtype: Any = np.float32) -> None:
         super().__init__()
         if isinstance(normalized_shape, (int, np.integer)):
             normalized_shape = (int(normalized_shape),)
@@ -167,10 +171,10 @@ class LayerNorm(Module):
             if bias:
                 self.register_parameter("bias", np.zeros(self.normalized_shape, self.dtype))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
-    def forward(self, input):
+    def forward(self, input: Any) -> Any:
         x = as_array(input, "input", self.dtype, "LayerNorm")
         k = len(self.normalized_shape)
         if x.shape[x.ndim - k:] != self.normalized_shape or x.ndim < k:
@@ -192,7 +196,7 @@ class LayerNorm(Module):
         self._keep((xhat, rstd, axes) if self.training else None)
         return y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: Any) -> Any:
         xhat, rstd, axes = self._latest()
         g = _check_grad(self, grad_output, xhat.shape)
         self._take()

@@ -13,11 +13,12 @@ the sort by length).  The checks here raise PyTorch's messages, in PyTorch's ord
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import numpy as np
 
 from .._checks import as_array
+from .._typing import Array, OptArray, Pool
 from ..functional import alloc_blocks
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 
@@ -33,16 +34,16 @@ class Layout:
     kind: str
     batched: bool
     batch_first: bool
-    seq_shape: Optional[tuple]  # (L, N), time-major; None when packed
-    batch_sizes: list
-    rows: Optional[np.ndarray] = None
-    sorted_indices: Optional[np.ndarray] = None
-    unsorted_indices: Optional[np.ndarray] = None
+    seq_shape: Optional[tuple[int, int]]  # (L, N), time-major; None when packed
+    batch_sizes: list[int]
+    rows: OptArray = None
+    sorted_indices: OptArray = None
+    unsorted_indices: OptArray = None
     packed_batch_sizes: Any = None  # the PackedSequence's own, handed back unchanged
-    output_shape: tuple = ()
-    state_shapes: tuple = ()
+    output_shape: tuple[int, ...] = ()
+    state_shapes: tuple[tuple[int, ...], ...] = ()
 
-    def to_rows(self, a: np.ndarray, pool: Optional[dict] = None, key: Any = None) -> np.ndarray:
+    def to_rows(self, a: Array, pool: Optional[Pool] = None, key: Any = None) -> Array:
         """The caller's (input-shaped) array as packed time-major rows (T, F)."""
         if self.kind == "packed":
             return np.ascontiguousarray(a)
@@ -50,7 +51,7 @@ class Layout:
             a = a[None] if self.batch_first else a[:, None]
         if self.batch_first:
             a = a.transpose(1, 0, 2)
-        L, N = self.seq_shape
+        L, N = cast("tuple[int, int]", self.seq_shape)  # (set unless packed)
         flat = np.ascontiguousarray(a).reshape(L * N, a.shape[-1])
         if self.rows is None:
             return flat
@@ -61,7 +62,7 @@ class Layout:
         """Packed rows (T, F) in the caller's layout (zeros past each end with lengths=)."""
         if self.kind == "packed":
             return PackedSequence(r, self.packed_batch_sizes, self.sorted_indices, self.unsorted_indices)
-        L, N = self.seq_shape
+        L, N = cast("tuple[int, int]", self.seq_shape)  # (set unless packed)
         if self.rows is not None:
             full = np.zeros((L * N, r.shape[1]), r.dtype)
             full[self.rows] = r
@@ -73,21 +74,21 @@ class Layout:
             a = a[0] if self.batch_first else a[:, 0]
         return a
 
-    def to_run(self, states: Sequence[np.ndarray]) -> list:
+    def to_run(self, states: Sequence[np.ndarray]) -> list[Any]:
         """Caller-shaped states (or their gradients) as (D*layers, N, .) in sorted order."""
         states = [s if self.batched else s[:, None] for s in states]
         if self.sorted_indices is not None:
             states = [s[:, self.sorted_indices] for s in states]
         return states
 
-    def from_run(self, states: Sequence[np.ndarray]) -> list:
+    def from_run(self, states: Sequence[np.ndarray]) -> list[Any]:
         """The inverse of :meth:`to_run`."""
         if self.sorted_indices is not None:
             states = [s[:, self.unsorted_indices] for s in states]
         return [s if self.batched else s[:, 0] for s in states]
 
 
-def layout_of(m: Any, input: Any, hx: Any, lengths: Any) -> tuple:
+def layout_of(m: Any, input: Any, hx: Any, lengths: Any) -> tuple[Any, ...]:
     """Check a layer's call (``m`` an :class:`~nprnn.RNNBase`) and find its layout.
     Returns ``(layout, x, states)``: ``x`` the input array (caller-shaped), ``states`` the
     caller-shaped initial states (zeros when ``hx`` is None)."""
@@ -139,7 +140,7 @@ def layout_of(m: Any, input: Any, hx: Any, lengths: Any) -> tuple:
     return layout, x, states
 
 
-def _state_shapes(m: Any, N: int, batched: bool) -> tuple:
+def _state_shapes(m: Any, N: int, batched: bool) -> tuple[Any, ...]:
     rows = m.num_layers * m.num_directions
     return tuple((rows, N, w) if batched else (rows, w) for w in m._state_widths())
 
@@ -152,7 +153,7 @@ def _input_array(m: Any, input: Any) -> np.ndarray:
     return x
 
 
-def _check_hx(m: Any, hx: Any, batched: bool) -> Optional[tuple]:
+def _check_hx(m: Any, hx: Any, batched: bool) -> Optional[tuple[Any, ...]]:
     """Dimension checks on hx, in PyTorch's order (before the size checks)."""
     if hx is None:
         return None
@@ -162,11 +163,12 @@ def _check_hx(m: Any, hx: Any, batched: bool) -> Optional[tuple]:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two arrays, got {type(hx).__name__}"
                             + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-        hx = tuple(h if hasattr(h, "ndim") else as_array(h, "hx", m.dtype, "LSTM") for h in hx)
+        pair: tuple[Any, ...] = tuple(h if hasattr(h, "ndim") else as_array(h, "hx", m.dtype, "LSTM") for h in hx)
+        hx = pair
         if hx[0].ndim != want or hx[1].ndim != want:
             raise RuntimeError(f"For {what} input, hx and cx should also be {want}-D but got "
                                f"({hx[0].ndim}-D, {hx[1].ndim}-D) tensors")
-        return hx
+        return pair
     if not hasattr(hx, "ndim"):
         hx = as_array(hx, "hx", m.dtype, m._label)
     if hx.ndim != want:
@@ -174,7 +176,7 @@ def _check_hx(m: Any, hx: Any, batched: bool) -> Optional[tuple]:
     return (hx,)
 
 
-def _initial_states(m: Any, hx: Optional[tuple], N: int, batched: bool) -> list:
+def _initial_states(m: Any, hx: Optional[tuple[Any, ...]], N: int, batched: bool) -> list[Any]:
     """The caller-shaped initial states, zeros when hx is None, with PyTorch's size check."""
     shapes = _state_shapes(m, N, batched)
     if hx is None:
@@ -189,7 +191,7 @@ def _initial_states(m: Any, hx: Optional[tuple], N: int, batched: bool) -> list:
     return states
 
 
-def check_grads(layout: Layout, m: Any, grad_output: Any, grad_hn: Any) -> tuple:
+def check_grads(layout: Layout, m: Any, grad_output: Any, grad_hn: Any) -> tuple[Any, ...]:
     """Backward's gradients checked against what the forward returned: ``(grad_output
     array, [state gradients])``, each state gradient zeros where None."""
     label = m._label

@@ -5,7 +5,11 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from .._typing import Array
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -18,7 +22,7 @@ class Loss:
     ``grad`` (default 1; for 'none', an array shaped like ``value``, default ones).
     """
 
-    def __init__(self, value, grad_fn):
+    def __init__(self, value: Any, grad_fn: Any) -> None:
         self.value = value
         self._grad_fn = grad_fn
 
@@ -27,13 +31,13 @@ class Loss:
             raise ValueError("only a reduced loss ('mean' or 'sum') is a single number")
         return float(self.value)
 
-    def __float__(self):
+    def __float__(self) -> float:
         return self.item()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Loss({self.value!r})"
 
-    def backward(self, grad=None):
+    def backward(self, grad: Any = None) -> Any:
         if grad is None:
             grad = np.ones_like(self.value) if np.ndim(self.value) else 1.0
         elif np.shape(grad) != np.shape(self.value):
@@ -41,17 +45,18 @@ class Loss:
         return self._grad_fn(grad)
 
 
-def _check_reduction(reduction):
+def _check_reduction(reduction: Any) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
-def _log_softmax(x):
+def _log_softmax(x: Array) -> Array:
     shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    out: Array = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
 
 
-def cross_entropy(input, target, weight=None, ignore_index: int = -100, reduction: str = "mean",
+def cross_entropy(input: Any, target: Any, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Loss:
     """PyTorch's ``F.cross_entropy`` with class-index targets.
 
@@ -107,7 +112,7 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
         if unbatched:
             value = value[0]
 
-    def grad_fn(g):
+    def grad_fn(g: Any) -> Any:
         # d/dx of -sum_c q_c log p_c is (sum_c q_c) p - q, row by row
         q = np.zeros_like(logp)
         with np.errstate(invalid="ignore", divide="ignore"):  # all targets ignored: NaN, as PyTorch
@@ -124,7 +129,7 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100, reductio
     return Loss(value, grad_fn)
 
 
-def mse_loss(input, target, reduction: str = "mean") -> Loss:
+def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Loss:
     """Mean (or summed, or elementwise) squared error; ``backward`` gives d loss / d input."""
     _check_reduction(reduction)
     x = np.asarray(input)
@@ -139,7 +144,7 @@ def mse_loss(input, target, reduction: str = "mean") -> Loss:
         value = float(sq.mean() if reduction == "mean" else sq.sum())
     scale = 2.0 / diff.size if reduction == "mean" else 2.0
 
-    def grad_fn(g):
+    def grad_fn(g: Any) -> Any:
         return (np.asarray(g, dtype=diff.dtype) * scale * diff).astype(diff.dtype)
 
     return Loss(value, grad_fn)

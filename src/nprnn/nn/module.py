@@ -12,10 +12,11 @@ import warnings
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from .._typing import Array
 from ..functional.native import weights_changed  # each route that changes a parameter calls it
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -31,29 +32,29 @@ class Parameter(np.ndarray):
     gives ordinary arrays' values; its copies are writable.  ``p.grad`` is the gradient
     array backward adds into (the module's ``grads`` entry), as in PyTorch."""
 
-    grad = None
+    grad: Optional[Array] = None
 
-    def _refuse(self):
+    def _refuse(self) -> None:
         if not self.flags.writeable:
             raise ValueError(_READ_ONLY)
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: Any, value: Any) -> None:
         self._refuse()
         super().__setitem__(key, value)
 
-    def __iadd__(self, other):
+    def __iadd__(self, other: Any) -> Any:  # type: ignore[misc]
         self._refuse()
         return super().__iadd__(other)
 
-    def __isub__(self, other):
+    def __isub__(self, other: Any) -> Any:  # type: ignore[misc]
         self._refuse()
         return super().__isub__(other)
 
-    def __imul__(self, other):
+    def __imul__(self, other: Any) -> Any:  # type: ignore[misc]
         self._refuse()
         return super().__imul__(other)
 
-    def __itruediv__(self, other):
+    def __itruediv__(self, other: Any) -> Any:  # type: ignore[misc]
         self._refuse()
         return super().__itruediv__(other)
 
@@ -66,7 +67,7 @@ def as_parameter(value: np.ndarray) -> Parameter:
 
 
 @contextmanager
-def writable(*targets):
+def writable(*targets: Any) -> Iterator[None]:
     """Within the block, the parameters of the given modules (and any arrays given) may be
     written in place; on leaving, they are read-only again and every cache of prepared
     weights is refreshed at its next use::
@@ -74,7 +75,7 @@ def writable(*targets):
         with nprnn.writable(lstm):
             lstm.weight_hh_l0[0] = 0
     """
-    arrays = []
+    arrays: list[Array] = []
     for t in targets:
         if isinstance(t, Module):
             arrays.extend(p for _, p in t.named_parameters())
@@ -93,12 +94,12 @@ def writable(*targets):
         weights_changed()
 
 
-def resolve_dtype(dtype) -> np.dtype:
+def resolve_dtype(dtype: Any) -> np.dtype[Any]:
     """The module dtype: float32 (also for None, PyTorch's "the default") or float64."""
     if dtype is None:
         return np.dtype(np.float32)
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype[Any] = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}") from exc
     if dt not in FLOAT_DTYPES:
@@ -106,7 +107,7 @@ def resolve_dtype(dtype) -> np.dtype:
     return dt
 
 
-def resolve_rng(seed) -> np.random.Generator:
+def resolve_rng(seed: Any) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
@@ -124,8 +125,8 @@ def init_uniform(module: "Module", hidden_size: int, rng: np.random.Generator) -
 
 
 class IncompatibleKeys(NamedTuple):
-    missing_keys: list
-    unexpected_keys: list
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class _Work:
@@ -135,8 +136,8 @@ class _Work:
     __slots__ = ("pool", "records", "__weakref__")
 
     def __init__(self) -> None:
-        self.pool: dict = {}
-        self.records: list = []
+        self.pool: dict[Any, Any] = {}
+        self.records: list[Any] = []
 
 
 class _PerThread:
@@ -175,6 +176,12 @@ class Module:
     """
 
     max_pending_records = 1024  # a cell warns when a thread holds more records than this
+    _parameters: OrderedDict[str, Parameter]
+    _grads: OrderedDict[str, Array]
+    _modules: OrderedDict[str, Module]
+    _prepared: dict[Any, Any]
+    _threads: _PerThread
+    training: bool
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -185,7 +192,7 @@ class Module:
         object.__setattr__(self, "_threads", _PerThread())
 
     # -- per-thread work ---------------------------------------------------------
-    def _pool(self) -> dict:
+    def _pool(self) -> dict[Any, Any]:
         """This thread's reusable work arrays (like PyTorch's caching allocator: memory is
         kept between calls because fresh memory costs page faults)."""
         return self._threads.here().pool
@@ -224,7 +231,7 @@ class Module:
         self._threads.here().records.pop()
         return record
 
-    def _add_grads(self, names: Iterator, grads: Iterator) -> None:
+    def _add_grads(self, names: Iterable[Optional[str]], grads: Iterable[Optional[Array]]) -> None:
         """Add parameter gradients into ``grads`` (None names or gradients are skipped)."""
         with _grads_lock:
             for name, g in zip(names, grads):
@@ -236,12 +243,12 @@ class Module:
         object.__setattr__(self, "_threads", _PerThread())
 
     # -- attributes ------------------------------------------------------------
-    def register_parameter(self, name: str, value: np.ndarray) -> None:
+    def register_parameter(self, name: str, value: Array) -> None:
         p = self._parameters[name] = as_parameter(value)
         p.grad = self._grads[name] = np.zeros(value.shape, value.dtype)
         weights_changed()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # only called when normal lookup fails
         d = self.__dict__
         if name in d.get("_parameters", {}):
@@ -250,7 +257,7 @@ class Module:
             return d["_modules"][name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         params = self.__dict__.get("_parameters")
         if params is not None and name in params:
             old = params[name]
@@ -271,24 +278,24 @@ class Module:
         object.__setattr__(self, name, value)
 
     # -- traversal -------------------------------------------------------------
-    def named_modules(self, prefix: str = "") -> Iterator:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         yield prefix, self
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def named_parameters(self, prefix: str = "") -> Iterator:
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         for mod_prefix, mod in self.named_modules(prefix):
             for name, p in mod._parameters.items():
                 yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
 
-    def parameters(self) -> Iterator:
+    def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
             yield p
 
     @property
-    def grads(self) -> "OrderedDict[str, np.ndarray]":
+    def grads(self) -> "OrderedDict[str, Array]":
         """Gradient arrays keyed like :meth:`state_dict`; backward adds into them."""
-        out = OrderedDict()
+        out: OrderedDict[str, Array] = OrderedDict()
         for mod_prefix, mod in self.named_modules():
             for name, g in mod._grads.items():
                 out[f"{mod_prefix}.{name}" if mod_prefix else name] = g
@@ -312,11 +319,11 @@ class Module:
         return self.train(False)
 
     # -- state dicts -----------------------------------------------------------
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self) -> "OrderedDict[str, Array]":
         """Copies of every parameter, in PyTorch's order and with its names."""
         return OrderedDict((k, np.array(v)) for k, v in self.named_parameters())
 
-    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state_dict`` (any array-likes, e.g. NumPy arrays or CPU
         tensors) into the parameters.  Every problem is reported at once and, on error,
         no parameter is changed."""
@@ -324,7 +331,8 @@ class Module:
         self.apply_state_dict(converted)
         return result
 
-    def check_state_dict(self, state_dict: Mapping, strict: bool = True, check_dtype: bool = False):
+    def check_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, check_dtype: bool = False
+                         ) -> tuple[dict[str, Array], IncompatibleKeys]:
         """Validate ``state_dict`` against the parameters without changing anything.
         Returns ``(arrays to apply, IncompatibleKeys)``; raises RuntimeError listing every
         problem (missing and unexpected keys when strict; shapes, non-numeric values and,
@@ -370,7 +378,7 @@ class Module:
             )
         return converted, IncompatibleKeys(missing, unexpected)
 
-    def apply_state_dict(self, converted: Mapping) -> None:
+    def apply_state_dict(self, converted: Mapping[str, Array]) -> None:
         """Copy already validated arrays (from :meth:`check_state_dict`) into the parameters."""
         own = dict(self.named_parameters())
         with writable(*(own[key] for key in converted)):
@@ -378,7 +386,7 @@ class Module:
                 np.copyto(own[key], value, casting="unsafe")
 
     # -- copies ----------------------------------------------------------------
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles carry parameters and settings only, as PyTorch's do: not the
         gradients (the copy starts from zeros), work arrays, pending backward records or
         prepared weights (made again on first use)."""
@@ -390,7 +398,7 @@ class Module:
             state.pop(old, None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled and copied parameters are read-only again (pickle keeps no flags)."""
         self.__dict__.update(state)
         for old in ("_record", "_stack", "_buffers"):  # pickled by older versions
@@ -409,10 +417,10 @@ class Module:
         weights_changed()
 
     # -- calling ---------------------------------------------------------------
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} has no forward()")
 
     def extra_repr(self) -> str:

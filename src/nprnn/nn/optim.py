@@ -10,13 +10,15 @@ updates the parameter arrays in place from the gradient arrays that backward fil
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from .._typing import Array
 from .module import Module, Parameter, writable
 
 
-def _pairs(params):
+def _pairs(params: Any) -> Any:
     """(names, params, grads) from a module, from ``model.parameters()`` or
     ``model.named_parameters()`` (each parameter knows its gradient array, ``p.grad``), or
     from (parameter, gradient) array pairs."""
@@ -53,17 +55,17 @@ def _pairs(params):
     return names, ps, gs
 
 
-def _is_number(value) -> bool:
+def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_nonneg(name, value):
+def _check_nonneg(name: str, value: Any) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise ValueError(f"Invalid {name}: {value}")
     return float(value)
 
 
-def _groups(params):
+def _groups(params: Any) -> Any:
     """``[(group options, params)]``: one group without options, or torch's list of dicts
     each with ``'params'`` and its own options."""
     if isinstance(params, (list, tuple)) and params and all(isinstance(g, dict) for g in params):
@@ -85,12 +87,15 @@ class Optimizer:
     {'params': b.parameters(), 'lr': 1e-4}]``).  ``param_groups`` holds each group's
     options and parameters; change ``group['lr']`` there to schedule the learning rate."""
 
-    _state_keys: tuple = ()
+    _state_keys: tuple[str, ...] = ()
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self.defaults = dict(defaults)
-        self.names, self.params, self.grads, self.param_groups = [], [], [], []
-        seen = set()
+        self.names: list[str] = []
+        self.params: list[Array] = []
+        self.grads: list[Array] = []
+        self.param_groups: list[dict[str, Any]] = []
+        seen: set[int] = set()
         for k, (options, group_params) in enumerate(_groups(params)):
             unknown = sorted(set(options) - set(defaults))
             if unknown:
@@ -105,10 +110,10 @@ class Optimizer:
             self.params += ps
             self.grads += gs
             self.param_groups.append(dict(checked, params=ps))
-        self.state = [dict() for _ in self.params]  # per parameter: step count and buffers
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]  # per parameter: step count and buffers
 
     @classmethod
-    def _check_options(cls, **options) -> dict:
+    def _check_options(cls, **options: Any) -> dict[str, Any]:
         """Validated options (the constructor's checks) for one group."""
         return cls([(np.zeros(1), np.zeros(1))], **options).defaults
 
@@ -125,10 +130,10 @@ class Optimizer:
                     self._update(self.params[k], self.grads[k], self.state[k], options)
                     k += 1
 
-    def _update(self, p, g, state, options):  # pragma: no cover - abstract
+    def _update(self, p: Any, g: Any, state: Any, options: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """``{'state': {index: {...}}, 'param_groups': [{hyper-parameters, 'params': [...]}]}``,
         the layout of ``torch.optim.Optimizer.state_dict()`` (arrays copied)."""
         state = {k: {key: (v.copy() if isinstance(v, np.ndarray) else v) for key, v in s.items()}
@@ -140,12 +145,12 @@ class Optimizer:
             start += n
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (or a PyTorch optimizer's, converted to arrays).
         Everything is checked before anything changes."""
         self.apply_state_dict(self.check_state_dict(state_dict))
 
-    def check_state_dict(self, state_dict: dict):
+    def check_state_dict(self, state_dict: dict[str, Any]) -> Any:
         """Validate without changing anything; returns what :meth:`apply_state_dict` takes."""
         try:
             groups = state_dict["param_groups"]
@@ -162,7 +167,7 @@ class Optimizer:
             raise ValueError(
                 "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
             )
-        new_state = [dict() for _ in self.params]
+        new_state: list[dict[str, Any]] = [{} for _ in self.params]
         for key, s in state.items():
             try:
                 k = int(key)
@@ -198,7 +203,7 @@ class Optimizer:
         options = [self._group_options(g, i, mine) for i, (g, mine) in enumerate(zip(groups, self.param_groups))]
         return options, new_state
 
-    def _group_options(self, group, index, mine):
+    def _group_options(self, group: Any, index: Any, mine: Any) -> Any:
         """One saved group's options, checked against the types and ranges they must have."""
         out = {}
         for key, v in self.defaults.items():
@@ -215,12 +220,12 @@ class Optimizer:
             out[key] = tuple(float(b) for b in got) if isinstance(v, tuple) else type(v)(got)
         return self._check_options(**out)  # the constructor's checks (ranges)
 
-    def apply_state_dict(self, checked) -> None:
+    def apply_state_dict(self, checked: Any) -> None:
         options, self.state = checked
         for group, opts in zip(self.param_groups, options):
             group.update(opts)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
         if len(self.param_groups) > 1:
             args += f", {len(self.param_groups)} param groups"
@@ -234,7 +239,8 @@ class SGD(Optimizer):
 
     _state_keys = ("momentum_buffer",)
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params: Any, lr: Any = 1e-3, momentum: Any = 0.0, dampening: Any = 0.0,
+                 weight_decay: Any = 0.0, nesterov: Any = False) -> None:
         lr, momentum = _check_nonneg("learning rate", lr), _check_nonneg("momentum value", momentum)
         weight_decay = _check_nonneg("weight_decay value", weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
@@ -242,7 +248,7 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=float(dampening),
                                       weight_decay=weight_decay, nesterov=bool(nesterov)))
 
-    def _update(self, p, g, state, d):
+    def _update(self, p: Any, g: Any, state: Any, d: Any) -> Any:
         if d["weight_decay"]:
             g = g + d["weight_decay"] * p
         if d["momentum"]:
@@ -265,7 +271,8 @@ class Adam(Optimizer):
 
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: Any = (0.9, 0.999), eps: Any = 1e-8,
+                 weight_decay: Any = 0.0) -> None:
         lr, eps = _check_nonneg("learning rate", lr), _check_nonneg("epsilon value", eps)
         b1, b2 = (float(b) for b in betas)
         for i, b in enumerate((b1, b2)):
@@ -274,7 +281,7 @@ class Adam(Optimizer):
         weight_decay = _check_nonneg("weight_decay value", weight_decay)
         super().__init__(params, dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay))
 
-    def _update(self, p, g, state, d):
+    def _update(self, p: Any, g: Any, state: Any, d: Any) -> Any:
         lr, (b1, b2), eps, wd = d["lr"], d["betas"], d["eps"], d["weight_decay"]
         if not state:
             state["step"] = 0.0
@@ -301,11 +308,12 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params: Any, lr: Any = 1e-3, betas: Any = (0.9, 0.999), eps: Any = 1e-8,
+                 weight_decay: Any = 1e-2) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0) -> float:
+def clip_grad_norm_(params: Any, max_norm: float, norm_type: float = 2.0) -> float:
     """Scale the gradients in place so that their joint norm is at most ``max_norm``;
     returns the norm before clipping (PyTorch's ``clip_grad_norm_``)."""
     if isinstance(params, Module):

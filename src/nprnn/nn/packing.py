@@ -15,8 +15,11 @@ from __future__ import annotations
 import numbers
 from collections import namedtuple
 from collections.abc import Iterable
+from typing import Any, Optional, cast
 
 import numpy as np
+
+from .._typing import Array, OptArray
 
 __all__ = [
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
@@ -24,7 +27,7 @@ __all__ = [
 ]
 
 
-def _int_array(value, name: str) -> np.ndarray:
+def _int_array(value: Any, name: str) -> Array:
     """``value`` as an int64 array, refusing what is not integers (floats, bools, objects)."""
     arr = np.asarray(value)
     if arr.size and arr.dtype.kind not in "iu":
@@ -32,7 +35,7 @@ def _int_array(value, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _permutation(value, n: int, name: str) -> np.ndarray:
+def _permutation(value: Any, n: int, name: str) -> Array:
     """``value`` as an int64 permutation of ``0 .. n-1``, or a clear error."""
     arr = _int_array(value, name)
     if arr.ndim != 1 or arr.size != n or not np.array_equal(np.sort(arr), np.arange(n)):
@@ -41,25 +44,25 @@ def _permutation(value, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def _flag(fn: str, name: str, value) -> bool:
+def _flag(fn: str, name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}(): argument '{name}' must be bool, not {type(value).__name__}")
     return bool(value)
 
 
-def _number(fn: str, name: str, value) -> float:
+def _number(fn: str, name: str, value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fn}(): argument '{name}' must be Number, not {type(value).__name__}")
-    return value
+    return cast(float, value)
 
 
-def invert_permutation(permutation):
+def invert_permutation(permutation: Any) -> OptArray:
     """The inverse of an index permutation (None stays None)."""
     if permutation is None:
         return None
-    permutation = np.asarray(permutation)
-    out = np.empty_like(permutation)
-    out[permutation] = np.arange(permutation.size, dtype=permutation.dtype)
+    perm: Array = np.asarray(permutation)
+    out: Array = np.empty_like(perm)
+    out[perm] = np.arange(perm.size, dtype=perm.dtype)
     return out
 
 
@@ -73,7 +76,8 @@ class PackedSequence(namedtuple("PackedSequence", ["data", "batch_sizes", "sorte
 
     __slots__ = ()
 
-    def __new__(cls, data, batch_sizes=None, sorted_indices=None, unsorted_indices=None):
+    def __new__(cls, data: Any, batch_sizes: Any = None, sorted_indices: Any = None,
+                unsorted_indices: Any = None) -> "PackedSequence":
         if batch_sizes is None:  # PackedSequence((data, batch_sizes)), as PyTorch allows
             if not (isinstance(data, (list, tuple)) and len(data) == 2):
                 raise TypeError("Expected data to be a list or tuple of length 2, or data and batch_sizes")
@@ -98,7 +102,7 @@ class PackedSequence(namedtuple("PackedSequence", ["data", "batch_sizes", "sorte
         return self.sorted_indices is None
 
 
-def _check_lengths(lengths, batch_size: int, max_len: int, enforce_sorted: bool) -> np.ndarray:
+def _check_lengths(lengths: Any, batch_size: int, max_len: int, enforce_sorted: bool) -> Array:
     """``lengths`` as a 1-D int64 array, with PyTorch's errors (and one PyTorch lacks)."""
     try:
         lengths = np.asarray(lengths)
@@ -129,10 +133,10 @@ def _check_lengths(lengths, batch_size: int, max_len: int, enforce_sorted: bool)
             "`enforce_sorted=False` to pack_padded_sequence and/or pack_sequence to sidestep this requirement "
             "if you do not need ONNX exportability."
         )
-    return lengths
+    return cast(Array, lengths)
 
 
-def packing_plan(lengths: np.ndarray, enforce_sorted: bool):
+def packing_plan(lengths: Array, enforce_sorted: bool) -> tuple[Array, Array, OptArray]:
     """How to pack a time-major ``(L, B, *)`` batch with these lengths.
 
     Returns ``(rows, batch_sizes, sorted_indices)``: ``rows`` are the indices into the batch
@@ -154,7 +158,8 @@ def packing_plan(lengths: np.ndarray, enforce_sorted: bool):
     return rows, batch_sizes, sorted_indices
 
 
-def pack_padded_sequence(input, lengths, batch_first: bool = False, enforce_sorted: bool = True) -> PackedSequence:
+def pack_padded_sequence(input: Any, lengths: Any, batch_first: bool = False, enforce_sorted: bool = True
+                         ) -> PackedSequence:
     """Pack a padded batch ``(L, B, *)`` (``(B, L, *)`` if batch_first) of sequences with
     the given lengths.  With ``enforce_sorted`` the lengths must be decreasing; otherwise
     the batch is sorted here and the permutation kept in the result."""
@@ -174,19 +179,20 @@ def pack_padded_sequence(input, lengths, batch_first: bool = False, enforce_sort
     return PackedSequence(data, batch_sizes, sorted_indices, None)
 
 
-def _lengths_of(batch_sizes: np.ndarray) -> np.ndarray:
+def _lengths_of(batch_sizes: Array) -> Array:
     """Sorted sequence lengths from batch sizes: sequence j runs while batch_sizes > j."""
     B = int(batch_sizes[0])
-    return (batch_sizes[None, :] > np.arange(B)[:, None]).sum(axis=1).astype(np.int64)
+    lengths: Array = (batch_sizes[None, :] > np.arange(B)[:, None]).sum(axis=1).astype(np.int64)
+    return lengths
 
 
-def _check_packed(sequence, name="sequence"):
+def _check_packed(sequence: Any, name: str = "sequence") -> None:
     if not isinstance(sequence, PackedSequence):
         raise TypeError(f"{name} must be a PackedSequence, got {type(sequence).__name__}")
 
 
 def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, padding_value: float = 0.0,
-                        total_length=None):
+                        total_length: Optional[int] = None) -> tuple[Array, Array]:
     """Undo :func:`pack_padded_sequence`: returns ``(padded, lengths)`` in the original batch
     order, padded to ``total_length`` steps if given."""
     _check_packed(sequence)
@@ -219,7 +225,8 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
     return padded, lengths
 
 
-def pad_sequence(sequences, batch_first: bool = False, padding_value: float = 0.0, padding_side: str = "right"):
+def pad_sequence(sequences: Any, batch_first: bool = False, padding_value: float = 0.0,
+                 padding_side: str = "right") -> Array:
     """Stack variable-length ``(L_i, *)`` arrays into ``(max L, B, *)`` (``(B, max L, *)`` if
     batch_first), filling with ``padding_value`` on the right (or the left)."""
     batch_first = _flag("pad_sequence", "batch_first", batch_first)
@@ -254,7 +261,7 @@ def pad_sequence(sequences, batch_first: bool = False, padding_value: float = 0.
     return out if batch_first else np.ascontiguousarray(np.swapaxes(out, 0, 1))
 
 
-def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list:
+def unpad_sequence(padded_sequences: Any, lengths: Any, batch_first: bool = False) -> list[Array]:
     """Split a padded batch back into a list of ``(L_i, *)`` arrays (copies)."""
     batch_first = _flag("unpad_sequence", "batch_first", batch_first)
     x = np.asarray(padded_sequences)
@@ -274,7 +281,7 @@ def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list
     return [x[i, :n].copy() for i, n in enumerate(lengths)]
 
 
-def pack_sequence(sequences, enforce_sorted: bool = True) -> PackedSequence:
+def pack_sequence(sequences: Any, enforce_sorted: bool = True) -> PackedSequence:
     """Pack a list of ``(L_i, *)`` arrays (decreasing lengths unless ``enforce_sorted=False``)."""
     enforce_sorted = _flag("pack_sequence", "enforce_sorted", enforce_sorted)
     seqs = [np.asarray(s) for s in sequences]
@@ -284,7 +291,7 @@ def pack_sequence(sequences, enforce_sorted: bool = True) -> PackedSequence:
     return pack_padded_sequence(pad_sequence(seqs), lengths, enforce_sorted=enforce_sorted)
 
 
-def unpack_sequence(packed_sequences: PackedSequence) -> list:
+def unpack_sequence(packed_sequences: PackedSequence) -> list[Array]:
     """Undo :func:`pack_sequence`: the list of sequences in their original order."""
     padded, lengths = pad_packed_sequence(packed_sequences, batch_first=True)
     return unpad_sequence(padded, lengths, batch_first=True)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 
 from .._checks import check_bool, check_dropout, check_int, check_nonlinearity
+from .._typing import Array, Params
 from ..functional import KINDS
 from ..functional.stack import StackRecord, stack_backward, stack_forward
 from ..parallel.threads import THREADED
@@ -99,7 +100,7 @@ class RNNBase(Module):
     def _h_out(self) -> int:
         return self.proj_size or self.hidden_size
 
-    def _state_widths(self) -> tuple:
+    def _state_widths(self) -> tuple[Any, ...]:
         return (self._h_out, self.hidden_size) if self.kind.has_cell else (self._h_out,)
 
     def extra_repr(self) -> str:
@@ -112,7 +113,7 @@ class RNNBase(Module):
                    (self.dtype != np.float32, "dtype=float64")]
         return s + "".join(", " + text for on, text in options if on)
 
-    def forward(self, input: Any, hx: Any = None, lengths: Any = None) -> tuple:
+    def forward(self, input: Any, hx: Any = None, lengths: Any = None) -> tuple[Any, ...]:
         """Run the layer.  See the class docstring for shapes.
 
         ``input`` is a padded array or a :class:`~nprnn.utils.rnn.PackedSequence` (then the
@@ -133,15 +134,16 @@ class RNNBase(Module):
             self._keep(LayerRecord(record, layout))
         return self._pair(layout.from_rows(out), layout.from_run(finals))
 
-    def _params(self) -> list:
+    def _params(self) -> list[Params]:
+        """Each layer-direction's (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
         p = self._parameters
-        return [tuple(None if n is None else p[n] for n in names) for names in self._layer_names]
+        return [cast(Params, tuple(None if n is None else p[n] for n in names)) for names in self._layer_names]
 
-    def _pair(self, first: Any, states: list) -> tuple:
+    def _pair(self, first: Any, states: list[Array]) -> tuple[Any, ...]:
         """``(first, h)``, or ``(first, (h, c))`` for LSTM."""
         return (first, (states[0], states[1])) if self.kind.has_cell else (first, states[0])
 
-    def backward(self, grad_output: Any, grad_hn: Any = None) -> tuple:
+    def backward(self, grad_output: Any, grad_hn: Any = None) -> tuple[Any, ...]:
         """Backpropagation through time for this thread's last training-mode forward.
 
         ``grad_output`` has the shape of ``output`` (for packed output: a PackedSequence or
@@ -213,8 +215,9 @@ class RNN(RNNBase):
 
     _label = "RNN"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None, **kwargs):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
@@ -242,8 +245,9 @@ class LSTM(RNNBase):
 
     _label = "LSTM"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
+                 dtype: Any = np.float32, seed: Any = None) -> None:
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, dtype=dtype, seed=seed)
 
@@ -265,8 +269,9 @@ class GRU(RNNBase):
 
     _label = "GRU"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, dtype=np.float32, seed=None, **kwargs):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
@@ -275,7 +280,7 @@ class GRU(RNNBase):
                          bidirectional, dtype=dtype, seed=seed)
 
 
-def _equations_into_docstrings():
+def _equations_into_docstrings() -> None:
     """The classes' docstrings show the equations of the reference steps
     (:mod:`nprnn.functional.reference`), where they are written once."""
     from ..functional import reference
@@ -283,7 +288,7 @@ def _equations_into_docstrings():
     for cls, step in ((RNN, reference.rnn_step_forward), (LSTM, reference.lstm_step_forward),
                       (GRU, reference.gru_step_forward)):
         lines = "\n".join("        " + e for e in reference.equations(step))
-        cls.__doc__ = cls.__doc__.replace("        <equations>", lines)
+        cls.__doc__ = (cls.__doc__ or "").replace("        <equations>", lines)
 
 
 _equations_into_docstrings()

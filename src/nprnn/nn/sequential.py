@@ -12,6 +12,7 @@ gradient of the input (None after an ``Embedding``, whose input is integers).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,14 +27,14 @@ class LastStep(Module):
     (L, N, F) — (N, L, F) with ``batch_first`` — or (F,) from an unbatched (L, F).  With
     ``lengths=`` (padded input) or a ``PackedSequence``, each sequence's own last step."""
 
-    def __init__(self, batch_first: bool = False):
+    def __init__(self, batch_first: bool = False) -> None:
         super().__init__()
         self.batch_first = check_bool("batch_first", batch_first)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return "batch_first=True" if self.batch_first else ""
 
-    def forward(self, input, lengths=None):
+    def forward(self, input: Any, lengths: Any = None) -> Any:
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("LastStep: lengths= is for padded input; a PackedSequence carries its own lengths")
@@ -60,7 +61,7 @@ class LastStep(Module):
         self._keep(("padded", x.shape, x.dtype, last, time_axis) if self.training else None)
         return y
 
-    def _packed(self, packed):
+    def _packed(self, packed: Any) -> Any:
         sizes = np.asarray(packed.batch_sizes, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         N = int(sizes[0])
@@ -72,7 +73,7 @@ class LastStep(Module):
         self._keep(("packed", data.shape, data.dtype, rows, packed) if self.training else None)
         return data[rows]
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: Any) -> Any:
         layout, shape, dtype, where, extra = self._latest()
         out_shape = (shape[-1],) if len(shape) == 2 and layout == "padded" else (len(where), shape[-1])
         g = as_array(grad_output, "grad_output", dtype, "LastStep")
@@ -98,7 +99,7 @@ class Sequential(Module):
     ``"1"``, ... as in PyTorch, so ``state_dict`` keys read ``0.weight_ih_l0``, or by the
     keys of one mapping given instead: ``Sequential({"rnn": lstm, "head": linear})``."""
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Any) -> None:
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], Mapping):  # named children, as torch's OrderedDict form
             items = [(str(k), m) for k, m in modules[0].items()]
@@ -113,18 +114,18 @@ class Sequential(Module):
                 raise ValueError(f"Sequential: a child's name must be non-empty and without '.', got {k!r}")
             self._modules[k] = m
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
+    def __iter__(self) -> Any:
         return iter(self._modules.values())
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Any:
         if isinstance(index, str):
             return self._modules[index]
         return list(self._modules.values())[index]
 
-    def stream(self, batch_size=None):
+    def stream(self, batch_size: Any = None) -> Any:
         """A :class:`~nprnn.stream.SequentialStream`: ``step(x_t)`` runs one time step
         through the model, each recurrent layer's state carried between calls, and returns
         what the model returns for the sequence ending at ``x_t``."""
@@ -132,7 +133,7 @@ class Sequential(Module):
 
         return SequentialStream(self, batch_size)
 
-    def forward(self, input, lengths=None):
+    def forward(self, input: Any, lengths: Any = None) -> Any:
         x = input
         for m in self:
             if lengths is not None and isinstance(m, (RNNBase, LastStep)):
@@ -142,7 +143,7 @@ class Sequential(Module):
             x = y[0] if isinstance(m, RNNBase) else y
         return x
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: Any) -> Any:
         g = grad_output
         for m in reversed(list(self)):
             if g is None:

@@ -15,9 +15,12 @@ the stream owns; the NumPy tier runs the same step through its own kernels.
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import numpy as np
 
 from .._checks import as_array
+from .._typing import Array
 from ..functional import native
 from ..functional.scan import direction_forward
 
@@ -26,7 +29,7 @@ class Stream:
     """The state of one stream through a one-directional recurrent layer (see the module
     docstring).  Built by :meth:`nprnn.RNNBase.stream`."""
 
-    def __init__(self, layer, batch_size=None):
+    def __init__(self, layer: Any, batch_size: Optional[int] = None) -> None:
         if layer.num_directions != 1:
             raise ValueError(f"{layer._label}.stream(): a bidirectional layer needs the whole sequence (its reverse "
                              "direction starts at the end), so it cannot run one step at a time; call the layer on "
@@ -45,11 +48,11 @@ class Stream:
         self._outs = [np.empty((N, layer._h_out), dt) for _ in range(L)]
         self._x = np.empty((N, layer.input_size), dt)  # the step's input, where the kernel calls read it
         self._sizes, self._offsets = native._layout([N])
-        self._calls = None  # (when made, each layer's kernel call arguments)
+        self._calls: Optional[tuple[Any, list[Any]]] = None  # (when made, each layer's kernel call arguments)
 
     # -- state ---------------------------------------------------------------------
     @property
-    def state(self):
+    def state(self) -> Any:
         """The layers' current state in the layer's ``hx`` format (copies): ``h`` of shape
         (num_layers, N, H_out) — (num_layers, H_out) without a batch — and for LSTM the
         pair ``(h, c)``."""
@@ -59,7 +62,7 @@ class Stream:
         return parts[0] if self._c is None else tuple(parts)
 
     @state.setter
-    def state(self, hx):
+    def state(self, hx: Any) -> None:
         layer = self._layer
         if self._c is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -78,7 +81,7 @@ class Stream:
         for a, target in zip(arrays, targets):  # all checked before anything changes
             target[...] = a if self.batch_size is not None else a[:, None]
 
-    def reset(self, rows=None) -> None:
+    def reset(self, rows: Any = None) -> None:
         """Zero the state of every batch row, or of the given ``rows`` only (a new sequence
         starting in those slots)."""
         if rows is None:
@@ -96,7 +99,7 @@ class Stream:
             self._c[:, idx] = 0
 
     # -- stepping ------------------------------------------------------------------
-    def step(self, x_t):
+    def step(self, x_t: Any) -> Any:
         """Run one time step: ``x_t`` of shape (N, input_size), or (input_size,) for a
         stream without a batch; returns the top layer's new state (N, H_out) (or (H_out,))."""
         layer = self._layer
@@ -115,7 +118,7 @@ class Stream:
         y = self._outs[-1]
         return y.copy() if self.batch_size is not None else y[0].copy()
 
-    def _native_calls(self) -> list:
+    def _native_calls(self) -> list[Any]:
         """Each layer's kernel call, its arguments checked once (``_native.Call``) and all of
         its arrays owned by the stream (the input is copied into ``_x``); made again only
         when a parameter has changed."""
@@ -126,20 +129,19 @@ class Stream:
         N = self._h.shape[1]
         calls, x = [], self._x
         for idx in range(layer.num_layers):
-            params = tuple(None if n is None else layer._parameters[n] for n in layer._layer_names[idx])
-            prep = native.prepared(layer._prepared, idx, layer.kind, params)
+            prep = native.prepared(layer._prepared, idx, layer.kind, layer._params()[idx])
             work = native.step_work(prep, N)
             c = None if self._c is None else self._c[idx]
-            calls.append(native._native.Call(*native.call_args(0, prep, 0, 0, (0, N), self._sizes, self._offsets, x,
+            calls.append(native.compiled.Call(*native.call_args(0, prep, 0, 0, (0, N), self._sizes, self._offsets, x,
                                                                 self._outs[idx], self._h[idx], c, work)))
             x = self._outs[idx]
         self._calls = (key, calls)
         return calls
 
-    def _numpy_step(self, x) -> None:
+    def _numpy_step(self, x: Array) -> None:
         layer = self._layer
         for idx in range(layer.num_layers):
-            params = tuple(None if n is None else layer._parameters[n] for n in layer._layer_names[idx])
+            params = layer._params()[idx]
             state0 = (self._h[idx],) if self._c is None else (self._h[idx], self._c[idx])
             final, _ = direction_forward(layer.kind, x, params, state0, [x.shape[0]], False, self._outs[idx], False,
                                          layer._step_options(idx), key=idx, cache=layer._prepared)
@@ -156,7 +158,7 @@ class SequentialStream:
     what the whole model returns for the sequence that ends at ``x_t``.  Built by
     :meth:`nprnn.Sequential.stream`."""
 
-    def __init__(self, model, batch_size=None):
+    def __init__(self, model: Any, batch_size: Optional[int] = None) -> None:
         from .recurrent import RNNBase
         from .sequential import LastStep
 
@@ -173,17 +175,17 @@ class SequentialStream:
         self.batch_size = batch_size
 
     @property
-    def streams(self) -> list:
+    def streams(self) -> list[Any]:
         """The recurrent layers' streams, in order."""
         return [p for kind, p in self._parts if kind == "stream"]
 
     @property
-    def state(self) -> list:
+    def state(self) -> list[Any]:
         """Each recurrent layer's state (its stream's ``state``), in order; assignable."""
         return [s.state for s in self.streams]
 
     @state.setter
-    def state(self, states):
+    def state(self, states: Any) -> None:
         streams = self.streams
         if not isinstance(states, (list, tuple)) or len(states) != len(streams):
             raise ValueError(f"Sequential stream state must be a list of {len(streams)} layer state(s), "
@@ -197,12 +199,12 @@ class SequentialStream:
                 s.state = st
             raise
 
-    def reset(self, rows=None) -> None:
+    def reset(self, rows: Any = None) -> None:
         """Zero every recurrent layer's state, of all rows or of ``rows`` only."""
         for s in self.streams:
             s.reset(rows)
 
-    def step(self, x_t):
+    def step(self, x_t: Any) -> Any:
         x = x_t
         for kind, part in self._parts:
             if kind == "stream":

@@ -33,6 +33,7 @@ import os
 import threading
 from collections import Counter
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 from ..config import settings
 
@@ -340,7 +341,7 @@ class Stream:
 # costs about 150 us on the project's machine (waking the thread and passing the GIL), so
 # a split needs settings.min_split_work multiply-adds a thread to pay: measured (bench_threads
 # and back-to-back calls) 0.3-0.4x at 1M, 0.9x at 5-6M, 0.97-1.31x at 8-10M a thread.
-_workers = {"pool": None, "size": 0}  # the pooled threads run_parts hands parts to
+_workers: dict[str, Any] = {"pool": None, "size": 0}  # the pooled threads run_parts hands parts to
 _workers_lock = threading.Lock()
 
 
@@ -388,7 +389,7 @@ def run_parts(parts) -> None:
         pool = _workers["pool"]
     queue = list(reversed(parts))
     lock = threading.Lock()
-    errors = []
+    errors: list[BaseException] = []
 
     def drain():
         while True:

@@ -201,7 +201,7 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
     streams = CharData.streams(data.train_ids, batch_size)
     state = None
     start = 0
-    history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+    history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
     if resume:
         info = load_checkpoint(checkpoint, model, opt)
         extra = info["extra"]

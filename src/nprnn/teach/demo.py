@@ -1,6 +1,8 @@
 """``nprnn demo``: the seed's examples, their shapes and identities, checked by computation."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..nn.recurrent import GRU, LSTM, RNN
@@ -60,14 +62,14 @@ def _backend_line() -> str:
 
     if native.backend() == "native":
         return f"native (compiled kernels, {native.isa()})"
-    why = "NPRNN_BACKEND=numpy" if native._native is not None else "the compiled kernels are not built here"
+    why = "NPRNN_BACKEND=numpy" if native.compiled is not None else "the compiled kernels are not built here"
     return f"numpy ({why})"
 
 
 def run(compare_torch: bool = False) -> int:
     """Print every example; return 0 when every check holds."""
     rng = np.random.default_rng(2024)
-    results = []
+    results: list[Any] = []
     torch_diffs = []
     print("nprnn demo: the seed's examples (shapes, and the identities checked by real comparison)")
     print(f"backend: {_backend_line()}\n")

@@ -116,7 +116,7 @@ def unrolled(module, seq_len: int, path: str) -> None:
         if t is None:
             continue
         x = x_of[t] + cw / 2
-        prev_y = 0.8
+        prev_y: float | None = 0.8
         for layer in layers:
             if layer is None:
                 prev_y = None

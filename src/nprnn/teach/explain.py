@@ -178,7 +178,7 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
     if kind == "RNN":
         config["nonlinearity"] = module.nonlinearity
     return {"schema": SCHEMA_VERSION, "layer": kind, "config": config, "parameters": params,
-            "total_parameters": int(sum(p["count"] for p in params)),
+            "total_parameters": sum(int(p["count"]) for p in params),  # type: ignore[call-overload]
             "shapes": shapes(module, batch, seq_len, unbatched),
             "equations": equations(module), "identities": identities(module, batch, seq_len, unbatched, seed)}
 

@@ -213,7 +213,8 @@ def to_onnx(model, *, with_state: bool = True, lengths: bool = False, optional_s
     b = Builder(elem, opset)
     first = modules[0]
     if isinstance(first, RNNBase):
-        dims = ["batch", "seq_len", first.input_size] if first.batch_first else ["seq_len", "batch", first.input_size]
+        dims: list[str | int | None] = (["batch", "seq_len", first.input_size] if first.batch_first
+                                        else ["seq_len", "batch", first.input_size])
         b.inputs.append(helper.make_tensor_value_info("input", elem, dims))
         rank = 3
     elif type(first) is Embedding:

@@ -176,7 +176,7 @@ def run(op_type: str, inputs: list, attrs: dict, opset: int) -> list:
         inputs = list(inputs) + [np.asarray(attrs.pop(n)) if n in attrs else None for n in names]
     while inputs and inputs[-1] is None:  # trailing omitted optional inputs take their defaults
         inputs = inputs[:-1]
-    out = OPS[op_type](*inputs, **attrs)
+    out = OPS[op_type](*inputs, **attrs)  # type: ignore[operator]
     return [out]
 
 
