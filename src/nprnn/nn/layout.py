@@ -12,8 +12,7 @@ the sort by length).  The checks here raise PyTorch's messages, in PyTorch's ord
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence, cast
+from typing import Any, NamedTuple, Optional, Sequence, cast
 
 import numpy as np
 
@@ -23,8 +22,7 @@ from ..functional import alloc_blocks
 from .packing import PackedSequence, _check_lengths, invert_permutation, packing_plan
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """kind: "padded" (every sequence runs all L steps), "lengths" (padded input with
     ``lengths=``: ``rows`` gathers the packed rows from the flattened (L*N) batch) or
     "packed".  ``sorted_indices`` orders the batch by decreasing length (None: already
@@ -112,9 +110,10 @@ def layout_of(m: Any, input: Any, hx: Any, lengths: Any) -> tuple[Any, ...]:
         unsorted = input.unsorted_indices
         if sorted_indices is not None and unsorted is None:
             unsorted = invert_permutation(sorted_indices)
+        shapes = _state_shapes(m, N, True)
         layout = Layout("packed", True, False, None, batch_sizes, None, sorted_indices, unsorted,
-                        input.batch_sizes, (x.shape[0], m.num_directions * m._h_out), _state_shapes(m, N, True))
-        return layout, x, _initial_states(m, hx, N, True)
+                        input.batch_sizes, (x.shape[0], m.num_directions * m._h_out), shapes)
+        return layout, x, _initial_states(m, hx, shapes)
     if not hasattr(input, "ndim"):
         input = as_array(input, "input", m.dtype, m._label)
     if input.ndim not in (2, 3):
@@ -126,7 +125,8 @@ def layout_of(m: Any, input: Any, hx: Any, lengths: Any) -> tuple[Any, ...]:
     L, N = (x.shape[:2] if not m.batch_first else x.shape[1::-1]) if batched else (x.shape[0], 1)
     if L == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    states = _initial_states(m, hx, N, batched)
+    shapes = _state_shapes(m, N, batched)
+    states = _initial_states(m, hx, shapes)
     rows = sorted_indices = unsorted = None
     batch_sizes = [N] * L
     if lengths is not None:
@@ -136,7 +136,7 @@ def layout_of(m: Any, input: Any, hx: Any, lengths: Any) -> tuple[Any, ...]:
         unsorted = invert_permutation(sorted_indices)
     output_shape = x.shape[:-1] + (m.num_directions * m._h_out,)
     layout = Layout("padded" if lengths is None else "lengths", batched, m.batch_first, (L, N), batch_sizes, rows,
-                    sorted_indices, unsorted, None, output_shape, _state_shapes(m, N, batched))
+                    sorted_indices, unsorted, None, output_shape, shapes)
     return layout, x, states
 
 
@@ -176,9 +176,8 @@ def _check_hx(m: Any, hx: Any, batched: bool) -> Optional[tuple[Any, ...]]:
     return (hx,)
 
 
-def _initial_states(m: Any, hx: Optional[tuple[Any, ...]], N: int, batched: bool) -> list[Any]:
+def _initial_states(m: Any, hx: Optional[tuple[Any, ...]], shapes: tuple[tuple[int, ...], ...]) -> list[Any]:
     """The caller-shaped initial states, zeros when hx is None, with PyTorch's size check."""
-    shapes = _state_shapes(m, N, batched)
     if hx is None:
         return [np.zeros(shape, m.dtype) for shape in shapes]
     states = []

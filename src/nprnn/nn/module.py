@@ -142,23 +142,26 @@ class _Work:
 
 class _PerThread:
     """Each thread's :class:`_Work`, dropped with the thread (a thread's records are its
-    own: another thread's forward never feeds this thread's backward)."""
+    own: another thread's forward never feeds this thread's backward).  ``all`` holds a
+    weak reference to each, so that :meth:`drop_records` reaches every thread's."""
 
     def __init__(self) -> None:
-        self._by_thread: "weakref.WeakKeyDictionary[threading.Thread, _Work]" = weakref.WeakKeyDictionary()
+        self._local = threading.local()
+        self._all: "weakref.WeakSet[_Work]" = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def here(self) -> _Work:
-        thread = threading.current_thread()
-        work = self._by_thread.get(thread)
-        if work is None:
+        try:
+            return self._local.work  # type: ignore[no-any-return]
+        except AttributeError:
+            work = self._local.work = _Work()
             with self._lock:
-                work = self._by_thread[thread] = _Work()
-        return work
+                self._all.add(work)
+            return work
 
     def drop_records(self) -> None:
         with self._lock:
-            for work in list(self._by_thread.values()):
+            for work in list(self._all):
                 work.records.clear()
 
 
@@ -394,8 +397,8 @@ class Module:
         state["_prepared"] = {}
         state["_grads"] = OrderedDict((k, (g.shape, g.dtype.str)) for k, g in self._grads.items())
         state["_threads"] = None
-        for old in ("_record", "_stack", "_buffers"):  # what older versions kept
-            state.pop(old, None)
+        for name in ("_params_at", "_record", "_stack", "_buffers"):  # a cache; what older versions kept
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

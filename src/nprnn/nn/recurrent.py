@@ -15,6 +15,7 @@ import numpy as np
 from .._checks import check_bool, check_dropout, check_int, check_nonlinearity
 from .._typing import Array, Params
 from ..functional import KINDS
+from ..functional.native import parameter_epoch
 from ..functional.stack import StackRecord, stack_backward, stack_forward
 from ..parallel.threads import THREADED
 from .layout import Layout, check_grads, layout_of
@@ -121,23 +122,31 @@ class RNNBase(Module):
         the result equals packing, running and unpacking, without the caller packing.
         """
         layout, x, states = layout_of(self, input, hx, lengths)
-        self._keep(None)  # this thread's previous record's buffers are about to be reused
-        pool = self._pool()
-        D = self.num_directions
+        work = self._threads.here()
+        work.records.clear()  # this thread's previous record's buffers are about to be reused
+        options = None
+        if type(self)._step_options is not RNNBase._step_options:
+            options = [self._step_options(i) for i in range(self.num_layers * self.num_directions)]
         out, finals, record = stack_forward(
-            self.kind, layout.to_rows(x, pool, "x_packed"), self._params(), layout.to_run(states),
-            layout.batch_sizes, num_layers=self.num_layers, num_directions=D, train=self.training,
-            reverse_only=self._reverse_only, dropout=self.dropout, rng=self._rng,
-            options=[self._step_options(i) for i in range(self.num_layers * D)], pool=pool, cache=self._prepared,
-            runner=THREADED)
+            self.kind, layout.to_rows(x, work.pool, "x_packed"), self._params(), layout.to_run(states),
+            layout.batch_sizes, num_layers=self.num_layers, num_directions=self.num_directions,
+            train=self.training, reverse_only=self._reverse_only, dropout=self.dropout, rng=self._rng,
+            options=options, pool=work.pool, cache=self._prepared, runner=THREADED)
         if record is not None:
-            self._keep(LayerRecord(record, layout))
+            work.records.append(LayerRecord(record, layout))
         return self._pair(layout.from_rows(out), layout.from_run(finals))
 
     def _params(self) -> list[Params]:
-        """Each layer-direction's (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent."""
+        """Each layer-direction's (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent (made
+        again only when some parameter may have changed)."""
+        epoch = parameter_epoch()
+        held = self.__dict__.get("_params_at")
+        if held is not None and held[0] == epoch:
+            return held[1]  # type: ignore[no-any-return]
         p = self._parameters
-        return [cast(Params, tuple(None if n is None else p[n] for n in names)) for names in self._layer_names]
+        params = [cast(Params, tuple(None if n is None else p[n] for n in names)) for names in self._layer_names]
+        self.__dict__["_params_at"] = (epoch, params)
+        return params
 
     def _pair(self, first: Any, states: list[Array]) -> tuple[Any, ...]:
         """``(first, h)``, or ``(first, (h, c))`` for LSTM."""
