@@ -140,7 +140,18 @@ class RNNCellBase(Module):
         return dx, tuple(dstate0)
 
 
-class RNNCell(RNNCellBase):
+class _OneStateCell(RNNCellBase):
+    """A cell whose state is one array, h (RNNCell, GRUCell)."""
+
+    def forward(self, input: Any, hx: Any = None) -> Any:
+        return self._step(input, hx)[0]
+
+    def backward(self, grad_h: Any) -> tuple[Array, Array]:
+        dx, (dh,) = self._step_backward((grad_h,))
+        return dx, dh
+
+
+class RNNCell(_OneStateCell):
     """One step of :class:`nprnn.RNN`: ``h' = act(x W_ih.T + b_ih + h W_hh.T + b_hh)``.
 
     ``h' = cell(x, h=None)`` with x (N, H_in) or (H_in,); ``grad_x, grad_h = cell.backward(grad_h')``.
@@ -153,15 +164,8 @@ class RNNCell(RNNCellBase):
         self.nonlinearity = check_nonlinearity(nonlinearity)
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, dtype=dtype, seed=seed)
 
-    def forward(self, input: Any, hx: Any = None) -> Any:
-        return self._step(input, hx)[0]
 
-    def backward(self, grad_h: Any) -> tuple[Array, Array]:
-        dx, (dh,) = self._step_backward((grad_h,))
-        return dx, dh
-
-
-class GRUCell(RNNCellBase):
+class GRUCell(_OneStateCell):
     """One step of :class:`nprnn.GRU`.
 
     ``h' = cell(x, h=None)``; ``grad_x, grad_h = cell.backward(grad_h')``.
@@ -172,13 +176,6 @@ class GRUCell(RNNCellBase):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = np.float32,
                  seed: Any = None) -> None:
         super().__init__("gru", input_size, hidden_size, bias, dtype=dtype, seed=seed)
-
-    def forward(self, input: Any, hx: Any = None) -> Any:
-        return self._step(input, hx)[0]
-
-    def backward(self, grad_h: Any) -> tuple[Array, Array]:
-        dx, (dh,) = self._step_backward((grad_h,))
-        return dx, dh
 
 
 class LSTMCell(RNNCellBase):
