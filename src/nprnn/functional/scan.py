@@ -252,9 +252,10 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
 
     def project(lo: int, hi: int) -> None:  # gx = x @ W_ih.T + b for rows lo:hi, (rows, G*H)
-        np.dot(x[lo:hi], w_ih_s.T, out=gx[lo:hi])
-        if b_gx is not None:
-            gx[lo:hi] += b_gx
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
+            np.dot(x[lo:hi], w_ih_s.T, out=gx[lo:hi])
+            if b_gx is not None:
+                gx[lo:hi] += b_gx
 
     state = tuple(np.array(s, order="C", copy=True) for s in state0)
     H = w_hh.shape[0] // kind.num_gates
