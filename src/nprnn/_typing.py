@@ -12,4 +12,3 @@ Params = tuple[Array, Array, OptArray, OptArray, OptArray]  # (w_ih, w_hh, b_ih,
 Steps = list[tuple[int, int, int]]  # (lo, hi, n) per step: its packed rows and batch size
 Blocks = tuple[tuple[int, int], ...]  # (k, width) per block, see functional.cells.CellKind
 Pool = dict[Any, Any]  # reusable work arrays, keyed by the caller
-DType = np.dtype[Any]

@@ -250,7 +250,7 @@ def _split(sizes: Array, offsets: Array, prep: Prepared, runner: Runner) -> Sequ
     if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * settings.min_split_work:
         return ((0, N),)  # too little work to hand any of it to another thread
     lengths = np.searchsorted(-sizes, -np.arange(1, N + 1), side="right")  # steps with > r rows
-    return runner.ranges([int(n) for n in lengths], row_work)
+    return runner.ranges(lengths, row_work)
 
 
 def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[int, int], sizes: Array,

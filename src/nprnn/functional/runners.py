@@ -15,11 +15,13 @@ A runner answers two questions:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
+
+from .._typing import Array
 
 
 class Runner(Protocol):
-    def ranges(self, lengths: Sequence[int], row_work: int) -> list[tuple[int, int]]: ...
+    def ranges(self, lengths: Union[Sequence[int], Array], row_work: int) -> list[tuple[int, int]]: ...
 
     def run(self, parts: Sequence[Callable[[], None]]) -> None: ...
 
@@ -34,7 +36,7 @@ class Runner(Protocol):
 class SerialRunner:
     """Everything on the calling thread, one at a time: one range, no schedule."""
 
-    def ranges(self, lengths: Sequence[int], row_work: int) -> list[tuple[int, int]]:
+    def ranges(self, lengths: Union[Sequence[int], Array], row_work: int) -> list[tuple[int, int]]:
         return [(0, len(lengths))]
 
     def run(self, parts: Sequence[Callable[[], None]]) -> None:

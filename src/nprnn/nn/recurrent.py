@@ -40,8 +40,9 @@ class RNNBase(Module):
     _label = "RNNBase"
     _reverse_only = False  # ONNX's direction="reverse": one direction, run backwards in time
 
-    def _step_options(self, idx: int) -> Any:
-        """Extra per-layer-direction settings for the kernels (a registered cell kind's)."""
+    def _step_options(self) -> Optional[list[Any]]:
+        """Each layer-direction's extra settings for the kernels (a registered cell kind's),
+        or None when there are none."""
         return None
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -122,18 +123,15 @@ class RNNBase(Module):
         the result equals packing, running and unpacking, without the caller packing.
         """
         layout, x, states = layout_of(self, input, hx, lengths)
-        work = self._threads.here()
-        work.records.clear()  # this thread's previous record's buffers are about to be reused
-        options = None
-        if type(self)._step_options is not RNNBase._step_options:
-            options = [self._step_options(i) for i in range(self.num_layers * self.num_directions)]
+        self._keep(None)  # this thread's previous record's buffers are about to be reused
+        pool = self._pool()
         out, finals, record = stack_forward(
-            self.kind, layout.to_rows(x, work.pool, "x_packed"), self._params(), layout.to_run(states),
+            self.kind, layout.to_rows(x, pool, "x_packed"), self._params(), layout.to_run(states),
             layout.batch_sizes, num_layers=self.num_layers, num_directions=self.num_directions,
             train=self.training, reverse_only=self._reverse_only, dropout=self.dropout, rng=self._rng,
-            options=options, pool=work.pool, cache=self._prepared, runner=THREADED)
+            options=self._step_options(), pool=pool, cache=self._prepared, runner=THREADED)
         if record is not None:
-            work.records.append(LayerRecord(record, layout))
+            self._keep(LayerRecord(record, layout))
         return self._pair(layout.from_rows(out), layout.from_run(finals))
 
     def _params(self) -> list[Params]:

@@ -140,11 +140,13 @@ class Stream:
 
     def _numpy_step(self, x: Array) -> None:
         layer = self._layer
+        options = layer._step_options()
         for idx in range(layer.num_layers):
             params = layer._params()[idx]
             state0 = (self._h[idx],) if self._c is None else (self._h[idx], self._c[idx])
             final, _ = direction_forward(layer.kind, x, params, state0, [x.shape[0]], False, self._outs[idx], False,
-                                         layer._step_options(idx), key=idx, cache=layer._prepared)
+                                         None if options is None else options[idx], key=idx,
+                                         cache=layer._prepared)
             self._h[idx] = final[0]
             if self._c is not None:
                 self._c[idx] = final[1]

@@ -66,11 +66,11 @@ class ONNXRecurrent(RNNBase):
                 self.register_parameter("weight_peephole_l0" + ("_reverse" if d else ""),
                                         np.zeros((3, hidden_size), self.dtype))
 
-    def _step_options(self, idx):
+    def _step_options(self):
         if self.mode != "lstm_ext":
             return None
-        peep = self._parameters.get("weight_peephole_l0" + ("_reverse" if idx else ""))
-        return {"peep": peep, "clip": self.clip, "input_forget": self.input_forget}
+        return [{"peep": self._parameters.get("weight_peephole_l0" + ("_reverse" if d else "")), "clip": self.clip,
+                 "input_forget": self.input_forget} for d in range(self.num_directions)]
 
     def backward(self, grad_output, grad_hn=None):
         if self.mode in ("gru_lbr0", "lstm_ext"):
