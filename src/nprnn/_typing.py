@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[Any]  # an array of the module's float dtype (or of indices, where said)
