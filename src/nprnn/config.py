@@ -30,13 +30,27 @@ class Settings:
     min_split_work: int = 8_000_000
     parts_per_thread: int = 4  # more parts than threads, so a thread slowed down takes fewer
     min_part_rows: int = 8  # a smaller part leaves the register tiles part empty
+    # compiled tier, small batches: the hidden units split across threads that meet every
+    # step, for a batch of at most max_unit_split_batch rows whose step has at least
+    # min_unit_split_work multiply-adds of the hidden side (rows * (G*H*H_out + H*H_out))
+    max_unit_split_batch: int = 8
+    min_unit_split_work: int = 65536
+    # compiled tier: from this batch up, the input projection runs inside the loop, step by
+    # step (its W_ih read once a step serves enough rows); below, one product before it
+    min_inloop_batch: int = 16
+    # microseconds a team's helper waiting for the next call spins before it sleeps, and a
+    # thread waiting for the others inside a loop (they come within a step; a woken thread
+    # can take 100 us to run on a virtual machine, and then comes late to the next step)
+    spin_us: int = 50
+    step_spin_us: int = 1000
 
 
 settings = Settings()
 _NAMES = {f.name for f in fields(Settings)}
 
 
-_NON_NEGATIVE = {"min_step_work", "min_train_step_work", "min_split_work"}  # 0: always split / side by side
+_NON_NEGATIVE = {"min_step_work", "min_train_step_work", "min_split_work", "max_unit_split_batch",
+                 "min_unit_split_work", "min_inloop_batch", "spin_us", "step_spin_us"}  # 0: always split / side by side
 
 
 def _check(name: str, value: Any) -> None:

@@ -11,8 +11,16 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <sched.h>
+#endif
 
 /* libmvec (glibc, x86-64) has vector versions of exp and tanh.  GCC declares them only
    under -ffast-math's finite-math assumption, which we do not make (NaN and inf must
@@ -26,37 +34,50 @@ __attribute__((__simd__("notinbranch"))) double tanh(double);
 
 enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3 };
 
-/* Everything one call needs.  Forward: x the layer input, h, c the running states (h_0
-   in, h_n out), out receives every step's h.  Backward: h, c are the running state
-   gradients, out is the output gradient, dx receives (or, with accumulate, adds) the
-   input gradient.  Rows r0..r1 of the batch only (a batch split across threads). */
+struct team;
+static void team_barrier(struct team *t, int me, int nthr);
+
+#define MAX_PARTS 64
+/* Everything one call needs: the described loop, filled from a dict by parse_scan (see
+   FIELDS).  Forward: x the layer input, h, c the running states (h_0 in, h_n out), out
+   receives every step's h.  Backward: h, c are the running state gradients, out is the
+   output gradient, dx receives (or, with accumulate, adds) the input gradient.
+   Rows r0..r1 of the batch only (a batch split across threads).
+   The hidden units split into `parts` (units[p]..units[p+1]; with a projection the P
+   columns of h split as pcols): each part's weights packed on their own, back to back
+   (wih_at, whh_at, whr_at: where each starts, in elements), so that a thread reads only
+   its own.  With xproj the input projection of every row runs before the loop, into
+   xproj (rows, G*H); without it, inside the loop, step by step. */
 struct scan {
-    int kind, train, reverse, accumulate;
-    long G, H, P, Hin, steps, r0, r1, ldout;
+    int kind, train, reverse, accumulate, back;
+    int64_t G, H, P, Hin, steps, N, rows, r0, r1, ldout, parts;
     const int64_t *batch_sizes, *offsets;
     const void *x, *wih, *whh, *bias, *bhn, *whr;  /* backward: wih, whh, whr packed untransposed */
-    void *out, *h, *c;
+    void *out, *h, *c, *hbuf, *xproj;
     void *gates, *hprev, *cprev, *tc, *m, *ghn, *gxs;  /* the tape (training) or per-row work */
     void *dx, *dgx, *dgh, *dproj, *scratch;           /* backward */
+    int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
+    int64_t wih_at[MAX_PARTS], whh_at[MAX_PARTS], whr_at[MAX_PARTS];
+    struct team *team;  /* the threads that share the parts (NULL: this thread alone) */
 };
 
 /* One matrix product C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], each B packed,
    its panels ps1 (ps2) elements apart; A1[i][k] = A1[i * ars1 + k * aks1], A2 row-major
    with row stride ars2. */
 struct gemm {
-    long n, M, K1;
+    int64_t n, M, K1;
     const void *A1;
-    long ars1, aks1;
+    int64_t ars1, aks1;
     const void *B1;
-    long ps1, K2;
+    int64_t ps1, K2;
     const void *A2;
-    long ars2;
+    int64_t ars2;
     const void *B2;
-    long ps2;
+    int64_t ps2;
     void *C;
-    long ldc;
+    int64_t ldc;
     const void *Cin;
-    long ldcin;
+    int64_t ldcin;
 };
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -85,15 +106,16 @@ struct gemm {
 #undef EXP
 #undef TANH
 
-typedef void (*scan_fn)(const struct scan *);
+typedef void (*scan_fn)(const struct scan *, int, int);
 struct isa {
     const char *name;
     int vector_bytes;
     scan_fn forward[2], backward[2];  /* [float, double] */
-    void (*pack_f)(const float *, long, long, long, long, float *, long, long);
-    void (*pack_d)(const double *, long, long, long, long, double *, long, long);
-    void (*at_f)(long, long, long, long, const float *, long, const float *, float *, long, int);
-    void (*at_d)(long, long, long, long, const double *, long, const double *, double *, long, int);
+    void (*pack_f)(const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, int64_t);
+    void (*pack_d)(const double *, int64_t, int64_t, int64_t, int64_t, double *, int64_t, int64_t);
+    void (*at_f)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *, int64_t, int);
+    void (*at_d)(int64_t, int64_t, int64_t, int64_t, const double *, int64_t, const double *, double *, int64_t,
+                 int);
 };
 
 #define ISA(label, vb, s)                                                                                  \
@@ -117,8 +139,125 @@ static const struct isa *best_isa(void) {
     return &ISA_BASE;
 }
 
+/* ------------------------------------------------------------------ the team
+ * Threads that share one loop's parts: the caller (thread 0) and helpers, Python threads
+ * that each called Team.serve(i) and wait inside it, without the GIL, for the next job.
+ * They meet at team_barrier once per step.  A waiting thread spins, then sleeps on its own
+ * lock (a PyThread lock: portable, usable without the GIL) until the thread that ends the
+ * wait releases it; so an idle team holds no core.  A helper waiting for the next job
+ * spins `spin` ns; a thread waiting for the others inside a loop spins `step_spin` ns,
+ * longer: they are working on the same job and come within a step, while a thread
+ * woken from sleep can take longer than a step to run again (on a virtual machine, up to
+ * 100 us), and a partner that slept at one step would arrive late at the next one. */
+#define MAX_THREADS 64
+typedef struct team {
+    PyObject_HEAD
+    int n;          /* threads, the caller's included */
+    int64_t spin, step_spin;  /* ns a thread waiting for a job, for a step, spins before it sleeps */
+    atomic_int arrived, ready, stop, busy;
+    atomic_uint gen, job_gen;
+    atomic_llong runs, alone;  /* jobs run on the team; jobs run alone because it was busy */
+    const struct scan *job;
+    scan_fn fn;
+    int job_threads;
+    atomic_int sleeping[MAX_THREADS];
+    PyThread_type_lock sem[MAX_THREADS];
+} TeamObject;
+
+static inline void cpu_relax(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_ia32_pause();
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    _mm_pause();
+#elif defined(__GNUC__) && (defined(__aarch64__) || defined(__arm__))
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void yield_cpu(void) {
+#ifdef _WIN32
+    SwitchToThread();
+#else
+    sched_yield();
+#endif
+}
+
+/* Wait until *g differs from old: spin for spin_ns, then sleep until wake() releases this
+   slot.  After the first few spins each one yields the processor: if the thread it waits
+   for was woken onto this same processor (the scheduler may put it beside its waker), it
+   runs at once instead of after the spinner's time slice. */
+static void waitgen(struct team *t, atomic_uint *g, unsigned old, int me, int64_t spin_ns) {
+    int64_t deadline = 0;
+    for (int64_t k = 0;; k++) {
+        if (atomic_load(g) != old) return;
+        if (k < 512) {
+            cpu_relax();
+            continue;
+        }
+        yield_cpu();
+        if (k % 8 == 0) {
+            int64_t now = now_ns();
+            if (!deadline) deadline = now + spin_ns;
+            else if (now > deadline) break;
+        }
+    }
+    for (;;) {
+        atomic_store(&t->sleeping[me], 1);
+        if (atomic_load(g) != old) {
+            /* claim the flag back; if a waker took it first, its release must be consumed */
+            if (atomic_exchange(&t->sleeping[me], 0) == 0) PyThread_acquire_lock(t->sem[me], WAIT_LOCK);
+            return;
+        }
+        PyThread_acquire_lock(t->sem[me], WAIT_LOCK);
+        if (atomic_load(g) != old) return;
+    }
+}
+
+static void wake(struct team *t) {
+    for (int i = 0; i < t->n; i++)
+        if (atomic_exchange(&t->sleeping[i], 0)) PyThread_release_lock(t->sem[i]);
+}
+
+static void team_barrier(struct team *t, int me, int nthr) {
+    if (nthr < 2) return;
+    unsigned g = atomic_load(&t->gen);
+    if (atomic_fetch_add(&t->arrived, 1) == nthr - 1) {
+        atomic_store(&t->arrived, 0);
+        atomic_fetch_add(&t->gen, 1);
+        wake(t);
+    } else {
+        waitgen(t, &t->gen, g, me, t->step_spin);
+    }
+}
+
+/* Run the loop s: on the team when its parts can be shared and the team is free, else
+   on this thread alone (every part in turn: the same arithmetic, so the same result). */
+static void run_job(struct team *t, const struct scan *s, scan_fn fn) {
+    if (t && s->parts > 1 && atomic_exchange(&t->busy, 1) == 0) {
+        int nthr = t->n < s->parts ? t->n : (int)s->parts;
+        atomic_fetch_add(&t->runs, 1);
+        t->job = s;
+        t->fn = fn;
+        t->job_threads = nthr;
+        atomic_fetch_add(&t->job_gen, 1);
+        wake(t);
+        fn(s, 0, nthr);
+        team_barrier(t, 0, nthr);
+        atomic_store(&t->busy, 0);
+        return;
+    }
+    if (t && s->parts > 1) atomic_fetch_add(&t->alone, 1);
+    fn(s, 0, 1);
+}
+
 /* ------------------------------------------------------------------ buffers */
-#define MAX_BUFS 32
+#define MAX_BUFS 40
 struct bufs {
     Py_buffer v[MAX_BUFS];
     int n;
@@ -129,14 +268,18 @@ static void release(struct bufs *b) {
     b->n = 0;
 }
 
-/* The data of `obj` (None gives NULL when optional) as an array of `items` elements of
-   `itemsize` bytes at least, contiguous unless `ld` is given: then 2-D rows of `cols`
-   elements, any row stride, returned in *ld. */
+/* The data of `obj` (NULL or None gives NULL when optional) as an array of `items`
+   elements of `itemsize` bytes at least, contiguous unless `ld` is given: then 2-D rows
+   of `cols` elements, any row stride, returned in *ld. */
 static void *get(struct bufs *b, PyObject *obj, const char *name, int writable, Py_ssize_t itemsize,
-                 Py_ssize_t items, int optional, long cols, long *ld) {
-    if (obj == Py_None) {
+                 Py_ssize_t items, int optional, int64_t cols, int64_t *ld) {
+    if (obj == NULL || obj == Py_None) {
         if (optional) return NULL;
         PyErr_Format(PyExc_ValueError, "_native: %s is required", name);
+        return NULL;
+    }
+    if (b->n == MAX_BUFS) {
+        PyErr_SetString(PyExc_ValueError, "_native: too many buffers");
         return NULL;
     }
     Py_buffer *v = &b->v[b->n];
@@ -152,11 +295,11 @@ static void *get(struct bufs *b, PyObject *obj, const char *name, int writable, 
         if (v->ndim != 2 || v->shape[1] != cols || v->shape[0] * cols < items ||
             (v->shape[0] > 1 && (v->strides[0] % itemsize || v->strides[0] < cols * itemsize)) ||
             (cols > 1 && v->strides[1] != itemsize)) {
-            PyErr_Format(PyExc_ValueError, "_native: %s must have rows of %ld elements (%zd in all)", name, cols,
-                         items);
+            PyErr_Format(PyExc_ValueError, "_native: %s must have rows of %lld elements (%zd in all)", name,
+                         (long long)cols, items);
             return NULL;
         }
-        *ld = v->shape[0] > 1 ? (long)(v->strides[0] / itemsize) : cols;
+        *ld = v->shape[0] > 1 ? (int64_t)(v->strides[0] / itemsize) : cols;
     } else if (v->len / itemsize < items) {
         PyErr_Format(PyExc_ValueError, "_native: %s holds %zd elements, the loop needs %zd", name,
                      v->len / itemsize, items);
@@ -165,101 +308,132 @@ static void *get(struct bufs *b, PyObject *obj, const char *name, int writable, 
     return v->buf;
 }
 
-static long as_long(PyObject *o, int *err) {
-    long v = PyLong_AsLong(o);
+static int64_t as_i64(PyObject *o, int *err) {
+    long long v = o ? PyLong_AsLongLong(o) : 0;
     if (v == -1 && PyErr_Occurred()) *err = 1;
-    return v;
+    return (int64_t)v;
 }
 
-static long panels(long M, Py_ssize_t itemsize) {
-    long nr = 2 * isa->vector_bytes / (long)itemsize;
+static int64_t panels(int64_t M, Py_ssize_t itemsize) {
+    int64_t nr = 2 * isa->vector_bytes / (int64_t)itemsize;
     return (M + nr - 1) / nr * nr;
 }
 
-/* scan(backward, kind, train, reverse, r0, r1, H, P, Hin, accumulate, batch_sizes, offsets,
-        x, out, h, c, wih, whh, bias, bhn, whr, gates, hprev, cprev, tc, m, ghn, gxs,
-        dx, dgx, dgh, dproj, scratch, itemsize) */
-#define SCAN_ARGS 34
-/* Parse and check scan()'s arguments into *sp, the buffers held in *bp (released on
+/* Bounds 0 = v[0] < v[1] < ... < v[parts] = total from an int64 array (or [0, total]). */
+static int bounds(struct bufs *b, PyObject *obj, const char *name, int64_t parts, int64_t total, int64_t *v) {
+    if (parts == 1 && (obj == NULL || obj == Py_None)) {
+        v[0] = 0;
+        v[1] = total;
+        return 0;
+    }
+    const int64_t *src = get(b, obj, name, 0, 8, parts + 1, 0, 0, NULL);
+    if (!src) return -1;
+    for (int64_t p = 0; p <= parts; p++) {
+        v[p] = src[p];
+        if ((p == 0 && v[p] != 0) || (p > 0 && v[p] <= v[p - 1]) || (p == parts && v[p] != total)) {
+            PyErr_Format(PyExc_ValueError, "_native: %s must rise from 0 to %lld", name, (long long)total);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The elements each part's packed weights take: K rows of its gate columns (every gate of
+   its units, gate by gate; one part: all G*H columns at once), or of its w columns. */
+static int64_t gate_block(const struct scan *s, int64_t p, int64_t K, Py_ssize_t isz) {
+    if (s->parts == 1) return K * panels(s->G * s->H, isz);
+    return s->G * K * panels(s->units[p + 1] - s->units[p], isz);
+}
+
+/* The keys a scan dict may hold; anything else is refused (a misspelt option would
+   otherwise be ignored).  To add an option: a field of struct scan, a key here, its
+   check in parse_scan, and the key in nprnn.functional.native.call_args. */
+static const char *const KEYS[] = {
+    "back", "kind", "train", "reverse", "accumulate", "r0", "r1", "H", "P", "Hin", "parts", "units", "pcols",
+    "itemsize", "batch_sizes", "offsets", "x", "out", "h", "c", "hbuf", "xproj", "wih", "whh", "bias", "bhn", "whr",
+    "gates", "hprev", "cprev", "tc", "m", "ghn", "gxs", "dx", "dgx", "dgh", "dproj", "scratch", "team", NULL};
+
+static PyTypeObject TeamType;
+
+/* Parse and check scan()'s dict into *sp, the buffers held in *bp (released on
    failure); returns the loop to run, or NULL with an exception set. */
-static scan_fn parse_scan(PyObject *const *args, Py_ssize_t nargs, struct scan *sp, struct bufs *bp) {
+static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyObject **team) {
     bp->n = 0;
-    if (nargs != SCAN_ARGS) {
-        PyErr_SetString(PyExc_TypeError, "_native.scan takes 34 arguments");
+    if (!PyDict_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "_native.scan takes one dict");
         return NULL;
     }
+    Py_ssize_t known = 0;
+    for (int i = 0; KEYS[i]; i++) known += PyDict_GetItemString(spec, KEYS[i]) != NULL;
+    if (known != PyDict_Size(spec)) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: the dict holds a key the kernel does not know");
+        return NULL;
+    }
+#define ITEM(name) PyDict_GetItemString(spec, name)
     int err = 0;
     struct scan s;
     memset(&s, 0, sizeof s);
-    int back = (int)as_long(args[0], &err);
-    s.kind = (int)as_long(args[1], &err);
-    s.train = (int)as_long(args[2], &err);
-    s.reverse = (int)as_long(args[3], &err);
-    s.r0 = as_long(args[4], &err);
-    s.r1 = as_long(args[5], &err);
-    s.H = as_long(args[6], &err);
-    s.P = as_long(args[7], &err);
-    s.Hin = as_long(args[8], &err);
-    s.accumulate = (int)as_long(args[9], &err);
-    Py_ssize_t isz = (Py_ssize_t)as_long(args[33], &err);
+    int back = s.back = (int)as_i64(ITEM("back"), &err);
+    s.kind = (int)as_i64(ITEM("kind"), &err);
+    s.train = (int)as_i64(ITEM("train"), &err);
+    s.reverse = (int)as_i64(ITEM("reverse"), &err);
+    s.accumulate = (int)as_i64(ITEM("accumulate"), &err);
+    s.r0 = as_i64(ITEM("r0"), &err);
+    s.r1 = as_i64(ITEM("r1"), &err);
+    s.H = as_i64(ITEM("H"), &err);
+    s.P = as_i64(ITEM("P"), &err);
+    s.Hin = as_i64(ITEM("Hin"), &err);
+    s.parts = ITEM("parts") ? as_i64(ITEM("parts"), &err) : 1;
+    Py_ssize_t isz = (Py_ssize_t)as_i64(ITEM("itemsize"), &err);
     if (err) return NULL;
     if (s.kind < 0 || s.kind > 3 || (isz != 4 && isz != 8) || s.H < 1 || s.P < 1 || s.Hin < 1 || s.r0 < 0 ||
-        s.r1 <= s.r0) {
-        PyErr_SetString(PyExc_ValueError, "_native.scan: bad kind, size or row range");
+        s.r1 <= s.r0 || s.parts < 1 || s.parts > MAX_PARTS || s.parts > s.H || (back && s.parts != 1)) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: bad kind, size, row range or parts");
         return NULL;
     }
     s.G = s.kind == KIND_LSTM ? 4 : s.kind == KIND_GRU ? 3 : 1;
     s.train = back ? 1 : s.train;
-    const long GH = s.G * s.H, H = s.H, P = s.P, Hin = s.Hin;
+    const int64_t GH = s.G * s.H, H = s.H, P = s.P, Hin = s.Hin;
     struct bufs b;
     b.n = 0;
     scan_fn fn = NULL;
-    s.batch_sizes = get(&b, args[10], "batch_sizes", 0, 8, 1, 0, 0, NULL);
+    PyObject *t = ITEM("team");
+    if (t && t != Py_None && !PyObject_TypeCheck(t, &TeamType)) {
+        PyErr_SetString(PyExc_TypeError, "_native.scan: team must be a _native.Team");
+        goto fail;
+    }
+    s.batch_sizes = get(&b, ITEM("batch_sizes"), "batch_sizes", 0, 8, 1, 0, 0, NULL);
     if (!s.batch_sizes) goto fail;
-    s.steps = (long)(b.v[0].len / 8);
-    s.offsets = get(&b, args[11], "offsets", 0, 8, s.steps, 0, 0, NULL);
+    s.steps = (int64_t)(b.v[b.n - 1].len / 8);
+    s.offsets = get(&b, ITEM("offsets"), "offsets", 0, 8, s.steps, 0, 0, NULL);
     if (!s.offsets) goto fail;
-    long rows = 0, N = (long)s.batch_sizes[0];
-    for (long t = 0; t < s.steps; t++) {
-        if (s.batch_sizes[t] < 1 || s.batch_sizes[t] > N || (t && s.batch_sizes[t] > s.batch_sizes[t - 1]) ||
-            s.offsets[t] != rows) {
+    int64_t rows = 0, N = s.N = s.batch_sizes[0];
+    for (int64_t i = 0; i < s.steps; i++) {
+        if (s.batch_sizes[i] < 1 || s.batch_sizes[i] > N || (i && s.batch_sizes[i] > s.batch_sizes[i - 1]) ||
+            s.offsets[i] != rows) {
             PyErr_SetString(PyExc_ValueError, "_native.scan: batch_sizes must be positive and non-increasing, "
                                               "offsets their running sum");
             goto fail;
         }
-        rows += (long)s.batch_sizes[t];
+        rows += s.batch_sizes[i];
     }
+    s.rows = rows;
     if (s.r1 > N) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: row range past the batch");
         goto fail;
     }
     int lstm = s.kind == KIND_LSTM, gru = s.kind == KIND_GRU;
-    long tape_rows = s.train ? rows : N;  /* per packed row when training, else per batch row */
-    s.out = get(&b, args[13], back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
-    s.h = get(&b, args[14], "h", 1, isz, N * P, 0, 0, NULL);
+    int64_t tape_rows = s.train ? rows : N;  /* per packed row when training, else per batch row */
+    s.out = get(&b, ITEM("out"), back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
+    s.h = get(&b, ITEM("h"), "h", 1, isz, N * P, 0, 0, NULL);
     if (!s.out || !s.h) goto fail;
-    s.c = get(&b, args[15], "c", 1, isz, N * H, !lstm, 0, NULL);
-    s.gates = get(&b, args[21], "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
+    s.c = get(&b, ITEM("c"), "c", 1, isz, N * H, !lstm, 0, NULL);
+    s.gates = get(&b, ITEM("gates"), "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
     if ((lstm && !s.c) || !s.gates) goto fail;
-    s.bhn = get(&b, args[19], "bhn", 0, isz, H, 1, 0, NULL);
+    s.bhn = get(&b, ITEM("bhn"), "bhn", 0, isz, H, 1, 0, NULL);
     if (PyErr_Occurred()) goto fail;
-    if (!back) {
-        s.x = get(&b, args[12], "x", 0, isz, rows * Hin, 0, 0, NULL);
-        s.wih = get(&b, args[16], "wih", 0, isz, Hin * panels(GH, isz), 0, 0, NULL);
-        s.whh = get(&b, args[17], "whh", 0, isz, P * panels(GH, isz), 0, 0, NULL);
-        if (!s.x || !s.wih || !s.whh) goto fail;
-        s.bias = get(&b, args[18], "bias", 0, isz, GH, 1, 0, NULL);
-        s.whr = get(&b, args[20], "whr", 0, isz, H * panels(P, isz), 1, 0, NULL);
-        s.gxs = get(&b, args[27], "gxs", 1, isz, N * GH, !gru, 0, NULL);
-        if (PyErr_Occurred()) goto fail;
-    } else {
-        s.wih = get(&b, args[16], "wih", 0, isz, GH * panels(Hin, isz), 0, 0, NULL);
-        s.whh = get(&b, args[17], "whh", 0, isz, GH * panels(P, isz), 0, 0, NULL);
-        if (!s.wih || !s.whh) goto fail;
-        s.whr = get(&b, args[20], "whr", 0, isz, P * panels(H, isz), 1, 0, NULL);
-        if (PyErr_Occurred()) goto fail;
-    }
-    int proj = s.whr != NULL;
+    PyObject *whr = ITEM("whr");
+    int proj = whr != NULL && whr != Py_None;
     if (proj && !lstm) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: a projection is for LSTM only");
         goto fail;
@@ -268,22 +442,63 @@ static scan_fn parse_scan(PyObject *const *args, Py_ssize_t nargs, struct scan *
         PyErr_SetString(PyExc_ValueError, "_native.scan: H_out must equal H without a projection");
         goto fail;
     }
-    s.hprev = get(&b, args[22], "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
-    s.cprev = get(&b, args[23], "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
-    s.tc = get(&b, args[24], "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
-    s.m = get(&b, args[25], "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
-    s.ghn = get(&b, args[26], "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
-    if (PyErr_Occurred()) goto fail;
-    if (back) {
-        s.dx = get(&b, args[28], "dx", 1, isz, rows * Hin, 0, 0, NULL);
-        s.dgx = get(&b, args[29], "dgx", 1, isz, rows * GH, 0, 0, NULL);
-        if (!s.dx || !s.dgx) goto fail;
-        s.dgh = get(&b, args[30], "dgh", 1, isz, rows * GH, !gru, 0, NULL);
-        s.dproj = get(&b, args[31], "dproj", 1, isz, rows * P, !proj, 0, NULL);
-        s.scratch = get(&b, args[32], "scratch", 1, isz, N * H, !proj, 0, NULL);
+    if (bounds(&b, ITEM("units"), "units", s.parts, H, s.units) < 0 ||
+        bounds(&b, ITEM("pcols"), "pcols", s.parts, proj ? P : H, s.pcols) < 0)
+        goto fail;
+    int64_t wih_n = 0, whh_n = 0, whr_n = 0;
+    for (int64_t p = 0; p < s.parts; p++) {
+        s.wih_at[p] = wih_n;
+        s.whh_at[p] = whh_n;
+        s.whr_at[p] = whr_n;
+        wih_n += gate_block(&s, p, Hin, isz);
+        whh_n += gate_block(&s, p, P, isz);
+        whr_n += H * panels(s.pcols[p + 1] - s.pcols[p], isz);
+    }
+    if (!back) {
+        s.x = get(&b, ITEM("x"), "x", 0, isz, rows * Hin, 0, 0, NULL);
+        s.wih = get(&b, ITEM("wih"), "wih", 0, isz, wih_n, 0, 0, NULL);
+        s.whh = get(&b, ITEM("whh"), "whh", 0, isz, whh_n, 0, 0, NULL);
+        if (!s.x || !s.wih || !s.whh) goto fail;
+        s.bias = get(&b, ITEM("bias"), "bias", 0, isz, GH, 1, 0, NULL);
+        s.whr = get(&b, whr, "whr", 0, isz, whr_n, 1, 0, NULL);
+        s.xproj = get(&b, ITEM("xproj"), "xproj", 1, isz, rows * GH, 1, 0, NULL);
+        s.hbuf = get(&b, ITEM("hbuf"), "hbuf", 1, isz, 2 * N * P, s.parts == 1, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+        s.gxs = get(&b, ITEM("gxs"), "gxs", 1, isz, N * GH, !gru || s.xproj, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+        if ((s.xproj || s.parts > 1) && (s.r0 != 0 || s.r1 != N)) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: xproj and parts are for a whole batch, not a row range");
+            goto fail;
+        }
+        if (s.parts > 1 && !s.xproj) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: a loop split into parts needs xproj");
+            goto fail;
+        }
+    } else {
+        s.wih = get(&b, ITEM("wih"), "wih", 0, isz, GH * panels(Hin, isz), 0, 0, NULL);
+        s.whh = get(&b, ITEM("whh"), "whh", 0, isz, GH * panels(P, isz), 0, 0, NULL);
+        if (!s.wih || !s.whh) goto fail;
+        s.whr = get(&b, whr, "whr", 0, isz, P * panels(H, isz), 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }
+    s.hprev = get(&b, ITEM("hprev"), "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
+    s.cprev = get(&b, ITEM("cprev"), "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
+    s.tc = get(&b, ITEM("tc"), "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
+    s.m = get(&b, ITEM("m"), "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
+    s.ghn = get(&b, ITEM("ghn"), "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
+    if (PyErr_Occurred()) goto fail;
+    if (back) {
+        s.dx = get(&b, ITEM("dx"), "dx", 1, isz, rows * Hin, 0, 0, NULL);
+        s.dgx = get(&b, ITEM("dgx"), "dgx", 1, isz, rows * GH, 0, 0, NULL);
+        if (!s.dx || !s.dgx) goto fail;
+        s.dgh = get(&b, ITEM("dgh"), "dgh", 1, isz, rows * GH, !gru, 0, NULL);
+        s.dproj = get(&b, ITEM("dproj"), "dproj", 1, isz, rows * P, !proj, 0, NULL);
+        s.scratch = get(&b, ITEM("scratch"), "scratch", 1, isz, N * H, !proj, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+    }
+#undef ITEM
     fn = back ? isa->backward[isz == 8] : isa->forward[isz == 8];
+    *team = t == Py_None ? NULL : t;
     *sp = s;
     *bp = b;
     return fn;
@@ -292,46 +507,56 @@ fail:
     return NULL;
 }
 
-static PyObject *py_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *py_scan(PyObject *self, PyObject *spec) {
     (void)self;
     struct scan s;
     struct bufs b;
-    scan_fn fn = parse_scan(args, nargs, &s, &b);
+    PyObject *team = NULL;
+    scan_fn fn = parse_scan(spec, &s, &b, &team);
     if (!fn) return NULL;
+    Py_XINCREF(team);
+    s.team = (struct team *)team;
     Py_BEGIN_ALLOW_THREADS
-    fn(&s);
+    run_job(s.team, &s, fn);
     Py_END_ALLOW_THREADS
+    Py_XDECREF(team);
     release(&b);
     Py_RETURN_NONE;
 }
 
-/* Call(*scan_args): scan()'s arguments parsed and checked once, the arrays held; call() runs
-   the loop again on them (a stream's step: the same arrays every time, new contents). */
+/* Call(spec): scan()'s dict parsed and checked once, the arrays held; call() runs the loop
+   again on them (a stream's step: the same arrays every time, new contents). */
 typedef struct {
     PyObject_HEAD
     struct scan s;
     struct bufs b;
     scan_fn fn;
+    PyObject *team;
 } CallObject;
 
 static void call_dealloc(CallObject *self) {
     release(&self->b);
+    Py_XDECREF(self->team);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *call_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    if (kwds && PyDict_Size(kwds)) {
-        PyErr_SetString(PyExc_TypeError, "_native.Call takes no keyword arguments");
+    if ((kwds && PyDict_Size(kwds)) || PyTuple_GET_SIZE(args) != 1) {
+        PyErr_SetString(PyExc_TypeError, "_native.Call takes one dict");
         return NULL;
     }
     CallObject *self = (CallObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
-    self->fn = parse_scan(&PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args), &self->s, &self->b);
+    PyObject *team = NULL;
+    self->fn = parse_scan(PyTuple_GET_ITEM(args, 0), &self->s, &self->b, &team);
     if (!self->fn) {
         self->b.n = 0;
         Py_DECREF(self);
         return NULL;
     }
+    Py_XINCREF(team);
+    self->team = team;
+    self->s.team = (struct team *)team;
     return (PyObject *)self;
 }
 
@@ -341,7 +566,7 @@ static PyObject *call_call(CallObject *self, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    self->fn(&self->s);
+    run_job(self->s.team, &self->s, self->fn);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -351,10 +576,115 @@ static PyTypeObject CallType = {
     .tp_name = "nprnn.functional._native.Call",
     .tp_basicsize = sizeof(CallObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "scan()'s arguments, checked once; calling it runs the loop on them again.",
+    .tp_doc = "scan()'s dict, checked once; calling it runs the loop on it again.",
     .tp_new = call_new,
     .tp_dealloc = (destructor)call_dealloc,
     .tp_call = (ternaryfunc)call_call,
+};
+
+/* Team(threads, spin_ns, step_spin_ns): see "the team" above.  serve(i) is what helper thread i runs (it
+   returns after close()); ready() counts the helpers inside serve(). */
+static PyObject *team_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    long long n = 0, spin = 0, step_spin = 0;
+    if ((kwds && PyDict_Size(kwds)) || !PyArg_ParseTuple(args, "LLL", &n, &spin, &step_spin)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "_native.Team(threads, spin, step_spin)");
+        return NULL;
+    }
+    if (n < 1 || n > MAX_THREADS || spin < 0 || step_spin < 0) {
+        PyErr_Format(PyExc_ValueError, "_native.Team: threads must be in 1..%d and spin >= 0", MAX_THREADS);
+        return NULL;
+    }
+    TeamObject *t = (TeamObject *)type->tp_alloc(type, 0);
+    if (!t) return NULL;
+    t->n = (int)n;
+    t->spin = spin;
+    t->step_spin = step_spin;
+    atomic_init(&t->arrived, 0);
+    atomic_init(&t->ready, 0);
+    atomic_init(&t->stop, 0);
+    atomic_init(&t->busy, 0);
+    atomic_init(&t->gen, 0);
+    atomic_init(&t->job_gen, 0);
+    atomic_init(&t->runs, 0);
+    atomic_init(&t->alone, 0);
+    for (int i = 0; i < t->n; i++) {
+        atomic_init(&t->sleeping[i], 0);
+        t->sem[i] = PyThread_allocate_lock();
+        if (!t->sem[i] || !PyThread_acquire_lock(t->sem[i], NOWAIT_LOCK)) {  /* held: acquire() sleeps */
+            Py_DECREF(t);
+            return PyErr_NoMemory();
+        }
+    }
+    return (PyObject *)t;
+}
+
+static void team_dealloc(TeamObject *t) {
+    for (int i = 0; i < t->n; i++)
+        if (t->sem[i]) PyThread_free_lock(t->sem[i]);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *team_serve(TeamObject *t, PyObject *arg) {
+    long me = PyLong_AsLong(arg);
+    if (me < 1 || me >= t->n) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "Team.serve: i must be in 1..%d", t->n - 1);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    unsigned seen = atomic_load(&t->job_gen);
+    atomic_fetch_add(&t->ready, 1);
+    for (;;) {
+        waitgen(t, &t->job_gen, seen, (int)me, t->spin);
+        seen = atomic_load(&t->job_gen);
+        if (atomic_load(&t->stop)) break;
+        int nthr = t->job_threads;
+        if (me < nthr) {
+            t->fn(t->job, (int)me, nthr);
+            team_barrier(t, (int)me, nthr);
+        }
+    }
+    atomic_fetch_sub(&t->ready, 1);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *team_close(TeamObject *t, PyObject *noargs) {
+    (void)noargs;
+    atomic_store(&t->stop, 1);
+    atomic_fetch_add(&t->job_gen, 1);
+    wake(t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *team_ready(TeamObject *t, PyObject *noargs) {
+    (void)noargs;
+    return PyLong_FromLong(atomic_load(&t->ready));
+}
+
+static PyObject *team_stats(TeamObject *t, PyObject *noargs) {
+    (void)noargs;
+    return Py_BuildValue("{s:i,s:L,s:L,s:L,s:L}", "threads", t->n, "spin", (long long)t->spin, "step_spin",
+                         (long long)t->step_spin, "runs",
+                         (long long)atomic_load(&t->runs), "alone", (long long)atomic_load(&t->alone));
+}
+
+static PyMethodDef team_methods[] = {
+    {"serve", (PyCFunction)team_serve, METH_O, "Helper thread i's loop: run its share of each job until close()."},
+    {"close", (PyCFunction)team_close, METH_NOARGS, "Make every serve() return."},
+    {"ready", (PyCFunction)team_ready, METH_NOARGS, "How many helpers are inside serve()."},
+    {"stats", (PyCFunction)team_stats, METH_NOARGS, "threads, spin, jobs run on the team, jobs run alone."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TeamType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nprnn.functional._native.Team",
+    .tp_basicsize = sizeof(TeamObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Threads that share a loop split into parts: the caller and helpers inside serve().",
+    .tp_new = team_new,
+    .tp_dealloc = (destructor)team_dealloc,
+    .tp_methods = team_methods,
 };
 
 /* pack(src, dst, K, M, sk, sm[, col0, Mtot]): columns col0..col0+M of a packed B (K, Mtot)
@@ -366,9 +696,9 @@ static PyObject *py_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     int err = 0;
-    long K = as_long(args[2], &err), M = as_long(args[3], &err), sk = as_long(args[4], &err),
-         sm = as_long(args[5], &err);
-    long col0 = nargs == 8 ? as_long(args[6], &err) : 0, Mtot = nargs == 8 ? as_long(args[7], &err) : M;
+    int64_t K = as_i64(args[2], &err), M = as_i64(args[3], &err), sk = as_i64(args[4], &err),
+            sm = as_i64(args[5], &err);
+    int64_t col0 = nargs == 8 ? as_i64(args[6], &err) : 0, Mtot = nargs == 8 ? as_i64(args[7], &err) : M;
     if (err) return NULL;
     struct bufs b;
     b.n = 0;
@@ -403,8 +733,8 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     int err = 0;
-    long r0 = as_long(args[3], &err), r1 = as_long(args[4], &err);
-    int accumulate = (int)as_long(args[5], &err);
+    int64_t r0 = as_i64(args[3], &err), r1 = as_i64(args[4], &err);
+    int accumulate = (int)as_i64(args[5], &err);
     if (err) return NULL;
     struct bufs b;
     b.n = 0;
@@ -419,7 +749,7 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_ValueError, "_native.gemm_at: A (K, M1), C (M1, M) and 0 <= r0 <= r1 <= M1 expected");
         goto fail;
     }
-    long K = (long)a->shape[0], M1 = (long)a->shape[1], M = (long)c->shape[1];
+    int64_t K = (int64_t)a->shape[0], M1 = (int64_t)a->shape[1], M = (int64_t)c->shape[1];
     const void *bp = get(&b, args[1], "Bp", 0, isz, K * panels(M, isz), 0, 0, NULL);
     if (!bp) goto fail;
     Py_BEGIN_ALLOW_THREADS
@@ -473,7 +803,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef methods[] = {
-    {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL, "Run one layer-direction's time loop."},
+    {"scan", (PyCFunction)py_scan, METH_O, "Run one layer-direction's time loop, described by a dict."},
     {"pack", (PyCFunction)(void (*)(void))py_pack, METH_FASTCALL, "Pack a weight matrix into panels."},
     {"gemm_at", (PyCFunction)(void (*)(void))py_gemm_at, METH_FASTCALL, "A weight gradient: C (+)= A.T @ B."},
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
@@ -486,12 +816,18 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_native", NULL, -
 
 PyMODINIT_FUNC PyInit__native(void) {
     isa = best_isa();
-    if (PyType_Ready(&CallType) < 0) return NULL;
+    if (PyType_Ready(&CallType) < 0 || PyType_Ready(&TeamType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&CallType);
     if (PyModule_AddObject(m, "Call", (PyObject *)&CallType) < 0) {
         Py_DECREF(&CallType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&TeamType);
+    if (PyModule_AddObject(m, "Team", (PyObject *)&TeamType) < 0) {
+        Py_DECREF(&TeamType);
         Py_DECREF(m);
         return NULL;
     }

@@ -32,20 +32,20 @@ static inline __attribute__((always_inline)) void FN(vstore)(T *p, V v) { *(V *)
    Cin may be NULL (zero), C itself, or one row broadcast to all (ldcin = 0, a bias).  The
    panels of B1 lie ps1 elements apart (K1 * NR unless K is cut into blocks), those of B2 ps2.
    The last panel may be partial (cols < np * NR valid columns). */
-static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long K1, const T *A1, long ars1,
-                                                         long aks1, const T *B1, long ps1, long K2, const T *A2,
-                                                         long ars2, const T *B2, long ps2, T *C, long ldc,
-                                                         const T *Cin, long ldcin, long cols) {
+static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, int64_t K1, const T *A1, int64_t ars1,
+                                                         int64_t aks1, const T *B1, int64_t ps1, int64_t K2, const T *A2,
+                                                         int64_t ars2, const T *B2, int64_t ps2, T *C, int64_t ldc,
+                                                         const T *Cin, int64_t ldcin, int64_t cols) {
     V acc[MR][8];
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < 2 * np; v++) acc[i][v] = (V){0};
     for (int src = 0; src < 2; src++) {
-        const long K = src ? K2 : K1;
+        const int64_t K = src ? K2 : K1;
         const T *A = src ? A2 : A1;
         const T *b = src ? B2 : B1;
-        const long ars = src ? ars2 : ars1, aks = src ? 1 : aks1;
-        const long pstride = src ? ps2 : ps1;
-        for (long k = 0; k < K; k++, b += NR) {
+        const int64_t ars = src ? ars2 : ars1, aks = src ? 1 : aks1;
+        const int64_t pstride = src ? ps2 : ps1;
+        for (int64_t k = 0; k < K; k++, b += NR) {
             V bv[8];
             for (int p = 0; p < np; p++) {
                 bv[2 * p] = FN(vload)(b + p * pstride);
@@ -57,7 +57,7 @@ static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long 
             }
         }
     }
-    if (cols == (long)np * NR) {
+    if (cols == (int64_t)np * NR) {
         for (int i = 0; i < mr; i++)
             for (int v = 0; v < 2 * np; v++) {
                 V r = acc[i][v];
@@ -68,7 +68,7 @@ static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long 
         T tmp[8 * VL];
         for (int i = 0; i < mr; i++) {
             for (int v = 0; v < 2 * np; v++) FN(vstore)(tmp + v * VL, acc[i][v]);
-            for (long m = 0; m < cols; m++) C[i * ldc + m] = tmp[m] + (Cin ? Cin[i * ldcin + m] : (T)0);
+            for (int64_t m = 0; m < cols; m++) C[i * ldc + m] = tmp[m] + (Cin ? Cin[i * ldcin + m] : (T)0);
         }
     }
 }
@@ -77,21 +77,21 @@ static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, long 
    to 4 (small row counts are bound by loading B, so more panels in flight help). */
 #define PANELS(mr) ((ACC / (2 * (mr))) < 1 ? 1 : (ACC / (2 * (mr))) > 4 ? 4 : (ACC / (2 * (mr))))
 
-static inline __attribute__((always_inline)) void FN(row_block)(int mr, const struct gemm *g, long i) {
-    const long M = g->M, npan = (M + NR - 1) / NR;
+static inline __attribute__((always_inline)) void FN(row_block)(int mr, const struct gemm *g, int64_t i) {
+    const int64_t M = g->M, npan = (M + NR - 1) / NR;
     const int wide = PANELS(mr);
     const T *A1 = (const T *)g->A1 + i * g->ars1, *A2 = g->A2 ? (const T *)g->A2 + i * g->ars2 : 0;
     T *C = (T *)g->C + i * g->ldc;
     const T *Cin = g->Cin ? (const T *)g->Cin + i * g->ldcin : 0;
     const T *B1 = (const T *)g->B1, *B2 = (const T *)g->B2;
-    const long K1 = g->K1, K2 = g->A2 ? g->K2 : 0;
-    const long ps1 = g->ps1, ps2 = g->ps2;
-    long j = 0;
+    const int64_t K1 = g->K1, K2 = g->A2 ? g->K2 : 0;
+    const int64_t ps1 = g->ps1, ps2 = g->ps2;
+    int64_t j = 0;
     for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
         FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
-                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (long)wide * NR);
+                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (int64_t)wide * NR);
     for (; j < npan; j++) {
-        long cols = M - j * NR < NR ? M - j * NR : NR;
+        int64_t cols = M - j * NR < NR ? M - j * NR : NR;
         FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
                  C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
     }
@@ -102,8 +102,8 @@ static inline __attribute__((always_inline)) void FN(row_block)(int mr, const st
 
 /* C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], the B packed by FN(pack). */
 static void FN(gemm)(const struct gemm *g) {
-    for (long i = 0; i < g->n; i += MR) {
-        long mr = g->n - i < MR ? g->n - i : MR;
+    for (int64_t i = 0; i < g->n; i += MR) {
+        int64_t mr = g->n - i < MR ? g->n - i : MR;
         switch (mr) {
             ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6)
 #if MR > 6
@@ -116,15 +116,15 @@ static void FN(gemm)(const struct gemm *g) {
 #undef ROWS_CASE
 
 /* C = Cin + A @ B for row-major A (n, K), the common case of the loop. */
-static inline void FN(mm)(long n, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc, const T *Cin,
-                          long ldcin) {
+static inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc, const T *Cin,
+                          int64_t ldcin) {
     struct gemm g = {n, M, K, A, lda, 1, Bp, K * NR, 0, 0, 0, 0, 0, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
 
 /* C = Cin + A1 @ B1 + A2 @ B2, both A row-major. */
-static inline void FN(mm2)(long n, long M, long K1, const T *A1, long lda1, const T *B1, long K2, const T *A2,
-                           long lda2, const T *B2, T *C, long ldc, const T *Cin, long ldcin) {
+static inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_t lda1, const T *B1, int64_t K2, const T *A2,
+                           int64_t lda2, const T *B2, T *C, int64_t ldc, const T *Cin, int64_t ldcin) {
     struct gemm g = {n, M, K1, A1, lda1, 1, B1, K1 * NR, K2, A2, lda2, B2, K2 * NR, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
@@ -134,10 +134,10 @@ static inline void FN(mm2)(long n, long M, long K1, const T *A1, long lda1, cons
    is cut into blocks so that a block of each B panel stays in the nearer caches while the
    rows of C go by. */
 #define KC 256
-static void FN(gemm_at)(long r0, long r1, long K, long M, const T *A, long lda, const T *Bp, T *C, long ldc,
+static void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
                         int accumulate) {
-    for (long k0 = 0; k0 < K; k0 += KC) {
-        const long kc = K - k0 < KC ? K - k0 : KC;
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = K - k0 < KC ? K - k0 : KC;
         T *Cr = C + r0 * ldc;
         /* A read across (A[i][k] = A[k * lda + i]); a block of kc rows of each B panel */
         struct gemm g = {r1 - r0, M, kc, A + r0 + k0 * lda, 1, lda, Bp + k0 * NR, K * NR, 0, 0, 0, 0, 0, Cr, ldc,
@@ -150,12 +150,12 @@ static void FN(gemm_at)(long r0, long r1, long K, long M, const T *A, long lda, 
 /* Pack B (K, M) into columns col0.. of a panel array of Mtot columns: B[k][m] =
    src[k * sk + m * sm].  The segment that ends at Mtot also writes the zero padding, so
    several sources side by side (each its own call) make one packed matrix. */
-static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst, long col0, long Mtot) {
-    for (long k = 0; k < K; k++) {
+static void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0, int64_t Mtot) {
+    for (int64_t k = 0; k < K; k++) {
         const T *row = src + k * sk;
-        long m = 0;
+        int64_t m = 0;
         while (sm == 1 && m < M) {  /* contiguous rows: a whole panel row at once where it fits */
-            long col = col0 + m;
+            int64_t col = col0 + m;
             if (col % NR == 0 && m + NR <= M) {
                 memcpy(dst + ((col / NR) * K + k) * NR, row + m, NR * sizeof(T));
                 m += NR;
@@ -165,50 +165,53 @@ static void FN(pack)(const T *src, long K, long M, long sk, long sm, T *dst, lon
             }
         }
         for (; m < M; m++) {
-            long col = col0 + m;
+            int64_t col = col0 + m;
             dst[((col / NR) * K + k) * NR + col % NR] = row[m * sm];
         }
         if (col0 + M == Mtot)
-            for (long col = Mtot; col % NR; col++) dst[((col / NR) * K + k) * NR + col % NR] = (T)0;
+            for (int64_t col = Mtot; col % NR; col++) dst[((col / NR) * K + k) * NR + col % NR] = (T)0;
     }
 }
 
 /* ---------------------------------------------------------------- elementwise */
-static inline void FN(sigmoid)(T *restrict a, long n) {
-    for (long j = 0; j < n; j++) a[j] = (T)1 / ((T)1 + EXP(-a[j]));
+static inline void FN(sigmoid)(T *restrict a, int64_t n) {
+    for (int64_t j = 0; j < n; j++) a[j] = (T)1 / ((T)1 + EXP(-a[j]));
 }
 
-static inline void FN(tanh_)(T *restrict a, long n) {
-    for (long j = 0; j < n; j++) a[j] = TANH(a[j]);
+static inline void FN(tanh_)(T *restrict a, int64_t n) {
+    for (int64_t j = 0; j < n; j++) a[j] = TANH(a[j]);
 }
 
 /* The elementwise work of one batch row, one function each so that every array is a
    restrict parameter of its own (GCC then vectorises the loops; slices of one row's gates
    are disjoint ranges of H). */
-static void FN(lstm_cell_row)(long H, const T *restrict i, const T *restrict f, const T *restrict g,
+static void FN(lstm_cell_row)(int64_t H, const T *restrict i, const T *restrict f, const T *restrict g,
                               const T *restrict o, T *restrict c, T *restrict tc, T *restrict m) {
-    for (long j = 0; j < H; j++) tc[j] = c[j] = f[j] * c[j] + i[j] * g[j];  /* c' = f c + i g */
+    for (int64_t j = 0; j < H; j++) tc[j] = c[j] = f[j] * c[j] + i[j] * g[j];  /* c' = f c + i g */
     FN(tanh_)(tc, H);
-    for (long j = 0; j < H; j++) m[j] = o[j] * tc[j];  /* o * tanh(c') */
+    for (int64_t j = 0; j < H; j++) m[j] = o[j] * tc[j];  /* o * tanh(c') */
 }
 
-static void FN(gru_cell_row)(long H, T *restrict r, T *restrict n, const T *restrict z, const T *restrict xr,
-                             const T *restrict xn, const T *restrict bhn, T *restrict ghn, T *restrict h) {
-    for (long j = 0; j < 2 * H; j++) r[j] += xr[j];  /* r and z (z follows r in the row) */
-    FN(sigmoid)(r, 2 * H);
-    for (long j = 0; j < H; j++) {
+static void FN(gru_cell_row)(int64_t H, T *restrict r, T *restrict z, T *restrict n, const T *restrict xr,
+                             const T *restrict xz, const T *restrict xn, const T *restrict bhn, T *restrict ghn,
+                             const T *hin, T *hout) {
+    for (int64_t j = 0; j < H; j++) r[j] += xr[j];
+    for (int64_t j = 0; j < H; j++) z[j] += xz[j];
+    FN(sigmoid)(r, H);
+    FN(sigmoid)(z, H);
+    for (int64_t j = 0; j < H; j++) {
         ghn[j] = n[j] + (bhn ? bhn[j] : (T)0);  /* W_hn h + b_hn */
         n[j] = xn[j] + r[j] * ghn[j];
     }
     FN(tanh_)(n, H);
-    for (long j = 0; j < H; j++) h[j] = n[j] + z[j] * (h[j] - n[j]);  /* h' = n + z (h - n) */
+    for (int64_t j = 0; j < H; j++) hout[j] = n[j] + z[j] * (hin[j] - n[j]);  /* h' = n + z (h - n) */
 }
 
-static void FN(lstm_back_row)(long H, const T *restrict i, const T *restrict f, const T *restrict g,
+static void FN(lstm_back_row)(int64_t H, const T *restrict i, const T *restrict f, const T *restrict g,
                               const T *restrict o, const T *restrict tc, const T *restrict cp,
                               const T *restrict dm, T *restrict di, T *restrict df, T *restrict dg,
                               T *restrict d_o, T *restrict dc) {
-    for (long j = 0; j < H; j++) {
+    for (int64_t j = 0; j < H; j++) {
         T dcj = dc[j] + dm[j] * o[j] * ((T)1 - tc[j] * tc[j]);  /* through tanh(c') */
         di[j] = dcj * g[j] * i[j] * ((T)1 - i[j]);  /* through the gates: s(1 - s), 1 - g^2 */
         df[j] = dcj * cp[j] * f[j] * ((T)1 - f[j]);
@@ -218,10 +221,10 @@ static void FN(lstm_back_row)(long H, const T *restrict i, const T *restrict f, 
     }
 }
 
-static void FN(gru_back_row)(long H, const T *restrict r, const T *restrict z, const T *restrict n,
+static void FN(gru_back_row)(int64_t H, const T *restrict r, const T *restrict z, const T *restrict n,
                              const T *restrict ghn, const T *restrict hp, T *restrict dxr, T *restrict dxz,
                              T *restrict dxn, T *restrict dhr, T *restrict dhz, T *restrict dhn, T *restrict dh) {
-    for (long j = 0; j < H; j++) {
+    for (int64_t j = 0; j < H; j++) {
         T d = dh[j];
         T dn = d * ((T)1 - z[j]) * ((T)1 - n[j] * n[j]);  /* through tanh */
         T dz = d * (hp[j] - n[j]) * z[j] * ((T)1 - z[j]);
@@ -234,77 +237,166 @@ static void FN(gru_back_row)(long H, const T *restrict r, const T *restrict z, c
     }
 }
 
-/* One layer-direction over all steps; see struct scan in _native.c. */
-static void FN(forward)(const struct scan *s) {
-    const long H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
-    T *h = (T *)s->h, *c = (T *)s->c;
-    const T *bias = (const T *)s->bias;
-    for (long q = 0; q < s->steps; q++) {
-        const long t = s->reverse ? s->steps - 1 - q : q;
-        const long n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
+/* C (n, M) = Cin + A (n, K) @ B a panel at a time, all rows under each panel: a product of
+   many rows (the input projection of every step) reads each panel of B once. */
+static void FN(mm_cols)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
+                        const T *Cin, int64_t ldcin) {
+    if (n <= MR) {
+        FN(mm)(n, K, M, A, lda, Bp, C, ldc, Cin, ldcin);
+        return;
+    }
+    for (int64_t j = 0; j * NR < M; j++) {
+        const int64_t cols = M - j * NR < NR ? M - j * NR : NR;
+        FN(mm)(n, K, cols, A, lda, Bp + j * K * NR, C + j * NR, ldc, Cin ? Cin + j * NR : 0, ldcin);
+    }
+}
+
+#define PAN(M) (((M) + NR - 1) / NR * NR)
+
+/* The gate columns of part p: C (n, G*H) (+)= A @ B_p, B_p the part's packed weights.  One
+   part (no split) covers all G*H columns in one product; a part of a split covers units
+   a..a+w of each gate, packed gate by gate, so it runs one product per gate. */
+static inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, int64_t K, const T *A, int64_t lda,
+                               const T *Bp, T *C, const T *Cin, int64_t ldcin) {
+    const int64_t GH = s->G * s->H;
+    if (s->parts == 1) {
+        FN(mm_cols)(n, K, GH, A, lda, Bp, C, GH, Cin, ldcin);
+        return;
+    }
+    const int64_t a = s->units[p], w = s->units[p + 1] - a;
+    for (int64_t g = 0; g < s->G; g++)
+        FN(mm_cols)(n, K, w, A, lda, Bp + g * K * PAN(w), C + g * s->H + a, GH, Cin ? Cin + g * s->H + a : 0, ldcin);
+}
+
+/* One step of part p over n rows: its gate columns from h (hc) and the projected input,
+   then the cell's elementwise work on units a..b, writing the new state's units to hn
+   (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
+static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
+                                 T *hn) {
+    const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
+    const int64_t a = s->units[p], w = s->units[p + 1] - a;
+    const T *whh = (const T *)s->whh + s->whh_at[p];
+    const T *x = (const T *)s->x + row * Hin, *bias = (const T *)s->bias;
+    T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
+    const T *xp = s->xproj ? (const T *)s->xproj + row * GH : 0;
+    if (s->kind == KIND_GRU) {
+        const T *gx = xp;
+        if (!gx) {  /* in the loop: x @ W_ih.T + b for this step's rows */
+            T *gxs = (T *)s->gxs + rr * GH;
+            FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gxs, GH, bias, 0);
+            gx = gxs;
+        }
+        FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0);  /* h @ W_hh.T */
+        T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + rr * H;
+        const T *bhn = (const T *)s->bhn;
+        for (int64_t r = 0; r < n; r++) {
+            T *g = gates + r * GH + a;
+            const T *xr = gx + r * GH + a;
+            FN(gru_cell_row)(w, g, g + H, g + 2 * H, xr, xr + H, xr + 2 * H, bhn ? bhn + a : 0, ghn + r * H + a,
+                             hc + r * P + a, hn + r * P + a);
+        }
+        return;
+    }
+    if (xp)
+        FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH);  /* projected x + h @ W_hh.T */
+    else  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
+        FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hc, P, whh, gates, GH, bias, 0);
+    if (s->kind == KIND_LSTM) {
+        T *c = (T *)s->c + rr * H + a;
+        T *tc = s->train ? (T *)s->tc + row * H + a : (T *)s->tc + rr * H + a;
+        T *cprev = s->train ? (T *)s->cprev + row * H + a : 0;
+        T *m = s->whr ? (s->train ? (T *)s->m + row * H + a : (T *)s->m + rr * H + a) : 0;
+        for (int64_t r = 0; r < n; r++) {
+            T *g = gates + r * GH + a;
+            FN(sigmoid)(g, w);  /* i */
+            FN(sigmoid)(g + H, w);  /* f */
+            FN(tanh_)(g + 2 * H, w);  /* g */
+            FN(sigmoid)(g + 3 * H, w);  /* o */
+            if (cprev) memcpy(cprev + r * H, c + r * H, w * sizeof(T));
+            /* o * tanh(c') is the new state, or what the projection multiplies */
+            FN(lstm_cell_row)(w, g, g + H, g + 2 * H, g + 3 * H, c + r * H, tc + r * H, m ? m + r * H : hn + r * P + a);
+        }
+        return;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        T *g = gates + r * GH + a, *o = hn + r * P + a;
+        if (s->kind == KIND_RNN_TANH) FN(tanh_)(g, w);
+        else for (int64_t j = 0; j < w; j++) g[j] = g[j] > (T)0 ? g[j] : (g[j] == g[j] ? (T)0 : g[j]);
+        memcpy(o, g, w * sizeof(T));
+    }
+}
+
+/* One layer-direction over all steps, or thread `me` of `nthr`'s share of it: parts
+   me*K/nthr .. (me+1)*K/nthr - 1 of the K parts the hidden units are split into (see
+   struct scan in _native.c).  With K > 1 the state a step reads (hbuf[q % 2]) is not the
+   one it writes (hbuf[(q + 1) % 2]), so the threads meet once per step (a projected LSTM:
+   twice, as the projection needs every unit's m). */
+static void FN(forward)(const struct scan *s, int me, int nthr) {
+    const int64_t H = s->H, P = s->P, Hin = s->Hin, N = s->N;
+    const int64_t p0 = s->parts * me / nthr, p1 = s->parts * (me + 1) / nthr;
+    T *h = (T *)s->h, *hbuf = (T *)s->hbuf;
+    /* the state columns part p writes: its units, or with a projection its share of P */
+    const int64_t *hcols = s->whr ? s->pcols : s->units;
+    if (s->xproj)  /* the input projection of every packed row, before the loop */
+        for (int64_t p = p0; p < p1; p++)
+            FN(part_mm)(s, p, s->rows, Hin, (const T *)s->x, Hin, (const T *)s->wih + s->wih_at[p], (T *)s->xproj,
+                        (const T *)s->bias, 0);
+    if (hbuf) {  /* both halves start as h_0: a row that joins later (reverse) reads it */
+        for (int64_t p = p0; p < p1; p++)
+            for (int64_t r = 0; r < N; r++)
+                for (int k = 0; k < 2; k++)
+                    memcpy(hbuf + k * N * P + r * P + hcols[p], h + r * P + hcols[p],
+                           (hcols[p + 1] - hcols[p]) * sizeof(T));
+        team_barrier(s->team, me, nthr);
+    }
+    for (int64_t q = 0; q < s->steps; q++) {
+        const int64_t t = s->reverse ? s->steps - 1 - q : q;
+        const int64_t n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
         if (n <= 0) continue;
-        const long row = s->offsets[t] + s->r0;  /* first packed row of this step's slice */
-        T *hr = h + s->r0 * P;
-        const T *x = (const T *)s->x + row * Hin;
-        T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + s->r0 * GH;
-        if (s->train) memcpy((T *)s->hprev + row * P, hr, n * P * sizeof(T));
-        if (s->kind == KIND_GRU) {
-            T *gx = (T *)s->gxs + s->r0 * GH;
-            FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gx, GH, bias, 0);  /* x @ W_ih.T + b */
-            FN(mm)(n, P, GH, hr, P, (const T *)s->whh, gates, GH, 0, 0);     /* h @ W_hh.T */
-            T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + s->r0 * H;
-            const T *bhn = (const T *)s->bhn;
-            for (long r = 0; r < n; r++) {
-                T *g = gates + r * GH;
-                const T *xr = gx + r * GH;
-                FN(gru_cell_row)(H, g, g + 2 * H, g + H, xr, xr + 2 * H, bhn, ghn + r * H, hr + r * P);
-            }
-        } else {
-            /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
-            FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hr, P, (const T *)s->whh, gates, GH, bias, 0);
-            if (s->kind == KIND_LSTM) {
-                T *cr = c + s->r0 * H;
-                T *tc = s->train ? (T *)s->tc + row * H : (T *)s->tc + s->r0 * H;
-                T *cprev = s->train ? (T *)s->cprev + row * H : 0;
-                T *m = s->whr ? (s->train ? (T *)s->m + row * H : (T *)s->m + s->r0 * H) : 0;
-                for (long r = 0; r < n; r++) {
-                    T *g = gates + r * GH;
-                    FN(sigmoid)(g, 2 * H);  /* i, f */
-                    FN(tanh_)(g + 2 * H, H);  /* g */
-                    FN(sigmoid)(g + 3 * H, H);  /* o */
-                    if (cprev) memcpy(cprev + r * H, cr + r * H, H * sizeof(T));
-                    /* o * tanh(c') is the new state, or what the projection multiplies */
-                    FN(lstm_cell_row)(H, g, g + H, g + 2 * H, g + 3 * H, cr + r * H, tc + r * H,
-                                      m ? m + r * H : hr + r * P);
-                }
-                if (m) FN(mm)(n, H, P, m, H, (const T *)s->whr, hr, P, 0, 0);  /* h' = m @ W_hr.T */
-            } else {
-                for (long r = 0; r < n; r++) {
-                    T *g = gates + r * GH;
-                    if (s->kind == KIND_RNN_TANH) FN(tanh_)(g, H);
-                    else for (long j = 0; j < H; j++) g[j] = g[j] > (T)0 ? g[j] : (g[j] == g[j] ? (T)0 : g[j]);
-                    memcpy(hr + r * P, g, H * sizeof(T));
-                }
+        const int64_t row = s->offsets[t] + s->r0, rr = s->r0;  /* this slice's first packed row, batch row */
+        const T *hc = (hbuf ? hbuf + (q & 1) * N * P : h) + rr * P;
+        T *hn = (hbuf ? hbuf + ((q + 1) & 1) * N * P : h) + rr * P;
+        if (s->train)
+            for (int64_t p = p0; p < p1; p++)
+                for (int64_t r = 0; r < n; r++)
+                    memcpy((T *)s->hprev + (row + r) * P + hcols[p], hc + r * P + hcols[p],
+                           (hcols[p + 1] - hcols[p]) * sizeof(T));
+        for (int64_t p = p0; p < p1; p++) FN(step_part)(s, p, n, row, rr, hc, hn);
+        if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
+            team_barrier(s->team, me, nthr);
+            const T *m = s->train ? (const T *)s->m + row * H : (const T *)s->m + rr * H;
+            for (int64_t p = p0; p < p1; p++) {
+                const int64_t b = s->pcols[p], w = s->pcols[p + 1] - b;
+                FN(mm)(n, H, w, m, H, (const T *)s->whr + s->whr_at[p], hn + b, P, 0, 0);
             }
         }
         T *out = (T *)s->out + row * s->ldout;
-        for (long r = 0; r < n; r++) memcpy(out + r * s->ldout, hr + r * P, P * sizeof(T));
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t b = hcols[p], w = hcols[p + 1] - b;
+            for (int64_t r = 0; r < n; r++) {
+                memcpy(out + r * s->ldout + b, hn + r * P + b, w * sizeof(T));
+                if (hbuf) memcpy(h + (rr + r) * P + b, hn + r * P + b, w * sizeof(T));
+            }
+        }
+        team_barrier(s->team, me, nthr);
     }
 }
 
 /* Backward of a training forward: walks the steps in the opposite order. */
-static void FN(backward)(const struct scan *s) {
-    const long H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
+static void FN(backward)(const struct scan *s, int me, int nthr) {
+    (void)me;
+    (void)nthr;
+    const int64_t H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
     T *dh = (T *)s->h, *dc = (T *)s->c;
-    for (long q = s->steps - 1; q >= 0; q--) {
-        const long t = s->reverse ? s->steps - 1 - q : q;
-        const long n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
+    for (int64_t q = s->steps - 1; q >= 0; q--) {
+        const int64_t t = s->reverse ? s->steps - 1 - q : q;
+        const int64_t n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
         if (n <= 0) continue;
-        const long row = s->offsets[t] + s->r0;
+        const int64_t row = s->offsets[t] + s->r0;
         T *dhr = dh + s->r0 * P;
         const T *dout = (const T *)s->out + row * s->ldout;
-        for (long r = 0; r < n; r++)
-            for (long j = 0; j < P; j++) dhr[r * P + j] += dout[r * s->ldout + j];
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t j = 0; j < P; j++) dhr[r * P + j] += dout[r * s->ldout + j];
         const T *gates = (const T *)s->gates + row * GH;
         T *dgx = (T *)s->dgx + row * GH;
         T *dx = (T *)s->dx + row * Hin;
@@ -312,7 +404,7 @@ static void FN(backward)(const struct scan *s) {
             T *dcr = dc + s->r0 * H;
             const T *tc = (const T *)s->tc + row * H, *cprev = (const T *)s->cprev + row * H;
             const T *dm = dhr;
-            long ldm = P;
+            int64_t ldm = P;
             if (s->whr) {  /* through the projection: dm = dh @ W_hr */
                 memcpy((T *)s->dproj + row * P, dhr, n * P * sizeof(T));
                 T *scratch = (T *)s->scratch + s->r0 * H;
@@ -320,7 +412,7 @@ static void FN(backward)(const struct scan *s) {
                 dm = scratch;
                 ldm = H;
             }
-            for (long r = 0; r < n; r++) {
+            for (int64_t r = 0; r < n; r++) {
                 const T *g = gates + r * GH;
                 T *d = dgx + r * GH;
                 FN(lstm_back_row)(H, g, g + H, g + 2 * H, g + 3 * H, tc + r * H, cprev + r * H, dm + r * ldm, d,
@@ -330,7 +422,7 @@ static void FN(backward)(const struct scan *s) {
         } else if (s->kind == KIND_GRU) {
             const T *ghn = (const T *)s->ghn + row * H, *hprev = (const T *)s->hprev + row * P;
             T *dgh = (T *)s->dgh + row * GH;
-            for (long r = 0; r < n; r++) {
+            for (int64_t r = 0; r < n; r++) {
                 const T *g = gates + r * GH;
                 T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH;
                 FN(gru_back_row)(H, g, g + H, g + 2 * H, ghn + r * H, hprev + r * P, dx_, dx_ + H, dx_ + 2 * H, dh_,
@@ -338,13 +430,13 @@ static void FN(backward)(const struct scan *s) {
             }
             FN(mm)(n, GH, P, dgh, GH, (const T *)s->whh, dhr, P, dhr, P);  /* plus the gates */
         } else {
-            for (long r = 0; r < n; r++) {
+            for (int64_t r = 0; r < n; r++) {
                 const T *restrict a = gates + r * GH;
                 T *restrict d = dgx + r * GH, *restrict dhj = dhr + r * P;
                 if (s->kind == KIND_RNN_TANH)
-                    for (long j = 0; j < H; j++) d[j] = dhj[j] * ((T)1 - a[j] * a[j]);  /* through tanh */
+                    for (int64_t j = 0; j < H; j++) d[j] = dhj[j] * ((T)1 - a[j] * a[j]);  /* through tanh */
                 else
-                    for (long j = 0; j < H; j++) d[j] = a[j] <= (T)0 ? (T)0 : dhj[j];  /* through relu, NaN passes */
+                    for (int64_t j = 0; j < H; j++) d[j] = a[j] <= (T)0 ? (T)0 : dhj[j];  /* through relu, NaN passes */
             }
             FN(mm)(n, GH, P, dgx, GH, (const T *)s->whh, dhr, P, 0, 0);  /* to h_prev */
         }
@@ -353,6 +445,7 @@ static void FN(backward)(const struct scan *s) {
     }
 }
 
+#undef PAN
 #undef V
 #undef VL
 #undef NR

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -88,14 +88,36 @@ def _packed(mat: np.ndarray, transpose: bool) -> np.ndarray:
     return out
 
 
+def _bounds(total: int, parts: int, align: int) -> Array:
+    """``parts + 1`` rising bounds from 0 to ``total``, near-equal and on multiples of
+    ``align`` where that keeps every part non-empty."""
+    even = [total * i // parts for i in range(parts + 1)]
+    aligned = [min(total, round(b / align) * align) for b in even[:-1]] + [total]
+    pick = aligned if all(b > a for a, b in zip(aligned, aligned[1:])) else even
+    return np.asarray(pick, dtype=np.int64)
+
+
+def _packed_parts(w: Array, G: int, bounds: Array) -> Array:
+    """``w.T`` for ``w`` (G*H, K) packed part by part: part p holds units
+    ``bounds[p]..bounds[p+1]`` of each of the G gates, gate by gate (one part: all G*H
+    columns at once), as the kernel reads them (``gate_block`` in _native.c)."""
+    if len(bounds) == 2:
+        return _packed(w, True)
+    H = w.shape[0] // G
+    blocks = [_packed(w[g * H + a : g * H + b], True) for a, b in zip(bounds[:-1], bounds[1:]) for g in range(G)]
+    return np.concatenate(blocks)
+
+
 @dataclass
 class Prepared:
     """One layer-direction's weights, arranged for the compiled loop: ``wih``, ``whh``,
-    ``whr`` the packed ``W_ih.T``, ``W_hh.T``, ``W_hr.T`` the forward multiplies by;
-    ``bias`` (G*H,) the bias added to the input side (for GRU the candidate's hidden bias
-    stays out of it: ``b_hn``, (H,)); ``isa`` the instruction set the panels were packed
-    for.  The packed ``W_ih``, ``W_hh``, ``W_hr`` that backward multiplies by are made on
-    first use (:meth:`backward_weights`), so inference keeps one arranged copy."""
+    ``whr`` the packed ``W_ih.T``, ``W_hh.T``, ``W_hr.T`` the forward multiplies by, split
+    into ``parts`` (the hidden units ``units[p]..units[p+1]``, with a projection its output
+    columns ``pcols[p]..pcols[p+1]``; one thread reads one part's weights); ``bias``
+    (G*H,) the bias added to the input side (for GRU the candidate's hidden bias stays out
+    of it: ``b_hn``, (H,)); ``isa`` the instruction set the panels were packed for.  The
+    packed ``W_ih``, ``W_hh``, ``W_hr`` that backward multiplies by are made on first use
+    (:meth:`backward_weights`), so inference keeps one arranged copy."""
 
     kind: CellKind
     H: int
@@ -109,6 +131,9 @@ class Prepared:
     whr: OptArray
     isa: str
     params: Params  # the parameter arrays these were made from (read-only between changes)
+    parts: int = 1
+    units: OptArray = None
+    pcols: OptArray = None
     _backward: Optional[tuple[Array, Array, OptArray]] = None
 
     def backward_weights(self) -> tuple[Array, Array, OptArray]:
@@ -120,10 +145,13 @@ class Prepared:
         return self._backward
 
 
-def prepare(kind: CellKind, params: Params) -> Prepared:
-    """Arrange ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) (None where absent)."""
+def prepare(kind: CellKind, params: Params, parts: int = 1) -> Prepared:
+    """Arrange ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) (None where absent) for a loop
+    whose hidden units split into ``parts``."""
     w_ih, w_hh, b_ih, b_hh, w_hr = params
-    H = w_hh.shape[0] // kind.num_gates
+    G = kind.num_gates
+    H = w_hh.shape[0] // G
+    P = w_hh.shape[1]
     b_hn = None
     if b_ih is None or b_hh is None:  # (they come together)
         bias = None
@@ -133,10 +161,14 @@ def prepare(kind: CellKind, params: Params) -> Prepared:
         b_hn = np.array(b_hh[2 * H :])
     else:
         bias = b_ih + b_hh
+    parts = max(1, min(parts, H, P))
+    align = _native.panel_width(w_hh.dtype.itemsize) // 2
+    units, pcols = _bounds(H, parts, align), _bounds(P, parts, align)
     return Prepared(
-        kind=kind, H=H, P=w_hh.shape[1], H_in=w_ih.shape[1], dtype=w_hh.dtype, bias=bias, b_hn=b_hn,
-        wih=_packed(w_ih, True), whh=_packed(w_hh, True), whr=None if w_hr is None else _packed(w_hr, True),
-        isa=_native.isa(), params=params,
+        kind=kind, H=H, P=P, H_in=w_ih.shape[1], dtype=w_hh.dtype, bias=bias, b_hn=b_hn,
+        wih=_packed_parts(w_ih, G, units), whh=_packed_parts(w_hh, G, units),
+        whr=None if w_hr is None else _packed_parts(w_hr, 1, pcols),
+        isa=_native.isa(), params=params, parts=parts, units=units, pcols=pcols,
     )
 
 
@@ -155,16 +187,19 @@ def parameter_epoch() -> int:
     return _epoch[0]
 
 
-def prepared(cache: dict[Any, Any], key: Any, kind: CellKind, params: Params) -> Prepared:
-    """The prepared weights of ``params`` from ``cache`` (a dict its module owns), made
-    anew when any parameter has changed since (see :func:`parameter_epoch`:
-    parameters are read-only except through the routes that bump it) or the instruction
-    set is another.  A one-step call then pays for the step, not for packing weights."""
+def prepared(cache: Optional[dict[Any, Any]], key: Any, kind: CellKind, params: Params, parts: int = 1) -> Prepared:
+    """The prepared weights of ``params`` split into ``parts`` from ``cache`` (a dict its
+    module owns; None: made for this call), made anew when any parameter has changed
+    since (see :func:`parameter_epoch`: parameters are read-only except through the routes
+    that bump it), the instruction set is another or the split is.  A one-step call then
+    pays for the step, not for packing weights."""
+    if cache is None:
+        return prepare(kind, params, parts)
     epoch = parameter_epoch()
     hit = cache.get(key)
-    if hit is not None and hit[0] == epoch and hit[1].isa == _native.isa():
+    if hit is not None and hit[0] == epoch and hit[1].isa == _native.isa() and hit[1].parts == parts:
         return hit[1]  # type: ignore[no-any-return]
-    prep = prepare(kind, params)
+    prep = prepare(kind, params, parts)
     cache[key] = (epoch, prep)
     return prep
 
@@ -220,14 +255,26 @@ def _tape_shapes(kind: CellKind, H: int, P: int, proj: bool, rows: int) -> dict[
     return shapes
 
 
-def step_work(prep: Prepared, N: int) -> dict[str, Array]:
-    """The per-row work arrays of an inference call over a batch of ``N`` (a stream keeps
-    them from step to step)."""
-    dtype = prep.dtype
+def step_work(prep: Prepared, N: int, project_first: bool) -> dict[str, Array]:
+    """The per-row work arrays of a one-step inference call over a batch of ``N`` (a stream
+    keeps them from step to step)."""
     shapes = _tape_shapes(prep.kind, prep.H, prep.P, prep.whr is not None, N)
-    if prep.kind.name == "gru":
-        shapes["gxs"] = (N, 3 * prep.H)
-    return {name: np.empty(shape, dtype) for name, shape in shapes.items()}
+    shapes.update(_extra_shapes(prep, N, N, project_first, False))
+    return {name: np.empty(shape, prep.dtype) for name, shape in shapes.items()}
+
+
+def _extra_shapes(prep: Prepared, N: int, T: int, project_first: bool, train: bool) -> dict[str, tuple[int, int]]:
+    """The work arrays beside the tape: the projected input (an LSTM's training tape holds
+    its own), a GRU's per-step projection, the two halves of the state of a split loop."""
+    G, H = prep.kind.num_gates, prep.H
+    extra = {}
+    if project_first and not (train and prep.kind.name == "lstm"):
+        extra["xproj"] = (T, G * H)
+    if prep.kind.name == "gru" and not project_first:
+        extra["gxs"] = (N, G * H)
+    if prep.parts > 1:
+        extra["hbuf"] = (2 * N, prep.P)
+    return extra
 
 
 def _arrays(shapes: dict[str, tuple[int, int]], dtype: Any, pool: Optional[Pool], key: Any) -> dict[str, Array]:
@@ -242,10 +289,9 @@ def _arrays(shapes: dict[str, tuple[int, int]], dtype: Any, pool: Optional[Pool]
     return held
 
 
-def _split(sizes: Array, offsets: Array, prep: Prepared, runner: Runner) -> Sequence[tuple[int, int]]:
+def _split(sizes: Array, offsets: Array, row_work: int, runner: Runner) -> Sequence[tuple[int, int]]:
     """Row ranges of the batch for side-by-side calls (``runner.ranges``; see
     :func:`nprnn.threads.row_ranges`)."""
-    row_work = prep.kind.num_gates * prep.H * (prep.P + prep.H_in) + prep.H * prep.P
     N = int(sizes[0])
     if N < 2 or (int(offsets[-1]) + int(sizes[-1])) * row_work < 2 * settings.min_split_work:
         return ((0, N),)  # too little work to hand any of it to another thread
@@ -253,53 +299,112 @@ def _split(sizes: Array, offsets: Array, prep: Prepared, runner: Runner) -> Sequ
     return runner.ranges(lengths, row_work)
 
 
+def _row_work(kind: CellKind, H: int, P: int, H_in: int, proj: bool) -> int:
+    """Multiply-adds of one row of one step."""
+    return kind.num_gates * H * (P + H_in) + (H * P if proj else 0)
+
+
+class Plan(NamedTuple):
+    """How one compiled forward runs: ``ranges`` of batch rows, each its own loop on its
+    own thread; or one range whose hidden units split into ``parts`` that the threads of
+    ``team`` share step by step.  ``project_first``: the input projection of every row
+    runs before the loop (else inside it, step by step, where the rows are hot)."""
+
+    ranges: Sequence[tuple[int, int]]
+    parts: int
+    project_first: bool
+    team: Any
+
+
+def plan(kind: CellKind, H: int, P: int, H_in: int, proj: bool, sizes: Array, offsets: Array,
+         runner: Runner) -> Plan:
+    """Decide how a forward over this batch runs (see :class:`Plan`): a batch split where
+    the batch is large (``runner.ranges``), a split of the hidden units where it is small
+    and the weights large (``runner.units``), and the projection before the loop unless
+    the batch is large enough that reading ``W_ih`` at every step costs little
+    (``settings.min_inloop_batch``)."""
+    N = int(sizes[0])
+    parts = runner.units(N, H, kind.num_gates * H * P + (H * P if proj else 0))
+    if parts > 1:
+        return Plan(((0, N),), parts, True, runner.team(parts))
+    ranges = _split(sizes, offsets, _row_work(kind, H, P, H_in, proj), runner)
+    return Plan(ranges, 1, len(ranges) == 1 and N < settings.min_inloop_batch, None)
+
+
+def plan_params(kind: CellKind, params: Params, sizes: Array, offsets: Array, runner: Runner) -> Plan:
+    """:func:`plan` for a layer-direction's parameters."""
+    w_ih, w_hh, _, _, w_hr = params
+    G = kind.num_gates
+    return plan(kind, w_hh.shape[0] // G, w_hh.shape[1], w_ih.shape[1], w_hr is not None, sizes, offsets, runner)
+
+
+def plan_key() -> tuple[Any, ...]:
+    """The settings a :func:`plan` depends on (a stream makes its calls again when they change)."""
+    return (settings.num_threads, settings.max_unit_split_batch, settings.min_unit_split_work,
+            settings.min_inloop_batch, settings.min_split_work, settings.spin_us, settings.step_spin_us)
+
+
 def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[int, int], sizes: Array,
               offsets: Array, x: OptArray, out: Array, h: Array, c: OptArray, a: dict[str, Array],
-              accumulate: bool = False) -> tuple[Any, ...]:
-    """The arguments of one ``_native.scan`` call (see _native.c), the arrays in ``a`` by name."""
+              accumulate: bool = False, team: Any = None) -> dict[str, Any]:
+    """The description of one ``_native.scan`` loop (see struct scan in _native.c): sizes,
+    weights, the arrays in ``a`` by name (``xproj``, ``hbuf`` and the tape or work)."""
     if back:
         wih, whh, whr = prep.backward_weights()
     else:
         wih, whh, whr = prep.wih, prep.whh, prep.whr
-    return (back, _CODES[prep.kind.name], train, reverse, rows[0], rows[1], prep.H, prep.P, prep.H_in,
-            accumulate, sizes, offsets, x, out, h, c, wih, whh, prep.bias, prep.b_hn, whr,
-            a.get("gates"), a.get("hprev"), a.get("cprev"), a.get("tc"), a.get("m"), a.get("ghn"), a.get("gxs"),
-            a.get("dx"), a.get("dgx"), a.get("dgh"), a.get("dproj"), a.get("scratch"), h.dtype.itemsize)
+    spec = dict(a, back=back, kind=_CODES[prep.kind.name], train=train, reverse=reverse, accumulate=int(accumulate),
+                r0=rows[0], r1=rows[1], H=prep.H, P=prep.P, Hin=prep.H_in, itemsize=h.dtype.itemsize,
+                batch_sizes=sizes, offsets=offsets, x=x, out=out, h=h, c=c, wih=wih, whh=whh, whr=whr,
+                bias=prep.bias, bhn=prep.b_hn, team=team)
+    if prep.parts > 1 and not back:
+        spec.update(parts=prep.parts, units=prep.units, pcols=prep.pcols)
+    return spec
 
 
 def _call(*args: Any, **kw: Any) -> None:
-    _native.scan(*call_args(*args, **kw))
+    _native.scan(call_args(*args, **kw))
 
 
-def direction_forward(x: Array, prep: Prepared, state0: tuple[Array, ...], batch_sizes: Sequence[int],
-                      reverse: bool, out: Array, train: bool, pool: Optional[Pool] = None, key: Any = None,
-                      runner: Runner = SERIAL) -> tuple[tuple[Array, ...], Optional["NativeRecord"]]:
+def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...],
+                      batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool,
+                      pool: Optional[Pool] = None, key: Any = None, runner: Runner = SERIAL,
+                      cache: Optional[dict[Any, Any]] = None) -> tuple[tuple[Array, ...], Optional["NativeRecord"]]:
     """One layer in one direction over packed ``x`` (T, H_in); see
     :func:`.scan.direction_forward`, whose contract this keeps.  ``runner`` may split a
-    large batch (:mod:`.runners`): each part runs its whole time loop in its own call.
-    Returns ``(final_state, record)``; record is None unless ``train``."""
+    large batch or, for a small one, the hidden units (:func:`plan`); ``cache`` keeps the
+    prepared weights under ``key`` (:func:`prepared`).  Returns ``(final_state, record)``;
+    record is None unless ``train``."""
+    w_hh = params[1]
+    G = kind.num_gates
+    H, P, proj = w_hh.shape[0] // G, w_hh.shape[1], params[4] is not None
     T = x.shape[0]
-    kind, H, P = prep.kind, prep.H, prep.P
     sizes, offsets = _layout(batch_sizes)
     N = int(sizes[0])
+    how = plan_params(kind, params, sizes, offsets, runner) if N else Plan(((0, 0),), 1, False, None)
+    prep = prepared(cache, key, kind, params, how.parts)
     h = np.array(state0[0], order="C", copy=True)
     c = np.array(state0[1], order="C", copy=True) if kind.name == "lstm" else None
-    shapes = _tape_shapes(kind, H, P, prep.whr is not None, T if train else N)
+    shapes = _tape_shapes(kind, H, P, proj, T if train else N)
     if train:
         shapes["hprev"] = (T, P)
         if kind.name == "lstm":
             shapes["cprev"] = (T, H)
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
-    if kind.name == "gru":
-        arrays = dict(arrays, gxs=_arrays({"gxs": (N, 3 * H)}, x.dtype, pool, (key, "native gxs"))["gxs"])
+    if how.project_first and train and kind.name == "lstm":  # the tape's gates hold the projection first
+        arrays = dict(arrays, xproj=arrays["gates"])
+    extra = _extra_shapes(prep, N, T, how.project_first, train)
+    if extra:
+        arrays = dict(arrays, **_arrays(extra, x.dtype, pool, (key, "native extra")))
     if N:
         x = np.ascontiguousarray(x)
-        runner.run([partial(_call, 0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c, arrays)
-                    for r in _split(sizes, offsets, prep, runner)])
+        runner.run([partial(_call, 0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c, arrays,
+                            team=how.team) for r in how.ranges])
     state = (h,) if c is None else (h, c)
     record = None
     if train:
-        record = NativeRecord(x, prep, sizes, offsets, bool(reverse), arrays)
+        tape = {k: v for k, v in arrays.items() if k not in ("xproj", "gxs", "hbuf")}
+        record = NativeRecord(x, prep, sizes, offsets, bool(reverse), tape)
     return state, record
 
 
@@ -332,7 +437,7 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
         if not accumulate:
             dx.fill(0)
     else:
-        ranges = _split(rec.batch_sizes, rec.offsets, prep, runner)
+        ranges = _split(rec.batch_sizes, rec.offsets, _row_work(kind, H, P, prep.H_in, proj), runner)
         runner.run([partial(_call, 1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None, dout, dh, dc,
                             arrays, accumulate) for r in ranges])
     dgx = grads["dgx"]

@@ -5,7 +5,10 @@ A runner answers two questions:
 
 * within one compiled scan: ``ranges(lengths, row_work) -> [(r0, r1), ...]``, the row
   ranges a batch of sequences with these lengths splits into, and ``run(parts)``, which
-  calls each part and returns when all are done;
+  calls each part and returns when all are done; or, for a small batch,
+  ``units(N, H, step_work)``, how many parts its hidden units split into, and
+  ``team(parts)``, the threads (a ``_native.Team``, or None) that share those parts at
+  every step;
 * within a stack of scans (:mod:`.stack`): ``schedule(...)``, which scans run at once
   (None, ``"directions"`` or ``"layers"``), and ``side_by_side(first, second, blas)`` and
   ``pipeline(n, stage)``, which run them so.
@@ -25,6 +28,10 @@ class Runner(Protocol):
 
     def run(self, parts: Sequence[Callable[[], None]]) -> None: ...
 
+    def units(self, N: int, H: int, step_work: int) -> int: ...
+
+    def team(self, parts: int) -> Any: ...
+
     def schedule(self, *, compiled: bool, layers: int, directions: int, rows: int, steps: int, gate_width: int,
                  row_width: int, train: bool, pipelinable: bool) -> Optional[str]: ...
 
@@ -42,6 +49,12 @@ class SerialRunner:
     def run(self, parts: Sequence[Callable[[], None]]) -> None:
         for part in parts:
             part()
+
+    def units(self, N: int, H: int, step_work: int) -> int:
+        return 1
+
+    def team(self, parts: int) -> Any:
+        return None
 
     def schedule(self, **shape: Any) -> Optional[str]:
         return None

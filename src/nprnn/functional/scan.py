@@ -245,8 +245,8 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     (:mod:`.runners`) may split its batch.
     """
     if stage is None and native.supports(kind, x.dtype):
-        prep = native.prepare(kind, params) if cache is None else native.prepared(cache, key, kind, params)
-        return native.direction_forward(x, prep, state0, batch_sizes, reverse, out, train, pool, key, runner)
+        return native.direction_forward(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner,
+                                        cache)
     w_ih, w_hh, b_ih, b_hh, w_hr = params
     w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))

@@ -23,6 +23,7 @@ from .._checks import as_array
 from .._typing import Array
 from ..functional import native
 from ..functional.scan import direction_forward
+from ..parallel.threads import THREADED
 
 
 class Stream:
@@ -122,18 +123,20 @@ class Stream:
         """Each layer's kernel call, its arguments checked once (``_native.Call``) and all of
         its arrays owned by the stream (the input is copied into ``_x``); made again only
         when a parameter has changed."""
-        key = (native.parameter_epoch(), native.isa())
+        key = (native.parameter_epoch(), native.isa(), native.plan_key())
         if self._calls is not None and self._calls[0] == key:
             return self._calls[1]
         layer = self._layer
         N = self._h.shape[1]
         calls, x = [], self._x
         for idx in range(layer.num_layers):
-            prep = native.prepared(layer._prepared, idx, layer.kind, layer._params()[idx])
-            work = native.step_work(prep, N)
+            params = layer._params()[idx]
+            how = native.plan_params(layer.kind, params, self._sizes, self._offsets, THREADED)
+            prep = native.prepared(layer._prepared, idx, layer.kind, params, how.parts)
+            work = native.step_work(prep, N, how.project_first)
             c = None if self._c is None else self._c[idx]
-            calls.append(native.compiled.Call(*native.call_args(0, prep, 0, 0, (0, N), self._sizes, self._offsets, x,
-                                                                self._outs[idx], self._h[idx], c, work)))
+            calls.append(native.compiled.Call(native.call_args(0, prep, 0, 0, (0, N), self._sizes, self._offsets, x,
+                                                               self._outs[idx], self._h[idx], c, work, team=how.team)))
             x = self._outs[idx]
         self._calls = (key, calls)
         return calls

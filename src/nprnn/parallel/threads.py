@@ -413,6 +413,53 @@ def run_parts(parts) -> None:
         raise errors[0]
 
 
+# A small batch (N=1: one stream) has no rows to split, so there the hidden units split
+# instead (nprnn.functional.native.plan): each thread owns some units of every gate and
+# their rows of the weights, and the threads meet once a step inside the compiled loop
+# (_native.Team: a barrier that spins settings.step_spin_us, then sleeps; between calls the
+# helpers spin settings.spin_us, then sleep).  The team's helpers
+# are daemon threads that wait inside Team.serve between calls, so a call hands no work to
+# a Python thread.  One team a process (made again after a fork, whose child has no helpers).
+_team: dict[str, Any] = {"team": None, "pid": None, "threads": []}
+
+
+def unit_parts(N: int, H: int, step_work: int) -> int:
+    """How many parts a small batch's hidden units split into: one per thread where the
+    batch has at most ``settings.max_unit_split_batch`` rows and a step's hidden-side work
+    (``step_work`` multiply-adds a row) at least ``settings.min_unit_split_work``; else 1."""
+    threads = threads_here()
+    if threads < 2 or N > settings.max_unit_split_batch or N * step_work < settings.min_unit_split_work:
+        return 1
+    return min(threads, H)
+
+
+def team(parts: int) -> Any:
+    """The process's team of threads (see above), started on first use; None when this
+    process has one thread to give."""
+    from ..functional.native import compiled
+
+    n = get_num_threads()
+    if compiled is None or n < 2 or parts < 2:
+        return None
+    with _workers_lock:
+        current = _team["team"]
+        want = {"threads": n, "spin": settings.spin_us * 1000, "step_spin": settings.step_spin_us * 1000}
+        if current is not None and _team["pid"] == os.getpid() and all(
+                current.stats()[k] == v for k, v in want.items()):
+            return current
+        if current is not None and _team["pid"] == os.getpid():
+            current.close()
+        new = compiled.Team(n, want["spin"], want["step_spin"])
+        helpers = [threading.Thread(target=new.serve, args=(i,), name=f"nprnn-team-{i}", daemon=True)
+                   for i in range(1, n)]
+        for t in helpers:
+            t.start()
+        while new.ready() < n - 1:  # a job posted before a helper is in serve() would wait for it
+            threading.Event().wait(0.0002)
+        _team.update(team=new, pid=os.getpid(), threads=helpers)
+        return new
+
+
 class ThreadedRunner:
     """The runner (:mod:`nprnn.functional.runners`) that uses more than one core: it
     splits a large batch of a compiled scan into :func:`row_ranges` run by
@@ -423,6 +470,12 @@ class ThreadedRunner:
 
     def run(self, parts) -> None:
         run_parts(parts)
+
+    def units(self, N: int, H: int, step_work: int) -> int:
+        return unit_parts(N, H, step_work)
+
+    def team(self, parts: int) -> Any:
+        return team(parts)
 
     def schedule(self, *, compiled, layers, directions, rows, steps, gate_width, row_width, train, pipelinable):
         """"directions", "layers" or None: which scans of a stack go two at a time.  Layers

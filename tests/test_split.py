@@ -1,0 +1,215 @@
+"""The compiled tier's small-batch paths: the input projection before the loop, and the
+hidden units split across threads that meet every step (``_native.Team``).
+
+* the unit split equals the one-thread run bit for bit, for every kind, in both
+  directions, with sequences of several lengths, forward and backward, for 1-4 threads
+  (each output column is the same sum in the same order, whichever thread computes it);
+* the projection before the loop equals the in-loop projection to rounding (the bias is
+  added at another point of the sum), and the NumPy tier at the parity tolerances;
+* a stream whose steps are split equals the sequence call;
+* a loop whose team is busy runs alone, with the same result, and says so in the team's
+  counts; a kernel given a bad split refuses it.
+"""
+import threading
+
+import numpy as np
+import pytest
+from reference import tolerances
+
+import nprnn
+from nprnn.functional import native
+from nprnn.parallel import threads
+
+pytestmark = pytest.mark.skipif(native._native is None, reason="the compiled kernels are not built")
+
+KINDS = ["RNN", "RNN_relu", "LSTM", "LSTMP", "GRU"]
+
+
+def _layer(kind, H_in, H, dtype, **kw):
+    if kind == "LSTMP":
+        return nprnn.LSTM(H_in, H, proj_size=H // 2 + 1, dtype=dtype, seed=3, **kw)
+    if kind == "RNN_relu":
+        return nprnn.RNN(H_in, H, nonlinearity="relu", dtype=dtype, seed=3, **kw)
+    return getattr(nprnn, kind)(H_in, H, dtype=dtype, seed=3, **kw)
+
+
+def _run(m, x, lengths, g, train):
+    """Output, final states and, in training, the input, state and parameter gradients."""
+    m.train(train)
+    m.zero_grad()
+    out, hn = m(x, lengths=lengths)
+    res = [out, *(hn if isinstance(hn, tuple) else (hn,))]
+    if train:
+        gx, ghx = m.backward(g)
+        res += [gx, *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())]
+    return res
+
+
+def _split_everything(config, threads_):
+    """Settings under which every call of the tests splits its units over ``threads_``;
+    returns the team those calls use (None for one thread)."""
+    config(backend="native", num_threads=threads_, max_unit_split_batch=64, min_unit_split_work=0)
+    return threads.team(threads_)
+
+
+def _runs(team):
+    return 0 if team is None else team.stats()["runs"]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_unit_split_is_bit_for_bit(config, kind, train):
+    rng = np.random.default_rng(11)
+    m = _layer(kind, 6, 37, np.float64, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((9, 3, 6))
+    lengths = [9, 4, 6]
+    g = rng.standard_normal((9, 3, 2 * m._h_out))
+    config(backend="native", num_threads=1)
+    want = _run(m, x, lengths, g, train)
+    for n in (1, 2, 3, 4):
+        team = _split_everything(config, n)
+        before = _runs(team)
+        got = _run(m, x, lengths, g, train)
+        if n > 2:  # the split did happen, on the team (with 2 threads, a direction gets one each)
+            assert _runs(team) > before
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unit_split_with_one_sequence_equals_pytorch_order_of_work(config, kind):
+    """N=1, the deployment case, on float32 and every split width, against one thread."""
+    rng = np.random.default_rng(5)
+    m = _layer(kind, 40, 70, np.float32).eval()
+    x = rng.standard_normal((20, 1, 40)).astype(np.float32)
+    config(backend="native", num_threads=1)
+    want, want_h = m(x)
+    for n in (2, 3, 4):
+        team = _split_everything(config, n)
+        before = _runs(team)
+        got, got_h = m(x)
+        assert _runs(team) == before + 1
+        np.testing.assert_array_equal(got, want)
+        for a, b in zip(got_h if isinstance(got_h, tuple) else (got_h,),
+                        want_h if isinstance(want_h, tuple) else (want_h,)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_projection_before_the_loop_equals_the_loop_and_numpy(config, kind, dtype):
+    rng = np.random.default_rng(2)
+    m = _layer(kind, 5, 9, dtype, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((7, 4, 5)).astype(dtype)
+    lengths = [7, 3, 5, 1]
+    g = rng.standard_normal((7, 4, 2 * m._h_out)).astype(dtype)
+    results = {}
+    for label, settings in (("first", dict(min_inloop_batch=64)), ("inloop", dict(min_inloop_batch=0)),
+                            ("numpy", dict(backend="numpy"))):
+        config(num_threads=1, **({"backend": "native"} | settings))
+        results[label] = _run(m, x, lengths, g, True)
+    tol = tolerances(np.dtype(dtype).name)
+    for a, b, c in zip(results["first"], results["inloop"], results["numpy"]):
+        np.testing.assert_allclose(a, b, **tol)
+        np.testing.assert_allclose(a, c, **tol)
+    if kind != "GRU":  # the two paths did differ in how they ran: the bias joins the sum at another point
+        assert any(not np.array_equal(a, b) for a, b in zip(results["first"], results["inloop"]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_split_stream_equals_the_sequence_call(config, kind):
+    rng = np.random.default_rng(4)
+    m = _layer(kind, 8, 48, np.float32, num_layers=2).eval()
+    x = rng.standard_normal((12, 2, 8)).astype(np.float32)
+    config(backend="native", num_threads=1)
+    want, _ = m(x)
+    for n in (2, 3):
+        team = _split_everything(config, n)
+        stream = m.stream(batch_size=2)
+        before = _runs(team)
+        steps = np.stack([stream.step(frame) for frame in x])
+        assert _runs(team) == before + 12 * 2  # two layers a step, on the team
+        np.testing.assert_array_equal(steps, want)
+
+
+def test_a_busy_team_runs_the_loop_alone_with_the_same_result(config):
+    """Two threads call split layers at once: one gets the team, the other runs its loop
+    alone (every part in turn), and both get the one-thread result."""
+    rng = np.random.default_rng(8)
+    m = nprnn.LSTM(16, 96, dtype=np.float64, seed=1).eval()
+    x = rng.standard_normal((200, 1, 16))
+    config(backend="native", num_threads=1)
+    want, _ = m(x)
+    team = _split_everything(config, 2)
+    before = team.stats()
+    results, errors = [], []
+    barrier = threading.Barrier(3)
+
+    def call():
+        try:
+            barrier.wait()
+            for _ in range(20):
+                results.append(m(x)[0])
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=call) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    after = team.stats()
+    assert after["runs"] + after["alone"] - before["runs"] - before["alone"] == 60  # a count per call
+    assert after["alone"] > before["alone"]  # some call found the team busy
+    for r in results:
+        np.testing.assert_array_equal(r, want)
+
+
+def test_the_kernel_refuses_a_bad_split(config):
+    m = nprnn.LSTM(3, 8, seed=0)
+    params = m._params()[0]
+    prep = native.prepare(m.kind, params, parts=2)
+    sizes, offsets = native._layout([1, 1])
+    x = np.zeros((2, 3), np.float32)
+    h, c = np.zeros((1, 8), np.float32), np.zeros((1, 8), np.float32)
+    work = native.step_work(prep, 1, True)
+    work["xproj"] = np.zeros((2, 32), np.float32)
+    args = (0, prep, 0, 0, (0, 1), sizes, offsets, x, np.zeros((2, 8), np.float32), h, c)
+    native._native.scan(native.call_args(*args, work))  # as made, it runs
+    spec = native.call_args(*args, dict(work, xproj=None))
+    with pytest.raises(ValueError, match="a loop split into parts needs xproj"):
+        native._native.scan(spec)
+    spec = native.call_args(*args, work)
+    spec["units"] = np.array([0, 9, 8], np.int64)
+    with pytest.raises(ValueError, match="units must rise from 0 to 8"):
+        native._native.scan(spec)
+    spec = native.call_args(*args, work)
+    spec["hbuf"] = np.zeros((1, 8), np.float32)
+    with pytest.raises(ValueError, match="hbuf holds 8 elements, the loop needs 16"):
+        native._native.scan(spec)
+    spec = native.call_args(*args, work)
+    spec["whh"] = prep.whh[:-1]
+    with pytest.raises(ValueError, match="whh holds"):
+        native._native.scan(spec)
+    with pytest.raises(ValueError, match="a key the kernel does not know"):
+        native._native.scan(dict(native.call_args(*args, work), zoneout=0.1))
+    with pytest.raises(TypeError, match="team must be a _native.Team"):
+        native._native.scan(dict(native.call_args(*args, work), team=object()))
+
+
+def test_helpers_sleep_when_idle(config):
+    """A team's helpers spin briefly after a call, then sleep: an idle process uses no CPU."""
+    import os
+    import time
+
+    rng = np.random.default_rng(0)
+    m = nprnn.LSTM(16, 64, seed=0).eval()
+    _split_everything(config, 2)
+    m(rng.standard_normal((5, 1, 16)).astype(np.float32))
+    time.sleep(0.2)  # past the spin
+    t0, c0 = time.perf_counter(), time.process_time()
+    time.sleep(0.3)
+    used = (time.process_time() - c0) / (time.perf_counter() - t0)
+    assert used < 0.05, f"the idle process used {used:.0%} of a core"
+    assert os.cpu_count()
