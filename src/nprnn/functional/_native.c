@@ -116,11 +116,12 @@ struct isa {
     void (*at_f)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *, int64_t, int);
     void (*at_d)(int64_t, int64_t, int64_t, int64_t, const double *, int64_t, const double *, double *, int64_t,
                  int);
+    float (*read)(const float *, int64_t, int64_t);
 };
 
 #define ISA(label, vb, s)                                                                                  \
     {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
-     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s}
+     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s}
 static const struct isa ISA_BASE = ISA("baseline", 16, base);
 #ifdef HAVE_X86_VARIANTS
 static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);
@@ -802,7 +803,40 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* read_seconds(buf, reps): seconds to read a float32 buffer reps times with the GIL released
+   (the benchmarks' bandwidth probe; several Python threads each read their own buffer). */
+static PyObject *py_read_seconds(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int err = 0;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_native.read_seconds takes 2 arguments");
+        return NULL;
+    }
+    int64_t reps = as_i64(args[1], &err);
+    if (err) return NULL;
+    struct bufs b;
+    b.n = 0;
+    const float *p = get(&b, args[0], "buf", 0, 4, 1, 0, 0, NULL);
+    if (!p) {
+        release(&b);
+        return NULL;
+    }
+    int64_t n = (int64_t)(b.v[0].len / 4);
+    volatile float sink;
+    int64_t t0;
+    Py_BEGIN_ALLOW_THREADS
+    t0 = now_ns();
+    sink = isa->read(p, n, reps);
+    t0 = now_ns() - t0;
+    Py_END_ALLOW_THREADS
+    (void)sink;
+    release(&b);
+    return PyFloat_FromDouble((double)t0 * 1e-9);
+}
+
 static PyMethodDef methods[] = {
+    {"read_seconds", (PyCFunction)(void (*)(void))py_read_seconds, METH_FASTCALL,
+     "Seconds to read a float32 buffer reps times (the benchmarks' bandwidth probe)."},
     {"scan", (PyCFunction)py_scan, METH_O, "Run one layer-direction's time loop, described by a dict."},
     {"pack", (PyCFunction)(void (*)(void))py_pack, METH_FASTCALL, "Pack a weight matrix into panels."},
     {"gemm_at", (PyCFunction)(void (*)(void))py_gemm_at, METH_FASTCALL, "A weight gradient: C (+)= A.T @ B."},

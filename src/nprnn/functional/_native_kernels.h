@@ -253,6 +253,23 @@ static void FN(mm_cols)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda
 
 #define PAN(M) (((M) + NR - 1) / NR * NR)
 
+/* Read n elements of p reps times with vector loads (n a multiple of 4 vectors): the
+   bandwidth probe of the benchmarks, the limit a matrix-vector step meets. */
+static T FN(read)(const T *p, int64_t n, int64_t reps) {
+    V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (int64_t r = 0; r < reps; r++)
+        for (int64_t i = 0; i + 4 * VL <= n; i += 4 * VL) {
+            a0 += FN(vload)(p + i);
+            a1 += FN(vload)(p + i + VL);
+            a2 += FN(vload)(p + i + 2 * VL);
+            a3 += FN(vload)(p + i + 3 * VL);
+        }
+    a0 += a1 + a2 + a3;
+    T sum = 0;
+    for (int j = 0; j < VL; j++) sum += a0[j];
+    return sum;
+}
+
 /* The gate columns of part p: C (n, G*H) (+)= A @ B_p, B_p the part's packed weights.  One
    part (no split) covers all G*H columns in one product; a part of a split covers units
    a..a+w of each gate, packed gate by gate, so it runs one product per gate. */
