@@ -255,7 +255,7 @@ static void FN(mm_cols)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda
 
 /* Read n elements of p reps times with vector loads (n a multiple of 4 vectors): the
    bandwidth probe of the benchmarks, the limit a matrix-vector step meets. */
-static T FN(read)(const T *p, int64_t n, int64_t reps) {
+static __attribute__((unused)) T FN(read)(const T *p, int64_t n, int64_t reps) {
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     for (int64_t r = 0; r < reps; r++)
         for (int64_t i = 0; i + 4 * VL <= n; i += 4 * VL) {
