@@ -78,6 +78,7 @@ struct gemm {
     int64_t ldc;
     const void *Cin;
     int64_t ldcin;
+    int backwards;  /* run the tiles last to first */
 };
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))

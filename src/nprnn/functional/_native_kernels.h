@@ -86,14 +86,20 @@ static inline __attribute__((always_inline)) void FN(row_block)(int mr, const st
     const T *B1 = (const T *)g->B1, *B2 = (const T *)g->B2;
     const int64_t K1 = g->K1, K2 = g->A2 ? g->K2 : 0;
     const int64_t ps1 = g->ps1, ps2 = g->ps2;
-    int64_t j = 0;
-    for (; j + wide <= npan && (j + wide) * NR <= M; j += wide)
-        FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
-                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (int64_t)wide * NR);
-    for (; j < npan; j++) {
-        int64_t cols = M - j * NR < NR ? M - j * NR : NR;
-        FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
-                 C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
+    int64_t nwide = 0;  /* tiles of `wide` panels first, then one panel at a time */
+    while ((nwide + 1) * wide <= npan && (nwide + 1) * wide * NR <= M) nwide++;
+    const int64_t tiles = nwide + npan - nwide * wide;
+    for (int64_t q = 0; q < tiles; q++) {
+        const int64_t t = g->backwards ? tiles - 1 - q : q;
+        if (t < nwide) {
+            const int64_t j = t * wide;
+            FN(tile)(mr, wide, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
+                     C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, (int64_t)wide * NR);
+        } else {
+            const int64_t j = nwide * wide + t - nwide, cols = M - j * NR < NR ? M - j * NR : NR;
+            FN(tile)(mr, 1, K1, A1, g->ars1, g->aks1, B1 + j * ps1, ps1, K2, A2, g->ars2, B2 + j * ps2, ps2,
+                     C + j * NR, g->ldc, Cin ? Cin + j * NR : 0, g->ldcin, cols);
+        }
     }
 }
 
@@ -119,6 +125,13 @@ static void FN(gemm)(const struct gemm *g) {
 static inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc, const T *Cin,
                           int64_t ldcin) {
     struct gemm g = {n, M, K, A, lda, 1, Bp, K * NR, 0, 0, 0, 0, 0, C, ldc, Cin, ldcin};
+    FN(gemm)(&g);
+}
+
+/* mm with the tiles in the opposite order (the same sums: a column's order is its own). */
+static inline void FN(mm_back)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C,
+                               int64_t ldc, const T *Cin, int64_t ldcin) {
+    struct gemm g = {n, M, K, A, lda, 1, Bp, K * NR, 0, 0, 0, 0, 0, C, ldc, Cin, ldcin, 1};
     FN(gemm)(&g);
 }
 
@@ -272,24 +285,41 @@ static __attribute__((unused)) T FN(read)(const T *p, int64_t n, int64_t reps) {
 
 /* The gate columns of part p: C (n, G*H) (+)= A @ B_p, B_p the part's packed weights.  One
    part (no split) covers all G*H columns in one product; a part of a split covers units
-   a..a+w of each gate, packed gate by gate, so it runs one product per gate. */
+   a..a+w of each gate, packed gate by gate, so it runs one product per gate.  With `back`
+   the products and their tiles run in the opposite order: a loop whose weights do not
+   quite fit in the cache reads them forwards at one step and backwards at the next, so
+   that the last ones read are the first ones needed, still in the cache (read in one
+   direction only, each step would find none of them there). */
 static inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, int64_t K, const T *A, int64_t lda,
-                               const T *Bp, T *C, const T *Cin, int64_t ldcin) {
+                               const T *Bp, T *C, const T *Cin, int64_t ldcin, int back) {
     const int64_t GH = s->G * s->H;
-    if (s->parts == 1) {
-        FN(mm_cols)(n, K, GH, A, lda, Bp, C, GH, Cin, ldcin);
+    if (n > MR) {  /* many rows: a panel at a time, each read once */
+        if (s->parts == 1) {
+            FN(mm_cols)(n, K, GH, A, lda, Bp, C, GH, Cin, ldcin);
+            return;
+        }
+        const int64_t a = s->units[p], w = s->units[p + 1] - a;
+        for (int64_t g = 0; g < s->G; g++)
+            FN(mm_cols)(n, K, w, A, lda, Bp + g * K * PAN(w), C + g * s->H + a, GH, Cin ? Cin + g * s->H + a : 0,
+                        ldcin);
         return;
     }
-    const int64_t a = s->units[p], w = s->units[p + 1] - a;
-    for (int64_t g = 0; g < s->G; g++)
-        FN(mm_cols)(n, K, w, A, lda, Bp + g * K * PAN(w), C + g * s->H + a, GH, Cin ? Cin + g * s->H + a : 0, ldcin);
+    const int64_t a = s->parts == 1 ? 0 : s->units[p], w = s->parts == 1 ? GH : s->units[p + 1] - a;
+    const int64_t G = s->parts == 1 ? 1 : s->G;
+    for (int64_t q = 0; q < G; q++) {
+        const int64_t g = back ? G - 1 - q : q, at = g * s->H + a;
+        if (back)
+            FN(mm_back)(n, K, w, A, lda, Bp + g * K * PAN(w), C + at, GH, Cin ? Cin + at : 0, ldcin);
+        else
+            FN(mm)(n, K, w, A, lda, Bp + g * K * PAN(w), C + at, GH, Cin ? Cin + at : 0, ldcin);
+    }
 }
 
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
    then the cell's elementwise work on units a..b, writing the new state's units to hn
    (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
 static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
-                                 T *hn) {
+                                 T *hn, int back) {
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const int64_t a = s->units[p], w = s->units[p + 1] - a;
     const T *whh = (const T *)s->whh + s->whh_at[p];
@@ -303,7 +333,7 @@ static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int
             FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gxs, GH, bias, 0);
             gx = gxs;
         }
-        FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0);  /* h @ W_hh.T */
+        FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
         T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + rr * H;
         const T *bhn = (const T *)s->bhn;
         for (int64_t r = 0; r < n; r++) {
@@ -315,7 +345,7 @@ static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int
         return;
     }
     if (xp)
-        FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH);  /* projected x + h @ W_hh.T */
+        FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
     else  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
         FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hc, P, whh, gates, GH, bias, 0);
     if (s->kind == KIND_LSTM) {
@@ -357,7 +387,7 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
     if (s->xproj)  /* the input projection of every packed row, before the loop */
         for (int64_t p = p0; p < p1; p++)
             FN(part_mm)(s, p, s->rows, Hin, (const T *)s->x, Hin, (const T *)s->wih + s->wih_at[p], (T *)s->xproj,
-                        (const T *)s->bias, 0);
+                        (const T *)s->bias, 0, 0);
     if (hbuf) {  /* both halves start as h_0: a row that joins later (reverse) reads it */
         for (int64_t p = p0; p < p1; p++)
             for (int64_t r = 0; r < N; r++)
@@ -378,7 +408,7 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
                 for (int64_t r = 0; r < n; r++)
                     memcpy((T *)s->hprev + (row + r) * P + hcols[p], hc + r * P + hcols[p],
                            (hcols[p + 1] - hcols[p]) * sizeof(T));
-        for (int64_t p = p0; p < p1; p++) FN(step_part)(s, p, n, row, rr, hc, hn);
+        for (int64_t p = p0; p < p1; p++) FN(step_part)(s, p, n, row, rr, hc, hn, (int)(q & 1));
         if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
             team_barrier(s->team, me, nthr);
             const T *m = s->train ? (const T *)s->m + row * H : (const T *)s->m + rr * H;
