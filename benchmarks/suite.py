@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -47,6 +48,9 @@ class Case:
     dtype: str = "float32"
     lengths: Optional[tuple] = None  # variable-length batch (packed in torch)
     against: tuple = ("torch", "onnxruntime")
+    proj_size: int = 0
+    settings: tuple = ()  # (name, value) pairs of nprnn.config for nprnn's calls
+    idle: float = 0.0  # > 0: time the first call after this many idle seconds, not a block of calls
 
 
 def cases(quick: bool) -> list:
@@ -66,9 +70,12 @@ def cases(quick: bool) -> list:
             Case(f"{kind} float64 training step N=32 L=100 64->128 x2", kind, 32, 100, 64, 128, 2, mode="train",
                  dtype="float64", against=("torch",)),
         ]
+    out.append(Case("LSTM N=32 L=100 64->128 x2, projection before the loop", "LSTM", 32, 100, 64, 128, 2,
+                    settings=(("min_inloop_batch", 1 << 30),)))
     for H in ((128,) if quick else (64, 128, 256)):
         out.append(Case(f"LSTM streaming step N=1 {H}->{H}", "LSTM", 1, 1, H, H, mode="stream",
                         against=("torch", "torch LSTMCell", "onnxruntime")))
+    out += stream_cases(quick)
     out.append(Case("LSTM one step, plain layer call, N=1 128->128", "LSTM", 1, 1, 128, 128, mode="call",
                     against=("torch", "onnxruntime")))
     if not quick:
@@ -77,24 +84,67 @@ def cases(quick: bool) -> list:
     return out
 
 
-def alternating_medians(fns: dict, min_time: float, block: int = 5, min_blocks: int = 3, settle: float = 0.3) -> dict:
-    """Median seconds per call of each function, timed in alternating blocks of ``block``
-    calls.  Before each block the process sleeps ``settle`` seconds, and the block's first
-    call is not counted: thread pools spin for a while after their last job (OpenBLAS's,
-    PyTorch's OpenMP and onnxruntime's for up to about 0.1-0.2 s), and one library's
-    spinning threads would otherwise slow the next one down."""
+def stream_cases(quick: bool) -> list:
+    """One stream, big model: the deployment case (issue 22), N=1 and input size = hidden
+    size, each row with its limit line (weights read per step over the bandwidth)."""
+    ort8 = ("torch", "onnxruntime", "onnxruntime int8")
+    out = [Case(f"LSTM N=1 L=100 {H}->{H}", "LSTM", 1, 100, H, H, against=ort8) for H in (256, 512, 1024)]
+    out += [Case("GRU N=1 L=100 512->512", "GRU", 1, 100, 512, 512, against=ort8),
+            Case("LSTM N=4 L=100 512->512", "LSTM", 4, 100, 512, 512),
+            Case("LSTM N=1 L=100 512->512 x2", "LSTM", 1, 100, 512, 512, 2, against=ort8),
+            Case("LSTMP N=1 L=100 1024->1024 proj 256", "LSTM", 1, 100, 1024, 1024, proj_size=256,
+                 against=("torch",))]
+    for H in ((512,) if quick else (256, 512, 1024)):
+        out.append(Case(f"LSTM streaming step N=1 {H}->{H}", "LSTM", 1, 1, H, H, mode="stream",
+                        against=("torch", "onnxruntime", "onnxruntime int8")))
+    out.append(Case("LSTM N=1 L=100 512->512, first call after 0.5 s idle", "LSTM", 1, 100, 512, 512, idle=0.5,
+                    against=("torch", "onnxruntime")))
+    out.append(Case("LSTM streaming step N=1 512->512, first step after 0.5 s idle", "LSTM", 1, 1, 512, 512,
+                    mode="stream", idle=0.5, against=("torch", "onnxruntime")))
+    return out
+
+
+def alternating_medians(fns: dict, min_time: float, block: int = 5, min_blocks: int = 3, settle: float = 0.15,
+                        block_time: float = 0.1) -> dict:
+    """Median seconds per call of each function, timed in alternating blocks of at least
+    ``block`` calls and ``block_time`` seconds (a steady state: caches warm, pools awake).
+    Before each block the process sleeps ``settle`` seconds, and the block's first call is
+    not counted: thread pools spin for a while after their last job (OpenBLAS's, PyTorch's
+    OpenMP and onnxruntime's for up to about 0.1-0.2 s), and one library's spinning
+    threads would otherwise slow the next one down."""
     times = {k: [] for k in fns}
+    sizes = {}
+    for name, fn in fns.items():  # calls per block, from one call's time
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        sizes[name] = max(block, int(block_time / max(time.perf_counter() - t0, 1e-7)) + 1)
     start = time.perf_counter()
     blocks = 0
     while blocks < min_blocks or time.perf_counter() - start < min_time:
         for name, fn in fns.items():
             time.sleep(settle)
             fn()
-            for _ in range(block):
+            for _ in range(sizes[name]):
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
         blocks += 1
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def first_call_medians(fns: dict, idle: float, repeats: int = 9) -> dict:
+    """Median seconds of the first call after ``idle`` seconds without calls (a server's
+    sporadic requests: pools asleep, caches cold), each engine in turn."""
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(idle)
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -126,16 +176,17 @@ def _build(case: Case, torch):
     import nprnn
 
     dt = np.dtype(case.dtype)
+    kw = {"proj_size": case.proj_size} if case.proj_size else {}
     ours = getattr(nprnn, case.kind)(case.H_in, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
-                                     dtype=dt, seed=0)
+                                     dtype=dt, seed=0, **kw)
     theirs = getattr(torch.nn, case.kind)(case.H_in, case.H, num_layers=case.layers,
-                                          bidirectional=case.bidirectional)
+                                          bidirectional=case.bidirectional, **kw)
     theirs = theirs.double() if case.dtype == "float64" else theirs
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     return ours, theirs
 
 
-def _ort_session(module, threads, with_state):
+def _ort_session(module, threads, with_state, int8=False):
     import onnxruntime as ort
 
     from nprnn.onnx import to_onnx
@@ -143,9 +194,35 @@ def _ort_session(module, threads, with_state):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
     # states, when fed, are required inputs: the leanest graph for onnxruntime
-    return ort.InferenceSession(to_onnx(module, with_state=with_state, optional_state=False).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    model = to_onnx(module, with_state=with_state, optional_state=False).SerializeToString()
+    if int8:  # onnxruntime's dynamic quantization: int8 weights, DynamicQuantizeLSTM
+        import tempfile
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = os.path.join(tmp, "f32.onnx"), os.path.join(tmp, "int8.onnx")
+            with open(src, "wb") as f:
+                f.write(model)
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            with open(dst, "rb") as f:
+                model = f.read()
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _with_settings(case: Case, fn):
+    """``fn`` run under the case's nprnn settings."""
+    if not case.settings:
+        return fn
+    from nprnn.config import override
+
+    def run():
+        with override(**dict(case.settings)):
+            return fn()
+
+    return run
 
 
 def runners(case: Case, torch, threads: int) -> dict:
@@ -165,16 +242,17 @@ def runners(case: Case, torch, threads: int) -> dict:
     gt = torch.from_numpy(g)
     if case.mode == "inference":
         ours.eval()
-        fns["nprnn"] = lambda: ours(x)
+        fns["nprnn"] = _with_settings(case, lambda: ours(x))
 
         def torch_infer():
             with torch.no_grad():
                 theirs(xt)
 
         fns["torch"] = torch_infer
-        if "onnxruntime" in case.against:
-            sess = _ort_session(ours, threads, with_state=False)
-            fns["onnxruntime"] = lambda: sess.run(None, {"input": x})
+        for name in ("onnxruntime", "onnxruntime int8"):
+            if name in case.against:
+                sess = _ort_session(ours, threads, with_state=False, int8=name.endswith("int8"))
+                fns[name] = partial(sess.run, None, {"input": x})
         return fns
     ours.train()
     if case.lengths:
@@ -240,20 +318,23 @@ def _stream_runners(case, ours, theirs, torch, threads, rng):
         with torch.no_grad():
             st["cell"] = cell(x1, st["cell"])
 
-    sess = _ort_session(ours, threads, with_state=True)
-    feeds = {"input": x, "h0": zeros}
-    if lstm:
-        feeds["c0"] = zeros
-
-    def ort_step():
+    def ort_step(sess, feeds):
         res = sess.run(None, feeds)
         feeds["h0"] = res[1]
         if lstm:
             feeds["c0"] = res[2]
 
-    fns = {"nprnn": np_step, "torch": torch_step, "onnxruntime": ort_step}
-    if case.mode == "stream":
-        fns[f"torch {'LSTM' if lstm else 'GRU'}Cell"] = cell_step
+    fns = {"nprnn": np_step, "torch": torch_step}
+    for name in ("onnxruntime", "onnxruntime int8"):
+        if name in case.against:
+            feeds = {"input": x, "h0": zeros}
+            if lstm:
+                feeds["c0"] = zeros
+            fns[name] = partial(ort_step, _ort_session(ours, threads, with_state=True, int8=name.endswith("int8")),
+                                feeds)
+    cell_name = f"torch {'LSTM' if lstm else 'GRU'}Cell"
+    if cell_name in case.against:
+        fns[cell_name] = cell_step
     return fns
 
 
@@ -316,30 +397,56 @@ class Result:
     ratios: dict
     gflops: float
     gemm_fraction: float
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # limit: the limit line of an N=1 row; busy: the machine's load
+
+
+def weight_bytes(case: Case, per_step_projection: bool) -> int:
+    """Bytes of weights one time step reads: every layer's W_hh (and W_hr), and W_ih where
+    the input projection runs step by step (a stream's one-step call)."""
+    G = 4 if case.kind == "LSTM" else 3
+    P = case.proj_size or case.H
+    total = 0
+    for layer in range(case.layers):
+        h_in = case.H_in if layer == 0 else P
+        total += G * case.H * P + (case.H * P if case.proj_size else 0)
+        if per_step_projection:
+            total += G * case.H * h_in
+    return total * np.dtype(case.dtype).itemsize
 
 
 def markdown(results, cold, sizes, meta) -> str:
     others = ["torch", "onnxruntime"]
     lines = [f"Measured by `python -m benchmarks` on {meta['date']}: {meta['machine']}, {meta['threads']} threads "
              "each, medians of alternating blocks; ratio = other's time / nprnn's time (> 1: nprnn is faster).", "",
-             "| case | nprnn | vs PyTorch | vs onnxruntime | nprnn GFLOP/s (share of GEMM peak) |",
-             "|---|---|---|---|---|"]
+             "| case | nprnn | vs PyTorch | vs onnxruntime | nprnn GFLOP/s (share of GEMM peak) "
+             "| per step: measured / limit line |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         ms = r.ms["nprnn"] * 1e3
         t = f"{ms:.3g} ms" if ms >= 1 else f"{ms * 1e3:.3g} µs"
         cols = [f"{r.ratios[o]:.2f}" if o in r.ratios else "—" for o in others]
-        extra = "".join(f"; {k} {v:.2f}" for k, v in r.ratios.items() if k not in others)
-        lines.append(f"| {r.case['name']} | {t} | {cols[0]}{extra} | {cols[1]} | {r.gflops:.1f} "
-                     f"({r.gemm_fraction:.0%}) |")
+        extra = "".join(f"; {k} {v:.2f}" for k, v in r.ratios.items() if k not in others and "int8" not in k)
+        int8 = "".join(f"; int8 {v:.2f}" for k, v in r.ratios.items() if "int8" in k)
+        lim = r.extra.get("limit")
+        limit = (f"{lim['measured_us']:.3g} / {lim['limit_us']:.3g} µs ({lim['level']}, "
+                 f"{lim['bytes'] / 2 ** 20:.3g} MiB) = {lim['measured_us'] / lim['limit_us']:.1f}x" if lim else "—")
+        lines.append(f"| {r.case['name']} | {t} | {cols[0]}{extra} | {cols[1]}{int8} | {r.gflops:.1f} "
+                     f"({r.gemm_fraction:.0%}) | {limit} |")
     if cold:
         n, t = cold["nprnn"], cold["torch"]
         lines.append(f"| cold start: import, LSTM(64,128,2), run once | {n['wall_s'] * 1e3:.0f} ms, "
                      f"{n['peak_rss_mib']:.0f} MiB | {t['wall_s'] / n['wall_s']:.1f}x faster, "
-                     f"{t['peak_rss_mib'] / n['peak_rss_mib']:.1f}x less RSS | — | — |")
+                     f"{t['peak_rss_mib'] / n['peak_rss_mib']:.1f}x less RSS | — | — | — |")
     if sizes:
         lines.append(f"| installed size with dependencies | {sizes['nprnn']:.0f} MiB | "
-                     f"{sizes['torch'] / sizes['nprnn']:.0f}x smaller ({sizes['torch']:.0f} MiB) | — | — |")
+                     f"{sizes['torch'] / sizes['nprnn']:.0f}x smaller ({sizes['torch']:.0f} MiB) | — | — | — |")
+    if meta.get("bandwidth"):
+        bw = meta["bandwidth"]
+        lines.append("")
+        lines.append("Limit lines: weights read per step over the read rate of the level they fit in ("
+                     + ", ".join(f"{k} {v['GBps']:.0f} GB/s" for k, v in bw.items())
+                     + f", {meta['threads']} threads, nprnn's vector-load probe); int8: onnxruntime's dynamically "
+                     "quantized model.")
     return "\n".join(lines) + "\n"
 
 
@@ -351,7 +458,18 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for results.json and results.md")
     ap.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
+    ap.add_argument("--busy-ok", action="store_true", help="measure even when other work keeps the machine busy")
     args = ap.parse_args(argv)
+    from .limits import bandwidths, step_limit, wait_until_quiet
+
+    share = wait_until_quiet(0.1, 20.0)
+    if share > 0.1:
+        msg = (f"the machine is {share:.0%} busy with other work (measured over 0.5 s); figures taken beside other "
+               "work move by up to 2x")
+        if not args.busy_ok:
+            print(f"refusing to measure: {msg}; stop it, or pass --busy-ok", file=sys.stderr)
+            return 2
+        print(f"warning: {msg}", file=sys.stderr)
     min_time = args.min_time if args.min_time is not None else (0.4 if args.quick else 3.0)
     warnings.filterwarnings("ignore")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
@@ -383,21 +501,32 @@ def main(argv=None) -> int:
     rates = {dt: gemm_rate(dt, torch) for dt in ("float32", "float64")}
     meta["gemm_gflops"] = rates
     print(f"large-GEMM rate: float32 {rates['float32']:.0f} GFLOP/s, float64 {rates['float64']:.0f} GFLOP/s")
+    meta["bandwidth"] = bw = bandwidths(args.threads)
+    print("read rate, " + f"{args.threads} threads: "
+          + ", ".join(f"{k} ({v['bytes'] / 2 ** 20:.3g} MiB) {v['GBps']:.0f} GB/s" for k, v in bw.items()))
     results = []
     for case in cases(args.quick):
         if args.only and args.only not in case.name:
             continue
         fns = runners(case, torch, args.threads)
         if onnxruntime is None:
-            fns.pop("onnxruntime", None)
-        med = alternating_medians(fns, min_time)
+            fns = {k: v for k, v in fns.items() if not k.startswith("onnxruntime")}
+        share = wait_until_quiet(0.1, 5.0)
+        med = first_call_medians(fns, case.idle) if case.idle else alternating_medians(fns, min_time)
         ratios = {k: v / med["nprnn"] for k, v in med.items() if k != "nprnn"}
         gf = flops(case) / med["nprnn"] / 1e9
-        r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype])
+        r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype], {"busy_before": share})
+        if case.N == 1 and not case.idle:
+            lim = step_limit(weight_bytes(case, case.mode == "stream"), args.threads, bw)
+            r.extra["limit"] = {"level": lim["level"], "bytes": lim["bytes"], "limit_us": lim["seconds"] * 1e6,
+                                "measured_us": med["nprnn"] / case.L * 1e6}
         results.append(r)
+        lim = r.extra.get("limit")
         print(f"{case.name:52s} nprnn {med['nprnn'] * 1e3:9.3f} ms  "
               + "  ".join(f"{k} {v * 1e3:.3f} ms ({ratios[k]:.2f}x)" for k, v in med.items() if k != "nprnn")
-              + (f"  {gf:.1f} GFLOP/s = {r.gemm_fraction:.0%} of GEMM" if gf else ""), flush=True)
+              + (f"  {gf:.1f} GFLOP/s = {r.gemm_fraction:.0%} of GEMM" if gf else "")
+              + (f"  step {lim['measured_us']:.3g} us, limit {lim['limit_us']:.3g} us ({lim['level']})" if lim else "")
+              + (f"  [machine {share:.0%} busy before]" if share > 0.1 else ""), flush=True)
     cold = sizes = None
     if not args.only:
         cold = cold_start(3 if args.quick else 7)
