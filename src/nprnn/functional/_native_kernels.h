@@ -408,6 +408,8 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
                 for (int64_t r = 0; r < n; r++)
                     memcpy((T *)s->hprev + (row + r) * P + hcols[p], hc + r * P + hcols[p],
                            (hcols[p + 1] - hcols[p]) * sizeof(T));
+        if (hbuf)  /* the other threads wrote this state: fetch all its lines at once, not one per wait */
+            for (int64_t i = 0; i < n * P; i += 64 / (int64_t)sizeof(T)) __builtin_prefetch(hc + i);
         for (int64_t p = p0; p < p1; p++) FN(step_part)(s, p, n, row, rr, hc, hn, (int)(q & 1));
         if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
             team_barrier(s->team, me, nthr);

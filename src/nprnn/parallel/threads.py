@@ -420,7 +420,7 @@ def run_parts(parts) -> None:
 # helpers spin settings.spin_us, then sleep).  The team's helpers
 # are daemon threads that wait inside Team.serve between calls, so a call hands no work to
 # a Python thread.  One team a process (made again after a fork, whose child has no helpers).
-_team: dict[str, Any] = {"team": None, "pid": None, "threads": []}
+_team: dict[str, Any] = {"team": None, "key": None, "threads": []}
 
 
 def unit_parts(N: int, H: int, step_work: int) -> int:
@@ -441,22 +441,21 @@ def team(parts: int) -> Any:
     n = get_num_threads()
     if compiled is None or n < 2 or parts < 2:
         return None
+    key = (n, settings.spin_us, settings.step_spin_us, os.getpid())
+    if _team["key"] == key:
+        return _team["team"]
     with _workers_lock:
         current = _team["team"]
-        want = {"threads": n, "spin": settings.spin_us * 1000, "step_spin": settings.step_spin_us * 1000}
-        if current is not None and _team["pid"] == os.getpid() and all(
-                current.stats()[k] == v for k, v in want.items()):
-            return current
-        if current is not None and _team["pid"] == os.getpid():
+        if current is not None and _team["key"][3] == key[3]:  # not a fork's copy: its helpers exist
             current.close()
-        new = compiled.Team(n, want["spin"], want["step_spin"])
+        new = compiled.Team(n, settings.spin_us * 1000, settings.step_spin_us * 1000)
         helpers = [threading.Thread(target=new.serve, args=(i,), name=f"nprnn-team-{i}", daemon=True)
                    for i in range(1, n)]
         for t in helpers:
             t.start()
         while new.ready() < n - 1:  # a job posted before a helper is in serve() would wait for it
             threading.Event().wait(0.0002)
-        _team.update(team=new, pid=os.getpid(), threads=helpers)
+        _team.update(team=new, key=key, threads=helpers)
         return new
 
 
