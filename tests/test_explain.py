@@ -63,7 +63,7 @@ def test_json_schema_is_stable(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["schema"] == SCHEMA_VERSION == 1
     assert list(info) == ["schema", "layer", "config", "parameters", "total_parameters", "shapes", "equations",
-                          "identities"]
+                          "identities", "execution"]  # execution: added later, as a key at the end
     assert set(info["parameters"][0]) == {"name", "shape", "count", "description"}
     assert set(info["shapes"]) == {"input", "h_0", "output", "h_n"}
     assert set(info["shapes"]["input"]) == {"shape", "dims"}
@@ -132,3 +132,26 @@ def test_collect_states_match_the_layer():
     o = st[(0, 0)]["o"]
     np.testing.assert_allclose(st[(0, 0)]["h"], o * np.tanh(st[(0, 0)]["c"]), rtol=1e-5, atol=1e-6)
     assert set(st[(0, 0)]) == {"h", "c", "i", "f", "g", "o"}
+
+
+def test_explain_says_how_each_layer_runs(config):
+    """The compiled tier's plan for the batch and length asked about: the hidden units split
+    over the threads for one sequence, the batch split for a large batch, one thread, or
+    the NumPy tier."""
+    from nprnn.functional import native
+    from nprnn.teach.explain import execution
+
+    m = nprnn.LSTM(64, 64, num_layers=2)
+    config(backend="numpy")
+    assert execution(m, 1, 100)[0].startswith("NumPy tier")
+    if native._native is None:
+        return
+    config(backend="native", num_threads=2, max_unit_split_batch=8, min_unit_split_work=0)
+    lines = execution(m, 1, 100)
+    assert len(lines) == 2 and all("hidden units split into 2 parts" in line for line in lines)
+    assert "input projection before the loop" in lines[0]
+    config(min_split_work=0, max_unit_split_batch=0, min_inloop_batch=16)
+    assert "batch split into" in execution(m, 32, 100)[0]
+    assert "inside the loop" in execution(m, 32, 100)[0]
+    config(num_threads=1)
+    assert "on one thread" in execution(m, 1, 100)[0]

@@ -165,6 +165,33 @@ def identities(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False
     return res
 
 
+def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list:
+    """How each layer-direction of ``module`` runs a batch of ``batch`` sequences of
+    ``seq_len`` steps on this machine now: the tier, and on the compiled tier the split
+    (``nprnn.functional.native.plan``) and where the input projection runs."""
+    from ..functional import native
+    from ..parallel.threads import THREADED, threads_here
+
+    if not native.supports(module.kind, module.dtype):
+        return [f"NumPy tier ({native.backend()} backend): one product for every step's input projection, then "
+                "one step at a time"]
+    sizes, offsets = native._layout([batch] * seq_len)
+    lines = []
+    D = module.num_directions
+    for layer in range(module.num_layers):
+        how = native.plan_params(module.kind, module._params()[layer * D], sizes, offsets, THREADED)
+        if how.parts > 1:
+            split = (f"its hidden units split into {how.parts} parts (every gate of a part's units, their rows of "
+                     f"the weights) over {min(how.parts, threads_here())} threads that meet at every step")
+        elif len(how.ranges) > 1:
+            split = f"its batch split into {len(how.ranges)} ranges of rows, each its own loop on a free thread"
+        else:
+            split = "on one thread"
+        where = "before the loop, one product for every step" if how.project_first else "inside the loop, step by step"
+        lines.append(f"layer {layer}: compiled loop ({native.isa()}), {split}; the input projection {where}")
+    return lines
+
+
 def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0) -> dict:
     """Parameters, shapes, equations and checked identities of ``module`` (see module doc)."""
     kind = _kind(module)
@@ -180,7 +207,8 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
     return {"schema": SCHEMA_VERSION, "layer": kind, "config": config, "parameters": params,
             "total_parameters": sum(int(p["count"]) for p in params),  # type: ignore[call-overload]
             "shapes": shapes(module, batch, seq_len, unbatched),
-            "equations": equations(module), "identities": identities(module, batch, seq_len, unbatched, seed)}
+            "equations": equations(module), "identities": identities(module, batch, seq_len, unbatched, seed),
+            "execution": execution(module, 1 if unbatched else batch, seq_len)}
 
 
 def format_text(info: dict) -> str:
@@ -201,6 +229,8 @@ def format_text(info: dict) -> str:
         verdict = "OK  " if c["observed"] == c["expected"] else "FAIL"
         holds = "holds" if c["observed"] else "does not hold"
         lines.append(f"  {verdict} {c['claim']}: {holds} — {c['why']}")
+    if info.get("execution"):
+        lines += ["", "How it runs here (this batch and length, these threads):"] + [f"  {e}" for e in info["execution"]]
     return "\n".join(lines)
 
 
