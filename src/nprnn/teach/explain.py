@@ -230,7 +230,8 @@ def format_text(info: dict) -> str:
         holds = "holds" if c["observed"] else "does not hold"
         lines.append(f"  {verdict} {c['claim']}: {holds} — {c['why']}")
     if info.get("execution"):
-        lines += ["", "How it runs here (this batch and length, these threads):"] + [f"  {e}" for e in info["execution"]]
+        lines += ["", "How it runs here (this batch and length, these threads):"]
+        lines += [f"  {e}" for e in info["execution"]]
     return "\n".join(lines)
 
 
