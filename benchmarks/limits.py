@@ -5,7 +5,8 @@ quiet enough to measure on.
   vector loads, nprnn's compiled probe ``_native.read_seconds``) of a buffer sized to fit
   the threads' L2 caches, one sized for L3 and one for DRAM.
 * :func:`step_limit`: for a one-sequence (N=1) row, the bytes of weights a time step reads
-  over the bandwidth of the level they fit in: no matrix-vector step can be faster.
+  over the bandwidth of the levels they fit in (what a core's L2 holds from L2, the rest
+  from L3 or DRAM): no matrix-vector step can be faster.
 * :func:`busy`: the share of the machine other processes used over a short look; figures
   taken beside other work moved by up to 2x.
 """
@@ -81,12 +82,18 @@ def bandwidths(threads: int) -> dict:
 
 
 def step_limit(weight_bytes: int, threads: int, rates: dict) -> dict:
-    """The fastest a matrix-vector step reading ``weight_bytes`` of weights can be: at the
-    rate of the level where each thread's share fits (L2 per core, or L3, or DRAM)."""
+    """The fastest a matrix-vector step reading ``weight_bytes`` of weights can be, each
+    thread reading its share: from L2 as much of the share as 90% of a core's L2 holds (a
+    loop can keep that much there from step to step), the rest from L3 (or DRAM past half
+    the L3), each at its measured rate.  ``level`` names where most of the bytes come from."""
     c = caches()
     share = weight_bytes / threads
-    level = "L2" if share <= 0.9 * c["l2"] else "L3" if weight_bytes <= 0.5 * c["l3"] else "DRAM"
-    return {"level": level, "bytes": weight_bytes, "seconds": weight_bytes / (rates[level]["GBps"] * 1e9)}
+    in_l2 = min(share, 0.9 * c["l2"]) * threads
+    rest = weight_bytes - in_l2
+    far = "L3" if weight_bytes <= 0.5 * c["l3"] else "DRAM"
+    seconds = in_l2 / (rates["L2"]["GBps"] * 1e9) + rest / (rates[far]["GBps"] * 1e9)
+    level = "L2" if rest == 0 else far if rest > in_l2 else f"L2+{far}"
+    return {"level": level, "bytes": weight_bytes, "seconds": seconds}
 
 
 def busy(seconds: float = 0.5) -> float:

@@ -51,6 +51,7 @@ static void team_barrier(struct team *t, int me, int nthr);
 struct scan {
     int kind, train, reverse, accumulate, back;
     int64_t G, H, P, Hin, steps, N, rows, r0, r1, ldout, parts;
+    int64_t phase;  /* calls made before on this description (a _native.Call's steps alternate directions) */
     const int64_t *batch_sizes, *offsets;
     const void *x, *wih, *whh, *bias, *bhn, *whr;  /* backward: wih, whh, whr packed untransposed */
     void *out, *h, *c, *hbuf, *xproj;
@@ -570,6 +571,7 @@ static PyObject *call_call(CallObject *self, PyObject *args, PyObject *kwds) {
     Py_BEGIN_ALLOW_THREADS
     run_job(self->s.team, &self->s, self->fn);
     Py_END_ALLOW_THREADS
+    self->s.phase++;
     Py_RETURN_NONE;
 }
 

@@ -319,13 +319,21 @@ static inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, int64
    then the cell's elementwise work on units a..b, writing the new state's units to hn
    (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
 static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
-                                 T *hn, int back) {
+                                 T *hn, int back, int late) {
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const int64_t a = s->units[p], w = s->units[p + 1] - a;
     const T *whh = (const T *)s->whh + s->whh_at[p];
     const T *x = (const T *)s->x + row * Hin, *bias = (const T *)s->bias;
     T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
     const T *xp = s->xproj ? (const T *)s->xproj + row * GH : 0;
+    if (late) {  /* h @ W_hh.T, then the projection, both backwards; added as the tile adds it */
+        FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, 1);
+        FN(part_mm)(s, p, n, Hin, x, Hin, (const T *)s->wih + s->wih_at[p], (T *)xp, bias, 0, 1);
+        if (s->kind != KIND_GRU)
+            for (int64_t r = 0; r < n; r++)
+                for (int64_t g = 0; g < s->G; g++)
+                    for (int64_t j = 0; j < w; j++) gates[r * GH + g * H + a + j] += xp[r * GH + g * H + a + j];
+    }
     if (s->kind == KIND_GRU) {
         const T *gx = xp;
         if (!gx) {  /* in the loop: x @ W_ih.T + b for this step's rows */
@@ -333,7 +341,7 @@ static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int
             FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gxs, GH, bias, 0);
             gx = gxs;
         }
-        FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
+        if (!late) FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
         T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + rr * H;
         const T *bhn = (const T *)s->bhn;
         for (int64_t r = 0; r < n; r++) {
@@ -344,7 +352,9 @@ static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int
         }
         return;
     }
-    if (xp)
+    if (late)
+        ;
+    else if (xp)
         FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
     else  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
         FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hc, P, whh, gates, GH, bias, 0);
@@ -384,7 +394,12 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
     T *h = (T *)s->h, *hbuf = (T *)s->hbuf;
     /* the state columns part p writes: its units, or with a projection its share of P */
     const int64_t *hcols = s->whr ? s->pcols : s->units;
-    if (s->xproj)  /* the input projection of every packed row, before the loop */
+    /* A one-step call (a stream's step) reads W_ih and W_hh, more than the cache holds when
+       they are large: every other call reads them backwards, W_hh first (the last weights
+       the call before read, still in the cache), the projection after it; the sum the tile
+       makes of the two is the same either way (x @ W_ih.T + b, then + h @ W_hh.T). */
+    const int late = s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1);
+    if (s->xproj && !late)  /* the input projection of every packed row, before the loop */
         for (int64_t p = p0; p < p1; p++)
             FN(part_mm)(s, p, s->rows, Hin, (const T *)s->x, Hin, (const T *)s->wih + s->wih_at[p], (T *)s->xproj,
                         (const T *)s->bias, 0, 0);
@@ -410,7 +425,7 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
                            (hcols[p + 1] - hcols[p]) * sizeof(T));
         if (hbuf)  /* the other threads wrote this state: fetch all its lines at once, not one per wait */
             for (int64_t i = 0; i < n * P; i += 64 / (int64_t)sizeof(T)) __builtin_prefetch(hc + i);
-        for (int64_t p = p0; p < p1; p++) FN(step_part)(s, p, n, row, rr, hc, hn, (int)(q & 1));
+        for (int64_t p = p0; p < p1; p++) FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late);
         if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
             team_barrier(s->team, me, nthr);
             const T *m = s->train ? (const T *)s->m + row * H : (const T *)s->m + rr * H;
