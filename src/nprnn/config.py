@@ -38,10 +38,11 @@ class Settings:
     # compiled tier: from this batch up, the input projection runs inside the loop, step by
     # step (its W_ih read once a step serves enough rows); below, one product before it
     min_inloop_batch: int = 16
-    # microseconds a team's helper waiting for the next call spins before it sleeps, and a
+    # microseconds a team's helper waiting for the next call spins before it sleeps (200: it
+    # stays awake across the Python code between back-to-back calls), and a
     # thread waiting for the others inside a loop (they come within a step; a woken thread
     # can take 100 us to run on a virtual machine, and then comes late to the next step)
-    spin_us: int = 50
+    spin_us: int = 200
     step_spin_us: int = 1000
 
 
