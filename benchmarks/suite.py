@@ -543,14 +543,20 @@ def main(argv=None) -> int:
         f.write(table)
     print("\n" + table)
     if args.readme:
+        one_stream = {c.name for c in stream_cases(False)}
+        stream_table = markdown([r for r in results if r.case["name"] in one_stream], None, None, meta)
         readme = os.path.join(HERE, os.pardir, "README.md")
         text = open(readme).read()
-        start, end = "<!-- speed-table -->", "<!-- /speed-table -->"
-        if start not in text or end not in text:
-            print(f"README.md has no {start} ... {end} markers; table not written", file=sys.stderr)
-            return 1
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        with open(readme, "w") as f:
-            f.write(head + start + "\n" + table + end + tail)
+        for marker, content in (("speed-table", table), ("stream-speed-table", stream_table)):
+            start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+            if start not in text or end not in text:
+                print(f"README.md has no {start} ... {end} markers; table not written", file=sys.stderr)
+                return 1
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            text = head + start + "\n" + content + end + tail
+        tmp = readme + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, readme)
     return 0

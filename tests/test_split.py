@@ -10,6 +10,7 @@ hidden units split across threads that meet every step (``_native.Team``).
 * a loop whose team is busy runs alone, with the same result, and says so in the team's
   counts; a kernel given a bad split refuses it.
 """
+import os
 import threading
 
 import numpy as np
@@ -200,7 +201,6 @@ def test_the_kernel_refuses_a_bad_split(config):
 
 def test_helpers_sleep_when_idle(config):
     """A team's helpers spin briefly after a call, then sleep: an idle process uses no CPU."""
-    import os
     import time
 
     rng = np.random.default_rng(0)
@@ -212,4 +212,17 @@ def test_helpers_sleep_when_idle(config):
     time.sleep(0.3)
     used = (time.process_time() - c0) / (time.perf_counter() - t0)
     assert used < 0.05, f"the idle process used {used:.0%} of a core"
-    assert os.cpu_count()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no affinity on this system")
+def test_the_callers_affinity_is_given_back(config):
+    """While a job runs on the team the caller holds to its processor (so that the
+    scheduler cannot put it beside its helper); afterwards its affinity is what it was."""
+    rng = np.random.default_rng(0)
+    m = nprnn.LSTM(16, 64, seed=0).eval()
+    team = _split_everything(config, 2)
+    before = os.sched_getaffinity(0)
+    runs = team.stats()["runs"]
+    m(rng.standard_normal((5, 1, 16)).astype(np.float32))
+    assert team.stats()["runs"] == runs + 1
+    assert os.sched_getaffinity(0) == before

@@ -8,6 +8,9 @@
  * The kernels are written once (_native_kernels.h) and compiled for float and double, each
  * for AVX-512, AVX2+FMA and the baseline; the best the CPU supports is chosen at import.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE  /* sched_getcpu, sched_setaffinity: a helper woken onto its caller's core moves off */
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
@@ -159,10 +162,11 @@ typedef struct team {
     int64_t spin, step_spin;  /* ns a thread waiting for a job, for a step, spins before it sleeps */
     atomic_int arrived, ready, stop, busy;
     atomic_uint gen, job_gen;
-    atomic_llong runs, alone;  /* jobs run on the team; jobs run alone because it was busy */
+    atomic_llong runs, alone, moves;  /* jobs run on the team; alone, because it was busy; helper moves */
     const struct scan *job;
     scan_fn fn;
     int job_threads;
+    atomic_int caller_cpu;  /* the processor the caller posted the job from (-1: unknown) */
     atomic_int sleeping[MAX_THREADS];
     PyThread_type_lock sem[MAX_THREADS];
 } TeamObject;
@@ -227,6 +231,60 @@ static void wake(struct team *t) {
         if (atomic_exchange(&t->sleeping[i], 0)) PyThread_release_lock(t->sem[i]);
 }
 
+/* The scheduler may wake a sleeping helper on its waker's processor (it expects them to
+   share data), or later move the caller onto its helper's, where the two then take turns
+   while another processor idles: the loop runs at one core's speed until the balancer
+   separates them, which can take many calls.  So while a job runs on the team, each
+   thread stays on its own processor: the caller holds to the one it is on (its own
+   affinity is given back when the job ends), and a helper leaves the caller's out of its
+   affinity (the kernel moves it at once if it is there), for as long as the caller is
+   there.  Linux only; elsewhere the scheduler decides. */
+#ifdef __linux__
+typedef cpu_set_t cpus_t;
+#else
+typedef int cpus_t;
+#endif
+
+static int hold_cpu(cpus_t *saved) {  /* the caller: stay here; returns the processor, or -1 */
+#ifdef __linux__
+    int cpu = sched_getcpu();
+    cpu_set_t here;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof *saved, saved)) return -1;
+    CPU_ZERO(&here);
+    CPU_SET(cpu, &here);
+    return sched_setaffinity(0, sizeof here, &here) ? -1 : cpu;
+#else
+    (void)saved;
+    return -1;
+#endif
+}
+
+static void release_cpu(int cpu, const cpus_t *saved) {
+#ifdef __linux__
+    if (cpu >= 0) sched_setaffinity(0, sizeof *saved, saved);
+#else
+    (void)cpu;
+    (void)saved;
+#endif
+}
+
+static int avoid_cpu(int cpu, int avoided) {  /* a helper: keep off the caller's processor */
+#ifdef __linux__
+    if (cpu == avoided) return avoided;
+    cpu_set_t mask;
+    if (sched_getaffinity(0, sizeof mask, &mask)) return avoided;
+    if (avoided >= 0 && avoided < CPU_SETSIZE) CPU_SET(avoided, &mask);  /* free again */
+    if (cpu >= 0 && cpu < CPU_SETSIZE) {
+        CPU_CLR(cpu, &mask);
+        if (!CPU_COUNT(&mask)) return avoided;
+    }
+    return sched_setaffinity(0, sizeof mask, &mask) ? avoided : cpu;
+#else
+    (void)avoided;
+    return cpu;
+#endif
+}
+
 static void team_barrier(struct team *t, int me, int nthr) {
     if (nthr < 2) return;
     unsigned g = atomic_load(&t->gen);
@@ -245,13 +303,17 @@ static void run_job(struct team *t, const struct scan *s, scan_fn fn) {
     if (t && s->parts > 1 && atomic_exchange(&t->busy, 1) == 0) {
         int nthr = t->n < s->parts ? t->n : (int)s->parts;
         atomic_fetch_add(&t->runs, 1);
+        cpus_t saved;
+        int cpu = hold_cpu(&saved);
         t->job = s;
         t->fn = fn;
         t->job_threads = nthr;
+        atomic_store(&t->caller_cpu, cpu);
         atomic_fetch_add(&t->job_gen, 1);
         wake(t);
         fn(s, 0, nthr);
         team_barrier(t, 0, nthr);
+        release_cpu(cpu, &saved);
         atomic_store(&t->busy, 0);
         return;
     }
@@ -611,6 +673,8 @@ static PyObject *team_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     atomic_init(&t->job_gen, 0);
     atomic_init(&t->runs, 0);
     atomic_init(&t->alone, 0);
+    atomic_init(&t->moves, 0);
+    atomic_init(&t->caller_cpu, -1);
     for (int i = 0; i < t->n; i++) {
         atomic_init(&t->sleeping[i], 0);
         t->sem[i] = PyThread_allocate_lock();
@@ -636,6 +700,7 @@ static PyObject *team_serve(TeamObject *t, PyObject *arg) {
     }
     Py_BEGIN_ALLOW_THREADS
     unsigned seen = atomic_load(&t->job_gen);
+    int avoided = -1;  /* the processor this helper keeps off (its caller's) */
     atomic_fetch_add(&t->ready, 1);
     for (;;) {
         waitgen(t, &t->job_gen, seen, (int)me, t->spin);
@@ -643,6 +708,11 @@ static PyObject *team_serve(TeamObject *t, PyObject *arg) {
         if (atomic_load(&t->stop)) break;
         int nthr = t->job_threads;
         if (me < nthr) {
+            int caller = atomic_load(&t->caller_cpu);
+            if (caller != avoided) {
+                avoided = avoid_cpu(caller, avoided);
+                atomic_fetch_add(&t->moves, 1);
+            }
             t->fn(t->job, (int)me, nthr);
             team_barrier(t, (int)me, nthr);
         }
@@ -667,9 +737,9 @@ static PyObject *team_ready(TeamObject *t, PyObject *noargs) {
 
 static PyObject *team_stats(TeamObject *t, PyObject *noargs) {
     (void)noargs;
-    return Py_BuildValue("{s:i,s:L,s:L,s:L,s:L}", "threads", t->n, "spin", (long long)t->spin, "step_spin",
-                         (long long)t->step_spin, "runs",
-                         (long long)atomic_load(&t->runs), "alone", (long long)atomic_load(&t->alone));
+    return Py_BuildValue("{s:i,s:L,s:L,s:L,s:L,s:L}", "threads", t->n, "spin", (long long)t->spin, "step_spin",
+                         (long long)t->step_spin, "runs", (long long)atomic_load(&t->runs), "alone",
+                         (long long)atomic_load(&t->alone), "moves", (long long)atomic_load(&t->moves));
 }
 
 static PyMethodDef team_methods[] = {
