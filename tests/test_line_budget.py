@@ -1,7 +1,8 @@
 """The core stays small: its code lines (no blanks, comments or docstrings) stay at or below
 a budget: 1699 when the compiled tier landed (80773d4), raised to 1760 for the compiled
 tier's small-batch plan (hidden units split across threads, the projection before the
-loop: 1739 lines then).  The core is the kernels and the layers; the reference steps
+loop: 1739 lines then) and to 1780 when row ranges and weight gradients went to the same
+team of threads (1768).  The core is the kernels and the layers; the reference steps
 (the oracle and teaching text) are counted apart."""
 import ast
 import io
@@ -10,7 +11,7 @@ import tokenize
 
 import nprnn
 
-BUDGET = 1760
+BUDGET = 1780
 CORE = ["functional/__init__.py", "functional/cells.py", "functional/scan.py", "functional/stack.py",
         "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py", "nn/cells.py",
         "nn/module.py"]

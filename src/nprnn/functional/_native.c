@@ -39,6 +39,8 @@ enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3 };
 
 struct team;
 static void team_barrier(struct team *t, int me, int nthr);
+/* A job a team runs: thread `me` of `nthr` calls fn(ctx, me, nthr). */
+typedef void (*job_fn)(void *ctx, int me, int nthr);
 
 #define MAX_PARTS 64
 /* Everything one call needs: the described loop, filled from a dict by parse_scan (see
@@ -51,8 +53,11 @@ static void team_barrier(struct team *t, int me, int nthr);
    (wih_at, whh_at, whr_at: where each starts, in elements), so that a thread reads only
    its own.  With xproj the input projection of every row runs before the loop, into
    xproj (rows, G*H); without it, inside the loop, step by step. */
+struct scan;
+typedef void (*scan_fn)(const struct scan *, int, int);
 struct scan {
     int kind, train, reverse, accumulate, back;
+    scan_fn kernel;  /* the loop: forward or backward, for this dtype and instruction set */
     int64_t G, H, P, Hin, steps, N, rows, r0, r1, ldout, parts;
     int64_t phase;  /* calls made before on this description (a _native.Call's steps alternate directions) */
     const int64_t *batch_sizes, *offsets;
@@ -61,6 +66,8 @@ struct scan {
     void *gates, *hprev, *cprev, *tc, *m, *ghn, *gxs;  /* the tape (training) or per-row work */
     void *dx, *dgx, *dgh, *dproj, *scratch;           /* backward */
     int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
+    int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */
+    int64_t ranges[MAX_PARTS + 1];    /* their bounds */
     int64_t wih_at[MAX_PARTS], whh_at[MAX_PARTS], whr_at[MAX_PARTS];
     struct team *team;  /* the threads that share the parts (NULL: this thread alone) */
 };
@@ -111,7 +118,6 @@ struct gemm {
 #undef EXP
 #undef TANH
 
-typedef void (*scan_fn)(const struct scan *, int, int);
 struct isa {
     const char *name;
     int vector_bytes;
@@ -163,8 +169,8 @@ typedef struct team {
     atomic_int arrived, ready, stop, busy;
     atomic_uint gen, job_gen;
     atomic_llong runs, alone, moves;  /* jobs run on the team; alone, because it was busy; helper moves */
-    const struct scan *job;
-    scan_fn fn;
+    void *job;
+    job_fn fn;
     int job_threads;
     atomic_int caller_cpu;  /* the processor the caller posted the job from (-1: unknown) */
     atomic_int sleeping[MAX_THREADS];
@@ -297,28 +303,63 @@ static void team_barrier(struct team *t, int me, int nthr) {
     }
 }
 
-/* Run the loop s: on the team when its parts can be shared and the team is free, else
-   on this thread alone (every part in turn: the same arithmetic, so the same result). */
-static void run_job(struct team *t, const struct scan *s, scan_fn fn) {
-    if (t && s->parts > 1 && atomic_exchange(&t->busy, 1) == 0) {
-        int nthr = t->n < s->parts ? t->n : (int)s->parts;
+/* Run fn(ctx, me, nthr) on `want` threads of the team t when there is a team, it is free
+   and want > 1; else fn(ctx, 0, 1) on this thread alone, which must do the same work (a
+   job's parts are fixed by its description, not by the threads that run them). */
+static void run_job(struct team *t, int64_t want, job_fn fn, void *ctx) {
+    if (t && want > 1 && atomic_exchange(&t->busy, 1) == 0) {
+        int nthr = t->n < want ? t->n : (int)want;
         atomic_fetch_add(&t->runs, 1);
         cpus_t saved;
         int cpu = hold_cpu(&saved);
-        t->job = s;
+        t->job = ctx;
         t->fn = fn;
         t->job_threads = nthr;
         atomic_store(&t->caller_cpu, cpu);
         atomic_fetch_add(&t->job_gen, 1);
         wake(t);
-        fn(s, 0, nthr);
+        fn(ctx, 0, nthr);
         team_barrier(t, 0, nthr);
         release_cpu(cpu, &saved);
         atomic_store(&t->busy, 0);
         return;
     }
-    if (t && s->parts > 1) atomic_fetch_add(&t->alone, 1);
-    fn(s, 0, 1);
+    if (t && want > 1) atomic_fetch_add(&t->alone, 1);
+    fn(ctx, 0, 1);
+}
+
+/* A loop split into parts (hidden units): each thread runs its share of every step. */
+static void parts_job(void *ctx, int me, int nthr) {
+    const struct scan *s = ctx;
+    s->kernel(s, me, nthr);
+}
+
+/* A loop split into row ranges: each is a whole loop of its own; the threads take the
+   next range as they come free. */
+struct ranges_ctx {
+    const struct scan *s;
+    atomic_llong next;
+};
+
+static void ranges_job(void *ctx, int me, int nthr) {
+    (void)me;
+    (void)nthr;
+    struct ranges_ctx *c = ctx;
+    for (int64_t i; (i = atomic_fetch_add(&c->next, 1)) < c->s->nranges;) {
+        struct scan one = *c->s;
+        one.r0 = one.ranges[i];
+        one.r1 = one.ranges[i + 1];
+        one.kernel(&one, 0, 1);
+    }
+}
+
+static void run_scan(struct scan *s) {
+    if (s->nranges > 1) {
+        struct ranges_ctx c = {s, 0};
+        run_job(s->team, s->nranges, ranges_job, &c);
+    } else {
+        run_job(s->team, s->parts, parts_job, s);
+    }
 }
 
 /* ------------------------------------------------------------------ buffers */
@@ -415,7 +456,7 @@ static int64_t gate_block(const struct scan *s, int64_t p, int64_t K, Py_ssize_t
    check in parse_scan, and the key in nprnn.functional.native.call_args. */
 static const char *const KEYS[] = {
     "back", "kind", "train", "reverse", "accumulate", "r0", "r1", "H", "P", "Hin", "parts", "units", "pcols",
-    "itemsize", "batch_sizes", "offsets", "x", "out", "h", "c", "hbuf", "xproj", "wih", "whh", "bias", "bhn", "whr",
+    "itemsize", "ranges", "batch_sizes", "offsets", "x", "out", "h", "c", "hbuf", "xproj", "wih", "whh", "bias", "bhn", "whr",
     "gates", "hprev", "cprev", "tc", "m", "ghn", "gxs", "dx", "dgx", "dgh", "dproj", "scratch", "team", NULL};
 
 static PyTypeObject TeamType;
@@ -507,7 +548,24 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         PyErr_SetString(PyExc_ValueError, "_native.scan: H_out must equal H without a projection");
         goto fail;
     }
-    if (bounds(&b, ITEM("units"), "units", s.parts, H, s.units) < 0 ||
+    PyObject *ranges = ITEM("ranges");
+    s.nranges = 1;
+    if (ranges && ranges != Py_None) {
+        Py_buffer *v = &b.v[b.n];
+        if (PyObject_GetBuffer(ranges, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto fail;
+        b.n++;
+        s.nranges = (int64_t)(v->len / 8) - 1;
+        if (v->itemsize != 8 || s.nranges < 1 || s.nranges > MAX_PARTS) {
+            PyErr_Format(PyExc_ValueError, "_native.scan: ranges must be 2 to %d int64 bounds", MAX_PARTS + 1);
+            goto fail;
+        }
+        if (s.r0 != 0 || s.r1 != N || s.parts != 1) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: ranges split a whole batch of one part");
+            goto fail;
+        }
+    }
+    if (bounds(&b, ranges, "ranges", s.nranges, N, s.ranges) < 0 ||
+        bounds(&b, ITEM("units"), "units", s.parts, H, s.units) < 0 ||
         bounds(&b, ITEM("pcols"), "pcols", s.parts, proj ? P : H, s.pcols) < 0)
         goto fail;
     int64_t wih_n = 0, whh_n = 0, whr_n = 0;
@@ -531,7 +589,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         if (PyErr_Occurred()) goto fail;
         s.gxs = get(&b, ITEM("gxs"), "gxs", 1, isz, N * GH, !gru || s.xproj, 0, NULL);
         if (PyErr_Occurred()) goto fail;
-        if ((s.xproj || s.parts > 1) && (s.r0 != 0 || s.r1 != N)) {
+        if ((s.xproj || s.parts > 1) && (s.r0 != 0 || s.r1 != N || s.nranges > 1)) {
             PyErr_SetString(PyExc_ValueError, "_native.scan: xproj and parts are for a whole batch, not a row range");
             goto fail;
         }
@@ -562,7 +620,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         if (PyErr_Occurred()) goto fail;
     }
 #undef ITEM
-    fn = back ? isa->backward[isz == 8] : isa->forward[isz == 8];
+    fn = s.kernel = back ? isa->backward[isz == 8] : isa->forward[isz == 8];
     *team = t == Py_None ? NULL : t;
     *sp = s;
     *bp = b;
@@ -582,7 +640,7 @@ static PyObject *py_scan(PyObject *self, PyObject *spec) {
     Py_XINCREF(team);
     s.team = (struct team *)team;
     Py_BEGIN_ALLOW_THREADS
-    run_job(s.team, &s, fn);
+    run_scan(&s);
     Py_END_ALLOW_THREADS
     Py_XDECREF(team);
     release(&b);
@@ -631,7 +689,7 @@ static PyObject *call_call(CallObject *self, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    run_job(self->s.team, &self->s, self->fn);
+    run_scan(&self->s);
     Py_END_ALLOW_THREADS
     self->s.phase++;
     Py_RETURN_NONE;
@@ -800,16 +858,45 @@ fail:
 
 /* gemm_at(A, Bp, C, r0, r1, accumulate): C[r0:r1] (+)= A[:, r0:r1].T @ B for A (K, M1) and
    C (M1, M) C-contiguous, B (K, M) packed by pack().  The GIL is released. */
+/* gemm_at's rows r0..r1 cut into `blocks` near-equal blocks that the team's threads take
+   as they come free. */
+struct at_ctx {
+    int64_t r0, r1, blocks, K, M, M1;
+    const void *A, *Bp;
+    void *C;
+    int accumulate, dbl;
+    atomic_llong next;
+};
+
+static void at_job(void *ctx, int me, int nthr) {
+    (void)me;
+    (void)nthr;
+    struct at_ctx *c = ctx;
+    for (int64_t i; (i = atomic_fetch_add(&c->next, 1)) < c->blocks;) {
+        int64_t a = c->r0 + (c->r1 - c->r0) * i / c->blocks, z = c->r0 + (c->r1 - c->r0) * (i + 1) / c->blocks;
+        if (c->dbl)
+            isa->at_d(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate);
+        else
+            isa->at_f(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate);
+    }
+}
+
 static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "_native.gemm_at takes 6 arguments");
+    if (nargs != 6 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "_native.gemm_at takes 6 or 8 arguments");
         return NULL;
     }
     int err = 0;
     int64_t r0 = as_i64(args[3], &err), r1 = as_i64(args[4], &err);
     int accumulate = (int)as_i64(args[5], &err);
+    int64_t blocks = nargs == 8 ? as_i64(args[7], &err) : 1;
     if (err) return NULL;
+    PyObject *team = nargs == 8 ? args[6] : Py_None;
+    if ((team != Py_None && !PyObject_TypeCheck(team, &TeamType)) || blocks < 1) {
+        PyErr_SetString(PyExc_ValueError, "_native.gemm_at: team must be a _native.Team or None, blocks >= 1");
+        return NULL;
+    }
     struct bufs b;
     b.n = 0;
     Py_buffer *a = &b.v[0], *c = &b.v[1];
@@ -826,12 +913,12 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
     int64_t K = (int64_t)a->shape[0], M1 = (int64_t)a->shape[1], M = (int64_t)c->shape[1];
     const void *bp = get(&b, args[1], "Bp", 0, isz, K * panels(M, isz), 0, 0, NULL);
     if (!bp) goto fail;
+    struct at_ctx ctx = {r0, r1, blocks, K, M, M1, a->buf, bp, c->buf, accumulate, isz == 8, 0};
+    Py_INCREF(team);
     Py_BEGIN_ALLOW_THREADS
-    if (isz == 4)
-        isa->at_f(r0, r1, K, M, (const float *)a->buf, M1, (const float *)bp, (float *)c->buf, M, accumulate);
-    else
-        isa->at_d(r0, r1, K, M, (const double *)a->buf, M1, (const double *)bp, (double *)c->buf, M, accumulate);
+    run_job(team == Py_None ? NULL : (struct team *)team, blocks, at_job, &ctx);
     Py_END_ALLOW_THREADS
+    Py_DECREF(team);
     release(&b);
     Py_RETURN_NONE;
 fail:

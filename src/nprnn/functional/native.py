@@ -352,7 +352,8 @@ def plan(kind: CellKind, H: int, P: int, H_in: int, proj: bool, sizes: Array, of
     if parts > 1:
         return Plan(((0, N),), parts, True, runner.team(parts))
     ranges = _split(sizes, offsets, _row_work(kind, H, P, H_in, proj), runner)
-    return Plan(ranges, 1, len(ranges) == 1 and N < settings.min_inloop_batch, None)
+    team = runner.team(len(ranges)) if len(ranges) > 1 else None
+    return Plan(ranges, 1, len(ranges) == 1 and N < settings.min_inloop_batch, team)
 
 
 def plan_params(kind: CellKind, params: Params, sizes: Array, offsets: Array, runner: Runner) -> Plan:
@@ -370,7 +371,7 @@ def plan_key() -> tuple[Any, ...]:
 
 def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[int, int], sizes: Array,
               offsets: Array, x: OptArray, out: Array, h: Array, c: OptArray, a: dict[str, Array],
-              accumulate: bool = False, team: Any = None) -> dict[str, Any]:
+              accumulate: bool = False, team: Any = None, ranges: OptArray = None) -> dict[str, Any]:
     """The description of one ``_native.scan`` loop (see struct scan in _native.c): sizes,
     weights, the arrays in ``a`` by name (``xproj``, ``hbuf`` and the tape or work)."""
     if back:
@@ -380,7 +381,7 @@ def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[i
     spec = dict(a, back=back, kind=_CODES[prep.kind.name], train=train, reverse=reverse, accumulate=int(accumulate),
                 r0=rows[0], r1=rows[1], H=prep.H, P=prep.P, Hin=prep.H_in, itemsize=h.dtype.itemsize,
                 batch_sizes=sizes, offsets=offsets, x=x, out=out, h=h, c=c, wih=wih, whh=whh, whr=whr,
-                bias=prep.bias, bhn=prep.b_hn, team=team)
+                bias=prep.bias, bhn=prep.b_hn, team=team, ranges=ranges)
     if prep.parts > 1 and not back:
         spec.update(parts=prep.parts, units=prep.units, pcols=prep.pcols)
     return spec
@@ -388,6 +389,17 @@ def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[i
 
 def _call(*args: Any, **kw: Any) -> None:
     _native.scan(call_args(*args, **kw))
+
+
+def _run(ranges: Sequence[tuple[int, int]], team: Any, runner: Runner, call: Any, rest: tuple[Any, ...],
+         accumulate: bool = False) -> None:
+    """One loop over the batch, or one per row range: on the team's threads when there is a
+    team (one C call; they take the ranges as they come free), else as ``runner.run``'s parts."""
+    if len(ranges) > 1 and team is not None:
+        bounds = np.asarray([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64)
+        call((0, ranges[-1][1]), *rest, accumulate=accumulate, team=team, ranges=bounds)
+        return
+    runner.run([partial(call, r, *rest, accumulate=accumulate, team=team) for r in ranges])
 
 
 def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...],
@@ -422,8 +434,8 @@ def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Ar
         arrays = dict(arrays, **_arrays(extra, x.dtype, pool, (key, "native extra")))
     if N:
         x = np.ascontiguousarray(x)
-        runner.run([partial(_call, 0, prep, int(train), int(reverse), r, sizes, offsets, x, out, h, c, arrays,
-                            team=how.team) for r in how.ranges])
+        _run(how.ranges, how.team, runner, partial(_call, 0, prep, int(train), int(reverse)),
+             (sizes, offsets, x, out, h, c, arrays))
     state = (h,) if c is None else (h, c)
     record = None
     if train:
@@ -462,8 +474,9 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
             dx.fill(0)
     else:
         ranges = _split(rec.batch_sizes, rec.offsets, _row_work(kind, H, P, prep.H_in, proj), runner)
-        runner.run([partial(_call, 1, prep, 1, int(rec.reverse), r, rec.batch_sizes, rec.offsets, None, dout, dh, dc,
-                            arrays, accumulate) for r in ranges])
+        _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner,
+             partial(_call, 1, prep, 1, int(rec.reverse)), (rec.batch_sizes, rec.offsets, None, dout, dh, dc, arrays),
+             accumulate)
     dgx = grads["dgx"]
     has_bias = prep.bias is not None
     db_ih = dgx.sum(axis=0) if has_bias else None
@@ -495,6 +508,11 @@ def _at(a: Array, *bs: Array, runner: Runner = SERIAL) -> list[Array]:
             _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
             col += w
         out = np.empty((M1, M), a.dtype)
-        runner.run([partial(_native.gemm_at, a, bp, out, r[0], r[1], 0) for r in runner.ranges([K] * M1, M)])
+        ranges = runner.ranges([K] * M1, M)
+        team = runner.team(len(ranges)) if len(ranges) > 1 else None
+        if team is not None:  # the team's threads take row blocks as they come free
+            _native.gemm_at(a, bp, out, 0, M1, 0, team, len(ranges))
+        else:
+            runner.run([partial(_native.gemm_at, a, bp, out, r[0], r[1], 0) for r in ranges])
     starts = np.cumsum([0] + widths)
     return [out[:, s:e] for s, e in zip(starts[:-1], starts[1:])]
