@@ -478,14 +478,15 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
              partial(_call, 1, prep, 1, int(rec.reverse)), (rec.batch_sizes, rec.offsets, None, dout, dh, dc, arrays),
              accumulate)
     dgx = grads["dgx"]
-    has_bias = prep.bias is not None
-    db_ih = dgx.sum(axis=0) if has_bias else None
+    # the bias gradients (sums over the rows) come out of the same products: a column of ones
+    ones = (np.ones((T, 1), dgx.dtype),) if prep.bias is not None else ()
     if "dgh" in grads:  # GRU: the hidden side has its own gradient
-        (dW_ih,), (dW_hh,) = _at(dgx, rec.x, runner=runner), _at(grads["dgh"], arrays["hprev"], runner=runner)
-        db_hh = grads["dgh"].sum(axis=0) if has_bias else None
+        dW_ih, *db_ih = _at(dgx, rec.x, *ones, runner=runner)
+        dW_hh, *db_hh = _at(grads["dgh"], arrays["hprev"], *ones, runner=runner)
     else:  # both sides from the same gradient, read once
-        dW_ih, dW_hh = _at(dgx, rec.x, arrays["hprev"], runner=runner)
+        dW_ih, dW_hh, *db_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner)
         db_hh = db_ih
+    db_ih, db_hh = (db_ih[0][:, 0], db_hh[0][:, 0]) if ones else (None, None)
     dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if proj else None
     return dx, (dh,) if dc is None else (dh, dc), (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
