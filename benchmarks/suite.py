@@ -400,18 +400,19 @@ class Result:
     extra: dict = field(default_factory=dict)  # limit: the limit line of an N=1 row; busy: the machine's load
 
 
-def weight_bytes(case: Case, per_step_projection: bool) -> int:
-    """Bytes of weights one time step reads: every layer's W_hh (and W_hr), and W_ih where
-    the input projection runs step by step (a stream's one-step call)."""
+def weight_bytes(case: Case) -> list:
+    """Bytes of weights a time step reads, per loop: a whole-sequence call runs each layer's
+    loop in turn (its W_hh and W_hr at every step), a stream's step runs every layer, its
+    W_ih too (the projection of one step is a matrix-vector product as well)."""
     G = 4 if case.kind == "LSTM" else 3
     P = case.proj_size or case.H
-    total = 0
+    size = np.dtype(case.dtype).itemsize
+    per_layer = []
     for layer in range(case.layers):
         h_in = case.H_in if layer == 0 else P
-        total += G * case.H * P + (case.H * P if case.proj_size else 0)
-        if per_step_projection:
-            total += G * case.H * h_in
-    return total * np.dtype(case.dtype).itemsize
+        per_layer.append(size * (G * case.H * P + (case.H * P if case.proj_size else 0)
+                                 + (G * case.H * h_in if case.mode == "stream" else 0)))
+    return [sum(per_layer)] if case.mode == "stream" else per_layer
 
 
 def markdown(results, cold, sizes, meta) -> str:
@@ -517,8 +518,10 @@ def main(argv=None) -> int:
         gf = flops(case) / med["nprnn"] / 1e9
         r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype], {"busy_before": share})
         if case.N == 1 and not case.idle:
-            lim = step_limit(weight_bytes(case, case.mode == "stream"), args.threads, bw)
-            r.extra["limit"] = {"level": lim["level"], "bytes": lim["bytes"], "limit_us": lim["seconds"] * 1e6,
+            lims = [step_limit(b, args.threads, bw) for b in weight_bytes(case)]
+            r.extra["limit"] = {"level": "/".join(dict.fromkeys(lim["level"] for lim in lims)),
+                                "bytes": sum(lim["bytes"] for lim in lims),
+                                "limit_us": sum(lim["seconds"] for lim in lims) * 1e6,
                                 "measured_us": med["nprnn"] / case.L * 1e6}
         results.append(r)
         lim = r.extra.get("limit")
