@@ -32,9 +32,10 @@ class Settings:
     min_part_rows: int = 8  # a smaller part leaves the register tiles part empty
     # compiled tier, small batches: the hidden units split across threads that meet every
     # step, for a batch of at most max_unit_split_batch rows whose step has at least
-    # min_unit_split_work multiply-adds of the hidden side (rows * (G*H*H_out + H*H_out))
+    # min_unit_split_work multiply-adds of the hidden side (rows * (G*H*H_out + H*H_out)),
+    # twice that for a one-step call (measured: nprnn.threads.unit_parts)
     max_unit_split_batch: int = 8
-    min_unit_split_work: int = 65536
+    min_unit_split_work: int = 98304
     # compiled tier: from this batch up, the input projection runs inside the loop, step by
     # step (its W_ih read once a step serves enough rows); below, one product before it
     min_inloop_batch: int = 16

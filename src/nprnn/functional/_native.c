@@ -451,13 +451,28 @@ static int64_t gate_block(const struct scan *s, int64_t p, int64_t K, Py_ssize_t
     return s->G * K * panels(s->units[p + 1] - s->units[p], isz);
 }
 
-/* The keys a scan dict may hold; anything else is refused (a misspelt option would
-   otherwise be ignored).  To add an option: a field of struct scan, a key here, its
-   check in parse_scan, and the key in nprnn.functional.native.call_args. */
-static const char *const KEYS[] = {
-    "back", "kind", "train", "reverse", "accumulate", "r0", "r1", "H", "P", "Hin", "parts", "units", "pcols",
-    "itemsize", "ranges", "batch_sizes", "offsets", "x", "out", "h", "c", "hbuf", "xproj", "wih", "whh", "bias", "bhn", "whr",
-    "gates", "hprev", "cprev", "tc", "m", "ghn", "gxs", "dx", "dgx", "dgh", "dproj", "scratch", "team", NULL};
+/* The keys a scan dict may hold (SCAN_KEYS); anything else is refused (a misspelt option
+   would otherwise be ignored).  To add an option: a field of struct scan, a key in
+   SCAN_KEYS, its check in parse_scan, and the key in nprnn.functional.native.call_args. */
+#define SCAN_KEYS(X)                                                                                          \
+    X(back) X(kind) X(train) X(reverse) X(accumulate) X(r0) X(r1) X(H) X(P) X(Hin) X(parts) X(units) X(pcols)  \
+    X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
+    X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
+    X(scratch) X(team)
+#define KEY_ENUM(k) K_##k,
+enum { SCAN_KEYS(KEY_ENUM) NKEYS };
+#undef KEY_ENUM
+static PyObject *KEY_OBJ[NKEYS];  /* the keys as interned strings, made at import */
+
+static int make_keys(void) {
+    int i = 0;
+#define KEY_MAKE(k) KEY_OBJ[i++] = PyUnicode_InternFromString(#k);
+    SCAN_KEYS(KEY_MAKE)
+#undef KEY_MAKE
+    for (i = 0; i < NKEYS; i++)
+        if (!KEY_OBJ[i]) return -1;
+    return 0;
+}
 
 static PyTypeObject TeamType;
 
@@ -469,28 +484,29 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         PyErr_SetString(PyExc_TypeError, "_native.scan takes one dict");
         return NULL;
     }
+    PyObject *vals[NKEYS];
     Py_ssize_t known = 0;
-    for (int i = 0; KEYS[i]; i++) known += PyDict_GetItemString(spec, KEYS[i]) != NULL;
+    for (int i = 0; i < NKEYS; i++) known += (vals[i] = PyDict_GetItem(spec, KEY_OBJ[i])) != NULL;
     if (known != PyDict_Size(spec)) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: the dict holds a key the kernel does not know");
         return NULL;
     }
-#define ITEM(name) PyDict_GetItemString(spec, name)
+#define ITEM(name) vals[K_##name]
     int err = 0;
     struct scan s;
     memset(&s, 0, sizeof s);
-    int back = s.back = (int)as_i64(ITEM("back"), &err);
-    s.kind = (int)as_i64(ITEM("kind"), &err);
-    s.train = (int)as_i64(ITEM("train"), &err);
-    s.reverse = (int)as_i64(ITEM("reverse"), &err);
-    s.accumulate = (int)as_i64(ITEM("accumulate"), &err);
-    s.r0 = as_i64(ITEM("r0"), &err);
-    s.r1 = as_i64(ITEM("r1"), &err);
-    s.H = as_i64(ITEM("H"), &err);
-    s.P = as_i64(ITEM("P"), &err);
-    s.Hin = as_i64(ITEM("Hin"), &err);
-    s.parts = ITEM("parts") ? as_i64(ITEM("parts"), &err) : 1;
-    Py_ssize_t isz = (Py_ssize_t)as_i64(ITEM("itemsize"), &err);
+    int back = s.back = (int)as_i64(ITEM(back), &err);
+    s.kind = (int)as_i64(ITEM(kind), &err);
+    s.train = (int)as_i64(ITEM(train), &err);
+    s.reverse = (int)as_i64(ITEM(reverse), &err);
+    s.accumulate = (int)as_i64(ITEM(accumulate), &err);
+    s.r0 = as_i64(ITEM(r0), &err);
+    s.r1 = as_i64(ITEM(r1), &err);
+    s.H = as_i64(ITEM(H), &err);
+    s.P = as_i64(ITEM(P), &err);
+    s.Hin = as_i64(ITEM(Hin), &err);
+    s.parts = ITEM(parts) ? as_i64(ITEM(parts), &err) : 1;
+    Py_ssize_t isz = (Py_ssize_t)as_i64(ITEM(itemsize), &err);
     if (err) return NULL;
     if (s.kind < 0 || s.kind > 3 || (isz != 4 && isz != 8) || s.H < 1 || s.P < 1 || s.Hin < 1 || s.r0 < 0 ||
         s.r1 <= s.r0 || s.parts < 1 || s.parts > MAX_PARTS || s.parts > s.H || (back && s.parts != 1)) {
@@ -503,15 +519,15 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
     struct bufs b;
     b.n = 0;
     scan_fn fn = NULL;
-    PyObject *t = ITEM("team");
+    PyObject *t = ITEM(team);
     if (t && t != Py_None && !PyObject_TypeCheck(t, &TeamType)) {
         PyErr_SetString(PyExc_TypeError, "_native.scan: team must be a _native.Team");
         goto fail;
     }
-    s.batch_sizes = get(&b, ITEM("batch_sizes"), "batch_sizes", 0, 8, 1, 0, 0, NULL);
+    s.batch_sizes = get(&b, ITEM(batch_sizes), "batch_sizes", 0, 8, 1, 0, 0, NULL);
     if (!s.batch_sizes) goto fail;
     s.steps = (int64_t)(b.v[b.n - 1].len / 8);
-    s.offsets = get(&b, ITEM("offsets"), "offsets", 0, 8, s.steps, 0, 0, NULL);
+    s.offsets = get(&b, ITEM(offsets), "offsets", 0, 8, s.steps, 0, 0, NULL);
     if (!s.offsets) goto fail;
     int64_t rows = 0, N = s.N = s.batch_sizes[0];
     for (int64_t i = 0; i < s.steps; i++) {
@@ -530,15 +546,15 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
     }
     int lstm = s.kind == KIND_LSTM, gru = s.kind == KIND_GRU;
     int64_t tape_rows = s.train ? rows : N;  /* per packed row when training, else per batch row */
-    s.out = get(&b, ITEM("out"), back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
-    s.h = get(&b, ITEM("h"), "h", 1, isz, N * P, 0, 0, NULL);
+    s.out = get(&b, ITEM(out), back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
+    s.h = get(&b, ITEM(h), "h", 1, isz, N * P, 0, 0, NULL);
     if (!s.out || !s.h) goto fail;
-    s.c = get(&b, ITEM("c"), "c", 1, isz, N * H, !lstm, 0, NULL);
-    s.gates = get(&b, ITEM("gates"), "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
+    s.c = get(&b, ITEM(c), "c", 1, isz, N * H, !lstm, 0, NULL);
+    s.gates = get(&b, ITEM(gates), "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
     if ((lstm && !s.c) || !s.gates) goto fail;
-    s.bhn = get(&b, ITEM("bhn"), "bhn", 0, isz, H, 1, 0, NULL);
+    s.bhn = get(&b, ITEM(bhn), "bhn", 0, isz, H, 1, 0, NULL);
     if (PyErr_Occurred()) goto fail;
-    PyObject *whr = ITEM("whr");
+    PyObject *whr = ITEM(whr);
     int proj = whr != NULL && whr != Py_None;
     if (proj && !lstm) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: a projection is for LSTM only");
@@ -548,7 +564,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         PyErr_SetString(PyExc_ValueError, "_native.scan: H_out must equal H without a projection");
         goto fail;
     }
-    PyObject *ranges = ITEM("ranges");
+    PyObject *ranges = ITEM(ranges);
     s.nranges = 1;
     if (ranges && ranges != Py_None) {
         Py_buffer *v = &b.v[b.n];
@@ -565,8 +581,8 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         }
     }
     if (bounds(&b, ranges, "ranges", s.nranges, N, s.ranges) < 0 ||
-        bounds(&b, ITEM("units"), "units", s.parts, H, s.units) < 0 ||
-        bounds(&b, ITEM("pcols"), "pcols", s.parts, proj ? P : H, s.pcols) < 0)
+        bounds(&b, ITEM(units), "units", s.parts, H, s.units) < 0 ||
+        bounds(&b, ITEM(pcols), "pcols", s.parts, proj ? P : H, s.pcols) < 0)
         goto fail;
     int64_t wih_n = 0, whh_n = 0, whr_n = 0;
     for (int64_t p = 0; p < s.parts; p++) {
@@ -578,16 +594,16 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         whr_n += H * panels(s.pcols[p + 1] - s.pcols[p], isz);
     }
     if (!back) {
-        s.x = get(&b, ITEM("x"), "x", 0, isz, rows * Hin, 0, 0, NULL);
-        s.wih = get(&b, ITEM("wih"), "wih", 0, isz, wih_n, 0, 0, NULL);
-        s.whh = get(&b, ITEM("whh"), "whh", 0, isz, whh_n, 0, 0, NULL);
+        s.x = get(&b, ITEM(x), "x", 0, isz, rows * Hin, 0, 0, NULL);
+        s.wih = get(&b, ITEM(wih), "wih", 0, isz, wih_n, 0, 0, NULL);
+        s.whh = get(&b, ITEM(whh), "whh", 0, isz, whh_n, 0, 0, NULL);
         if (!s.x || !s.wih || !s.whh) goto fail;
-        s.bias = get(&b, ITEM("bias"), "bias", 0, isz, GH, 1, 0, NULL);
+        s.bias = get(&b, ITEM(bias), "bias", 0, isz, GH, 1, 0, NULL);
         s.whr = get(&b, whr, "whr", 0, isz, whr_n, 1, 0, NULL);
-        s.xproj = get(&b, ITEM("xproj"), "xproj", 1, isz, rows * GH, 1, 0, NULL);
-        s.hbuf = get(&b, ITEM("hbuf"), "hbuf", 1, isz, 2 * N * P, s.parts == 1, 0, NULL);
+        s.xproj = get(&b, ITEM(xproj), "xproj", 1, isz, rows * GH, 1, 0, NULL);
+        s.hbuf = get(&b, ITEM(hbuf), "hbuf", 1, isz, 2 * N * P, s.parts == 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
-        s.gxs = get(&b, ITEM("gxs"), "gxs", 1, isz, N * GH, !gru || s.xproj, 0, NULL);
+        s.gxs = get(&b, ITEM(gxs), "gxs", 1, isz, N * GH, !gru || s.xproj, 0, NULL);
         if (PyErr_Occurred()) goto fail;
         if ((s.xproj || s.parts > 1) && (s.r0 != 0 || s.r1 != N || s.nranges > 1)) {
             PyErr_SetString(PyExc_ValueError, "_native.scan: xproj and parts are for a whole batch, not a row range");
@@ -598,25 +614,25 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
             goto fail;
         }
     } else {
-        s.wih = get(&b, ITEM("wih"), "wih", 0, isz, GH * panels(Hin, isz), 0, 0, NULL);
-        s.whh = get(&b, ITEM("whh"), "whh", 0, isz, GH * panels(P, isz), 0, 0, NULL);
+        s.wih = get(&b, ITEM(wih), "wih", 0, isz, GH * panels(Hin, isz), 0, 0, NULL);
+        s.whh = get(&b, ITEM(whh), "whh", 0, isz, GH * panels(P, isz), 0, 0, NULL);
         if (!s.wih || !s.whh) goto fail;
         s.whr = get(&b, whr, "whr", 0, isz, P * panels(H, isz), 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }
-    s.hprev = get(&b, ITEM("hprev"), "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
-    s.cprev = get(&b, ITEM("cprev"), "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
-    s.tc = get(&b, ITEM("tc"), "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
-    s.m = get(&b, ITEM("m"), "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
-    s.ghn = get(&b, ITEM("ghn"), "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
+    s.hprev = get(&b, ITEM(hprev), "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
+    s.cprev = get(&b, ITEM(cprev), "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
+    s.tc = get(&b, ITEM(tc), "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
+    s.m = get(&b, ITEM(m), "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
+    s.ghn = get(&b, ITEM(ghn), "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
     if (PyErr_Occurred()) goto fail;
     if (back) {
-        s.dx = get(&b, ITEM("dx"), "dx", 1, isz, rows * Hin, 0, 0, NULL);
-        s.dgx = get(&b, ITEM("dgx"), "dgx", 1, isz, rows * GH, 0, 0, NULL);
+        s.dx = get(&b, ITEM(dx), "dx", 1, isz, rows * Hin, 0, 0, NULL);
+        s.dgx = get(&b, ITEM(dgx), "dgx", 1, isz, rows * GH, 0, 0, NULL);
         if (!s.dx || !s.dgx) goto fail;
-        s.dgh = get(&b, ITEM("dgh"), "dgh", 1, isz, rows * GH, !gru, 0, NULL);
-        s.dproj = get(&b, ITEM("dproj"), "dproj", 1, isz, rows * P, !proj, 0, NULL);
-        s.scratch = get(&b, ITEM("scratch"), "scratch", 1, isz, N * H, !proj, 0, NULL);
+        s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !gru, 0, NULL);
+        s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);
+        s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, N * H, !proj, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }
 #undef ITEM
@@ -1010,7 +1026,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_native", NULL, -
 
 PyMODINIT_FUNC PyInit__native(void) {
     isa = best_isa();
-    if (PyType_Ready(&CallType) < 0 || PyType_Ready(&TeamType) < 0) return NULL;
+    if (PyType_Ready(&CallType) < 0 || PyType_Ready(&TeamType) < 0 || make_keys() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&CallType);

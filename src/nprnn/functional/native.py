@@ -348,7 +348,7 @@ def plan(kind: CellKind, H: int, P: int, H_in: int, proj: bool, sizes: Array, of
     the batch is large enough that reading ``W_ih`` at every step costs little
     (``settings.min_inloop_batch``)."""
     N = int(sizes[0])
-    parts = runner.units(N, H, kind.num_gates * H * P + (H * P if proj else 0))
+    parts = runner.units(N, H, kind.num_gates * H * P + (H * P if proj else 0), len(sizes))
     if parts > 1:
         return Plan(((0, N),), parts, True, runner.team(parts))
     ranges = _split(sizes, offsets, _row_work(kind, H, P, H_in, proj), runner)
@@ -481,12 +481,12 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
     # the bias gradients (sums over the rows) come out of the same products: a column of ones
     ones = (np.ones((T, 1), dgx.dtype),) if prep.bias is not None else ()
     if "dgh" in grads:  # GRU: the hidden side has its own gradient
-        dW_ih, *db_ih = _at(dgx, rec.x, *ones, runner=runner)
-        dW_hh, *db_hh = _at(grads["dgh"], arrays["hprev"], *ones, runner=runner)
+        dW_ih, *sums_ih = _at(dgx, rec.x, *ones, runner=runner)
+        dW_hh, *sums_hh = _at(grads["dgh"], arrays["hprev"], *ones, runner=runner)
     else:  # both sides from the same gradient, read once
-        dW_ih, dW_hh, *db_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner)
-        db_hh = db_ih
-    db_ih, db_hh = (db_ih[0][:, 0], db_hh[0][:, 0]) if ones else (None, None)
+        dW_ih, dW_hh, *sums_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner)
+        sums_hh = sums_ih
+    db_ih, db_hh = (sums_ih[0][:, 0], sums_hh[0][:, 0]) if ones else (None, None)
     dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if proj else None
     return dx, (dh,) if dc is None else (dh, dc), (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 

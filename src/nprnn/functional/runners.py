@@ -6,7 +6,7 @@ A runner answers two questions:
 * within one compiled scan: ``ranges(lengths, row_work) -> [(r0, r1), ...]``, the row
   ranges a batch of sequences with these lengths splits into, and ``run(parts)``, which
   calls each part and returns when all are done; or, for a small batch,
-  ``units(N, H, step_work)``, how many parts its hidden units split into, and
+  ``units(N, H, step_work, steps)``, how many parts its hidden units split into, and
   ``team(parts)``, the threads (a ``_native.Team``, or None) that share those parts at
   every step;
 * within a stack of scans (:mod:`.stack`): ``schedule(...)``, which scans run at once
@@ -28,7 +28,7 @@ class Runner(Protocol):
 
     def run(self, parts: Sequence[Callable[[], None]]) -> None: ...
 
-    def units(self, N: int, H: int, step_work: int) -> int: ...
+    def units(self, N: int, H: int, step_work: int, steps: int) -> int: ...
 
     def team(self, parts: int) -> Any: ...
 
@@ -50,7 +50,7 @@ class SerialRunner:
         for part in parts:
             part()
 
-    def units(self, N: int, H: int, step_work: int) -> int:
+    def units(self, N: int, H: int, step_work: int, steps: int) -> int:
         return 1
 
     def team(self, parts: int) -> Any:
