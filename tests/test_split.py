@@ -226,3 +226,42 @@ def test_the_callers_affinity_is_given_back(config):
     m(rng.standard_normal((5, 1, 16)).astype(np.float32))
     assert team.stats()["runs"] == runs + 1
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_a_forked_child_gets_its_own_team(config):
+    """A child made by fork has none of its parent's helper threads: its layers and streams
+    use a team of its own (a stream made before the fork included), and do not wait on
+    helpers that are not there."""
+    import multiprocessing
+    import warnings
+
+    rng = np.random.default_rng(1)
+    m = nprnn.LSTM(16, 96, seed=0).eval()
+    x = rng.standard_normal((6, 1, 16)).astype(np.float32)
+    _split_everything(config, 2)
+    want, _ = m(x)
+    stream = m.stream(batch_size=1)
+    stream.step(x[0])
+    stream.reset()
+
+    def child(queue):
+        out, _ = m(x)
+        steps = np.stack([stream.step(frame) for frame in x])
+        queue.put((out, steps))
+
+    with warnings.catch_warnings():  # Python 3.12+ warns that fork() in a threaded process may deadlock
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=child, args=(queue,))
+        proc.start()
+        try:
+            out, steps = queue.get(timeout=60)
+            proc.join(timeout=60)
+        finally:
+            if proc.is_alive():  # a child waiting on helpers it does not have
+                proc.kill()
+    assert proc.exitcode == 0
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(steps, want)

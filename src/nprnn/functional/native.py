@@ -364,9 +364,10 @@ def plan_params(kind: CellKind, params: Params, sizes: Array, offsets: Array, ru
 
 
 def plan_key() -> tuple[Any, ...]:
-    """The settings a :func:`plan` depends on (a stream makes its calls again when they change)."""
+    """The settings a :func:`plan` depends on, and the process (a forked child has its own
+    team): a stream makes its calls again when they change."""
     return (settings.num_threads, settings.max_unit_split_batch, settings.min_unit_split_work,
-            settings.min_inloop_batch, settings.min_split_work, settings.spin_us, settings.step_spin_us)
+            settings.min_inloop_batch, settings.min_split_work, settings.spin_us, settings.step_spin_us, os.getpid())
 
 
 def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[int, int], sizes: Array,
