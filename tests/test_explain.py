@@ -147,8 +147,8 @@ def test_explain_says_how_each_layer_runs(config):
     if native._native is None:
         return
     config(backend="native", num_threads=2, max_unit_split_batch=8, min_unit_split_work=0)
-    lines = execution(m, 1, 100)
-    assert len(lines) == 2 and all("hidden units split into 2 parts" in line for line in lines)
+    lines = execution(m, 1, 100)[:2]  # (a third line counts calls that found the threads busy, if any did)
+    assert all("hidden units split into 2 parts" in line for line in lines)
     assert "input projection before the loop" in lines[0]
     config(min_split_work=0, max_unit_split_batch=0, min_inloop_batch=16)
     assert "batch split into" in execution(m, 32, 100)[0]

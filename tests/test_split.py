@@ -163,6 +163,9 @@ def test_a_busy_team_runs_the_loop_alone_with_the_same_result(config):
     after = team.stats()
     assert after["runs"] + after["alone"] - before["runs"] - before["alone"] == 60  # a count per call
     assert after["alone"] > before["alone"]  # some call found the team busy
+    from nprnn.teach.explain import execution
+
+    assert f"so far {after['alone']} of" in execution(m, 1, 200)[-1]  # and explain says so
     for r in results:
         np.testing.assert_array_equal(r, want)
 

@@ -463,6 +463,17 @@ def team(parts: int) -> Any:
         return new
 
 
+def team_stats() -> Any:
+    """This process's team, counted: ``threads``, ``runs`` (jobs run on the team),
+    ``alone`` (jobs that found it busy with another thread's call and ran on their
+    caller's thread alone: the same result, one core), ``moves`` (helpers moved off their
+    caller's processor), the spins; None before the first split call."""
+    current = _team["team"]
+    if current is None or _team["key"][3] != os.getpid():
+        return None
+    return current.stats()
+
+
 class ThreadedRunner:
     """The runner (:mod:`nprnn.functional.runners`) that uses more than one core: it
     splits a large batch of a compiled scan into :func:`row_ranges` run by

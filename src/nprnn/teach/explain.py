@@ -170,7 +170,7 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list:
     ``seq_len`` steps on this machine now: the tier, and on the compiled tier the split
     (``nprnn.functional.native.plan``) and where the input projection runs."""
     from ..functional import native
-    from ..parallel.threads import THREADED, threads_here
+    from ..parallel.threads import THREADED, team_stats, threads_here
 
     if not native.supports(module.kind, module.dtype):
         return [f"NumPy tier ({native.backend()} backend): one product for every step's input projection, then "
@@ -189,6 +189,10 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list:
             split = "on one thread"
         where = "before the loop, one product for every step" if how.project_first else "inside the loop, step by step"
         lines.append(f"layer {layer}: compiled loop ({native.isa()}), {split}; the input projection {where}")
+    stats = team_stats()
+    if stats and stats["alone"]:
+        lines.append(f"so far {stats['alone']} of {stats['runs'] + stats['alone']} split calls found the threads busy "
+                     "with another thread's call and ran on their caller's thread alone (the same result, one core)")
     return lines
 
 
