@@ -268,3 +268,21 @@ def test_a_forked_child_gets_its_own_team(config):
     assert proc.exitcode == 0
     np.testing.assert_array_equal(out, want)
     np.testing.assert_array_equal(steps, want)
+
+
+def test_a_closed_team_is_not_waited_for(config):
+    """A call holding a team that was closed since (the thread count changed, say) runs
+    alone instead of waiting for helpers that have left."""
+    rng = np.random.default_rng(2)
+    m = nprnn.LSTM(16, 96, seed=0).eval()
+    x = rng.standard_normal((4, 1, 16)).astype(np.float32)
+    team = _split_everything(config, 2)
+    stream = m.stream(batch_size=1)
+    want = np.stack([stream.step(frame) for frame in x])
+    stream.reset()
+    team.close()
+    before = team.stats()["alone"]
+    got = np.stack([stream._native_calls() and stream.step(frame) for frame in x])  # the calls made before the close
+    assert team.stats()["alone"] == before + 4
+    np.testing.assert_array_equal(got, want)
+    threads._team["key"] = None  # the next call makes a new team

@@ -47,6 +47,19 @@ class Settings:
     step_spin_us: int = 1000
 
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        _changes[0] += 1
+
+
+_changes = [0]
+
+
+def changes() -> int:
+    """A counter that moves whenever a setting is set (decisions cached on settings compare it)."""
+    return _changes[0]
+
+
 settings = Settings()
 _NAMES = {f.name for f in fields(Settings)}
 

@@ -20,9 +20,12 @@
 #include <string.h>
 #include <time.h>
 #ifdef _WIN32
+#include <process.h>
 #include <windows.h>
+#define getpid _getpid
 #else
 #include <sched.h>
+#include <unistd.h>
 #endif
 
 /* libmvec (glibc, x86-64) has vector versions of exp and tanh.  GCC declares them only
@@ -165,6 +168,7 @@ static const struct isa *best_isa(void) {
 typedef struct team {
     PyObject_HEAD
     int n;          /* threads, the caller's included */
+    long pid;       /* the process whose threads serve it (a forked child's copy has none) */
     int64_t spin, step_spin;  /* ns a thread waiting for a job, for a step, spins before it sleeps */
     atomic_int arrived, ready, stop, busy;
     atomic_uint gen, job_gen;
@@ -307,6 +311,10 @@ static void team_barrier(struct team *t, int me, int nthr) {
    and want > 1; else fn(ctx, 0, 1) on this thread alone, which must do the same work (a
    job's parts are fixed by its description, not by the threads that run them). */
 static void run_job(struct team *t, int64_t want, job_fn fn, void *ctx) {
+    if (t && (atomic_load(&t->stop) || t->pid != (long)getpid())) {
+        atomic_fetch_add(&t->alone, 1);  /* closed, or a forked child's copy: nobody serves it */
+        t = NULL;
+    }
     if (t && want > 1 && atomic_exchange(&t->busy, 1) == 0) {
         int nthr = t->n < want ? t->n : (int)want;
         atomic_fetch_add(&t->runs, 1);
@@ -737,6 +745,7 @@ static PyObject *team_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     TeamObject *t = (TeamObject *)type->tp_alloc(type, 0);
     if (!t) return NULL;
     t->n = (int)n;
+    t->pid = (long)getpid();
     t->spin = spin;
     t->step_spin = step_spin;
     atomic_init(&t->arrived, 0);

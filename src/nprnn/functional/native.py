@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from .. import config
 from .._typing import Array, OptArray, Params, Pool
 from ..config import settings
 from .cells import CellKind
@@ -249,11 +250,13 @@ class NativeRecord:
         return self.tape["hprev"], gates.reshape(gates.shape[0], -1, self.prep.H), self.tape.get("cprev")
 
 
-_LAYOUTS: dict[tuple[int, ...], tuple[Array, Array]] = {}  # the last few batch layouts, as the kernel takes them
+# the last few batch layouts, as the kernel takes them, with the plans made for them
+_LAYOUTS: dict[tuple[int, ...], tuple[Array, Array, dict[Any, "Plan"]]] = {}
 
 
-def _layout(batch_sizes: Sequence[int]) -> tuple[Array, Array]:
-    """``(sizes, offsets)`` as int64 arrays: each step's batch size and first packed row."""
+def _layout_plans(batch_sizes: Sequence[int]) -> tuple[Array, Array, dict[Any, "Plan"]]:
+    """``(sizes, offsets, plans)``: each step's batch size and first packed row as int64
+    arrays, and the plans made for this layout so far (see :func:`plan_params`)."""
     key = tuple(batch_sizes)
     hit = _LAYOUTS.get(key)
     if hit is None:
@@ -262,8 +265,14 @@ def _layout(batch_sizes: Sequence[int]) -> tuple[Array, Array]:
         np.cumsum(sizes[:-1], out=offsets[1:])
         if len(_LAYOUTS) >= 64:
             _LAYOUTS.clear()
-        hit = _LAYOUTS[key] = (sizes, offsets)
+        hit = _LAYOUTS[key] = (sizes, offsets, {})
     return hit
+
+
+def _layout(batch_sizes: Sequence[int]) -> tuple[Array, Array]:
+    """``(sizes, offsets)`` of :func:`_layout_plans`."""
+    sizes, offsets, _ = _layout_plans(batch_sizes)
+    return sizes, offsets
 
 
 def _tape_shapes(kind: CellKind, H: int, P: int, proj: bool, rows: int) -> dict[str, tuple[int, int]]:
@@ -416,9 +425,13 @@ def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Ar
     G = kind.num_gates
     H, P, proj = w_hh.shape[0] // G, w_hh.shape[1], params[4] is not None
     T = x.shape[0]
-    sizes, offsets = _layout(batch_sizes)
+    sizes, offsets, plans = _layout_plans(batch_sizes)
     N = int(sizes[0])
-    how = plan_params(kind, params, sizes, offsets, runner) if N else Plan(((0, 0),), 1, False, None)
+    if not N:
+        how = Plan(((0, 0),), 1, False, None)
+    else:  # decided once for a layout, a layer's sizes and the settings
+        decided = (kind.name, H, P, params[0].shape[1], proj, id(runner), config.changes(), os.getpid())
+        how = plans.get(decided) or plans.setdefault(decided, plan_params(kind, params, sizes, offsets, runner))
     prep = prepared(cache, key, kind, params, how.parts)
     h = np.array(state0[0], order="C", copy=True)
     c = np.array(state0[1], order="C", copy=True) if kind.name == "lstm" else None
@@ -427,12 +440,10 @@ def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Ar
         shapes["hprev"] = (T, P)
         if kind.name == "lstm":
             shapes["cprev"] = (T, H)
+    shapes.update(_extra_shapes(prep, N, T, how.project_first, train))
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
     if how.project_first and train and kind.name == "lstm":  # the tape's gates hold the projection first
         arrays = dict(arrays, xproj=arrays["gates"])
-    extra = _extra_shapes(prep, N, T, how.project_first, train)
-    if extra:
-        arrays = dict(arrays, **_arrays(extra, x.dtype, pool, (key, "native extra")))
     if N:
         x = np.ascontiguousarray(x)
         _run(how.ranges, how.team, runner, partial(_call, 0, prep, int(train), int(reverse)),
