@@ -285,4 +285,4 @@ def test_a_closed_team_is_not_waited_for(config):
     got = np.stack([stream._native_calls() and stream.step(frame) for frame in x])  # the calls made before the close
     assert team.stats()["alone"] == before + 4
     np.testing.assert_array_equal(got, want)
-    threads._team["key"] = None  # the next call makes a new team
+    threads._team.update(team=None, key=None)  # the next call makes a new team

@@ -31,9 +31,9 @@ class Settings:
     parts_per_thread: int = 4  # more parts than threads, so a thread slowed down takes fewer
     min_part_rows: int = 8  # a smaller part leaves the register tiles part empty
     # compiled tier, small batches: the hidden units split across threads that meet every
-    # step, for a batch of at most max_unit_split_batch rows whose step has at least
-    # min_unit_split_work multiply-adds of the hidden side (rows * (G*H*H_out + H*H_out)),
-    # twice that for a one-step call (measured: nprnn.threads.unit_parts)
+    # step, for a batch of at most max_unit_split_batch rows whose weights are large: a
+    # row's step has at least min_unit_split_work multiply-adds of the hidden side
+    # (G*H*H_out + H*H_out), twice that for a one-step call (measured: nprnn.threads.unit_parts)
     max_unit_split_batch: int = 8
     min_unit_split_work: int = 98304
     # compiled tier: from this batch up, the input projection runs inside the loop, step by
