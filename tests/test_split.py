@@ -286,3 +286,50 @@ def test_a_closed_team_is_not_waited_for(config):
     assert team.stats()["alone"] == before + 4
     np.testing.assert_array_equal(got, want)
     threads._team.update(team=None, key=None)  # the next call makes a new team
+
+
+# ------------------------------------------------------------------------ the wavefront
+def _wavefront_everything(config, threads_):
+    """Settings under which a one-directional stack runs as a wavefront on ``threads_``
+    threads (one thread: layer after layer), every projection inside its loop (as a
+    wavefront's upper layers have it), so that both ways make the same sums."""
+    config(backend="native", num_threads=threads_, min_wavefront_batch=0, min_wavefront_work=0,
+           max_wavefront_work=1 << 40, wavefront_balance=0, min_inloop_batch=0, max_unit_split_batch=0)
+    return threads.team(min(threads_, 2)) if threads_ > 1 else None
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_wavefront_is_bit_for_bit(config, kind, train):
+    """Every layer's loop at once, each a step behind the one below (and backward from the
+    top down), equals layer after layer: outputs, final states, every gradient; packed
+    sequences of several lengths; 1-4 threads (four layers, so that a thread runs two)."""
+    rng = np.random.default_rng(12)
+    m = _layer(kind, 6, 21, np.float64, num_layers=4)
+    x = rng.standard_normal((8, 5, 6))
+    lengths = [8, 3, 5, 8, 1]
+    g = rng.standard_normal((8, 5, m._h_out))
+    config(backend="native", num_threads=1, min_inloop_batch=0, max_unit_split_batch=0)
+    want = _run(m, x, lengths, g, train)
+    for n in (2, 3, 4):
+        _wavefront_everything(config, n)
+        team = threads.team(n)
+        before = _runs(team)
+        got = _run(m, x, lengths, g, train)
+        assert _runs(team) >= before + (2 if train else 1)  # the wavefront ran on the team (backward too)
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_scan_many_refuses_what_a_wavefront_cannot_run(config):
+    m = nprnn.LSTM(3, 8, seed=0)
+    prep = native.prepare(m.kind, m._params()[0])
+    sizes, offsets = native._layout([1, 1])
+    work = native.step_work(prep, 1, False)
+    spec = native.call_args(0, prep, 0, 1, (0, 1), sizes, offsets, np.zeros((2, 3), np.float32),
+                            np.zeros((2, 8), np.float32), np.zeros((1, 8), np.float32), np.zeros((1, 8), np.float32),
+                            work)
+    with pytest.raises(ValueError, match="forward in time"):
+        native._native.scan_many([spec], None)  # a loop backwards in time
+    with pytest.raises(TypeError, match="list of dicts"):
+        native._native.scan_many((spec,), None)

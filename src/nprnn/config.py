@@ -44,6 +44,13 @@ class Settings:
     # thread waiting for the others inside a loop (they come within a step; a woken thread
     # can take 100 us to run on a virtual machine, and then comes late to the next step)
     spin_us: int = 200
+    # compiled tier: a one-directional stack runs as a wavefront (nprnn.threads.wavefront_pays)
+    # from this many rows a step, with layer 0's row at least wavefront_balance percent of
+    # the others' and a row's step work (gates * row) from min to max_wavefront_work
+    min_wavefront_batch: int = 9
+    wavefront_balance: int = 85
+    min_wavefront_work: int = 98304
+    max_wavefront_work: int = 786432
     step_spin_us: int = 1000
 
 
@@ -65,7 +72,8 @@ _NAMES = {f.name for f in fields(Settings)}
 
 
 _NON_NEGATIVE = {"min_step_work", "min_train_step_work", "min_split_work", "max_unit_split_batch",
-                 "min_unit_split_work", "min_inloop_batch", "spin_us", "step_spin_us"}  # 0: always split / side by side
+                 "min_unit_split_work", "min_inloop_batch", "spin_us", "step_spin_us", "min_wavefront_batch",
+                 "wavefront_balance", "min_wavefront_work", "max_wavefront_work"}  # 0: always split / side by side
 
 
 def _check(name: str, value: Any) -> None:

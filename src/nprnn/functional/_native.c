@@ -73,7 +73,13 @@ struct scan {
     int64_t ranges[MAX_PARTS + 1];    /* their bounds */
     int64_t wih_at[MAX_PARTS], whh_at[MAX_PARTS], whr_at[MAX_PARTS];
     struct team *team;  /* the threads that share the parts (NULL: this thread alone) */
+    /* A wavefront (scan_many): this loop waits before each step until the loop below it
+       has done as many steps (await), and counts its own (publish); slot: its thread's. */
+    atomic_uint *await, *publish;
+    int slot;
 };
+static void wave_wait(const struct scan *s, unsigned need);
+static void wave_publish(const struct scan *s, unsigned done);
 
 /* One matrix product C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], each B packed,
    its panels ps1 (ps2) elements apart; A1[i][k] = A1[i * ars1 + k * aks1], A2 row-major
@@ -295,6 +301,20 @@ static int avoid_cpu(int cpu, int avoided) {  /* a helper: keep off the caller's
 #endif
 }
 
+static void wave_wait(const struct scan *s, unsigned need) {
+    for (;;) {
+        unsigned v = atomic_load(s->await);
+        if (v >= need) return;
+        if (s->team) waitgen(s->team, s->await, v, s->slot, s->team->step_spin);
+        else yield_cpu();
+    }
+}
+
+static void wave_publish(const struct scan *s, unsigned done) {
+    atomic_store(s->publish, done);
+    if (s->team) wake(s->team);
+}
+
 static void team_barrier(struct team *t, int me, int nthr) {
     if (nthr < 2) return;
     unsigned g = atomic_load(&t->gen);
@@ -358,6 +378,21 @@ static void ranges_job(void *ctx, int me, int nthr) {
         one.r0 = one.ranges[i];
         one.r1 = one.ranges[i + 1];
         one.kernel(&one, 0, 1);
+    }
+}
+
+/* A wavefront: the loops of a stack's layers, thread `me` running loops me, me + nthr, ...
+   each whole; loop i waits for loop i - 1 step by step (see struct scan's await). */
+struct wave_ctx {
+    struct scan *scans;
+    int64_t n;
+};
+
+static void wave_job(void *ctx, int me, int nthr) {
+    struct wave_ctx *c = ctx;
+    for (int64_t i = me; i < c->n; i += nthr) {
+        c->scans[i].slot = me;
+        c->scans[i].kernel(&c->scans[i], 0, 1);
     }
 }
 
@@ -668,6 +703,62 @@ static PyObject *py_scan(PyObject *self, PyObject *spec) {
     Py_END_ALLOW_THREADS
     Py_XDECREF(team);
     release(&b);
+    Py_RETURN_NONE;
+}
+
+/* scan_many(specs, team): the loops of a one-directional stack's layers (each a scan()
+   dict of one part and one range, forward in time or a backward), run as a wavefront on
+   the team: loop i + 1's step t beside loop i's step t + 1. */
+static PyObject *py_scan_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyList_Check(args[0]) || (args[1] != Py_None && !PyObject_TypeCheck(args[1], &TeamType))) {
+        PyErr_SetString(PyExc_TypeError, "_native.scan_many(specs: list of dicts, team: Team or None)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(args[0]);
+    if (n < 1 || n > MAX_PARTS) {
+        PyErr_Format(PyExc_ValueError, "_native.scan_many: 1 to %d loops", MAX_PARTS);
+        return NULL;
+    }
+    struct scan *scans = PyMem_Calloc((size_t)n, sizeof *scans);
+    struct bufs *bufs = PyMem_Calloc((size_t)n, sizeof *bufs);
+    atomic_uint *counts = PyMem_Calloc((size_t)n, sizeof *counts);
+    PyObject *team = args[1] == Py_None ? NULL : args[1];
+    Py_ssize_t ok = 0;
+    if (!scans || !bufs || !counts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; ok < n; ok++) {
+        PyObject *own = NULL;
+        if (!parse_scan(PyList_GET_ITEM(args[0], ok), &scans[ok], &bufs[ok], &own)) goto done;
+        struct scan *sc = &scans[ok];
+        if (sc->parts != 1 || sc->nranges != 1 || sc->r0 != 0 || sc->r1 != sc->N || (ok && sc->xproj) ||
+            (!sc->back && sc->reverse) || (ok && sc->steps != scans[0].steps)) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan_many: every loop whole (one part, one range), forward in "
+                                              "time, of the same steps, the projection inside all but the first");
+            ok++;
+            goto done;
+        }
+        atomic_init(&counts[ok], 0);
+        sc->team = (struct team *)team;
+        sc->publish = &counts[ok];
+        sc->await = ok ? &counts[ok - 1] : NULL;
+    }
+    {
+        struct wave_ctx ctx = {scans, n};
+        Py_XINCREF(team);
+        Py_BEGIN_ALLOW_THREADS
+        run_job((struct team *)team, n, wave_job, &ctx);
+        Py_END_ALLOW_THREADS
+        Py_XDECREF(team);
+    }
+done:
+    for (Py_ssize_t i = 0; i < ok && bufs; i++) release(&bufs[i]);
+    PyMem_Free(scans);
+    PyMem_Free(bufs);
+    PyMem_Free(counts);
+    if (PyErr_Occurred()) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1020,6 +1111,8 @@ static PyObject *py_read_seconds(PyObject *self, PyObject *const *args, Py_ssize
 }
 
 static PyMethodDef methods[] = {
+    {"scan_many", (PyCFunction)(void (*)(void))py_scan_many, METH_FASTCALL,
+     "Run the loops of a stack's layers as a wavefront on a team."},
     {"read_seconds", (PyCFunction)(void (*)(void))py_read_seconds, METH_FASTCALL,
      "Seconds to read a float32 buffer reps times (the benchmarks' bandwidth probe)."},
     {"scan", (PyCFunction)py_scan, METH_O, "Run one layer-direction's time loop, described by a dict."},

@@ -415,6 +415,7 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
         const int64_t t = s->reverse ? s->steps - 1 - q : q;
         const int64_t n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
         if (n <= 0) continue;
+        if (s->await) wave_wait(s, (unsigned)q + 1);  /* this step's input rows are written */
         const int64_t row = s->offsets[t] + s->r0, rr = s->r0;  /* this slice's first packed row, batch row */
         const T *hc = (hbuf ? hbuf + (q & 1) * N * P : h) + rr * P;
         T *hn = (hbuf ? hbuf + ((q + 1) & 1) * N * P : h) + rr * P;
@@ -443,6 +444,7 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
             }
         }
         team_barrier(s->team, me, nthr);
+        if (s->publish) wave_publish(s, (unsigned)q + 1);
     }
 }
 
@@ -456,6 +458,7 @@ static void FN(backward)(const struct scan *s, int me, int nthr) {
         const int64_t t = s->reverse ? s->steps - 1 - q : q;
         const int64_t n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
         if (n <= 0) continue;
+        if (s->await) wave_wait(s, (unsigned)(s->steps - q));  /* the loop above wrote this step's dout */
         const int64_t row = s->offsets[t] + s->r0;
         T *dhr = dh + s->r0 * P;
         const T *dout = (const T *)s->out + row * s->ldout;
@@ -506,6 +509,7 @@ static void FN(backward)(const struct scan *s, int me, int nthr) {
         }
         /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
         FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
+        if (s->publish) wave_publish(s, (unsigned)(s->steps - q));
     }
 }
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -397,6 +397,9 @@ def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[i
     return spec
 
 
+_spec: Callable[..., dict[str, Any]] = call_args  # called with argument tuples made ahead
+
+
 def _call(*args: Any, **kw: Any) -> None:
     _native.scan(call_args(*args, **kw))
 
@@ -421,6 +424,31 @@ def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Ar
     large batch or, for a small one, the hidden units (:func:`plan`); ``cache`` keeps the
     prepared weights under ``key`` (:func:`prepared`).  Returns ``(final_state, record)``;
     record is None unless ``train``."""
+    loop = _forward_loop(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner, cache)
+    if loop.how.ranges[-1][1]:
+        _run(loop.how.ranges, loop.how.team, runner, partial(_call, *loop.args[:4]), loop.args[4:])
+    return loop.finish()
+
+
+class _Loop(NamedTuple):
+    """One compiled forward loop, made ready (:func:`_forward_loop`): its plan, the
+    arguments of :func:`call_args` but the row range, and what the caller gets back."""
+
+    how: "Plan"
+    args: tuple[Any, ...]  # (back, prep, train, reverse, sizes, offsets, x, out, h, c, arrays)
+    state: tuple[Array, ...]
+    record: Optional["NativeRecord"]
+
+    def finish(self) -> tuple[tuple[Array, ...], Optional["NativeRecord"]]:
+        return self.state, self.record
+
+
+def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...], batch_sizes: Sequence[int],
+                  reverse: bool, out: Array, train: bool, pool: Optional[Pool], key: Any, runner: Runner,
+                  cache: Optional[dict[Any, Any]], whole: bool = False, inloop: bool = False) -> _Loop:
+    """Everything a forward loop needs, allocated and prepared, not run.  ``whole``: one
+    loop over the whole batch on one thread (a wavefront's layer); ``inloop``: the input
+    projection step by step (its input rows come as the layer below makes them)."""
     w_hh = params[1]
     G = kind.num_gates
     H, P, proj = w_hh.shape[0] // G, w_hh.shape[1], params[4] is not None
@@ -429,6 +457,8 @@ def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Ar
     N = int(sizes[0])
     if not N:
         how = Plan(((0, 0),), 1, False, None)
+    elif whole:
+        how = Plan(((0, N),), 1, not inloop and N < settings.min_inloop_batch, None)
     else:  # decided once for a layout, a layer's sizes and the settings
         decided = (kind.name, H, P, params[0].shape[1], proj, id(runner), config.changes(), os.getpid())
         how = plans.get(decided) or plans.setdefault(decided, plan_params(kind, params, sizes, offsets, runner))
@@ -444,16 +474,31 @@ def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Ar
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
     if how.project_first and train and kind.name == "lstm":  # the tape's gates hold the projection first
         arrays = dict(arrays, xproj=arrays["gates"])
-    if N:
-        x = np.ascontiguousarray(x)
-        _run(how.ranges, how.team, runner, partial(_call, 0, prep, int(train), int(reverse)),
-             (sizes, offsets, x, out, h, c, arrays))
+    x = np.ascontiguousarray(x)
     state = (h,) if c is None else (h, c)
     record = None
     if train:
         tape = {k: v for k, v in arrays.items() if k not in ("xproj", "gxs", "hbuf")}
         record = NativeRecord(x, prep, sizes, offsets, bool(reverse), tape)
-    return state, record
+    return _Loop(how, (0, prep, int(train), int(reverse), sizes, offsets, x, out, h, c, arrays), state, record)
+
+
+def wavefront_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Sequence[tuple[Array, ...]],
+                      batch_sizes: Sequence[int], outs: Sequence[Array], train: bool, pool: Optional[Pool],
+                      cache: Optional[dict[Any, Any]], team: Any
+                      ) -> list[tuple[tuple[Array, ...], Optional["NativeRecord"]]]:
+    """The layers of a one-directional stack as a wavefront (``_native.scan_many``): layer
+    ``l`` runs its whole loop on a thread of ``team``, step ``t`` as soon as layer ``l - 1``
+    has made step ``t``'s rows, so the layers run side by side, each thread with whole
+    batches and one layer's weights.  Layer 0 projects its input before its loop, the
+    others step by step.  The same numbers as layer after layer (each loop's sums are its
+    own).  Returns each layer's ``(final_state, record)``."""
+    loops = [_forward_loop(x if layer == 0 else outs[layer - 1], kind, params[layer], states[layer], batch_sizes,
+                           False, outs[layer], train, pool, layer, SERIAL, cache, whole=True, inloop=layer > 0)
+             for layer in range(len(params))]
+    if loops[0].how.ranges[-1][1]:
+        _native.scan_many([_spec(*loop.args[:4], loop.how.ranges[0], *loop.args[4:]) for loop in loops], team)
+    return [loop.finish() for loop in loops]
 
 
 def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None,
@@ -461,15 +506,29 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
                        ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
+    loop = _backward_loop(rec, dout, dstate, pool, key, dx, accumulate)
+    if int(rec.batch_sizes[0]):
+        prep = rec.prep
+        ranges = _split(rec.batch_sizes, rec.offsets, _row_work(prep.kind, prep.H, prep.P, prep.H_in,
+                                                                prep.whr is not None), runner)
+        _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner, partial(_call, *loop[0][:4]),
+             loop[0][4:-1], loop[0][-1])
+    return _backward_finish(rec, loop, runner)
+
+
+def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool], key: Any,
+                   dx: OptArray, accumulate: bool
+                   ) -> tuple[tuple[Any, ...], Array, tuple[Array, ...], dict[str, Array]]:
+    """A backward loop made ready, not run: (the arguments of :func:`call_args` but the
+    row range, with ``accumulate`` last; dx; the state gradients; the gradient arrays)."""
     prep = rec.prep
     kind, H, P = prep.kind, prep.H, prep.P
     T = rec.x.shape[0]
     G = kind.num_gates
-    proj = prep.whr is not None
     shapes = {"dgx": (T, G * H)}
     if kind.name == "gru":
         shapes["dgh"] = (T, G * H)
-    if proj:
+    if prep.whr is not None:
         shapes["dproj"] = (T, P)
         shapes["scratch"] = (dstate[0].shape[0], H)
     grads = _arrays(shapes, rec.x.dtype, pool, (key, "native grads"))
@@ -484,14 +543,18 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
             g.fill(0)
         if not accumulate:
             dx.fill(0)
-    else:
-        ranges = _split(rec.batch_sizes, rec.offsets, _row_work(kind, H, P, prep.H_in, proj), runner)
-        _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner,
-             partial(_call, 1, prep, 1, int(rec.reverse)), (rec.batch_sizes, rec.offsets, None, dout, dh, dc, arrays),
-             accumulate)
+    args = (1, prep, 1, int(rec.reverse), rec.batch_sizes, rec.offsets, None, dout, dh, dc, arrays, accumulate)
+    return args, dx, (dh,) if dc is None else (dh, dc), grads
+
+
+def _backward_finish(rec: NativeRecord, loop: tuple[Any, ...], runner: Runner
+                     ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+    """The weight gradients after a backward loop: a few large products."""
+    _, dx, dstate0, grads = loop
+    arrays = rec.tape
     dgx = grads["dgx"]
     # the bias gradients (sums over the rows) come out of the same products: a column of ones
-    ones = (np.ones((T, 1), dgx.dtype),) if prep.bias is not None else ()
+    ones = (np.ones((rec.x.shape[0], 1), dgx.dtype),) if rec.prep.bias is not None else ()
     if "dgh" in grads:  # GRU: the hidden side has its own gradient
         dW_ih, *sums_ih = _at(dgx, rec.x, *ones, runner=runner)
         dW_hh, *sums_hh = _at(grads["dgh"], arrays["hprev"], *ones, runner=runner)
@@ -499,8 +562,23 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
         dW_ih, dW_hh, *sums_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner)
         sums_hh = sums_ih
     db_ih, db_hh = (sums_ih[0][:, 0], sums_hh[0][:, 0]) if ones else (None, None)
-    dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if proj else None
-    return dx, (dh,) if dc is None else (dh, dc), (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
+    dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if "dproj" in grads else None
+    return dx, dstate0, (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
+
+
+def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dstates: Sequence[tuple[Array, ...]],
+                       dxs: Sequence[Array], pool: Optional[Pool], runner: Runner, team: Any
+                       ) -> list[tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]]:
+    """Backward of :func:`wavefront_forward`, from the top layer down as a wavefront: layer
+    ``l``'s step ``t`` as soon as layer ``l + 1`` has made its input gradient rows of step
+    ``t`` (layer ``l``'s output gradient, ``douts[l]`` = ``dxs[l + 1]``); then every
+    layer's weight gradients.  ``recs`` and the others from the top layer down."""
+    loops = [_backward_loop(rec, dout, dstate, pool, len(recs) - 1 - i, dx, False)
+             for i, (rec, dout, dstate, dx) in enumerate(zip(recs, douts, dstates, dxs))]
+    if int(recs[0].batch_sizes[0]):
+        N = int(recs[0].batch_sizes[0])
+        _native.scan_many([_spec(*loop[0][:4], (0, N), *loop[0][4:]) for loop in loops], team)
+    return [_backward_finish(rec, loop, runner) for rec, loop in zip(recs, loops)]
 
 
 def _at(a: Array, *bs: Array, runner: Runner = SERIAL) -> list[Array]:

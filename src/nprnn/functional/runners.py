@@ -10,7 +10,7 @@ A runner answers two questions:
   ``team(parts)``, the threads (a ``_native.Team``, or None) that share those parts at
   every step;
 * within a stack of scans (:mod:`.stack`): ``schedule(...)``, which scans run at once
-  (None, ``"directions"`` or ``"layers"``), and ``side_by_side(first, second, blas)`` and
+  (None, ``"directions"``, ``"layers"`` or, compiled, ``"wavefront"``), and ``side_by_side(first, second, blas)`` and
   ``pipeline(n, stage)``, which run them so.
 
 :data:`SERIAL`, the default, runs everything on the calling thread, one thing at a time;
@@ -33,7 +33,7 @@ class Runner(Protocol):
     def team(self, parts: int) -> Any: ...
 
     def schedule(self, *, compiled: bool, layers: int, directions: int, rows: int, steps: int, gate_width: int,
-                 row_width: int, train: bool, pipelinable: bool) -> Optional[str]: ...
+                 row_width: int, train: bool, pipelinable: bool, first_width: int) -> Optional[str]: ...
 
     def side_by_side(self, first: Callable[[], None], second: Callable[[], None], blas: bool = True) -> None: ...
 

@@ -69,7 +69,8 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
     finals = [np.empty(s.shape, dtype) for s in states]
     schedule = runner.schedule(compiled=compiled, layers=L, directions=D, rows=x.shape[0], steps=len(batch_sizes),
                                gate_width=kind.num_gates * H, row_width=P + H, train=train,
-                               pipelinable=not reverse_only and not (train and dropout > 0))
+                               pipelinable=not reverse_only and not (train and dropout > 0),
+                               first_width=x.shape[1] + P)
     records: list[Any] = [None] * (L * D)
     outs = [np.empty((x.shape[0], D * P), dtype) if layer == L - 1  # returned to the caller
             else alloc_blocks(((1, D * P),), x.shape[0], dtype, pool, (layer, "out"))[0]
@@ -84,7 +85,12 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
         _put(finals, idx, final)
 
     masks: list[OptArray] = [None] * L
-    if schedule == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)
+    if schedule == "wavefront":  # compiled: every layer's loop at once, each a step behind the one below
+        done = native.wavefront_forward(kind, x, params, [tuple(s[layer] for s in states) for layer in range(L)],
+                                        batch_sizes, outs, train, pool, cache, runner.team(L))
+        for layer, (final, records[layer]) in enumerate(done):
+            _put(finals, layer, final)
+    elif schedule == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)
         runner.pipeline(L, lambda layer, stage: run(layer, 0, stage))
     else:
         for layer in range(L):
@@ -133,6 +139,16 @@ def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], 
                                                      idx, dx, accumulate, stage, runner)
         _put(grad_states, idx, dstate0)
 
+    if rec.schedule == "wavefront":  # top layer first, each a step behind the one above
+        top_down = list(reversed(range(L)))
+        done = native.wavefront_backward(
+            [rec.records[layer] for layer in top_down],
+            [dout if layer == L - 1 else dxs[layer + 1] for layer in top_down],
+            [tuple(np.array(g[layer], order="C", copy=True) for g in grad_finals) for layer in top_down],
+            [dxs[layer] for layer in top_down], pool, runner, runner.team(L))
+        for layer, (_, dstate0, pgrads[layer]) in zip(top_down, done):
+            _put(grad_states, layer, dstate0)
+        return dxs[0], grad_states, pgrads
     if rec.schedule == "layers":  # top layer first, each reading its output gradient as it comes
         runner.pipeline(L, lambda i, stage: run(L - 1 - i, 0, dxs[L - 1 - i], stage=stage))
         return dxs[0], grad_states, pgrads
