@@ -72,6 +72,15 @@ def cases(quick: bool) -> list:
         ]
     out.append(Case("LSTM N=32 L=100 64->128 x2, projection before the loop", "LSTM", 32, 100, 64, 128, 2,
                     settings=(("min_inloop_batch", 1 << 30),)))
+    # the wavefront (layers side by side, each a step behind) and, for its GEMM fraction
+    # before and after, the same shape layer after layer
+    layer_after_layer = (("min_wavefront_batch", 1 << 30),)
+    for mode, suffix in (("inference", ""), ("train", " training step")):
+        against = ("torch",) if mode == "train" else ("torch", "onnxruntime")
+        out.append(Case(f"LSTM{suffix} N=64 L=100 128->128 x2, wavefront", "LSTM", 64, 100, 128, 128, 2, mode=mode,
+                        against=against))
+        out.append(Case(f"LSTM{suffix} N=64 L=100 128->128 x2, layer after layer", "LSTM", 64, 100, 128, 128, 2,
+                        mode=mode, against=against, settings=layer_after_layer))
     for H in ((128,) if quick else (64, 128)):
         out.append(Case(f"LSTM streaming step N=1 {H}->{H}", "LSTM", 1, 1, H, H, mode="stream",
                         against=("torch", "torch LSTMCell", "onnxruntime")))
@@ -278,7 +287,7 @@ def runners(case: Case, torch, threads: int) -> dict:
             out, _ = theirs(xt)
             out.backward(gt)
 
-    fns["nprnn"] = np_train
+    fns["nprnn"] = _with_settings(case, np_train)
     fns["torch"] = torch_train
     return fns
 
