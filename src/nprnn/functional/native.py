@@ -372,11 +372,11 @@ def plan_params(kind: CellKind, params: Params, sizes: Array, offsets: Array, ru
     return plan(kind, w_hh.shape[0] // G, w_hh.shape[1], w_ih.shape[1], w_hr is not None, sizes, offsets, runner)
 
 
-def plan_key() -> tuple[Any, ...]:
-    """The settings a :func:`plan` depends on, and the process (a forked child has its own
-    team): a stream makes its calls again when they change."""
-    return (settings.num_threads, settings.max_unit_split_batch, settings.min_unit_split_work,
-            settings.min_inloop_batch, settings.min_split_work, settings.spin_us, settings.step_spin_us, os.getpid())
+def plan_key() -> tuple[int, int]:
+    """What a :func:`plan` depends on beyond the shapes: the settings (any change of them)
+    and the process (a forked child has its own team); a stream makes its calls again
+    when it changes."""
+    return config.changes(), os.getpid()
 
 
 def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[int, int], sizes: Array,
