@@ -45,18 +45,14 @@ def caches() -> dict:
     return {"l2": _cache_bytes(2, 1 << 20), "l3": _cache_bytes(3, 32 << 20)}
 
 
-def _aligned(n: int) -> np.ndarray:
-    raw = np.ones(n + 16, np.float32)
-    start = (-raw.ctypes.data % 64) // 4
-    return raw[start : start + n]
-
-
 def read_rate(total_bytes: int, threads: int, seconds: float = 0.3) -> float:
     """GB/s of ``threads`` threads each reading its share of ``total_bytes`` over and over."""
-    from nprnn.functional.native import compiled
+    from nprnn.functional.native import aligned_empty, compiled
 
     share = max(1024, total_bytes // threads // 4 // 64 * 64)
-    bufs = [_aligned(share) for _ in range(threads)]
+    bufs = [aligned_empty(share, np.float32) for _ in range(threads)]
+    for buf in bufs:
+        buf.fill(1)
     probe = compiled.read_seconds(bufs[0], 1)
     reps = max(1, int(seconds / max(probe, 1e-7)))
     took = [0.0] * threads

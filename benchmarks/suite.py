@@ -406,7 +406,7 @@ class Result:
     ratios: dict
     gflops: float
     gemm_fraction: float
-    extra: dict = field(default_factory=dict)  # limit: the limit line of an N=1 row; busy: the machine's load
+    extra: dict = field(default_factory=dict)  # limit: an N=1 row's limit line; busy_before: the machine's load
 
 
 def weight_bytes(case: Case) -> list:

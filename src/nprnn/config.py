@@ -44,6 +44,7 @@ class Settings:
     # thread waiting for the others inside a loop (they come within a step; a woken thread
     # can take 100 us to run on a virtual machine, and then comes late to the next step)
     spin_us: int = 200
+    step_spin_us: int = 1000
     # compiled tier: a one-directional stack runs as a wavefront (nprnn.threads.wavefront_pays)
     # from this many rows a step, with layer 0's row at least wavefront_balance percent of
     # the others' and a row's step work (gates * row) from min to max_wavefront_work
@@ -51,8 +52,6 @@ class Settings:
     wavefront_balance: int = 85
     min_wavefront_work: int = 98304
     max_wavefront_work: int = 786432
-    step_spin_us: int = 1000
-
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)

@@ -47,7 +47,7 @@ typedef void (*job_fn)(void *ctx, int me, int nthr);
 
 #define MAX_PARTS 64
 /* Everything one call needs: the described loop, filled from a dict by parse_scan (see
-   FIELDS).  Forward: x the layer input, h, c the running states (h_0 in, h_n out), out
+   SCAN_KEYS).  Forward: x the layer input, h, c the running states (h_0 in, h_n out), out
    receives every step's h.  Backward: h, c are the running state gradients, out is the
    output gradient, dx receives (or, with accumulate, adds) the input gradient.
    Rows r0..r1 of the batch only (a batch split across threads).

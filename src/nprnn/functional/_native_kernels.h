@@ -128,13 +128,6 @@ static inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64_t l
     FN(gemm)(&g);
 }
 
-/* mm with the tiles in the opposite order (the same sums: a column's order is its own). */
-static inline void FN(mm_back)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C,
-                               int64_t ldc, const T *Cin, int64_t ldcin) {
-    struct gemm g = {n, M, K, A, lda, 1, Bp, K * NR, 0, 0, 0, 0, 0, C, ldc, Cin, ldcin, 1};
-    FN(gemm)(&g);
-}
-
 /* C = Cin + A1 @ B1 + A2 @ B2, both A row-major. */
 static inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_t lda1, const T *B1, int64_t K2, const T *A2,
                            int64_t lda2, const T *B2, T *C, int64_t ldc, const T *Cin, int64_t ldcin) {
@@ -306,12 +299,11 @@ static inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, int64
     }
     const int64_t a = s->parts == 1 ? 0 : s->units[p], w = s->parts == 1 ? GH : s->units[p + 1] - a;
     const int64_t G = s->parts == 1 ? 1 : s->G;
-    for (int64_t q = 0; q < G; q++) {
+    for (int64_t q = 0; q < G; q++) {  /* (the tiles in the opposite order: each column's sum is the same) */
         const int64_t g = back ? G - 1 - q : q, at = g * s->H + a;
-        if (back)
-            FN(mm_back)(n, K, w, A, lda, Bp + g * K * PAN(w), C + at, GH, Cin ? Cin + at : 0, ldcin);
-        else
-            FN(mm)(n, K, w, A, lda, Bp + g * K * PAN(w), C + at, GH, Cin ? Cin + at : 0, ldcin);
+        struct gemm prod = {n, w, K, A, lda, 1, Bp + g * K * PAN(w), K * NR, 0, 0, 0, 0, 0, C + at, GH,
+                            Cin ? Cin + at : 0, ldcin, back};
+        FN(gemm)(&prod);
     }
 }
 
@@ -325,10 +317,10 @@ static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int
     const T *whh = (const T *)s->whh + s->whh_at[p];
     const T *x = (const T *)s->x + row * Hin, *bias = (const T *)s->bias;
     T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
-    const T *xp = s->xproj ? (const T *)s->xproj + row * GH : 0;
+    T *xp = s->xproj ? (T *)s->xproj + row * GH : 0;
     if (late) {  /* h @ W_hh.T, then the projection, both backwards; added as the tile adds it */
         FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, 1);
-        FN(part_mm)(s, p, n, Hin, x, Hin, (const T *)s->wih + s->wih_at[p], (T *)xp, bias, 0, 1);
+        FN(part_mm)(s, p, n, Hin, x, Hin, (const T *)s->wih + s->wih_at[p], xp, bias, 0, 1);
         if (s->kind != KIND_GRU)
             for (int64_t r = 0; r < n; r++)
                 for (int64_t g = 0; g < s->G; g++)
@@ -352,11 +344,9 @@ static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int
         }
         return;
     }
-    if (late)
-        ;
-    else if (xp)
+    if (!late && xp)
         FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
-    else  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
+    else if (!late)  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
         FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hc, P, whh, gates, GH, bias, 0);
     if (s->kind == KIND_LSTM) {
         T *c = (T *)s->c + rr * H + a;

@@ -511,16 +511,25 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
         prep = rec.prep
         ranges = _split(rec.batch_sizes, rec.offsets, _row_work(prep.kind, prep.H, prep.P, prep.H_in,
                                                                 prep.whr is not None), runner)
-        _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner, partial(_call, *loop[0][:4]),
-             loop[0][4:-1], loop[0][-1])
+        _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner, partial(_call, *loop.args[:4]),
+             loop.args[4:], loop.accumulate)
     return _backward_finish(rec, loop, runner)
 
 
+class _BackwardLoop(NamedTuple):
+    """One compiled backward loop, made ready (:func:`_backward_loop`): the arguments of
+    :func:`call_args` but the row range and ``accumulate``, and what it fills."""
+
+    args: tuple[Any, ...]  # (back, prep, train, reverse, sizes, offsets, x, dout, dh, dc, arrays)
+    accumulate: bool
+    dx: Array
+    dstate: tuple[Array, ...]  # the initial-state gradients, once run
+    grads: dict[str, Array]
+
+
 def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool], key: Any,
-                   dx: OptArray, accumulate: bool
-                   ) -> tuple[tuple[Any, ...], Array, tuple[Array, ...], dict[str, Array]]:
-    """A backward loop made ready, not run: (the arguments of :func:`call_args` but the
-    row range, with ``accumulate`` last; dx; the state gradients; the gradient arrays)."""
+                   dx: OptArray, accumulate: bool) -> _BackwardLoop:
+    """A backward loop made ready, not run."""
     prep = rec.prep
     kind, H, P = prep.kind, prep.H, prep.P
     T = rec.x.shape[0]
@@ -543,15 +552,14 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
             g.fill(0)
         if not accumulate:
             dx.fill(0)
-    args = (1, prep, 1, int(rec.reverse), rec.batch_sizes, rec.offsets, None, dout, dh, dc, arrays, accumulate)
-    return args, dx, (dh,) if dc is None else (dh, dc), grads
+    args = (1, prep, 1, int(rec.reverse), rec.batch_sizes, rec.offsets, None, dout, dh, dc, arrays)
+    return _BackwardLoop(args, accumulate, dx, (dh,) if dc is None else (dh, dc), grads)
 
 
-def _backward_finish(rec: NativeRecord, loop: tuple[Any, ...], runner: Runner
+def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner
                      ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """The weight gradients after a backward loop: a few large products."""
-    _, dx, dstate0, grads = loop
-    arrays = rec.tape
+    grads, arrays = loop.grads, rec.tape
     dgx = grads["dgx"]
     # the bias gradients (sums over the rows) come out of the same products: a column of ones
     ones = (np.ones((rec.x.shape[0], 1), dgx.dtype),) if rec.prep.bias is not None else ()
@@ -563,7 +571,7 @@ def _backward_finish(rec: NativeRecord, loop: tuple[Any, ...], runner: Runner
         sums_hh = sums_ih
     db_ih, db_hh = (sums_ih[0][:, 0], sums_hh[0][:, 0]) if ones else (None, None)
     dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if "dproj" in grads else None
-    return dx, dstate0, (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
+    return loop.dx, loop.dstate, (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
 
 def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dstates: Sequence[tuple[Array, ...]],
@@ -577,7 +585,7 @@ def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dst
              for i, (rec, dout, dstate, dx) in enumerate(zip(recs, douts, dstates, dxs))]
     if int(recs[0].batch_sizes[0]):
         N = int(recs[0].batch_sizes[0])
-        _native.scan_many([_spec(*loop[0][:4], (0, N), *loop[0][4:]) for loop in loops], team)
+        _native.scan_many([_spec(*loop.args[:4], (0, N), *loop.args[4:], loop.accumulate) for loop in loops], team)
     return [_backward_finish(rec, loop, runner) for rec, loop in zip(recs, loops)]
 
 
