@@ -333,3 +333,29 @@ def test_scan_many_refuses_what_a_wavefront_cannot_run(config):
         native._native.scan_many([spec], None)  # a loop backwards in time
     with pytest.raises(TypeError, match="list of dicts"):
         native._native.scan_many((spec,), None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_weight_gradient_product_on_the_team(config, dtype):
+    """``_at`` (the compiled ``a.T @ [b0 | b1 | ...]``: weight and bias gradients) equals the
+    exact product within the rounding bound of a sum of K terms (K eps |a|.T @ |b|) for row
+    counts that are not whole groups of the tile (1, 13, 37, 150 rows of the result), K over
+    several of its blocks (1, 5, 700 packed rows), 1-3 threads; the team's row blocks give
+    the same bits as one thread."""
+    rng = np.random.default_rng(5)
+    eps = np.finfo(dtype).eps
+    for K, M1, widths in [(1, 13, (3, 1)), (5, 1, (7,)), (700, 37, (20, 33, 1)), (700, 150, (64, 1))]:
+        a = rng.standard_normal((K, M1)).astype(dtype)
+        bs = [rng.standard_normal((K, w)).astype(dtype) for w in widths]
+        want = [a.T.astype(np.float64) @ b for b in bs]  # float32: exact enough
+        bound = [K * eps * (abs(a).T.astype(np.float64) @ abs(b)) for b in bs]
+        results = []
+        for n in (1, 2, 3):
+            config(backend="native", num_threads=n, min_split_work=0)
+            got = native._at(a, *bs, runner=threads.ThreadedRunner())
+            for w, g, bd in zip(want, got, bound):
+                assert g.shape == w.shape and g.dtype == dtype
+                assert np.all(abs(g - w) <= bd), f"K={K} M1={M1}: {abs(g - w).max()} over the bound"
+            results.append(np.concatenate(got, axis=1))
+        for r in results[1:]:
+            np.testing.assert_array_equal(r, results[0])

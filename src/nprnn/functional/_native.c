@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #ifdef _WIN32
@@ -104,6 +105,8 @@ struct gemm {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define HAVE_X86_VARIANTS 1  /* GCC can compile functions for AVX-512 and AVX2 beside the baseline */
 #endif
+#define AT_KC 192  /* gemm_at's block of K, and the rows of A it copies at a time */
+#define AT_ROWS 12  /* gemm_at's row blocks are multiples of this (of every instruction set's MR) */
 #define PASTE_(a, b) a##_##b
 #define PASTE(a, b) PASTE_(a, b)
 
@@ -133,9 +136,10 @@ struct isa {
     scan_fn forward[2], backward[2];  /* [float, double] */
     void (*pack_f)(const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, int64_t);
     void (*pack_d)(const double *, int64_t, int64_t, int64_t, int64_t, double *, int64_t, int64_t);
-    void (*at_f)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *, int64_t, int);
+    void (*at_f)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *, int64_t, int,
+                 float *);
     void (*at_d)(int64_t, int64_t, int64_t, int64_t, const double *, int64_t, const double *, double *, int64_t,
-                 int);
+                 int, double *);
     float (*read)(const float *, int64_t, int64_t);
 };
 
@@ -974,8 +978,9 @@ fail:
 
 /* gemm_at(A, Bp, C, r0, r1, accumulate): C[r0:r1] (+)= A[:, r0:r1].T @ B for A (K, M1) and
    C (M1, M) C-contiguous, B (K, M) packed by pack().  The GIL is released. */
-/* gemm_at's rows r0..r1 cut into `blocks` near-equal blocks that the team's threads take
-   as they come free. */
+/* gemm_at's rows r0..r1 cut into `blocks` near-equal blocks of whole groups of AT_ROWS rows
+   that the team's threads take as they come free, each thread with its own copy of A's
+   columns (`work`, allocated once per job; without it A is read where it lies). */
 struct at_ctx {
     int64_t r0, r1, blocks, K, M, M1;
     const void *A, *Bp;
@@ -988,13 +993,18 @@ static void at_job(void *ctx, int me, int nthr) {
     (void)me;
     (void)nthr;
     struct at_ctx *c = ctx;
+    const int64_t groups = (c->r1 - c->r0 + AT_ROWS - 1) / AT_ROWS;
+    const int64_t most = (groups + c->blocks - 1) / c->blocks * AT_ROWS;  /* rows of the largest block */
+    void *work = malloc((size_t)(AT_KC * most) * (c->dbl ? sizeof(double) : sizeof(float)));  /* NULL: no copy */
     for (int64_t i; (i = atomic_fetch_add(&c->next, 1)) < c->blocks;) {
-        int64_t a = c->r0 + (c->r1 - c->r0) * i / c->blocks, z = c->r0 + (c->r1 - c->r0) * (i + 1) / c->blocks;
+        int64_t a = c->r0 + groups * i / c->blocks * AT_ROWS, z = c->r0 + groups * (i + 1) / c->blocks * AT_ROWS;
+        z = z < c->r1 ? z : c->r1;
         if (c->dbl)
-            isa->at_d(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate);
+            isa->at_d(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate, work);
         else
-            isa->at_f(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate);
+            isa->at_f(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate, work);
     }
+    free(work);
 }
 
 static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {

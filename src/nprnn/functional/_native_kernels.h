@@ -135,20 +135,45 @@ static inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_
     FN(gemm)(&g);
 }
 
+/* FN(tile) for MR rows of A packed k after k (A[i][k] = A[k * MR + i]) and one panel: with
+   the strides known, each row's value of A is an operand of its multiply-adds. */
+static void FN(tile_at)(int64_t K, const T *A, const T *B, T *C, int64_t ldc, const T *Cin, int64_t cols) {
+    FN(tile)(MR, 1, K, A, 1, MR, B, 0, 0, 0, 0, 0, 0, C, ldc, Cin, ldc, cols);
+}
+
 /* C[r0:r1] (+)= A[:, r0:r1].T @ B (C the whole (lda, M) output) for A (K, lda) row-major
    and B (K, M) packed: a weight gradient, summed over the K packed rows of a sequence.  K
-   is cut into blocks so that a block of each B panel stays in the nearer caches while the
-   rows of C go by. */
-#define KC 256
+   is cut into blocks of KC.  Each block's columns r0..r1 of A are copied into groups of MR,
+   k after k, into `work` (AT_KC * (r1 - r0) elements; NULL: A is read where it lies, lda
+   apart); then a block of one B panel stays in L1 while the groups go by. */
+#define KC AT_KC
 static void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
-                        int accumulate) {
+                        int accumulate, T *work) {
+    const int64_t groups = (r1 - r0) / MR, full = r0 + groups * MR;
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = K - k0 < KC ? K - k0 : KC;
-        T *Cr = C + r0 * ldc;
-        /* A read across (A[i][k] = A[k * lda + i]); a block of kc rows of each B panel */
-        struct gemm g = {r1 - r0, M, kc, A + r0 + k0 * lda, 1, lda, Bp + k0 * NR, K * NR, 0, 0, 0, 0, 0, Cr, ldc,
-                         accumulate || k0 > 0 ? Cr : 0, ldc};
-        FN(gemm)(&g);
+        const int first = !accumulate && k0 == 0;
+        for (int64_t q = 0; work && q < groups; q++)  /* work[q][k][i] = A[k0 + k][r0 + q * MR + i] */
+            for (int64_t k = 0; k < kc; k++)
+                for (int i = 0; i < MR; i++) work[(q * kc + k) * MR + i] = A[(k0 + k) * lda + r0 + q * MR + i];
+        for (int64_t j = 0; j * NR < M; j++) {
+            const int64_t cols = M - j * NR < NR ? M - j * NR : NR;
+            const T *B = Bp + k0 * NR + j * K * NR;
+            for (int64_t q = 0; q < groups; q++) {
+                T *Cq = C + (r0 + q * MR) * ldc + j * NR;
+                if (work)
+                    FN(tile_at)(kc, work + q * kc * MR, B, Cq, ldc, first ? 0 : Cq, cols);
+                else
+                    FN(tile)(MR, 1, kc, A + r0 + q * MR + k0 * lda, 1, lda, B, 0, 0, 0, 0, 0, 0, Cq, ldc,
+                             first ? 0 : Cq, ldc, cols);
+            }
+        }
+        if (full < r1) {  /* the last rows, fewer than MR */
+            T *Cr = C + full * ldc;
+            struct gemm g = {r1 - full, M, kc, A + full + k0 * lda, 1, lda, Bp + k0 * NR, K * NR, 0, 0, 0, 0, 0, Cr,
+                             ldc, first ? 0 : Cr, ldc};
+            FN(gemm)(&g);
+        }
     }
 }
 #undef KC

@@ -609,8 +609,8 @@ def _at(a: Array, *bs: Array, runner: Runner = SERIAL) -> list[Array]:
         out = np.empty((M1, M), a.dtype)
         ranges = runner.ranges([K] * M1, M)
         team = runner.team(len(ranges)) if len(ranges) > 1 else None
-        if team is not None:  # the team's threads take row blocks as they come free
-            _native.gemm_at(a, bp, out, 0, M1, 0, team, len(ranges))
+        if team is not None:  # a block of rows per thread: each block reads all of B again
+            _native.gemm_at(a, bp, out, 0, M1, 0, team, min(len(ranges), team.stats()["threads"]))
         else:
             runner.run([partial(_native.gemm_at, a, bp, out, r[0], r[1], 0) for r in ranges])
     starts = np.cumsum([0] + widths)
