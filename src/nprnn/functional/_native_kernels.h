@@ -199,8 +199,8 @@ static void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm,
             int64_t col = col0 + m;
             dst[((col / NR) * K + k) * NR + col % NR] = row[m * sm];
         }
-        if (col0 + M == Mtot)
-            for (int64_t col = Mtot; col % NR; col++) dst[((col / NR) * K + k) * NR + col % NR] = (T)0;
+        if (col0 + M == Mtot && Mtot % NR)
+            memset(dst + ((Mtot / NR) * K + k) * NR + Mtot % NR, 0, (size_t)(NR - Mtot % NR) * sizeof(T));
     }
 }
 
