@@ -29,16 +29,6 @@
 #include <unistd.h>
 #endif
 
-/* libmvec (glibc, x86-64) has vector versions of exp and tanh.  GCC declares them only
-   under -ffast-math's finite-math assumption, which we do not make (NaN and inf must
-   propagate as in PyTorch); libmvec itself handles them, so declare the clones here. */
-#if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((__simd__("notinbranch"))) float expf(float);
-__attribute__((__simd__("notinbranch"))) float tanhf(float);
-__attribute__((__simd__("notinbranch"))) double exp(double);
-__attribute__((__simd__("notinbranch"))) double tanh(double);
-#endif
-
 enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3 };
 
 struct team;
@@ -103,7 +93,8 @@ struct gemm {
 };
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define HAVE_X86_VARIANTS 1  /* GCC can compile functions for AVX-512 and AVX2 beside the baseline */
+#define HAVE_X86_VARIANTS 1  /* GCC and clang compile functions for AVX-512 and AVX2 beside the baseline */
+#include <immintrin.h>
 #endif
 #define AT_KC 192  /* gemm_at's block of K, and the rows of A it copies at a time */
 #define AT_ROWS 12  /* gemm_at's row blocks are multiples of this (of every instruction set's MR) */
@@ -111,24 +102,20 @@ struct gemm {
 #define PASTE(a, b) PASTE_(a, b)
 
 #define T float
+#define ITYPE int32_t
 #define TNAME f32
-#define EXP expf
-#define TANH tanhf
 #include "_native_isas.h"
 #undef T
+#undef ITYPE
 #undef TNAME
-#undef EXP
-#undef TANH
 
 #define T double
+#define ITYPE int64_t
 #define TNAME f64
-#define EXP exp
-#define TANH tanh
 #include "_native_isas.h"
 #undef T
+#undef ITYPE
 #undef TNAME
-#undef EXP
-#undef TANH
 
 struct isa {
     const char *name;
@@ -141,11 +128,14 @@ struct isa {
     void (*at_d)(int64_t, int64_t, int64_t, int64_t, const double *, int64_t, const double *, double *, int64_t,
                  int, double *);
     float (*read)(const float *, int64_t, int64_t);
+    void (*apply_f)(int, float *, int64_t);
+    void (*apply_d)(int, double *, int64_t);
+    int (*width)(void);
 };
 
 #define ISA(label, vb, s)                                                                                  \
     {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
-     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s}
+     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s, width_f32_##s}
 static const struct isa ISA_BASE = ISA("baseline", 16, base);
 #ifdef HAVE_X86_VARIANTS
 static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);
@@ -1058,6 +1048,54 @@ static PyObject *py_isa(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(isa->name);
 }
 
+/* apply(which, a): exp (0), tanh (1) or sigmoid (2) of a C-contiguous float32/float64
+   array in place, on the kernels' own vector math (for the tests). */
+static PyObject *py_apply(PyObject *self, PyObject *args) {
+    (void)self;
+    int which;
+    PyObject *arr;
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "iO", &which, &arr)) return NULL;
+    if (PyObject_GetBuffer(arr, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) return NULL;
+    const char *fmt = v.format ? v.format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+    int dbl = strcmp(fmt, "d") == 0;
+    if (which < 0 || which > 2 || (!dbl && strcmp(fmt, "f") != 0)) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "_native.apply: which in 0..2 and a contiguous float32/float64 array expected");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dbl)
+        isa->apply_d(which, (double *)v.buf, (int64_t)(v.len / 8));
+    else
+        isa->apply_f(which, (float *)v.buf, (int64_t)(v.len / 4));
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&v);
+    Py_RETURN_NONE;
+}
+
+/* widths(): {variant: vector bytes} from each variant's FN(width), for the variants this
+   CPU runs: proof that each was compiled for its instruction set. */
+static PyObject *py_widths(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    PyObject *d = PyDict_New();
+    const struct isa *all[3] = {&ISA_BASE, NULL, NULL};
+#ifdef HAVE_X86_VARIANTS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) all[1] = &ISA_AVX2;
+    if (best_isa() == &ISA_AVX512) all[2] = &ISA_AVX512;
+#endif
+    for (int i = 0; d && i < 3; i++) {
+        if (!all[i]) continue;
+        PyObject *w = PyLong_FromLong(all[i]->width());
+        if (!w || PyDict_SetItemString(d, all[i]->name, w) < 0) Py_CLEAR(d);
+        Py_XDECREF(w);
+    }
+    return d;
+}
+
 static PyObject *py_panel(PyObject *self, PyObject *arg) {
     (void)self;
     long itemsize = PyLong_AsLong(arg);
@@ -1129,6 +1167,8 @@ static PyMethodDef methods[] = {
     {"pack", (PyCFunction)(void (*)(void))py_pack, METH_FASTCALL, "Pack a weight matrix into panels."},
     {"gemm_at", (PyCFunction)(void (*)(void))py_gemm_at, METH_FASTCALL, "A weight gradient: C (+)= A.T @ B."},
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
+    {"apply", py_apply, METH_VARARGS, "exp (0), tanh (1) or sigmoid (2) of an array in place (tests)."},
+    {"widths", py_widths, METH_NOARGS, "Each variant's vector width, as compiled (tests)."},
     {"panel_width", py_panel, METH_O, "Columns per packed panel for an item size."},
     {"set_isa", py_set_isa, METH_O, "Choose the instruction set (tests)."},
     {NULL, NULL, 0, NULL},

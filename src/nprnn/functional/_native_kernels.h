@@ -6,8 +6,8 @@
  *   MR      rows of the register tile (12 with 32 vector registers, 6 with 16)
  *   ACC     accumulator registers the tile may use (24 or 12)
  *   SFX     name suffix, e.g. f32_avx512
- *   EXP, TANH   the libm functions for T (vectorised through libmvec where it exists)
- * and the target pragma of the instruction set in force.
+ *   TGT     the instruction set's target attribute, on every function
+ *   WIDTH_PROOF()  an expression that compiles only under that target, giving VB
  *
  * The equations are in nprnn.functional.cells (the NumPy kernels, our oracle) and in the
  * layer docstrings; here is only the mechanics.  The hidden-to-hidden product of a step,
@@ -24,15 +24,16 @@
 
 typedef T FN(vec) __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));
 #define V FN(vec)
+typedef ITYPE FN(ivec) __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));  /* T's bits */
 
-static inline __attribute__((always_inline)) V FN(vload)(const T *p) { return *(const V *)p; }
-static inline __attribute__((always_inline)) void FN(vstore)(T *p, V v) { *(V *)p = v; }
+static TGT inline __attribute__((always_inline)) V FN(vload)(const T *p) { return *(const V *)p; }
+static TGT inline __attribute__((always_inline)) void FN(vstore)(T *p, V v) { *(V *)p = v; }
 
 /* C[0:mr, panels j..j+np-1] = Cin + A1 @ B1 (+ A2 @ B2): A[i][k] = A[i * ars + k * aks].
    Cin may be NULL (zero), C itself, or one row broadcast to all (ldcin = 0, a bias).  The
    panels of B1 lie ps1 elements apart (K1 * NR unless K is cut into blocks), those of B2 ps2.
    The last panel may be partial (cols < np * NR valid columns). */
-static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, int64_t K1, const T *A1, int64_t ars1,
+static TGT inline __attribute__((always_inline)) void FN(tile)(int mr, int np, int64_t K1, const T *A1, int64_t ars1,
                                                          int64_t aks1, const T *B1, int64_t ps1, int64_t K2, const T *A2,
                                                          int64_t ars2, const T *B2, int64_t ps2, T *C, int64_t ldc,
                                                          const T *Cin, int64_t ldcin, int64_t cols) {
@@ -77,7 +78,7 @@ static inline __attribute__((always_inline)) void FN(tile)(int mr, int np, int64
    to 4 (small row counts are bound by loading B, so more panels in flight help). */
 #define PANELS(mr) ((ACC / (2 * (mr))) < 1 ? 1 : (ACC / (2 * (mr))) > 4 ? 4 : (ACC / (2 * (mr))))
 
-static inline __attribute__((always_inline)) void FN(row_block)(int mr, const struct gemm *g, int64_t i) {
+static TGT inline __attribute__((always_inline)) void FN(row_block)(int mr, const struct gemm *g, int64_t i) {
     const int64_t M = g->M, npan = (M + NR - 1) / NR;
     const int wide = PANELS(mr);
     const T *A1 = (const T *)g->A1 + i * g->ars1, *A2 = g->A2 ? (const T *)g->A2 + i * g->ars2 : 0;
@@ -107,7 +108,7 @@ static inline __attribute__((always_inline)) void FN(row_block)(int mr, const st
     case r: FN(row_block)(r, g, i); break;
 
 /* C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], the B packed by FN(pack). */
-static void FN(gemm)(const struct gemm *g) {
+static TGT void FN(gemm)(const struct gemm *g) {
     for (int64_t i = 0; i < g->n; i += MR) {
         int64_t mr = g->n - i < MR ? g->n - i : MR;
         switch (mr) {
@@ -122,14 +123,14 @@ static void FN(gemm)(const struct gemm *g) {
 #undef ROWS_CASE
 
 /* C = Cin + A @ B for row-major A (n, K), the common case of the loop. */
-static inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc, const T *Cin,
+static TGT inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc, const T *Cin,
                           int64_t ldcin) {
     struct gemm g = {n, M, K, A, lda, 1, Bp, K * NR, 0, 0, 0, 0, 0, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
 
 /* C = Cin + A1 @ B1 + A2 @ B2, both A row-major. */
-static inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_t lda1, const T *B1, int64_t K2, const T *A2,
+static TGT inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_t lda1, const T *B1, int64_t K2, const T *A2,
                            int64_t lda2, const T *B2, T *C, int64_t ldc, const T *Cin, int64_t ldcin) {
     struct gemm g = {n, M, K1, A1, lda1, 1, B1, K1 * NR, K2, A2, lda2, B2, K2 * NR, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
@@ -137,7 +138,7 @@ static inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_
 
 /* FN(tile) for MR rows of A packed k after k (A[i][k] = A[k * MR + i]) and one panel: with
    the strides known, each row's value of A is an operand of its multiply-adds. */
-static void FN(tile_at)(int64_t K, const T *A, const T *B, T *C, int64_t ldc, const T *Cin, int64_t cols) {
+static TGT void FN(tile_at)(int64_t K, const T *A, const T *B, T *C, int64_t ldc, const T *Cin, int64_t cols) {
     FN(tile)(MR, 1, K, A, 1, MR, B, 0, 0, 0, 0, 0, 0, C, ldc, Cin, ldc, cols);
 }
 
@@ -147,7 +148,7 @@ static void FN(tile_at)(int64_t K, const T *A, const T *B, T *C, int64_t ldc, co
    k after k, into `work` (AT_KC * (r1 - r0) elements; NULL: A is read where it lies, lda
    apart); then a block of one B panel stays in L1 while the groups go by. */
 #define KC AT_KC
-static void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
+static TGT void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
                         int accumulate, T *work) {
     const int64_t groups = (r1 - r0) / MR, full = r0 + groups * MR;
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -181,7 +182,7 @@ static void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A
 /* Pack B (K, M) into columns col0.. of a panel array of Mtot columns: B[k][m] =
    src[k * sk + m * sm].  The segment that ends at Mtot also writes the zero padding, so
    several sources side by side (each its own call) make one packed matrix. */
-static void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0, int64_t Mtot) {
+static TGT void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0, int64_t Mtot) {
     for (int64_t k = 0; k < K; k++) {
         const T *row = src + k * sk;
         int64_t m = 0;
@@ -205,25 +206,160 @@ static void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm,
 }
 
 /* ---------------------------------------------------------------- elementwise */
-static inline void FN(sigmoid)(T *restrict a, int64_t n) {
-    for (int64_t j = 0; j < n; j++) a[j] = (T)1 / ((T)1 + EXP(-a[j]));
+/* The vector width this variant was compiled for, from an expression that compiles only
+   under its target: a build whose target attribute is not honoured fails here. */
+static TGT __attribute__((unused)) int FN(width)(void) { return WIDTH_PROOF(); }
+
+/* exp, tanh and sigmoid on whole vectors, our own (no libm or libmvec call, so nothing ties
+   the extension to a C library's version, and every compiler and CPU vectorises the
+   gates).  The error bounds are tested against NumPy in tests/test_vector_math.py.
+   This file is compiled without -ffast-math: reassociation would undo the split of ln 2
+   and the rounding constant below. */
+#define IV FN(ivec)
+static TGT inline __attribute__((always_inline)) V FN(select)(IV m, V a, V b) {
+    return (V)((m & (IV)a) | (~m & (IV)b));
 }
 
-static inline void FN(tanh_)(T *restrict a, int64_t n) {
-    for (int64_t j = 0; j < n; j++) a[j] = TANH(a[j]);
+/* e^x = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts: n * LN2_HI is
+   exact) with |r| <= ln(2)/2 and e^r by its Taylor series to r^7 (float) or r^13 (double):
+   the first term left out is under 2^-27 (float) and 2^-56 (double) of the sum.  2^n is
+   applied in two halves, so that results under the smallest normal number round once, as
+   denormals; x is first held to [XMIN, XMAX], beyond which the result is 0 or inf anyway
+   (NaN passes: every comparison with it is false, and NaN * s is NaN). */
+static TGT inline __attribute__((always_inline)) V FN(vexp)(V x) {
+    const int f = sizeof(T) == 4;
+    const T xmax = f ? (T)89.0f : (T)710.0, xmin = f ? (T)-104.0f : (T)-746.0;
+    const T log2e = (T)1.4426950408889634, ln2_hi = f ? (T)0.693145751953125f : (T)6.93147180369123816490e-01,
+            ln2_lo = f ? (T)1.428606765330187e-06f : (T)1.90821492927058770002e-10;
+    const T round = f ? (T)12582912.0f : (T)6755399441055744.0;  /* 1.5 * 2^23, 1.5 * 2^52 */
+    x = FN(select)((IV)(x > xmax), (V){0} + xmax, x);
+    x = FN(select)((IV)(x < xmin), (V){0} + xmin, x);
+    V t = x * log2e + round;  /* n in the low bits of t */
+    V n = t - round;
+    V r = x - n * ln2_hi;
+    r = r - n * ln2_lo;
+    V p;
+    if (f) {
+        p = (V){0} + (T)(1.0 / 5040);
+        p = p * r + (T)(1.0 / 720);
+    } else {
+        p = (V){0} + (T)(1.0 / 6227020800.0);
+        p = p * r + (T)(1.0 / 479001600.0);
+        p = p * r + (T)(1.0 / 39916800.0);
+        p = p * r + (T)(1.0 / 3628800.0);
+        p = p * r + (T)(1.0 / 362880.0);
+        p = p * r + (T)(1.0 / 40320.0);
+        p = p * r + (T)(1.0 / 5040.0);
+        p = p * r + (T)(1.0 / 720.0);
+    }
+    p = p * r + (T)(1.0 / 120);
+    p = p * r + (T)(1.0 / 24);
+    p = p * r + (T)(1.0 / 6);
+    p = p * r + (T)0.5;
+    p = p * r + (T)1;
+    p = p * r + (T)1;
+#ifdef RECIP14
+    (void)t;  /* vscalef: p 2^n in one rounding, denormals and overflow included */
+    return f ? (V)_mm512_scalef_ps((__m512)p, (__m512)n) : (V)_mm512_scalef_pd((__m512d)p, (__m512d)n);
+#else
+    const int mant = f ? 23 : 52, bias = f ? 127 : 1023;
+    IV k = (IV)t - (IV)((V){0} + round);  /* n as an integer */
+    IV k1 = k >> 1, k2 = k - k1;
+    V s1 = (V)((k1 + bias) << mant), s2 = (V)((k2 + bias) << mant);
+    return p * s1 * s2;
+#endif
+}
+
+/* 1 / d for d in [1, 2] (or NaN): where RECIP14 is set (AVX-512), the 14-bit estimate and
+   Newton steps (one for float, two for double: relative error under 2^-28 and 2^-56 before
+   the last rounding), elsewhere a division. */
+static TGT inline __attribute__((always_inline)) V FN(recip)(V d) {
+#ifdef RECIP14
+    V r = sizeof(T) == 4 ? (V)_mm512_rcp14_ps((__m512)d) : (V)_mm512_rcp14_pd((__m512d)d);
+    r = r + r * ((T)1 - d * r);
+    if (sizeof(T) == 8) r = r + r * ((T)1 - d * r);
+    return r;
+#else
+    return (T)1 / d;
+#endif
+}
+
+/* tanh x = sign(x) (1 - 2 e / (1 + e)), e = e^(-2|x|); below |x| = 0.55 (float) or 0.25
+   (double), where that subtraction would lose leading digits, its odd Taylor series to x^21
+   instead (the first term left out is under 2^-33 and 2^-58 of the sum). */
+static TGT inline __attribute__((always_inline)) V FN(vtanh)(V x) {
+    const IV sign = ((IV){0} + 1) << (8 * sizeof(T) - 1);
+    V ax = (V)((IV)x & ~sign);
+    V e = FN(vexp)(-(ax + ax));
+    V big = (T)1 - (T)2 * e * FN(recip)((T)1 + e);
+    V a2 = ax * ax;
+    V p = (V){0} + (T)(18888466084.0 / 194896477400625.0);
+    p = p * a2 + (T)(-443861162.0 / 1856156927625.0);
+    p = p * a2 + (T)(6404582.0 / 10854718875.0);
+    p = p * a2 + (T)(-929569.0 / 638512875.0);
+    p = p * a2 + (T)(21844.0 / 6081075.0);
+    p = p * a2 + (T)(-1382.0 / 155925.0);
+    p = p * a2 + (T)(62.0 / 2835.0);
+    p = p * a2 + (T)(-17.0 / 315.0);
+    p = p * a2 + (T)(2.0 / 15.0);
+    p = p * a2 + (T)(-1.0 / 3.0);
+    V small = ax + ax * a2 * p;
+    const T cut = sizeof(T) == 4 ? (T)0.55f : (T)0.25;
+    return (V)((IV)FN(select)((IV)(ax < cut), small, big) | ((IV)x & sign));  /* tanh(-x) = -tanh(x) */
+}
+
+/* sigmoid x = 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: e^-|x| never overflows,
+   so the result stays exact to the smallest numbers. */
+static TGT inline __attribute__((always_inline)) V FN(vsigmoid)(V x) {
+    const IV sign = ((IV){0} + 1) << (8 * sizeof(T) - 1);
+    V e = FN(vexp)((V)((IV)x | sign));  /* e^-|x| */
+    V r = FN(recip)((T)1 + e);
+    return FN(select)((IV)(x < (T)0), e * r, r);
+}
+
+/* The function of a whole array: full vectors, then the rest through one vector. */
+#define ARRAY_FN(name, body)                                                     \
+    static TGT inline void FN(name)(T *restrict a, int64_t n) {                  \
+        int64_t j = 0;                                                           \
+        for (; j + VL <= n; j += VL) {                                           \
+            V x;                                                                 \
+            memcpy(&x, a + j, sizeof x);                                         \
+            x = body;                                                            \
+            memcpy(a + j, &x, sizeof x);                                         \
+        }                                                                        \
+        if (j < n) {                                                             \
+            T tmp[VL] = {0};                                                     \
+            memcpy(tmp, a + j, (size_t)(n - j) * sizeof(T));                     \
+            V x;                                                                 \
+            memcpy(&x, tmp, sizeof x);                                           \
+            x = body;                                                            \
+            memcpy(tmp, &x, sizeof x);                                           \
+            memcpy(a + j, tmp, (size_t)(n - j) * sizeof(T));                     \
+        }                                                                        \
+    }
+ARRAY_FN(sigmoid, FN(vsigmoid)(x))
+ARRAY_FN(tanh_, FN(vtanh)(x))
+ARRAY_FN(exp_, FN(vexp)(x))
+#undef ARRAY_FN
+
+/* For the tests: exp (0), tanh (1) or sigmoid (2) of an array, in place. */
+static TGT void FN(apply)(int which, T *a, int64_t n) {
+    if (which == 0) FN(exp_)(a, n);
+    else if (which == 1) FN(tanh_)(a, n);
+    else FN(sigmoid)(a, n);
 }
 
 /* The elementwise work of one batch row, one function each so that every array is a
    restrict parameter of its own (GCC then vectorises the loops; slices of one row's gates
    are disjoint ranges of H). */
-static void FN(lstm_cell_row)(int64_t H, const T *restrict i, const T *restrict f, const T *restrict g,
+static TGT void FN(lstm_cell_row)(int64_t H, const T *restrict i, const T *restrict f, const T *restrict g,
                               const T *restrict o, T *restrict c, T *restrict tc, T *restrict m) {
     for (int64_t j = 0; j < H; j++) tc[j] = c[j] = f[j] * c[j] + i[j] * g[j];  /* c' = f c + i g */
     FN(tanh_)(tc, H);
     for (int64_t j = 0; j < H; j++) m[j] = o[j] * tc[j];  /* o * tanh(c') */
 }
 
-static void FN(gru_cell_row)(int64_t H, T *restrict r, T *restrict z, T *restrict n, const T *restrict xr,
+static TGT void FN(gru_cell_row)(int64_t H, T *restrict r, T *restrict z, T *restrict n, const T *restrict xr,
                              const T *restrict xz, const T *restrict xn, const T *restrict bhn, T *restrict ghn,
                              const T *hin, T *hout) {
     for (int64_t j = 0; j < H; j++) r[j] += xr[j];
@@ -238,7 +374,7 @@ static void FN(gru_cell_row)(int64_t H, T *restrict r, T *restrict z, T *restric
     for (int64_t j = 0; j < H; j++) hout[j] = n[j] + z[j] * (hin[j] - n[j]);  /* h' = n + z (h - n) */
 }
 
-static void FN(lstm_back_row)(int64_t H, const T *restrict i, const T *restrict f, const T *restrict g,
+static TGT void FN(lstm_back_row)(int64_t H, const T *restrict i, const T *restrict f, const T *restrict g,
                               const T *restrict o, const T *restrict tc, const T *restrict cp,
                               const T *restrict dm, T *restrict di, T *restrict df, T *restrict dg,
                               T *restrict d_o, T *restrict dc) {
@@ -252,7 +388,7 @@ static void FN(lstm_back_row)(int64_t H, const T *restrict i, const T *restrict 
     }
 }
 
-static void FN(gru_back_row)(int64_t H, const T *restrict r, const T *restrict z, const T *restrict n,
+static TGT void FN(gru_back_row)(int64_t H, const T *restrict r, const T *restrict z, const T *restrict n,
                              const T *restrict ghn, const T *restrict hp, T *restrict dxr, T *restrict dxz,
                              T *restrict dxn, T *restrict dhr, T *restrict dhz, T *restrict dhn, T *restrict dh) {
     for (int64_t j = 0; j < H; j++) {
@@ -270,7 +406,7 @@ static void FN(gru_back_row)(int64_t H, const T *restrict r, const T *restrict z
 
 /* C (n, M) = Cin + A (n, K) @ B a panel at a time, all rows under each panel: a product of
    many rows (the input projection of every step) reads each panel of B once. */
-static void FN(mm_cols)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
+static TGT void FN(mm_cols)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
                         const T *Cin, int64_t ldcin) {
     if (n <= MR) {
         FN(mm)(n, K, M, A, lda, Bp, C, ldc, Cin, ldcin);
@@ -286,7 +422,7 @@ static void FN(mm_cols)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda
 
 /* Read n elements of p reps times with vector loads (n a multiple of 4 vectors): the
    bandwidth probe of the benchmarks, the limit a matrix-vector step meets. */
-static __attribute__((unused)) T FN(read)(const T *p, int64_t n, int64_t reps) {
+static TGT __attribute__((unused)) T FN(read)(const T *p, int64_t n, int64_t reps) {
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     for (int64_t r = 0; r < reps; r++)
         for (int64_t i = 0; i + 4 * VL <= n; i += 4 * VL) {
@@ -308,7 +444,7 @@ static __attribute__((unused)) T FN(read)(const T *p, int64_t n, int64_t reps) {
    quite fit in the cache reads them forwards at one step and backwards at the next, so
    that the last ones read are the first ones needed, still in the cache (read in one
    direction only, each step would find none of them there). */
-static inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, int64_t K, const T *A, int64_t lda,
+static TGT inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, int64_t K, const T *A, int64_t lda,
                                const T *Bp, T *C, const T *Cin, int64_t ldcin, int back) {
     const int64_t GH = s->G * s->H;
     if (n > MR) {  /* many rows: a panel at a time, each read once */
@@ -335,7 +471,7 @@ static inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, int64
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
    then the cell's elementwise work on units a..b, writing the new state's units to hn
    (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
-static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
+static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
                                  T *hn, int back, int late) {
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const int64_t a = s->units[p], w = s->units[p + 1] - a;
@@ -403,7 +539,7 @@ static inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int
    struct scan in _native.c).  With K > 1 the state a step reads (hbuf[q % 2]) is not the
    one it writes (hbuf[(q + 1) % 2]), so the threads meet once per step (a projected LSTM:
    twice, as the projection needs every unit's m). */
-static void FN(forward)(const struct scan *s, int me, int nthr) {
+static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
     const int64_t H = s->H, P = s->P, Hin = s->Hin, N = s->N;
     const int64_t p0 = s->parts * me / nthr, p1 = s->parts * (me + 1) / nthr;
     T *h = (T *)s->h, *hbuf = (T *)s->hbuf;
@@ -464,7 +600,7 @@ static void FN(forward)(const struct scan *s, int me, int nthr) {
 }
 
 /* Backward of a training forward: walks the steps in the opposite order. */
-static void FN(backward)(const struct scan *s, int me, int nthr) {
+static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
     (void)me;
     (void)nthr;
     const int64_t H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
@@ -530,11 +666,15 @@ static void FN(backward)(const struct scan *s, int me, int nthr) {
 
 #undef PAN
 #undef V
+#undef IV
 #undef VL
 #undef NR
 #undef FN
 #undef CAT
 #undef CAT_
+#undef TGT
+#undef RECIP14
+#undef WIDTH_PROOF
 #undef VB
 #undef MR
 #undef ACC
