@@ -17,7 +17,10 @@ def test_demo_prints_seed_shapes_and_only_ok(capsys):
     assert text.count("OK ") >= 10
     import nprnn
 
-    assert f"backend: {nprnn.backend()} (" in text  # which kernels ran, and why
+    info = nprnn.backend_info()
+    line = next(x for x in text.splitlines() if x.startswith("backend: "))
+    assert line.startswith(f"backend: {info['backend']}")  # which kernels ran, and why not the fastest
+    assert (info["reason"] or "") in line and (info["isa"] if info["backend"] == "native" else "numpy") in line
 
 
 def test_module_entry_point():

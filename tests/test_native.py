@@ -341,3 +341,31 @@ def test_padding_past_lengths_is_never_read(kind, backend, tier):
 
 def _flat(state):
     return state if isinstance(state, tuple) else (state,)
+
+
+def test_backend_info_says_why_the_fast_path_is_not_taken(monkeypatch):
+    """``nprnn.backend_info()``: the backend, the variant, the compiler, and the reason
+    whenever the compiled tier (or its best variant) is not used."""
+    info = nprnn.backend_info()
+    assert info["backend"] == nprnn.backend()
+    if native._native is not None:
+        assert info["isa"] == native.isa() and info["isa"] in info["variants"]
+        assert info["compiler"].split()[0] in ("gcc", "clang", "msvc", "unknown")
+        monkeypatch.setattr(native, "_enabled", False)
+        monkeypatch.setattr(native, "_FORCED", "numpy")
+        assert nprnn.backend_info()["reason"] == "NPRNN_BACKEND=numpy in the environment"
+        monkeypatch.setattr(native, "_FORCED", "")
+        assert nprnn.backend_info()["reason"] == "set_backend('numpy') was called"
+        monkeypatch.setattr(native, "_enabled", True)
+        if len(info["variants"]) > 1:
+            native._native.set_isa("baseline")
+            try:
+                assert "set_isa" in nprnn.backend_info()["reason"]
+            finally:
+                native._native.set_isa("best")
+    monkeypatch.setattr(native, "_native", None)
+    monkeypatch.setattr(native, "_IMPORT_ERROR", "No module named 'nprnn.functional._native'")
+    assert "not built" in nprnn.backend_info()["reason"]
+    monkeypatch.setattr(native, "_IMPORT_ERROR", "_native.so: undefined symbol: _ZGVeN16v_tanhf")
+    assert nprnn.backend_info()["reason"] == "the compiled kernels do not load: _native.so: undefined symbol: " \
+                                             "_ZGVeN16v_tanhf"

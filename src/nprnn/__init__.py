@@ -10,7 +10,7 @@ from . import (
     config,
     utils,
 )
-from .functional.native import backend, set_backend
+from .functional.native import backend, backend_info, set_backend
 from .nn import losses, optim
 from .nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .nn.cells import GRUCell, LSTMCell, RNNCell
@@ -35,6 +35,6 @@ __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module", "optim", "losses", "config",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
-    "get_helper_process", "backend", "set_backend", "writable", "Sequential", "LastStep", "ReLU", "Tanh",
-    "Sigmoid", "Softmax", "LogSoftmax", "Linear", "Embedding", "Dropout", "LayerNorm", "__version__",
+    "get_helper_process", "backend", "backend_info", "set_backend", "writable", "Sequential", "LastStep", "ReLU",
+    "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Linear", "Embedding", "Dropout", "LayerNorm", "__version__",
 ]

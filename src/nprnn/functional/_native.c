@@ -1075,6 +1075,38 @@ static PyObject *py_apply(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* compiler(): what built the extension. */
+static PyObject *py_compiler(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+#if defined(__clang__)
+    return PyUnicode_FromString("clang " __clang_version__);
+#elif defined(__GNUC__)
+    return PyUnicode_FromString("gcc " __VERSION__);
+#elif defined(_MSC_VER)
+    return PyUnicode_FromFormat("msvc %d", _MSC_VER);
+#else
+    return PyUnicode_FromString("unknown");
+#endif
+}
+
+/* cpu(): the CPU features the variants need, as this CPU reports them ({} off x86). */
+static PyObject *py_cpu(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+#ifdef HAVE_X86_VARIANTS
+    __builtin_cpu_init();
+    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O}", "avx512f", __builtin_cpu_supports("avx512f") ? Py_True : Py_False,
+                         "avx512vl", __builtin_cpu_supports("avx512vl") ? Py_True : Py_False, "avx512dq",
+                         __builtin_cpu_supports("avx512dq") ? Py_True : Py_False, "avx512bw",
+                         __builtin_cpu_supports("avx512bw") ? Py_True : Py_False, "avx2",
+                         __builtin_cpu_supports("avx2") ? Py_True : Py_False, "fma",
+                         __builtin_cpu_supports("fma") ? Py_True : Py_False);
+#else
+    return PyDict_New();
+#endif
+}
+
 /* widths(): {variant: vector bytes} from each variant's FN(width), for the variants this
    CPU runs: proof that each was compiled for its instruction set. */
 static PyObject *py_widths(PyObject *self, PyObject *noargs) {
@@ -1169,6 +1201,8 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
     {"apply", py_apply, METH_VARARGS, "exp (0), tanh (1) or sigmoid (2) of an array in place (tests)."},
     {"widths", py_widths, METH_NOARGS, "Each variant's vector width, as compiled (tests)."},
+    {"compiler", py_compiler, METH_NOARGS, "The compiler that built the extension."},
+    {"cpu", py_cpu, METH_NOARGS, "The CPU features the instruction set variants need."},
     {"panel_width", py_panel, METH_O, "Columns per packed panel for an item size."},
     {"set_isa", py_set_isa, METH_O, "Choose the instruction set (tests)."},
     {NULL, NULL, 0, NULL},

@@ -32,13 +32,20 @@ from ..config import settings
 from .cells import CellKind
 from .runners import SERIAL, Runner
 
+_IMPORT_ERROR: Optional[str] = None  # why the compiled module did not import
 try:
     from . import _native  # type: ignore[attr-defined]
 
     compiled = _native  # the compiled module, for the callers that build their own calls (streams)
-except ImportError:  # not built: no compiler at install time, or an unusual platform
+except ImportError as exc:  # not built (no compiler at install time), or built and unloadable
     _native = None
     compiled = None
+    _IMPORT_ERROR = str(exc)
+    if getattr(exc, "name", None) != f"{__package__}._native":  # the file is there but does not load
+        import warnings
+
+        warnings.warn(f"nprnn's compiled kernels are installed but do not load ({exc}); running on NumPy",
+                      RuntimeWarning, stacklevel=2)
 
 _CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _FORCED = os.environ.get("NPRNN_BACKEND", "").strip().lower()
@@ -64,6 +71,34 @@ def set_backend(name: str) -> None:
     if name == "native" and _native is None:
         raise RuntimeError("set_backend('native'): nprnn's compiled kernels are not built in this installation")
     _enabled = name == "native"
+
+
+def backend_info() -> dict[str, Any]:
+    """Which tier runs and why: ``backend`` (as :func:`backend`), ``isa`` (the instruction
+    set variant in use), ``variants`` (each compiled variant this CPU runs, with its vector
+    bytes), ``compiler`` (what built the extension), ``cpu`` (the features the variants
+    need, as this CPU reports them), and ``reason``: None when the compiled tier runs on
+    its best variant, else why not (not built, the import error's text, forced by the
+    environment or by :func:`set_backend`, the CPU lacking a feature, ``set_isa``)."""
+    info: dict[str, Any] = {"backend": backend(), "isa": isa(), "variants": {}, "compiler": None, "cpu": {},
+                            "reason": None}
+    if _native is None:
+        missing = _IMPORT_ERROR is not None and "No module named" in _IMPORT_ERROR
+        info["reason"] = ("the compiled kernels are not built in this installation (no C compiler at install "
+                          "time?)" if missing else f"the compiled kernels do not load: {_IMPORT_ERROR}")
+        return info
+    info.update(variants=_native.widths(), compiler=_native.compiler(), cpu=_native.cpu())
+    if not _enabled:
+        info["reason"] = ("NPRNN_BACKEND=numpy in the environment" if _FORCED == "numpy"
+                          else "set_backend('numpy') was called")
+        return info
+    best = max(info["variants"], key=info["variants"].get)
+    if info["isa"] != best:
+        info["reason"] = f"the {info['isa']} variant was chosen with _native.set_isa; this CPU runs {best}"
+    elif info["cpu"] and best != "avx512":
+        need = ("avx512f", "avx512vl", "avx512dq", "avx512bw") if best == "avx2" else ("avx2", "fma")
+        info["reason"] = f"this CPU lacks {', '.join(f for f in need if not info['cpu'][f])}: {best} runs"
+    return info
 
 
 def isa() -> Optional[str]:

@@ -57,13 +57,14 @@ def _check(label, ok, out):
 
 
 def _backend_line() -> str:
-    """Which kernels run: the compiled ones (and their instruction set) or NumPy's."""
+    """Which kernels run: the compiled ones (their instruction set and compiler) or NumPy's,
+    and why not the fastest whenever it is not taken."""
     from ..functional import native
 
-    if native.backend() == "native":
-        return f"native (compiled kernels, {native.isa()})"
-    why = "NPRNN_BACKEND=numpy" if native.compiled is not None else "the compiled kernels are not built here"
-    return f"numpy ({why})"
+    info = native.backend_info()
+    line = (f"native (compiled kernels, {info['isa']}, {info['compiler']})" if info["backend"] == "native"
+            else "numpy")
+    return line + (f" -- {info['reason']}" if info["reason"] else "")
 
 
 def run(compare_torch: bool = False) -> int:
