@@ -3,8 +3,9 @@ a budget: 1699 when the compiled tier landed (80773d4), raised to 1760 for the c
 tier's small-batch plan (hidden units split across threads, the projection before the
 loop: 1739 lines then), to 1780 when row ranges and weight gradients went to the same
 team of threads (1768), to 1850 for the wavefront of a stack's layers, forward and
-backward (1834), and to 1870 for ``backend_info`` and the import error it keeps (1863).  The core is the kernels and the layers; the reference steps
-(the oracle and teaching text) are counted apart."""
+backward (1834), and to 1870 for ``backend_info`` and the import error it keeps (1863).
+The core is the kernels and the layers; the reference steps (the oracle and teaching
+text) are counted apart."""
 import ast
 import io
 import os

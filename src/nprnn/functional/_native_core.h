@@ -1,0 +1,139 @@
+/* The kernels' C side, without Python: the described loop (struct scan), the product
+ * (struct gemm), every (dtype, instruction set) variant of _native_kernels.h and the table
+ * that picks one.  _native.c (the Python module) and tests/native/driver.c (the kernels
+ * run without Python, under qemu for other CPUs) include it; each defines team_barrier,
+ * wave_wait and wave_publish.
+ */
+#ifndef NPRNN_NATIVE_CORE_H
+#define NPRNN_NATIVE_CORE_H
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3 };
+
+struct team;
+static void team_barrier(struct team *t, int me, int nthr);
+/* A job a team runs: thread `me` of `nthr` calls fn(ctx, me, nthr). */
+typedef void (*job_fn)(void *ctx, int me, int nthr);
+
+#define MAX_PARTS 64
+/* Everything one call needs: the described loop, filled from a dict by parse_scan (see
+   SCAN_KEYS).  Forward: x the layer input, h, c the running states (h_0 in, h_n out), out
+   receives every step's h.  Backward: h, c are the running state gradients, out is the
+   output gradient, dx receives (or, with accumulate, adds) the input gradient.
+   Rows r0..r1 of the batch only (a batch split across threads).
+   The hidden units split into `parts` (units[p]..units[p+1]; with a projection the P
+   columns of h split as pcols): each part's weights packed on their own, back to back
+   (wih_at, whh_at, whr_at: where each starts, in elements), so that a thread reads only
+   its own.  With xproj the input projection of every row runs before the loop, into
+   xproj (rows, G*H); without it, inside the loop, step by step. */
+struct scan;
+typedef void (*scan_fn)(const struct scan *, int, int);
+struct scan {
+    int kind, train, reverse, accumulate, back;
+    scan_fn kernel;  /* the loop: forward or backward, for this dtype and instruction set */
+    int64_t G, H, P, Hin, steps, N, rows, r0, r1, ldout, parts;
+    int64_t phase;  /* calls made before on this description (a _native.Call's steps alternate directions) */
+    const int64_t *batch_sizes, *offsets;
+    const void *x, *wih, *whh, *bias, *bhn, *whr;  /* backward: wih, whh, whr packed untransposed */
+    void *out, *h, *c, *hbuf, *xproj;
+    void *gates, *hprev, *cprev, *tc, *m, *ghn, *gxs;  /* the tape (training) or per-row work */
+    void *dx, *dgx, *dgh, *dproj, *scratch;           /* backward */
+    int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
+    int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */
+    int64_t ranges[MAX_PARTS + 1];    /* their bounds */
+    int64_t wih_at[MAX_PARTS], whh_at[MAX_PARTS], whr_at[MAX_PARTS];
+    struct team *team;  /* the threads that share the parts (NULL: this thread alone) */
+    /* A wavefront (scan_many): this loop waits before each step until the loop below it
+       has done as many steps (await), and counts its own (publish); slot: its thread's. */
+    atomic_uint *await, *publish;
+    int slot;
+};
+static void wave_wait(const struct scan *s, unsigned need);
+static void wave_publish(const struct scan *s, unsigned done);
+
+/* One matrix product C (n, M) = Cin + A1 (n, K1) @ B1 [+ A2 (n, K2) @ B2], each B packed,
+   its panels ps1 (ps2) elements apart; A1[i][k] = A1[i * ars1 + k * aks1], A2 row-major
+   with row stride ars2. */
+struct gemm {
+    int64_t n, M, K1;
+    const void *A1;
+    int64_t ars1, aks1;
+    const void *B1;
+    int64_t ps1, K2;
+    const void *A2;
+    int64_t ars2;
+    const void *B2;
+    int64_t ps2;
+    void *C;
+    int64_t ldc;
+    const void *Cin;
+    int64_t ldcin;
+    int backwards;  /* run the tiles last to first */
+};
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_X86_VARIANTS 1  /* GCC and clang compile functions for AVX-512 and AVX2 beside the baseline */
+#include <immintrin.h>
+#endif
+#define AT_KC 192  /* gemm_at's block of K, and the rows of A it copies at a time */
+#define AT_ROWS 12  /* gemm_at's row blocks are multiples of this (of every instruction set's MR) */
+#define PASTE_(a, b) a##_##b
+#define PASTE(a, b) PASTE_(a, b)
+
+#define T float
+#define ITYPE int32_t
+#define TNAME f32
+#include "_native_isas.h"
+#undef T
+#undef ITYPE
+#undef TNAME
+
+#define T double
+#define ITYPE int64_t
+#define TNAME f64
+#include "_native_isas.h"
+#undef T
+#undef ITYPE
+#undef TNAME
+
+struct isa {
+    const char *name;
+    int vector_bytes;
+    scan_fn forward[2], backward[2];  /* [float, double] */
+    void (*pack_f)(const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, int64_t);
+    void (*pack_d)(const double *, int64_t, int64_t, int64_t, int64_t, double *, int64_t, int64_t);
+    void (*at_f)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *, int64_t, int,
+                 float *);
+    void (*at_d)(int64_t, int64_t, int64_t, int64_t, const double *, int64_t, const double *, double *, int64_t,
+                 int, double *);
+    float (*read)(const float *, int64_t, int64_t);
+    void (*apply_f)(int, float *, int64_t);
+    void (*apply_d)(int, double *, int64_t);
+    int (*width)(void);
+};
+
+#define ISA(label, vb, s)                                                                                  \
+    {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
+     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s, width_f32_##s}
+static const struct isa ISA_BASE = ISA("baseline", 16, base);
+#ifdef HAVE_X86_VARIANTS
+static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);
+static const struct isa ISA_AVX512 = ISA("avx512", 64, avx512);
+#endif
+
+static const struct isa *best_isa(void) {
+#ifdef HAVE_X86_VARIANTS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+        return &ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &ISA_AVX2;
+#endif
+    return &ISA_BASE;
+}
+
+#endif
