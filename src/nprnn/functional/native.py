@@ -87,7 +87,7 @@ def backend_info() -> dict[str, Any]:
         info["reason"] = ("the compiled kernels are not built in this installation (no C compiler at install "
                           "time?)" if missing else f"the compiled kernels do not load: {_IMPORT_ERROR}")
         return info
-    info.update(variants=_native.widths(), compiler=_native.compiler(), cpu=_native.cpu())
+    info.update(variants=_native.widths(), compiler=_native.compiler().strip(), cpu=_native.cpu())
     if not _enabled:
         info["reason"] = ("NPRNN_BACKEND=numpy in the environment" if _FORCED == "numpy"
                           else "set_backend('numpy') was called")
