@@ -221,8 +221,8 @@ static TGT inline __attribute__((always_inline)) V FN(select)(IV m, V a, V b) {
 }
 
 /* e^x = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts: n * LN2_HI is
-   exact) with |r| <= ln(2)/2 and e^r by its Taylor series to r^7 (float) or r^13 (double):
-   the first term left out is under 2^-27 (float) and 2^-56 (double) of the sum.  2^n is
+   exact) with |r| <= ln(2)/2, and e^r by a polynomial: float, Cephes' minimax one of degree
+   7; double, the Taylor series to r^13 (the first term left out is under 2^-56 of the sum).  2^n is
    applied in two halves, so that results under the smallest normal number round once, as
    denormals; x is first held to [XMIN, XMAX], beyond which the result is 0 or inf anyway
    (NaN passes: every comparison with it is false, and NaN * s is NaN). */
@@ -239,10 +239,15 @@ static TGT inline __attribute__((always_inline)) V FN(vexp)(V x) {
     V r = x - n * ln2_hi;
     r = r - n * ln2_lo;
     V p;
-    if (f) {
-        p = (V){0} + (T)(1.0 / 5040);
-        p = p * r + (T)(1.0 / 720);
-    } else {
+    if (f) {  /* Cephes' minimax polynomial for e^r - 1 - r on [-ln2/2, ln2/2] (about 1 ulp) */
+        p = (V){0} + (T)1.9875691500e-4f;
+        p = p * r + (T)1.3981999507e-3f;
+        p = p * r + (T)8.3334519073e-3f;
+        p = p * r + (T)4.1665795894e-2f;
+        p = p * r + (T)1.6666665459e-1f;
+        p = p * r + (T)5.0000001201e-1f;
+        p = p * (r * r) + r + (T)1;
+    } else {  /* the Taylor series to r^13 */
         p = (V){0} + (T)(1.0 / 6227020800.0);
         p = p * r + (T)(1.0 / 479001600.0);
         p = p * r + (T)(1.0 / 39916800.0);
@@ -251,13 +256,13 @@ static TGT inline __attribute__((always_inline)) V FN(vexp)(V x) {
         p = p * r + (T)(1.0 / 40320.0);
         p = p * r + (T)(1.0 / 5040.0);
         p = p * r + (T)(1.0 / 720.0);
+        p = p * r + (T)(1.0 / 120);
+        p = p * r + (T)(1.0 / 24);
+        p = p * r + (T)(1.0 / 6);
+        p = p * r + (T)0.5;
+        p = p * r + (T)1;
+        p = p * r + (T)1;
     }
-    p = p * r + (T)(1.0 / 120);
-    p = p * r + (T)(1.0 / 24);
-    p = p * r + (T)(1.0 / 6);
-    p = p * r + (T)0.5;
-    p = p * r + (T)1;
-    p = p * r + (T)1;
 #ifdef RECIP14
     (void)t;  /* vscalef: p 2^n in one rounding, denormals and overflow included */
     return f ? (V)_mm512_scalef_ps((__m512)p, (__m512)n) : (V)_mm512_scalef_pd((__m512d)p, (__m512d)n);
