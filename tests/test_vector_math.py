@@ -133,3 +133,22 @@ def test_the_built_variants_hold_their_instructions():
     assert counts["avx512"]["zmm"] > 1000, counts
     assert counts["avx2"]["ymm"] > 1000 and counts["avx2"]["zmm"] == 0, counts
     assert counts["base"]["ymm"] == counts["base"]["zmm"] == 0, counts
+
+
+def test_the_extension_calls_no_libm():
+    """No exp/tanh/libmvec symbol is left undefined in the built extension: nothing ties it to
+    a C library's version (the wheel's manylinux tag is checked by .ci/other-cpus)."""
+    import platform
+    import re
+    import shutil
+    import subprocess
+
+    nm = shutil.which("nm")
+    if nm is None or platform.system() != "Linux":
+        pytest.skip("nm on Linux is needed")
+    undefined = subprocess.run([nm, "-D", "--undefined-only", native._native.__file__], capture_output=True,
+                               text=True, check=True).stdout.split()
+    names = {u.split("@")[0] for u in undefined}
+    libm = {n for n in names if re.fullmatch(r"(exp|tanh|log|pow|sqrt|expm1|log1p)f?|_ZGV\w+", n)}
+    assert not libm, libm
+    assert "memcpy" in names or "malloc" in names  # the listing is real: C library calls are there
