@@ -1,7 +1,8 @@
 """Fixtures for tests/native/driver.c: the compiled loop's calls of real layer runs, the
 weight-gradient products and the gate functions, each with the result the host's kernels
-give (whose parity with the NumPy tier the test suite holds), written for one instruction
-set variant's packing so that another CPU's build of the same kernels can replay them.
+give (each run's outputs and gradients checked against the NumPy tier's first), written for
+one instruction set variant's packing so that another CPU's build of the same kernels can
+replay them.
 
     python tests/native/fixtures.py OUT.bin [--isa baseline|avx2|avx512]
 
@@ -104,19 +105,39 @@ def _layers():
                 yield m, x, [7, 5, 5, 2], rng
 
 
+def _run(m, x, lengths, g, train):
+    """A layer's outputs, final states and, in training, every gradient."""
+    m.train(train)
+    m.zero_grad()
+    out, hn = m(x, lengths=lengths)
+    res = [out, *(hn if isinstance(hn, tuple) else (hn,))]
+    if train:
+        gx, ghx = m.backward(g)
+        res += [gx, *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())]
+    return res
+
+
 def record_loops() -> list[Case]:
+    """Every loop call of the runs, recorded; each run's results are first checked against
+    the NumPy tier's at the parity tolerances, so that what the fixtures expect is that."""
     rec = Recorder()
-    saved, native._native = native._native, rec
+    saved = native._native
     try:
         for settings in ({"min_inloop_batch": 0}, {"min_inloop_batch": 16},  # projection in the loop, before it
                          {"max_unit_split_batch": 64, "min_unit_split_work": 0, "num_threads": 3}):  # parts
-            with override(**{"backend": "native", "num_threads": 1, **settings}):
-                for m, x, lengths, rng in _layers():
-                    for train in (False, True):
-                        m.train(train)
-                        out, _ = m(x, lengths=lengths)
-                        if train:
-                            m.backward(rng.standard_normal(out.shape).astype(out.dtype))
+            for m, x, lengths, rng in _layers():
+                for train in (False, True):
+                    g = rng.standard_normal((x.shape[0], x.shape[1], m._h_out * (1 + m.bidirectional)))
+                    g = g.astype(x.dtype)
+                    with override(backend="numpy"):
+                        want = _run(m, x, lengths, g, train)
+                    native._native = rec
+                    with override(**{"backend": "native", "num_threads": 1, **settings}):
+                        got = _run(m, x, lengths, g, train)
+                    native._native = saved
+                    tol = {"rtol": 1.3e-6, "atol": 1e-5} if x.dtype == np.float32 else {"rtol": 1e-7, "atol": 1e-10}
+                    for a, b in zip(got, want):
+                        np.testing.assert_allclose(a, b, **tol)
     finally:
         native._native = saved
     return rec.cases
