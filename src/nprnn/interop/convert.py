@@ -170,6 +170,10 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
         if ext not in _EXTENSIONS:
             raise ValueError(f"convert: the {role} {os.fspath(path)!r} has an unknown extension {ext or '(none)'!r}; "
                              f"known: {', '.join(_EXTENSIONS)}")
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f"convert: the destination {os.fspath(dst)!r} is the source file; a conversion "
+                         "keeps only the arrays (a checkpoint's optimizer state and header would be lost), "
+                         "so nothing is written: give another path")
     src_fmt = "onnx" if os.fspath(src).lower().endswith(".onnx") else format_of(src)
     dst_fmt = "onnx" if os.fspath(dst).lower().endswith(".onnx") else format_of(dst)
     if src_fmt == "onnx":

@@ -6,7 +6,9 @@
   random-generator states in one safetensors file (JSON metadata in its header).
 
 Files are written atomically (a temporary file in the same folder, flushed, then renamed
-over the target), so a crash mid-write leaves the previous file intact.  Loading checks
+over the target), so a crash mid-write leaves the previous file intact; only a regular file
+is replaced (a character device such as ``/dev/null`` is written into; a directory, FIFO,
+socket or block device is refused, see :func:`atomic_write`).  Loading checks
 everything first — format, keys, shapes, dtypes, optimizer state — and changes nothing
 unless all of it is right.  safetensors is an optional dependency (``pip install
 'nprnn[train]'``); ``.npz`` needs only NumPy.
@@ -18,6 +20,7 @@ import io
 import json
 import os
 import secrets
+import stat
 import warnings
 import zipfile
 from typing import Any
@@ -45,8 +48,27 @@ def atomic_write(path, data: bytes) -> None:
     A symlink is followed (its target is replaced, the link stays); an existing file keeps
     its permissions, a new one gets the usual ones (0666 less the umask).  The temporary
     file is named after this process, and temporary files that a killed writer left
-    beside the target are removed."""
-    path = os.path.realpath(os.fspath(path))
+    beside the target are removed.
+
+    Only a regular file is ever replaced.  A character device (``/dev/null``, a terminal)
+    is written into in place, as ``open()`` would; any other node that exists there (a
+    directory, a FIFO, a socket, a block device) is refused with an error that names it,
+    and stays as it was."""
+    given = os.fspath(path)
+    path = os.path.realpath(given)
+    try:
+        st_mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        st_mode = None
+    if st_mode is not None and not stat.S_ISREG(st_mode):
+        if stat.S_ISCHR(st_mode):
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+        what = ("a directory" if stat.S_ISDIR(st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st_mode)
+                else "a socket" if stat.S_ISSOCK(st_mode) else "a block device" if stat.S_ISBLK(st_mode)
+                else "not a regular file")
+        raise ValueError(f"refusing to write {given!r}: it is {what}, and only a regular file is replaced")
     folder, base = os.path.split(path)
     _remove_stale_temporaries(folder, base)
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{base}")

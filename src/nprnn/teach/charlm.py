@@ -8,7 +8,6 @@ value, no gradient flows into the previous window).
 from __future__ import annotations
 
 import math
-import os
 import time
 from importlib import resources
 
@@ -290,11 +289,9 @@ def plot_history(history: dict, baseline: float, path: str) -> None:
     ax.set_ylabel("cross-entropy (nats / character)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    from .diagram import _save
+
+    _save(fig, path)  # closes the figure
 
 
 def load_for_generation(path: str):

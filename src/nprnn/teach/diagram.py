@@ -139,10 +139,18 @@ def unrolled(module, seq_len: int, path: str) -> None:
 
 
 def _save(fig, path):
+    """``fig`` as an image at ``path``, written as every nprnn file is (atomically; only a
+    regular file replaced: :func:`..interop.serialization.atomic_write`)."""
+    import io
+
+    from ..interop.serialization import atomic_write
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(os.fspath(path))[1][1:].lower() or "png")
+    atomic_write(path, buf.getvalue())
     import matplotlib.pyplot as plt
 
     plt.close(fig)
