@@ -112,3 +112,39 @@ def test_every_flag_has_help_and_shows_its_default():
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
         text = sub.format_help()
         assert "(default:" in text or name == "demo", name
+
+
+def test_flags_that_mean_nothing_are_refused_in_one_line(tmp_path, capsys):
+    """NaN, infinite, negative or empty values of the numeric and path flags (issue 24's CLI
+    items): one line on stderr naming the flag, exit 2; and a missing checkpoint for
+    generate points to `nprnn train`."""
+    cases = [
+        (["train", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["train", "--clip", "-1"], "--clip must be a finite number > 0, got -1.0"),
+        (["train", "--clip", "inf"], "--clip must be a finite number > 0, got inf"),
+        (["train", "--dropout", "nan"], "--dropout must be in [0, 1), got nan"),
+        (["train", "--text", ""], "--text is empty"),
+        (["train", "--plot", " "], "--plot is empty"),
+        (["generate", "--temperature", "inf"], "--temperature must be a finite number > 0, got inf"),
+        (["generate", "--checkpoint", str(tmp_path / "none.safetensors")], "nprnn train --checkpoint"),
+        (["plot-states", "--out", ""], "--out is empty"),
+        (["plot-states", "--checkpoint", ""], "--checkpoint is empty"),
+        (["plot-states", "--text", "hello"], "--text needs --checkpoint"),
+        (["explain", "lstm", "--input-size", "2", "--hidden-size", "3", "--plot", ""], "--plot is empty"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and err.startswith("nprnn: error: ") and err.count("\n") == 1, (argv, err)
+    assert not any(p.name.endswith(".png") for p in tmp_path.iterdir())
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`nprnn demo | head -1`: the reader goes away; no 'Broken pipe' error, exit 0."""
+    with subprocess.Popen([sys.executable, "-m", "nprnn", "demo"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help shows its default
+_STATES_TEXT = "The \"while\" statement is used for repeated execution."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     tr.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
     tr.add_argument("--eval-every", type=int, default=100, help="steps between validation losses")
-    tr.add_argument("--checkpoint", default="charlm.safetensors", help="checkpoint path (needs safetensors)")
+    tr.add_argument("--checkpoint", default="charlm.safetensors",
+                    help="checkpoint path (needs safetensors); '' for none")
     tr.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and dropout")
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--sample-len", type=int, default=200, help="characters sampled after training")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen = sub.add_parser("generate", help="sample text from a model trained with `nprnn train`", formatter_class=_FMT)
-    gen.add_argument("--checkpoint", default="charlm.safetensors", help="a checkpoint written by `nprnn train`")
+    gen.add_argument("--checkpoint", default="charlm.safetensors",
+                     help="a checkpoint written by `nprnn train`")
     gen.add_argument("--prompt", default="The ", help="text the sample continues")
     gen.add_argument("--length", type=int, default=300, help="characters to generate (>= 0)")
     gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (> 0)")
@@ -70,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--plot", help="draw the unrolled network to this .png or .svg")
     ps = sub.add_parser("plot-states", help="heatmaps of hidden and cell states and gate activations over time",
                         formatter_class=_FMT)
-    ps.add_argument("--checkpoint", help="a model trained with `nprnn train` (else a random layer from the options)")
-    ps.add_argument("--text", default="The \"while\" statement is used for repeated execution.",
-                    help="with --checkpoint: the text to run")
+    ps.add_argument("--checkpoint",
+                    help="a model trained with `nprnn train` (else a random layer from the options)")
+    ps.add_argument("--text", help=f"with --checkpoint: the text to run (default: {_STATES_TEXT!r})")
     _layer_options(ps, required=False)
     ps.add_argument("--seq-len", type=int, default=40, help="without --checkpoint: random input length")
     ps.add_argument("--out", default="states.png", help="output PNG (needs matplotlib)")
@@ -89,6 +92,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("nprnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`nprnn demo | head`): end quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error when Python flushes at exit
+        return 0
     except (ValueError, TypeError, RuntimeError, ImportError, OSError, IndexError) as exc:
         return _fail(str(exc) or type(exc).__name__)
 
@@ -135,6 +143,23 @@ def _positive(args, *names) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
 
 
+def _finite_positive(args, *names) -> None:
+    import math
+
+    for name in names:
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
+
+
+def _paths(args, *names) -> None:
+    """An empty path names no file: refused, not taken as 'none' or as a file called '.png'."""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and not v.strip():
+            raise ValueError(f"--{name.replace('_', '-')} is empty: give a file name")
+
+
 def _layer_options(p, required=True):
     p.add_argument("kind", choices=["rnn", "lstm", "gru"], nargs=None if required else "?", default="lstm",
                    help="the layer")
@@ -170,6 +195,7 @@ def _explain(args) -> int:
     from .teach.explain import explain, format_text
 
     _positive(args, "batch", "seq_len")
+    _paths(args, "plot")
     if args.plot:
         _need("matplotlib", "--plot", "plot")
     layer = _build_layer(args)
@@ -190,17 +216,22 @@ def _plot_states(args) -> int:
     from .teach.diagram import state_heatmaps
     from .teach.explain import collect_states
 
+    _paths(args, "checkpoint", "out")
     _need("matplotlib", "plot-states", "plot")
     if args.checkpoint:
         from .teach.charlm import load_for_generation
 
-        if not args.text:
+        text = _STATES_TEXT if args.text is None else args.text
+        if not text:
             raise ValueError("--text is empty: give the text to run through the model")
         model, vocab = load_for_generation(args.checkpoint)
-        ids = vocab.encode(args.text)[:, None]  # (L, 1)
+        ids = vocab.encode(text)[:, None]  # (L, 1)
         layer, x = model.lstm, model.embed.eval()(ids)
-        title = f"{args.checkpoint}: {args.text[:60]!r}"
+        title = f"{args.checkpoint}: {text[:60]!r}"
     else:
+        if args.text is not None:
+            raise ValueError("--text needs --checkpoint (a trained model to run it through); without one the "
+                             "states are a random layer's on random input")
         _positive(args, "seq_len", "input_size", "hidden_size", "num_layers")
         layer = _build_layer(args)
         shape = (1, args.seq_len, args.input_size) if args.batch_first else (args.seq_len, 1, args.input_size)
@@ -223,6 +254,8 @@ def _train(args) -> int:
               "ckpt_every")
     if not 0 <= args.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    _finite_positive(args, "lr", "clip")
+    _paths(args, "text", "plot")  # an empty --checkpoint keeps its meaning: no checkpoint
     if args.checkpoint:
         _need("safetensors", "--checkpoint", "train")
     if args.plot:
@@ -250,6 +283,13 @@ def _generate(args) -> int:
         raise ValueError(f"--length must be >= 0, got {args.length}")
     if not args.temperature > 0:
         raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    _finite_positive(args, "temperature")
+    _paths(args, "checkpoint")
+    import os
+
+    if not os.path.exists(args.checkpoint):
+        raise ValueError(f"no such file: {args.checkpoint!r} (train a model first: "
+                         f"`nprnn train --checkpoint {args.checkpoint}`)")
     model, vocab = load_for_generation(args.checkpoint)
     print(sample(model, vocab, args.prompt, args.length, args.temperature, rng=args.seed))
     return 0
