@@ -119,3 +119,22 @@ def test_converting_a_file_onto_itself_is_refused(tmp_path):
         convert(path, hard, log=lambda *a: None)
     assert path.read_bytes() == before
     assert load_checkpoint(path, nprnn.LSTM(3, 4, seed=1))["step"] == 7
+
+
+def test_a_missing_directory_is_named_as_the_user_gave_it(tmp_path):
+    """Not the temporary file's name: the directory of the path the user gave."""
+    target = tmp_path / "no" / "such" / "w.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*w\.safetensors.*no such directory .*such") as err:
+        save(nprnn.LSTM(3, 4, seed=0), target)
+    assert ".tmp-" not in str(err.value)
+
+
+def test_convert_refuses_pt_output_before_reading(tmp_path):
+    from nprnn.interop.convert import convert
+
+    src = tmp_path / "w.safetensors"
+    save(nprnn.LSTM(3, 4, seed=0), src)
+    said = []
+    with pytest.raises(ValueError, match="nprnn does not write .pt files"):
+        convert(src, tmp_path / "x.pt", log=said.append)
+    assert said == [] and not (tmp_path / "x.pt").exists()

@@ -176,6 +176,10 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
                          "so nothing is written: give another path")
     src_fmt = "onnx" if os.fspath(src).lower().endswith(".onnx") else format_of(src)
     dst_fmt = "onnx" if os.fspath(dst).lower().endswith(".onnx") else format_of(dst)
+    if dst_fmt == "torch":  # refused before anything is read, whether PyTorch is installed or not
+        raise ValueError(f"convert: nprnn does not write .pt files (PyTorch's pickle format), so nothing is written "
+                         f"to {os.fspath(dst)!r}; write .safetensors, which PyTorch reads with "
+                         "safetensors.torch.load_file")
     if src_fmt == "onnx":
         from .onnx import import_onnx
 
@@ -213,9 +217,6 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
             if type(module).__name__ == "Sequential":
                 log("model: " + " -> ".join(f"{k}: {type(m).__name__}" for k, m in module._modules.items()))
         export(module, dst)
-    elif dst_fmt == "torch":
-        raise ValueError("writing .pt needs PyTorch; write .safetensors (PyTorch reads it with "
-                         "safetensors.torch.load_file)")
     else:
         write_tensors(dst, tensors)
     log(f"wrote {dst} ({dst_fmt})")

@@ -70,6 +70,8 @@ def atomic_write(path, data: bytes) -> None:
                 else "not a regular file")
         raise ValueError(f"refusing to write {given!r}: it is {what}, and only a regular file is replaced")
     folder, base = os.path.split(path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {given!r}: no such directory {os.path.dirname(given) or folder!r}")
     _remove_stale_temporaries(folder, base)
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{base}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
