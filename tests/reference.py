@@ -265,3 +265,16 @@ def compare(cfg: dict, got: dict, want: dict) -> None:
         assert g.shape == w.shape, f"{key}: shape {g.shape} != {w.shape}"
         assert g.dtype == np.dtype(cfg["dtype"]), f"{key}: dtype {g.dtype} != {cfg['dtype']}"
         np.testing.assert_allclose(g, w, err_msg=f"{key} of {json.dumps(cfg)}", **tol)
+
+
+def run_layer(m, x, lengths, g, train):
+    """A layer's output, final states and, in training, the input, state and parameter
+    gradients (output gradient ``g``), as one list to compare."""
+    m.train(train)
+    m.zero_grad()
+    out, hn = m(x, lengths=lengths)
+    res = [out, *(hn if isinstance(hn, tuple) else (hn,))]
+    if train:
+        gx, ghx = m.backward(g)
+        res += [gx, *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())]
+    return res

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 import pytest
-from reference import tolerances
+from reference import run_layer, tolerances
 
 import nprnn
 from nprnn.functional import native
@@ -32,18 +32,6 @@ def _layer(kind, H_in, H, dtype, **kw):
     if kind == "RNN_relu":
         return nprnn.RNN(H_in, H, nonlinearity="relu", dtype=dtype, seed=3, **kw)
     return getattr(nprnn, kind)(H_in, H, dtype=dtype, seed=3, **kw)
-
-
-def _run(m, x, lengths, g, train):
-    """Output, final states and, in training, the input, state and parameter gradients."""
-    m.train(train)
-    m.zero_grad()
-    out, hn = m(x, lengths=lengths)
-    res = [out, *(hn if isinstance(hn, tuple) else (hn,))]
-    if train:
-        gx, ghx = m.backward(g)
-        res += [gx, *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())]
-    return res
 
 
 def _split_everything(config, threads_):
@@ -66,11 +54,11 @@ def test_unit_split_is_bit_for_bit(config, kind, train):
     lengths = [9, 4, 6]
     g = rng.standard_normal((9, 3, 2 * m._h_out))
     config(backend="native", num_threads=1)
-    want = _run(m, x, lengths, g, train)
+    want = run_layer(m, x, lengths, g, train)
     for n in (1, 2, 3, 4):
         team = _split_everything(config, n)
         before = _runs(team)
-        got = _run(m, x, lengths, g, train)
+        got = run_layer(m, x, lengths, g, train)
         if n > 2:  # the split did happen, on the team (with 2 threads, a direction gets one each)
             assert _runs(team) > before
         for a, b in zip(want, got):
@@ -108,7 +96,7 @@ def test_projection_before_the_loop_equals_the_loop_and_numpy(config, kind, dtyp
     for label, settings in (("first", dict(min_inloop_batch=64)), ("inloop", dict(min_inloop_batch=0)),
                             ("numpy", dict(backend="numpy"))):
         config(num_threads=1, **({"backend": "native"} | settings))
-        results[label] = _run(m, x, lengths, g, True)
+        results[label] = run_layer(m, x, lengths, g, True)
     tol = tolerances(np.dtype(dtype).name)
     for a, b, c in zip(results["first"], results["inloop"], results["numpy"]):
         np.testing.assert_allclose(a, b, **tol)
@@ -310,12 +298,12 @@ def test_the_wavefront_is_bit_for_bit(config, kind, train):
     lengths = [8, 3, 5, 8, 1]
     g = rng.standard_normal((8, 5, m._h_out))
     config(backend="native", num_threads=1, min_inloop_batch=0, max_unit_split_batch=0)
-    want = _run(m, x, lengths, g, train)
+    want = run_layer(m, x, lengths, g, train)
     for n in (2, 3, 4):
         _wavefront_everything(config, n)
         team = threads.team(n)
         before = _runs(team)
-        got = _run(m, x, lengths, g, train)
+        got = run_layer(m, x, lengths, g, train)
         assert _runs(team) >= before + (2 if train else 1)  # the wavefront ran on the team (backward too)
         for a, b in zip(want, got):
             np.testing.assert_array_equal(a, b)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import struct
 import sys
 
@@ -24,6 +25,8 @@ from nprnn.config import override
 from nprnn.functional import native
 
 _n = native._native
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the shared helpers
+from reference import run_layer  # noqa: E402
 
 
 def _bounds(a: np.ndarray) -> tuple[int, int]:
@@ -105,18 +108,6 @@ def _layers():
                 yield m, x, [7, 5, 5, 2], rng
 
 
-def _run(m, x, lengths, g, train):
-    """A layer's outputs, final states and, in training, every gradient."""
-    m.train(train)
-    m.zero_grad()
-    out, hn = m(x, lengths=lengths)
-    res = [out, *(hn if isinstance(hn, tuple) else (hn,))]
-    if train:
-        gx, ghx = m.backward(g)
-        res += [gx, *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())]
-    return res
-
-
 def record_loops() -> list[Case]:
     """Every loop call of the runs, recorded; each run's results are first checked against
     the NumPy tier's at the parity tolerances, so that what the fixtures expect is that."""
@@ -130,10 +121,10 @@ def record_loops() -> list[Case]:
                     g = rng.standard_normal((x.shape[0], x.shape[1], m._h_out * (1 + m.bidirectional)))
                     g = g.astype(x.dtype)
                     with override(backend="numpy"):
-                        want = _run(m, x, lengths, g, train)
+                        want = run_layer(m, x, lengths, g, train)
                     native._native = rec
                     with override(**{"backend": "native", "num_threads": 1, **settings}):
-                        got = _run(m, x, lengths, g, train)
+                        got = run_layer(m, x, lengths, g, train)
                     native._native = saved
                     tol = {"rtol": 1.3e-6, "atol": 1e-5} if x.dtype == np.float32 else {"rtol": 1e-7, "atol": 1e-10}
                     for a, b in zip(got, want):
