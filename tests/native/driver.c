@@ -117,12 +117,8 @@ static int compare(const struct fx *c, double rtol32, double rtol64, double *wor
 }
 
 static const struct isa *pick(int64_t vector_bytes) {
-    const struct isa *best = best_isa();
-    if (best->vector_bytes == vector_bytes) return best;
-    if (ISA_BASE.vector_bytes == vector_bytes) return &ISA_BASE;
-#ifdef HAVE_X86_VARIANTS
-    if (ISA_AVX2.vector_bytes == vector_bytes && best != &ISA_BASE) return &ISA_AVX2;
-#endif
+    for (int i = 0; i < NVARIANTS; i++)
+        if (VARIANTS[i]->vector_bytes == vector_bytes && cpu_runs(VARIANTS[i])) return VARIANTS[i];
     return NULL;
 }
 

@@ -1025,16 +1025,10 @@ static PyObject *py_widths(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
     PyObject *d = PyDict_New();
-    const struct isa *all[3] = {&ISA_BASE, NULL, NULL};
-#ifdef HAVE_X86_VARIANTS
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) all[1] = &ISA_AVX2;
-    if (best_isa() == &ISA_AVX512) all[2] = &ISA_AVX512;
-#endif
-    for (int i = 0; d && i < 3; i++) {
-        if (!all[i]) continue;
-        PyObject *w = PyLong_FromLong(all[i]->width());
-        if (!w || PyDict_SetItemString(d, all[i]->name, w) < 0) Py_CLEAR(d);
+    for (int i = 0; d && i < NVARIANTS; i++) {
+        if (!cpu_runs(VARIANTS[i])) continue;
+        PyObject *w = PyLong_FromLong(VARIANTS[i]->width());
+        if (!w || PyDict_SetItemString(d, VARIANTS[i]->name, w) < 0) Py_CLEAR(d);
         Py_XDECREF(w);
     }
     return d;
@@ -1055,14 +1049,9 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const struct isa *best = best_isa();
-    const struct isa *want = NULL;
-    if (!strcmp(name, "baseline")) want = &ISA_BASE;
-#ifdef HAVE_X86_VARIANTS
-    if (!strcmp(name, "avx2") && best != &ISA_BASE) want = &ISA_AVX2;
-    if (!strcmp(name, "avx512") && best == &ISA_AVX512) want = &ISA_AVX512;
-#endif
-    if (!strcmp(name, "best")) want = best;
+    const struct isa *want = !strcmp(name, "best") ? best_isa() : NULL;
+    for (int i = 0; i < NVARIANTS; i++)
+        if (!strcmp(name, VARIANTS[i]->name) && cpu_runs(VARIANTS[i])) want = VARIANTS[i];
     if (!want) {
         PyErr_Format(PyExc_ValueError, "_native.set_isa: %s is not available on this CPU", name);
         return NULL;

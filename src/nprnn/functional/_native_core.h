@@ -136,4 +136,23 @@ static const struct isa *best_isa(void) {
     return &ISA_BASE;
 }
 
+/* The variants compiled here, from the baseline up: a CPU runs those up to its best. */
+static const struct isa *const VARIANTS[] = {
+    &ISA_BASE,
+#ifdef HAVE_X86_VARIANTS
+    &ISA_AVX2, &ISA_AVX512,
+#endif
+};
+#define NVARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
+
+/* Whether this CPU runs variant v. */
+static int cpu_runs(const struct isa *v) {
+    const struct isa *best = best_isa();
+    for (int i = 0; i < NVARIANTS; i++) {
+        if (VARIANTS[i] == v) return 1;
+        if (VARIANTS[i] == best) return 0;
+    }
+    return 0;
+}
+
 #endif
