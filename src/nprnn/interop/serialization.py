@@ -76,12 +76,8 @@ def atomic_write(path, data: bytes) -> None:
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{base}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = None
-        if mode is not None and hasattr(os, "fchmod"):
-            os.fchmod(fd, mode)
+        if st_mode is not None and hasattr(os, "fchmod"):  # the existing file's permissions
+            os.fchmod(fd, st_mode & 0o7777)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
