@@ -495,7 +495,7 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
     elif whole:
         how = Plan(((0, N),), 1, not inloop and N < settings.min_inloop_batch, None)
     else:  # decided once for a layout, a layer's sizes and the settings
-        decided = (kind.name, H, P, params[0].shape[1], proj, id(runner), config.changes(), os.getpid())
+        decided = (kind.name, H, P, params[0].shape[1], proj, id(runner), *plan_key())
         how = plans.get(decided) or plans.setdefault(decided, plan_params(kind, params, sizes, offsets, runner))
     prep = prepared(cache, key, kind, params, how.parts)
     h = np.array(state0[0], order="C", copy=True)
