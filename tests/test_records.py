@@ -133,3 +133,25 @@ def test_a_cell_warns_when_its_pending_records_pass_the_cap():
     cell.eval()
     for _ in range(20):
         cell(x)  # eval mode keeps nothing: no warning (warnings are errors here)
+
+
+@pytest.mark.parametrize("kind, arrays", [("RNNCell", 2), ("LSTMCell", 7), ("GRUCell", 5)])
+def test_a_pending_record_holds_what_the_cells_docstring_says(kind, arrays):
+    """nn.cells states the bytes of a pending record: ``arrays`` × N × H × itemsize plus
+    about 2 KB of Python objects; the default cap is 256 records."""
+    assert nprnn.LSTMCell(2, 3).max_pending_records == 256
+    N, H = 16, 200
+    cell = getattr(nprnn, kind)(8, H)
+    x = np.ones((N, 8), np.float32)
+    cell(x)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(50):
+            cell(x)
+        per_call = (tracemalloc.get_traced_memory()[0] - start) / 50
+    finally:
+        tracemalloc.stop()
+        cell.eval()
+    stated = arrays * N * H * 4
+    assert stated <= per_call <= stated + 2560, (per_call, stated)

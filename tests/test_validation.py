@@ -275,3 +275,42 @@ def test_other_byte_order_is_named_as_such():
     with pytest.raises(ValueError) as info:
         m(np.zeros((2, 1, 2), ">f8"))
     assert "dtype=numpy.>" not in str(info.value)
+
+
+def test_float16_input_is_told_a_dtype_the_constructor_accepts():
+    m = nprnn.LSTM(2, 3)
+    with pytest.raises(ValueError) as info:
+        m(np.zeros((2, 1, 2), np.float16))
+    assert "input.astype(numpy.float32)" in str(info.value)
+    assert "float16," not in str(info.value) and "dtype=numpy.float16" not in str(info.value)
+    with pytest.raises(ValueError, match=re.escape("or build the model with dtype=numpy.float64")):
+        m(np.zeros((2, 1, 2), np.float64))  # a dtype a model can hold is still offered
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # NumPy's own, on making a matrix
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_a_numpy_matrix_is_taken_as_the_array_it_holds(kind, batch_first):
+    m = getattr(nprnn, kind)(3, 4, batch_first=batch_first)
+    x = rnd(5, 3)
+    out, _ = m(np.matrix(x))  # unbatched (L, H_in)
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, m(x)[0])
+    cell = getattr(nprnn, kind + "Cell")(3, 4)
+    np.testing.assert_array_equal(np.asarray(cell(np.matrix(x))[0] if kind == "LSTM" else cell(np.matrix(x))),
+                                  np.asarray(cell(x)[0] if kind == "LSTM" else cell(x)))
+
+
+def test_a_masked_array_is_refused_by_name():
+    with pytest.raises(TypeError, match="input must be a plain array, got a masked array"):
+        nprnn.GRU(3, 4)(np.ma.masked_array(rnd(5, 3), mask=False))
+
+
+@pytest.mark.parametrize("lengths", [np.array([5, 3], dtype=object), ["5", "3"], np.array([5, None], dtype=object),
+                                     [b"5", b"3"]])
+def test_lengths_that_are_not_integers_get_the_packing_wording(lengths):
+    x = rnd(5, 2, 3)
+    for call in (lambda: nprnn.LSTM(3, 4)(x, lengths=lengths),
+                 lambda: nprnn.utils.rnn.pack_padded_sequence(x, lengths)):
+        with pytest.raises(TypeError, match="'lengths' argument should be a 1-D array of integers, got dtype"):
+            call()

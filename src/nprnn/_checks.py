@@ -51,14 +51,18 @@ def as_array(value: Any, name: str, dtype: np.dtype[Any], owner: str) -> Array:
         if got.kind == "f" and not got.isnative and got.newbyteorder("=") == dtype:  # same type, other byte order
             return ValueError(f"{owner} {name} dtype ({got.str}) is {dtype} in the other byte order. "
                               f"Convert {name}: {name}.astype(numpy.{dtype})")
-        build = f", or build the model with dtype=numpy.{got.name}" if got.isnative else ""
+        buildable = got.isnative and got in (np.dtype(np.float32), np.dtype(np.float64))  # what a model can hold
+        build = f", or build the model with dtype=numpy.{got.name}" if buildable else ""
         return ValueError(
             f"{owner} {name} dtype ({got}) does not match weight dtype ({dtype}). "
             f"Convert {name}: {name}.astype(numpy.{dtype}){build}"
         )
 
+    if isinstance(value, np.ma.MaskedArray):  # its mask would be dropped
+        raise TypeError(f"{owner}: {name} must be a plain array, got a masked array; fill it first "
+                        f"({name}.filled(0)) or pass lengths= for padded sequences")
     if isinstance(value, np.ndarray):
-        arr = value
+        arr = value.view(np.ndarray) if type(value) is not np.ndarray else value  # np.matrix stays 2-D under indexing
         if arr.dtype.kind != "f":
             raise TypeError(f"{owner}: {name} must be a floating-point array of dtype {dtype}, got dtype {arr.dtype}")
         if arr.dtype != dtype:

@@ -7,8 +7,12 @@ length 1), so the two can never disagree.  The equations are those of
 Backward through a loop of cell calls works like a stack: each training-mode call
 pushes what its backward needs and each ``backward`` pops the latest, so a manual
 time loop is undone by calling ``backward`` in reverse order (each thread has its own
-stack; ``eval()`` empties them, and past ``max_pending_records`` a warning says memory
-grows)::
+stack; ``eval()`` empties them, and past ``max_pending_records``, 256 by default, a warning
+says memory grows).  A pending record holds 2 (RNNCell), 7 (LSTMCell) or 5 (GRUCell)
+arrays of ``N × hidden_size`` values of the cell's dtype, plus about 2 KB of Python
+objects, and keeps the call's ``input`` and ``hx`` arrays alive: an LSTMCell with
+N = 16, H = 200 in float32 holds 16 × 200 × 7 × 4 B ≈ 90 KB per call, 23 MB at the
+warning::
 
     for t in range(L):              h = cell(x[t], h)
     for t in reversed(range(L)):    dx[t], dh = cell.backward(dh + dout[t])

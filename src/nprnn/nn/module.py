@@ -178,7 +178,7 @@ class Module:
     parameter gradients with :meth:`_add_grads`.
     """
 
-    max_pending_records = 1024  # a cell warns when a thread holds more records than this
+    max_pending_records = 256  # a cell warns when a thread holds more records than this (see nn.cells)
     _parameters: OrderedDict[str, Parameter]
     _grads: OrderedDict[str, Array]
     _modules: OrderedDict[str, Module]

@@ -110,9 +110,8 @@ def _check_lengths(lengths: Any, batch_size: int, max_len: int, enforce_sorted: 
         raise TypeError(f"'lengths' argument should be a 1-D array of integers, got {type(lengths).__name__}") from exc
     if lengths.ndim != 1:
         raise RuntimeError(f"'lengths' argument should be a 1D array of integers, but got {lengths.ndim}D array")
-    whole = lengths.size and np.all(np.isfinite(lengths)) and np.all(lengths == np.round(lengths))
-    if lengths.dtype.kind == "f" and whole:
-        lengths = lengths.astype(np.int64)
+    if lengths.dtype.kind == "f" and np.all(np.isfinite(lengths)) and np.all(lengths == np.round(lengths)):
+        lengths = lengths.astype(np.int64)  # whole numbers held as floats
     if lengths.size and lengths.dtype.kind not in "iu":
         raise TypeError(f"'lengths' argument should be a 1-D array of integers, got dtype {lengths.dtype}")
     lengths = lengths.astype(np.int64)

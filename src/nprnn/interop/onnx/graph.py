@@ -246,9 +246,27 @@ class ONNXGraph(Module):
 
 
 # ------------------------------------------------------------------------------ reading
+FOLD_BUDGET = 64 << 20  # bytes of folded constants always allowed (more: 16 × the model's size)
+
+
+def _live(g):
+    """Indices of the nodes the graph's outputs depend on (a Scan's body counts the outer
+    values it names)."""
+    need, live = {o.name for o in g.output}, set()
+    for k in reversed(range(len(g.node))):
+        node = g.node[k]
+        if any(o and o in need for o in node.output):
+            live.add(k)
+            need.update(n for n in node.input if n)
+            for a in node.attribute:
+                if a.HasField("g"):
+                    need.update(n for inner in a.g.node for n in inner.input if n)
+    return live
+
+
 def _read(model):
     """(steps, consts, inputs, defaults, outputs, value_info) of a model, constants folded."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
     from onnx.defs import onnx_opset_version
 
     from .scan import scan_lstmp
@@ -259,19 +277,13 @@ def _read(model):
         raise ValueError(f"ONNX opset {opset} is not one nprnn reads (7 to {onnx_opset_version()}, the released ones "
                          "the installed onnx package knows)")
 
-    def array(t):
-        try:
-            return numpy_helper.to_array(t)
-        except Exception as exc:  # an unknown element type, data that does not fit the shape, ...
-            raise ValueError(f"ONNX tensor {t.name!r} cannot be read (damaged?): {type(exc).__name__}: {exc}") from exc
-
     def elem_dtype(code, name):
         try:
             return np.dtype(helper.tensor_dtype_to_np_dtype(code))
         except Exception as exc:
             raise ValueError(f"ONNX input {name!r} has an unknown element type {code}") from exc
 
-    consts = {t.name: array(t) for t in g.initializer}
+    consts = {t.name: ops.tensor(t) for t in g.initializer}
     input_names = [i.name for i in g.input]
     defaults = {n: consts.pop(n) for n in input_names if n in consts}
     value_info = {}
@@ -280,10 +292,14 @@ def _read(model):
         if i.type.HasField("tensor_type") and tt.elem_type:
             shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in tt.shape.dim] \
                 if tt.HasField("shape") else None
+            if shape and any(isinstance(d, int) and d < 0 for d in shape):
+                raise ValueError(f"ONNX input {i.name!r} has negative dims {shape}")
             value_info[i.name] = (elem_dtype(tt.elem_type, i.name), shape)
     steps, taken = [], set()
     known = set(consts) | set(input_names)
-    for node in g.node:
+    live = _live(g)
+    budget, folded = max(FOLD_BUDGET, 16 * model.ByteSize()), 0
+    for k, node in enumerate(g.node):
         missing = [n for n in node.input if n and n not in known]
         if missing:
             raise ValueError(f"ONNX node {node.name!r} ({node.op_type}) reads {missing[0]!r}, which no input, "
@@ -297,22 +313,33 @@ def _read(model):
             raise ValueError(f"ONNX node {node.name!r} of type {node.op_type} in domain {node.domain!r} is not "
                              "supported")
         op = node.op_type
+        if op == "Scan":
+            if k in live:
+                part = scan_lstmp(node, consts)
+                steps.append(_RecurrentStep(_module_name(node, taken, "lstm"), part.layer, [part]))
+            continue
+        if op not in ops.ARITY:
+            raise ValueError(f"ONNX operator {op} (node {node.name!r}) is not supported by nprnn's import; supported: "
+                             f"{', '.join(sorted(ops.ARITY))} and Scan as nprnn writes LSTMP")
+        label = node.name or f"#{k}"  # (exporters may leave nodes unnamed)
+        ops.check(op, _attrs(node), label, list(node.input), list(node.output), opset)
+        if k not in live:
+            continue  # checked, never run: nothing the outputs need
         if op in RECURRENT:
             part = RecurrentNode(node, consts)
             default = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}[op]
             steps.append(_RecurrentStep(_module_name(node, taken, default), part.layer, [part]))
             continue
-        if op == "Scan":
-            part = scan_lstmp(node, consts)
-            steps.append(_RecurrentStep(_module_name(node, taken, "lstm"), part.layer, [part]))
-            continue
-        if op not in ops.SUPPORTED:
-            raise ValueError(f"ONNX operator {op} (node {node.name!r}) is not supported by nprnn's import; supported: "
-                             f"{', '.join(sorted(ops.SUPPORTED + list(RECURRENT)))} and Scan as nprnn writes LSTMP")
-        ops.check(op, _attrs(node), node.name)
         ins = [n for n in node.input if n]
         if all(n in consts for n in ins):  # constant folding: shapes, constants, weights arithmetic
+            size = ops.result_bytes(op, [consts[n] if n else None for n in node.input], _attrs(node))
+            if folded + size > budget:
+                raise ValueError(f"ONNX node {label!r} ({op}) makes a constant of {size / 2 ** 20:.1f} MiB, "
+                                 f"beyond what nprnn folds for this model ({budget / 2 ** 20:.0f} MiB in all: "
+                                 f"max(64 MiB, 16 × its {model.ByteSize()} bytes)); {folded / 2 ** 20:.1f} MiB "
+                                 "are folded before it")
             outs = _Step(node, opset).run(consts)
+            folded += sum(np.asarray(v).nbytes for v in outs.values())
             consts.update(outs)
             continue
         module_step = _as_module(node, consts, taken)
@@ -577,15 +604,56 @@ def _probe_layer(graph, layer, roles):
     return True
 
 
-def import_onnx(model_or_path) -> Module:
+def _external(model):
+    """The tensors of ``model`` (initializers and attribute tensors, subgraphs included)
+    whose data is in another file."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+
+
+def _with_external_data(model, base_dir):
+    """``model`` with its external data read from ``base_dir`` (a copy: the caller's proto
+    is not changed); refused without a base directory, never read from the current one."""
+    outside = _external(model)
+    if not outside:
+        return model
+    names = ", ".join(repr(t.name) for t in outside[:3]) + (" ..." if len(outside) > 3 else "")
+    if base_dir is None or not os.fspath(base_dir):
+        raise ValueError(f"the model keeps tensor(s) {names} in external files; an in-memory model needs "
+                         "base_dir= naming the folder they are in (nprnn never reads them from the current "
+                         "directory)")
+    base = os.fspath(base_dir)
+    if not os.path.isdir(base):
+        raise FileNotFoundError(f"base_dir {base!r} is not a directory")
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = copy.deepcopy(model)
+    try:
+        load_external_data_for_model(model, base)
+    except Exception as exc:  # onnx refuses paths outside base_dir, missing files, short files
+        raise ValueError(f"the model's external data cannot be read from {base!r}: {exc}") from exc
+    return model
+
+
+def import_onnx(model_or_path, base_dir=None) -> Module:
     """An nprnn Module computing an ONNX model: an :class:`ONNXGraph` running its nodes,
     or, when the graph is exactly one recurrent layer (as :func:`nprnn.onnx.export` and
     torch's exporters write a bare ``nn.LSTM``), that layer itself (``nprnn.LSTM`` etc.,
-    with ``num_layers``, ``bidirectional`` and ``batch_first`` as the graph says)."""
+    with ``num_layers``, ``bidirectional`` and ``batch_first`` as the graph says).
+
+    Tensors kept in external files are read from the model's folder when it is given by
+    path, and from ``base_dir`` for an in-memory ``ModelProto`` (refused without it); onnx
+    refuses locations outside that folder.  Constant folding computes only what the
+    outputs need, at most max(64 MiB, 16 × the model's size) in all; a node beyond that
+    is refused by name."""
     onnx = _onnx()
     if isinstance(model_or_path, onnx.ModelProto):
-        model = model_or_path
+        model = _with_external_data(model_or_path, base_dir)
     else:
+        if base_dir is not None:
+            raise TypeError("base_dir= is for an in-memory ModelProto; a model read from a file takes its external "
+                            "data from its own folder")
         if not os.path.isfile(os.fspath(model_or_path)):
             raise FileNotFoundError(f"no such file: {os.fspath(model_or_path)}")
         try:

@@ -43,6 +43,22 @@ def _slice(x, starts, ends, axes=None, steps=None):
     return x[tuple(index)]
 
 
+def tensor(t):
+    """A TensorProto's array, never read from another file (:func:`import_onnx` loads
+    external data first, from the folder it was given); refused by name when its dims are
+    negative or its data does not fit them."""
+    from onnx import TensorProto, numpy_helper
+
+    if t.data_location == TensorProto.EXTERNAL:
+        raise ValueError(f"ONNX tensor {t.name!r} keeps its data in another file, which nprnn did not load")
+    if any(d < 0 for d in t.dims):
+        raise ValueError(f"ONNX tensor {t.name!r} has negative dims {list(t.dims)}")
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as exc:  # an unknown element type, data that does not fit the shape, ...
+        raise ValueError(f"ONNX tensor {t.name!r} cannot be read (damaged?): {type(exc).__name__}: {exc}") from exc
+
+
 def _gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     y = (a.T if transA else a) @ (b.T if transB else b)
     if alpha != 1.0:
@@ -53,10 +69,8 @@ def _gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
 
 
 def _constant(**attrs):
-    from onnx import numpy_helper
-
     if "value" in attrs:
-        return numpy_helper.to_array(attrs["value"])
+        return tensor(attrs["value"])
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
                        ("value_ints", np.int64)):
         if key in attrs:
@@ -65,9 +79,7 @@ def _constant(**attrs):
 
 
 def _constant_of_shape(shape, value=None):
-    from onnx import numpy_helper
-
-    fill = np.zeros(1, np.float32) if value is None else numpy_helper.to_array(value)
+    fill = np.zeros(1, np.float32) if value is None else tensor(value)
     return np.full(_ints(shape), fill.reshape(-1)[0], fill.dtype)
 
 
@@ -154,14 +166,128 @@ ATTRIBUTES = {
 _ATTR_INPUTS = {"Squeeze": (13, ["axes"]), "Unsqueeze": (13, ["axes"]), "Slice": (10, ["starts", "ends", "axes"])}
 
 
-def check(op_type: str, attrs: dict, name: str) -> None:
-    """Refuse a node whose type or attributes this module does not implement, by name."""
-    if op_type not in SUPPORTED:
+# op_type -> (inputs it needs, inputs it takes; None: any number), at the latest opset; _ATTR_INPUTS
+# says which of them were attributes before.  Every operator here has one output.
+ARITY = {
+    "Identity": (1, 1), "Transpose": (1, 1), "Reshape": (2, 2), "Squeeze": (1, 2), "Unsqueeze": (2, 2),
+    "Concat": (1, None), "Slice": (3, 5), "Gather": (2, 2), "GatherND": (2, 2), "Shape": (1, 1), "Constant": (0, 0),
+    "ConstantOfShape": (1, 1), "Cast": (1, 1), "Expand": (2, 2), "Add": (2, 2), "Sub": (2, 2), "Mul": (2, 2),
+    "Div": (2, 2), "Gemm": (2, 3), "MatMul": (2, 2), "Relu": (1, 1), "Tanh": (1, 1), "Sigmoid": (1, 1),
+    "Softmax": (1, 1), "LogSoftmax": (1, 1),
+    "RNN": (3, 6), "GRU": (3, 6), "LSTM": (3, 8),  # (checked here, built by .nodes)
+}
+_OUTPUTS = {"RNN": 2, "GRU": 2, "LSTM": 3}  # most outputs; the others have one
+# each attribute's kind: an int, a list of ints, a float, a tensor
+_KINDS = {"perm": "ints", "axes": "ints", "starts": "ints", "ends": "ints", "value_ints": "ints",
+          "value_floats": "floats", "alpha": "float", "beta": "float", "value_float": "float", "value": "tensor"}
+_NEEDED = {"Cast": {"to"}, "Concat": {"axis"}}  # attributes without a default
+_CASTS = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}  # TensorProto codes of the numeric types NumPy holds
+
+
+def _kind_of(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "other"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, (list, tuple)):
+        kinds = {_kind_of(v) for v in value}
+        return "ints" if kinds <= {"int"} else "floats" if kinds <= {"float", "int"} else "other"
+    return "tensor" if type(value).__name__ == "TensorProto" else "other"
+
+
+def check(op_type: str, attrs: dict, name: str, inputs=None, outputs=None, opset: int = 13) -> None:
+    """Refuse a node this module does not implement, by name: its type, its attributes
+    (names and kinds), its number of inputs and outputs (``inputs``/``outputs``: the
+    node's lists, ``""`` for an omitted optional one)."""
+    if op_type not in ARITY:
         raise ValueError(f"ONNX operator {op_type} (node {name!r}) is not supported by nprnn's import")
-    unknown = sorted(set(attrs) - ATTRIBUTES.get(op_type, set()))
-    if unknown:
-        raise ValueError(f"ONNX node {name!r} ({op_type}): attribute(s) {unknown} are not supported "
-                         f"({op_type} takes {sorted(ATTRIBUTES.get(op_type, set())) or 'none'})")
+    where = f"ONNX node {name!r} ({op_type})"
+    if op_type not in _OUTPUTS:
+        unknown = sorted(set(attrs) - ATTRIBUTES.get(op_type, set()))
+        if unknown:
+            raise ValueError(f"{where}: attribute(s) {unknown} are not supported "
+                             f"({op_type} takes {sorted(ATTRIBUTES.get(op_type, set())) or 'none'})")
+        for key, value in attrs.items():
+            want = _KINDS.get(key, "int")
+            if _kind_of(value) != want and not (want == "floats" and _kind_of(value) == "ints"):
+                raise ValueError(f"{where}: attribute {key!r} must be {'an' if want == 'int' else 'a'} {want} "
+                                 f"attribute, got {value!r}")
+    need, most = ARITY[op_type]
+    needed = set(_NEEDED.get(op_type, ()))
+    if op_type in _ATTR_INPUTS and opset < _ATTR_INPUTS[op_type][0]:  # these inputs are attributes here
+        moved = _ATTR_INPUTS[op_type][1]
+        need, most = 1, 1
+        needed |= {"axes"} if op_type == "Unsqueeze" else {"starts", "ends"} if op_type == "Slice" else set()
+        assert set(moved) >= needed
+    missing = sorted(needed - set(attrs))
+    if missing:
+        raise ValueError(f"{where}: needs attribute(s) {missing}")
+    if op_type == "Constant" and len(attrs) != 1:
+        raise ValueError(f"{where}: needs exactly one value attribute, got {sorted(attrs) or 'none'}")
+    if op_type == "Cast" and attrs["to"] not in _CASTS:
+        raise ValueError(f"{where}: cannot cast to element type {attrs['to']} (nprnn casts to the numeric types)")
+    if inputs is not None:
+        given = list(inputs)
+        while given and not given[-1]:
+            given.pop()  # trailing omitted optional inputs
+        if len(given) < need or (most is not None and len(given) > most) or not all(given[:need]):
+            takes = f"{need}" if need == most else f"{need} or more" if most is None else f"{need} to {most}"
+            raise ValueError(f"{where}: takes {takes} input(s) (the first {need} required), got {list(inputs)}")
+    if outputs is not None:
+        most_out = _OUTPUTS.get(op_type, 1)
+        if not 1 <= len(outputs) <= most_out or (most_out == 1 and not outputs[0]):
+            raise ValueError(f"{where}: has {most_out} output(s) at most, got {list(outputs)}")
+
+
+def _count(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= max(int(d), 0)
+    return n
+
+
+def result_bytes(op_type: str, inputs: list, attrs: dict) -> int:
+    """How many bytes a node's result will take, from its inputs' shapes, before it is
+    computed: the operators whose result can be much larger than their inputs (a
+    broadcast, a fill, a product, a gather); the others at most their largest input.
+    0 when the shapes do not fit (running the node then says why)."""
+    from onnx import helper
+
+    def size(x):
+        return 0 if x is None else np.asarray(x).nbytes
+
+    try:
+        xs: list = [None if x is None else np.asarray(x) for x in inputs]
+        if op_type == "ConstantOfShape":
+            item = helper.tensor_dtype_to_np_dtype(attrs["value"].data_type).itemsize if "value" in attrs else 4
+            return _count(_ints(xs[0])) * item
+        if op_type == "Expand":
+            return _count(np.broadcast_shapes(xs[0].shape, tuple(_ints(xs[1])))) * xs[0].itemsize
+        if op_type == "Concat":
+            return sum(size(x) for x in xs)
+        if op_type in ("Add", "Sub", "Mul", "Div"):
+            return _count(np.broadcast_shapes(xs[0].shape, xs[1].shape)) * np.result_type(xs[0], xs[1]).itemsize
+        if op_type in ("MatMul", "Gemm"):
+            a, b = xs[0], xs[1]
+            if op_type == "Gemm":
+                rows, cols = a.shape[1 if attrs.get("transA") else 0], b.shape[0 if attrs.get("transB") else 1]
+                return rows * cols * np.result_type(a, b).itemsize
+            a2, b2 = (a[None] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+            lead = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+            return _count(lead) * a2.shape[-2] * b2.shape[-1] * np.result_type(a, b).itemsize
+        if op_type == "Gather":
+            axis = attrs.get("axis", 0) % max(xs[0].ndim, 1)
+            return _count(xs[0].shape[:axis] + xs[1].shape + xs[0].shape[axis + 1:]) * xs[0].itemsize
+        if op_type == "GatherND":
+            depth = xs[1].shape[-1] + attrs.get("batch_dims", 0)
+            return _count(xs[1].shape[:-1] + xs[0].shape[depth:]) * xs[0].itemsize
+        if op_type == "Cast":
+            return xs[0].size * helper.tensor_dtype_to_np_dtype(attrs["to"]).itemsize
+    except Exception:  # shapes that do not fit: the node's own run says so
+        return 0
+    return max([size(x) for x in xs], default=0)
 
 
 def run(op_type: str, inputs: list, attrs: dict, opset: int) -> list:
@@ -181,3 +307,4 @@ def run(op_type: str, inputs: list, attrs: dict, opset: int) -> list:
 
 
 SUPPORTED = sorted(set(OPS) | {"Softmax", "LogSoftmax"})
+assert set(ARITY) == set(SUPPORTED) | {"RNN", "GRU", "LSTM"}

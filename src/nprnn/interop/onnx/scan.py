@@ -140,9 +140,13 @@ def scan_lstmp(node, consts):
             list(a.get("scan_output_directions", [0] * D)) != [0, 1][:D] or any(
             list(a.get(k, [])) not in ([], [0] * D) for k in ("scan_input_axes", "scan_output_axes")):
         raise refuse("its scan directions or axes differ")
+    if not hasattr(body, "node"):
+        raise refuse("its body attribute is not a graph")
     gemms = [n for n in body.node if n.op_type == "Gemm"]
     splits = [n for n in body.node if n.op_type == "Split"]
-    if len(gemms) != 3 * D or len(splits) != D or len(splits[0].input) != 2 or len(set(node.input[2 * D:])) != 1:
+    if len(gemms) != 3 * D or len(splits) != D or any(len(n.input) != 2 for n in splits) or \
+            any(not 2 <= len(n.input) <= 3 for n in gemms) or len(set(node.input[2 * D:])) != 1 or \
+            len(body.input) != 3 * D or not all(node.input):
         raise refuse("its body has another shape")
     names = []
     for d in range(D):
@@ -155,10 +159,12 @@ def scan_lstmp(node, consts):
     split = consts.get(splits[0].input[1])
     if missing or split is None:
         raise refuse(f"its weights {missing or [splits[0].input[1]]} are not constants")
+    if any(consts[w[k]].ndim != 2 for w in names for k in ("w_ih", "w_hh", "w_hr")):
+        raise refuse("its weights are not matrices")
     P, H = consts[names[0]["w_hr"]].shape
     elem = body.input[0].type.tensor_type.elem_type
     want = _body(names, D, H, P, elem, splits[0].input[1])
-    if _canonical(want) != _canonical(body) or [int(v) for v in split] != [H] * 4:
+    if _canonical(want) != _canonical(body) or np.asarray(split).reshape(-1).tolist() != [H] * 4:
         raise refuse("its body differs from the LSTMP step")
     return ScanLSTMP(node, names, consts, D, H, P)
 
