@@ -1,8 +1,10 @@
+import re
 import subprocess
 import sys
 
 import pytest
 
+import nprnn
 from nprnn.cli import main
 
 
@@ -57,15 +59,16 @@ def _bad_inputs(tmp_path):
         (["train", "--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
         (["train", "--text", str(empty)], "is empty"),
         (["train", "--text", str(tmp_path / "none.txt")], "cannot read --text"),
-        (["generate", "--length", "-5"], "--length must be >= 0, got -5"),
-        (["generate", "--temperature", "0"], "--temperature must be positive, got 0.0"),
+        (["generate", "--length", "-5"], "--length must be in [0, 10,000,000], got -5"),
+        (["generate", "--temperature", "0"], "--temperature must be a finite number > 0, got 0.0"),
         (["generate", "--checkpoint", missing], "no such file"),
         (["generate", "--checkpoint", str(corrupt)], "is not a readable safetensors file"),
         (["convert", missing, str(tmp_path / "o.npz")], "no such file"),
         (["convert", str(corrupt), str(tmp_path / "o.npz")], "is not a readable safetensors file"),
         (["convert", str(truncated_onnx), str(tmp_path / "o.npz")], "is not a readable ONNX model"),
         (["convert", str(corrupt), str(tmp_path / "out.xyz")], "unknown extension '.xyz'; known: .pt, .pth"),
-        (["explain", "lstm", "--input-size", "0", "--hidden-size", "4"], "input_size must be greater than zero"),
+        (["explain", "lstm", "--input-size", "0", "--hidden-size", "4"],
+         "--input-size must be a positive integer, got 0"),
         (["explain", "gru", "--input-size", "3", "--hidden-size", "4", "--seq-len", "0"],
          "--seq-len must be a positive integer, got 0"),
         (["plot-states", "--seq-len", "0"], "--seq-len must be a positive integer, got 0"),
@@ -148,3 +151,141 @@ def test_a_closed_pipe_ends_quietly():
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=120) == 0, err
     assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def _tiny_checkpoint(tmp_path):
+    from nprnn.charlm import train
+
+    ck = tmp_path / "c.safetensors"
+    train("abcabcabc " * 50, steps=2, batch_size=2, seq_len=8, hidden_size=8, embed_dim=4, eval_every=1,
+          checkpoint=str(ck), ckpt_every=2, sample_len=5, progress=False, log=lambda *a: None)
+    return ck
+
+
+def test_sizes_are_checked_before_anything_is_allocated(tmp_path, capsys):
+    """Each in well under a second, one line naming the size and the memory it would need
+    (before the change: NumPy MemoryError tracebacks, or 30 s of work before one)."""
+    import time
+
+    cases = [
+        (["explain", "lstm", "--input-size", "100000", "--hidden-size", "100000"],
+         "LSTM(100000, 100000, num_layers=1)'s parameters would need 298.0 GiB (80,000,800,000 float32 values)"),
+        (["explain", "gru", "--input-size", "8", "--hidden-size", "16", "--batch", "1000000000"],
+         "explain's example run would need"),
+        (["explain", "lstm", "--input-size", "8", "--hidden-size", "16", "--num-layers", "1000000"],
+         "--num-layers must be at most 1000 here, got 1000000"),
+        (["plot-states", "--hidden-size", "1000000"], "LSTM(8, 1000000, num_layers=1)'s parameters would need"),
+        (["plot-states", "--seq-len", "100000000000"], "plot-states' run would need"),
+        (["train", "--hidden-size", "100000"], "the model would need"),
+        (["train", "--batch-size", "1000000000"], "a training step would need"),
+        (["generate", "--length", "1000000000"], "--length must be in [0, 10,000,000], got 1000000000"),
+        (["train", "--sample-len", "1000000000"], "--sample-len must be in [0, 100,000], got 1000000000"),
+        (["train", "--max-text-mb", "nan"], "--max-text-mb must be a finite number > 0, got nan"),
+    ]
+    for argv, msg in cases:
+        start = time.perf_counter()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and err.startswith("nprnn: error: ") and err.count("\n") == 1, (argv, err)
+        assert "GiB of memory" in err or "must be" in err
+        assert time.perf_counter() - start < 5, argv
+
+
+def test_a_constructor_names_the_memory_it_would_need():
+    for make, name in ((lambda: nprnn.LSTM(10, 10 ** 6, num_layers=2), "LSTM(10, 1000000, num_layers=2)"),
+                       (lambda: nprnn.GRUCell(10 ** 5, 10 ** 5), "GRUCell(100000, 100000)"),
+                       (lambda: nprnn.Linear(10 ** 6, 10 ** 6), "Linear(1000000, 1000000)"),
+                       (lambda: nprnn.Embedding(10 ** 7, 10 ** 6), "Embedding(10000000, 1000000)")):
+        with pytest.raises(RuntimeError, match=re.escape(name) + r".* would need [0-9,.]+ GiB .* this machine has"):
+            make()
+
+
+def _bounded(argv, timeout=60):
+    """``nprnn argv`` in a child with a 1 GiB address-space limit and a time limit, so a
+    regression that reads without end fails the test instead of filling the machine."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run([sys.executable, "-m", "nprnn", *argv], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit)
+
+
+def test_an_endless_text_ends_at_the_limit_in_seconds(tmp_path):
+    """A FIFO fed without end (a /dev/zero twin made in tmp_path) and a file over the limit."""
+    import os
+    import threading
+    import time
+
+    fifo = tmp_path / "endless.txt"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def feed():
+        try:
+            with open(fifo, "wb") as f:
+                while not stop.is_set():
+                    f.write(b"abc " * 16384)
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    start = time.perf_counter()
+    try:
+        done = _bounded(["train", "--text", str(fifo), "--max-text-mb", "8", "--checkpoint", ""])
+    finally:
+        stop.set()
+    assert done.returncode == 2, done.stderr
+    assert "is larger than --max-text-mb 8 MiB (or endless)" in done.stderr, done.stderr
+    assert time.perf_counter() - start < 30
+    writer.join(timeout=10)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * (2 << 20))
+    done = _bounded(["train", "--text", str(big), "--max-text-mb", "1", "--checkpoint", ""])
+    assert done.returncode == 2 and "is larger than --max-text-mb 1 MiB" in done.stderr, done.stderr
+
+
+def test_model_files_are_regular_and_within_max_read_mb(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    import os
+
+    ck = _tiny_checkpoint(tmp_path)
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    for argv in (["generate", "--checkpoint", str(fifo)], ["convert", str(fifo), str(tmp_path / "o.npz")],
+                 ["plot-states", "--checkpoint", str(fifo)]):
+        done = _bounded(argv, timeout=60)  # (a FIFO without a writer blocks its reader for ever)
+        assert done.returncode == 2 and "is not a regular file" in done.stderr, (argv, done.stderr)
+    for argv in (["generate", "--checkpoint", str(ck), "--max-read-mb", "0.001"],
+                 ["convert", str(ck), str(tmp_path / "o.npz"), "--max-read-mb", "0.001"],
+                 ["train", "--resume", "--checkpoint", str(ck), "--max-read-mb", "0.001"]):
+        assert main(argv) == 2, argv
+        assert "more than --max-read-mb 0.001; raise --max-read-mb to read it" in capsys.readouterr().err, argv
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_generate_writes_each_character_as_it_is_drawn(tmp_path):
+    """The first characters of a long sample arrive while it is still being drawn."""
+    pytest.importorskip("safetensors")
+    import os
+    import select
+    import time
+
+    ck = _tiny_checkpoint(tmp_path)
+    with subprocess.Popen([sys.executable, "-m", "nprnn", "generate", "--checkpoint", str(ck), "--prompt", "ab",
+                           "--length", "10000000", "--seed", "0"], stdout=subprocess.PIPE) as proc:
+        try:
+            head, start = b"", time.perf_counter()
+            while len(head) < 200 and time.perf_counter() - start < 60:
+                if select.select([proc.stdout], [], [], 1.0)[0]:
+                    head += os.read(proc.stdout.fileno(), 200 - len(head))
+            assert len(head) == 200 and head.startswith(b"ab"), head
+            assert proc.poll() is None  # still drawing
+        finally:
+            proc.kill()
+    from nprnn.charlm import load_for_generation, sample
+
+    model, vocab = load_for_generation(str(ck))
+    assert head.decode() == sample(model, vocab, "ab", 198, rng=0)  # the same draws as the whole-string form

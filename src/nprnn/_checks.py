@@ -34,6 +34,30 @@ def check_dropout(dropout: Any) -> float:
     return float(dropout)
 
 
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:,.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.1f} MiB"
+
+
+def check_memory(what: str, values: int, dtype: Any) -> None:
+    """Refuse, before allocating, ``values`` numbers of ``dtype`` that need more than this
+    machine's memory: one line naming the size and the memory (PyTorch says "not enough
+    memory: you tried to allocate" once it has tried)."""
+    need, have = int(values) * np.dtype(dtype).itemsize, _memory_bytes()
+    if have and need > have:
+        raise RuntimeError(f"{what} would need {_gib(need)} ({int(values):,} {np.dtype(dtype)} values); this "
+                           f"machine has {_gib(have)} of memory")
+
+
 def check_nonlinearity(nonlinearity: Any) -> str:
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")

@@ -5,6 +5,12 @@ import argparse
 import sys
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help shows its default
+# what one command reads and makes at most (README, "Limits"); the --max-* flags raise the first two
+MAX_TEXT_MB = 64  # a --text corpus
+MAX_READ_MB = 4096  # a checkpoint or a file to convert
+MAX_LENGTH = 10_000_000  # generate --length
+MAX_SAMPLE_LEN = 100_000  # train --sample-len (printed on one line)
+MAX_LAYERS = 1000  # --num-layers (the library itself has no such limit)
 _STATES_TEXT = "The \"while\" statement is used for repeated execution."
 
 
@@ -21,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Train a character-level LSTM language model on the shipped corpus "
                                     "(the Python Language Reference, PSF License) or on --text FILE.")
     tr.add_argument("--text", help="a UTF-8 text file to train on; without it, the shipped corpus")
+    tr.add_argument("--max-text-mb", type=float, default=MAX_TEXT_MB,
+                    help="refuse a --text larger than this many MiB (read no further)")
     tr.add_argument("--steps", type=int, default=1000, help="total training steps")
     tr.add_argument("--batch-size", type=int, default=32, help="windows trained on at once")
     tr.add_argument("--seq-len", type=int, default=64, help="characters per window (truncated BPTT length)")
@@ -37,15 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and dropout")
     tr.add_argument("--plot", help="write the loss curve to this PNG (needs matplotlib)")
-    tr.add_argument("--sample-len", type=int, default=200, help="characters sampled after training")
+    tr.add_argument("--sample-len", type=int, default=200,
+                    help=f"characters sampled after training (0 to {MAX_SAMPLE_LEN:,})")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _max_read(tr)
     gen = sub.add_parser("generate", help="sample text from a model trained with `nprnn train`", formatter_class=_FMT)
     gen.add_argument("--checkpoint", default="charlm.safetensors",
                      help="a checkpoint written by `nprnn train`")
     gen.add_argument("--prompt", default="The ", help="text the sample continues")
-    gen.add_argument("--length", type=int, default=300, help="characters to generate (>= 0)")
+    gen.add_argument("--length", type=int, default=300,
+                     help=f"characters to generate (0 to {MAX_LENGTH:,}), written as they are drawn")
     gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (> 0)")
     gen.add_argument("--seed", type=int, default=None, help="seed of the sampling; without it, fresh randomness")
+    _max_read(gen)
     cv = sub.add_parser("convert", help="convert weights between .pt, .safetensors, .npz and .onnx",
                         formatter_class=_FMT,
                         description="Convert a state dict: .pt (read without PyTorch), .safetensors, .npz, .onnx. "
@@ -56,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("dst", help="file to write (.safetensors, .npz or .onnx)")
     cv.add_argument("--prefix", help="key prefix of the recurrent layer inside a larger state dict, e.g. 'lstm.'")
     cv.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only (weights cannot tell)")
+    _max_read(cv)
     cv.add_argument("--batch-first", action="store_true", help="ONNX output: batch-first input and output")
     cv.add_argument("--last-step", action="store_true",
                     help="ONNX output: the Linear head after the recurrent layer reads its last step (output[:, -1]), "
@@ -80,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--seq-len", type=int, default=40, help="without --checkpoint: random input length")
     ps.add_argument("--out", default="states.png", help="output PNG (needs matplotlib)")
     ps.add_argument("--seed", type=int, default=0, help="seed of the random layer and input")
+    _max_read(ps)
     return parser
 
 
@@ -97,6 +111,8 @@ def main(argv=None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error when Python flushes at exit
         return 0
+    except MemoryError as exc:  # (sizes are checked first; this is what the checks could not foresee)
+        return _fail(f"out of memory: {exc}" if str(exc) else "out of memory")
     except (ValueError, TypeError, RuntimeError, ImportError, OSError, IndexError) as exc:
         return _fail(str(exc) or type(exc).__name__)
 
@@ -122,6 +138,8 @@ def _dispatch(parser, args) -> int:
     if args.command == "convert":
         from .interop.convert import convert
 
+        _finite_positive(args, "max_read_mb")
+        _model_file(args, args.src, "src")
         convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first,
                 last_step=args.last_step)
         return 0
@@ -141,6 +159,8 @@ def _positive(args, *names) -> None:
     for name in names:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if "num_layers" in names and args.num_layers > MAX_LAYERS:
+        raise ValueError(f"--num-layers must be at most {MAX_LAYERS} here, got {args.num_layers}")
 
 
 def _finite_positive(args, *names) -> None:
@@ -160,6 +180,47 @@ def _paths(args, *names) -> None:
             raise ValueError(f"--{name.replace('_', '-')} is empty: give a file name")
 
 
+def _max_read(p) -> None:
+    p.add_argument("--max-read-mb", type=float, default=MAX_READ_MB,
+                   help="refuse a model file larger than this many MiB, before reading it")
+
+
+def _model_file(args, path: str, flag: str) -> None:
+    """A model file the command will read: a regular file (a FIFO would block, a device never
+    ends) within --max-read-mb, checked before anything is read."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return  # (the reader says so, with its own advice)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{flag} {path!r} is not a regular file")
+    if st.st_size > args.max_read_mb * 2 ** 20:
+        raise ValueError(f"{flag} {path!r} is {st.st_size / 2 ** 20:,.1f} MiB, more than --max-read-mb "
+                         f"{args.max_read_mb:g}; raise --max-read-mb to read it")
+
+
+def _read_text(path: str, limit_mb: float) -> str:
+    """The UTF-8 text of ``path``, read no further than ``limit_mb`` MiB (pipes and devices
+    included: an endless input ends at the limit)."""
+    limit = int(limit_mb * 2 ** 20)
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"--text {path!r} is larger than --max-text-mb {limit_mb:g} MiB (or endless); raise "
+                         "--max-text-mb to train on more")
+    return data.decode("utf-8")
+
+
+def _fits(what: str, values: int) -> None:
+    """Refuse, before allocating, ``values`` float32 numbers this machine cannot hold."""
+    from ._checks import check_memory
+
+    check_memory(what, values, "float32")
+
+
 def _layer_options(p, required=True):
     p.add_argument("kind", choices=["rnn", "lstm", "gru"], nargs=None if required else "?", default="lstm",
                    help="the layer")
@@ -173,6 +234,13 @@ def _layer_options(p, required=True):
     p.add_argument("--proj-size", type=int, default=0, help="LSTM only: projection size (0: none)")
     p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="bias vectors")
     p.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only")
+
+
+def _run_values(args, batch: int) -> int:
+    """About how many numbers a run of the layer the options describe holds: its input,
+    and per layer, direction and step its gates, states and output (twice, for records)."""
+    D = 2 if args.bidirectional else 1
+    return batch * args.seq_len * (args.input_size + args.num_layers * D * args.hidden_size * 16)
 
 
 def _build_layer(args):
@@ -194,8 +262,9 @@ def _explain(args) -> int:
 
     from .teach.explain import explain, format_text
 
-    _positive(args, "batch", "seq_len")
+    _positive(args, "batch", "seq_len", "input_size", "hidden_size", "num_layers")
     _paths(args, "plot")
+    _fits("explain's example run", _run_values(args, args.batch))
     if args.plot:
         _need("matplotlib", "--plot", "plot")
     layer = _build_layer(args)
@@ -224,6 +293,7 @@ def _plot_states(args) -> int:
         text = _STATES_TEXT if args.text is None else args.text
         if not text:
             raise ValueError("--text is empty: give the text to run through the model")
+        _model_file(args, args.checkpoint, "--checkpoint")
         model, vocab = load_for_generation(args.checkpoint)
         ids = vocab.encode(text)[:, None]  # (L, 1)
         layer, x = model.lstm, model.embed.eval()(ids)
@@ -233,6 +303,7 @@ def _plot_states(args) -> int:
             raise ValueError("--text needs --checkpoint (a trained model to run it through); without one the "
                              "states are a random layer's on random input")
         _positive(args, "seq_len", "input_size", "hidden_size", "num_layers")
+        _fits("plot-states' run", _run_values(args, 1))
         layer = _build_layer(args)
         shape = (1, args.seq_len, args.input_size) if args.batch_first else (args.seq_len, 1, args.input_size)
         x = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
@@ -260,11 +331,19 @@ def _train(args) -> int:
         _need("safetensors", "--checkpoint", "train")
     if args.plot:
         _need("matplotlib", "--plot", "plot")
+    if not 0 <= args.sample_len <= MAX_SAMPLE_LEN:
+        raise ValueError(f"--sample-len must be in [0, {MAX_SAMPLE_LEN:,}], got {args.sample_len}")
+    _finite_positive(args, "max_text_mb", "max_read_mb")
+    if args.resume and args.checkpoint:
+        _model_file(args, args.checkpoint, "--checkpoint")
+    embed = args.embed_dim + 4 * args.hidden_size  # (the vocabulary is at most a few hundred characters)
+    _fits("the model", args.num_layers * 8 * args.hidden_size * (args.hidden_size + args.embed_dim) + 256 * embed)
+    _fits("a training step", args.batch_size * args.seq_len * (args.embed_dim + 256 + args.num_layers * 16
+                                                                 * args.hidden_size))
     text = None
     if args.text:
         try:
-            with open(args.text, encoding="utf-8") as f:
-                text = f.read()
+            text = _read_text(args.text, args.max_text_mb)
         except (OSError, UnicodeDecodeError) as exc:
             return _fail(f"cannot read --text {args.text}: {exc}")
         if not text:
@@ -277,21 +356,26 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from .teach.charlm import load_for_generation, sample
+    from .teach.charlm import generate, load_for_generation
 
-    if args.length < 0:
-        raise ValueError(f"--length must be >= 0, got {args.length}")
-    if not args.temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {args.temperature}")
-    _finite_positive(args, "temperature")
+    if not 0 <= args.length <= MAX_LENGTH:
+        raise ValueError(f"--length must be in [0, {MAX_LENGTH:,}], got {args.length}")
+    _finite_positive(args, "temperature", "max_read_mb")
     _paths(args, "checkpoint")
     import os
 
     if not os.path.exists(args.checkpoint):
         raise ValueError(f"no such file: {args.checkpoint!r} (train a model first: "
                          f"`nprnn train --checkpoint {args.checkpoint}`)")
+    _model_file(args, args.checkpoint, "--checkpoint")
     model, vocab = load_for_generation(args.checkpoint)
-    print(sample(model, vocab, args.prompt, args.length, args.temperature, rng=args.seed))
+    out = sys.stdout
+    out.write(args.prompt)
+    for k, ch in enumerate(generate(model, vocab, args.prompt, args.length, args.temperature, rng=args.seed)):
+        out.write(ch)
+        if ch == "\n" or k % 64 == 63:
+            out.flush()  # written as drawn: a long sample shows at once, and can be cut short
+    out.write("\n")
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._checks import as_array, check_bool, check_int, check_nonlinearity
+from .._checks import as_array, check_bool, check_int, check_memory, check_nonlinearity
 from .._typing import Array, Params
 from ..functional import KINDS, direction_backward, direction_forward
 from ..parallel.threads import THREADED
@@ -43,6 +43,8 @@ class RNNCellBase(Module):
         self.dtype = resolve_dtype(dtype)
         self._rng = resolve_rng(seed)
         G = self.kind.num_gates * self.hidden_size
+        check_memory(f"{self._label}({input_size}, {hidden_size})'s parameters",
+                     G * (self.input_size + self.hidden_size + 2 * self.bias), self.dtype)
         self.register_parameter("weight_ih", np.empty((G, self.input_size), self.dtype))
         self.register_parameter("weight_hh", np.empty((G, self.hidden_size), self.dtype))
         if self.bias:

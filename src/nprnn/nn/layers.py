@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import as_array, check_int
+from .._checks import as_array, check_int, check_memory
 from .._typing import Array
 from .module import Module, resolve_dtype, resolve_rng
 
@@ -36,6 +36,8 @@ class Linear(Module):
         self.dtype = resolve_dtype(dtype)
         rng = resolve_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
+        check_memory(f"Linear({in_features}, {out_features})'s weight", 2 * self.out_features * (self.in_features + 1),
+                     self.dtype)  # (drawn in float64 first)
         self.register_parameter("weight", rng.uniform(-bound, bound, (self.out_features,
                                                                       self.in_features)).astype(self.dtype))
         if bias:
@@ -85,6 +87,8 @@ class Embedding(Module):
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = resolve_dtype(dtype)
+        check_memory(f"Embedding({num_embeddings}, {embedding_dim})'s weight",
+                     2 * self.num_embeddings * self.embedding_dim, self.dtype)  # (drawn in float64 first)
         weight = resolve_rng(seed).standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0

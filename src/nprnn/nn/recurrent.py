@@ -12,7 +12,7 @@ from typing import Any, Optional, cast
 
 import numpy as np
 
-from .._checks import check_bool, check_dropout, check_int, check_nonlinearity
+from .._checks import check_bool, check_dropout, check_int, check_memory, check_nonlinearity
 from .._typing import Array, Params
 from ..functional import KINDS
 from ..functional.native import parameter_epoch
@@ -77,6 +77,10 @@ class RNNBase(Module):
         D = self.num_directions
         G = self.kind.num_gates * hidden_size
         H_out = self._h_out
+        inputs = input_size + (num_layers - 1) * H_out * D  # the input widths of all layers
+        values = D * (G * (inputs + num_layers * (H_out + 2 * bias)) + num_layers * self.proj_size * hidden_size)
+        check_memory(f"{self._label}({input_size}, {hidden_size}, num_layers={num_layers})'s parameters", values,
+                     self.dtype)
         self._layer_names = []  # per (layer, direction): 5 names, None where absent
         for layer in range(num_layers):
             in_size = input_size if layer == 0 else H_out * D

@@ -132,24 +132,29 @@ def evaluate(model: CharLM, data: CharData, batch_size: int, seq_len: int) -> fl
     return total / count
 
 
-def sample(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: float = 0.8, rng=None) -> str:
-    """Continue ``prompt`` by ``length`` characters drawn from the model."""
+def generate(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: float = 0.8, rng=None):
+    """Yield ``length`` characters continuing ``prompt``, each as soon as it is drawn."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     rng = resolve_rng(rng)
     was_training = model.training
     model.eval()
-    ids = vocab.encode(prompt) if prompt else np.array([vocab.index.get("\n", 0)])
-    logits, state = model(ids[:, None], None)
-    out = []
-    for _ in range(length):
-        z = logits[-1, 0].astype(np.float64) / temperature
-        p = np.exp(z - z.max())
-        nxt = int(rng.choice(len(p), p=p / p.sum()))
-        out.append(nxt)
-        logits, state = model(np.array([[nxt]]), state)
-    model.train(was_training)
-    return prompt + vocab.decode(out)
+    try:
+        ids = vocab.encode(prompt) if prompt else np.array([vocab.index.get("\n", 0)])
+        logits, state = model(ids[:, None], None)
+        for _ in range(length):
+            z = logits[-1, 0].astype(np.float64) / temperature
+            p = np.exp(z - z.max())
+            nxt = int(rng.choice(len(p), p=p / p.sum()))
+            yield vocab.chars[nxt]
+            logits, state = model(np.array([[nxt]]), state)
+    finally:
+        model.train(was_training)
+
+
+def sample(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: float = 0.8, rng=None) -> str:
+    """``prompt`` continued by ``length`` characters drawn from the model (see :func:`generate`)."""
+    return prompt + "".join(generate(model, vocab, prompt, length, temperature, rng))
 
 
 class _Progress:
