@@ -53,7 +53,7 @@ def pytest_terminal_summary(terminalreporter):
     fuzz = sys.modules.get("test_fuzz")
     if fuzz is not None and getattr(fuzz, "COUNTS", None):
         terminalreporter.write_sep("-", "fuzz cases by outcome")
-        for key in ("clean errors", "raw errors", "silent acceptances"):
+        for key in ("clean errors", "raw errors", "silent acceptances", "crashes", "data lost"):
             fuzz.COUNTS.setdefault(key, 0)
         for key, n in sorted(fuzz.COUNTS.items()):
             terminalreporter.write_line(f"{key}: {n}")

@@ -223,3 +223,26 @@ def test_malformed_scan_nodes_are_refused_by_name(case):
     model = _damaged(SCANS[case])
     with pytest.raises(ValueError, match=r"ONNX operator Scan \(node .*\) is not supported|is not supported|reads"):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_an_onnx_lstm_given_initial_h_without_initial_c_runs(direction):
+    """Found by the ONNX node fuzz: an LSTM node that is no nprnn.LSTM (direction="reverse",
+    peepholes, clip) given initial_h alone was called with h alone instead of (h, zeros)."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    W, R = (rng.standard_normal((1, 8, 3)) * 0.5).astype(np.float32), (rng.standard_normal((1, 8, 2)) * 0.5).astype(
+        np.float32)
+    x, h0 = rng.standard_normal((4, 1, 3)).astype(np.float32), rng.standard_normal((1, 1, 2)).astype(np.float32)
+    node = h.make_node("LSTM", ["X", "W", "R", "", "", "H0"], ["Y", "Y_h", "Y_c"], hidden_size=2, direction=direction,
+                       clip=5.0)
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info("X", T.FLOAT, [4, 1, 3]),
+                                       h.make_tensor_value_info("H0", T.FLOAT, [1, 1, 2])],
+                         [h.make_tensor_value_info(n, T.FLOAT, None) for n in ("Y", "Y_h", "Y_c")],
+                         [onnx.numpy_helper.from_array(W, "W"), onnx.numpy_helper.from_array(R, "R")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    got = import_onnx(model)(X=x, H0=h0)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"X": x, "H0": h0})
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

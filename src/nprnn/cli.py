@@ -205,9 +205,15 @@ def _model_file(args, path: str, flag: str) -> None:
 def _read_text(path: str, limit_mb: float) -> str:
     """The UTF-8 text of ``path``, read no further than ``limit_mb`` MiB (pipes and devices
     included: an endless input ends at the limit)."""
-    limit = int(limit_mb * 2 ** 20)
+    limit, chunks, got = limit_mb * 2 ** 20, [], 0
     with open(path, "rb") as f:
-        data = f.read(limit + 1)
+        while got <= limit:
+            chunk = f.read(1 << 24)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    data = b"".join(chunks)
     if len(data) > limit:
         raise ValueError(f"--text {path!r} is larger than --max-text-mb {limit_mb:g} MiB (or endless); raise "
                          "--max-text-mb to train on more")

@@ -150,7 +150,7 @@ class _RecurrentStep:
             D, Hh, Hc = layer.num_directions, layer.proj_size or layer.hidden_size, layer.hidden_size
             h = np.concatenate([g[0] if g[0] is not None else np.zeros((D, N, Hh), layer.dtype) for g in given])
             c = np.concatenate([g[1] if g[1] is not None else np.zeros((D, N, Hc), layer.dtype) for g in given])
-            hx = (h, c) if isinstance(layer, LSTM) else h
+            hx = (h, c) if layer.kind.has_cell else h  # (an ONNXRecurrent LSTM is no nprnn.LSTM)
         out, state = layer(x, hx, lengths=lens)
         h_n, c_n = state if isinstance(state, tuple) else (state, None)
         D, res = layer.num_directions, {}
@@ -339,7 +339,7 @@ def _read(model):
                                  f"max(64 MiB, 16 × its {model.ByteSize()} bytes)); {folded / 2 ** 20:.1f} MiB "
                                  "are folded before it")
             outs = _Step(node, opset).run(consts)
-            folded += sum(np.asarray(v).nbytes for v in outs.values())
+            folded += sum(v.nbytes for v in map(np.asarray, outs.values()) if v.flags.owndata)  # (views: none)
             consts.update(outs)
             continue
         module_step = _as_module(node, consts, taken)

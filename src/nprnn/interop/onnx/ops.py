@@ -251,7 +251,8 @@ def _count(shape) -> int:
 def result_bytes(op_type: str, inputs: list, attrs: dict) -> int:
     """How many bytes a node's result will take, from its inputs' shapes, before it is
     computed: the operators whose result can be much larger than their inputs (a
-    broadcast, a fill, a product, a gather); the others at most their largest input.
+    broadcast, a fill, a product, a gather); views none; the others at most their largest
+    input.
     0 when the shapes do not fit (running the node then says why)."""
     from onnx import helper
 
@@ -287,7 +288,12 @@ def result_bytes(op_type: str, inputs: list, attrs: dict) -> int:
             return xs[0].size * helper.tensor_dtype_to_np_dtype(attrs["to"]).itemsize
     except Exception:  # shapes that do not fit: the node's own run says so
         return 0
+    if op_type in _VIEWS:
+        return 0
     return max([size(x) for x in xs], default=0)
+
+
+_VIEWS = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Shape"}  # no new data
 
 
 def run(op_type: str, inputs: list, attrs: dict, opset: int) -> list:
