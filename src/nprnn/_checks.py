@@ -11,6 +11,16 @@ import numpy as np
 
 from ._typing import Array
 
+_TORCH_FLOATS = {"torch.float32": np.float32, "torch.float64": np.float64, "torch.float16": np.float16,
+                 "torch.bfloat16": "bfloat16"}
+
+
+def torch_dtype(dtype: Any) -> Any:
+    """A torch dtype as NumPy's (``torch.float64`` -> ``numpy.float64``); anything else as given."""
+    if type(dtype).__module__ == "torch" and type(dtype).__name__ == "dtype":
+        return _TORCH_FLOATS.get(str(dtype), str(dtype))
+    return dtype
+
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -64,12 +74,32 @@ def check_nonlinearity(nonlinearity: Any) -> str:
     return str(nonlinearity)
 
 
+_WARNED_DETACH: set[str] = set()
+
+
+def detached(value: Any, warn: str = "") -> Any:
+    """A torch tensor that requires grad as its detached data (the rule at every entry
+    point: inputs, states, state dicts).  nprnn computes on NumPy, so no gradient flows back
+    into PyTorch; with ``warn`` (the entry point), say so once per process."""
+    if getattr(value, "requires_grad", False) and type(value).__module__.startswith("torch"):
+        if warn and warn not in _WARNED_DETACH:
+            _WARNED_DETACH.add(warn)
+            import warnings
+
+            warnings.warn(f"{warn}: a tensor that requires grad is taken as its detached data; nprnn computes on "
+                          "NumPy, so no gradient flows back into PyTorch (call the nprnn module's backward() for "
+                          "gradients)", UserWarning, stacklevel=4)
+        return value.detach()
+    return value
+
+
 def as_array(value: Any, name: str, dtype: np.dtype[Any], owner: str) -> Array:
     """``value`` as a floating array of the module's dtype.
 
     NumPy arrays must already have that dtype (float32 in, float32 out); other array-likes
-    (lists, scalars, CPU tensors) are converted.  Non-numeric values are refused with a
-    message naming the argument; NaN and infinity pass through the layers as in PyTorch.
+    (lists, scalars, CPU tensors; one that requires grad as its detached data) are
+    converted.  Non-numeric values are refused with a message naming the argument; NaN and
+    infinity pass through the layers as in PyTorch.
     """
     def mismatch(got: np.dtype[Any]) -> ValueError:
         if got.kind == "f" and not got.isnative and got.newbyteorder("=") == dtype:  # same type, other byte order
@@ -92,6 +122,7 @@ def as_array(value: Any, name: str, dtype: np.dtype[Any], owner: str) -> Array:
         if arr.dtype != dtype:
             raise mismatch(arr.dtype)
     else:
+        value = detached(value, f"{owner} {name}")
         try:
             arr = np.asarray(value)
         except Exception as exc:

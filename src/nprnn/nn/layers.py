@@ -64,9 +64,8 @@ class Linear(Module):
         g = _check_grad(self, grad_output, shape)
         self._take()
         g2 = g.reshape(-1, self.out_features)
-        self._grads["weight"] += g2.T @ x.reshape(-1, self.in_features)
-        if "bias" in self._parameters:
-            self._grads["bias"] += g2.sum(axis=0)
+        self._add_grads(("weight", "bias" if "bias" in self._parameters else None),
+                        (g2.T @ x.reshape(-1, self.in_features), g2.sum(axis=0)))
         return g @ self.weight
 
 
@@ -117,7 +116,9 @@ class Embedding(Module):
         if self.padding_idx is not None:
             keep = flat_idx != self.padding_idx
             flat_idx, flat_g = flat_idx[keep], flat_g[keep]
-        np.add.at(self._grads["weight"], flat_idx, flat_g)
+        target = self._grad_target("weight")
+        if target is not None:
+            np.add.at(target, flat_idx, flat_g)  # (rows repeat)
         return None
 
 
@@ -206,9 +207,8 @@ class LayerNorm(Module):
         self._take()
         lead = tuple(range(xhat.ndim - len(axes)))
         if self.elementwise_affine:
-            self._grads["weight"] += (g * xhat).sum(axis=lead)
-            if "bias" in self._parameters:
-                self._grads["bias"] += g.sum(axis=lead)
+            self._add_grads(("weight", "bias" if "bias" in self._parameters else None),
+                            ((g * xhat).sum(axis=lead), g.sum(axis=lead)))
             g = g * self.weight  # through the affine
         # through the normalisation: rstd * (g - mean(g) - xhat * mean(g * xhat))
         return rstd * (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True))

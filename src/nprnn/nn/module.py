@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from .._checks import detached, torch_dtype
 from .._typing import Array
 from ..functional.native import weights_changed  # each route that changes a parameter calls it
 
@@ -33,6 +34,35 @@ class Parameter(np.ndarray):
     array backward adds into (the module's ``grads`` entry), as in PyTorch."""
 
     grad: Optional[Array] = None
+    _frozen = False  # requires_grad False
+    _home: Any = None  # (weakref to its module, name): where an optimizer finds its successor
+
+    @property
+    def requires_grad(self) -> bool:
+        """As in PyTorch: False freezes the parameter -- backward files no gradient for it,
+        ``p.grad`` is None and optimizers skip it; its value stays in ``state_dict``."""
+        return not self._frozen
+
+    @requires_grad.setter
+    def requires_grad(self, flag: bool) -> None:
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"requires_grad must be a bool, got {type(flag).__name__}")
+        self._frozen = not flag
+        module = self._home[0]() if self._home else None
+        if not flag:
+            self.grad = None
+        elif self.grad is None and module is not None:
+            array = module._grads[self._home[1]]
+            array.fill(0)
+            self.grad = array
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
+        self.requires_grad = requires_grad
+        return self
+
+    def numel(self) -> int:
+        """The number of elements (``size``), as ``torch.Tensor.numel``."""
+        return int(self.size)
 
     def _refuse(self) -> None:
         if not self.flags.writeable:
@@ -95,7 +125,9 @@ def writable(*targets: Any) -> Iterator[None]:
 
 
 def resolve_dtype(dtype: Any) -> np.dtype[Any]:
-    """The module dtype: float32 (also for None, PyTorch's "the default") or float64."""
+    """The module dtype: float32 (also for None, PyTorch's "the default") or float64, given
+    as NumPy's or torch's (``torch.float64``)."""
+    dtype = torch_dtype(dtype)
     if dtype is None:
         return np.dtype(np.float32)
     try:
@@ -238,8 +270,20 @@ class Module:
         """Add parameter gradients into ``grads`` (None names or gradients are skipped)."""
         with _grads_lock:
             for name, g in zip(names, grads):
-                if name is not None and g is not None:
-                    self._grads[name] += g
+                target = None if name is None or g is None else self._grad_target(name)
+                if target is not None:
+                    target += g
+
+    def _grad_target(self, name: str) -> Optional[Array]:
+        """The array backward adds parameter ``name``'s gradient into: None when it is frozen
+        (no gradient, as in PyTorch); zeroed first after ``zero_grad(set_to_none=True)``."""
+        p = self._parameters[name]
+        if p._frozen:
+            return None
+        if p.grad is None:
+            self._grads[name].fill(0)
+            p.grad = self._grads[name]
+        return self._grads[name]
 
     def release_buffers(self) -> None:
         """Free the work arrays kept between calls and any pending backward records."""
@@ -249,6 +293,18 @@ class Module:
     def register_parameter(self, name: str, value: Array) -> None:
         p = self._parameters[name] = as_parameter(value)
         p.grad = self._grads[name] = np.zeros(value.shape, value.dtype)
+        p._home = (weakref.ref(self), name)
+        weights_changed()
+
+    def _replace_parameter(self, name: str, new: Parameter) -> None:
+        """``new`` takes parameter ``name``'s place: same frozen state and gradient array
+        (reshaped to its dtype when that changed), found by the optimizers that held the old."""
+        old = self._parameters[name]
+        if self._grads[name].dtype != new.dtype:
+            self._grads[name] = self._grads[name].astype(new.dtype)
+        new._frozen, new._home = old._frozen, (weakref.ref(self), name)
+        new.grad = None if old.grad is None else self._grads[name]
+        self._parameters[name] = new
         weights_changed()
 
     def __getattr__(self, name: str) -> Any:
@@ -269,9 +325,7 @@ class Module:
                 raise ValueError(
                     f"cannot assign an array of shape {new.shape} to parameter '{name}' of shape {old.shape}"
                 )
-            p = params[name] = as_parameter(np.asarray(new, dtype=old.dtype))
-            p.grad = self._grads[name]
-            weights_changed()
+            self._replace_parameter(name, as_parameter(np.asarray(new, dtype=old.dtype)))
             return
         if isinstance(value, Module):
             if "_modules" not in self.__dict__:
@@ -295,6 +349,67 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
+    def modules(self) -> Iterator["Module"]:
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self) -> Iterator["Module"]:
+        yield from self._modules.values()
+
+    def apply(self, fn: Any) -> "Module":
+        """Call ``fn`` on every submodule, then on this one (PyTorch's order); returns self."""
+        for child in self._modules.values():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Freeze (False) or unfreeze every parameter; returns self (``torch.nn.Module``)."""
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
+
+    # -- dtype and device --------------------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> "Module":
+        """``to(dtype)``, ``to("cpu")``, ``to(device, dtype)`` or with ``device=``/``dtype=``
+        keywords, as PyTorch: a dtype converts every parameter and the compute dtype in
+        place (optimizers built before follow); "cpu" is the only device."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        kwargs.pop("non_blocking", None)
+        if kwargs:
+            raise TypeError(f"to() got an unexpected keyword argument '{next(iter(kwargs))}'")
+        for a in args:
+            if isinstance(a, str) or type(a).__name__ == "device":
+                device = a
+            else:
+                dtype = a
+        if device is not None and str(device).split(":")[0] != "cpu":
+            raise ValueError(f"nprnn runs on the CPU only: cannot move a module to {str(device)!r} (to('cpu') is "
+                             "accepted and changes nothing)")
+        if dtype is not None:
+            self._convert(resolve_dtype(torch_dtype(dtype)))
+        return self
+
+    def double(self) -> "Module":
+        return self.to(np.float64)
+
+    def float(self) -> "Module":
+        return self.to(np.float32)
+
+    def cpu(self) -> "Module":
+        return self
+
+    def _convert(self, dtype: np.dtype[Any]) -> None:
+        for mod in self.modules():
+            for name, p in list(mod._parameters.items()):
+                if p.dtype != dtype:
+                    mod._replace_parameter(name, as_parameter(p.astype(dtype)))
+            if isinstance(getattr(mod, "dtype", None), np.dtype):
+                object.__setattr__(mod, "dtype", dtype)
+            mod._prepared.clear()
+            object.__setattr__(mod, "_threads", _PerThread())  # work arrays of the old dtype
+        weights_changed()
+
     @property
     def grads(self) -> "OrderedDict[str, Array]":
         """Gradient arrays keyed like :meth:`state_dict`; backward adds into them."""
@@ -304,10 +419,14 @@ class Module:
                 out[f"{mod_prefix}.{name}" if mod_prefix else name] = g
         return out
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every gradient array; with ``set_to_none`` also set each ``p.grad`` to None
+        until the next backward files one (optimizers skip such parameters, as PyTorch's)."""
         for _, mod in self.named_modules():
-            for g in mod._grads.values():
+            for name, g in mod._grads.items():
                 g.fill(0)
+                if set_to_none:
+                    mod._parameters[name].grad = None
 
     def train(self, mode: bool = True) -> "Module":
         if not isinstance(mode, bool):
@@ -351,8 +470,8 @@ class Module:
             if key not in state_dict:
                 continue
             try:
-                value = np.asarray(state_dict[key])
-            except Exception as exc:  # e.g. a tensor that requires grad
+                value = np.asarray(detached(state_dict[key]))  # (torch's named_parameters() require grad)
+            except Exception as exc:  # e.g. a tensor on another device
                 problems.append(f"could not read {key} as an array: {exc}")
                 continue
             if value.dtype.kind not in "fiub":
@@ -397,6 +516,7 @@ class Module:
         state["_prepared"] = {}
         state["_grads"] = OrderedDict((k, (g.shape, g.dtype.str)) for k, g in self._grads.items())
         state["_threads"] = None
+        state["_frozen_names"] = [n for n, p in self._parameters.items() if p._frozen]
         for name in ("_params_at", "_record", "_stack", "_buffers"):  # a cache; what older versions kept
             state.pop(name, None)
         return state
@@ -417,6 +537,10 @@ class Module:
             if not (isinstance(p, Parameter) and not p.flags.writeable):
                 p = self._parameters[name] = as_parameter(p)
             p.grad = self._grads[name]  # (pickles keep no attributes of arrays)
+            p._home = (weakref.ref(self), name)
+        for name in state.get("_frozen_names", ()):
+            self._parameters[name].requires_grad = False
+        self.__dict__.pop("_frozen_names", None)
         weights_changed()
 
     # -- calling ---------------------------------------------------------------

@@ -23,9 +23,8 @@ def _pairs(params: Any) -> Any:
     ``model.named_parameters()`` (each parameter knows its gradient array, ``p.grad``), or
     from (parameter, gradient) array pairs."""
     if isinstance(params, Module):
-        grads = params.grads
         named = list(params.named_parameters())
-        return [n for n, _ in named], [p for _, p in named], [grads[n] for n, _ in named]
+        return [n for n, _ in named], [p for _, p in named], [p.grad for _, p in named]
     items = list(params)
     if not items:
         raise ValueError("optimizer got an empty parameter list")
@@ -35,9 +34,9 @@ def _pairs(params: Any) -> Any:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):  # from named_parameters()
             name, item = item
         if isinstance(item, Parameter):
-            if item.grad is None or item.grad.shape != item.shape:
+            if item._home is None:
                 raise TypeError(f"optimizer params: parameter {name} has no gradient array (it belongs to no module)")
-            p, g = item, item.grad
+            p, g = item, item.grad  # (None while frozen: skipped, as torch.optim does)
         elif isinstance(item, dict):
             raise TypeError("optimizer params: a parameter group (a dict) among plain parameters; give either "
                             "parameters or a list of groups, as torch.optim does")
@@ -117,17 +116,49 @@ class Optimizer:
         """Validated options (the constructor's checks) for one group."""
         return cls([(np.zeros(1), np.zeros(1))], **options).defaults
 
-    def zero_grad(self) -> None:
-        for g in self.grads:
-            g.fill(0)
+    def _follow(self) -> None:
+        """Each parameter as its module holds it now: ``module.double()`` or assigning
+        ``module.weight_hh_l0 = ...`` puts a new array in its place (torch changes tensors in
+        place, so its optimizers follow; these follow too, state converted)."""
+        k = 0
+        for group in self.param_groups:
+            for i in range(len(group["params"])):
+                p = self.params[k]
+                home = p._home if isinstance(p, Parameter) else None
+                module = home[0]() if home is not None else None
+                now = module._parameters.get(home[1]) if home is not None and module is not None else None
+                if now is not None and now is not p:
+                    self.params[k] = group["params"][i] = now
+                    self.state[k] = {key: (v.astype(now.dtype) if isinstance(v, np.ndarray) else v)
+                                     for key, v in self.state[k].items()}
+                k += 1
+
+    def _grad(self, k: int) -> Any:
+        """Parameter k's gradient array now (None: frozen, or set to None by zero_grad)."""
+        p = self.params[k]
+        return p.grad if isinstance(p, Parameter) and p._home is not None else self.grads[k]
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero the gradients; ``set_to_none`` sets each ``p.grad`` to None until the next
+        backward (torch's default since 2.0; the step then skips a parameter without one)."""
+        self._follow()
+        for k, p in enumerate(self.params):
+            g = self._grad(k)
+            if g is not None:
+                g.fill(0)
+            if set_to_none and isinstance(p, Parameter) and p._home is not None:
+                p.grad = None
 
     def step(self) -> None:
+        self._follow()
         with writable(*self.params):
             k = 0
             for group in self.param_groups:
                 options = {key: v for key, v in group.items() if key != "params"}
                 for _ in group["params"]:
-                    self._update(self.params[k], self.grads[k], self.state[k], options)
+                    g = self._grad(k)
+                    if g is not None:
+                        self._update(self.params[k], g, self.state[k], options)
                     k += 1
 
     def _update(self, p: Any, g: Any, state: Any, options: Any) -> Any:  # pragma: no cover - abstract
@@ -226,10 +257,12 @@ class Optimizer:
             group.update(opts)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
-        if len(self.param_groups) > 1:
-            args += f", {len(self.param_groups)} param groups"
-        return f"{type(self).__name__}({args})"
+        """Each group's own options, as torch.optim prints them."""
+        lines = [f"{type(self).__name__} ("]
+        for k, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {k}")
+            lines += [f"    {key}: {group[key]}" for key in sorted(group) if key != "params"]
+        return "\n".join(lines) + "\n)"
 
 
 class SGD(Optimizer):
@@ -313,15 +346,39 @@ class AdamW(Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def clip_grad_norm_(params: Any, max_norm: float, norm_type: float = 2.0) -> float:
-    """Scale the gradients in place so that their joint norm is at most ``max_norm``;
-    returns the norm before clipping (PyTorch's ``clip_grad_norm_``)."""
+def _grads_of(params: Any) -> list[Array]:
+    """The gradient arrays ``params`` stands for, as torch's clipping functions take them: a
+    module, an optimizer, parameters (``model.parameters()``, one parameter), named pairs
+    (``model.named_parameters()``), or gradient arrays themselves; parameters without a
+    gradient (frozen, or set to None) are left out."""
     if isinstance(params, Module):
-        grads = list(params.grads.values())
-    elif isinstance(params, Optimizer):
-        grads = params.grads
-    else:
-        grads = [g for g in params]
+        return [p.grad for p in params.parameters() if p.grad is not None]
+    if isinstance(params, Optimizer):
+        params._follow()
+        return [g for g in (params._grad(k) for k in range(len(params.params))) if g is not None]
+    if isinstance(params, np.ndarray):
+        params = [params]
+    out = []
+    for item in params:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            item = item[1]
+        if isinstance(item, Parameter):
+            if item.grad is not None:
+                out.append(item.grad)
+        elif isinstance(item, np.ndarray):
+            out.append(item)  # a gradient array
+        else:
+            raise TypeError(f"expected a module, parameters, named parameters or gradient arrays, got "
+                            f"{type(item).__name__}")
+    return out
+
+
+def clip_grad_norm_(params: Any, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach: Any = None) -> float:
+    """Scale the gradients in place so that their joint norm is at most ``max_norm``;
+    returns the norm before clipping (PyTorch's ``clip_grad_norm_``, which takes
+    ``model.parameters()`` as well as a module; see :func:`_grads_of`)."""
+    grads = _grads_of(params)
     norm_type = float(norm_type)
     if not grads:
         return 0.0
@@ -329,8 +386,20 @@ def clip_grad_norm_(params: Any, max_norm: float, norm_type: float = 2.0) -> flo
         total = max(float(np.abs(g).max()) if g.size else 0.0 for g in grads)
     else:
         total = float(sum(float((np.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type))
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so "
+                           "it cannot be clipped. To disable this error and scale the gradients by the non-finite "
+                           "norm anyway, set `error_if_nonfinite=False`")
     coef = min(max_norm / (total + 1e-6), 1.0)
-    if coef < 1.0:
+    if coef < 1.0 or not math.isfinite(total):
         for g in grads:
             g *= g.dtype.type(coef)
     return total
+
+
+def clip_grad_value_(params: Any, clip_value: float, foreach: Any = None) -> None:
+    """Clamp every gradient to ``[-clip_value, clip_value]`` in place (PyTorch's
+    ``clip_grad_value_``)."""
+    clip_value = float(clip_value)
+    for g in _grads_of(params):
+        np.clip(g, -clip_value, clip_value, out=g)

@@ -109,6 +109,9 @@ class RNNBase(Module):
     def _state_widths(self) -> tuple[Any, ...]:
         return (self._h_out, self.hidden_size) if self.kind.has_cell else (self._h_out,)
 
+    def flatten_parameters(self) -> None:
+        """Nothing to do (PyTorch's packs weights for cuDNN; torch code calls it, so it is here)."""
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         act = self.__dict__.get("nonlinearity", "tanh")
