@@ -5,8 +5,9 @@ loop: 1739 lines then), to 1780 when row ranges and weight gradients went to the
 team of threads (1768), to 1850 for the wavefront of a stack's layers, forward and
 backward (1834), to 1870 for ``backend_info`` and the import error it keeps (1863), and to
 1970 for PyTorch's habits in the module base (freezing, ``zero_grad(set_to_none=True)``,
-``to``/``double``/``float`` that optimizers follow, ``modules``/``apply``) and the memory
-checks before the constructors allocate (1963).
+``to``/``double``/``float`` that optimizers follow, ``modules``/``apply``), the memory
+checks before the constructors allocate (1963), then to 1980 for the NumPy tier's cache of
+prepared weights (1971).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
@@ -16,7 +17,7 @@ import tokenize
 
 import nprnn
 
-BUDGET = 1970
+BUDGET = 1980
 CORE = ["functional/__init__.py", "functional/cells.py", "functional/scan.py", "functional/stack.py",
         "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py", "nn/cells.py",
         "nn/module.py"]

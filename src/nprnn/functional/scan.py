@@ -248,7 +248,7 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
         return native.direction_forward(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner,
                                         cache)
     w_ih, w_hh, b_ih, b_hh, w_hr = params
-    w_ih_s, b_gx, step = prepare_weights(kind, w_ih, w_hh, b_ih, b_hh, w_hr, options)
+    w_ih_s, b_gx, step = _prepared(cache, key, kind, params, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
 
     def project(lo: int, hi: int) -> None:  # gx = x @ W_ih.T + b for rows lo:hi, (rows, G*H)
@@ -281,6 +281,19 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks)
     record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
     return state, record
+
+
+def _prepared(cache: Optional[dict[Any, Any]], key: Any, kind: CellKind, params: Params, options: Any
+              ) -> tuple[Array, OptArray, StepWeights]:
+    """:func:`prepare_weights` kept in ``cache`` until a parameter changes (as the compiled
+    tier keeps its own): a cell's training records then share the prepared weights instead
+    of each holding a copy of W_hh."""
+    if cache is None or options:  # (the ONNX variants' options hold their own arrays)
+        return prepare_weights(kind, *params, options)
+    epoch, hit = native.parameter_epoch(), cache.get((key, "numpy"))
+    if hit is None or hit[0] != epoch:
+        hit = cache[(key, "numpy")] = (epoch, prepare_weights(kind, *params, options))
+    return hit[1]  # type: ignore[no-any-return]
 
 
 def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None, key: Any = None,
