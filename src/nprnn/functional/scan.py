@@ -293,7 +293,7 @@ def _prepared(cache: Optional[dict[Any, Any]], key: Any, kind: CellKind, params:
     epoch, hit = native.parameter_epoch(), cache.get((key, "numpy"))
     if hit is None or hit[0] != epoch:
         hit = cache[(key, "numpy")] = (epoch, prepare_weights(kind, *params, options))
-    return hit[1]  # type: ignore[no-any-return]
+    return hit[1]
 
 
 def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None, key: Any = None,
