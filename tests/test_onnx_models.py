@@ -90,14 +90,17 @@ def _check_torch_case(kind, layers, bi, bf, head, dynamo, tmp_path):
         layers_in = [m for _, m in imported.named_modules() if isinstance(m, nprnn.RNNBase)]
         assert len(layers_in) == 1 and layers_in[0].num_layers == layers
         rnn = layers_in[0]
+        assert imported.rnn is rnn  # named after the torch module, for either exporter
     else:
         rnn = imported
         assert type(rnn).__name__ == kind and rnn.batch_first == bf
     assert rnn.num_layers == layers and rnn.bidirectional == bi
     for key, value in model.rnn.state_dict().items():
         np.testing.assert_array_equal(rnn.state_dict()[key], value.numpy(), err_msg=key)
-    if head and not dynamo:  # torch's names survive: rnn.* and head.*
+    if head:  # torch's names survive: rnn.* and head.* (dynamo's MatMul + Add is the Linear head)
         assert set(imported.state_dict()) == set(model.state_dict())
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(imported.state_dict()[key], value.numpy(), err_msg=key)
     declared = sess.get_inputs()[0].shape  # the dynamo exporter may also declare the traced length
     rng = np.random.default_rng(0)
     for N, L in SHAPES:

@@ -160,10 +160,26 @@ class _RecurrentStep:
         return res
 
 
+def _torch_path(node):
+    """The torch module path a node was exported from, '' when the graph does not say: the
+    dynamo exporter's ``pkg.torch.onnx.name_scopes`` (['', 'rnn', 'lstm'] -> 'rnn'), or the
+    TorchScript exporter's node name ('/rnn/LSTM_1' -> 'rnn')."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            if isinstance(scopes, list) and all(isinstance(x, str) for x in scopes):
+                return ".".join(x for x in scopes[1:-1] if x)  # (the last names the operator)
+    return ".".join([p for p in node.name.split("/") if p][:-1]) if node.name.startswith("/") else ""
+
+
 def _module_name(node, taken, default):
-    """A submodule name from an exporter's node name: '/rnn/LSTM_1' -> 'rnn' (TorchScript)."""
-    parts = [p for p in node.name.split("/") if p][:-1] if node.name.startswith("/") else []
-    base = ".".join(parts) if parts else default
+    """A submodule name: the torch module path the exporter recorded, else ``default``."""
+    base = _torch_path(node) or default
     base = re.sub(r"[^0-9A-Za-z_.]", "_", base) or default
     name, i = base, 1
     while name in taken:
@@ -299,6 +315,11 @@ def _read(model):
     known = set(consts) | set(input_names)
     live = _live(g)
     budget, folded = max(FOLD_BUDGET, 16 * model.ByteSize()), 0
+    readers: dict[str, list[int]] = {}
+    for k, node in enumerate(g.node):
+        for n in node.input:
+            readers.setdefault(n, []).append(k)
+    fused: set[int] = set()  # Adds that became a Linear's bias
     for k, node in enumerate(g.node):
         missing = [n for n in node.input if n and n not in known]
         if missing:
@@ -323,8 +344,8 @@ def _read(model):
                              f"{', '.join(sorted(ops.ARITY))} and Scan as nprnn writes LSTMP")
         label = node.name or f"#{k}"  # (exporters may leave nodes unnamed)
         ops.check(op, _attrs(node), label, list(node.input), list(node.output), opset)
-        if k not in live:
-            continue  # checked, never run: nothing the outputs need
+        if k not in live or k in fused:
+            continue  # checked, never run: nothing the outputs need (or a Linear computes it)
         if op in RECURRENT:
             part = RecurrentNode(node, consts)
             default = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}[op]
@@ -343,6 +364,8 @@ def _read(model):
             consts.update(outs)
             continue
         module_step = _as_module(node, consts, taken)
+        if module_step is None and op == "MatMul":
+            module_step = _matmul_linear(g, k, consts, taken, readers, {o.name for o in g.output}, fused)
         steps.append(module_step or _Step(node, opset))
     outputs = [o.name for o in g.output]
     missing = [n for n in outputs if n not in known]
@@ -354,6 +377,30 @@ def _read(model):
 def _owner(weight_name, default):
     """The module a torch weight name belongs to ('head.weight' -> 'head'), else ``default``."""
     return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else default
+
+
+def _matmul_linear(g, k, consts, taken, readers, outputs, fused):
+    """``MatMul(x, W)`` on a constant 2-D ``W``, and the ``Add`` of a constant bias that alone
+    reads it, as one Linear (torch's dynamo exporter writes ``nn.Linear`` so); the Add's
+    index goes into ``fused``.  None when the pattern is not there."""
+    node = g.node[k]
+    x, w = node.input
+    W = consts.get(w)
+    if x in consts or W is None or W.ndim != 2 or W.dtype not in (np.float32, np.float64):
+        return None
+    y, b = node.output[0], None
+    use = readers.get(y, [])
+    if len(use) == 1 and y not in outputs and g.node[use[0]].op_type == "Add":
+        add = g.node[use[0]]
+        other = [n for n in add.input if n != y]
+        if len(add.input) == 2 and len(other) == 1 and other[0] in consts:
+            bias = consts[other[0]]
+            if bias.shape == (W.shape[1],) and bias.dtype == W.dtype:
+                b, y = bias, add.output[0]
+                fused.add(use[0])
+    lin = Linear(W.shape[0], W.shape[1], bias=b is not None, dtype=W.dtype)
+    lin.load_state_dict({"weight": W.T, **({"bias": b} if b is not None else {})})
+    return _ModuleStep(_module_name(node, taken, "linear"), lin, x, y, "MatMul")
 
 
 def _as_module(node, consts, taken):
