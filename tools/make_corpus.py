@@ -7,9 +7,8 @@ licensed under the PSF License Version 2 (see src/nprnn/data/LICENSE-python-docs
 copied from CPython's LICENSE.txt).  It is written to src/nprnn/data/python_reference.txt.
 """
 import os
-import sys
-
 import pydoc_data.topics as topics
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "src", "nprnn", "data")

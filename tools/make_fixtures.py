@@ -26,17 +26,21 @@ def grid():
     layer = dict(base, num_layers=1, batch_first=False, bidirectional=False, seq_len=4)
     variants = [
         {}, {"num_layers": 2}, {"num_layers": 3}, {"bidirectional": True}, {"bidirectional": True, "num_layers": 2},
-        {"batch_first": True}, {"bias": False}, {"give_hx": False}, {"batch": None}, {"batch": None, "batch_first": True},
-        {"batch": 1, "seq_len": 1}, {"num_layers": 3, "bidirectional": True, "batch_first": True, "give_hx": False},
+        {"batch_first": True}, {"bias": False}, {"give_hx": False}, {"batch": None},
+        {"batch": None, "batch_first": True}, {"batch": 1, "seq_len": 1},
+        {"num_layers": 3, "bidirectional": True, "batch_first": True, "give_hx": False},
     ]
     out = []
     for dtype in ("float64", "float32"):
-        for kind, extra in (("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}), ("GRU", {})):
+        for kind, extra in (("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}),
+                            ("GRU", {})):
             for v in variants:
                 out.append(dict(layer, kind=kind, dtype=dtype, **extra, **v))
-        for v in ({"proj_size": 2}, {"proj_size": 3, "num_layers": 2, "bidirectional": True}, {"proj_size": 1, "batch": None, "bias": False}):
+        for v in ({"proj_size": 2}, {"proj_size": 3, "num_layers": 2, "bidirectional": True},
+                  {"proj_size": 1, "batch": None, "bias": False}):
             out.append(dict(layer, kind="LSTM", dtype=dtype, **v))
-        for kind, extra in (("RNNCell", {"nonlinearity": "tanh"}), ("RNNCell", {"nonlinearity": "relu"}), ("LSTMCell", {}), ("GRUCell", {})):
+        for kind, extra in (("RNNCell", {"nonlinearity": "tanh"}), ("RNNCell", {"nonlinearity": "relu"}),
+                            ("LSTMCell", {}), ("GRUCell", {})):
             for v in ({}, {"bias": False}, {"give_hx": False}, {"batch": None}):
                 out.append(dict(base, kind=kind, dtype=dtype, **extra, **v))
     # variable-length batches: packed input and lengths=, sorted and not, both directions
