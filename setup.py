@@ -7,6 +7,7 @@ compiler: GCC and clang (Linux, macOS, MinGW), clang-cl (the supported Windows c
 takes the vector extensions and target attributes), MSVC's cl (tried, refused by the vector
 extensions).  Everything else is in pyproject.toml.
 """
+import os
 import shutil
 
 from setuptools import Extension, setup
@@ -35,7 +36,16 @@ class BuildExt(build_ext):
             flags = list(GNU_FLAGS)
         for ext in self.extensions:
             ext.extra_compile_args = flags + list(ext.extra_compile_args or [])
+        self.force = True  # every build compiles with this build's compiler (CC=false included)
         super().build_extensions()
+
+    def build_extension(self, ext):
+        """Never ship what an earlier build left: the old binary goes first, so a compiler
+        that fails now leaves no extension (and the NumPy tier says why), not a stale one."""
+        target = self.get_ext_fullpath(ext.name)
+        if os.path.exists(target):
+            os.remove(target)
+        super().build_extension(ext)
 
 
 setup(

@@ -364,8 +364,50 @@ def test_backend_info_says_why_the_fast_path_is_not_taken(monkeypatch):
             finally:
                 native._native.set_isa("best")
     monkeypatch.setattr(native, "_native", None)
-    monkeypatch.setattr(native, "_IMPORT_ERROR", "No module named 'nprnn.functional._native'")
+    monkeypatch.setattr(native, "_IMPORT_ERROR", None)  # (not built: nothing to load)
     assert "not built" in nprnn.backend_info()["reason"]
     monkeypatch.setattr(native, "_IMPORT_ERROR", "_native.so: undefined symbol: _ZGVeN16v_tanhf")
     assert nprnn.backend_info()["reason"] == "the compiled kernels do not load: _native.so: undefined symbol: " \
                                              "_ZGVeN16v_tanhf"
+
+
+def _source_copy(tmp_path):
+    """The package's source tree and build files, copied to ``tmp_path`` without any
+    compiled extension."""
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in"):
+        shutil.copy(os.path.join(root, name), tmp_path / name)
+    shutil.copytree(os.path.join(root, "src"), tmp_path / "src",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.egg-info"))
+    return tmp_path
+
+
+def test_a_package_without_the_extension_says_not_built_and_does_not_warn(tmp_path):
+    """Not built (no compiler at install time) is no load failure: no warning at import,
+    and backend_info() says "not built" (it used to warn that the kernels "do not load")."""
+    src = _source_copy(tmp_path) / "src"
+    code = "import nprnn; print(nprnn.backend_info()['backend'], '|', nprnn.backend_info()['reason'])"
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(src), NPRNN_BACKEND=""), cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("numpy | the compiled kernels are not built"), done.stdout
+
+
+@pytest.mark.slow
+def test_a_build_without_a_compiler_leaves_no_stale_extension(tmp_path):
+    """A clone built before, built again with CC=false: the old binary is not shipped (it
+    used to be reused from build/ and reported as the compiled tier)."""
+    import glob
+
+    root = _source_copy(tmp_path)
+    build = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(root / "out")]
+    first = subprocess.run(build, capture_output=True, text=True, cwd=root, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    if not glob.glob(str(root / "out" / "nprnn" / "functional" / "_native*")):
+        pytest.skip("no C compiler here to build the first time")
+    again = subprocess.run(build, capture_output=True, text=True, cwd=root, timeout=600,
+                           env=dict(os.environ, CC="false"))
+    assert again.returncode == 0, again.stderr[-2000:]  # (the extension is optional)
+    assert not glob.glob(str(root / "out" / "nprnn" / "functional" / "_native*")), "a stale extension was kept"

@@ -32,16 +32,18 @@ from ..config import settings
 from .cells import CellKind
 from .runners import SERIAL, Runner
 
-_IMPORT_ERROR: Optional[str] = None  # why the compiled module did not import
+_IMPORT_ERROR: Optional[str] = None  # why the built compiled module did not load (None: it did, or it is not built)
 try:
     from . import _native  # type: ignore[attr-defined]
 
     compiled = _native  # the compiled module, for the callers that build their own calls (streams)
 except ImportError as exc:  # not built (no compiler at install time), or built and unloadable
+    import importlib.util
+
     _native = None
     compiled = None
-    _IMPORT_ERROR = str(exc)
-    if getattr(exc, "name", None) != f"{__package__}._native":  # the file is there but does not load
+    _IMPORT_ERROR = str(exc) if importlib.util.find_spec(f"{__package__}._native") else None  # None: not built
+    if _IMPORT_ERROR is not None:  # the file is there but does not load
         import warnings
 
         warnings.warn(f"nprnn's compiled kernels are installed but do not load ({exc}); running on NumPy",
@@ -83,9 +85,8 @@ def backend_info() -> dict[str, Any]:
     info: dict[str, Any] = {"backend": backend(), "isa": isa(), "variants": {}, "compiler": None, "cpu": {},
                             "reason": None}
     if _native is None:
-        missing = _IMPORT_ERROR is not None and "No module named" in _IMPORT_ERROR
         info["reason"] = ("the compiled kernels are not built in this installation (no C compiler at install "
-                          "time?)" if missing else f"the compiled kernels do not load: {_IMPORT_ERROR}")
+                          "time?)" if _IMPORT_ERROR is None else f"the compiled kernels do not load: {_IMPORT_ERROR}")
         return info
     info.update(variants=_native.widths(), compiler=_native.compiler().strip(), cpu=_native.cpu())
     if not _enabled:
