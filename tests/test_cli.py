@@ -212,26 +212,33 @@ def _bounded(argv, timeout=60):
                           preexec_fn=limit)
 
 
-def test_an_endless_text_ends_at_the_limit_in_seconds(tmp_path):
-    """A FIFO fed without end (a /dev/zero twin made in tmp_path) and a file over the limit."""
+def endless_fifo(path):
+    """A FIFO at ``path`` that a thread feeds without end (a /dev/zero twin in the test's
+    directory) until the returned event is set (test_fuzz uses it too)."""
     import os
     import threading
-    import time
 
-    fifo = tmp_path / "endless.txt"
-    os.mkfifo(fifo)
+    os.mkfifo(path)
     stop = threading.Event()
 
     def feed():
         try:
-            with open(fifo, "wb") as f:
+            with open(path, "wb") as f:
                 while not stop.is_set():
                     f.write(b"abc " * 16384)
         except BrokenPipeError:
             pass
 
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
+    threading.Thread(target=feed, daemon=True).start()
+    return stop
+
+
+def test_an_endless_text_ends_at_the_limit_in_seconds(tmp_path):
+    """A FIFO fed without end (a /dev/zero twin made in tmp_path) and a file over the limit."""
+    import time
+
+    fifo = tmp_path / "endless.txt"
+    stop = endless_fifo(fifo)
     start = time.perf_counter()
     try:
         done = _bounded(["train", "--text", str(fifo), "--max-text-mb", "8", "--checkpoint", ""])
@@ -240,7 +247,6 @@ def test_an_endless_text_ends_at_the_limit_in_seconds(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "is larger than --max-text-mb 8 MiB (or endless)" in done.stderr, done.stderr
     assert time.perf_counter() - start < 30
-    writer.join(timeout=10)
     big = tmp_path / "big.txt"
     big.write_bytes(b"x" * (2 << 20))
     done = _bounded(["train", "--text", str(big), "--max-text-mb", "1", "--checkpoint", ""])

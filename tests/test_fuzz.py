@@ -881,6 +881,7 @@ def test_external_data_of_in_memory_models_is_read_only_from_base_dir(tmp_path_f
     current directory (which holds a decoy), only from base_dir and inside it."""
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper
+    from test_onnx_bounds import external_tensor
 
     from nprnn.onnx import import_onnx
 
@@ -895,12 +896,7 @@ def test_external_data_of_in_memory_models_is_read_only_from_base_dir(tmp_path_f
         os.symlink(base / "w.bin", base / "link_in.bin")
         monkeypatch.chdir(cwd)
         location = str(tmp / "w.bin") if case["location"] == "ABSOLUTE" else case["location"]
-        w = helper.make_tensor("w", TensorProto.FLOAT, [0], vals=[])
-        w.dims[0] = 2
-        w.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", "0"), ("length", "8")):
-            entry = w.external_data.add()
-            entry.key, entry.value = key, value
+        w = external_tensor(location)
         nodes = [helper.make_node("Add", ["x", "w"], ["y"])]
         inits = [w]
         if case["where"] == "Constant":
@@ -1144,20 +1140,12 @@ def test_endless_text_inputs_end_at_the_limit_in_a_bounded_child(source, limit, 
     import threading
     import time
 
+    from test_cli import endless_fifo
+
     path = tmp_path / "endless.txt"
     stop = threading.Event()
     if source == "fifo":
-        os.mkfifo(path)
-
-        def feed():
-            try:
-                with open(path, "wb") as f:
-                    while not stop.is_set():
-                        f.write(b"abc " * 16384)
-            except BrokenPipeError:
-                pass
-
-        threading.Thread(target=feed, daemon=True).start()
+        stop = endless_fifo(path)
     elif not _make_node("chardev", path, tmp_path) or not os.path.exists(path):
         pytest.skip("making a character device needs root")
     else:

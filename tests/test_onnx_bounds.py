@@ -24,15 +24,20 @@ def _model(nodes, inits=(), inputs=(("x", [2]),), outputs=("y",), opset=17):
     return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
 
 
-def _external_model(tmp_path, location):
-    """y = x + w, with w (2 floats) kept in the file ``location`` (relative to the model)."""
+def external_tensor(location):
+    """A tensor ``w`` of 2 floats whose data is in the file ``location`` (test_fuzz uses it too)."""
     w = h.make_tensor("w", T.FLOAT, [0], vals=[])
     w.dims[0] = 2
     w.data_location = T.EXTERNAL
     for key, value in (("location", location), ("offset", "0"), ("length", "8")):
         entry = w.external_data.add()
         entry.key, entry.value = key, value
-    return _model([h.make_node("Add", ["x", "w"], ["y"])], [w])
+    return w
+
+
+def _external_model(tmp_path, location):
+    """y = x + w, with w kept in the file ``location`` (relative to the model)."""
+    return _model([h.make_node("Add", ["x", "w"], ["y"])], [external_tensor(location)])
 
 
 # ---------------------------------------------------------------- external data
