@@ -29,8 +29,13 @@ gradient of the global batch's mean loss — drives one optimizer step in the ca
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..nn.module import Module
+    from ..nn.optim import Optimizer
 
 
 def init_worker(threads: int = 1) -> None:
@@ -46,7 +51,7 @@ def init_worker(threads: int = 1) -> None:
     threadpool_limits(threads)
 
 
-def run(model, batch):
+def run(model: "Module", batch: Any) -> Any:
     """``model``'s output for one batch, in eval mode (what each worker runs).  ``batch`` is
     an input array, or a pair ``(input, lengths)``."""
     model.eval()
@@ -58,13 +63,13 @@ def run(model, batch):
     return out[0] if isinstance(out, tuple) else out
 
 
-def map_batches(model, batches, executor) -> list:
+def map_batches(model: "Module", batches: Iterable[Any], executor: Any) -> list[Any]:
     """The outputs of ``model`` on each of ``batches``, computed by ``executor.map`` (a
     ``concurrent.futures`` pool, or anything with the same ``map``), in order."""
     return list(executor.map(functools.partial(run, model), batches))
 
 
-def dask_worker_setup(threads: int = 1):
+def dask_worker_setup(threads: int = 1) -> Any:
     """A Dask worker plugin that runs :func:`init_worker` in each worker as it starts:
     ``client.register_plugin(dask_worker_setup())``."""
     from distributed import WorkerPlugin
@@ -72,13 +77,14 @@ def dask_worker_setup(threads: int = 1):
     class NprnnWorkerSetup(WorkerPlugin):
         name = "nprnn-worker-setup"
 
-        def setup(self, worker):
+        def setup(self, worker: Any) -> None:
             init_worker(threads)
 
     return NprnnWorkerSetup()
 
 
-def shard_gradients(model, shard, loss_fn, total_rows: int, batch_axis: int = 0):
+def shard_gradients(model: "Module", shard: tuple[Any, Any], loss_fn: Callable[[Any, Any], Any], total_rows: int,
+                    batch_axis: int = 0) -> tuple[float, dict[str, np.ndarray]]:
     """``(weighted loss, gradients)`` of ``model`` on one shard ``(input, target)``: the
     shard's mean loss and its gradients times ``rows / total_rows``, so that the shards'
     sums are the global batch's mean loss and its gradients (what each worker runs)."""
@@ -93,7 +99,8 @@ def shard_gradients(model, shard, loss_fn, total_rows: int, batch_axis: int = 0)
     return loss.item() * share, {k: g.copy() for k, g in model.grads.items()}
 
 
-def data_parallel_step(model, optimizer, shards, loss_fn, executor, batch_axis: int = 0) -> float:
+def data_parallel_step(model: "Module", optimizer: "Optimizer", shards: Iterable[tuple[Any, Any]],
+                       loss_fn: Callable[[Any, Any], Any], executor: Any, batch_axis: int = 0) -> float:
     """One training step on the global batch split into ``shards`` (``(input, target)``
     pairs), each shard's gradients computed by ``executor.map`` in a worker; the summed
     gradients update ``model`` through ``optimizer`` here.  Returns the global mean loss.

@@ -33,8 +33,9 @@ import os
 import threading
 from collections import Counter
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
+from .._typing import Array
 from ..config import settings
 
 # The thresholds live in nprnn.config.settings: chunk_steps, the steps a pipelined layer
@@ -44,7 +45,7 @@ from ..config import settings
 # 1.0-1.4x from 8k up, 2 cores); min_train_step_work, the same for a training run (forward
 # with records, and backward), measured 0.5-0.9x below 12288, 1.0-1.15x at 12288, 1.1-1.3x
 # at 16384; min_split_work, parts_per_thread, min_part_rows for the compiled tier's split.
-_blas = {"controller": None, "looked": False, "depth": 0, "limiter": None}
+_blas: dict[str, Any] = {"controller": None, "looked": False, "depth": 0, "limiter": None}
 _blas_lock = threading.Lock()
 
 
@@ -55,7 +56,7 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _blas_controller():
+def _blas_controller() -> Any:
     """threadpoolctl's controller of the loaded BLAS libraries, or None without it."""
     if not _blas["looked"]:
         _blas["looked"] = True
@@ -104,7 +105,7 @@ _share = contextvars.ContextVar("nprnn_thread_share", default=1)  # how many sca
 # What ran on more than one thread, counted for whoever wants to see it (tests, benchmarks):
 # "side by side" runs of two scans, "parts" handed out by a batch split, "splits" (run_parts calls),
 # "groups" of steps begun by pipelined scans.
-activity: Counter = Counter()
+activity: Counter[str] = Counter()
 
 
 def threads_here() -> int:
@@ -127,7 +128,7 @@ def side_by_side_pays(steps: int, rows: int, gate_width: int, pipelined: bool, m
 
 
 @contextmanager
-def blas_halved():
+def blas_halved() -> Iterator[None]:
     """Hold the BLAS to half the threads, at least one (nested and concurrent uses share
     one limit, lifted by the last to leave)."""
     controller = _blas_controller()
@@ -152,7 +153,7 @@ class UpstreamFailed(RuntimeError):
     """Raised in a scan waiting on a :class:`Stream` whose writer failed."""
 
 
-def run_side_by_side(first, second, blas: bool = True) -> None:
+def run_side_by_side(first: Callable[[], Any], second: Callable[[], Any], blas: bool = True) -> None:
     """Run ``first()`` on a new thread and ``second()`` on this one, each given half the
     threads (:func:`threads_here`) and, with ``blas``, the BLAS held to half its threads;
     wait for both, and raise the error that started a failure (not the
@@ -163,9 +164,9 @@ def run_side_by_side(first, second, blas: bool = True) -> None:
     activity["side by side"] += 1
     context = contextvars.copy_context()
     context.run(_share.set, _share.get() * 2)
-    errors = []
+    errors: list[BaseException] = []
 
-    def target():
+    def target() -> None:
         try:
             context.run(first)
         except BaseException as exc:  # re-raised on the calling thread
@@ -188,14 +189,14 @@ def run_side_by_side(first, second, blas: bool = True) -> None:
         raise next((e for e in errors if not isinstance(e, UpstreamFailed)), errors[0])
 
 
-def run_pipeline(n_stages: int, stage) -> None:
+def run_pipeline(n_stages: int, stage: Callable[[int, "PipelineStage"], Any]) -> None:
     """Run ``stage(i, pipeline_stage)`` for ``i = 0 .. n_stages - 1`` as a pipeline over two
     threads (even stages on a new one, odd ones on this one): stage ``i`` reads what stage
     ``i - 1`` publishes, as it comes, and publishes what stage ``i + 1`` reads (see
     :class:`PipelineStage`).  A failing stage fails every stream, so no stage waits forever."""
     streams = [Stream() for _ in range(n_stages - 1)]
 
-    def lane(first):
+    def lane(first: int) -> None:
         try:
             for i in range(first, n_stages, 2):
                 stage(i, PipelineStage(streams[i - 1] if i else None, streams[i] if i < n_stages - 1 else None))
@@ -212,18 +213,19 @@ class Chunks:
     order): ``before(lo, hi)`` runs before a group's first step and ``after(lo, hi)`` after
     its last, ``lo:hi`` being the rows the group covers (counted in ``activity["groups"]``)."""
 
-    def __init__(self, steps, before, after):
+    def __init__(self, steps: Sequence[tuple[int, int, int]], before: Callable[[int, int], None],
+                 after: Callable[[int, int], None]) -> None:
         size = settings.chunk_steps
         self.size, self.last, self.before, self.after = size, len(steps) - 1, before, after
         self.rows = [(min(s[0] for s in steps[j : j + size]), max(s[1] for s in steps[j : j + size]))
                      for j in range(0, len(steps), size)]
 
-    def begin(self, k):
+    def begin(self, k: int) -> None:
         if k % self.size == 0:
             activity["groups"] += 1
             self.before(*self.rows[k // self.size])
 
-    def end(self, k):
+    def end(self, k: int) -> None:
         if k % self.size == self.size - 1 or k == self.last:
             self.after(*self.rows[k // self.size])
 
@@ -233,10 +235,10 @@ class PipelineStage:
     publishes them and publishes its own on ``sink`` (None: at an end of the pipeline).
     The scans (:mod:`nprnn.functional.scan`) ask it for the hooks around their steps."""
 
-    def __init__(self, source, sink):
+    def __init__(self, source: Optional["Stream"], sink: Optional["Stream"]) -> None:
         self.source, self.sink = source, sink
 
-    def _small_steps(self, steps, gate_width):
+    def _small_steps(self, steps: Sequence[tuple[int, int, int]], gate_width: int) -> list[int]:
         """The first rows of the steps whose batch has shrunk below
         ``settings.min_step_work`` gate values, when another stage feeds this one (two
         such stretches side by side lose more to the GIL than they gain)."""
@@ -244,7 +246,8 @@ class PipelineStage:
             return []
         return [lo for lo, hi, n in steps if n * gate_width < settings.min_step_work]
 
-    def forward_hooks(self, steps, project, gate_width):
+    def forward_hooks(self, steps: Sequence[tuple[int, int, int]], project: Callable[[int, int], None],
+                      gate_width: int) -> Chunks:
         """Forward in time: wait until the source (None: the input is all there) has
         published a group's input rows and ``project(lo, hi)`` them; publish its output rows
         on the sink.  Where the batch has shrunk below ``settings.min_step_work`` gate
@@ -254,20 +257,21 @@ class PipelineStage:
         total = steps[-1][1]
         small = set(self._small_steps(steps, gate_width))
 
-        def before(lo, hi):
+        def before(lo: int, hi: int) -> None:
             if source is not None:
                 source.wait(total if lo in small else hi)
             if sink is not None:
                 sink.check()
             project(lo, hi)
 
-        def after(lo, hi):
+        def after(lo: int, hi: int) -> None:
             if sink is not None:
                 sink.publish(hi)
 
         return Chunks(steps, before, after)
 
-    def backward_hooks(self, steps, total, input_grad, gate_width):
+    def backward_hooks(self, steps: Sequence[tuple[int, int, int]], total: int,
+                       input_grad: Callable[[int, int], None], gate_width: int) -> Chunks:
         """Backward through a forward-in-time scan, rows coming from the end: wait until the
         source has published the output gradient's last ``total - lo`` rows, and after a
         group compute its rows of the input gradient (``input_grad(lo, hi)``) and publish
@@ -277,13 +281,13 @@ class PipelineStage:
         source, sink = self.source, self.sink
         small_from = min(self._small_steps(steps, gate_width), default=total)
 
-        def before(lo, hi):
+        def before(lo: int, hi: int) -> None:
             if source is not None:
                 source.wait(total - min(lo, small_from))
             if sink is not None:
                 sink.check()
 
-        def after(lo, hi):
+        def after(lo: int, hi: int) -> None:
             input_grad(lo, hi)
             if sink is not None:
                 sink.publish(total - lo)
@@ -299,9 +303,9 @@ class Stream:
     :meth:`wait` for the count it needs.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.done = 0
-        self._error = None
+        self._error: Optional[BaseException] = None
         self._waiting = False
         self._cond = threading.Condition()
 
@@ -345,7 +349,7 @@ _workers: dict[str, Any] = {"pool": None, "size": 0}  # the pooled threads run_p
 _workers_lock = threading.Lock()
 
 
-def row_ranges(lengths, row_work: int) -> list:
+def row_ranges(lengths: Union[Sequence[int], Array], row_work: int) -> list[tuple[int, int]]:
     """How to split a batch for a compiled scan: ``lengths`` are the sequences' lengths
     (non-increasing, as packed), ``row_work`` the multiply-adds of a row.  Returns
     ``[(r0, r1), ...]``, ranges of sequences with about equal packed rows, a few per thread
@@ -368,7 +372,7 @@ def row_ranges(lengths, row_work: int) -> list:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def run_parts(parts) -> None:
+def run_parts(parts: Sequence[Callable[[], Any]]) -> None:
     """Run the callables ``parts`` side by side on this thread and pooled worker threads
     (up to :func:`get_num_threads` in all), each thread taking the next part as it comes
     free; wait for all and raise the first error (no part starts after one failed)."""
@@ -391,7 +395,7 @@ def run_parts(parts) -> None:
     lock = threading.Lock()
     errors: list[BaseException] = []
 
-    def drain():
+    def drain() -> None:
         while True:
             with lock:
                 if errors or not queue:
@@ -503,10 +507,10 @@ class ThreadedRunner:
     splits a large batch of a compiled scan into :func:`row_ranges` run by
     :func:`run_parts`, and runs two scans of a stack at once where that pays."""
 
-    def ranges(self, lengths, row_work: int) -> list:
+    def ranges(self, lengths: Union[Sequence[int], Array], row_work: int) -> list[tuple[int, int]]:
         return row_ranges(lengths, row_work)
 
-    def run(self, parts) -> None:
+    def run(self, parts: Sequence[Callable[[], Any]]) -> None:
         run_parts(parts)
 
     def units(self, N: int, H: int, step_work: int, steps: int) -> int:
@@ -515,8 +519,8 @@ class ThreadedRunner:
     def team(self, parts: int) -> Any:
         return team(parts)
 
-    def schedule(self, *, compiled, layers, directions, rows, steps, gate_width, row_width, train, pipelinable,
-                 first_width=0):
+    def schedule(self, *, compiled: bool, layers: int, directions: int, rows: int, steps: int, gate_width: int,
+                 row_width: int, train: bool, pipelinable: bool, first_width: int = 0) -> Optional[str]:
         """"directions", "layers", "wavefront" or None: which scans of a stack go two at a
         time.  Layers pipeline only forward in time and without dropout between them (its
         mask applies to a layer's whole output)."""
@@ -538,10 +542,10 @@ class ThreadedRunner:
             return "layers"
         return None
 
-    def side_by_side(self, first, second, blas: bool = True) -> None:
+    def side_by_side(self, first: Callable[[], Any], second: Callable[[], Any], blas: bool = True) -> None:
         run_side_by_side(first, second, blas)
 
-    def pipeline(self, n_stages: int, stage) -> None:
+    def pipeline(self, n_stages: int, stage: Callable[[int, PipelineStage], Any]) -> None:
         run_pipeline(n_stages, stage)
 
 
