@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .nn.recurrent import RNNBase  # noqa: F401  (annotations)
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help shows its default
 # what one command reads and makes at most (README, "Limits"); the --max-* flags raise the first two
@@ -97,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a command; errors are one line on stderr and a non-zero exit, never a traceback."""
     parser = _parser()
     args = parser.parse_args(argv)
@@ -117,7 +121,7 @@ def main(argv=None) -> int:
         return _fail(str(exc) or type(exc).__name__)
 
 
-def _dispatch(parser, args) -> int:
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.version:
         from . import __version__
 
@@ -155,7 +159,7 @@ def _need(module: str, why: str, extra: str) -> None:
         raise ImportError(f"{why} needs {module}: pip install 'nprnn[{extra}]'")
 
 
-def _positive(args, *names) -> None:
+def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
@@ -163,7 +167,7 @@ def _positive(args, *names) -> None:
         raise ValueError(f"--num-layers must be at most {MAX_LAYERS} here, got {args.num_layers}")
 
 
-def _finite_positive(args, *names) -> None:
+def _finite_positive(args: argparse.Namespace, *names: str) -> None:
     import math
 
     for name in names:
@@ -172,7 +176,7 @@ def _finite_positive(args, *names) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
 
 
-def _paths(args, *names) -> None:
+def _paths(args: argparse.Namespace, *names: str) -> None:
     """An empty path names no file: refused, not taken as 'none' or as a file called '.png'."""
     for name in names:
         v = getattr(args, name, None)
@@ -180,12 +184,12 @@ def _paths(args, *names) -> None:
             raise ValueError(f"--{name.replace('_', '-')} is empty: give a file name")
 
 
-def _max_read(p) -> None:
+def _max_read(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-read-mb", type=float, default=MAX_READ_MB,
                    help="refuse a model file larger than this many MiB, before reading it")
 
 
-def _model_file(args, path: str, flag: str) -> None:
+def _model_file(args: argparse.Namespace, path: str, flag: str) -> None:
     """A model file the command will read: a regular file (a FIFO would block, a device never
     ends) within --max-read-mb, checked before anything is read."""
     import os
@@ -227,7 +231,7 @@ def _fits(what: str, values: int) -> None:
     check_memory(what, values, "float32")
 
 
-def _layer_options(p, required=True):
+def _layer_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("kind", choices=["rnn", "lstm", "gru"], nargs=None if required else "?", default="lstm",
                    help="the layer")
     p.add_argument("--input-size", type=int, default=None if required else 8, required=required,
@@ -242,14 +246,14 @@ def _layer_options(p, required=True):
     p.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only")
 
 
-def _run_values(args, batch: int) -> int:
+def _run_values(args: argparse.Namespace, batch: int) -> int:
     """About how many numbers a run of the layer the options describe holds: its input,
     and per layer, direction and step its gates, states and output (twice, for records)."""
     D = 2 if args.bidirectional else 1
-    return batch * args.seq_len * (args.input_size + args.num_layers * D * args.hidden_size * 16)
+    return int(batch * args.seq_len * (args.input_size + args.num_layers * D * args.hidden_size * 16))
 
 
-def _build_layer(args):
+def _build_layer(args: argparse.Namespace) -> "RNNBase":
     from . import GRU, LSTM, RNN
 
     kw = dict(num_layers=args.num_layers, bias=args.bias, batch_first=args.batch_first,
@@ -263,7 +267,7 @@ def _build_layer(args):
     return GRU(args.input_size, args.hidden_size, **kw)
 
 
-def _explain(args) -> int:
+def _explain(args: argparse.Namespace) -> int:
     import json
 
     from .teach.explain import explain, format_text
@@ -285,7 +289,7 @@ def _explain(args) -> int:
     return 0 if all(c["observed"] == c["expected"] for c in info["identities"]) else 1
 
 
-def _plot_states(args) -> int:
+def _plot_states(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .teach.diagram import state_heatmaps
@@ -302,7 +306,8 @@ def _plot_states(args) -> int:
         _model_file(args, args.checkpoint, "--checkpoint")
         model, vocab = load_for_generation(args.checkpoint)
         ids = vocab.encode(text)[:, None]  # (L, 1)
-        layer, x = model.lstm, model.embed.eval()(ids)
+        layer: RNNBase = model.lstm
+        x = model.embed.eval()(ids)
         title = f"{args.checkpoint}: {text[:60]!r}"
     else:
         if args.text is not None:
@@ -324,7 +329,7 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _train(args) -> int:
+def _train(args: argparse.Namespace) -> int:
     from .teach.charlm import train
 
     _positive(args, "steps", "batch_size", "seq_len", "hidden_size", "num_layers", "embed_dim", "eval_every",
@@ -361,7 +366,7 @@ def _train(args) -> int:
     return 0
 
 
-def _generate(args) -> int:
+def _generate(args: argparse.Namespace) -> int:
     from .teach.charlm import generate, load_for_generation
 
     if not 0 <= args.length <= MAX_LENGTH:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -162,7 +162,9 @@ def _layer(tensors, prefix, nonlinearity, batch_first):
 _EXTENSIONS = (".pt", ".pth", ".safetensors", ".npz", ".onnx")
 
 
-def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, last_step=False, log=print):
+def convert(src: Union[str, os.PathLike[str]], dst: Union[str, os.PathLike[str]], *, prefix: Optional[str] = None,
+            nonlinearity: str = "tanh", batch_first: bool = False, last_step: bool = False,
+            log: Callable[[str], Any] = print) -> Optional[dict[str, Any]]:
     """Convert ``src`` to ``dst`` (formats from the extensions); returns the configuration
     of the recurrent layer (``prefix``'s, or the first; None when there is none)."""
     for role, path in (("source", src), ("destination", dst)):
@@ -184,7 +186,7 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
         from .onnx import import_onnx
 
         module = import_onnx(os.fspath(src))
-        left = getattr(module, "unplaced_constants", lambda: [])()
+        left: list[str] = getattr(module, "unplaced_constants", lambda: [])()
         if left:
             raise ValueError(f"convert: {os.fspath(src)} holds weights that are no layer's "
                              f"(constants {', '.join(left)} "
@@ -206,6 +208,7 @@ def convert(src, dst, *, prefix=None, nonlinearity="tanh", batch_first=False, la
         from .onnx import export
 
         if prefix is not None:  # the one layer asked for; say what stays behind
+            assert cfg is not None  # (inferred above whenever a prefix is given)
             module = _layer(tensors, cfg["prefix"], nonlinearity, batch_first)
             taken = set(_layer_keys(tensors, cfg["prefix"]))
             left = [k for k in tensors if k not in taken]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from importlib import resources
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class CharLM(Module):
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, hidden_size: int = 256, num_layers: int = 1,
-                 dropout: float = 0.0, *, dtype=np.float32, seed=None):
+                 dropout: float = 0.0, *, dtype: Any = np.float32, seed: Any = None) -> None:
         super().__init__()
         rng = resolve_rng(seed)
         self.config = dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
@@ -44,12 +45,12 @@ class CharLM(Module):
         self.lstm = LSTM(embed_dim, hidden_size, num_layers, dropout=dropout, dtype=dtype, seed=rng)
         self.head = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng)
 
-    def forward(self, ids, state=None):
+    def forward(self, ids: Any, state: Any = None) -> tuple[np.ndarray, Any]:
         x = self.embed(ids)  # (L, N, E)
         h, state = self.lstm(x, state)  # (L, N, H)
         return self.head(h), state  # (L, N, V)
 
-    def backward(self, grad_logits):
+    def backward(self, grad_logits: np.ndarray) -> None:
         grad_h = self.head.backward(grad_logits)
         grad_x, _ = self.lstm.backward(grad_h)  # the carried-in state gets no gradient
         self.embed.backward(grad_x)
@@ -58,11 +59,11 @@ class CharLM(Module):
 class Vocab:
     """Characters <-> integer ids."""
 
-    def __init__(self, chars):
+    def __init__(self, chars: Sequence[str]) -> None:
         self.chars = list(chars)
         self.index = {ch: i for i, ch in enumerate(self.chars)}
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.chars)
 
     def encode(self, s: str) -> np.ndarray:
@@ -71,14 +72,14 @@ class Vocab:
             raise ValueError(f"characters not in the vocabulary: {missing[:10]}")
         return np.fromiter((self.index[ch] for ch in s), dtype=np.int64, count=len(s))
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
 
 class CharData:
     """The text as integer ids, a train/validation split, and batches of parallel streams."""
 
-    def __init__(self, text: str, val_fraction: float = 0.1):
+    def __init__(self, text: str, val_fraction: float = 0.1) -> None:
         if len(text) < 100:
             raise ValueError(f"the training text is too short ({len(text)} characters; at least 100 needed)")
         self.vocab = Vocab(sorted(set(text)))
@@ -95,7 +96,7 @@ class CharData:
         return ids[: batch_size * T].reshape(batch_size, T)
 
     @staticmethod
-    def window(streams: np.ndarray, k: int, seq_len: int):
+    def window(streams: np.ndarray, k: int, seq_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Window ``k`` (wrapping around): inputs and next-character targets, (L, N) each,
         and whether it starts a new pass (the carried state must be reset)."""
         per_pass = (streams.shape[1] - 1) // seq_len
@@ -132,7 +133,8 @@ def evaluate(model: CharLM, data: CharData, batch_size: int, seq_len: int) -> fl
     return total / count
 
 
-def generate(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: float = 0.8, rng=None):
+def generate(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: float = 0.8, rng: Any = None
+             ) -> Iterator[str]:
     """Yield ``length`` characters continuing ``prompt``, each as soon as it is drawn."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -152,7 +154,8 @@ def generate(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature:
         model.train(was_training)
 
 
-def sample(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: float = 0.8, rng=None) -> str:
+def sample(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: float = 0.8, rng: Any = None
+           ) -> str:
     """``prompt`` continued by ``length`` characters drawn from the model (see :func:`generate`)."""
     return prompt + "".join(generate(model, vocab, prompt, length, temperature, rng))
 
@@ -160,8 +163,8 @@ def sample(model: CharLM, vocab: Vocab, prompt: str, length: int, temperature: f
 class _Progress:
     """tqdm when it is installed, else a line every ``every`` steps."""
 
-    def __init__(self, total, initial, enabled, log):
-        self.bar = None
+    def __init__(self, total: int, initial: int, enabled: bool, log: Callable[[str], Any]) -> None:
+        self.bar: Any = None
         self.log = log
         self.enabled = enabled
         if enabled:
@@ -172,20 +175,20 @@ class _Progress:
             except ImportError:
                 pass
 
-    def update(self, step, loss, chars_per_s):
+    def update(self, step: int, loss: float, chars_per_s: float) -> None:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars_per_s:,.0f}", refresh=False)
             self.bar.update(1)
         elif self.enabled and step % 50 == 0:
             self.log(f"step {step}: loss {loss:.3f}, {chars_per_s:,.0f} chars/s")
 
-    def write(self, msg):
+    def write(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.write(msg)
         else:
             self.log(msg)
 
-    def close(self):
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
@@ -194,7 +197,8 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
           hidden_size: int = 256, num_layers: int = 1, embed_dim: int = 32, dropout: float = 0.0,
           lr: float = 3e-3, clip: float = 1.0, eval_every: int = 100, checkpoint: str | None = None,
           ckpt_every: int = 200, resume: bool = False, seed: int = 0, plot: str | None = None,
-          sample_len: int = 200, prompt: str | None = None, progress: bool = True, log=print) -> dict:
+          sample_len: int = 200, prompt: str | None = None, progress: bool = True,
+          log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train a :class:`CharLM` and return its history; see ``nprnn train --help``."""
     if resume and not checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
@@ -223,7 +227,7 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
     log(f"model: {model.lstm!r}, {sum(p.size for p in model.parameters()):,} parameters")
     log(f"unigram baseline (validation, nats/char): {baseline:.3f}")
 
-    def save(step):
+    def save(step: int) -> None:
         arrays = {} if state is None else {"h": state[0], "c": state[1]}
         save_checkpoint(checkpoint, model, opt, step=step, extra={
             "vocab": data.vocab.chars, "config": model.config, "history": history}, arrays=arrays)
@@ -272,7 +276,7 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
     return result
 
 
-def plot_history(history: dict, baseline: float, path: str) -> None:
+def plot_history(history: dict[str, list[float]], baseline: float, path: str) -> None:
     """Loss curve PNG (matplotlib, an optional dependency)."""
     try:
         import matplotlib
@@ -299,7 +303,7 @@ def plot_history(history: dict, baseline: float, path: str) -> None:
     _save(fig, path)  # closes the figure
 
 
-def load_for_generation(path: str):
+def load_for_generation(path: str) -> tuple[CharLM, Vocab]:
     """``(model, vocab)`` from a checkpoint written by :func:`train`."""
     meta = checkpoint_metadata(path)
     try:

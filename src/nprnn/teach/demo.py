@@ -1,14 +1,14 @@
 """``nprnn demo``: the seed's examples, their shapes and identities, checked by computation."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ..nn.recurrent import GRU, LSTM, RNN
+from ..nn.recurrent import GRU, LSTM, RNN, RNNBase
 
 
-def _examples(rng):
+def _examples(rng: np.random.Generator) -> Iterator[tuple[str, RNNBase, np.ndarray, Optional[np.ndarray]]]:
     """(title, module, input, hx, names of the dims) for each example."""
     f = np.float32
     yield (
@@ -37,7 +37,7 @@ def _examples(rng):
     )
 
 
-def _dims(name, mod):
+def _dims(name: str, mod: RNNBase) -> str:
     D = "num_directions * " if mod.bidirectional else ""
     H_out = "proj_size" if getattr(mod, "proj_size", 0) else "hidden_size"
     io = "(batch, seq_len, {})" if mod.batch_first else "(seq_len, batch, {})"
@@ -51,7 +51,7 @@ def _dims(name, mod):
     }[name]
 
 
-def _check(label, ok, out):
+def _check(label: str, ok: bool, out: list[bool]) -> None:
     out.append(ok)
     print(f"    {'OK' if ok else 'MISMATCH':8s} {label}")
 
@@ -117,7 +117,7 @@ def run(compare_torch: bool = False) -> int:
     return 0 if all(results) else 1
 
 
-def _compare_torch(mod, x, hx, out, hn, cn):
+def _compare_torch(mod: RNNBase, x: np.ndarray, hx: Any, out: np.ndarray, hn: np.ndarray, cn: Any) -> float:
     try:
         import torch
     except ImportError as exc:

@@ -9,13 +9,17 @@ Long sequences and deep stacks are elided with an ellipsis column or row.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..nn.recurrent import RNNBase
 
 MAX_STEPS, MAX_LAYERS = 8, 4
 
 
-def _plt():
+def _plt() -> Any:
     try:
         import matplotlib
 
@@ -26,7 +30,7 @@ def _plt():
     return plt
 
 
-def _shown(n, limit, head):
+def _shown(n: int, limit: int, head: int) -> list[Optional[int]]:
     """Indices to draw (None marks the ellipsis)."""
     if n <= limit:
         return list(range(n))
@@ -34,7 +38,7 @@ def _shown(n, limit, head):
     return list(range(head)) + [None] + list(range(n - tail, n))
 
 
-def unrolled(module, seq_len: int, path: str) -> None:
+def unrolled(module: "RNNBase", seq_len: int, path: str) -> None:
     """Draw ``module`` unrolled over ``seq_len`` steps to ``path`` (.png or .svg)."""
     plt = _plt()
     from matplotlib.patches import FancyBboxPatch, Rectangle
@@ -43,7 +47,7 @@ def unrolled(module, seq_len: int, path: str) -> None:
     D, L = module.num_directions, module.num_layers
     steps = _shown(seq_len, MAX_STEPS, 4)
     layers = _shown(L, MAX_LAYERS, 2)
-    rows = []  # (layer or None, direction)
+    rows: list[tuple[Optional[int], int]] = []  # (layer or None, direction)
     for layer in layers:
         rows += [(layer, d) for d in range(D)] if layer is not None else [(None, 0)]
     cw, ch, gap_x, gap_y = 1.5, 0.62, 0.55, 0.5
@@ -58,7 +62,7 @@ def unrolled(module, seq_len: int, path: str) -> None:
     x_of = {t: 1.6 + i * (cw + gap_x) for i, t in enumerate(steps)}
     last_layer = L - 1
 
-    def final_step(d):
+    def final_step(d: int) -> int:
         return 0 if d == 1 else seq_len - 1
 
     # input boxes
@@ -138,7 +142,7 @@ def unrolled(module, seq_len: int, path: str) -> None:
     _save(fig, path)
 
 
-def _save(fig, path):
+def _save(fig: Any, path: str) -> None:
     """``fig`` as an image at ``path``, written as every nprnn file is (atomically; only a
     regular file replaced: :func:`..interop.serialization.atomic_write`)."""
     import io
@@ -156,7 +160,7 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def state_heatmaps(states: dict, path: str, title: str = "") -> None:
+def state_heatmaps(states: dict[tuple[int, int], dict[str, np.ndarray]], path: str, title: str = "") -> None:
     """Heatmaps from :func:`nprnn.explain.collect_states` (batch element 0): one row per
     layer and direction, one column per quantity (h, c, gates), time on the x axis."""
     plt = _plt()

@@ -14,6 +14,8 @@ identities between ``output`` and ``h_n`` hold — each one checked by running t
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..nn.recurrent import GRU, LSTM, RNN, RNNBase
@@ -22,14 +24,14 @@ SCHEMA_VERSION = 1
 _GATES = {"LSTM": "i, f, g, o", "GRU": "r, z, n", "RNN": ""}
 
 
-def _kind(module) -> str:
+def _kind(module: RNNBase) -> str:
     for cls in (LSTM, GRU, RNN):
         if isinstance(module, cls):
             return cls.__name__
     raise TypeError(f"explain takes an nprnn.RNN, LSTM or GRU, got {type(module).__name__}")
 
 
-def equations(module) -> list:
+def equations(module: RNNBase) -> list[str]:
     """The layer's equations, as the reference step (:mod:`nprnn.functional.reference`)
     states them, for this configuration."""
     from ..functional import reference
@@ -55,7 +57,7 @@ def equations(module) -> list:
     return eqs
 
 
-def _describe(module, name, shape) -> str:
+def _describe(module: RNNBase, name: str, shape: tuple[int, ...]) -> str:
     kind = _kind(module)
     H, P, D = module.hidden_size, module.proj_size if kind == "LSTM" else 0, module.num_directions
     parts = name.split("_")
@@ -81,11 +83,11 @@ def _describe(module, name, shape) -> str:
     return f"{side}-side bias of {where}; {rows}"
 
 
-def _shape_entry(dims):
+def _shape_entry(dims: list[tuple[str, int]]) -> dict[str, list[Any]]:
     return {"shape": [v for _, v in dims], "dims": [n for n, _ in dims]}
 
 
-def shapes(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False) -> dict:
+def shapes(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False) -> dict[str, Any]:
     kind = _kind(module)
     D, L = module.num_directions, module.num_layers
     H = module.hidden_size
@@ -111,7 +113,8 @@ def shapes(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False) ->
     return out
 
 
-def identities(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0) -> list:
+def identities(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0
+               ) -> list[dict[str, Any]]:
     """Claims about output and h_n, each checked by running ``module`` on random input."""
     kind = _kind(module)
     rng = np.random.default_rng(seed)
@@ -129,11 +132,13 @@ def identities(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False
     h_n2 = state2[0] if kind == "LSTM" else state2
     P = h_n.shape[-1]
     bf = module.batch_first and not unbatched
-    step = (lambda t: out[:, t]) if bf else (lambda t: out[t])  # output at step t: (batch, D*P) or (D*P,)
+    def step(t: int) -> np.ndarray:  # output at step t: (batch, D*P) or (D*P,)
+        return out[:, t] if bf else out[t]  # type: ignore[no-any-return]
+
     t_ix = "[:, {t}, {c}]" if bf else "[{t}, {c}]" if unbatched else "[{t}, :, {c}]"
     res = []
 
-    def claim(text, expected, observed, why):
+    def claim(text: str, expected: Any, observed: Any, why: str) -> None:
         res.append({"claim": text, "expected": bool(expected), "observed": bool(observed), "why": why})
 
     if module.num_directions == 1:
@@ -165,7 +170,7 @@ def identities(module, batch: int = 4, seq_len: int = 3, unbatched: bool = False
     return res
 
 
-def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list:
+def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
     """How each layer-direction of ``module`` runs a batch of ``batch`` sequences of
     ``seq_len`` steps on this machine now: the tier, and on the compiled tier the split
     (``nprnn.functional.native.plan``) and where the input projection runs."""
@@ -196,7 +201,8 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list:
     return lines
 
 
-def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0) -> dict:
+def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0
+            ) -> dict[str, Any]:
     """Parameters, shapes, equations and checked identities of ``module`` (see module doc)."""
     kind = _kind(module)
     params = [{"name": n, "shape": list(p.shape), "count": int(p.size), "description": _describe(module, n, p.shape)}
@@ -215,7 +221,7 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
             "execution": execution(module, 1 if unbatched else batch, seq_len)}
 
 
-def format_text(info: dict) -> str:
+def format_text(info: dict[str, Any]) -> str:
     """The human-readable report printed by ``nprnn explain``."""
     cfg = ", ".join(f"{k}={v}" for k, v in info["config"].items())
     lines = [f"{info['layer']}({cfg})", "", "Parameters:"]
@@ -239,7 +245,7 @@ def format_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-def collect_states(module: RNNBase, x) -> dict:
+def collect_states(module: RNNBase, x: np.ndarray) -> dict[tuple[int, int], dict[str, np.ndarray]]:
     """Run ``module`` on ``x`` (padded, laid out as the module expects) and return, per layer
     and direction, the hidden states, cell states (LSTM) and gate activations as
     (seq_len, batch, H) arrays in time order: ``{(layer, direction): {"h": ..., "c": ..., "i": ...}}``.
@@ -262,7 +268,7 @@ def collect_states(module: RNNBase, x) -> dict:
         layer, d = divmod(idx, module.num_directions)
         order = list(range(L))[::-1] if (d or module._reverse_only) else list(range(L))
 
-        def after_step(prev_tape, final):
+        def after_step(prev_tape: np.ndarray, final: np.ndarray) -> np.ndarray:
             """States after each step from the 'state before the next step' records."""
             prev = prev_tape.reshape(L, -1, prev_tape.shape[-1])
             outs = np.empty_like(prev)
