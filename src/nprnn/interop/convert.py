@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
 from ..nn.layers import Embedding, Linear
-from ..nn.recurrent import GRU, LSTM, RNN
+from ..nn.module import Module
+from ..nn.recurrent import GRU, LSTM, RNN, RNNBase
 from .serialization import format_of, read_tensors, write_tensors
 
 _KEY = re.compile(r"^(?P<prefix>.*?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
                   r"_l(?P<layer>\d+)(?P<rev>_reverse)?$")
 
 
-def infer_config(tensors: dict, prefix: str | None = None) -> dict:
+def infer_config(tensors: Mapping[str, Any], prefix: str | None = None) -> dict[str, Any]:
     """The layer kind and constructor arguments of the recurrent weights in ``tensors``."""
     groups: dict[str, Any] = {}
     for key in tensors:
@@ -63,7 +64,7 @@ def infer_config(tensors: dict, prefix: str | None = None) -> dict:
     return cfg
 
 
-def build(cfg: dict, nonlinearity: str = "tanh", batch_first: bool = False):
+def build(cfg: Mapping[str, Any], nonlinearity: str = "tanh", batch_first: bool = False) -> RNNBase:
     cls = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}[cfg["kind"]]
     kw = dict(num_layers=cfg["num_layers"], bias=cfg["bias"], batch_first=batch_first,
               bidirectional=cfg["bidirectional"], dtype=np.dtype(cfg["dtype"]))
@@ -71,12 +72,14 @@ def build(cfg: dict, nonlinearity: str = "tanh", batch_first: bool = False):
         kw["nonlinearity"] = nonlinearity
     if cfg.get("proj_size"):
         kw["proj_size"] = cfg["proj_size"]
-    return cls(cfg["input_size"], cfg["hidden_size"], **kw)
+    layer: RNNBase = cls(cfg["input_size"], cfg["hidden_size"], **kw)
+    return layer
 
 
-def _groups(tensors):
+def _groups(tensors: Mapping[str, Any]) -> list[tuple[tuple[str, str], list[str]]]:
     """Keys in order, grouped by module: ("recurrent", prefix) or ("linear", prefix, leaves)."""
-    groups, where = [], {}
+    groups: list[tuple[tuple[str, str], list[str]]] = []
+    where: dict[tuple[str, str], int] = {}
     for key in tensors:
         m = _KEY.match(key)
         if m:
@@ -91,7 +94,8 @@ def _groups(tensors):
     return groups
 
 
-def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh", batch_first=False):
+def model_from_state_dict(tensors: Mapping[str, Any], *, last_step: bool = False, nonlinearity: str = "tanh",
+                          batch_first: bool = False) -> Module:
     """The nprnn model a whole state dict describes (see the module docstring): a bare
     layer for one recurrent layer's weights, else a ``Sequential`` named as the keys are."""
     from collections import OrderedDict
@@ -107,7 +111,8 @@ def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh"
         if kind == "recurrent":
             layer = _layer(tensors, prefix, nonlinearity, batch_first)
             name, takes = prefix.rstrip("."), layer.input_size
-            module, out_width, seen_rnn = layer, layer.num_directions * (layer.proj_size or layer.hidden_size), True
+            module: Module = layer
+            out_width, seen_rnn = layer.num_directions * (layer.proj_size or layer.hidden_size), True
         else:
             leaves = {k.rpartition(".")[2]: np.asarray(tensors[k]) for k in keys}
             W, b = leaves.get("weight"), leaves.get("bias")
@@ -147,12 +152,12 @@ def model_from_state_dict(tensors: dict, *, last_step=False, nonlinearity="tanh"
     return Sequential(children)
 
 
-def _layer_keys(tensors, prefix) -> list:
+def _layer_keys(tensors: Mapping[str, Any], prefix: str) -> list[str]:
     """The keys of the recurrent layer whose parameter names follow ``prefix`` directly."""
     return [k for k in tensors if (m := _KEY.match(k)) and m["prefix"] == prefix]
 
 
-def _layer(tensors, prefix, nonlinearity, batch_first):
+def _layer(tensors: Mapping[str, Any], prefix: str, nonlinearity: str, batch_first: bool) -> RNNBase:
     cfg = infer_config(tensors, prefix)
     module = build(cfg, nonlinearity, batch_first)
     module.load_state_dict({k[len(prefix):]: tensors[k] for k in _layer_keys(tensors, prefix)})
@@ -226,7 +231,7 @@ def convert(src: Union[str, os.PathLike[str]], dst: Union[str, os.PathLike[str]]
     return cfg
 
 
-def _first_prefix(tensors):
+def _first_prefix(tensors: Mapping[str, Any]) -> Optional[str]:
     """The prefix of the first recurrent layer's keys (None when there is none: infer_config says so)."""
     for key in tensors:
         m = _KEY.match(key)

@@ -23,17 +23,19 @@ import secrets
 import stat
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..nn.module import Module
+from ..nn.module import IncompatibleKeys, Module
+
+PathArg = Union[str, "os.PathLike[str]"]  # a path as str or pathlib.Path
 
 CHECKPOINT_FORMAT = "nprnn.checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def _safetensors():
+def _safetensors() -> Any:
     try:
         import safetensors.numpy as st
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -42,7 +44,7 @@ def _safetensors():
     return st
 
 
-def atomic_write(path, data: bytes) -> None:
+def atomic_write(path: PathArg, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
 
     A symlink is followed (its target is replaced, the link stays); an existing file keeps
@@ -118,7 +120,7 @@ def _remove_stale_temporaries(folder: str, base: str) -> None:
 FORMATS = ("safetensors", "npz", "torch")
 
 
-def format_of(path, fmt=None) -> str:
+def format_of(path: PathArg, fmt: Optional[str] = None) -> str:
     """The file format: given, or from the extension (.npz, .pt/.pth, else safetensors)."""
     if fmt is None:
         p = os.fspath(path).lower()
@@ -128,7 +130,7 @@ def format_of(path, fmt=None) -> str:
     return fmt
 
 
-def read_tensors(path, format=None) -> dict:
+def read_tensors(path: PathArg, format: Optional[str] = None) -> dict[str, np.ndarray]:
     """``{name: array}`` from a safetensors, .npz or PyTorch state-dict file (the latter
     read without PyTorch, see :mod:`nprnn.torchfile`)."""
     fmt = format_of(path, format)
@@ -141,10 +143,10 @@ def read_tensors(path, format=None) -> dict:
     return _decode(path, fmt)[0]
 
 
-def _encode(tensors: dict, metadata: dict, fmt: str) -> bytes:
+def _encode(tensors: dict[str, np.ndarray], metadata: dict[str, str], fmt: str) -> bytes:
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     if fmt == "safetensors":
-        return _safetensors().save(tensors, metadata=metadata or None)
+        return bytes(_safetensors().save(tensors, metadata=metadata or None))
     buf = io.BytesIO()
     extra = {"__metadata__": np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)} if metadata else {}
     np.savez(buf, **tensors, **extra)  # type: ignore[arg-type]
@@ -157,7 +159,7 @@ _READ_ERRORS = (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, Run
                 UnicodeDecodeError, AttributeError, IndexError)
 
 
-def _unreadable(path, fmt, exc):
+def _unreadable(path: PathArg, fmt: str, exc: BaseException) -> Optional[ValueError]:
     """The error for a file that cannot be read as ``fmt``, or None if ``exc`` is another
     kind of failure (safetensors raises its own error type)."""
     if isinstance(exc, _READ_ERRORS) or type(exc).__name__ == "SafetensorError":
@@ -165,7 +167,7 @@ def _unreadable(path, fmt, exc):
     return None
 
 
-def _decode(path, fmt: str):
+def _decode(path: PathArg, fmt: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(tensors, metadata)`` from a file; any problem becomes a ValueError naming the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -191,13 +193,13 @@ def _decode(path, fmt: str):
     return tensors, metadata
 
 
-def save(module: Module, path, format=None) -> None:
+def save(module: Module, path: PathArg, format: Optional[str] = None) -> None:
     """Write ``module``'s parameters (PyTorch names, dtypes kept) to ``path`` atomically.
     ``format`` is 'safetensors' (default) or 'npz' (default for a ``.npz`` path)."""
     write_tensors(path, dict(module.state_dict()), format)
 
 
-def write_tensors(path, tensors: dict, format=None) -> None:
+def write_tensors(path: PathArg, tensors: dict[str, Any], format: Optional[str] = None) -> None:
     """Write named arrays atomically as safetensors or .npz."""
     fmt = format_of(path, format)
     if fmt == "torch":
@@ -206,7 +208,7 @@ def write_tensors(path, tensors: dict, format=None) -> None:
     atomic_write(path, _encode(tensors, {"format": "nprnn.weights"}, fmt))
 
 
-def load_into(module: Module, path, strict: bool = True, format=None):
+def load_into(module: Module, path: PathArg, strict: bool = True, format: Optional[str] = None) -> IncompatibleKeys:
     """Load parameters saved by :func:`save`, by ``safetensors.torch.save_file`` of a
     PyTorch state dict, or by ``torch.save(model.state_dict(), path)`` (.pt/.pth, read
     without PyTorch) into ``module``.  Missing or unexpected keys (when strict), shape and
@@ -217,7 +219,7 @@ def load_into(module: Module, path, strict: bool = True, format=None):
     return result
 
 
-def _generators(model: Module, rngs: dict | None) -> dict:
+def _generators(model: Module, rngs: dict[str, Any] | None) -> dict[str, Any]:
     """Every generator whose state a resumed run needs: the modules' own (dropout masks)
     and the caller's named ones."""
     gens = {}
@@ -232,8 +234,9 @@ def _generators(model: Module, rngs: dict | None) -> dict:
     return gens
 
 
-def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, rngs: dict | None = None,
-                    extra: dict | None = None, arrays: dict | None = None) -> None:
+def save_checkpoint(path: PathArg, model: Module, optimizer: Any = None, step: int = 0,
+                    rngs: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    arrays: dict[str, np.ndarray] | None = None) -> None:
     """Write model, optimizer, step, generator states, JSON-able ``extra`` and named
     ``arrays`` (e.g. a recurrent state carried between batches) to one safetensors file,
     atomically."""
@@ -257,7 +260,7 @@ def save_checkpoint(path, model: Module, optimizer=None, step: int = 0, rngs: di
     atomic_write(path, _encode(tensors, {"nprnn": json.dumps(meta)}, "safetensors"))
 
 
-def _checksum(tensors: dict, header: dict | None = None) -> str:
+def _checksum(tensors: dict[str, np.ndarray], header: dict[str, Any] | None = None) -> str:
     """SHA-256 of every tensor's name, dtype, shape and bytes, in name order, then of the
     header (as canonical JSON, without its own checksum) when given: safetensors keeps no
     checksum, so a flipped bit would otherwise be trained on, or restore another step."""
@@ -272,7 +275,7 @@ def _checksum(tensors: dict, header: dict | None = None) -> str:
     return h.hexdigest()
 
 
-def _checkpoint_header(path, metadata) -> dict:
+def _checkpoint_header(path: PathArg, metadata: dict[str, str]) -> dict[str, Any]:
     try:
         meta = json.loads(metadata["nprnn"])
         if meta.get("format") != CHECKPOINT_FORMAT:
@@ -283,10 +286,10 @@ def _checkpoint_header(path, metadata) -> dict:
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {meta.get('version')} is not supported (expected "
                          f"{CHECKPOINT_VERSION})")
-    return meta
+    return dict(meta)
 
 
-def checkpoint_metadata(path) -> dict:
+def checkpoint_metadata(path: PathArg) -> dict[str, Any]:
     """The JSON header of a checkpoint (step, model class, extra, optimizer settings)."""
     _safetensors()
     from safetensors import safe_open
@@ -304,7 +307,8 @@ def checkpoint_metadata(path) -> dict:
     return _checkpoint_header(path, metadata)
 
 
-def load_checkpoint(path, model: Module, optimizer=None, rngs: dict | None = None) -> dict:
+def load_checkpoint(path: PathArg, model: Module, optimizer: Any = None, rngs: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote.  Returns ``{'step', 'extra', 'arrays',
     'model_class'}``.
     Checks the file, the model's keys, shapes and dtypes, and the optimizer state before

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import struct
 import warnings
 import zipfile
 import zlib
+from typing import Any, Union
 
 import numpy as np
 
@@ -28,29 +30,30 @@ _STORAGE_DTYPES = {
 
 
 class _StorageType:
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         self.name = name
         self.dtype = _STORAGE_DTYPES[name]
 
 
-def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored):
+def _rebuild_parameter(data: Any, requires_grad: Any = None, backward_hooks: Any = None, *_ignored: Any) -> Any:
     return data
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, archive, prefix):
+    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str) -> None:
         super().__init__(file)
         self.archive = archive
         self.prefix = prefix
-        self.storages = {}
-        self.widened = set()  # ids of arrays rebuilt from float16 / bfloat16 storages
+        self.storages: dict[str, tuple[np.ndarray, str]] = {}
+        self.widened: set[int] = set()  # ids of arrays rebuilt from float16 / bfloat16 storages
         self.allowed = {
             ("collections", "OrderedDict"): collections.OrderedDict,
             ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor,
             ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         }
 
-    def _rebuild_tensor(self, storage, storage_offset, size, stride, *_ignored):
+    def _rebuild_tensor(self, storage: tuple[np.ndarray, str], storage_offset: int, size: tuple[int, ...],
+                        stride: tuple[int, ...], *_ignored: Any) -> np.ndarray:
         """A tensor as a strided view of its storage, copied out (views become arrays).
         Every element it names must lie in the storage, and the copy may not be larger than
         :data:`MAX_EXPANSION` times the storage (zero strides would otherwise let a few
@@ -76,7 +79,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             self.widened.add(id(out))
         return out
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.allowed:
             return self.allowed[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -91,7 +94,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             "and this pickle asks for something else (nothing was executed)"
         )
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
         _, stype, key, _location, numel = pid
@@ -120,7 +123,7 @@ MAX_EXPANSION = 16  # a tensor may hold at most this many times the elements of 
 MAX_RATIO = 100  # torch.save stores its entries uncompressed; a member may unpack to at most this factor
 
 
-def _check_ratio(info) -> None:
+def _check_ratio(info: zipfile.ZipInfo) -> None:
     """Refuse a member that would unpack to far more than it occupies (a zip bomb)."""
     if info.file_size > MAX_RATIO * info.compress_size + (1 << 20):
         raise pickle.UnpicklingError(f"{info.filename} would unpack to {info.file_size} bytes from "
@@ -133,7 +136,7 @@ _DAMAGE = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, Typ
            RuntimeError)  # (zipfile raises RuntimeError for a member flagged as encrypted)
 
 
-def load_torch_state_dict(path) -> dict:
+def load_torch_state_dict(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
     """``{name: ndarray}`` from a file written by ``torch.save(state_dict, path)``.
 
     Raises ValueError for anything that is not such a file (a legacy or truncated file, a

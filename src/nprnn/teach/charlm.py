@@ -211,6 +211,7 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
     start = 0
     history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
     if resume:
+        assert checkpoint  # (refused above without one)
         info = load_checkpoint(checkpoint, model, opt)
         extra = info["extra"]
         if extra.get("vocab") != data.vocab.chars:
@@ -228,6 +229,7 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
     log(f"unigram baseline (validation, nats/char): {baseline:.3f}")
 
     def save(step: int) -> None:
+        assert checkpoint  # (saving only with one)
         arrays = {} if state is None else {"h": state[0], "c": state[1]}
         save_checkpoint(checkpoint, model, opt, step=step, extra={
             "vocab": data.vocab.chars, "config": model.config, "history": history}, arrays=arrays)

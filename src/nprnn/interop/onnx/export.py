@@ -24,10 +24,14 @@ are dynamic.
 """
 from __future__ import annotations
 
+import os
+from typing import Any, Optional, Union
+
 import numpy as np
 
 from ...nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from ...nn.layers import Dropout, Embedding, Linear
+from ...nn.module import Module
 from ...nn.recurrent import GRU, LSTM, RNN, RNNBase
 from ...nn.sequential import LastStep, Sequential
 from ..serialization import atomic_write
@@ -40,19 +44,22 @@ _INT64 = 7  # onnx.TensorProto.INT64
 class Builder:
     """Nodes and initializers of one graph, with unique value names."""
 
-    def __init__(self, elem, opset):
+    def __init__(self, elem: int, opset: int) -> None:
         self.elem, self.opset = elem, opset
-        self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.inputs: list[Any] = []
+        self.outputs: list[Any] = []
         self._names = {"input", "lengths", "output", "h0", "c0", "h_n", "c_n"}  # the graph's own
 
-    def name(self, base):
+    def name(self, base: str) -> str:
         name, i = base, 1
         while name in self._names:
             name, i = f"{base}_{i}", i + 1
         self._names.add(name)
         return name
 
-    def const(self, array, base="const", exact=False):
+    def const(self, array: Any, base: str = "const", exact: bool = False) -> str:
         from onnx import numpy_helper
 
         name = base if exact else self.name(base)
@@ -60,7 +67,14 @@ class Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def op(self, op_type, inputs, base=None, n_out=1, node_name=None, **attrs):
+    def op(self, op_type: str, inputs: list[str], base: Optional[str] = None, node_name: Optional[str] = None,
+           **attrs: Any) -> str:
+        """A node of one output; that output's name."""
+        return self.ops(op_type, inputs, 1, base, node_name, **attrs)[0]
+
+    def ops(self, op_type: str, inputs: list[str], n_out: int, base: Optional[str] = None,
+            node_name: Optional[str] = None, **attrs: Any) -> list[str]:
+        """A node of ``n_out`` outputs; their names."""
         from onnx import helper
 
         outs = [self.name(base or op_type.lower()) for _ in range(n_out)]
@@ -68,14 +82,14 @@ class Builder:
             inputs = inputs[:-1]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name(node_name or f"{op_type}_node"),
                                            **attrs))
-        return outs[0] if n_out == 1 else outs
+        return outs
 
-    def batch(self, x, axis):
+    def batch(self, x: str, axis: int) -> str:
         """The batch size of ``x`` (its dimension ``axis``) as a 1-element int64 value."""
         return self.op("Slice", [self.op("Shape", [x]), self.const(np.array([axis], np.int64)),
                                  self.const(np.array([axis + 1], np.int64))], base="batch")
 
-    def optional_state(self, name, rows, size, x, batch_axis, dtype):
+    def optional_state(self, name: str, rows: int, size: int, x: str, batch_axis: int, dtype: Any) -> str:
         """A graph input ``name`` (rows, batch, size) defaulting to zeros: its initializer has
         batch 1, widened by ``Expand`` to the batch of ``x``."""
         from onnx import helper
@@ -87,7 +101,8 @@ class Builder:
         return self.op("Expand", [name, shape], base=f"{name}_full")
 
 
-def _recurrent(b, m, x, states, lens, prefix=""):
+def _recurrent(b: Builder, m: RNNBase, x: str, states: dict[str, str], lens: Optional[str], prefix: str = ""
+               ) -> tuple[str, str, Optional[str]]:
     """Nodes computing layer ``m`` on ``x`` (in m's layout); ``states`` maps 'h0'/'c0' to
     (D*L, N, H) values or is empty.  Returns the names of (output, h_n, c_n or None)."""
     from .scan import emit_lstmp_layer
@@ -107,6 +122,7 @@ def _recurrent(b, m, x, states, lens, prefix=""):
                 b.const(np.array([0], np.int64)))
         s0 = {k: b.op("Slice", [v, *rows], base=f"{k}_l{layer}") for k, v in states.items()}
         if P:
+            assert isinstance(m, LSTM)  # (only an LSTM has a projection)
             x, h, c = emit_lstmp_layer(b, m, layer, x, s0.get("h0"), s0.get("c0"), lens, prefix,
                                        _node_name(prefix, f"Scan{layer}"))
             y_h.append(h)
@@ -122,13 +138,13 @@ def _recurrent(b, m, x, states, lens, prefix=""):
         else:
             ins.append("")
         ins += [lens or "", s0.get("h0", "")] + ([s0.get("c0", "")] if op == "LSTM" else [])
-        attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
+        attrs: dict[str, Any] = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
         if op == "GRU":
             attrs["linear_before_reset"] = 1
         if op == "RNN":
             attrs["activations"] = ["Relu" if m.nonlinearity == "relu" else "Tanh"] * D
-        outs = b.op(op, ins, base=f"{prefix}{op}{layer}", n_out=3 if op == "LSTM" else 2,
-                    node_name=_node_name(prefix, f"{op}{layer}"), **attrs)
+        outs = b.ops(op, ins, 3 if op == "LSTM" else 2, base=f"{prefix}{op}{layer}",
+                     node_name=_node_name(prefix, f"{op}{layer}"), **attrs)
         y_h.append(outs[1])
         if op == "LSTM":
             y_c.append(outs[2])
@@ -142,13 +158,13 @@ def _recurrent(b, m, x, states, lens, prefix=""):
     return x, h_n, c_n
 
 
-def _node_name(prefix, name):
+def _node_name(prefix: str, name: str) -> str:
     """Node names as torch's exporter writes them, '/<module path>/<op>', so that import
     names the submodule after the module (Sequential's '0', '1', ...)."""
     return f"/{prefix.rstrip('.')}/{name}" if prefix else name
 
 
-def _linear(b, m, x, rank, prefix):
+def _linear(b: Builder, m: Linear, x: str, rank: int, prefix: str) -> str:
     """``Gemm`` with the weight as stored (out, in); on more than 2-D input, between Reshapes
     to (-1, in) and back, so that import finds the Linear again."""
     W = b.const(m.weight, f"{prefix}weight", exact=True)
@@ -162,7 +178,7 @@ def _linear(b, m, x, rank, prefix):
     return b.op("Reshape", [y, shape], base="linear")
 
 
-def _last_step(b, m, x, lens):
+def _last_step(b: Builder, m: LastStep, x: str, lens: Optional[str]) -> str:
     axis = 1 if m.batch_first else 0
     if lens is None:
         return b.op("Gather", [x, b.const(np.array(-1, np.int64))], base="last_step", axis=axis)
@@ -173,7 +189,7 @@ def _last_step(b, m, x, lens):
     return b.op("GatherND", [x, index], base="last_step", batch_dims=1)
 
 
-def _module(b, m, x, rank, lens, prefix):
+def _module(b: Builder, m: Module, x: str, rank: int, lens: Optional[str], prefix: str) -> tuple[str, int]:
     """Nodes for one module of a Sequential; returns (output name, its rank)."""
     if isinstance(m, RNNBase):
         return _recurrent(b, m, x, {}, lens, prefix)[0], 3
@@ -194,7 +210,8 @@ def _module(b, m, x, rank, lens, prefix):
                     "Dropout, ReLU, Tanh, Sigmoid, Softmax, LogSoftmax)")
 
 
-def to_onnx(model, *, with_state: bool = True, lengths: bool = False, optional_state: bool = True, opset: int = 17):
+def to_onnx(model: Module, *, with_state: bool = True, lengths: bool = False, optional_state: bool = True,
+            opset: int = 17) -> Any:
     """Build the ``onnx.ModelProto`` of ``model`` (see :func:`export`)."""
     onnx = _onnx()
     from onnx import TensorProto, helper
@@ -239,6 +256,7 @@ def to_onnx(model, *, with_state: bool = True, lengths: bool = False, optional_s
         b.nodes.append(helper.make_node("Identity", [x], ["output"], name="output_node"))
         b.outputs.append(helper.make_tensor_value_info("output", elem, [f"out{k}" for k in range(rank)]))
     else:
+        assert isinstance(model, RNNBase)  # (checked on entry)
         m = model
         D, L, H = m.num_directions, m.num_layers, m.hidden_size
         Hh = m.proj_size or H
@@ -256,7 +274,7 @@ def to_onnx(model, *, with_state: bool = True, lengths: bool = False, optional_s
         named = [("output", y), ("h_n", h_n)] + ([("c_n", c_n)] if c_n else [])
         for name, value in named:
             b.nodes.append(helper.make_node("Identity", [value], [name], name=f"{name}_node"))
-        out_dims = ["batch", "seq_len", D * Hh] if m.batch_first else ["seq_len", "batch", D * Hh]
+        out_dims: list[str | int] = ["batch", "seq_len", D * Hh] if m.batch_first else ["seq_len", "batch", D * Hh]
         b.outputs += [helper.make_tensor_value_info("output", elem, out_dims),
                       helper.make_tensor_value_info("h_n", elem, [D * L, "batch", Hh])]
         if c_n:
@@ -267,8 +285,8 @@ def to_onnx(model, *, with_state: bool = True, lengths: bool = False, optional_s
     return model_proto
 
 
-def export(model, path, *, with_state: bool = True, lengths: bool = False, optional_state: bool = True,
-           opset: int = 17) -> None:
+def export(model: Module, path: Union[str, "os.PathLike[str]"], *, with_state: bool = True, lengths: bool = False,
+           optional_state: bool = True, opset: int = 17) -> None:
     """Write ``model`` (an nprnn ``RNN``, ``GRU``, ``LSTM`` — with ``proj_size`` too — or a
     ``Sequential`` of recurrent layers, ``Linear``, ``Embedding``, ``LastStep``, ``Dropout``
     and activations) as an ONNX model, atomically.  See the module docstring for the

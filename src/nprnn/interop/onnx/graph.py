@@ -27,17 +27,19 @@ from __future__ import annotations
 import copy
 import os
 import re
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from ...nn.layers import Embedding, Linear
 from ...nn.module import Module
-from ...nn.recurrent import GRU, LSTM, RNN
+from ...nn.recurrent import GRU, LSTM, RNN, RNNBase
 from . import ops
 from .nodes import _attrs, _onnx, module_from_node
 
 RECURRENT = ("RNN", "GRU", "LSTM")
 _PROBE_SIZES = ((3, 2), (5, 7))  # (seq_len, batch) pairs used by the probes
+Values = dict[str, Any]  # value name -> array (or, for shapes and constants, what ONNX holds)
 
 
 class _Step:
@@ -45,14 +47,14 @@ class _Step:
 
     module = None
 
-    def __init__(self, node, opset):
+    def __init__(self, node: Any, opset: int) -> None:
         self.node, self.opset = node, opset
         self.op_type = node.op_type
         self.inputs = [n for n in node.input if n]
         self.outputs = [n for n in node.output if n]
         self._attrs = _attrs(node)
 
-    def run(self, values):
+    def run(self, values: Values) -> Values:
         ins = [values[n] if n else None for n in self.node.input]
         try:
             outs = ops.run(self.op_type, ins, dict(self._attrs), self.opset)
@@ -66,11 +68,11 @@ class _Step:
 class _ModuleStep:
     """A node that is an nprnn module of one input: Gemm as Linear, Gather as Embedding."""
 
-    def __init__(self, name, module, x, y, op_type):
+    def __init__(self, name: str, module: Module, x: str, y: str, op_type: str) -> None:
         self.name, self.module, self.op_type = name, module, op_type
         self.inputs, self.outputs = [x], [y]
 
-    def run(self, values):
+    def run(self, values: Values) -> Values:
         return {self.outputs[0]: self.module(values[self.inputs[0]])}
 
 
@@ -78,13 +80,15 @@ class RecurrentNode:
     """One ONNX ``RNN``/``GRU``/``LSTM`` node: its layer and how its inputs and outputs map
     to the layer's call.  ``layout=1`` puts batch first in X, Y and the states."""
 
-    def __init__(self, node, consts):
+    def __init__(self, node: Any, consts: Values) -> None:
         names = list(node.input) + [""] * 8
         for role, i in (("W", 1), ("R", 2), ("B", 3), ("P", 7)):
             if names[i] and names[i] not in consts:
                 raise ValueError(f"{node.op_type} node {node.name!r}: its weight {role} ({names[i]!r}) is computed "
                                  "in the graph or fed at run time; nprnn imports recurrent weights that are constants")
-        get = lambda i: consts[names[i]] if names[i] else None  # noqa: E731
+        def get(i: int) -> Any:
+            return consts[names[i]] if names[i] else None
+
         self.layer = module_from_node(node, get(1), get(2), get(3), get(7) if node.op_type == "LSTM" else None)
         self.kind, self.name = node.op_type, node.name
         self.layout = int(_attrs(node).get("layout", 0))
@@ -96,12 +100,12 @@ class RecurrentNode:
         self.outputs = [n for n in (self.y, self.y_h, self.y_c) if n]
         self.ys = [self.y] if self.y else []  # the per-step outputs
 
-    def initial(self, values):
+    def initial(self, values: Values) -> tuple[Any, ...]:
         """The initial (h, c) given to this node in nprnn's (D, N, H) layout, None if absent."""
         return tuple(None if not n or n not in values else (np.swapaxes(values[n], 0, 1) if self.layout else values[n])
                      for n in (self.h0, self.c0))
 
-    def emit(self, out, h, c):
+    def emit(self, out: Any, h: Any, c: Any) -> Values:
         """This node's outputs from nprnn's ``output`` (None: not wanted) and final states (D, N, H)."""
         res = {}
         if out is not None and self.y:
@@ -115,12 +119,12 @@ class RecurrentNode:
                 res[name] = np.ascontiguousarray(np.swapaxes(s, 0, 1)) if self.layout else s
         return res
 
-    def probe_outputs(self, T, N, rng):
+    def probe_outputs(self, T: int, N: int, rng: np.random.Generator) -> Values:
         D, H = self.layer.num_directions, self.layer.hidden_size
         shape = (N, T, D, H) if self.layout else (T, D, N, H)
         return {self.y: rng.standard_normal(shape).astype(self.layer.dtype)}
 
-    def layer_output(self, raw):
+    def layer_output(self, raw: Values) -> Any:
         """nprnn's ``output`` (seq, batch, D*H), batch first with layout=1, from this node's Y."""
         Y = raw[self.y]
         if self.layout:
@@ -132,14 +136,14 @@ class _RecurrentStep:
     """One layer run for one or more recurrent nodes (several when folded: layer k of the
     stack computes node k, and the nodes' states are the layer's states k)."""
 
-    def __init__(self, name, module, parts):
+    def __init__(self, name: str, module: RNNBase, parts: list[Any]) -> None:
         self.name, self.module, self.parts = name, module, parts
         self.op_type = parts[0].kind
         self.inputs = sorted({n for p in parts for n in p.inputs})
         last = parts[-1]
         self.outputs = [n for p in parts for n in p.outputs if n not in p.ys or p is last]
 
-    def run(self, values):
+    def run(self, values: Values) -> Values:
         first, last, layer = self.parts[0], self.parts[-1], self.module
         x = values[first.x]
         lens = values[first.lens] if first.lens else None
@@ -160,7 +164,10 @@ class _RecurrentStep:
         return res
 
 
-def _torch_path(node):
+Step = Union["_Step", "_ModuleStep", "_RecurrentStep"]  # what an ONNXGraph runs, in order
+
+
+def _torch_path(node: Any) -> str:
     """The torch module path a node was exported from, '' when the graph does not say: the
     dynamo exporter's ``pkg.torch.onnx.name_scopes`` (['', 'rnn', 'lstm'] -> 'rnn'), or the
     TorchScript exporter's node name ('/rnn/LSTM_1' -> 'rnn')."""
@@ -177,7 +184,7 @@ def _torch_path(node):
     return ".".join([p for p in node.name.split("/") if p][:-1]) if node.name.startswith("/") else ""
 
 
-def _module_name(node, taken, default):
+def _module_name(node: Any, taken: set[str], default: str) -> str:
     """A submodule name: the torch module path the exporter recorded, else ``default``."""
     base = _torch_path(node) or default
     base = re.sub(r"[^0-9A-Za-z_.]", "_", base) or default
@@ -195,7 +202,8 @@ class ONNXGraph(Module):
     ``Gemm`` and table ``Gather`` are submodules, so ``state_dict()`` holds their weights.
     Inference only: ``backward`` is refused."""
 
-    def __init__(self, steps, consts, input_names, defaults, output_names, value_info):
+    def __init__(self, steps: list[Step], consts: Values, input_names: list[str], defaults: Values,
+                 output_names: list[str], value_info: dict[str, Any]) -> None:
         super().__init__()
         object.__setattr__(self, "_steps", steps)
         object.__setattr__(self, "_consts", consts)
@@ -206,21 +214,21 @@ class ONNXGraph(Module):
                 setattr(self, s.name, s.module)
         self.eval()
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"inputs={self.input_names}, outputs={self.output_names}, nodes={len(self._steps)}"
 
     @property
-    def op_types(self):
+    def op_types(self) -> list[str]:
         """The operator types this graph runs, in order."""
         return [s.op_type for s in self._steps]
 
-    def unplaced_constants(self):
+    def unplaced_constants(self) -> list[str]:
         """Names of weight-like constants (float, 2-D or more) that feed nodes other than
         the submodules: a state dict of this graph leaves them out."""
         return sorted({n for s in self._steps if s.module is None for n in s.inputs
                        if n in self._consts and self._consts[n].dtype.kind == "f" and self._consts[n].ndim >= 2})
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         if len(args) > len(self.input_names):
             raise TypeError(f"ONNXGraph takes {len(self.input_names)} inputs {self.input_names}, got {len(args)}")
         feeds = dict(zip(self.input_names, args))
@@ -243,7 +251,7 @@ class ONNXGraph(Module):
         outs = tuple(values[n] for n in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
-    def _check_input(self, name, value):
+    def _check_input(self, name: str, value: Any) -> Any:
         dtype, shape = self._value_info.get(name, (None, None))
         a = np.asarray(value)
         if dtype is not None:
@@ -256,7 +264,7 @@ class ONNXGraph(Module):
                 raise ValueError(f"ONNXGraph: input {name!r} must have shape {want}, got {a.shape}")
         return a
 
-    def backward(self, *args, **kwargs):
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("ONNXGraph runs inference only; to train, rebuild the model from nprnn modules and "
                                   "load_state_dict(graph.state_dict())")
 
@@ -265,7 +273,7 @@ class ONNXGraph(Module):
 FOLD_BUDGET = 64 << 20  # bytes of folded constants always allowed (more: 16 × the model's size)
 
 
-def _live(g):
+def _live(g: Any) -> set[int]:
     """Indices of the nodes the graph's outputs depend on (a Scan's body counts the outer
     values it names)."""
     need, live = {o.name for o in g.output}, set()
@@ -280,7 +288,7 @@ def _live(g):
     return live
 
 
-def _read(model):
+def _read(model: Any) -> tuple[list[Step], Values, list[str], Values, list[str], dict[str, Any]]:
     """(steps, consts, inputs, defaults, outputs, value_info) of a model, constants folded."""
     from onnx import helper
     from onnx.defs import onnx_opset_version
@@ -293,7 +301,7 @@ def _read(model):
         raise ValueError(f"ONNX opset {opset} is not one nprnn reads (7 to {onnx_opset_version()}, the released ones "
                          "the installed onnx package knows)")
 
-    def elem_dtype(code, name):
+    def elem_dtype(code: int, name: str) -> np.dtype[Any]:
         try:
             return np.dtype(helper.tensor_dtype_to_np_dtype(code))
         except Exception as exc:
@@ -311,7 +319,8 @@ def _read(model):
             if shape and any(isinstance(d, int) and d < 0 for d in shape):
                 raise ValueError(f"ONNX input {i.name!r} has negative dims {shape}")
             value_info[i.name] = (elem_dtype(tt.elem_type, i.name), shape)
-    steps, taken = [], set()
+    steps: list[Step] = []
+    taken: set[str] = set()
     known = set(consts) | set(input_names)
     live = _live(g)
     budget, folded = max(FOLD_BUDGET, 16 * model.ByteSize()), 0
@@ -347,9 +356,9 @@ def _read(model):
         if k not in live or k in fused:
             continue  # checked, never run: nothing the outputs need (or a Linear computes it)
         if op in RECURRENT:
-            part = RecurrentNode(node, consts)
+            node_part = RecurrentNode(node, consts)
             default = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}[op]
-            steps.append(_RecurrentStep(_module_name(node, taken, default), part.layer, [part]))
+            steps.append(_RecurrentStep(_module_name(node, taken, default), node_part.layer, [node_part]))
             continue
         ins = [n for n in node.input if n]
         if all(n in consts for n in ins):  # constant folding: shapes, constants, weights arithmetic
@@ -374,12 +383,13 @@ def _read(model):
     return steps, consts, input_names, defaults, outputs, value_info
 
 
-def _owner(weight_name, default):
+def _owner(weight_name: str, default: str) -> str:
     """The module a torch weight name belongs to ('head.weight' -> 'head'), else ``default``."""
     return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else default
 
 
-def _matmul_linear(g, k, consts, taken, readers, outputs, fused):
+def _matmul_linear(g: Any, k: int, consts: Values, taken: set[str], readers: dict[str, list[int]],
+                   outputs: set[str], fused: set[int]) -> Optional["_ModuleStep"]:
     """``MatMul(x, W)`` on a constant 2-D ``W``, and the ``Add`` of a constant bias that alone
     reads it, as one Linear (torch's dynamo exporter writes ``nn.Linear`` so); the Add's
     index goes into ``fused``.  None when the pattern is not there."""
@@ -403,7 +413,7 @@ def _matmul_linear(g, k, consts, taken, readers, outputs, fused):
     return _ModuleStep(_module_name(node, taken, "linear"), lin, x, y, "MatMul")
 
 
-def _as_module(node, consts, taken):
+def _as_module(node: Any, consts: Values, taken: set[str]) -> Optional["_ModuleStep"]:
     """Gemm on constant weights as Linear; Gather from a constant 2-D table as Embedding."""
     a = _attrs(node)
     ins = list(node.input) + ["", "", ""]
@@ -429,19 +439,26 @@ def _as_module(node, consts, taken):
 
 
 # ------------------------------------------------------------------------------ folding
-def _producers(steps):
+def _recurrent_step(steps: list[Step], i: int) -> _RecurrentStep:
+    step = steps[i]
+    assert isinstance(step, _RecurrentStep)
+    return step
+
+
+def _producers(steps: list[Step]) -> dict[str, int]:
     return {o: i for i, s in enumerate(steps) for o in s.outputs}
 
 
-def _consumers(steps):
-    use = {}
+def _consumers(steps: list[Step]) -> dict[str, set[int]]:
+    use: dict[str, set[int]] = {}
     for i, s in enumerate(steps):
         for n in s.inputs:
             use.setdefault(n, set()).add(i)
     return use
 
 
-def _between(steps, prod, use, sources, target):
+def _between(steps: list[Step], prod: dict[str, int], use: dict[str, set[int]], sources: list[str],
+             target: str) -> list[int]:
     """Indices of the steps on a path from one of the values ``sources`` to value ``target``
     (``prod``/``use``: :func:`_producers` and :func:`_consumers` of ``steps``)."""
     down, todo = set(), list(sources)
@@ -452,14 +469,14 @@ def _between(steps, prod, use, sources, target):
                 todo.extend(steps[i].outputs)
     up, todo = set(), [target]
     while todo:
-        i = prod.get(todo.pop())
-        if i is not None and i not in up:
-            up.add(i)
-            todo.extend(steps[i].inputs)
+        found = prod.get(todo.pop())
+        if found is not None and found not in up:
+            up.add(found)
+            todo.extend(steps[found].inputs)
     return sorted(down & up)
 
 
-def _evaluate(steps, idx, feeds, consts):
+def _evaluate(steps: list[Step], idx: list[int], feeds: Values, consts: Values) -> Values:
     values = dict(consts)
     values.update(feeds)
     for i in idx:
@@ -467,7 +484,7 @@ def _evaluate(steps, idx, feeds, consts):
     return values
 
 
-def _same_stack(a, b):
+def _same_stack(a: Any, b: Any) -> bool:
     la, lb = a.layer, b.layer
     cls = type(la)
     if cls not in (RNN, GRU, LSTM) or type(lb) is not cls:
@@ -478,16 +495,16 @@ def _same_stack(a, b):
         and a.lens == b.lens and a.layout == b.layout
 
 
-def _links(steps, consts, outputs):
+def _links(steps: list[Step], consts: Values, outputs: set[str]) -> list[tuple[int, int, list[int]]]:
     """Pairs (i, j) of recurrent steps where step j's input is step i's output, merged by
     layout nodes only, with the indices of those nodes."""
     rec = [i for i, s in enumerate(steps) if isinstance(s, _RecurrentStep)]
     prod, use = _producers(steps), _consumers(steps)
     links = []
     for i in rec:
-        a = steps[i].parts[-1]
+        a = _recurrent_step(steps, i).parts[-1]
         for j in rec:
-            b = steps[j].parts[0]
+            b = _recurrent_step(steps, j).parts[0]
             if j <= i or not _same_stack(a, b):
                 continue
             if not a.ys:
@@ -511,7 +528,7 @@ def _links(steps, consts, outputs):
     return links
 
 
-def _probe_merge(steps, mid, a, target, consts):
+def _probe_merge(steps: list[Step], mid: list[int], a: Any, target: str, consts: Values) -> bool:
     rng = np.random.default_rng(0)
     try:
         for T, N in _PROBE_SIZES:
@@ -525,12 +542,12 @@ def _probe_merge(steps, mid, a, target, consts):
     return True
 
 
-def _stacked_layer(layers):
+def _stacked_layer(layers: list[RNNBase]) -> RNNBase:
     """One layer with ``len(layers)`` layers computing ``layers`` (each one layer) in turn."""
     l0 = layers[0]
-    cls = type(l0)
-    kw = dict(num_layers=len(layers), bias=l0.bias, batch_first=l0.batch_first, bidirectional=l0.num_directions == 2,
-              dtype=l0.dtype)
+    cls: Any = type(l0)
+    kw: dict[str, Any] = dict(num_layers=len(layers), bias=l0.bias, batch_first=l0.batch_first,
+                              bidirectional=l0.num_directions == 2, dtype=l0.dtype)
     if cls is RNN:
         kw["nonlinearity"] = l0.nonlinearity
     if getattr(l0, "proj_size", 0):
@@ -539,10 +556,11 @@ def _stacked_layer(layers):
     sd = {re.sub(r"_l0(_reverse)?$", rf"_l{k}\1", key): v for k, layer in enumerate(layers)
           for key, v in layer.state_dict().items()}
     stack.load_state_dict(sd)
-    return stack.eval()
+    stack.eval()
+    return stack  # type: ignore[no-any-return]
 
 
-def _fold(steps, consts, outputs):
+def _fold(steps: list[Step], consts: Values, outputs: set[str]) -> list[Step]:
     links = _links(steps, consts, outputs)
     if not links:
         return steps
@@ -558,13 +576,14 @@ def _fold(steps, consts, outputs):
             drop.update(mid)
             chain.append(i)
         drop.update(chain)
-        parts = [p for k in chain for p in steps[k].parts]
-        place[chain[-1]] = _RecurrentStep(steps[chain[0]].name, _stacked_layer([p.layer for p in parts]), parts)
+        parts = [p for k in chain for p in _recurrent_step(steps, k).parts]
+        first = _recurrent_step(steps, chain[0])
+        place[chain[-1]] = _RecurrentStep(first.name, _stacked_layer([p.layer for p in parts]), parts)
     folded = [place[i] if i in place else s for i, s in enumerate(steps) if i in place or i not in drop]
     return _in_order(folded) or steps
 
 
-def _in_order(steps):
+def _in_order(steps: list[Step]) -> Optional[list[Step]]:
     """``steps`` reordered so each runs after the steps it reads from (the given order
     where it already does), or None when they read in a circle."""
     prod = _producers(steps)
@@ -580,7 +599,7 @@ def _in_order(steps):
 
 
 # ------------------------------------------------------------------------------ collapse
-def _collapse(graph):
+def _collapse(graph: "ONNXGraph") -> Optional[RNNBase]:
     """The one recurrent layer ``graph`` computes, or None (see the module docstring)."""
     rec = [s for s in graph._steps if isinstance(s, _RecurrentStep)]
     if len(rec) != 1 or any(s.module is not None for s in graph._steps if s is not rec[0]):
@@ -596,11 +615,12 @@ def _collapse(graph):
         cand = copy.deepcopy(layer)
         cand.batch_first = batch_first
         if _probe_layer(graph, cand, roles):
-            return cand.eval()
+            cand.eval()
+            return cand
     return None
 
 
-def _input_roles(graph, layer):
+def _input_roles(graph: "ONNXGraph", layer: RNNBase) -> Optional[list[str]]:
     """Graph inputs as ('x' | 'h0' | 'c0' | 'lengths'), or None when they are anything else."""
     names = graph.input_names
     info = [graph._value_info.get(n, (None, None)) for n in names]
@@ -619,7 +639,7 @@ def _input_roles(graph, layer):
     return roles
 
 
-def _probe_layer(graph, layer, roles):
+def _probe_layer(graph: "ONNXGraph", layer: RNNBase, roles: list[str]) -> bool:
     rng = np.random.default_rng(1)
     x_shape = graph._value_info[graph.input_names[0]][1]
     if x_shape[2] != layer.input_size:
@@ -651,7 +671,7 @@ def _probe_layer(graph, layer, roles):
     return True
 
 
-def _external(model):
+def _external(model: Any) -> list[Any]:
     """The tensors of ``model`` (initializers and attribute tensors, subgraphs included)
     whose data is in another file."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
@@ -659,7 +679,7 @@ def _external(model):
     return [t for t in _get_all_tensors(model) if uses_external_data(t)]
 
 
-def _with_external_data(model, base_dir):
+def _with_external_data(model: Any, base_dir: Any) -> Any:
     """``model`` with its external data read from ``base_dir`` (a copy: the caller's proto
     is not changed); refused without a base directory, never read from the current one."""
     outside = _external(model)
@@ -683,7 +703,7 @@ def _with_external_data(model, base_dir):
     return model
 
 
-def import_onnx(model_or_path, base_dir=None) -> Module:
+def import_onnx(model_or_path: Any, base_dir: Optional[Union[str, "os.PathLike[str]"]] = None) -> Module:
     """An nprnn Module computing an ONNX model: an :class:`ONNXGraph` running its nodes,
     or, when the graph is exactly one recurrent layer (as :func:`nprnn.onnx.export` and
     torch's exporters write a bare ``nn.LSTM``), that layer itself (``nprnn.LSTM`` etc.,

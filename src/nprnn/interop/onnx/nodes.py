@@ -10,8 +10,11 @@ as r, z, n against ONNX's z, r, h.  ONNX's bias ``B`` is ``[W_b, R_b]`` concaten
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import numpy as np
 
+from ..._typing import Array
 from ...nn.recurrent import GRU, LSTM, RNN, RNNBase
 from . import variants  # noqa: F401  (registers the cell kinds ONNXRecurrent runs)
 
@@ -19,7 +22,7 @@ from . import variants  # noqa: F401  (registers the cell kinds ONNXRecurrent ru
 _TO_ONNX = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
 
 
-def _onnx():
+def _onnx() -> Any:
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -27,7 +30,7 @@ def _onnx():
     return onnx
 
 
-def _permute_gates(a, order):
+def _permute_gates(a: Array, order: Any) -> Array:
     """Reorder the gate blocks along axis 0 of a (G*H, ...) array."""
     blocks = np.split(a, len(order), axis=0)
     return np.concatenate([blocks[k] for k in order], axis=0)
@@ -44,9 +47,10 @@ class ONNXRecurrent(RNNBase):
     GRU ``linear_before_reset=0``, LSTM peepholes, ``clip``, ``input_forget``).  Same call
     as the other layers; the variants that need new kernels run forward only."""
 
-    def __init__(self, op_type, input_size, hidden_size, *, direction="forward", batch_first=False, bias=True,
-                 nonlinearity="tanh", linear_before_reset=1, clip=None, input_forget=False, peepholes=False,
-                 dtype=np.float32):
+    def __init__(self, op_type: str, input_size: int, hidden_size: int, *, direction: str = "forward",
+                 batch_first: bool = False, bias: bool = True, nonlinearity: str = "tanh",
+                 linear_before_reset: int = 1, clip: Optional[float] = None, input_forget: bool = False,
+                 peepholes: bool = False, dtype: Any = np.float32) -> None:
         self._label = op_type
         if op_type == "RNN":
             mode = f"rnn_{nonlinearity}"
@@ -66,26 +70,26 @@ class ONNXRecurrent(RNNBase):
                 self.register_parameter("weight_peephole_l0" + ("_reverse" if d else ""),
                                         np.zeros((3, hidden_size), self.dtype))
 
-    def _step_options(self):
+    def _step_options(self) -> Optional[list[dict[str, Any]]]:
         if self.mode != "lstm_ext":
             return None
         return [{"peep": self._parameters.get("weight_peephole_l0" + ("_reverse" if d else "")), "clip": self.clip,
                  "input_forget": self.input_forget} for d in range(self.num_directions)]
 
-    def backward(self, grad_output, grad_hn=None):
+    def backward(self, grad_output: Any, grad_hn: Any = None) -> Any:
         if self.mode in ("gru_lbr0", "lstm_ext"):
             raise NotImplementedError("backward is not implemented for ONNX-only variants (GRU with "
                                       "linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
         return super().backward(grad_output, grad_hn)
 
 
-def _attrs(node) -> dict:
+def _attrs(node: Any) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def module_from_node(node, W, R, B=None, P=None, dtype=None) -> RNNBase:
+def module_from_node(node: Any, W: Any, R: Any, B: Any = None, P: Any = None, dtype: Any = None) -> RNNBase:
     """An nprnn layer computing ONNX ``node`` (RNN, GRU or LSTM) with weights ``W``, ``R``,
     ``B`` and peepholes ``P`` (ONNX layouts).  Plain cases give nprnn.RNN/GRU/LSTM; the
     rest an :class:`ONNXRecurrent`.  Anything the operator allows that nprnn does not
@@ -152,7 +156,7 @@ def module_from_node(node, W, R, B=None, P=None, dtype=None) -> RNNBase:
     if plain:
         cls = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}[op]
         extra = {"nonlinearity": nonlinearity} if op == "RNN" else {}
-        module = cls(W.shape[2], H, bidirectional=D == 2, **kwargs, **extra)
+        module: RNNBase = cls(W.shape[2], H, bidirectional=D == 2, **kwargs, **extra)
     else:
         module = ONNXRecurrent(op, W.shape[2], H, direction=direction, nonlinearity=nonlinearity,
                                linear_before_reset=lbr, clip=clip, input_forget=input_forget,
@@ -170,10 +174,12 @@ def module_from_node(node, W, R, B=None, P=None, dtype=None) -> RNNBase:
             p_i, p_o, p_f = np.split(np.asarray(P)[d], 3)
             sd["weight_peephole" + s] = np.stack([p_i, p_f, p_o])
     module.load_state_dict({k: v.astype(dtype) for k, v in sd.items()})
-    return module.eval()
+    module.eval()
+    return module
 
 
-def run_node(module: RNNBase, node, X, sequence_lens=None, initial_h=None, initial_c=None):
+def run_node(module: RNNBase, node: Any, X: Any, sequence_lens: Any = None, initial_h: Any = None,
+             initial_c: Any = None) -> tuple[Array, ...]:
     """Run ``module`` (from :func:`module_from_node`) with the ONNX operator's inputs and
     return its outputs ``(Y, Y_h[, Y_c])`` in ONNX's layouts."""
     a = _attrs(node)

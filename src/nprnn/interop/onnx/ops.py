@@ -7,14 +7,18 @@ specification (https://onnx.ai/onnx/operators/); ``opset`` picks the few that ch
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import numpy as np
 
+from ..._typing import Array
 
-def _ints(a):
+
+def _ints(a: Any) -> list[int]:
     return [int(v) for v in np.asarray(a).reshape(-1)]
 
 
-def _softmax(x, axis, opset, log):
+def _softmax(x: Any, axis: int, opset: int, log: bool) -> Any:
     x = np.asarray(x)
     if opset < 13:  # the input is read as 2-D: [prod(shape[:axis]), prod(shape[axis:])]
         flat = x.reshape(int(np.prod(x.shape[:axis % max(x.ndim, 1)], dtype=np.int64)), -1)
@@ -26,14 +30,14 @@ def _softmax(x, axis, opset, log):
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def _reshape(x, shape, allowzero=0):
+def _reshape(x: Array, shape: Any, allowzero: int = 0) -> Any:
     shape = _ints(shape)
     if not allowzero:
         shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
     return x.reshape(shape)
 
 
-def _slice(x, starts, ends, axes=None, steps=None):
+def _slice(x: Array, starts: Any, ends: Any, axes: Any = None, steps: Any = None) -> Any:
     starts, ends = _ints(starts), _ints(ends)
     axes = list(range(len(starts))) if axes is None else _ints(axes)
     steps = [1] * len(starts) if steps is None else _ints(steps)
@@ -43,7 +47,7 @@ def _slice(x, starts, ends, axes=None, steps=None):
     return x[tuple(index)]
 
 
-def tensor(t):
+def tensor(t: Any) -> Array:
     """A TensorProto's array, never read from another file (:func:`import_onnx` loads
     external data first, from the folder it was given); refused by name when its dims are
     negative or its data does not fit them."""
@@ -59,7 +63,8 @@ def tensor(t):
         raise ValueError(f"ONNX tensor {t.name!r} cannot be read (damaged?): {type(exc).__name__}: {exc}") from exc
 
 
-def _gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
+def _gemm(a: Array, b: Array, c: Optional[Array] = None, alpha: float = 1.0, beta: float = 1.0, transA: int = 0,
+          transB: int = 0) -> Array:
     y = (a.T if transA else a) @ (b.T if transB else b)
     if alpha != 1.0:
         y = y * np.asarray(alpha, y.dtype)
@@ -68,7 +73,7 @@ def _gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
     return y
 
 
-def _constant(**attrs):
+def _constant(**attrs: Any) -> Array:
     if "value" in attrs:
         return tensor(attrs["value"])
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
@@ -78,43 +83,43 @@ def _constant(**attrs):
     raise ValueError(f"Constant: attribute {sorted(attrs)} is not supported (value, value_float(s), value_int(s))")
 
 
-def _constant_of_shape(shape, value=None):
+def _constant_of_shape(shape: Any, value: Any = None) -> Array:
     fill = np.zeros(1, np.float32) if value is None else tensor(value)
     return np.full(_ints(shape), fill.reshape(-1)[0], fill.dtype)
 
 
-def _cast(x, to):
+def _cast(x: Any, to: int) -> Array:
     from onnx import helper
 
     return np.asarray(x).astype(helper.tensor_dtype_to_np_dtype(to))
 
 
-def _squeeze(x, axes=None):
+def _squeeze(x: Array, axes: Any = None) -> Array:
     return np.squeeze(x, axis=None if axes is None else tuple(_ints(axes)))
 
 
-def _unsqueeze(x, axes):
+def _unsqueeze(x: Array, axes: Any) -> Array:
     axes = sorted(a % (x.ndim + len(_ints(axes))) for a in _ints(axes))
     for a in axes:
         x = np.expand_dims(x, a)
     return x
 
 
-def _shape(x, start=0, end=None):
+def _shape(x: Array, start: int = 0, end: Optional[int] = None) -> Array:
     return np.asarray(x.shape[start:end], np.int64)
 
 
-def _expand(x, shape):
+def _expand(x: Array, shape: Any) -> Any:
     return np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(_ints(shape)))).copy()
 
 
-def _div(a, b):
+def _div(a: Any, b: Any) -> Any:
     if np.issubdtype(np.result_type(a, b), np.integer):
         return (np.trunc(np.asarray(a) / np.asarray(b))).astype(np.result_type(a, b))
     return a / b
 
 
-def _gather_nd(data, indices, batch_dims=0):
+def _gather_nd(data: Array, indices: Any, batch_dims: int = 0) -> Array:
     idx = np.asarray(indices, np.int64)
     lead = data.shape[:batch_dims]
     B = int(np.prod(lead, dtype=np.int64))
@@ -125,7 +130,7 @@ def _gather_nd(data, indices, batch_dims=0):
     return out.reshape(lead + out.shape[1:])
 
 
-def _sigmoid(x):
+def _sigmoid(x: Array) -> Array:
     return 1.0 / (1.0 + np.exp(-x))
 
 
@@ -184,7 +189,7 @@ _NEEDED = {"Cast": {"to"}, "Concat": {"axis"}}  # attributes without a default
 _CASTS = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}  # TensorProto codes of the numeric types NumPy holds
 
 
-def _kind_of(value) -> str:
+def _kind_of(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "other"
     if isinstance(value, (int, np.integer)):
@@ -197,7 +202,8 @@ def _kind_of(value) -> str:
     return "tensor" if type(value).__name__ == "TensorProto" else "other"
 
 
-def check(op_type: str, attrs: dict, name: str, inputs=None, outputs=None, opset: int = 13) -> None:
+def check(op_type: str, attrs: dict[str, Any], name: str, inputs: Optional[list[str]] = None,
+          outputs: Optional[list[str]] = None, opset: int = 13) -> None:
     """Refuse a node this module does not implement, by name: its type, its attributes
     (names and kinds), its number of inputs and outputs (``inputs``/``outputs``: the
     node's lists, ``""`` for an omitted optional one)."""
@@ -241,14 +247,14 @@ def check(op_type: str, attrs: dict, name: str, inputs=None, outputs=None, opset
             raise ValueError(f"{where}: has {most_out} output(s) at most, got {list(outputs)}")
 
 
-def _count(shape) -> int:
+def _count(shape: Any) -> int:
     n = 1
     for d in shape:
         n *= max(int(d), 0)
     return n
 
 
-def result_bytes(op_type: str, inputs: list, attrs: dict) -> int:
+def result_bytes(op_type: str, inputs: list[Any], attrs: dict[str, Any]) -> int:
     """How many bytes a node's result will take, from its inputs' shapes, before it is
     computed: the operators whose result can be much larger than their inputs (a
     broadcast, a fill, a product, a gather); views none; the others at most their largest
@@ -256,36 +262,36 @@ def result_bytes(op_type: str, inputs: list, attrs: dict) -> int:
     0 when the shapes do not fit (running the node then says why)."""
     from onnx import helper
 
-    def size(x):
+    def size(x: Any) -> int:
         return 0 if x is None else np.asarray(x).nbytes
 
     try:
-        xs: list = [None if x is None else np.asarray(x) for x in inputs]
+        xs: list[Any] = [None if x is None else np.asarray(x) for x in inputs]
         if op_type == "ConstantOfShape":
             item = helper.tensor_dtype_to_np_dtype(attrs["value"].data_type).itemsize if "value" in attrs else 4
-            return _count(_ints(xs[0])) * item
+            return int(_count(_ints(xs[0])) * item)
         if op_type == "Expand":
-            return _count(np.broadcast_shapes(xs[0].shape, tuple(_ints(xs[1])))) * xs[0].itemsize
+            return int(_count(np.broadcast_shapes(xs[0].shape, tuple(_ints(xs[1])))) * xs[0].itemsize)
         if op_type == "Concat":
             return sum(size(x) for x in xs)
         if op_type in ("Add", "Sub", "Mul", "Div"):
-            return _count(np.broadcast_shapes(xs[0].shape, xs[1].shape)) * np.result_type(xs[0], xs[1]).itemsize
+            return int(_count(np.broadcast_shapes(xs[0].shape, xs[1].shape)) * np.result_type(xs[0], xs[1]).itemsize)
         if op_type in ("MatMul", "Gemm"):
             a, b = xs[0], xs[1]
             if op_type == "Gemm":
                 rows, cols = a.shape[1 if attrs.get("transA") else 0], b.shape[0 if attrs.get("transB") else 1]
-                return rows * cols * np.result_type(a, b).itemsize
+                return int(rows * cols * np.result_type(a, b).itemsize)
             a2, b2 = (a[None] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
             lead = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-            return _count(lead) * a2.shape[-2] * b2.shape[-1] * np.result_type(a, b).itemsize
+            return int(_count(lead) * a2.shape[-2] * b2.shape[-1] * np.result_type(a, b).itemsize)
         if op_type == "Gather":
             axis = attrs.get("axis", 0) % max(xs[0].ndim, 1)
-            return _count(xs[0].shape[:axis] + xs[1].shape + xs[0].shape[axis + 1:]) * xs[0].itemsize
+            return int(_count(xs[0].shape[:axis] + xs[1].shape + xs[0].shape[axis + 1:]) * xs[0].itemsize)
         if op_type == "GatherND":
             depth = xs[1].shape[-1] + attrs.get("batch_dims", 0)
-            return _count(xs[1].shape[:-1] + xs[0].shape[depth:]) * xs[0].itemsize
+            return int(_count(xs[1].shape[:-1] + xs[0].shape[depth:]) * xs[0].itemsize)
         if op_type == "Cast":
-            return xs[0].size * helper.tensor_dtype_to_np_dtype(attrs["to"]).itemsize
+            return int(xs[0].size * helper.tensor_dtype_to_np_dtype(attrs["to"]).itemsize)
     except Exception:  # shapes that do not fit: the node's own run says so
         return 0
     if op_type in _VIEWS:
@@ -296,7 +302,7 @@ def result_bytes(op_type: str, inputs: list, attrs: dict) -> int:
 _VIEWS = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Shape"}  # no new data
 
 
-def run(op_type: str, inputs: list, attrs: dict, opset: int) -> list:
+def run(op_type: str, inputs: list[Any], attrs: dict[str, Any], opset: int) -> list[Any]:
     """Outputs of one node; a type outside :data:`OPS` (and Softmax/LogSoftmax) is refused."""
     if op_type in ("Softmax", "LogSoftmax"):
         axis = attrs.get("axis", -1 if opset >= 13 else 1)

@@ -17,13 +17,19 @@ this module writes for the weights it references; anything else is refused.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Optional
+
 import numpy as np
 
+from ..._typing import Array
 from ...nn.recurrent import LSTM
 from .nodes import _attrs
 
+if TYPE_CHECKING:
+    from .export import Builder
 
-def _body(names, D, H, P, elem, split_name):
+
+def _body(names: list[dict[str, str]], D: int, H: int, P: int, elem: int, split_name: str) -> Any:
     """The Scan body for ``D`` directions; ``names[d]`` holds the outer names of direction
     d's weights (``w_ih``, ``w_hh``, ``w_hr`` and, with bias, ``b_ih``, ``b_hh``)."""
     from onnx import helper
@@ -37,8 +43,10 @@ def _body(names, D, H, P, elem, split_name):
     states, ys = [], []
     for d in range(D):
         w = names[d]
-        n = lambda base: f"{base}{d}"  # noqa: E731
-        step = [
+        def n(base: str, d: int = d) -> str:
+            return f"{base}{d}"
+
+        step: list[tuple[str, list[str], list[str], dict[str, Any]]] = [
             ("Gemm", [f"x{d}", w["w_ih"]] + ([w["b_ih"]] if "b_ih" in w else []), [n("a")], {"transB": 1}),
             ("Gemm", [f"h{d}", w["w_hh"]] + ([w["b_hh"]] if "b_hh" in w else []), [n("r")], {"transB": 1}),
             ("Add", [n("a"), n("r")], [n("gates")], {}),
@@ -63,7 +71,9 @@ def _body(names, D, H, P, elem, split_name):
     return helper.make_graph(nodes, "lstmp_step", inputs, outs)
 
 
-def emit_lstmp_layer(b, m, layer, x, h0, c0, lens, prefix="", node_name=None):
+def emit_lstmp_layer(b: "Builder", m: LSTM, layer: int, x: str, h0: Optional[str], c0: Optional[str],
+                     lens: Optional[str], prefix: str = "", node_name: Optional[str] = None
+                     ) -> tuple[str, str, str]:
     """Layer ``layer`` of LSTM ``m`` (with ``proj_size``) on time-major ``x`` as one Scan;
     ``h0``/``c0`` are (D, N, P)/(D, N, H) values or None for zeros.  Returns the names of
     (output (T, N, D*P), h_n (D, N, P), c_n (D, N, H))."""
@@ -93,7 +103,7 @@ def emit_lstmp_layer(b, m, layer, x, h0, c0, lens, prefix="", node_name=None):
                        b.op("Gather", [given, b.const(np.array(d, np.int64))], base=f"{kind}0_l{layer}_d{d}", axis=0))
     ins += [x] * D
     body = _body(names, D, H, P, b.elem, split)
-    outs = b.op("Scan", ins, base=f"{prefix}lstmp{layer}", n_out=3 * D, body=body, num_scan_inputs=D,
+    outs = b.ops("Scan", ins, 3 * D, base=f"{prefix}lstmp{layer}", body=body, num_scan_inputs=D,
                 node_name=node_name,
                 scan_input_directions=[0, 1][:D], scan_output_directions=[0, 1][:D])
     ys = outs[2 * D:]
@@ -106,13 +116,13 @@ def emit_lstmp_layer(b, m, layer, x, h0, c0, lens, prefix="", node_name=None):
     return y, h_n, c_n
 
 
-def _zero(dtype):
+def _zero(dtype: Any) -> Any:
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.zeros(1, dtype))
 
 
-def _canonical(graph):
+def _canonical(graph: Any) -> tuple[list[Any], tuple[Any, ...]]:
     """A graph's structure with its own value names replaced by positions: for comparing
     two bodies that differ only in naming."""
     from onnx import helper
@@ -126,9 +136,9 @@ def _canonical(graph):
     return nodes, tuple(ids.get(o.name, ("outer", o.name)) for o in graph.output)
 
 
-def scan_lstmp(node, consts):
+def scan_lstmp(node: Any, consts: dict[str, Array]) -> "ScanLSTMP":
     """The :class:`ScanLSTMP` a Scan node stands for; ValueError when it is not the pattern."""
-    def refuse(why):
+    def refuse(why: str) -> ValueError:
         return ValueError(f"ONNX operator Scan (node {node.name!r}) is not supported by nprnn's import unless it is "
                           f"the LSTM-with-projection step nprnn writes: {why}")
 
@@ -177,7 +187,8 @@ class ScanLSTMP:
 
     kind, layout, lens = "LSTM", 0, ""
 
-    def __init__(self, node, names, consts, D, H, P):
+    def __init__(self, node: Any, names: list[dict[str, str]], consts: dict[str, Array], D: int, H: int,
+                 P: int) -> None:
         self.name = node.name
         W_ih = consts[names[0]["w_ih"]]
         bias = "b_ih" in names[0]
@@ -198,10 +209,10 @@ class ScanLSTMP:
         self.inputs = [self.x] + self.h0s + self.c0s
         self.outputs = self.h_ns + self.c_ns + self.ys
 
-    def initial(self, values):
+    def initial(self, values: dict[str, Array]) -> tuple[Array, Array]:
         return np.stack([values[n] for n in self.h0s]), np.stack([values[n] for n in self.c0s])
 
-    def emit(self, out, h, c):
+    def emit(self, out: Optional[Array], h: Array, c: Array) -> dict[str, Array]:
         res = {}
         if out is not None:
             for y, part in zip(self.ys, np.split(out, len(self.ys), axis=-1)):
@@ -210,8 +221,8 @@ class ScanLSTMP:
             res[self.h_ns[d]], res[self.c_ns[d]] = h[d], c[d]
         return res
 
-    def probe_outputs(self, T, N, rng):
+    def probe_outputs(self, T: int, N: int, rng: np.random.Generator) -> dict[str, Array]:
         return {y: rng.standard_normal((T, N, self.layer.proj_size)).astype(self.layer.dtype) for y in self.ys}
 
-    def layer_output(self, raw):
+    def layer_output(self, raw: dict[str, Array]) -> Array:
         return np.concatenate([raw[y] for y in self.ys], axis=-1)

@@ -11,10 +11,14 @@ Their options reach the kernels through ``StepWeights.extra`` (``peep``, ``clip`
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from ..._typing import Array, Blocks, OptArray
 from ...functional.cells import (
     CellKind,
+    StepWeights,
     _gru_grads,
     _gru_scratch,
     _gru_update,
@@ -29,19 +33,20 @@ from ...functional.cells import (
 )
 
 
-def _no_backward(dstate, w, tape, grads, scratch):
+def _no_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: Any, scratch: Any) -> None:
     raise NotImplementedError("backward is not implemented for the ONNX-only cell variants "
                               "(GRU with linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
 
 
-def _gru_lbr0_prepare(step, w_hh):
+def _gru_lbr0_prepare(step: StepWeights, w_hh: Array) -> None:
     """The candidate's hidden product comes after the reset gate: keep it apart."""
     H = w_hh.shape[0] // 3
     step.hhT = step.hhT[:, : 2 * H].copy()
     step.extra["hnT"] = w_hh[2 * H :].T.copy()
 
 
-def _gru_lbr0_forward(gx, h, c, w, tape, work, train, h_out):
+def _gru_lbr0_forward(gx: Array, h: Array, c: OptArray, w: StepWeights, tape: Any, work: Any, train: bool,
+                      h_out: Array) -> None:
     gates, rh = tape  # (3, n, H), (n, H)
     (gh, ghv), ghn = work  # (n, 2H) with its gate-major view, (n, H)
     np.dot(h, w.hhT, out=gh)  # r, z only, negated
@@ -59,12 +64,13 @@ def _gru_lbr0_forward(gx, h, c, w, tape, work, train, h_out):
     _gru_update(h, z, n, h_out)
 
 
-def _sigmoid(a, one):
+def _sigmoid(a: Array, one: Any) -> None:
     np.negative(a, out=a)
     _sigmoid_of_scaled(a, one)
 
 
-def _lstm_ext_forward(gx, h, c, w, tape, work, train, h_out):
+def _lstm_ext_forward(gx: Array, h: Array, c: Array, w: StepWeights, tape: Any, work: Any, train: bool,
+                      h_out: Array) -> None:
     peep, clip = w.extra.get("peep"), w.extra.get("clip")
     gates, c_prev, tc = tape[0], tape[1], tape[2]
     gh, ghv = work[0]
@@ -96,11 +102,11 @@ def _lstm_ext_forward(gx, h, c, w, tape, work, train, h_out):
     _lstm_output(o, tc, w, tape, work, h_out)
 
 
-def _gru_lbr0_tape(H, P, proj):
+def _gru_lbr0_tape(H: int, P: int, proj: bool) -> Blocks:
     return ((3, H), (1, H))
 
 
-def _gru_lbr0_work(H, P, proj):
+def _gru_lbr0_work(H: int, P: int, proj: bool) -> Blocks:
     return ((-2, H), (1, H))
 
 
