@@ -25,6 +25,7 @@ from .nn.packing import (
     unpack_sequence,
     unpad_sequence,
 )
+from .nn.quantized import quantize
 from .nn.recurrent import GRU, LSTM, RNN, RNNBase
 from .nn.sequential import LastStep, Sequential
 from .parallel.threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
@@ -36,5 +37,6 @@ __all__ = [
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
     "get_helper_process", "backend", "backend_info", "set_backend", "writable", "Sequential", "LastStep", "ReLU",
-    "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Linear", "Embedding", "Dropout", "LayerNorm", "__version__",
+    "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Linear", "Embedding", "Dropout", "LayerNorm", "quantize",
+    "__version__",
 ]

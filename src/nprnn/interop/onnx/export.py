@@ -213,6 +213,12 @@ def _module(b: Builder, m: Module, x: str, rank: int, lens: Optional[str], prefi
 def to_onnx(model: Module, *, with_state: bool = True, lengths: bool = False, optional_state: bool = True,
             opset: int = 17) -> Any:
     """Build the ``onnx.ModelProto`` of ``model`` (see :func:`export`)."""
+    from ...nn.quantized import QuantizedWeight
+
+    if any(isinstance(v, QuantizedWeight) for m in model.modules() for v in vars(m).values()) or any(
+            type(m).__name__.startswith("Quantized") for m in model.modules()):
+        raise TypeError("ONNX export of a quantized model (nprnn.quantize) is not supported: export the float "
+                        "model (onnxruntime.quantization.quantize_dynamic quantizes the exported file)")
     onnx = _onnx()
     from onnx import TensorProto, helper
 

@@ -1,0 +1,276 @@
+"""``nprnn.quantize``: a copy of a model whose recurrent layers, cells and ``Linear`` keep
+their weights in int8 or bfloat16, for inference (issue 25).
+
+The arithmetic is :mod:`nprnn.functional.quant`'s: int8 weights symmetric per output row,
+each product's input quantized per row as onnxruntime's ``DynamicQuantizeLinear`` does,
+exact int32 sums; or bfloat16 weights and inputs with float32 sums.  The layers run the
+equations of :mod:`nprnn.functional.reference` step by step, with every ``x @ W.T``
+computed by the quantized weight (:class:`QuantizedWeight`): this is the oracle a compiled
+kernel will equal.  It runs on NumPy, one step at a time (no compiled kernel yet); biases
+and the gate arithmetic stay float32.
+
+Training is refused (``train(True)``, ``backward``), and so is ONNX export.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .._typing import Array
+from ..functional import quant, reference
+from .cells import RNNCellBase
+from .layers import Linear
+from .layout import layout_of
+from .module import Module
+from .recurrent import RNNBase
+
+STORAGES = ("int8", "bf16")
+_STEPS: dict[str, Callable[..., Any]] = {
+    "rnn_tanh": functools.partial(reference.rnn_step_forward, nonlinearity="tanh"),
+    "rnn_relu": functools.partial(reference.rnn_step_forward, nonlinearity="relu"),
+    "lstm": reference.lstm_step_forward,
+    "gru": reference.gru_step_forward,
+}
+
+
+class QuantizedWeight:
+    """A weight ``W`` (rows, cols) held as int8 (with per-row scales and row sums) or as
+    bfloat16 bits.  It takes part in one operation, ``x @ W.T`` (what the reference
+    equations write), computed in its storage; it never turns into a float array silently."""
+
+    __array_ufunc__ = None  # (x @ w.T defers to _Transposed.__rmatmul__)
+
+    def __init__(self, w: Array, storage: str) -> None:
+        w = np.asarray(w, np.float32)
+        self.shape, self.storage = w.shape, storage
+        if storage == "int8":
+            self.q, self.scale, self.row_sums = quant.quantize_weights_int8(w)
+        else:
+            self.bits = quant.to_bf16_bits(w)
+
+    @property
+    def T(self) -> "_Transposed":
+        return _Transposed(self)
+
+    @property
+    def nbytes(self) -> int:
+        if self.storage == "int8":
+            return int(self.q.nbytes + self.scale.nbytes + self.row_sums.nbytes)
+        return int(self.bits.nbytes)
+
+    def product(self, x: Any) -> Array:
+        """``x @ W.T`` for x (..., cols), float32 (..., rows)."""
+        x = np.asarray(x, np.float32)
+        flat = x.reshape(-1, x.shape[-1])
+        if self.storage == "int8":
+            y = quant.int8_linear(flat, self.q, self.scale, self.row_sums)
+        else:
+            y = quant.bf16_linear(flat, self.bits)
+        out: Array = y.reshape(x.shape[:-1] + (self.shape[0],))
+        return out
+
+    def dequantized(self) -> Array:
+        """The float32 values the storage holds."""
+        if self.storage == "int8":
+            return (self.q.astype(np.float32) * self.scale[:, None]).astype(np.float32)
+        return quant.from_bf16_bits(self.bits)
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a quantized weight takes part in x @ w.T only; dequantized() gives its float32 values")
+
+
+class _Transposed:
+    __array_ufunc__ = None
+
+    def __init__(self, w: QuantizedWeight) -> None:
+        self.w = w
+
+    def __rmatmul__(self, x: Any) -> Array:
+        return self.w.product(x)
+
+
+def _refuse_training(label: str) -> RuntimeError:
+    return RuntimeError(f"{label} is quantized (nprnn.quantize) and runs inference only: train the float model, "
+                        "then quantize it again")
+
+
+class _InferenceOnly:
+    """What every quantized module shares: eval mode, and training refused."""
+
+    _label: str
+
+    def train(self, mode: bool = True) -> Any:
+        if mode:
+            raise _refuse_training(self._label)
+        return Module.train(self, False)  # type: ignore[arg-type]
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        raise _refuse_training(self._label)
+
+
+class QuantizedRNN(_InferenceOnly, RNNBase):
+    """An RNN, LSTM (with ``proj_size``) or GRU with quantized weights (see the module
+    docstring); the call is the float layer's: padded, ``lengths=``, packed, unbatched,
+    ``batch_first``, initial states."""
+
+    def __init__(self, layer: RNNBase, storage: str) -> None:
+        Module.__init__(self)
+        for name in ("mode", "kind", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                     "bidirectional", "proj_size", "_layer_names", "_reverse_only"):
+            object.__setattr__(self, name, getattr(layer, name))
+        if getattr(layer, "nonlinearity", None) is not None:
+            object.__setattr__(self, "nonlinearity", layer.nonlinearity)
+        object.__setattr__(self, "dtype", layer.dtype)  # what the input may be; the arithmetic is float32
+        object.__setattr__(self, "storage", storage)
+        object.__setattr__(self, "_label", f"{type(layer).__name__}")
+        weights = []
+        for names in layer._layer_names:
+            p: dict[str, Any] = {}
+            for key, pname in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), names):
+                if pname is None:
+                    continue
+                value = layer._parameters[pname]
+                p[key] = QuantizedWeight(value, storage) if key.startswith("weight") else np.asarray(value, np.float32)
+            weights.append(p)
+        object.__setattr__(self, "_weights", weights)
+        object.__setattr__(self, "training", False)
+
+    def extra_repr(self) -> str:
+        return RNNBase.extra_repr(self) + f", storage={self.storage}"
+
+    @property
+    def weight_bytes(self) -> int:
+        """The bytes the weights take in their storage (biases in float32)."""
+        return sum(v.nbytes for p in self._weights for v in p.values())
+
+    def forward(self, input: Any, hx: Any = None, lengths: Any = None) -> tuple[Any, ...]:
+        layout, x, states = layout_of(self, input, hx, lengths)
+        rows = layout.to_rows(np.asarray(x)).astype(np.float32)
+        out, finals = self._run(rows, layout.batch_sizes, [s.astype(np.float32) for s in layout.to_run(states)])
+        return self._pair(layout.from_rows(out), layout.from_run(finals))
+
+    def _run(self, x: Array, batch_sizes: list[int], states: list[Array]) -> tuple[Array, list[Array]]:
+        """The stack on packed time-major rows (each step's rows, ``batch_sizes[t]`` of them,
+        are the sequences still running), layer after layer."""
+        step = _STEPS[self.mode]
+        starts = np.concatenate([[0], np.cumsum(batch_sizes)[:-1]]).astype(int)
+        has_cell, D = self.kind.has_cell, self.num_directions
+        finals: list[list[Array]] = [[] for _ in states]
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                p = self._weights[layer * D + d]
+                state = [s[layer * D + d].copy() for s in states]
+                out = np.zeros((x.shape[0], self._h_out), np.float32)
+                for t in (reversed(range(len(batch_sizes))) if d == 1 else range(len(batch_sizes))):
+                    lo, n = starts[t], batch_sizes[t]
+                    new, _ = step(x[lo:lo + n], tuple(s[:n] for s in state), p)
+                    for s, v in zip(state, new):
+                        s[:n] = v
+                    out[lo:lo + n] = new[0]
+                outs.append(out)
+                for k, s in enumerate(state):
+                    finals[k].append(s)
+            x = np.concatenate(outs, axis=1) if D == 2 else outs[0]
+        assert has_cell == (len(states) == 2)
+        return x, [np.stack(f) for f in finals]
+
+    def stream(self, batch_size: Optional[int] = None) -> Any:
+        raise NotImplementedError(f"{self._label}: stream() of a quantized layer is not built yet; call the layer on "
+                                  "each step with the state it returned")
+
+
+class QuantizedCell(_InferenceOnly, Module):
+    """An RNNCell, LSTMCell or GRUCell with quantized weights: one step of
+    :class:`QuantizedRNN`, with the cell's call."""
+
+    def __init__(self, cell: RNNCellBase, storage: str) -> None:
+        super().__init__()
+        kinds = {"RNNCell": "RNN", "LSTMCell": "LSTM", "GRUCell": "GRU"}
+        from . import recurrent
+
+        cls = getattr(recurrent, kinds[type(cell).__name__])
+        kw = {"nonlinearity": cell.nonlinearity} if hasattr(cell, "nonlinearity") else {}
+        layer = cls(cell.input_size, cell.hidden_size, bias=cell.bias, dtype=cell.dtype, **kw)
+        layer.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
+        object.__setattr__(self, "_layer", QuantizedRNN(layer, storage))
+        object.__setattr__(self, "_label", type(cell).__name__)
+        object.__setattr__(self, "input_size", cell.input_size)
+        object.__setattr__(self, "hidden_size", cell.hidden_size)
+        object.__setattr__(self, "training", False)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, storage={self._layer.storage}"
+
+    def forward(self, input: Any, hx: Any = None) -> Any:
+        x = np.asarray(input)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"{self._label}: Expected input to be 1D or 2D, got {x.ndim}D instead")
+        seq = x[None]  # one step: (1, N, H_in) or (1, H_in)
+        state: Any = None
+        if hx is not None:
+            parts = hx if self._layer.kind.has_cell else (hx,)
+            state = tuple(np.asarray(h)[None] for h in parts)
+            state = state if self._layer.kind.has_cell else state[0]
+        _, final = self._layer(seq, state)
+        parts = final if isinstance(final, tuple) else (final,)
+        parts = tuple(p[0] for p in parts)
+        return parts if self._layer.kind.has_cell else parts[0]
+
+
+class QuantizedLinear(_InferenceOnly, Module):
+    """``x @ W.T + b`` with ``W`` quantized."""
+
+    def __init__(self, linear: Linear, storage: str) -> None:
+        super().__init__()
+        object.__setattr__(self, "weight_q", QuantizedWeight(linear.weight, storage))
+        bias = linear._parameters.get("bias")
+        object.__setattr__(self, "bias_f", None if bias is None else np.asarray(bias, np.float32))
+        object.__setattr__(self, "_label", "Linear")
+        object.__setattr__(self, "training", False)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight_q.shape[1]}, out_features={self.weight_q.shape[0]}, " \
+               f"storage={self.weight_q.storage}"
+
+    def forward(self, input: Any) -> Array:
+        y: Array = self.weight_q.product(input)
+        if self.bias_f is not None:
+            y += self.bias_f
+        return y
+
+
+def quantize(model: Module, storage: str) -> Module:
+    """A copy of ``model`` whose recurrent layers (RNN, LSTM, GRU), cells and ``Linear``
+    modules keep their weights in ``storage`` ("int8" or "bf16") and run inference in
+    float32 around quantized products; ``model`` itself is left as it was.  A
+    ``Sequential`` is copied with each such child quantized; other modules are copied."""
+    if storage not in STORAGES:
+        raise ValueError(f"quantize: storage must be one of {STORAGES}, got {storage!r}")
+    if not isinstance(model, Module):
+        raise TypeError(f"quantize: expected an nprnn Module, got {type(model).__name__}")
+    return _quantized(model, storage)
+
+
+def _quantized(m: Module, storage: str) -> Module:
+    from .sequential import Sequential
+
+    if isinstance(m, QuantizedRNN | QuantizedCell | QuantizedLinear):
+        raise ValueError(f"quantize: {type(m).__name__} is quantized already")
+    if isinstance(m, RNNBase):
+        if type(m).__name__ not in ("RNN", "LSTM", "GRU"):
+            raise TypeError(f"quantize: {type(m).__name__} (an ONNX-only variant) has no quantized form")
+        return QuantizedRNN(m, storage)
+    if isinstance(m, RNNCellBase):
+        return QuantizedCell(m, storage)
+    if isinstance(m, Linear):
+        return QuantizedLinear(m, storage)
+    if isinstance(m, Sequential):
+        return Sequential({name: _quantized(child, storage) for name, child in m._modules.items()}).eval()
+    if m._modules:
+        raise TypeError(f"quantize: {type(m).__name__} holds modules it would need to rebuild; quantize its "
+                        "recurrent layers and Linear modules one by one")
+    return copy.deepcopy(m).eval()
