@@ -123,5 +123,25 @@ def test_quantize_refuses_what_it_cannot_quantize():
         nprnn.quantize(np.zeros(3), "int8")
     with pytest.raises(TypeError, match="takes part in x @ w.T only"):
         np.asarray(q._weights[0]["weight_hh"])  # never a silent float copy
-    with pytest.raises(RuntimeError, match="not built yet"):
-        q.stream()
+
+
+@pytest.mark.parametrize("storage", ["int8", "bf16"])
+@pytest.mark.parametrize("kind, kw", [("LSTM", {"num_layers": 2}), ("LSTM", {"proj_size": 3}), ("GRU", {})])
+def test_a_quantized_stream_equals_the_sequence_call(kind, kw, storage):
+    rng = np.random.default_rng(6)
+    q = nprnn.quantize(getattr(nprnn, kind)(4, 6, seed=2, **kw), storage)
+    x = rng.standard_normal((7, 3, 4)).astype(np.float32)
+    out, state = q(x)
+    stream = q.stream(batch_size=3)
+    steps = np.stack([stream.step(x[t]) for t in range(7)])
+    np.testing.assert_allclose(steps, out, rtol=1e-6, atol=1e-6)
+    h_n = state[0] if kind == "LSTM" else state
+    np.testing.assert_allclose(stream.state[0] if kind == "LSTM" else stream.state, h_n, rtol=1e-6, atol=1e-6)
+    one = q.stream()  # without a batch
+    np.testing.assert_allclose(np.stack([one.step(x[t, 0]) for t in range(7)]), out[:, 0], rtol=1e-6, atol=1e-6)
+    model = nprnn.quantize(nprnn.Sequential(getattr(nprnn, kind)(4, 6, seed=2, **kw), nprnn.LastStep(),
+                                            Linear(kw.get("proj_size", 6), 2, seed=3)), storage)
+    seq = model.stream(batch_size=3)
+    for t in range(7):
+        last = seq.step(x[t])
+    np.testing.assert_allclose(last, model(x), rtol=1e-5, atol=1e-6)

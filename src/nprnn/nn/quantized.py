@@ -7,7 +7,8 @@ exact int32 sums; or bfloat16 weights and inputs with float32 sums.  The layers 
 equations of :mod:`nprnn.functional.reference` step by step, with every ``x @ W.T``
 computed by the quantized weight (:class:`QuantizedWeight`): this is the oracle a compiled
 kernel will equal.  It runs on NumPy, one step at a time (no compiled kernel yet); biases
-and the gate arithmetic stay float32.
+and the gate arithmetic stay float32.  ``stream()`` carries the state between one-step
+calls, as the float layers' streams do.
 
 Training is refused (``train(True)``, ``backward``), and so is ONNX export.
 """
@@ -19,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .._checks import as_array
 from .._typing import Array
 from ..functional import quant, reference
 from .cells import RNNCellBase
@@ -26,6 +28,7 @@ from .layers import Linear
 from .layout import layout_of
 from .module import Module
 from .recurrent import RNNBase
+from .stream import Stream
 
 STORAGES = ("int8", "bf16")
 _STEPS: dict[str, Callable[..., Any]] = {
@@ -178,9 +181,30 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
         assert has_cell == (len(states) == 2)
         return x, [np.stack(f) for f in finals]
 
-    def stream(self, batch_size: Optional[int] = None) -> Any:
-        raise NotImplementedError(f"{self._label}: stream() of a quantized layer is not built yet; call the layer on "
-                                  "each step with the state it returned")
+    def stream(self, batch_size: Optional[int] = None) -> "QuantizedStream":
+        """One step per call, every layer's state carried (see :class:`nprnn.stream.Stream`)."""
+        return QuantizedStream(self, batch_size)
+
+
+class QuantizedStream(Stream):
+    """A :class:`~nprnn.stream.Stream` through a :class:`QuantizedRNN`: each step runs the
+    reference equations with the quantized products, as the sequence call does."""
+
+    def step(self, x_t: Any) -> Any:
+        layer = self._layer
+        x = as_array(x_t, "input", layer.dtype, layer._label)
+        want = (layer.input_size,) if self.batch_size is None else (self.batch_size, layer.input_size)
+        if x.shape != want:
+            raise ValueError(f"{layer._label} stream step: input must have shape {want}, got {x.shape}")
+        step = _STEPS[layer.mode]
+        h = x.reshape(self._h.shape[1], layer.input_size).astype(np.float32)
+        for idx in range(layer.num_layers):
+            state = (self._h[idx],) if self._c is None else (self._h[idx], self._c[idx])
+            new, _ = step(h, tuple(s.astype(np.float32) for s in state), layer._weights[idx])
+            for target, value in zip(state, new):
+                target[...] = value
+            h = new[0]
+        return h.copy() if self.batch_size is not None else h[0].copy()
 
 
 class QuantizedCell(_InferenceOnly, Module):
