@@ -7,7 +7,8 @@ backward (1834), to 1870 for ``backend_info`` and the import error it keeps (186
 1970 for PyTorch's habits in the module base (freezing, ``zero_grad(set_to_none=True)``,
 ``to``/``double``/``float`` that optimizers follow, ``modules``/``apply``), the memory
 checks before the constructors allocate (1963), then to 1980 for the NumPy tier's cache of
-prepared weights (1971).
+prepared weights (1971), and to 1990 for buffers (``register_buffer``: arrays in
+``state_dict`` without gradients, which quantized weights are kept in; 1985).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
@@ -17,7 +18,7 @@ import tokenize
 
 import nprnn
 
-BUDGET = 1980
+BUDGET = 1990
 CORE = ["functional/__init__.py", "functional/cells.py", "functional/scan.py", "functional/stack.py",
         "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py", "nn/cells.py",
         "nn/module.py"]

@@ -145,3 +145,53 @@ def test_a_quantized_stream_equals_the_sequence_call(kind, kw, storage):
     for t in range(7):
         last = seq.step(x[t])
     np.testing.assert_allclose(last, model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("storage", ["int8", "bf16"])
+def test_a_quantized_model_saves_and_loads_its_storage(storage, tmp_path):
+    pytest.importorskip("safetensors")
+    import copy
+    import json
+    import subprocess
+    import sys
+
+    from nprnn.serialization import load_into, read_tensors, save
+
+    def model(seed):
+        return nprnn.Sequential(nprnn.GRU(3, 8, num_layers=2, seed=seed), nprnn.LastStep(), Linear(8, 2, seed=seed))
+
+    q = nprnn.quantize(model(0), storage)
+    path = tmp_path / "q.safetensors"
+    save(q, path)
+    saved = read_tensors(path)
+    dtype = np.int8 if storage == "int8" else np.uint16
+    assert saved[f"0.weight_hh_l1_{storage}"].dtype == dtype and saved["2.bias"].dtype == np.float32
+    raw = path.read_bytes()  # the header: its storage is recorded
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["__metadata__"]["storage"] == storage
+    other = nprnn.quantize(model(1), storage)
+    x = np.random.default_rng(7).standard_normal((6, 2, 3)).astype(np.float32)
+    assert not np.array_equal(other(x), q(x))
+    load_into(other, path)
+    np.testing.assert_array_equal(other(x), q(x))  # the same integers, the same outputs
+    assert np.array_equal(copy.deepcopy(other)(x), q(x))
+    with pytest.raises(RuntimeError, match=f"Unexpected key.*0.weight_ih_l0_{storage}"):
+        load_into(model(2), path)  # a float model does not take quantized weights
+    damaged = {k: (v.astype(np.float32) if k.endswith(storage) else v) for k, v in saved.items()}
+    with pytest.raises(RuntimeError, match="dtype mismatch"):
+        other.load_state_dict(damaged)  # a quantized array is never cast
+    np.testing.assert_array_equal(other(x), q(x))  # (and nothing changed)
+    done = subprocess.run([sys.executable, "-m", "nprnn", "convert", str(path), str(tmp_path / "q.onnx")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "holds quantized weights" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_quantized_cell_saves_under_the_cells_names():
+    q = nprnn.quantize(nprnn.LSTMCell(3, 4, seed=0), "int8")
+    assert list(q.state_dict()) == ["weight_ih_int8", "weight_ih_scale", "weight_hh_int8", "weight_hh_scale",
+                                    "bias_ih", "bias_hh"]
+    other = nprnn.quantize(nprnn.LSTMCell(3, 4, seed=5), "int8")
+    other.load_state_dict(q.state_dict())
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(other(x)[0], q(x)[0])

@@ -46,6 +46,9 @@ def infer_config(tensors: Mapping[str, Any], prefix: str | None = None) -> dict[
     if prefix not in groups:
         raise ValueError(f"no recurrent weights under prefix {prefix!r}; found {sorted(groups)}")
     matches = groups[prefix]
+    absent = [prefix + n for n in ("weight_ih_l0", "weight_hh_l0") if prefix + n not in tensors]
+    if absent:
+        raise ValueError(f"the recurrent layer under prefix {prefix!r} has no {', '.join(absent)}")
     layers = 1 + max(int(m["layer"]) for m in matches)
     bidirectional = any(m["rev"] for m in matches)
     w_ih = np.asarray(tensors[prefix + "weight_ih_l0"])
@@ -187,6 +190,7 @@ def convert(src: Union[str, os.PathLike[str]], dst: Union[str, os.PathLike[str]]
         raise ValueError(f"convert: nprnn does not write .pt files (PyTorch's pickle format), so nothing is written "
                          f"to {os.fspath(dst)!r}; write .safetensors, which PyTorch reads with "
                          "safetensors.torch.load_file")
+    quantized = None
     if src_fmt == "onnx":
         from .onnx import import_onnx
 
@@ -199,6 +203,11 @@ def convert(src: Union[str, os.PathLike[str]], dst: Union[str, os.PathLike[str]]
         tensors = dict(module.state_dict())
     else:
         tensors = read_tensors(src)
+        quantized = next((k for k in tensors if k.endswith(("_int8", "_bf16"))), None)
+    if quantized is not None and dst_fmt == "onnx":
+        raise ValueError(f"convert: {os.fspath(src)} holds quantized weights ({quantized}, from nprnn.quantize); "
+                         "ONNX export of quantized weights is not supported, so nothing is written: convert the "
+                         "float model, or write .safetensors / .npz (the arrays as they are)")
     log(f"read {src} ({src_fmt}): {len(tensors)} arrays")
     for k, v in tensors.items():
         log(f"  {k:32s} {str(tuple(np.shape(v))):14s} {np.asarray(v).dtype}")

@@ -196,7 +196,13 @@ def _decode(path: PathArg, fmt: str) -> tuple[dict[str, np.ndarray], dict[str, s
 def save(module: Module, path: PathArg, format: Optional[str] = None) -> None:
     """Write ``module``'s parameters (PyTorch names, dtypes kept) to ``path`` atomically.
     ``format`` is 'safetensors' (default) or 'npz' (default for a ``.npz`` path)."""
-    write_tensors(path, dict(module.state_dict()), format)
+    storages = sorted({getattr(m, "storage", "") for m in module.modules()} - {""})
+    fmt = format_of(path, format)
+    if fmt == "torch":
+        raise ValueError("writing PyTorch .pt files needs PyTorch's pickle format; write .safetensors instead "
+                         "(PyTorch reads it with safetensors.torch.load_file)")
+    metadata = {"format": "nprnn.weights", **({"storage": ",".join(storages)} if storages else {})}
+    atomic_write(path, _encode(dict(module.state_dict()), metadata, fmt))  # (a quantized model: its storage)
 
 
 def write_tensors(path: PathArg, tensors: dict[str, Any], format: Optional[str] = None) -> None:

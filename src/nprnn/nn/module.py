@@ -312,6 +312,8 @@ class Module:
         d = self.__dict__
         if name in d.get("_parameters", {}):
             return d["_parameters"][name]
+        if name in d.get("_stored", {}):
+            return d["_stored"][name]
         if name in d.get("_modules", {}):
             return d["_modules"][name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
@@ -339,6 +341,20 @@ class Module:
         yield prefix, self
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def register_buffer(self, name: str, value: Array) -> None:
+        """A read-only array the module computes with and ``state_dict`` holds, but that has
+        no gradient and no optimizer changes (PyTorch's buffers; a quantized weight)."""
+        if "_stored" not in self.__dict__:  # (not "_buffers": older versions pickled a cache by that name)
+            object.__setattr__(self, "_stored", OrderedDict())
+        self.__dict__["_stored"][name] = as_parameter(value)
+        weights_changed()
+
+    def _named_state(self) -> Iterator[tuple[str, Parameter]]:
+        """Every array of ``state_dict``: each module's parameters, then its buffers."""
+        for mod_prefix, mod in self.named_modules():
+            for name, p in list(mod._parameters.items()) + list(mod.__dict__.get("_stored", {}).items()):
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         for mod_prefix, mod in self.named_modules(prefix):
@@ -443,7 +459,7 @@ class Module:
     # -- state dicts -----------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, Array]":
         """Copies of every parameter, in PyTorch's order and with its names."""
-        return OrderedDict((k, np.array(v)) for k, v in self.named_parameters())
+        return OrderedDict((k, np.array(v)) for k, v in self._named_state())
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state_dict`` (any array-likes, e.g. NumPy arrays or CPU
@@ -461,7 +477,8 @@ class Module:
         with ``check_dtype``, dtypes always)."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self._named_state())
+        exact = {k for k in own if k not in dict(self.named_parameters())}  # buffers: their dtype is their meaning
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         problems = []
@@ -483,7 +500,7 @@ class Module:
                     f"the shape in current model is {tuple(param.shape)}."
                 )
                 continue
-            if check_dtype and value.dtype != param.dtype:
+            if (check_dtype or key in exact) and value.dtype != param.dtype:
                 problems.append(f"dtype mismatch for {key}: the file has {value.dtype}, the model has {param.dtype}.")
                 continue
             converted[key] = value
@@ -502,7 +519,7 @@ class Module:
 
     def apply_state_dict(self, converted: Mapping[str, Array]) -> None:
         """Copy already validated arrays (from :meth:`check_state_dict`) into the parameters."""
-        own = dict(self.named_parameters())
+        own = dict(self._named_state())
         with writable(*(own[key] for key in converted)):
             for key, value in converted.items():
                 np.copyto(own[key], value, casting="unsafe")
@@ -538,6 +555,8 @@ class Module:
                 p = self._parameters[name] = as_parameter(p)
             p.grad = self._grads[name]  # (pickles keep no attributes of arrays)
             p._home = (weakref.ref(self), name)
+        for b in self.__dict__.get("_stored", {}).values():  # read-only again, in place (modules may share one)
+            b.flags.writeable = False
         for name in state.get("_frozen_names", ()):
             self._parameters[name].requires_grad = False
         self.__dict__.pop("_frozen_names", None)

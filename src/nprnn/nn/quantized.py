@@ -23,6 +23,7 @@ import numpy as np
 from .._checks import as_array
 from .._typing import Array
 from ..functional import quant, reference
+from ..functional.native import parameter_epoch
 from .cells import RNNCellBase
 from .layers import Linear
 from .layout import layout_of
@@ -40,19 +41,32 @@ _STEPS: dict[str, Callable[..., Any]] = {
 
 
 class QuantizedWeight:
-    """A weight ``W`` (rows, cols) held as int8 (with per-row scales and row sums) or as
-    bfloat16 bits.  It takes part in one operation, ``x @ W.T`` (what the reference
-    equations write), computed in its storage; it never turns into a float array silently."""
+    """A weight ``W`` (rows, cols) held as int8 with per-row scales, or as bfloat16 bits,
+    in buffers of its module (so ``state_dict`` saves them).  It takes part in one
+    operation, ``x @ W.T`` (what the reference equations write), computed in its storage;
+    it never turns into a float array silently."""
 
     __array_ufunc__ = None  # (x @ w.T defers to _Transposed.__rmatmul__)
 
-    def __init__(self, w: Array, storage: str) -> None:
+    def __init__(self, module: Module, name: str, storage: str) -> None:
+        self.module, self.name, self.storage = module, name, storage
+        self._sums: tuple[int, Any] = (-1, None)
+
+    @staticmethod
+    def arrays(w: Array, storage: str) -> dict[str, Array]:
+        """The buffers that hold ``w``: ``{"int8": q, "scale": s}`` or ``{"bf16": bits}``."""
         w = np.asarray(w, np.float32)
-        self.shape, self.storage = w.shape, storage
         if storage == "int8":
-            self.q, self.scale, self.row_sums = quant.quantize_weights_int8(w)
-        else:
-            self.bits = quant.to_bf16_bits(w)
+            q, scale, _ = quant.quantize_weights_int8(w)
+            return {"int8": q, "scale": scale}
+        return {"bf16": quant.to_bf16_bits(w)}
+
+    def _part(self, part: str) -> Array:
+        return self.module.__dict__["_stored"][f"{self.name}_{part}"]  # type: ignore[no-any-return]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._part("int8" if self.storage == "int8" else "bf16").shape)
 
     @property
     def T(self) -> "_Transposed":
@@ -60,26 +74,28 @@ class QuantizedWeight:
 
     @property
     def nbytes(self) -> int:
-        if self.storage == "int8":
-            return int(self.q.nbytes + self.scale.nbytes + self.row_sums.nbytes)
-        return int(self.bits.nbytes)
+        parts = ("int8", "scale") if self.storage == "int8" else ("bf16",)
+        return sum(int(self._part(p).nbytes) for p in parts)
 
     def product(self, x: Any) -> Array:
         """``x @ W.T`` for x (..., cols), float32 (..., rows)."""
         x = np.asarray(x, np.float32)
         flat = x.reshape(-1, x.shape[-1])
         if self.storage == "int8":
-            y = quant.int8_linear(flat, self.q, self.scale, self.row_sums)
+            q = self._part("int8")
+            if self._sums[0] != parameter_epoch():  # (the row sums follow a load_state_dict)
+                self._sums = (parameter_epoch(), q.sum(axis=1, dtype=np.int32))
+            y = quant.int8_linear(flat, q, self._part("scale"), self._sums[1])
         else:
-            y = quant.bf16_linear(flat, self.bits)
-        out: Array = y.reshape(x.shape[:-1] + (self.shape[0],))
+            y = quant.bf16_linear(flat, self._part("bf16"))
+        out: Array = y.reshape(x.shape[:-1] + (y.shape[-1],))
         return out
 
     def dequantized(self) -> Array:
         """The float32 values the storage holds."""
         if self.storage == "int8":
-            return (self.q.astype(np.float32) * self.scale[:, None]).astype(np.float32)
-        return quant.from_bf16_bits(self.bits)
+            return (self._part("int8").astype(np.float32) * self._part("scale")[:, None]).astype(np.float32)
+        return quant.from_bf16_bits(self._part("bf16"))
 
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("a quantized weight takes part in x @ w.T only; dequantized() gives its float32 values")
@@ -136,7 +152,13 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
                 if pname is None:
                     continue
                 value = layer._parameters[pname]
-                p[key] = QuantizedWeight(value, storage) if key.startswith("weight") else np.asarray(value, np.float32)
+                if key.startswith("weight"):
+                    for part, array in QuantizedWeight.arrays(value, storage).items():
+                        self.register_buffer(f"{pname}_{part}", array)
+                    p[key] = QuantizedWeight(self, pname, storage)
+                else:
+                    self.register_buffer(pname, np.asarray(value, np.float32))
+                    p[key] = self._stored[pname]
             weights.append(p)
         object.__setattr__(self, "_weights", weights)
         object.__setattr__(self, "training", False)
@@ -147,7 +169,7 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
     @property
     def weight_bytes(self) -> int:
         """The bytes the weights take in their storage (biases in float32)."""
-        return sum(v.nbytes for p in self._weights for v in p.values())
+        return sum(int(b.nbytes) for b in self._stored.values())
 
     def forward(self, input: Any, hx: Any = None, lengths: Any = None) -> tuple[Any, ...]:
         layout, x, states = layout_of(self, input, hx, lengths)
@@ -220,8 +242,12 @@ class QuantizedCell(_InferenceOnly, Module):
         kw = {"nonlinearity": cell.nonlinearity} if hasattr(cell, "nonlinearity") else {}
         layer = cls(cell.input_size, cell.hidden_size, bias=cell.bias, dtype=cell.dtype, **kw)
         layer.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
-        object.__setattr__(self, "_layer", QuantizedRNN(layer, storage))
+        inner = QuantizedRNN(layer, storage)
+        object.__setattr__(self, "_layer", inner)
+        for name, array in inner._stored.items():  # the cell's names, the layer's arrays (one storage)
+            self.__dict__.setdefault("_stored", {})[name.replace("_l0", "", 1)] = array
         object.__setattr__(self, "_label", type(cell).__name__)
+        object.__setattr__(self, "storage", storage)
         object.__setattr__(self, "input_size", cell.input_size)
         object.__setattr__(self, "hidden_size", cell.hidden_size)
         object.__setattr__(self, "training", False)
@@ -250,10 +276,15 @@ class QuantizedLinear(_InferenceOnly, Module):
 
     def __init__(self, linear: Linear, storage: str) -> None:
         super().__init__()
-        object.__setattr__(self, "weight_q", QuantizedWeight(linear.weight, storage))
+        for part, array in QuantizedWeight.arrays(linear.weight, storage).items():
+            self.register_buffer(f"weight_{part}", array)
+        object.__setattr__(self, "weight_q", QuantizedWeight(self, "weight", storage))
         bias = linear._parameters.get("bias")
-        object.__setattr__(self, "bias_f", None if bias is None else np.asarray(bias, np.float32))
+        if bias is not None:
+            self.register_buffer("bias", np.asarray(bias, np.float32))
+        object.__setattr__(self, "bias_f", None if bias is None else self._stored["bias"])
         object.__setattr__(self, "_label", "Linear")
+        object.__setattr__(self, "storage", storage)
         object.__setattr__(self, "training", False)
 
     def extra_repr(self) -> str:
