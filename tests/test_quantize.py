@@ -195,3 +195,15 @@ def test_a_quantized_cell_saves_under_the_cells_names():
     other.load_state_dict(q.state_dict())
     x = np.ones((2, 3), np.float32)
     np.testing.assert_array_equal(other(x)[0], q(x)[0])
+
+
+def test_explain_reports_the_storage_and_the_bytes():
+    from nprnn.teach.explain import explain, format_text
+
+    q = nprnn.quantize(nprnn.GRU(8, 16, num_layers=2, bidirectional=True), "int8")
+    info = explain(q)
+    assert info["layer"] == "GRU" and info["config"]["storage"] == "int8"
+    assert info["config"]["weight_bytes"] == q.weight_bytes < 0.4 * info["config"]["float32_bytes"]
+    assert all(c["observed"] == c["expected"] for c in info["identities"])
+    text = format_text(info)
+    assert "weight_hh_l1_reverse" in text and "; int8, " in text and "quantized (int8, nprnn.quantize)" in text

@@ -25,6 +25,8 @@ _GATES = {"LSTM": "i, f, g, o", "GRU": "r, z, n", "RNN": ""}
 
 
 def _kind(module: RNNBase) -> str:
+    if getattr(module, "storage", None) in ("int8", "bf16"):  # nprnn.quantize's copy of one
+        return str(module._label)
     for cls in (LSTM, GRU, RNN):
         if isinstance(module, cls):
             return cls.__name__
@@ -177,6 +179,10 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
     from ..functional import native
     from ..parallel.threads import THREADED, team_stats, threads_here
 
+    storage = getattr(module, "storage", None)
+    if storage is not None:
+        return [f"quantized ({storage}, nprnn.quantize): the NumPy oracle, one step at a time, the reference "
+                f"equations with each x @ W.T computed from the {storage} weights (no compiled kernel yet)"]
     if not native.supports(module.kind, module.dtype):
         return [f"NumPy tier ({native.backend()} backend): one product for every step's input projection, then "
                 "one step at a time"]
@@ -205,8 +211,20 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
             ) -> dict[str, Any]:
     """Parameters, shapes, equations and checked identities of ``module`` (see module doc)."""
     kind = _kind(module)
-    params = [{"name": n, "shape": list(p.shape), "count": int(p.size), "description": _describe(module, n, p.shape)}
-              for n, p in module.named_parameters()]
+    storage = getattr(module, "storage", None)
+    params: list[dict[str, Any]]
+    if storage is None:
+        params = [{"name": n, "shape": list(p.shape), "count": int(p.size),
+                   "description": _describe(module, n, p.shape)} for n, p in module.named_parameters()]
+    else:  # the float layer's parameters, each as its storage holds it
+        params = []
+        for names, weights in zip(module._layer_names, module._weights):
+            for key, name in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), names):
+                if name is not None:
+                    w = weights[key]
+                    held = f"; {storage}, {w.nbytes:,} bytes" if key.startswith("weight") else "; float32"
+                    params.append({"name": name, "shape": list(w.shape), "count": int(np.prod(w.shape)),
+                                   "description": _describe(module, name, tuple(w.shape)) + held})
     config = {"input_size": module.input_size, "hidden_size": module.hidden_size, "num_layers": module.num_layers,
               "bias": module.bias, "batch_first": module.batch_first, "bidirectional": module.bidirectional,
               "dropout": module.dropout}
@@ -214,8 +232,12 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
         config["proj_size"] = module.proj_size
     if kind == "RNN":
         config["nonlinearity"] = module.nonlinearity
+    if storage is not None:
+        config["storage"] = storage
+        config["weight_bytes"] = module.weight_bytes
+        config["float32_bytes"] = 4 * sum(int(p["count"]) for p in params)
     return {"schema": SCHEMA_VERSION, "layer": kind, "config": config, "parameters": params,
-            "total_parameters": sum(int(p["count"]) for p in params),  # type: ignore[call-overload]
+            "total_parameters": sum(int(p["count"]) for p in params),
             "shapes": shapes(module, batch, seq_len, unbatched),
             "equations": equations(module), "identities": identities(module, batch, seq_len, unbatched, seed),
             "execution": execution(module, 1 if unbatched else batch, seq_len)}
