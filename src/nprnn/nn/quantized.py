@@ -27,7 +27,7 @@ from ..functional.native import parameter_epoch
 from .cells import RNNCellBase
 from .layers import Linear
 from .layout import layout_of
-from .module import Module
+from .module import Module, _PerThread
 from .recurrent import RNNBase
 from .stream import Stream
 
@@ -325,7 +325,14 @@ def _quantized(m: Module, storage: str) -> Module:
         return QuantizedLinear(m, storage)
     if isinstance(m, Sequential):
         return Sequential({name: _quantized(child, storage) for name, child in m._modules.items()}).eval()
-    if m._modules:
-        raise TypeError(f"quantize: {type(m).__name__} holds modules it would need to rebuild; quantize its "
-                        "recurrent layers and Linear modules one by one")
-    return copy.deepcopy(m).eval()
+    if type(m).train is not Module.train:
+        raise TypeError(f"quantize: {type(m).__name__} has its own train(); quantize its recurrent layers and "
+                        "Linear modules one by one")
+    out = copy.copy(m)  # a container (CharLM, a user's model): the same module, its children quantized
+    object.__setattr__(out, "_modules", type(m._modules)(
+        (name, _quantized(child, storage)) for name, child in m._modules.items()))
+    object.__setattr__(out, "_parameters", copy.deepcopy(m._parameters))
+    object.__setattr__(out, "_grads", copy.deepcopy(m._grads))
+    object.__setattr__(out, "_prepared", {})
+    object.__setattr__(out, "_threads", _PerThread())
+    return out.eval()
