@@ -295,3 +295,14 @@ def test_generate_writes_each_character_as_it_is_drawn(tmp_path):
 
     model, vocab = load_for_generation(str(ck))
     assert head.decode() == sample(model, vocab, "ab", 198, rng=0)  # the same draws as the whole-string form
+
+
+def test_a_plot_path_without_an_extension_is_the_file_written(tmp_path, capsys):
+    """`--plot adir` used to say "written to adir" and write adir.png (matplotlib adds the
+    extension); the file written is the one named (PNG data), and the message says so."""
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "adir"
+    assert main(["explain", "lstm", "--input-size", "2", "--hidden-size", "3", "--plot", str(target)]) == 0
+    assert f"diagram written to {target}" in capsys.readouterr().out
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "adir.png").exists()
