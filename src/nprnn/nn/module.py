@@ -478,7 +478,7 @@ class Module:
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
         own = OrderedDict(self._named_state())
-        exact = {k for k in own if k not in dict(self.named_parameters())}  # buffers: their dtype is their meaning
+        exact = set(own) - {k for k, _ in self.named_parameters()}  # buffers: their dtype is their meaning
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         problems = []
