@@ -40,7 +40,8 @@ class Parameter(np.ndarray):
     @property
     def requires_grad(self) -> bool:
         """As in PyTorch: False freezes the parameter -- backward files no gradient for it,
-        ``p.grad`` is None and optimizers skip it; its value stays in ``state_dict``."""
+        ``p.grad`` is None and optimizers skip it; its value stays in ``state_dict``.  True
+        again: the next backward files a fresh gradient (``Module._grad_target``)."""
         return not self._frozen
 
     @requires_grad.setter
@@ -48,13 +49,8 @@ class Parameter(np.ndarray):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"requires_grad must be a bool, got {type(flag).__name__}")
         self._frozen = not flag
-        module = self._home[0]() if self._home else None
         if not flag:
             self.grad = None
-        elif self.grad is None and module is not None:
-            array = module._grads[self._home[1]]
-            array.fill(0)
-            self.grad = array
 
     def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
         self.requires_grad = requires_grad
