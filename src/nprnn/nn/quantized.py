@@ -218,15 +218,13 @@ class QuantizedStream(Stream):
         want = (layer.input_size,) if self.batch_size is None else (self.batch_size, layer.input_size)
         if x.shape != want:
             raise ValueError(f"{layer._label} stream step: input must have shape {want}, got {x.shape}")
-        step = _STEPS[layer.mode]
-        h = x.reshape(self._h.shape[1], layer.input_size).astype(np.float32)
-        for idx in range(layer.num_layers):
-            state = (self._h[idx],) if self._c is None else (self._h[idx], self._c[idx])
-            new, _ = step(h, tuple(s.astype(np.float32) for s in state), layer._weights[idx])
-            for target, value in zip(state, new):
-                target[...] = value
-            h = new[0]
-        return h.copy() if self.batch_size is not None else h[0].copy()
+        N = self._h.shape[1]
+        states = [self._h] if self._c is None else [self._h, self._c]
+        h, finals = layer._run(x.reshape(N, layer.input_size).astype(np.float32), [N],
+                               [s.astype(np.float32) for s in states])  # one step of the stack
+        for target, value in zip(states, finals):
+            target[...] = value
+        return h if self.batch_size is not None else h[0]
 
 
 class QuantizedCell(_InferenceOnly, Module):
