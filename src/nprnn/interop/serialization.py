@@ -196,22 +196,19 @@ def _decode(path: PathArg, fmt: str) -> tuple[dict[str, np.ndarray], dict[str, s
 def save(module: Module, path: PathArg, format: Optional[str] = None) -> None:
     """Write ``module``'s parameters (PyTorch names, dtypes kept) to ``path`` atomically.
     ``format`` is 'safetensors' (default) or 'npz' (default for a ``.npz`` path)."""
-    storages = sorted({getattr(m, "storage", "") for m in module.modules()} - {""})
+    storages = sorted({getattr(m, "storage", "") for m in module.modules()} - {""})  # (a quantized model's)
+    write_tensors(path, dict(module.state_dict()), format, {"storage": ",".join(storages)} if storages else None)
+
+
+def write_tensors(path: PathArg, tensors: dict[str, Any], format: Optional[str] = None,
+                  metadata: Optional[dict[str, str]] = None) -> None:
+    """Write named arrays atomically as safetensors or .npz (``metadata``: more of the
+    safetensors header's entries)."""
     fmt = format_of(path, format)
     if fmt == "torch":
         raise ValueError("writing PyTorch .pt files needs PyTorch's pickle format; write .safetensors instead "
                          "(PyTorch reads it with safetensors.torch.load_file)")
-    metadata = {"format": "nprnn.weights", **({"storage": ",".join(storages)} if storages else {})}
-    atomic_write(path, _encode(dict(module.state_dict()), metadata, fmt))  # (a quantized model: its storage)
-
-
-def write_tensors(path: PathArg, tensors: dict[str, Any], format: Optional[str] = None) -> None:
-    """Write named arrays atomically as safetensors or .npz."""
-    fmt = format_of(path, format)
-    if fmt == "torch":
-        raise ValueError("writing PyTorch .pt files needs PyTorch's pickle format; write .safetensors instead "
-                         "(PyTorch reads it with safetensors.torch.load_file)")
-    atomic_write(path, _encode(tensors, {"format": "nprnn.weights"}, fmt))
+    atomic_write(path, _encode(tensors, {"format": "nprnn.weights", **(metadata or {})}, fmt))
 
 
 def load_into(module: Module, path: PathArg, strict: bool = True, format: Optional[str] = None) -> IncompatibleKeys:
