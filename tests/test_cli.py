@@ -181,6 +181,8 @@ def test_sizes_are_checked_before_anything_is_allocated(tmp_path, capsys):
         (["generate", "--length", "1000000000"], "--length must be in [0, 10,000,000], got 1000000000"),
         (["train", "--sample-len", "1000000000"], "--sample-len must be in [0, 100,000], got 1000000000"),
         (["train", "--max-text-mb", "nan"], "--max-text-mb must be a finite number > 0, got nan"),
+        (["plot-states", "--max-read-mb", "nan"], "--max-read-mb must be a finite number > 0, got nan"),
+        (["convert", "a.npz", "b.npz", "--max-read-mb", "-1"], "--max-read-mb must be a finite number > 0, got -1"),
     ]
     for argv, msg in cases:
         start = time.perf_counter()

@@ -122,6 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if hasattr(args, "max_read_mb"):  # (every command that reads model files)
+        _finite_positive(args, "max_read_mb")
     if args.version:
         from . import __version__
 
@@ -142,7 +144,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "convert":
         from .interop.convert import convert
 
-        _finite_positive(args, "max_read_mb")
         _model_file(args, args.src, "src")
         convert(args.src, args.dst, prefix=args.prefix, nonlinearity=args.nonlinearity, batch_first=args.batch_first,
                 last_step=args.last_step)
@@ -344,7 +345,7 @@ def _train(args: argparse.Namespace) -> int:
         _need("matplotlib", "--plot", "plot")
     if not 0 <= args.sample_len <= MAX_SAMPLE_LEN:
         raise ValueError(f"--sample-len must be in [0, {MAX_SAMPLE_LEN:,}], got {args.sample_len}")
-    _finite_positive(args, "max_text_mb", "max_read_mb")
+    _finite_positive(args, "max_text_mb")
     if args.resume and args.checkpoint:
         _model_file(args, args.checkpoint, "--checkpoint")
     embed = args.embed_dim + 4 * args.hidden_size  # (the vocabulary is at most a few hundred characters)
@@ -371,7 +372,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if not 0 <= args.length <= MAX_LENGTH:
         raise ValueError(f"--length must be in [0, {MAX_LENGTH:,}], got {args.length}")
-    _finite_positive(args, "temperature", "max_read_mb")
+    _finite_positive(args, "temperature")
     _paths(args, "checkpoint")
     import os
 
