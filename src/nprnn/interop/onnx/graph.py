@@ -352,7 +352,8 @@ def _read(model: Any) -> tuple[list[Step], Values, list[str], Values, list[str],
             raise ValueError(f"ONNX operator {op} (node {node.name!r}) is not supported by nprnn's import; supported: "
                              f"{', '.join(sorted(ops.ARITY))} and Scan as nprnn writes LSTMP")
         label = node.name or f"#{k}"  # (exporters may leave nodes unnamed)
-        ops.check(op, _attrs(node), label, list(node.input), list(node.output), opset)
+        attrs = _attrs(node)
+        ops.check(op, attrs, label, list(node.input), list(node.output), opset)
         if k not in live or k in fused:
             continue  # checked, never run: nothing the outputs need (or a Linear computes it)
         if op in RECURRENT:
@@ -362,7 +363,7 @@ def _read(model: Any) -> tuple[list[Step], Values, list[str], Values, list[str],
             continue
         ins = [n for n in node.input if n]
         if all(n in consts for n in ins):  # constant folding: shapes, constants, weights arithmetic
-            size = ops.result_bytes(op, [consts[n] if n else None for n in node.input], _attrs(node))
+            size = ops.result_bytes(op, [consts[n] if n else None for n in node.input], attrs)
             if folded + size > budget:
                 raise ValueError(f"ONNX node {label!r} ({op}) makes a constant of {size / 2 ** 20:.1f} MiB, "
                                  f"beyond what nprnn folds for this model ({budget / 2 ** 20:.0f} MiB in all: "
