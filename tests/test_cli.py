@@ -76,31 +76,30 @@ def _bad_inputs(tmp_path):
     ]
 
 
+def _refused(capsys, argv, msg, code=2):
+    """Run ``nprnn argv``: it must exit with ``code`` (None: any non-zero) and one line on
+    stderr, "nprnn: error: ...", that holds ``msg``.  Returns that line."""
+    got = main(argv)
+    err = capsys.readouterr().err
+    assert got != 0 if code is None else got == code, (argv, got)
+    assert msg in err and err.startswith("nprnn: error: ") and err.count("\n") == 1, (argv, err)
+    return err
+
+
 def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path, capsys):
     """Every command refuses bad input with one line on stderr, never a traceback."""
     pytest.importorskip("matplotlib")
     pytest.importorskip("safetensors")
     for argv, msg in _bad_inputs(tmp_path):
-        code = main(argv)
-        err = capsys.readouterr().err
-        assert code != 0, argv
-        assert msg in err, (argv, err)
-        assert err.startswith("nprnn: error: ") and err.count("\n") == 1, (argv, err)
-        assert "Traceback" not in err
+        assert "Traceback" not in _refused(capsys, argv, msg, code=None)
 
 
 def test_plot_states_refuses_empty_text_with_a_checkpoint(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     pytest.importorskip("safetensors")
-    from nprnn.charlm import train
-
-    ck = tmp_path / "c.safetensors"
-    train("abcabcabc " * 50, steps=2, batch_size=2, seq_len=8, hidden_size=8, embed_dim=4, eval_every=1,
-          checkpoint=str(ck), ckpt_every=2, sample_len=5, progress=False, log=lambda *a: None)
-    assert main(["plot-states", "--checkpoint", str(ck), "--text", ""]) == 2
-    assert "--text is empty" in capsys.readouterr().err
-    assert main(["generate", "--checkpoint", str(ck), "--prompt", "xyz"]) == 2
-    assert "characters not in the vocabulary" in capsys.readouterr().err
+    ck = _tiny_checkpoint(tmp_path)
+    _refused(capsys, ["plot-states", "--checkpoint", str(ck), "--text", ""], "--text is empty")
+    _refused(capsys, ["generate", "--checkpoint", str(ck), "--prompt", "xyz"], "characters not in the vocabulary")
 
 
 def test_every_flag_has_help_and_shows_its_default():
@@ -136,9 +135,7 @@ def test_flags_that_mean_nothing_are_refused_in_one_line(tmp_path, capsys):
         (["explain", "lstm", "--input-size", "2", "--hidden-size", "3", "--plot", ""], "--plot is empty"),
     ]
     for argv, msg in cases:
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert msg in err and err.startswith("nprnn: error: ") and err.count("\n") == 1, (argv, err)
+        _refused(capsys, argv, msg)
     assert not any(p.name.endswith(".png") for p in tmp_path.iterdir())
 
 
@@ -186,9 +183,7 @@ def test_sizes_are_checked_before_anything_is_allocated(tmp_path, capsys):
     ]
     for argv, msg in cases:
         start = time.perf_counter()
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert msg in err and err.startswith("nprnn: error: ") and err.count("\n") == 1, (argv, err)
+        err = _refused(capsys, argv, msg)
         assert "GiB of memory" in err or "must be" in err
         assert time.perf_counter() - start < 5, argv
 
@@ -269,8 +264,7 @@ def test_model_files_are_regular_and_within_max_read_mb(tmp_path, capsys):
     for argv in (["generate", "--checkpoint", str(ck), "--max-read-mb", "0.001"],
                  ["convert", str(ck), str(tmp_path / "o.npz"), "--max-read-mb", "0.001"],
                  ["train", "--resume", "--checkpoint", str(ck), "--max-read-mb", "0.001"]):
-        assert main(argv) == 2, argv
-        assert "more than --max-read-mb 0.001; raise --max-read-mb to read it" in capsys.readouterr().err, argv
+        _refused(capsys, argv, "more than --max-read-mb 0.001; raise --max-read-mb to read it")
     assert not (tmp_path / "o.npz").exists()
 
 
