@@ -279,7 +279,7 @@ static void run_scan(struct scan *s) {
 }
 
 /* ------------------------------------------------------------------ buffers */
-#define MAX_BUFS 40
+#define MAX_BUFS 56
 struct bufs {
     Py_buffer v[MAX_BUFS];
     int n;
@@ -367,6 +367,15 @@ static int64_t gate_block(const struct scan *s, int64_t p, int64_t K, Py_ssize_t
     return s->G * K * panels(s->units[p + 1] - s->units[p], isz);
 }
 
+/* The same for quantized weights: panels of QNR columns, K padded to its group (qk). */
+static int64_t qk(int64_t K, int wq) { return wq == WQ_INT8 ? (K + 3) / 4 * 4 : (K + 1) / 2 * 2; }
+static int64_t q_gate_block(const struct scan *s, int64_t p, int64_t K) {
+    if (s->parts == 1) return qk(K, s->wq) * QPAD(s->G * s->H);
+    return s->G * qk(K, s->wq) * QPAD(s->units[p + 1] - s->units[p]);
+}
+
+static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for tests) */
+
 /* The keys a scan dict may hold (SCAN_KEYS); anything else is refused (a misspelt option
    would otherwise be ignored).  To add an option: a field of struct scan, a key in
    SCAN_KEYS, its check in parse_scan, and the key in nprnn.functional.native.call_args. */
@@ -374,7 +383,7 @@ static int64_t gate_block(const struct scan *s, int64_t p, int64_t K, Py_ssize_t
     X(back) X(kind) X(train) X(reverse) X(accumulate) X(r0) X(r1) X(H) X(P) X(Hin) X(parts) X(units) X(pcols)  \
     X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
     X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
-    X(scratch) X(team)
+    X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)
 #define KEY_ENUM(k) K_##k,
 enum { SCAN_KEYS(KEY_ENUM) NKEYS };
 #undef KEY_ENUM
@@ -500,22 +509,62 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         bounds(&b, ITEM(units), "units", s.parts, H, s.units) < 0 ||
         bounds(&b, ITEM(pcols), "pcols", s.parts, proj ? P : H, s.pcols) < 0)
         goto fail;
+    s.wq = ITEM(wq) ? (int)as_i64(ITEM(wq), &err) : WQ_FLOAT;
+    if (err) goto fail;
+    if (s.wq) {
+        const struct qpath *path = s.wq == WQ_INT8 || s.wq == WQ_BF16 ? q_best(s.wq, q_cap) : NULL;
+        if (!path || isz != 4 || back || s.train || s.nranges > 1) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: quantized weights (wq 1 int8, 2 bf16) are for float32 "
+                                              "inference of a whole batch");
+            goto fail;
+        }
+        s.qmm = path->fn;
+    }
+    const Py_ssize_t wsz = s.wq == WQ_INT8 ? 1 : s.wq == WQ_BF16 ? 2 : isz;  /* a weight's element */
     int64_t wih_n = 0, whh_n = 0, whr_n = 0;
     for (int64_t p = 0; p < s.parts; p++) {
         s.wih_at[p] = wih_n;
         s.whh_at[p] = whh_n;
         s.whr_at[p] = whr_n;
-        wih_n += gate_block(&s, p, Hin, isz);
-        whh_n += gate_block(&s, p, P, isz);
-        whr_n += H * panels(s.pcols[p + 1] - s.pcols[p], isz);
+        if (s.wq) {
+            wih_n += q_gate_block(&s, p, Hin);
+            whh_n += q_gate_block(&s, p, P);
+            whr_n += qk(H, s.wq) * QPAD(s.pcols[p + 1] - s.pcols[p]);
+        } else {
+            wih_n += gate_block(&s, p, Hin, isz);
+            whh_n += gate_block(&s, p, P, isz);
+            whr_n += H * panels(s.pcols[p + 1] - s.pcols[p], isz);
+        }
+    }
+    if (s.wq) {  /* the scales and row sums, the quantized rows */
+        const int i8 = s.wq == WQ_INT8;
+        s.kx = qk(Hin, s.wq);
+        s.kh = qk(P, s.wq) > (proj ? qk(H, s.wq) : 0) ? qk(P, s.wq) : qk(H, s.wq);
+        s.sih = get(&b, ITEM(sih), "sih", 0, 4, GH, !i8, 0, NULL);
+        s.shh = get(&b, ITEM(shh), "shh", 0, 4, GH, !i8, 0, NULL);
+        s.uih = get(&b, ITEM(uih), "uih", 0, 4, GH, !i8, 0, NULL);
+        s.uhh = get(&b, ITEM(uhh), "uhh", 0, 4, GH, !i8, 0, NULL);
+        s.shr = get(&b, ITEM(shr), "shr", 0, 4, P, !(i8 && proj), 0, NULL);
+        s.uhr = get(&b, ITEM(uhr), "uhr", 0, 4, P, !(i8 && proj), 0, NULL);
+        s.qx = get(&b, ITEM(qx), "qx", 1, wsz, rows * s.kx, 0, 0, NULL);
+        s.qh = get(&b, ITEM(qh), "qh", 1, wsz, s.parts * N * s.kh, 0, 0, NULL);
+        s.qxs = get(&b, ITEM(qxs), "qxs", 1, 4, rows, !i8, 0, NULL);
+        s.qxz = get(&b, ITEM(qxz), "qxz", 1, 4, rows, !i8, 0, NULL);
+        s.qhs = get(&b, ITEM(qhs), "qhs", 1, 4, s.parts * N, !i8, 0, NULL);
+        s.qhz = get(&b, ITEM(qhz), "qhz", 1, 4, s.parts * N, !i8, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+        if (!ITEM(xproj) || ITEM(xproj) == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: quantized weights need xproj");
+            goto fail;
+        }
     }
     if (!back) {
         s.x = get(&b, ITEM(x), "x", 0, isz, rows * Hin, 0, 0, NULL);
-        s.wih = get(&b, ITEM(wih), "wih", 0, isz, wih_n, 0, 0, NULL);
-        s.whh = get(&b, ITEM(whh), "whh", 0, isz, whh_n, 0, 0, NULL);
+        s.wih = get(&b, ITEM(wih), "wih", 0, wsz, wih_n, 0, 0, NULL);
+        s.whh = get(&b, ITEM(whh), "whh", 0, wsz, whh_n, 0, 0, NULL);
         if (!s.x || !s.wih || !s.whh) goto fail;
         s.bias = get(&b, ITEM(bias), "bias", 0, isz, GH, 1, 0, NULL);
-        s.whr = get(&b, whr, "whr", 0, isz, whr_n, 1, 0, NULL);
+        s.whr = get(&b, whr, "whr", 0, wsz, whr_n, 1, 0, NULL);
         s.xproj = get(&b, ITEM(xproj), "xproj", 1, isz, rows * GH, 1, 0, NULL);
         s.hbuf = get(&b, ITEM(hbuf), "hbuf", 1, isz, 2 * N * P, s.parts == 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
@@ -1091,7 +1140,161 @@ static PyObject *py_read_seconds(PyObject *self, PyObject *const *args, Py_ssize
     return PyFloat_FromDouble((double)t0 * 1e-9);
 }
 
+/* qpack(src, dst, M, K, bytes): pack a quantized weight q (M, K), int8 (bytes 1) or bf16
+   bits (2), into the panels of _native_quant.h. */
+static PyObject *py_qpack(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int err = 0;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "_native.qpack takes 5 arguments");
+        return NULL;
+    }
+    int64_t M = as_i64(args[2], &err), K = as_i64(args[3], &err), bytes = as_i64(args[4], &err);
+    if (err) return NULL;
+    if (M < 1 || K < 1 || (bytes != 1 && bytes != 2)) {
+        PyErr_SetString(PyExc_ValueError, "_native.qpack: bad sizes or bytes");
+        return NULL;
+    }
+    struct bufs b;
+    b.n = 0;
+    const void *src = get(&b, args[0], "src", 0, (Py_ssize_t)bytes, M * K, 0, 0, NULL);
+    void *dst = src ? get(&b, args[1], "dst", 1, (Py_ssize_t)bytes, QPAD(M) * qk(K, bytes == 1 ? WQ_INT8 : WQ_BF16),
+                          0, 0, NULL)
+                    : NULL;
+    if (dst) q_pack(src, M, K, (int)bytes, dst);
+    release(&b);
+    if (!dst) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* qlinear(x, w, wq, M, ws, wu, bias, out, sums): out (n, M) = x (n, K) @ W.T + bias for a
+   packed quantized W (qpack), x quantized row by row; int8 with sums (an int32 (n, M)
+   array) writes the exact integer sums there instead (tests). */
+static PyObject *py_qlinear(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int err = 0;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "_native.qlinear takes 9 arguments");
+        return NULL;
+    }
+    int wq = (int)as_i64(args[2], &err);
+    int64_t M = as_i64(args[3], &err);
+    if (err) return NULL;
+    const struct qpath *path = wq == WQ_INT8 || wq == WQ_BF16 ? q_best(wq, q_cap) : NULL;
+    if (!path || M < 1) {
+        PyErr_SetString(PyExc_ValueError, "_native.qlinear: bad storage or size");
+        return NULL;
+    }
+    struct bufs b;
+    b.n = 0;
+    Py_buffer *xv = &b.v[0];
+    if (PyObject_GetBuffer(args[0], xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    b.n = 1;
+    int64_t n = xv->ndim == 2 ? xv->shape[0] : 0, K = xv->ndim == 2 ? xv->shape[1] : 0;
+    const int i8 = wq == WQ_INT8, esz = i8 ? 1 : 2;
+    const int64_t Kp = qk(K, wq);
+    void *q = NULL;
+    float *qs = NULL;
+    int32_t *qz = NULL;
+    if (xv->itemsize != 4 || n < 1 || K < 1) {
+        PyErr_SetString(PyExc_ValueError, "_native.qlinear: x must be float32 (n, K)");
+        goto done;
+    }
+    const void *w = get(&b, args[1], "w", 0, esz, QPAD(M) * Kp, 0, 0, NULL);
+    const float *ws = w ? get(&b, args[4], "ws", 0, 4, M, !i8, 0, NULL) : NULL;
+    const int32_t *wu = w ? get(&b, args[5], "wu", 0, 4, M, !i8, 0, NULL) : NULL;
+    const float *bias = w ? get(&b, args[6], "bias", 0, 4, M, 1, 0, NULL) : NULL;
+    float *out = w ? get(&b, args[7], "out", 1, 4, n * M, 0, 0, NULL) : NULL;
+    int32_t *sums = w ? get(&b, args[8], "sums", 1, 4, n * M, 1, 0, NULL) : NULL;
+    if (PyErr_Occurred()) goto done;
+    if (sums && !i8) {
+        PyErr_SetString(PyExc_ValueError, "_native.qlinear: sums are for int8");
+        goto done;
+    }
+    q = PyMem_Malloc((size_t)(n * Kp * esz) + 64);
+    qs = PyMem_Malloc((size_t)n * 4 + 4);
+    qz = PyMem_Malloc((size_t)n * 4 + 4);
+    if (!q || !qs || !qz) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (i8)
+        quant_rows_u8(n, K, Kp, xv->buf, K, q, Kp, qs, qz);
+    else
+        quant_rows_bf16(n, K, Kp, xv->buf, K, q, Kp);
+    struct qmm m = {n, Kp, M, q, Kp, qs, qz, w, ws, wu, out, M, bias, 0, sums};
+    path->fn(&m);
+    Py_END_ALLOW_THREADS
+done:
+    PyMem_Free(q);
+    PyMem_Free(qs);
+    PyMem_Free(qz);
+    release(&b);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* qpaths(): {"int8": [...], "bf16": [...]} the quantized paths this CPU runs, plainest first;
+   qpath(storage): the one in use; set_qpath(name): use at most that one ("best": all). */
+static PyObject *py_qpaths(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    PyObject *d = PyDict_New(), *l8 = PyList_New(0), *l16 = PyList_New(0);
+    int level = q_level();
+    for (int i = 0; d && l8 && l16 && i < NQPATHS; i++) {
+        if (QPATHS[i].need > level) continue;
+        PyObject *name = PyUnicode_FromString(QPATHS[i].name);
+        if (!name || PyList_Append(QPATHS[i].storage == WQ_INT8 ? l8 : l16, name) < 0) {
+            Py_XDECREF(name);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(name);
+    }
+    if (d && (PyDict_SetItemString(d, "int8", l8) < 0 || PyDict_SetItemString(d, "bf16", l16) < 0)) Py_CLEAR(d);
+    Py_XDECREF(l8);
+    Py_XDECREF(l16);
+    return d;
+}
+
+static PyObject *py_qpath(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *storage = PyUnicode_AsUTF8(arg);
+    if (!storage) return NULL;
+    int wq = !strcmp(storage, "int8") ? WQ_INT8 : !strcmp(storage, "bf16") ? WQ_BF16 : 0;
+    const struct qpath *p = wq ? q_best(wq, q_cap) : NULL;
+    if (!p) {
+        PyErr_SetString(PyExc_ValueError, "_native.qpath: storage must be 'int8' or 'bf16'");
+        return NULL;
+    }
+    return PyUnicode_FromString(p->name);
+}
+
+static PyObject *py_set_qpath(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    if (!strcmp(name, "best")) {
+        q_cap = 99;
+        Py_RETURN_NONE;
+    }
+    int level = q_level();
+    for (int i = 0; i < NQPATHS; i++)
+        if (!strcmp(name, QPATHS[i].name) && QPATHS[i].need <= level) {
+            q_cap = QPATHS[i].need;
+            Py_RETURN_NONE;
+        }
+    PyErr_Format(PyExc_ValueError, "_native.set_qpath: %s is not available on this CPU", name);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"qpack", (PyCFunction)(void (*)(void))py_qpack, METH_FASTCALL, "Pack an int8 or bf16 weight into panels."},
+    {"qlinear", (PyCFunction)(void (*)(void))py_qlinear, METH_FASTCALL, "A quantized product x @ W.T + b."},
+    {"qpaths", py_qpaths, METH_NOARGS, "The quantized product paths this CPU runs."},
+    {"qpath", py_qpath, METH_O, "The quantized product path in use for a storage."},
+    {"set_qpath", py_set_qpath, METH_O, "Use at most this quantized path (tests)."},
     {"scan_many", (PyCFunction)(void (*)(void))py_scan_many, METH_FASTCALL,
      "Run the loops of a stack's layers as a wavefront on a team."},
     {"read_seconds", (PyCFunction)(void (*)(void))py_read_seconds, METH_FASTCALL,

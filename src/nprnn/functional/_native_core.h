@@ -20,6 +20,8 @@ static void team_barrier(struct team *t, int me, int nthr);
 typedef void (*job_fn)(void *ctx, int me, int nthr);
 
 #define MAX_PARTS 64
+struct qmm;
+typedef void (*qmm_fn)(const struct qmm *);  /* a quantized product (_native_quant.h) */
 /* Everything one call needs: the described loop, filled from a dict by parse_scan (see
    SCAN_KEYS).  Forward: x the layer input, h, c the running states (h_0 in, h_n out), out
    receives every step's h.  Backward: h, c are the running state gradients, out is the
@@ -51,6 +53,20 @@ struct scan {
        has done as many steps (await), and counts its own (publish); slot: its thread's. */
     atomic_uint *await, *publish;
     int slot;
+    /* Quantized weights (wq WQ_INT8 or WQ_BF16, float only; inference): wih, whh, whr hold
+       int8 or bf16 panels (_native_quant.h), at offsets wih_at.. in elements of their
+       storage; sih, shh, shr each output column's weight scale and uih, uhh, uhr its row sum
+       (int8); qmm the product.  The input rows are quantized into qx (rows, kx) before the
+       loop (qxs, qxz their scales and zero points); each thread quantizes the state (or m)
+       into its first part's slot of qh (N rows, kh apart; qhs, qhz). */
+    int wq;
+    qmm_fn qmm;
+    const float *sih, *shh, *shr;
+    const int32_t *uih, *uhh, *uhr;
+    void *qx, *qh;
+    float *qxs, *qhs;
+    int32_t *qxz, *qhz;
+    int64_t kx, kh;
 };
 static void wave_wait(const struct scan *s, unsigned need);
 static void wave_publish(const struct scan *s, unsigned done);
@@ -79,6 +95,7 @@ struct gemm {
 #define HAVE_X86_VARIANTS 1  /* GCC and clang compile functions for AVX-512 and AVX2 beside the baseline */
 #include <immintrin.h>
 #endif
+#include "_native_quant.h"
 #define AT_KC 192  /* gemm_at's block of K, and the rows of A it copies at a time */
 #define AT_ROWS 12  /* gemm_at's row blocks are multiples of this (of every instruction set's MR) */
 #define PASTE_(a, b) a##_##b

@@ -473,11 +473,74 @@ static TGT inline void FN(part_mm)(const struct scan *s, int64_t p, int64_t n, i
     }
 }
 
+/* Rows quantized for a quantized product: data (ld elements apart), and for int8 each row's
+   scale and zero point. */
+struct FN(qrows) {
+    const void *q;
+    int64_t ld;
+    const float *s;
+    const int32_t *z;
+};
+
+/* The quantized products of a weight whose columns are `nblk` blocks (one gate each, `stride`
+   columns apart) of w columns from column a, each block its own panels: C = Cin + A_q @ B. */
+static TGT void FN(qblocks)(const struct scan *s, int64_t nblk, int64_t stride, int64_t a, int64_t w, int64_t n,
+                            int64_t K, const struct FN(qrows) *A, const void *B, const float *ws, const int32_t *wu,
+                            float *C, int64_t ldc, const float *Cin, int64_t ldcin) {
+    const int64_t esz = s->wq == WQ_INT8 ? 1 : 2, grp = s->wq == WQ_INT8 ? 4 : 2, Kp = (K + grp - 1) / grp * grp;
+    for (int64_t g = 0; g < nblk; g++) {
+        const int64_t at = g * stride + a;
+        struct qmm m = {n, Kp, w, A->q, A->ld, A->s, A->z, (const char *)B + g * Kp * QPAD(w) * esz,
+                        ws ? ws + at : 0, wu ? wu + at : 0, C + at, ldc, Cin ? Cin + at : 0, ldcin, 0};
+        s->qmm(&m);
+    }
+}
+
+/* Part p's gate columns of a quantized W_ih (ih) or W_hh: C (n, G*H) = Cin + A_q @ B_p. */
+static TGT inline void FN(qpart)(const struct scan *s, int ih, int64_t p, int64_t n, const struct FN(qrows) *A,
+                                 float *C, const float *Cin, int64_t ldcin) {
+    const int64_t GH = s->G * s->H, esz = s->wq == WQ_INT8 ? 1 : 2;
+    const int one = s->parts == 1;
+    const void *B = ih ? (const char *)s->wih + s->wih_at[p] * esz : (const char *)s->whh + s->whh_at[p] * esz;
+    FN(qblocks)(s, one ? 1 : s->G, s->H, one ? 0 : s->units[p], one ? GH : s->units[p + 1] - s->units[p], n,
+                ih ? s->Hin : s->P, A, B, ih ? s->sih : s->shh, ih ? s->uih : s->uhh, C, GH, Cin, ldcin);
+}
+
+/* Rows of x (n, K) quantized into the given buffers (int8: with scales and zero points). */
+static TGT inline struct FN(qrows) FN(quantize)(const struct scan *s, int64_t n, int64_t K, const float *x,
+                                                int64_t ldx, void *q, int64_t ldq, float *sc, int32_t *zp) {
+    if (s->wq == WQ_INT8)
+        quant_rows_u8(n, K, (K + 3) / 4 * 4, x, ldx, (uint8_t *)q, ldq, sc, zp);
+    else
+        quant_rows_bf16(n, K, (K + 1) / 2 * 2, x, ldx, (uint16_t *)q, ldq);
+    struct FN(qrows) r = {q, ldq, sc, zp};
+    return r;
+}
+
+/* Thread `me` of `nthr`'s state slot (its first part's): n rows of K values quantized. */
+static TGT inline struct FN(qrows) FN(quantize_slot)(const struct scan *s, int64_t p0, int64_t n, int64_t K,
+                                                     const float *x, int64_t ldx) {
+    const int64_t esz = s->wq == WQ_INT8 ? 1 : 2;
+    return FN(quantize)(s, n, K, x, ldx, (char *)s->qh + p0 * s->N * s->kh * esz, s->kh, s->qhs + p0 * s->N,
+                        s->qhz + p0 * s->N);
+}
+
+/* A quantized loop's input projection before the loop: thread me quantizes its share of
+   the rows, then (every row quantized) each part's columns of every row, bias added. */
+static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0, int64_t p1) {
+    const int64_t r0 = s->rows * me / nthr, r1 = s->rows * (me + 1) / nthr, esz = s->wq == WQ_INT8 ? 1 : 2;
+    FN(quantize)(s, r1 - r0, s->Hin, (const float *)s->x + r0 * s->Hin, s->Hin, (char *)s->qx + r0 * s->kx * esz,
+                 s->kx, s->qxs + r0, s->qxz + r0);
+    team_barrier(s->team, me, nthr);
+    const struct FN(qrows) all = {s->qx, s->kx, s->qxs, s->qxz};
+    for (int64_t p = p0; p < p1; p++) FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0);
+}
+
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
    then the cell's elementwise work on units a..b, writing the new state's units to hn
    (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
 static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
-                                 T *hn, int back, int late) {
+                                 T *hn, int back, int late, const struct FN(qrows) *qh) {
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const int64_t a = s->units[p], w = s->units[p + 1] - a;
     const T *whh = (const T *)s->whh + s->whh_at[p];
@@ -499,7 +562,8 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
             FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gxs, GH, bias, 0);
             gx = gxs;
         }
-        if (!late) FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
+        if (qh) FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0);  /* h @ W_hh.T, quantized */
+        else if (!late) FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
         T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + rr * H;
         const T *bhn = (const T *)s->bhn;
         for (int64_t r = 0; r < n; r++) {
@@ -510,7 +574,9 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
         }
         return;
     }
-    if (!late && xp)
+    if (qh)
+        FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)xp, GH);  /* projected x + h @ W_hh.T, quantized */
+    else if (!late && xp)
         FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
     else if (!late)  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
         FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hc, P, whh, gates, GH, bias, 0);
@@ -554,8 +620,10 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
        they are large: every other call reads them backwards, W_hh first (the last weights
        the call before read, still in the cache), the projection after it; the sum the tile
        makes of the two is the same either way (x @ W_ih.T + b, then + h @ W_hh.T). */
-    const int late = s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1);
-    if (s->xproj && !late)  /* the input projection of every packed row, before the loop */
+    const int late = !s->wq && s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1);
+    if (s->wq) /* quantized weights: the input rows quantized, then projected, before the loop */
+        FN(qproject)(s, me, nthr, p0, p1);
+    else if (s->xproj && !late)  /* the input projection of every packed row, before the loop */
         for (int64_t p = p0; p < p1; p++)
             FN(part_mm)(s, p, s->rows, Hin, (const T *)s->x, Hin, (const T *)s->wih + s->wih_at[p], (T *)s->xproj,
                         (const T *)s->bias, 0, 0);
@@ -582,13 +650,22 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
                            (hcols[p + 1] - hcols[p]) * sizeof(T));
         if (hbuf)  /* the other threads wrote this state: fetch all its lines at once, not one per wait */
             for (int64_t i = 0; i < n * P; i += 64 / (int64_t)sizeof(T)) __builtin_prefetch(hc + i);
-        for (int64_t p = p0; p < p1; p++) FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late);
+        struct FN(qrows) qrows;  /* quantized weights: this thread's copy of the state, quantized */
+        if (s->wq) qrows = FN(quantize_slot)(s, p0, n, P, (const float *)hc, P);
+        for (int64_t p = p0; p < p1; p++)
+            FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0);
         if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
             team_barrier(s->team, me, nthr);
             const T *m = s->train ? (const T *)s->m + row * H : (const T *)s->m + rr * H;
+            if (s->wq) qrows = FN(quantize_slot)(s, p0, n, H, (const float *)m, H);
             for (int64_t p = p0; p < p1; p++) {
                 const int64_t b = s->pcols[p], w = s->pcols[p + 1] - b;
-                FN(mm)(n, H, w, m, H, (const T *)s->whr + s->whr_at[p], hn + b, P, 0, 0);
+                if (s->wq)
+                    FN(qblocks)(s, 1, 0, b, w, n, H, &qrows,
+                                (const char *)s->whr + s->whr_at[p] * (s->wq == WQ_INT8 ? 1 : 2), s->shr, s->uhr,
+                                (float *)hn, P, 0, 0);
+                else
+                    FN(mm)(n, H, w, m, H, (const T *)s->whr + s->whr_at[p], hn + b, P, 0, 0);
             }
         }
         T *out = (T *)s->out + row * s->ldout;

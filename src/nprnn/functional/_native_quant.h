@@ -1,0 +1,445 @@
+/* Quantized products (issue 25): the arithmetic of nprnn.functional.quant, which is their
+ * oracle, compiled.
+ *
+ * int8: weights int8 per output row, packed into panels of QNR = 16 columns, k in groups of
+ * four: panel j holds, for each group kq, 16 columns x 4 bytes (what one vpdpbusd takes).
+ * Activations are quantized row by row (quant_rows_u8: onnxruntime's DynamicQuantizeLinear
+ * per row) into uint8 rows padded to a multiple of 4 with zeros.  A product's int32 sums
+ * are exact on every path (VNNI, AVX2 by widening to 16 bits and vpmaddwd, plain C), so the
+ * paths agree integer for integer; one finisher, compiled once for the baseline, turns them
+ * into floats: C = Cin + float(acc - z_x * rowsum_w) * (s_x * s_w).
+ *
+ * bf16: weights as bfloat16 bits, panels of 16 columns with k in pairs (what one vdpbf16ps
+ * takes); activations rounded to bfloat16 (round to nearest even, denormals to zero as the
+ * instruction reads them).  Each column's float32 sum runs over k pairs in order, adding
+ * the odd element's product, then the even one's (vdpbf16ps's order); a product of two
+ * bfloat16 values is exact in float32, so an emulation with fused or unfused multiply-adds
+ * rounds as the instruction does, and every path gives the same sums (sums that fall
+ * below 2^-126 in magnitude, which the instruction flushes to zero, excepted).
+ */
+#ifndef NPRNN_NATIVE_QUANT_H
+#define NPRNN_NATIVE_QUANT_H
+#include <stdint.h>
+#include <string.h>
+
+#define QNR 16  /* columns per panel of quantized weights, on every path */
+#define QPAD(M) (((M) + QNR - 1) / QNR * QNR)
+enum { WQ_FLOAT = 0, WQ_INT8 = 1, WQ_BF16 = 2 };
+
+/* One quantized product: C (n, M) = Cin + A (n, K) @ B, B packed (K a multiple of 4 for
+   int8, of 2 for bf16, zero-padded), A row-major uint8 (int8) or uint16 bf16 bits, lda
+   apart.  int8 also takes each A row's scale and zero point and each column's weight
+   scale and row sum.  Cin may be NULL, C, or a row broadcast (ldcin 0). */
+struct qmm {
+    int64_t n, K, M;
+    const void *A;
+    int64_t lda;
+    const float *as;
+    const int32_t *az;
+    const void *B;
+    const float *ws;
+    const int32_t *wu;
+    float *C;
+    int64_t ldc;
+    const float *Cin;
+    int64_t ldcin;
+    int32_t *Ci;  /* int8, tests: the exact sums acc - z_x * rowsum_w here (ldc apart), not C */
+};
+typedef void (*qmm_fn)(const struct qmm *);  /* (also declared in _native_core.h: C11 allows both) */
+
+/* ------------------------------------------------------------ the shared, baseline parts */
+static inline float q_rint(float v) {  /* round half to even, for |v| < 2^22 (no libm call) */
+    const float big = 12582912.0f;  /* 1.5 * 2^23 */
+    return (v + big) - big;
+}
+
+/* Rows of x (n, K) quantized as uint8 with a zero point, row by row (quant.quantize_rows_uint8):
+   q (n, Kp) zero-padded past K, scale (n,), zero (n,).  A row holding NaN or infinity gets
+   scale NaN (its products are NaN, as float32 arithmetic would make them). */
+static __attribute__((unused)) void quant_rows_u8(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
+                                                  uint8_t *q, int64_t ldq, float *scale, int32_t *zero) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *r = x + i * ldx;
+        uint8_t *qr = q + i * ldq;
+        float lo = 0.0f, hi = 0.0f, bad = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            float v = r[k];
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+            bad += v - v;  /* NaN for NaN or infinity */
+        }
+        if (bad != bad) {
+            memset(qr, 0, (size_t)Kp);
+            scale[i] = bad;
+            zero[i] = 0;
+            continue;
+        }
+        float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+        float z = q_rint(0.0f - lo / s);
+        z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
+        for (int64_t k = 0; k < K; k++) {
+            float v = q_rint(r[k] / s) + z;
+            qr[k] = (uint8_t)(v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v);
+        }
+        memset(qr + K, 0, (size_t)(Kp - K));
+        scale[i] = s;
+        zero[i] = (int32_t)z;
+    }
+}
+
+/* float32 -> bfloat16 bits, round to nearest even, NaN kept quiet, denormals to (signed) zero. */
+static inline uint16_t q_bf16(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+static __attribute__((unused)) void quant_rows_bf16(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
+                                                    uint16_t *q, int64_t ldq) {
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t k = 0; k < K; k++) q[i * ldq + k] = q_bf16(x[i * ldx + k]);
+        for (int64_t k = K; k < Kp; k++) q[i * ldq + k] = 0;
+    }
+}
+
+static inline float q_f32(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* The int32 sums of rows i0.. (mr of them) and columns j0.. (cols), acc[i][c], into C. */
+static void q_finish_i8(const struct qmm *g, int64_t i0, int mr, int64_t j0, int64_t cols, const int32_t *acc,
+                        int64_t lda) {
+    for (int i = 0; i < mr; i++) {
+        const int64_t r = i0 + i;
+        float *C = g->C + r * g->ldc + j0;
+        const float *Cin = g->Cin ? g->Cin + r * g->ldcin + j0 : 0;
+        const float sx = g->as[r];
+        const int32_t zx = g->az[r];
+        if (g->Ci) {
+            for (int64_t c = 0; c < cols; c++) g->Ci[r * g->ldc + j0 + c] = acc[i * lda + c] - zx * g->wu[j0 + c];
+            continue;
+        }
+        for (int64_t c = 0; c < cols; c++) {
+            float y = (float)(acc[i * lda + c] - zx * g->wu[j0 + c]) * (sx * g->ws[j0 + c]);
+            C[c] = Cin ? Cin[c] + y : y;
+        }
+    }
+}
+
+static void q_finish_bf16(const struct qmm *g, int64_t i0, int mr, int64_t j0, int64_t cols, const float *acc,
+                          int64_t lda) {
+    for (int i = 0; i < mr; i++) {
+        const int64_t r = i0 + i;
+        float *C = g->C + r * g->ldc + j0;
+        const float *Cin = g->Cin ? g->Cin + r * g->ldcin + j0 : 0;
+        for (int64_t c = 0; c < cols; c++) C[c] = Cin ? Cin[c] + acc[i * lda + c] : acc[i * lda + c];
+    }
+}
+
+/* Pack q (M, K) row-major (int8 or bf16 bits: `bytes` 1 or 2) into panels: int8 groups of
+   4 k, bf16 pairs, zero past K and M.  dst holds QPAD(M) * Kp elements. */
+static __attribute__((unused)) void q_pack(const void *src, int64_t M, int64_t K, int bytes, void *dst) {
+    const int grp = bytes == 1 ? 4 : 2;
+    const int64_t Kp = (K + grp - 1) / grp * grp;
+    const int64_t np = QPAD(M) / QNR;
+    for (int64_t j = 0; j < np; j++)
+        for (int64_t kq = 0; kq < Kp / grp; kq++)
+            for (int c = 0; c < QNR; c++)
+                for (int e = 0; e < grp; e++) {
+                    const int64_t m = j * QNR + c, k = kq * grp + e;
+                    const int64_t at = ((j * (Kp / grp) + kq) * QNR + c) * grp + e;
+                    if (bytes == 1) {
+                        ((int8_t *)dst)[at] = m < M && k < K ? ((const int8_t *)src)[m * K + k] : 0;
+                    } else {
+                        uint16_t v = m < M && k < K ? ((const uint16_t *)src)[m * K + k] : 0;
+                        if ((v & 0x7f80) == 0) v &= 0x8000;  /* denormals read as zero, as the instruction reads them */
+                        ((uint16_t *)dst)[at] = v;
+                    }
+                }
+}
+
+/* ------------------------------------------------------------------- int8, plain C */
+#define Q_TILE 4  /* rows of a tile; columns: up to Q_PANELS panels */
+#define Q_PANELS 4
+
+static __attribute__((unused)) void qmm_i8_base(const struct qmm *g) {
+    const int64_t Kq = g->K / 4, np = QPAD(g->M) / QNR;
+    int32_t acc[QNR];
+    for (int64_t i = 0; i < g->n; i++) {
+        const uint8_t *a = (const uint8_t *)g->A + i * g->lda;
+        for (int64_t j = 0; j < np; j++) {
+            const int8_t *b = (const int8_t *)g->B + j * Kq * 4 * QNR;
+            for (int c = 0; c < QNR; c++) acc[c] = 0;
+            for (int64_t kq = 0; kq < Kq; kq++, b += 4 * QNR)
+                for (int c = 0; c < QNR; c++)
+                    for (int e = 0; e < 4; e++) acc[c] += (int32_t)a[kq * 4 + e] * (int32_t)b[c * 4 + e];
+            const int64_t cols = g->M - j * QNR < QNR ? g->M - j * QNR : QNR;
+            q_finish_i8(g, i, 1, j * QNR, cols, acc, QNR);
+        }
+    }
+}
+
+static __attribute__((unused)) void qmm_bf16_base(const struct qmm *g) {
+    const int64_t Kp = g->K / 2, np = QPAD(g->M) / QNR;
+    float acc[QNR];
+    for (int64_t i = 0; i < g->n; i++) {
+        const uint16_t *a = (const uint16_t *)g->A + i * g->lda;
+        for (int64_t j = 0; j < np; j++) {
+            const uint16_t *b = (const uint16_t *)g->B + j * Kp * 2 * QNR;
+            for (int c = 0; c < QNR; c++) acc[c] = 0.0f;
+            for (int64_t kp = 0; kp < Kp; kp++, b += 2 * QNR) {
+                const float x0 = q_f32((uint32_t)a[2 * kp] << 16), x1 = q_f32((uint32_t)a[2 * kp + 1] << 16);
+                for (int c = 0; c < QNR; c++) {  /* (exact products) */
+                    uint32_t pair;
+                    memcpy(&pair, b + 2 * c, 4);
+                    const float t = acc[c] + x1 * q_f32(pair & 0xffff0000u);
+                    acc[c] = t + x0 * q_f32(pair << 16);
+                }
+            }
+            const int64_t cols = g->M - j * QNR < QNR ? g->M - j * QNR : QNR;
+            q_finish_bf16(g, i, 1, j * QNR, cols, acc, QNR);
+        }
+    }
+}
+
+#ifdef HAVE_X86_VARIANTS
+/* Tiles of mr rows by np panels, always inlined into a switch so that mr and np are
+   constants: the accumulators stay in registers. */
+#define Q_TILE_LOOP(body)                                                                           \
+    for (int64_t i = 0; i < g->n; i += Q_TILE) {                                                     \
+        const int mr = g->n - i < Q_TILE ? (int)(g->n - i) : Q_TILE;                                 \
+        for (int64_t j = 0; j < npan; j += Q_PANELS) {                                               \
+            const int np = npan - j < Q_PANELS ? (int)(npan - j) : Q_PANELS;                         \
+            body                                                                                     \
+        }                                                                                            \
+    }
+
+/* ----------------------------------------------------------------- int8, AVX-512 VNNI */
+#define VNNI_TGT __attribute__((target("avx512f,avx512bw,avx512vnni")))
+static VNNI_TGT inline __attribute__((always_inline)) void q_vnni_tile(const struct qmm *g, int64_t i, int64_t j,
+                                                                       int mr, int np) {
+    const int64_t Kq = g->K / 4, M = g->M;
+    __m512i acc[Q_TILE][Q_PANELS];
+    for (int r = 0; r < mr; r++)
+        for (int p = 0; p < np; p++) acc[r][p] = _mm512_setzero_si512();
+    const int8_t *B = (const int8_t *)g->B + j * Kq * 4 * QNR;
+    const uint8_t *A = (const uint8_t *)g->A + i * g->lda;
+    for (int64_t kq = 0; kq < Kq; kq++) {
+        __m512i w[Q_PANELS];
+        for (int p = 0; p < np; p++) w[p] = _mm512_loadu_si512(B + (p * Kq + kq) * 4 * QNR);
+        for (int r = 0; r < mr; r++) {
+            int32_t a4;
+            memcpy(&a4, A + r * g->lda + kq * 4, 4);
+            const __m512i a = _mm512_set1_epi32(a4);
+            for (int p = 0; p < np; p++) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], a, w[p]);
+        }
+    }
+    int32_t out[Q_TILE * Q_PANELS * QNR];
+    for (int r = 0; r < mr; r++)
+        for (int p = 0; p < np; p++) _mm512_storeu_si512(out + (r * Q_PANELS + p) * QNR, acc[r][p]);
+    const int64_t cols = M - j * QNR < np * QNR ? M - j * QNR : np * QNR;
+    q_finish_i8(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);
+}
+
+static VNNI_TGT void qmm_i8_vnni(const struct qmm *g) {
+    const int64_t npan = QPAD(g->M) / QNR;
+    Q_TILE_LOOP(
+        switch (mr * 8 + np) {
+            case 8 + 4: q_vnni_tile(g, i, j, 1, 4); break;
+            case 16 + 4: q_vnni_tile(g, i, j, 2, 4); break;
+            case 24 + 4: q_vnni_tile(g, i, j, 3, 4); break;
+            case 32 + 4: q_vnni_tile(g, i, j, 4, 4); break;
+            default: q_vnni_tile(g, i, j, mr, np); break;
+        })
+}
+
+/* ------------------------------------------- int8, AVX2: 16-bit products and vpmaddwd */
+#define AVX2_TGT __attribute__((target("avx2,fma")))
+static AVX2_TGT inline __attribute__((always_inline)) void q_avx2_tile(const struct qmm *g, int64_t i, int64_t j,
+                                                                       int mr, int np) {
+    /* a panel's 64 bytes per k group are 16 columns x 4 k: as four quarters of 4 columns,
+       each widened to 16 int16 [c0k0..c0k3, c1k0.., ..]; vpmaddwd with the row's 4 values
+       (as int16, repeated) gives two int32 per column, (k0 + k1) and (k2 + k3), summed at the end. */
+    const int64_t Kq = g->K / 4, M = g->M;
+    __m256i acc[Q_TILE][Q_PANELS][4];
+    for (int r = 0; r < mr; r++)
+        for (int p = 0; p < np; p++)
+            for (int q = 0; q < 4; q++) acc[r][p][q] = _mm256_setzero_si256();
+    const int8_t *B = (const int8_t *)g->B + j * Kq * 4 * QNR;
+    const uint8_t *A = (const uint8_t *)g->A + i * g->lda;
+    for (int64_t kq = 0; kq < Kq; kq++) {
+        __m256i a[Q_TILE];
+        for (int r = 0; r < mr; r++) {
+            int32_t a4;
+            memcpy(&a4, A + r * g->lda + kq * 4, 4);
+            a[r] = _mm256_cvtepu8_epi16(_mm_set1_epi32(a4));
+        }
+        for (int p = 0; p < np; p++) {
+            const int8_t *w = B + (p * Kq + kq) * 4 * QNR;
+            for (int q = 0; q < 4; q++) {
+                const __m256i wq = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16 * q)));
+                for (int r = 0; r < mr; r++) acc[r][p][q] = _mm256_add_epi32(acc[r][p][q], _mm256_madd_epi16(a[r], wq));
+            }
+        }
+    }
+    int32_t out[Q_TILE * Q_PANELS * QNR];
+    for (int r = 0; r < mr; r++)
+        for (int p = 0; p < np; p++)
+            for (int q = 0; q < 4; q++) {
+                int32_t pair[8];
+                _mm256_storeu_si256((__m256i *)pair, acc[r][p][q]);
+                for (int c = 0; c < 4; c++) out[(r * Q_PANELS + p) * QNR + 4 * q + c] = pair[2 * c] + pair[2 * c + 1];
+            }
+    const int64_t cols = M - j * QNR < np * QNR ? M - j * QNR : np * QNR;
+    q_finish_i8(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);
+}
+
+static AVX2_TGT void qmm_i8_avx2(const struct qmm *g) {
+    const int64_t npan = QPAD(g->M) / QNR;
+    Q_TILE_LOOP(
+        switch (mr * 8 + np) {
+            case 8 + 4: q_avx2_tile(g, i, j, 1, 4); break;
+            case 16 + 4: q_avx2_tile(g, i, j, 2, 4); break;
+            default: q_avx2_tile(g, i, j, mr, np); break;
+        })
+}
+
+/* ------------------------------------------ bf16: vdpbf16ps, and its emulation on AVX-512 */
+#define BF16_TGT __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define AVX512_TGT __attribute__((target("avx512f,avx512bw")))
+#define Q_BF16_TILE(NAME, TGT_, DOT)                                                                          \
+    static TGT_ inline __attribute__((always_inline)) void NAME##_tile(const struct qmm *g, int64_t i, int64_t j, \
+                                                                       int mr, int np) {                      \
+        const int64_t Kp = g->K / 2, M = g->M;                                                                \
+        __m512 acc[Q_TILE][Q_PANELS];                                                                         \
+        for (int r = 0; r < mr; r++)                                                                          \
+            for (int p = 0; p < np; p++) acc[r][p] = _mm512_setzero_ps();                                     \
+        const uint16_t *B = (const uint16_t *)g->B + j * Kp * 2 * QNR;                                        \
+        const uint16_t *A = (const uint16_t *)g->A + i * g->lda;                                              \
+        for (int64_t kp = 0; kp < Kp; kp++) {                                                                 \
+            __m512i w[Q_PANELS];                                                                              \
+            for (int p = 0; p < np; p++) w[p] = _mm512_loadu_si512(B + (p * Kp + kp) * 2 * QNR);              \
+            for (int r = 0; r < mr; r++) {                                                                    \
+                int32_t a2;                                                                                   \
+                memcpy(&a2, A + r * g->lda + kp * 2, 4);                                                      \
+                const __m512i a = _mm512_set1_epi32(a2);                                                      \
+                for (int p = 0; p < np; p++) DOT(acc[r][p], a, w[p]);                                         \
+            }                                                                                                 \
+        }                                                                                                     \
+        float out[Q_TILE * Q_PANELS * QNR];                                                                   \
+        for (int r = 0; r < mr; r++)                                                                          \
+            for (int p = 0; p < np; p++) _mm512_storeu_ps(out + (r * Q_PANELS + p) * QNR, acc[r][p]);         \
+        const int64_t cols = M - j * QNR < np * QNR ? M - j * QNR : np * QNR;                                 \
+        q_finish_bf16(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);                                          \
+    }                                                                                                         \
+    static TGT_ void NAME(const struct qmm *g) {                                                              \
+        const int64_t npan = QPAD(g->M) / QNR;                                                                \
+        Q_TILE_LOOP(                                                                                          \
+            switch (mr * 8 + np) {                                                                            \
+                case 8 + 4: NAME##_tile(g, i, j, 1, 4); break;                                                \
+                case 16 + 4: NAME##_tile(g, i, j, 2, 4); break;                                               \
+                default: NAME##_tile(g, i, j, mr, np); break;                                                 \
+            })                                                                                                \
+    }
+
+#define DOT_BF16(acc, a, w) acc = _mm512_dpbf16_ps(acc, (__m512bh)(a), (__m512bh)(w))
+/* the odd element's product, then the even one's: each exact, each added with one rounding */
+#define DOT_EMU(acc, a, w)                                                                                     \
+    do {                                                                                                       \
+        const __m512i hi_ = _mm512_set1_epi32((int)0xffff0000);                                                \
+        acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(a, hi_)),                                   \
+                              _mm512_castsi512_ps(_mm512_and_si512(w, hi_)), acc);                             \
+        acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)),                                   \
+                              _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), acc);                             \
+    } while (0)
+Q_BF16_TILE(qmm_bf16_native, BF16_TGT, DOT_BF16)
+Q_BF16_TILE(qmm_bf16_avx512, AVX512_TGT, DOT_EMU)
+
+static AVX2_TGT void qmm_bf16_avx2(const struct qmm *g) {  /* 8 columns at a time, the same order */
+    const int64_t Kp = g->K / 2, np = QPAD(g->M) / QNR;
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000);
+    for (int64_t i = 0; i < g->n; i++) {
+        const uint16_t *A = (const uint16_t *)g->A + i * g->lda;
+        for (int64_t j = 0; j < np; j++) {
+            const uint16_t *B = (const uint16_t *)g->B + j * Kp * 2 * QNR;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            for (int64_t kp = 0; kp < Kp; kp++) {
+                int32_t a2;
+                memcpy(&a2, A + kp * 2, 4);
+                const __m256i a = _mm256_set1_epi32(a2);
+                const __m256 ahi = _mm256_castsi256_ps(_mm256_and_si256(a, hi));
+                const __m256 alo = _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(B + kp * 2 * QNR));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(B + kp * 2 * QNR + 16));
+                acc0 = _mm256_fmadd_ps(ahi, _mm256_castsi256_ps(_mm256_and_si256(w0, hi)), acc0);
+                acc1 = _mm256_fmadd_ps(ahi, _mm256_castsi256_ps(_mm256_and_si256(w1, hi)), acc1);
+                acc0 = _mm256_fmadd_ps(alo, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)), acc0);
+                acc1 = _mm256_fmadd_ps(alo, _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), acc1);
+            }
+            float out[QNR];
+            _mm256_storeu_ps(out, acc0);
+            _mm256_storeu_ps(out + 8, acc1);
+            const int64_t cols = g->M - j * QNR < QNR ? g->M - j * QNR : QNR;
+            q_finish_bf16(g, i, 1, j * QNR, cols, out, QNR);
+        }
+    }
+}
+#endif
+
+/* The quantized products this build has, from the plainest up; q_best picks what the CPU runs. */
+struct qpath {
+    const char *name;
+    int storage;  /* WQ_INT8 or WQ_BF16 */
+    qmm_fn fn;
+    int need;  /* 0: any CPU; 1: AVX2; 2: AVX-512; 3: AVX-512 VNNI; 4: AVX-512 BF16 */
+};
+static const struct qpath QPATHS[] = {
+    {"c", WQ_INT8, qmm_i8_base, 0},
+    {"c", WQ_BF16, qmm_bf16_base, 0},
+#ifdef HAVE_X86_VARIANTS
+    {"avx2", WQ_INT8, qmm_i8_avx2, 1},
+    {"avx2", WQ_BF16, qmm_bf16_avx2, 1},
+    {"avx512", WQ_BF16, qmm_bf16_avx512, 2},
+    {"avx512vnni", WQ_INT8, qmm_i8_vnni, 3},
+    {"avx512bf16", WQ_BF16, qmm_bf16_native, 4},
+#endif
+};
+#define NQPATHS ((int)(sizeof QPATHS / sizeof QPATHS[0]))
+
+#ifdef HAVE_X86_VARIANTS
+#include <cpuid.h>
+#endif
+/* The highest `need` level this CPU meets. */
+static int q_level(void) {
+#ifdef HAVE_X86_VARIANTS
+    __builtin_cpu_init();
+    int level = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
+    if (level && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) level = 2;
+    unsigned a, b, c, d;
+    int vnni = 0, bf16 = 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) vnni = (c >> 11) & 1;
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) bf16 = (a >> 5) & 1;
+    if (level == 2 && vnni) level = 3;
+    if (level == 3 && bf16) level = 4;
+    return level;
+#else
+    return 0;
+#endif
+}
+
+/* The best path for `storage` this CPU runs, at most `cap` (the level set_isa allows). */
+static const struct qpath *q_best(int storage, int cap) {
+    const struct qpath *best = NULL;
+    int level = q_level();
+    for (int i = 0; i < NQPATHS; i++)
+        if (QPATHS[i].storage == storage && QPATHS[i].need <= level && QPATHS[i].need <= cap &&
+            (!best || QPATHS[i].need > best->need))
+            best = &QPATHS[i];
+    return best;
+}
+#endif
