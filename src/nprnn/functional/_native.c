@@ -1223,7 +1223,7 @@ static PyObject *py_qlinear(PyObject *self, PyObject *const *args, Py_ssize_t na
         quant_rows_u8(n, K, Kp, xv->buf, K, q, Kp, qs, qz);
     else
         quant_rows_bf16(n, K, Kp, xv->buf, K, q, Kp);
-    struct qmm m = {n, Kp, M, q, Kp, qs, qz, w, ws, wu, out, M, bias, 0, sums};
+    struct qmm m = {n, Kp, M, q, Kp, qs, qz, w, ws, wu, out, M, bias, 0, sums, 0};
     path->fn(&m);
     Py_END_ALLOW_THREADS
 done:
@@ -1276,13 +1276,13 @@ static PyObject *py_set_qpath(PyObject *self, PyObject *arg) {
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
     if (!strcmp(name, "best")) {
-        q_cap = 99;
+        q_set_cap(q_cap = 99);
         Py_RETURN_NONE;
     }
     int level = q_level();
     for (int i = 0; i < NQPATHS; i++)
         if (!strcmp(name, QPATHS[i].name) && QPATHS[i].need <= level) {
-            q_cap = QPATHS[i].need;
+            q_set_cap(q_cap = QPATHS[i].need);
             Py_RETURN_NONE;
         }
     PyErr_Format(PyExc_ValueError, "_native.set_qpath: %s is not available on this CPU", name);
@@ -1317,6 +1317,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_native", NULL, -
 
 PyMODINIT_FUNC PyInit__native(void) {
     isa = best_isa();
+    q_set_cap(q_cap);  /* (asks the CPU once, here, with the GIL held) */
     if (PyType_Ready(&CallType) < 0 || PyType_Ready(&TeamType) < 0 || make_keys() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

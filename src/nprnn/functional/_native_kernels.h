@@ -486,24 +486,24 @@ struct FN(qrows) {
    columns apart) of w columns from column a, each block its own panels: C = Cin + A_q @ B. */
 static TGT void FN(qblocks)(const struct scan *s, int64_t nblk, int64_t stride, int64_t a, int64_t w, int64_t n,
                             int64_t K, const struct FN(qrows) *A, const void *B, const float *ws, const int32_t *wu,
-                            float *C, int64_t ldc, const float *Cin, int64_t ldcin) {
+                            float *C, int64_t ldc, const float *Cin, int64_t ldcin, int back) {
     const int64_t esz = s->wq == WQ_INT8 ? 1 : 2, grp = s->wq == WQ_INT8 ? 4 : 2, Kp = (K + grp - 1) / grp * grp;
-    for (int64_t g = 0; g < nblk; g++) {
-        const int64_t at = g * stride + a;
+    for (int64_t q = 0; q < nblk; q++) {  /* (back: blocks and tiles last to first, as part_mm) */
+        const int64_t g = back ? nblk - 1 - q : q, at = g * stride + a;
         struct qmm m = {n, Kp, w, A->q, A->ld, A->s, A->z, (const char *)B + g * Kp * QPAD(w) * esz,
-                        ws ? ws + at : 0, wu ? wu + at : 0, C + at, ldc, Cin ? Cin + at : 0, ldcin, 0};
+                        ws ? ws + at : 0, wu ? wu + at : 0, C + at, ldc, Cin ? Cin + at : 0, ldcin, 0, back};
         s->qmm(&m);
     }
 }
 
 /* Part p's gate columns of a quantized W_ih (ih) or W_hh: C (n, G*H) = Cin + A_q @ B_p. */
 static TGT inline void FN(qpart)(const struct scan *s, int ih, int64_t p, int64_t n, const struct FN(qrows) *A,
-                                 float *C, const float *Cin, int64_t ldcin) {
+                                 float *C, const float *Cin, int64_t ldcin, int back) {
     const int64_t GH = s->G * s->H, esz = s->wq == WQ_INT8 ? 1 : 2;
     const int one = s->parts == 1;
     const void *B = ih ? (const char *)s->wih + s->wih_at[p] * esz : (const char *)s->whh + s->whh_at[p] * esz;
     FN(qblocks)(s, one ? 1 : s->G, s->H, one ? 0 : s->units[p], one ? GH : s->units[p + 1] - s->units[p], n,
-                ih ? s->Hin : s->P, A, B, ih ? s->sih : s->shh, ih ? s->uih : s->uhh, C, GH, Cin, ldcin);
+                ih ? s->Hin : s->P, A, B, ih ? s->sih : s->shh, ih ? s->uih : s->uhh, C, GH, Cin, ldcin, back);
 }
 
 /* Rows of x (n, K) quantized into the given buffers (int8: with scales and zero points). */
@@ -533,7 +533,7 @@ static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0,
                  s->kx, s->qxs + r0, s->qxz + r0);
     team_barrier(s->team, me, nthr);
     const struct FN(qrows) all = {s->qx, s->kx, s->qxs, s->qxz};
-    for (int64_t p = p0; p < p1; p++) FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0);
+    for (int64_t p = p0; p < p1; p++) FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0, 0);
 }
 
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
@@ -562,7 +562,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
             FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gxs, GH, bias, 0);
             gx = gxs;
         }
-        if (qh) FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0);  /* h @ W_hh.T, quantized */
+        if (qh) FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0, back);  /* h @ W_hh.T, quantized */
         else if (!late) FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
         T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + rr * H;
         const T *bhn = (const T *)s->bhn;
@@ -575,7 +575,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
         return;
     }
     if (qh)
-        FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)xp, GH);  /* projected x + h @ W_hh.T, quantized */
+        FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)xp, GH, back);  /* projected x + h @ W_hh.T */
     else if (!late && xp)
         FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
     else if (!late)  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
@@ -663,7 +663,7 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
                 if (s->wq)
                     FN(qblocks)(s, 1, 0, b, w, n, H, &qrows,
                                 (const char *)s->whr + s->whr_at[p] * (s->wq == WQ_INT8 ? 1 : 2), s->shr, s->uhr,
-                                (float *)hn, P, 0, 0);
+                                (float *)hn, P, 0, 0, (int)((q + s->phase) & 1));
                 else
                     FN(mm)(n, H, w, m, H, (const T *)s->whr + s->whr_at[p], hn + b, P, 0, 0);
             }

@@ -44,10 +44,20 @@ struct qmm {
     const float *Cin;
     int64_t ldcin;
     int32_t *Ci;  /* int8, tests: the exact sums acc - z_x * rowsum_w here (ldc apart), not C */
+    int back;     /* the tiles last to first (each column's sum is the same) */
 };
 typedef void (*qmm_fn)(const struct qmm *);  /* (also declared in _native_core.h: C11 allows both) */
 
 /* ------------------------------------------------------------ the shared, baseline parts */
+/* A value the compiler may not fuse into the next addition: every path then rounds the
+   product and the sum apart, as the oracle does (only x86 has several paths to agree). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define Q_UNFUSED(v) __asm__("" : "+x"(v))
+#define Q_UNFUSED_V(v) __asm__("" : "+v"(v))
+#else
+#define Q_UNFUSED(v) ((void)0)
+#endif
+
 static inline float q_rint(float v) {  /* round half to even, for |v| < 2^22 (no libm call) */
     const float big = 12582912.0f;  /* 1.5 * 2^23 */
     return (v + big) - big;
@@ -56,7 +66,7 @@ static inline float q_rint(float v) {  /* round half to even, for |v| < 2^22 (no
 /* Rows of x (n, K) quantized as uint8 with a zero point, row by row (quant.quantize_rows_uint8):
    q (n, Kp) zero-padded past K, scale (n,), zero (n,).  A row holding NaN or infinity gets
    scale NaN (its products are NaN, as float32 arithmetic would make them). */
-static __attribute__((unused)) void quant_rows_u8(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
+static __attribute__((unused)) void quant_rows_u8_c(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
                                                   uint8_t *q, int64_t ldq, float *scale, int32_t *zero) {
     for (int64_t i = 0; i < n; i++) {
         const float *r = x + i * ldx;
@@ -96,7 +106,7 @@ static inline uint16_t q_bf16(float v) {
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
 }
 
-static __attribute__((unused)) void quant_rows_bf16(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
+static __attribute__((unused)) void quant_rows_bf16_c(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
                                                     uint16_t *q, int64_t ldq) {
     for (int64_t i = 0; i < n; i++) {
         for (int64_t k = 0; k < K; k++) q[i * ldq + k] = q_bf16(x[i * ldx + k]);
@@ -125,6 +135,7 @@ static void q_finish_i8(const struct qmm *g, int64_t i0, int mr, int64_t j0, int
         }
         for (int64_t c = 0; c < cols; c++) {
             float y = (float)(acc[i * lda + c] - zx * g->wu[j0 + c]) * (sx * g->ws[j0 + c]);
+            Q_UNFUSED(y);
             C[c] = Cin ? Cin[c] + y : y;
         }
     }
@@ -163,8 +174,9 @@ static __attribute__((unused)) void q_pack(const void *src, int64_t M, int64_t K
 }
 
 /* ------------------------------------------------------------------- int8, plain C */
-#define Q_TILE 4  /* rows of a tile; columns: up to Q_PANELS panels */
-#define Q_PANELS 4
+#define Q_TILE 4  /* rows of a tile; columns: up to Q_PANELS panels (Q_WIDE(mr) for mr rows) */
+#define Q_PANELS 8
+#define Q_WIDE(mr) ((mr) == 1 ? 8 : (mr) == 2 ? 6 : 4)  /* one row: 8 chains of sums, to cover the latency */
 
 static __attribute__((unused)) void qmm_i8_base(const struct qmm *g) {
     const int64_t Kq = g->K / 4, np = QPAD(g->M) / QNR;
@@ -209,11 +221,14 @@ static __attribute__((unused)) void qmm_bf16_base(const struct qmm *g) {
 #ifdef HAVE_X86_VARIANTS
 /* Tiles of mr rows by np panels, always inlined into a switch so that mr and np are
    constants: the accumulators stay in registers. */
-#define Q_TILE_LOOP(body)                                                                           \
+#define Q_TILE_LOOP(WIDE, body)                                                                           \
     for (int64_t i = 0; i < g->n; i += Q_TILE) {                                                     \
         const int mr = g->n - i < Q_TILE ? (int)(g->n - i) : Q_TILE;                                 \
-        for (int64_t j = 0; j < npan; j += Q_PANELS) {                                               \
-            const int np = npan - j < Q_PANELS ? (int)(npan - j) : Q_PANELS;                         \
+        const int wide = WIDE(mr);                                                                   \
+        const int64_t tiles = (npan + wide - 1) / wide;                                              \
+        for (int64_t t = 0; t < tiles; t++) {                                                        \
+            const int64_t j = (g->back ? tiles - 1 - t : t) * wide;                                  \
+            const int np = npan - j < wide ? (int)(npan - j) : wide;                                 \
             body                                                                                     \
         }                                                                                            \
     }
@@ -238,23 +253,104 @@ static VNNI_TGT inline __attribute__((always_inline)) void q_vnni_tile(const str
             for (int p = 0; p < np; p++) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], a, w[p]);
         }
     }
-    int32_t out[Q_TILE * Q_PANELS * QNR];
-    for (int r = 0; r < mr; r++)
-        for (int p = 0; p < np; p++) _mm512_storeu_si512(out + (r * Q_PANELS + p) * QNR, acc[r][p]);
     const int64_t cols = M - j * QNR < np * QNR ? M - j * QNR : np * QNR;
-    q_finish_i8(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);
+    if (g->Ci) {
+        int32_t out[Q_TILE * Q_PANELS * QNR];
+        for (int r = 0; r < mr; r++)
+            for (int p = 0; p < np; p++) _mm512_storeu_si512(out + (r * Q_PANELS + p) * QNR, acc[r][p]);
+        q_finish_i8(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);
+        return;
+    }
+    for (int p = 0; p < np; p++) {  /* q_finish_i8, 16 columns at a time */
+        const int64_t c0 = (j + p) * QNR, left = M - c0;
+        if (left <= 0) break;
+        const __mmask16 k = left >= QNR ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        const __m512i wu = _mm512_maskz_loadu_epi32(k, g->wu + c0);
+        const __m512 ws = _mm512_maskz_loadu_ps(k, g->ws + c0);
+        for (int r = 0; r < mr; r++) {
+            const int64_t row = i + r;
+            __m512i a = _mm512_sub_epi32(acc[r][p], _mm512_mullo_epi32(_mm512_set1_epi32(g->az[row]), wu));
+            __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(_mm512_set1_ps(g->as[row]), ws));
+            Q_UNFUSED_V(y);
+            if (g->Cin) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, g->Cin + row * g->ldcin + c0));
+            _mm512_mask_storeu_ps(g->C + row * g->ldc + c0, k, y);
+        }
+    }
 }
 
 static VNNI_TGT void qmm_i8_vnni(const struct qmm *g) {
     const int64_t npan = QPAD(g->M) / QNR;
-    Q_TILE_LOOP(
+    Q_TILE_LOOP(Q_WIDE,
         switch (mr * 8 + np) {
-            case 8 + 4: q_vnni_tile(g, i, j, 1, 4); break;
-            case 16 + 4: q_vnni_tile(g, i, j, 2, 4); break;
+            case 8 + 8: q_vnni_tile(g, i, j, 1, 8); break;
+            case 16 + 6: q_vnni_tile(g, i, j, 2, 6); break;
             case 24 + 4: q_vnni_tile(g, i, j, 3, 4); break;
             case 32 + 4: q_vnni_tile(g, i, j, 4, 4); break;
             default: q_vnni_tile(g, i, j, mr, np); break;
         })
+}
+
+/* quant_rows_u8 and quant_rows_bf16 on AVX-512: the same operations on 16 values at a time
+   (a division, the same rounding, the same clamps), so the same bytes. */
+#define AVX512_TGT __attribute__((target("avx512f,avx512bw,avx512vl")))
+static AVX512_TGT void quant_rows_u8_avx512(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
+                                            uint8_t *q, int64_t ldq, float *scale, int32_t *zero) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *r = x + i * ldx;
+        uint8_t *qr = q + i * ldq;
+        __m512 lo = _mm512_setzero_ps(), hi = lo, bad = lo;
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+            const __m512 v = _mm512_maskz_loadu_ps(m, r + k);
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
+            bad = _mm512_add_ps(bad, _mm512_sub_ps(v, v));
+        }
+        const float badsum = _mm512_reduce_add_ps(bad);
+        if (badsum != badsum) {
+            memset(qr, 0, (size_t)Kp);
+            scale[i] = badsum;
+            zero[i] = 0;
+            continue;
+        }
+        const float l = _mm512_reduce_min_ps(lo), h = _mm512_reduce_max_ps(hi);
+        const float sc = h > l ? (h - l) / 255.0f : 1.0f;
+        float z = q_rint(0.0f - l / sc);
+        z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
+        const __m512 vs = _mm512_set1_ps(sc), vz = _mm512_set1_ps(z), big = _mm512_set1_ps(12582912.0f);
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+            __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, r + k), vs);
+            v = _mm512_sub_ps(_mm512_add_ps(v, big), big);
+            v = _mm512_add_ps(v, vz);
+            v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+            _mm_mask_storeu_epi8(qr + k, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+        }
+        memset(qr + K, 0, (size_t)(Kp - K));
+        scale[i] = sc;
+        zero[i] = (int32_t)z;
+    }
+}
+
+static AVX512_TGT void quant_rows_bf16_avx512(int64_t n, int64_t K, int64_t Kp, const float *x, int64_t ldx,
+                                              uint16_t *q, int64_t ldq) {
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t k = 0; k < K; k += 16) {
+            const __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+            const __m512i u = _mm512_maskz_loadu_epi32(m, x + i * ldx + k);
+            const __m512i a = _mm512_and_si512(u, absm);
+            __m512i r = _mm512_srli_epi32(
+                _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+            const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, inf);
+            const __mmask16 den = _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, inf), _mm512_setzero_si512());
+            r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+            r = _mm512_mask_mov_epi32(r, den, _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x8000)));
+            _mm256_mask_storeu_epi16(q + i * ldq + k, m, _mm512_cvtepi32_epi16(r));
+        }
+        for (int64_t k = K; k < Kp; k++) q[i * ldq + k] = 0;
+    }
 }
 
 /* ------------------------------------------- int8, AVX2: 16-bit products and vpmaddwd */
@@ -298,19 +394,19 @@ static AVX2_TGT inline __attribute__((always_inline)) void q_avx2_tile(const str
     q_finish_i8(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);
 }
 
+#define Q_WIDE_AVX2(mr) ((mr) == 1 ? 2 : 1)  /* 16 registers: 4 accumulators a panel */
 static AVX2_TGT void qmm_i8_avx2(const struct qmm *g) {
     const int64_t npan = QPAD(g->M) / QNR;
-    Q_TILE_LOOP(
+    Q_TILE_LOOP(Q_WIDE_AVX2,
         switch (mr * 8 + np) {
-            case 8 + 4: q_avx2_tile(g, i, j, 1, 4); break;
-            case 16 + 4: q_avx2_tile(g, i, j, 2, 4); break;
+            case 8 + 2: q_avx2_tile(g, i, j, 1, 2); break;
+            case 16 + 1: q_avx2_tile(g, i, j, 2, 1); break;
             default: q_avx2_tile(g, i, j, mr, np); break;
         })
 }
 
 /* ------------------------------------------ bf16: vdpbf16ps, and its emulation on AVX-512 */
 #define BF16_TGT __attribute__((target("avx512f,avx512bw,avx512bf16")))
-#define AVX512_TGT __attribute__((target("avx512f,avx512bw")))
 #define Q_BF16_TILE(NAME, TGT_, DOT)                                                                          \
     static TGT_ inline __attribute__((always_inline)) void NAME##_tile(const struct qmm *g, int64_t i, int64_t j, \
                                                                        int mr, int np) {                      \
@@ -338,10 +434,12 @@ static AVX2_TGT void qmm_i8_avx2(const struct qmm *g) {
     }                                                                                                         \
     static TGT_ void NAME(const struct qmm *g) {                                                              \
         const int64_t npan = QPAD(g->M) / QNR;                                                                \
-        Q_TILE_LOOP(                                                                                          \
+        Q_TILE_LOOP(Q_WIDE,                                                                                   \
             switch (mr * 8 + np) {                                                                            \
-                case 8 + 4: NAME##_tile(g, i, j, 1, 4); break;                                                \
-                case 16 + 4: NAME##_tile(g, i, j, 2, 4); break;                                               \
+                case 8 + 8: NAME##_tile(g, i, j, 1, 8); break;                                                \
+                case 16 + 6: NAME##_tile(g, i, j, 2, 6); break;                                               \
+                case 24 + 4: NAME##_tile(g, i, j, 3, 4); break;                                               \
+                case 32 + 4: NAME##_tile(g, i, j, 4, 4); break;                                               \
                 default: NAME##_tile(g, i, j, mr, np); break;                                                 \
             })                                                                                                \
     }
@@ -413,13 +511,29 @@ static const struct qpath QPATHS[] = {
 #ifdef HAVE_X86_VARIANTS
 #include <cpuid.h>
 #endif
-/* The highest `need` level this CPU meets. */
+/* The activations' quantizers in use: AVX-512 where the paths in use may run it (the same
+   bytes as the plain C ones, which a forced "c" or "avx2" path runs). */
+typedef void (*q_u8_fn)(int64_t, int64_t, int64_t, const float *, int64_t, uint8_t *, int64_t, float *, int32_t *);
+typedef void (*q_bf16_fn)(int64_t, int64_t, int64_t, const float *, int64_t, uint16_t *, int64_t);
+static q_u8_fn quant_rows_u8 = quant_rows_u8_c;
+static q_bf16_fn quant_rows_bf16 = quant_rows_bf16_c;
+
+/* The highest `need` level this CPU meets, asked once (CPUID traps to the hypervisor on a
+   virtual machine: tens of microseconds). */
+static int q_level_asked = -1;
+static int q_ask_level(void);
 static int q_level(void) {
+    if (q_level_asked < 0) q_level_asked = q_ask_level();
+    return q_level_asked;
+}
+static int q_ask_level(void) {
 #ifdef HAVE_X86_VARIANTS
     __builtin_cpu_init();
     int level = 0;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
-    if (level && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) level = 2;
+    if (level && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        level = 2;
     unsigned a, b, c, d;
     int vnni = 0, bf16 = 0;
     if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) vnni = (c >> 11) & 1;
@@ -429,6 +543,17 @@ static int q_level(void) {
     return level;
 #else
     return 0;
+#endif
+}
+
+/* Use paths up to level `cap`: the quantizers follow. */
+static void q_set_cap(int cap) {
+#ifdef HAVE_X86_VARIANTS
+    const int v = q_level() >= 2 && cap >= 2;
+    quant_rows_u8 = v ? quant_rows_u8_avx512 : quant_rows_u8_c;
+    quant_rows_bf16 = v ? quant_rows_bf16_avx512 : quant_rows_bf16_c;
+#else
+    (void)cap;
 #endif
 }
 

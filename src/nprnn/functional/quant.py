@@ -11,7 +11,7 @@ int8 (what onnxruntime's ``DynamicQuantizeLSTM`` does, per row where it is per t
                  y   = acc * (s_x * s_w[j]) + b[j]                                   float32
 
 bf16 (what ``vdpbf16ps`` does): weights and activations rounded to bfloat16 (round to
-nearest even; NaN stays NaN), products accumulated in float32.  bfloat16 values are kept
+nearest even; NaN stays NaN), products accumulated in float32 in the instruction's order.  bfloat16 values are kept
 as their uint16 bit patterns (the top half of a float32).
 """
 from __future__ import annotations
@@ -43,11 +43,14 @@ def quantize_rows_uint8(x: Array) -> tuple[Array, Array, Array]:
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise ValueError(f"quantize_rows_uint8: expected (rows, cols), got shape {x.shape}")
+    bad = ~np.isfinite(x).all(axis=1)  # such a row's products are NaN: scale NaN, q and zero point 0
+    x = np.where(bad[:, None], np.float32(0), x)
     lo = np.minimum(x.min(axis=1, initial=0), 0).astype(np.float32)
     hi = np.maximum(x.max(axis=1, initial=0), 0).astype(np.float32)
     scale = np.where(hi > lo, (hi - lo) / np.float32(255), np.float32(1)).astype(np.float32)
     zero = np.clip(np.rint(np.float32(0) - lo / scale), 0, 255).astype(np.float32)
     q = np.clip(np.rint(x / scale[:, None]) + zero[:, None], 0, 255).astype(np.uint8)
+    scale[bad] = np.nan
     return q, scale, zero.astype(np.uint8)
 
 
@@ -85,12 +88,25 @@ def from_bf16_bits(bits: Array) -> Array:
     return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
+def _daz(bits: Array) -> Array:
+    """Denormal bfloat16 values as the instruction reads them: (signed) zero."""
+    bits = np.asarray(bits, np.uint16)
+    return np.where(bits & np.uint16(0x7F80), bits, bits & np.uint16(0x8000)).astype(np.uint16)
+
+
 def bf16_linear(x: Array, w_bits: Array, bias: Array | None = None) -> Array:
-    """``x @ W.T + b`` with ``W`` held as bfloat16 bits and ``x`` rounded to bfloat16, the
-    products accumulated in float32 (a float64 sum rounded once: ``vdpbf16ps`` sums pairs
-    in float32, within float32's rounding of this); float32 (rows, out)."""
-    xb = from_bf16_bits(to_bf16_bits(x)).astype(np.float64)
-    y: Array = (xb @ from_bf16_bits(w_bits).astype(np.float64).T).astype(np.float32)
+    """``x @ W.T + b`` with ``W`` held as bfloat16 bits and ``x`` rounded to bfloat16 (both
+    read with denormals as zero), the products summed in float32 as ``vdpbf16ps`` sums them:
+    each column over k in pairs, in order, the odd element's product added first, then the
+    even one's (each product is exact in float32, so each addition rounds once); float32
+    (rows, out).  Every compiled path makes the same sums."""
+    xb = from_bf16_bits(_daz(to_bf16_bits(x)))
+    wb = from_bf16_bits(_daz(w_bits)).T  # (K, out)
+    y: Array = np.zeros((xb.shape[0], wb.shape[1]), np.float32)
+    for k in range(0, xb.shape[1], 2):
+        if k + 1 < xb.shape[1]:
+            y += xb[:, k + 1, None] * wb[k + 1]
+        y += xb[:, k, None] * wb[k]
     if bias is not None:
         y += np.asarray(bias, np.float32)
     return y

@@ -22,7 +22,7 @@ import numpy as np
 
 from .._checks import as_array
 from .._typing import Array
-from ..functional import quant, reference
+from ..functional import qnative, quant, reference
 from ..functional.native import parameter_epoch
 from .cells import RNNCellBase
 from .layers import Linear
@@ -30,6 +30,7 @@ from .layout import layout_of
 from .module import Module, _PerThread
 from .recurrent import RNNBase
 from .stream import Stream
+from ..parallel.threads import THREADED
 
 STORAGES = ("int8", "bf16")
 _STEPS: dict[str, Callable[..., Any]] = {
@@ -179,7 +180,10 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
 
     def _run(self, x: Array, batch_sizes: list[int], states: list[Array]) -> tuple[Array, list[Array]]:
         """The stack on packed time-major rows (each step's rows, ``batch_sizes[t]`` of them,
-        are the sequences still running), layer after layer."""
+        are the sequences still running), layer after layer: compiled (:mod:`.qnative`)
+        where the compiled tier runs, else the reference steps."""
+        if qnative.available() and len(batch_sizes):
+            return self._run_compiled(x, batch_sizes, states)
         step = _STEPS[self.mode]
         starts = np.concatenate([[0], np.cumsum(batch_sizes)[:-1]]).astype(int)
         has_cell, D = self.kind.has_cell, self.num_directions
@@ -201,6 +205,42 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
                     finals[k].append(s)
             x = np.concatenate(outs, axis=1) if D == 2 else outs[0]
         assert has_cell == (len(states) == 2)
+        return x, [np.stack(f) for f in finals]
+
+    def _prepared_layer(self, index: int, N: int, steps: int) -> tuple[qnative.QPrepared, Any]:
+        """Layer-direction ``index``'s packed weights for a batch of N rows, and its team."""
+        G = self.kind.num_gates
+        H, P, H_in = self.hidden_size, self._h_out, self._weights[index]["weight_ih"].shape[1]
+        parts = THREADED.units(N, H, G * H * P + (H * P if self.proj_size else 0), steps)
+        key = (index, parts, qnative.path(self.storage))
+        hit = self._prepared.get(key)
+        if hit is None or hit[0] != parameter_epoch():
+            p = self._weights[index]
+            weights: dict[str, Any] = {}
+            for name, value in p.items():
+                if isinstance(value, QuantizedWeight):
+                    weights[name] = ((value._part("int8"), value._part("scale")) if self.storage == "int8"
+                                     else (value._part("bf16"), None))
+                else:
+                    weights[name] = value
+            hit = self._prepared[key] = (parameter_epoch(), qnative.prepare(self.mode, weights, self.storage, parts))
+        prep = hit[1]
+        return prep, THREADED.team(prep.parts) if prep.parts > 1 else None
+
+    def _run_compiled(self, x: Array, batch_sizes: list[int], states: list[Array]) -> tuple[Array, list[Array]]:
+        D = self.num_directions
+        finals: list[list[Array]] = [[] for _ in states]
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                prep, team = self._prepared_layer(layer * D + d, batch_sizes[0], len(batch_sizes))
+                h = np.array(states[0][layer * D + d], np.float32, order="C")
+                c = np.array(states[1][layer * D + d], np.float32, order="C") if len(states) == 2 else None
+                outs.append(qnative.forward(prep, x, batch_sizes, d == 1, h, c, team))
+                finals[0].append(h)
+                if c is not None:
+                    finals[1].append(c)
+            x = np.concatenate(outs, axis=1) if D == 2 else outs[0]
         return x, [np.stack(f) for f in finals]
 
     def stream(self, batch_size: Optional[int] = None) -> "QuantizedStream":

@@ -1,0 +1,143 @@
+"""The compiled tier of quantized weights (issue 25): one ``_native.scan`` call runs a
+layer-direction's whole loop with int8 or bfloat16 weights, the arithmetic of
+:mod:`.quant` (its oracle) compiled in ``_native_quant.h``.
+
+The loop is the float loop of :mod:`.native` with ``wq`` set (struct scan): the input
+rows are quantized and projected before the loop (one product over every packed row), the
+state is quantized at every step by each thread for its own part of the hidden units, and
+the gates are the float kernels'.  The weights are packed once (:class:`QPrepared`) into
+panels of 16 columns, k in groups of 4 (int8, what ``vpdpbusd`` takes) or pairs (bf16,
+``vdpbf16ps``), split into the same parts as float weights.  Inference only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .._typing import Array, OptArray
+from . import native, quant
+
+WQ = {"int8": 1, "bf16": 2}
+QNR = 16  # columns per panel (QNR in _native_quant.h)
+
+
+def available() -> bool:
+    """Whether quantized loops run compiled (else on :mod:`.quant`'s NumPy oracle)."""
+    return native.backend() == "native"
+
+
+def path(storage: str) -> Optional[str]:
+    """The compiled product path in use for ``storage`` ("avx512vnni", "avx2", "c", ...)."""
+    return native.compiled.qpath(storage) if available() else None
+
+
+def _k(K: int, storage: str) -> int:
+    """K padded to the storage's group of k (4 for int8, 2 for bf16)."""
+    g = 4 if storage == "int8" else 2
+    return -(-K // g) * g
+
+
+def packed(q: Array, storage: str) -> Array:
+    """A quantized weight ``q`` (M, K) (int8, or bf16 bits as uint16) in panels."""
+    M, K = q.shape
+    out = native.aligned_empty(-(-M // QNR) * QNR * _k(K, storage), q.dtype)
+    native.compiled.qpack(np.ascontiguousarray(q), out, M, K, 1 if storage == "int8" else 2)
+    return out
+
+
+def _packed_blocks(q: Array, blocks: Sequence[tuple[int, int]], storage: str) -> Array:
+    """The rows ``a..b`` of each block packed on their own, back to back (the order
+    parse_scan reads them: part by part, gate by gate within a part)."""
+    return np.concatenate([packed(q[a:b], storage) for a, b in blocks]) if len(blocks) > 1 else packed(q, storage)
+
+
+@dataclass
+class QPrepared:
+    """One quantized layer-direction's weights, arranged for the compiled loop: the packed
+    ``wih``, ``whh``, ``whr`` split into ``parts`` (as :class:`.native.Prepared`), each
+    output column's weight scale ``s*`` and row sum ``u*`` (int8), the float32 bias on the
+    input side (GRU: ``bhn`` apart)."""
+
+    kind: int
+    G: int
+    H: int
+    P: int
+    H_in: int
+    storage: str
+    parts: int
+    units: Array
+    pcols: Array
+    arrays: dict[str, Any]
+
+
+_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+
+
+def prepare(mode: str, weights: dict[str, Any], storage: str, parts: int) -> QPrepared:
+    """Arrange one layer-direction: ``weights`` maps ``weight_ih``, ``weight_hh``,
+    ``weight_hr`` to ``(q, scale)`` (int8) or ``(bits, None)`` (bf16) and ``bias_ih``,
+    ``bias_hh`` to float32 arrays (or None)."""
+    q_ih, s_ih = weights["weight_ih"]
+    q_hh, s_hh = weights["weight_hh"]
+    hr = weights.get("weight_hr")
+    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    H, P, H_in = q_hh.shape[0] // G, q_hh.shape[1], q_ih.shape[1]
+    parts = max(1, min(parts, H // QNR or 1, P // QNR or 1, 64))
+    units, pcols = native._bounds(H, parts, QNR), native._bounds(P, parts, QNR)
+    blocks = [(0, G * H)] if parts == 1 else [(g * H + a, g * H + b) for a, b in zip(units[:-1], units[1:])
+                                              for g in range(G)]
+    arrays: dict[str, Any] = {"wih": _packed_blocks(q_ih, blocks, storage), "whh": _packed_blocks(q_hh, blocks, storage)}
+    if hr is not None:
+        arrays["whr"] = _packed_blocks(hr[0], list(zip(pcols[:-1], pcols[1:])), storage)
+    if storage == "int8":
+        for key, (q, s) in (("ih", (q_ih, s_ih)), ("hh", (q_hh, s_hh))) + ((("hr", hr),) if hr is not None else ()):
+            arrays["s" + key] = np.ascontiguousarray(s, np.float32)
+            arrays["u" + key] = q.sum(axis=1, dtype=np.int32)
+    b_ih, b_hh = weights.get("bias_ih"), weights.get("bias_hh")
+    if b_ih is not None and b_hh is not None:
+        bias = np.array(b_ih, np.float32)
+        if mode == "gru":  # the candidate's hidden bias sits inside r * (...)
+            bias[: 2 * H] += b_hh[: 2 * H]
+            arrays["bhn"] = np.array(b_hh[2 * H:], np.float32)
+        else:
+            bias += b_hh
+        arrays["bias"] = bias
+    return QPrepared(_CODES[mode], G, H, P, H_in, storage, parts, units, pcols, arrays)
+
+
+def forward(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h: Array, c: OptArray,
+            team: Any = None) -> Array:
+    """One layer-direction over packed float32 rows ``x`` (T, H_in) whose steps have
+    ``batch_sizes[t]`` rows; ``h`` (N, P) and ``c`` (N, H) hold the initial state and
+    end as the final one.  Returns the output rows (T, P)."""
+    sizes, offsets = native._layout(batch_sizes)
+    T, N, P, H, GH = x.shape[0], int(sizes[0]), prep.P, prep.H, prep.G * prep.H
+    out = np.empty((T, P), np.float32)
+    if T == 0:
+        return out
+    wdt = np.uint8 if prep.storage == "int8" else np.uint16
+    kh = max(_k(P, prep.storage), _k(H, prep.storage) if "whr" in prep.arrays else 0)
+    work = {"xproj": (T, GH), "gates": (N, GH)}
+    if prep.kind == 2:
+        work["tc"] = (N, H)
+        if "whr" in prep.arrays:
+            work["m"] = (N, H)
+    if prep.kind == 3:
+        work["ghn"] = (N, H)
+    if prep.parts > 1:
+        work["hbuf"] = (2 * N, P)
+    spec = {name: native._aligned(shape, np.float32) for name, shape in work.items()}
+    spec.update(qx=native.aligned_empty(T * _k(prep.H_in, prep.storage), wdt),
+                qh=native.aligned_empty(prep.parts * N * kh, wdt))
+    if prep.storage == "int8":
+        spec.update(qxs=np.empty(T, np.float32), qxz=np.empty(T, np.int32),
+                    qhs=np.empty(prep.parts * N, np.float32), qhz=np.empty(prep.parts * N, np.int32))
+    spec.update(prep.arrays, back=0, kind=prep.kind, train=0, reverse=int(reverse), accumulate=0, r0=0, r1=N,
+                H=H, P=P, Hin=prep.H_in, itemsize=4, batch_sizes=sizes, offsets=offsets, x=np.ascontiguousarray(x),
+                out=out, h=h, c=c, wq=WQ[prep.storage], team=team if prep.parts > 1 else None)
+    if prep.parts > 1:
+        spec.update(parts=prep.parts, units=prep.units, pcols=prep.pcols)
+    native.compiled.scan(spec)
+    return out
