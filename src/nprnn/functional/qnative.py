@@ -50,7 +50,12 @@ def packed(q: Array, storage: str) -> Array:
 def _packed_blocks(q: Array, blocks: Sequence[tuple[int, int]], storage: str) -> Array:
     """The rows ``a..b`` of each block packed on their own, back to back (the order
     parse_scan reads them: part by part, gate by gate within a part)."""
-    return np.concatenate([packed(q[a:b], storage) for a, b in blocks]) if len(blocks) > 1 else packed(q, storage)
+    if len(blocks) == 1:
+        return packed(q, storage)
+    parts = [packed(q[a:b], storage) for a, b in blocks]
+    out = native.aligned_empty(sum(p.size for p in parts), q.dtype)  # (each block whole lines: 16 columns x 4 bytes)
+    np.concatenate(parts, out=out)
+    return out
 
 
 @dataclass
