@@ -117,11 +117,18 @@ def forward(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool
     """One layer-direction over packed float32 rows ``x`` (T, H_in) whose steps have
     ``batch_sizes[t]`` rows; ``h`` (N, P) and ``c`` (N, H) hold the initial state and
     end as the final one.  Returns the output rows (T, P)."""
+    out = np.empty((x.shape[0], prep.P), np.float32)
+    if x.shape[0]:
+        native.compiled.scan(spec(prep, np.ascontiguousarray(x), batch_sizes, reverse, h, c, out, team))
+    return out
+
+
+def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h: Array, c: OptArray, out: Array,
+         team: Any = None) -> dict[str, Any]:
+    """The ``_native.scan`` description of :func:`forward`'s loop, its work arrays made
+    (a stream makes it once, as a ``_native.Call``)."""
     sizes, offsets = native._layout(batch_sizes)
     T, N, P, H, GH = x.shape[0], int(sizes[0]), prep.P, prep.H, prep.G * prep.H
-    out = np.empty((T, P), np.float32)
-    if T == 0:
-        return out
     wdt = np.uint8 if prep.storage == "int8" else np.uint16
     kh = max(_k(P, prep.storage), _k(H, prep.storage) if "whr" in prep.arrays else 0)
     work = {"xproj": (T, GH), "gates": (N, GH)}
@@ -133,16 +140,15 @@ def forward(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool
         work["ghn"] = (N, H)
     if prep.parts > 1:
         work["hbuf"] = (2 * N, P)
-    spec = {name: native._aligned(shape, np.float32) for name, shape in work.items()}
-    spec.update(qx=native.aligned_empty(T * _k(prep.H_in, prep.storage), wdt),
+    arrays = {name: native._aligned(shape, np.float32) for name, shape in work.items()}
+    arrays.update(qx=native.aligned_empty(T * _k(prep.H_in, prep.storage), wdt),
                 qh=native.aligned_empty(prep.parts * N * kh, wdt))
     if prep.storage == "int8":
-        spec.update(qxs=np.empty(T, np.float32), qxz=np.empty(T, np.int32),
+        arrays.update(qxs=np.empty(T, np.float32), qxz=np.empty(T, np.int32),
                     qhs=np.empty(prep.parts * N, np.float32), qhz=np.empty(prep.parts * N, np.int32))
-    spec.update(prep.arrays, back=0, kind=prep.kind, train=0, reverse=int(reverse), accumulate=0, r0=0, r1=N,
-                H=H, P=P, Hin=prep.H_in, itemsize=4, batch_sizes=sizes, offsets=offsets, x=np.ascontiguousarray(x),
+    arrays.update(prep.arrays, back=0, kind=prep.kind, train=0, reverse=int(reverse), accumulate=0, r0=0, r1=N,
+                H=H, P=P, Hin=prep.H_in, itemsize=4, batch_sizes=sizes, offsets=offsets, x=x,
                 out=out, h=h, c=c, wq=WQ[prep.storage], team=team if prep.parts > 1 else None)
     if prep.parts > 1:
-        spec.update(parts=prep.parts, units=prep.units, pcols=prep.pcols)
-    native.compiled.scan(spec)
-    return out
+        arrays.update(parts=prep.parts, units=prep.units, pcols=prep.pcols)
+    return arrays

@@ -23,7 +23,7 @@ import numpy as np
 from .._checks import as_array
 from .._typing import Array
 from ..functional import qnative, quant, reference
-from ..functional.native import parameter_epoch
+from ..functional.native import parameter_epoch, plan_key
 from .cells import RNNCellBase
 from .layers import Linear
 from .layout import layout_of
@@ -249,10 +249,48 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
 
 
 class QuantizedStream(Stream):
-    """A :class:`~nprnn.stream.Stream` through a :class:`QuantizedRNN`: each step runs the
-    reference equations with the quantized products, as the sequence call does."""
+    """A :class:`~nprnn.stream.Stream` through a :class:`QuantizedRNN`: each step is the
+    sequence call's arithmetic, on the compiled tier one checked kernel call per layer
+    (``_native.Call``) into arrays the stream owns, else the reference equations.  The
+    state is float32, as the quantized layer computes."""
+
+    def __init__(self, layer: Any, batch_size: Optional[int] = None) -> None:
+        super().__init__(layer, batch_size)
+        self._h, self._outs, self._x = (self._h.astype(np.float32), [o.astype(np.float32) for o in self._outs],
+                                        self._x.astype(np.float32))
+        self._c = None if self._c is None else self._c.astype(np.float32)
+
+    def _native_calls(self) -> list[Any]:
+        layer = self._layer
+        N = self._h.shape[1]
+        key = (parameter_epoch(), qnative.path(layer.storage), plan_key())
+        if self._calls is not None and self._calls[0] == key:
+            return self._calls[1]
+        calls, x = [], self._x
+        for idx in range(layer.num_layers):
+            prep, team = layer._prepared_layer(idx, N, 1)
+            c = None if self._c is None else self._c[idx]
+            calls.append(qnative.native.compiled.Call(qnative.spec(prep, x, [N], False, self._h[idx], c,
+                                                                   self._outs[idx], team)))
+            x = self._outs[idx]
+        self._calls = (key, calls)
+        return calls
 
     def step(self, x_t: Any) -> Any:
+        if qnative.available():
+            layer = self._layer
+            x = as_array(x_t, "input", layer.dtype, layer._label)
+            want = (layer.input_size,) if self.batch_size is None else (self.batch_size, layer.input_size)
+            if x.shape != want:
+                raise ValueError(f"{layer._label} stream step: input must have shape {want}, got {x.shape}")
+            np.copyto(self._x, x.reshape(self._x.shape), casting="unsafe")
+            for call in self._native_calls():
+                call()
+            y = self._outs[-1]
+            return y.copy() if self.batch_size is not None else y[0].copy()
+        return self._reference_step(x_t)
+
+    def _reference_step(self, x_t: Any) -> Any:
         layer = self._layer
         x = as_array(x_t, "input", layer.dtype, layer._label)
         want = (layer.input_size,) if self.batch_size is None else (self.batch_size, layer.input_size)
