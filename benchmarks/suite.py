@@ -51,6 +51,7 @@ class Case:
     proj_size: int = 0
     settings: tuple = ()  # (name, value) pairs of nprnn.config for nprnn's calls
     idle: float = 0.0  # > 0: time the first call after this many idle seconds, not a block of calls
+    storage: str = ""  # "int8" or "bf16": nprnn.quantize(model, storage) is timed (and nprnn float32 beside it)
 
 
 def cases(quick: bool) -> list:
@@ -110,6 +111,27 @@ def stream_cases(quick: bool) -> list:
                     against=("torch", "onnxruntime")))
     out.append(Case("LSTM streaming step N=1 512->512, first step after 0.5 s idle", "LSTM", 1, 1, 512, 512,
                     mode="stream", idle=0.5, against=("torch", "onnxruntime")))
+    return out + quantized_cases(quick)
+
+
+def quantized_cases(quick: bool) -> list:
+    """nprnn.quantize (issue 25): int8 and bf16 nprnn against onnxruntime's float32 and its
+    dynamically quantized int8 model, and against nprnn float32."""
+    vs = ("nprnn float32", "onnxruntime", "onnxruntime int8")
+    out = []
+    for H in ((512,) if quick else (256, 512, 1024)):
+        out.append(Case(f"int8 LSTM N=1 L=100 {H}->{H}", "LSTM", 1, 100, H, H, storage="int8", against=vs))
+    out += [Case("int8 GRU N=1 L=100 512->512", "GRU", 1, 100, 512, 512, storage="int8",
+                 against=("nprnn float32", "onnxruntime")),
+            Case("int8 LSTM streaming step N=1 1024->1024", "LSTM", 1, 1, 1024, 1024, mode="stream", storage="int8",
+                 against=vs),
+            Case("int8 LSTM N=32 L=100 64->128 x2", "LSTM", 32, 100, 64, 128, 2, storage="int8", against=vs),
+            Case("bf16 LSTM N=1 L=100 1024->1024", "LSTM", 1, 100, 1024, 1024, storage="bf16", against=vs)]
+    if not quick:
+        out += [Case("int8 LSTM N=64 L=50 256->512 x2", "LSTM", 64, 50, 256, 512, 2, storage="int8", against=vs),
+                Case("bf16 LSTM N=1 L=100 512->512", "LSTM", 1, 100, 512, 512, storage="bf16", against=vs),
+                Case("bf16 LSTM streaming step N=1 1024->1024", "LSTM", 1, 1, 1024, 1024, mode="stream",
+                     storage="bf16", against=vs)]
     return out
 
 
@@ -234,6 +256,12 @@ def _with_settings(case: Case, fn):
     return run
 
 
+def _quantized(model, case: Case):
+    import nprnn
+
+    return nprnn.quantize(model, case.storage)
+
+
 def runners(case: Case, torch, threads: int) -> dict:
     """The timed function of nprnn and of each library the case is compared against."""
     import torch.nn.utils.rnn as tr
@@ -251,7 +279,10 @@ def runners(case: Case, torch, threads: int) -> dict:
     gt = torch.from_numpy(g)
     if case.mode == "inference":
         ours.eval()
-        fns["nprnn"] = _with_settings(case, lambda: ours(x))
+        model = _quantized(ours, case) if case.storage else ours
+        fns["nprnn"] = _with_settings(case, lambda: model(x))
+        if "nprnn float32" in case.against:
+            fns["nprnn float32"] = lambda: ours(x)
 
         def torch_infer():
             with torch.no_grad():
@@ -302,7 +333,8 @@ def _stream_runners(case, ours, theirs, torch, threads, rng):
     zeros = np.zeros((1, 1, H), np.float32)
     st = {"nprnn": (zeros, zeros) if lstm else zeros}
 
-    stream = ours.stream(1)
+    stream = (_quantized(ours, case) if case.storage else ours).stream(1)
+    float_stream = ours.stream(1)
     x_step = x[0]
 
     def np_step():
@@ -334,6 +366,8 @@ def _stream_runners(case, ours, theirs, torch, threads, rng):
             feeds["c0"] = res[2]
 
     fns = {"nprnn": np_step, "torch": torch_step}
+    if "nprnn float32" in case.against:
+        fns["nprnn float32"] = partial(float_stream.step, x_step)
     for name in ("onnxruntime", "onnxruntime int8"):
         if name in case.against:
             feeds = {"input": x, "h0": zeros}
@@ -415,7 +449,7 @@ def weight_bytes(case: Case) -> list:
     W_ih too (the projection of one step is a matrix-vector product as well)."""
     G = 4 if case.kind == "LSTM" else 3
     P = case.proj_size or case.H
-    size = np.dtype(case.dtype).itemsize
+    size = {"int8": 1, "bf16": 2}.get(case.storage, np.dtype(case.dtype).itemsize)
     per_layer = []
     for layer in range(case.layers):
         h_in = case.H_in if layer == 0 else P
