@@ -222,14 +222,18 @@ static __attribute__((unused)) void qmm_bf16_base(const struct qmm *g) {
 /* Tiles of mr rows by np panels, always inlined into a switch so that mr and np are
    constants: the accumulators stay in registers. */
 #define Q_TILE_LOOP(WIDE, body)                                                                           \
-    for (int64_t i = 0; i < g->n; i += Q_TILE) {                                                     \
-        const int mr = g->n - i < Q_TILE ? (int)(g->n - i) : Q_TILE;                                 \
-        const int wide = WIDE(mr);                                                                   \
+    {                                                                                                \
+        /* column blocks outside, row tiles inside: a block of B stays in cache while every        \
+           row goes by (many rows: the projection before the loop) */                              \
+        const int wide = WIDE(g->n < Q_TILE ? (int)g->n : Q_TILE);                                  \
         const int64_t tiles = (npan + wide - 1) / wide;                                              \
         for (int64_t t = 0; t < tiles; t++) {                                                        \
             const int64_t j = (g->back ? tiles - 1 - t : t) * wide;                                  \
             const int np = npan - j < wide ? (int)(npan - j) : wide;                                 \
-            body                                                                                     \
+            for (int64_t i = 0; i < g->n; i += Q_TILE) {                                             \
+                const int mr = g->n - i < Q_TILE ? (int)(g->n - i) : Q_TILE;                         \
+                body                                                                                 \
+            }                                                                                        \
         }                                                                                            \
     }
 
