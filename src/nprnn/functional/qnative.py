@@ -1,6 +1,6 @@
 """The compiled tier of quantized weights (issue 25): one ``_native.scan`` call runs a
 layer-direction's whole loop with int8 or bfloat16 weights, the arithmetic of
-:mod:`.quant` (its oracle) compiled in ``_native_quant.h``.
+:mod:`nprnn.functional.quant` (its oracle) compiled in ``_native_quant.h``.
 
 The loop is the float loop of :mod:`.native` with ``wq`` set (struct scan): the input
 rows are quantized and projected before the loop (one product over every packed row), the
@@ -17,10 +17,15 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .._typing import Array, OptArray
-from . import native, quant
+from . import native
 
 WQ = {"int8": 1, "bf16": 2}
 QNR = 16  # columns per panel (QNR in _native_quant.h)
+
+
+def compiled() -> Any:
+    """The compiled module (``_native``); call only where :func:`available`."""
+    return native.compiled
 
 
 def available() -> bool:
@@ -93,7 +98,8 @@ def prepare(mode: str, weights: dict[str, Any], storage: str, parts: int) -> QPr
     units, pcols = native._bounds(H, parts, QNR), native._bounds(P, parts, QNR)
     blocks = [(0, G * H)] if parts == 1 else [(g * H + a, g * H + b) for a, b in zip(units[:-1], units[1:])
                                               for g in range(G)]
-    arrays: dict[str, Any] = {"wih": _packed_blocks(q_ih, blocks, storage), "whh": _packed_blocks(q_hh, blocks, storage)}
+    arrays: dict[str, Any] = {"wih": _packed_blocks(q_ih, blocks, storage),
+                              "whh": _packed_blocks(q_hh, blocks, storage)}
     if hr is not None:
         arrays["whr"] = _packed_blocks(hr[0], list(zip(pcols[:-1], pcols[1:])), storage)
     if storage == "int8":
@@ -140,7 +146,7 @@ def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h
         work["ghn"] = (N, H)
     if prep.parts > 1:
         work["hbuf"] = (2 * N, P)
-    arrays = {name: native._aligned(shape, np.float32) for name, shape in work.items()}
+    arrays: dict[str, Any] = {name: native._aligned(shape, np.float32) for name, shape in work.items()}
     arrays.update(qx=native.aligned_empty(T * _k(prep.H_in, prep.storage), wdt),
                 qh=native.aligned_empty(prep.parts * N * kh, wdt))
     if prep.storage == "int8":
