@@ -43,7 +43,7 @@ def quantize_rows_uint8(x: Array) -> tuple[Array, Array, Array]:
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise ValueError(f"quantize_rows_uint8: expected (rows, cols), got shape {x.shape}")
-    bad: Array = ~np.isfinite(x).all(axis=1)  # such a row's products are NaN: scale NaN, q and zero point 0
+    bad: Array = np.asarray(~np.isfinite(x).all(axis=1))  # such a row's products are NaN: scale NaN, q and zero point 0
     x = np.where(bad[:, None], np.float32(0), x)
     lo = np.minimum(x.min(axis=1, initial=0), 0).astype(np.float32)
     hi = np.maximum(x.max(axis=1, initial=0), 0).astype(np.float32)
