@@ -546,17 +546,15 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.uhh = get(&b, ITEM(uhh), "uhh", 0, 4, GH, !i8, 0, NULL);
         s.shr = get(&b, ITEM(shr), "shr", 0, 4, P, !(i8 && proj), 0, NULL);
         s.uhr = get(&b, ITEM(uhr), "uhr", 0, 4, P, !(i8 && proj), 0, NULL);
-        s.qx = get(&b, ITEM(qx), "qx", 1, wsz, rows * s.kx, 0, 0, NULL);
+        /* the input rows: all of them before the loop (with xproj), else each thread's step */
+        const int64_t xrows = ITEM(xproj) && ITEM(xproj) != Py_None ? rows : s.parts * N;
+        s.qx = get(&b, ITEM(qx), "qx", 1, wsz, xrows * s.kx, 0, 0, NULL);
         s.qh = get(&b, ITEM(qh), "qh", 1, wsz, s.parts * N * s.kh, 0, 0, NULL);
-        s.qxs = get(&b, ITEM(qxs), "qxs", 1, 4, rows, !i8, 0, NULL);
-        s.qxz = get(&b, ITEM(qxz), "qxz", 1, 4, rows, !i8, 0, NULL);
+        s.qxs = get(&b, ITEM(qxs), "qxs", 1, 4, xrows, !i8, 0, NULL);
+        s.qxz = get(&b, ITEM(qxz), "qxz", 1, 4, xrows, !i8, 0, NULL);
         s.qhs = get(&b, ITEM(qhs), "qhs", 1, 4, s.parts * N, !i8, 0, NULL);
         s.qhz = get(&b, ITEM(qhz), "qhz", 1, 4, s.parts * N, !i8, 0, NULL);
         if (PyErr_Occurred()) goto fail;
-        if (!ITEM(xproj) || ITEM(xproj) == Py_None) {
-            PyErr_SetString(PyExc_ValueError, "_native.scan: quantized weights need xproj");
-            goto fail;
-        }
     }
     if (!back) {
         s.x = get(&b, ITEM(x), "x", 0, isz, rows * Hin, 0, 0, NULL);
@@ -574,7 +572,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
             PyErr_SetString(PyExc_ValueError, "_native.scan: xproj and parts are for a whole batch, not a row range");
             goto fail;
         }
-        if (s.parts > 1 && !s.xproj) {
+        if (s.parts > 1 && !s.xproj && !s.wq) {
             PyErr_SetString(PyExc_ValueError, "_native.scan: a loop split into parts needs xproj");
             goto fail;
         }

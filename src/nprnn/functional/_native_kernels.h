@@ -540,7 +540,7 @@ static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0,
    then the cell's elementwise work on units a..b, writing the new state's units to hn
    (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
 static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
-                                 T *hn, int back, int late, const struct FN(qrows) *qh) {
+                                 T *hn, int back, int late, const struct FN(qrows) *qh, const struct FN(qrows) *qx) {
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const int64_t a = s->units[p], w = s->units[p + 1] - a;
     const T *whh = (const T *)s->whh + s->whh_at[p];
@@ -557,7 +557,11 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     }
     if (s->kind == KIND_GRU) {
         const T *gx = xp;
-        if (!gx) {  /* in the loop: x @ W_ih.T + b for this step's rows */
+        if (!gx && qx) {  /* in the loop, quantized: this part's columns of x @ W_ih.T + b */
+            T *gxs = (T *)s->gxs + rr * GH;
+            FN(qpart)(s, 1, p, n, qx, (float *)gxs, (const float *)bias, 0, back);
+            gx = gxs;
+        } else if (!gx) {  /* in the loop: x @ W_ih.T + b for this step's rows */
             T *gxs = (T *)s->gxs + rr * GH;
             FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gxs, GH, bias, 0);
             gx = gxs;
@@ -574,7 +578,10 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
         }
         return;
     }
-    if (qh)
+    if (qh && qx) {  /* in the loop, quantized: x @ W_ih.T + b, then + h @ W_hh.T */
+        FN(qpart)(s, 1, p, n, qx, (float *)gates, (const float *)bias, 0, back);
+        FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)gates, GH, back);
+    } else if (qh)
         FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)xp, GH, back);  /* projected x + h @ W_hh.T */
     else if (!late && xp)
         FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
@@ -621,7 +628,7 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
        the call before read, still in the cache), the projection after it; the sum the tile
        makes of the two is the same either way (x @ W_ih.T + b, then + h @ W_hh.T). */
     const int late = !s->wq && s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1);
-    if (s->wq) /* quantized weights: the input rows quantized, then projected, before the loop */
+    if (s->wq && s->xproj) /* quantized weights: the input rows quantized, then projected, before the loop */
         FN(qproject)(s, me, nthr, p0, p1);
     else if (s->xproj && !late)  /* the input projection of every packed row, before the loop */
         for (int64_t p = p0; p < p1; p++)
@@ -650,10 +657,17 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
                            (hcols[p + 1] - hcols[p]) * sizeof(T));
         if (hbuf)  /* the other threads wrote this state: fetch all its lines at once, not one per wait */
             for (int64_t i = 0; i < n * P; i += 64 / (int64_t)sizeof(T)) __builtin_prefetch(hc + i);
-        struct FN(qrows) qrows;  /* quantized weights: this thread's copy of the state, quantized */
+        struct FN(qrows) qrows, qxrows;  /* quantized weights: this thread's copy of the state (and of
+                                            the step's input rows, projected in the loop), quantized */
         if (s->wq) qrows = FN(quantize_slot)(s, p0, n, P, (const float *)hc, P);
+        if (s->wq && !s->xproj) {
+            const int64_t esz = s->wq == WQ_INT8 ? 1 : 2;
+            qxrows = FN(quantize)(s, n, Hin, (const float *)s->x + row * Hin, Hin,
+                                  (char *)s->qx + p0 * N * s->kx * esz, s->kx, s->qxs + p0 * N, s->qxz + p0 * N);
+        }
         for (int64_t p = p0; p < p1; p++)
-            FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0);
+            FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0,
+                          s->wq && !s->xproj ? &qxrows : 0);
         if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
             team_barrier(s->team, me, nthr);
             const T *m = s->train ? (const T *)s->m + row * H : (const T *)s->m + rr * H;

@@ -551,7 +551,7 @@ static int q_ask_level(void) {
 }
 
 /* Use paths up to level `cap`: the quantizers follow. */
-static void q_set_cap(int cap) {
+static __attribute__((unused)) void q_set_cap(int cap) {
 #ifdef HAVE_X86_VARIANTS
     const int v = q_level() >= 2 && cap >= 2;
     quant_rows_u8 = v ? quant_rows_u8_avx512 : quant_rows_u8_c;
@@ -562,7 +562,7 @@ static void q_set_cap(int cap) {
 }
 
 /* The best path for `storage` this CPU runs, at most `cap` (the level set_isa allows). */
-static const struct qpath *q_best(int storage, int cap) {
+static __attribute__((unused)) const struct qpath *q_best(int storage, int cap) {
     const struct qpath *best = NULL;
     int level = q_level();
     for (int i = 0; i < NQPATHS; i++)

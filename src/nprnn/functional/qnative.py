@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .._typing import Array, OptArray
+from ..config import settings
 from . import native
 
 WQ = {"int8": 1, "bf16": 2}
@@ -137,7 +138,12 @@ def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h
     T, N, P, H, GH = x.shape[0], int(sizes[0]), prep.P, prep.H, prep.G * prep.H
     wdt = np.uint8 if prep.storage == "int8" else np.uint16
     kh = max(_k(P, prep.storage), _k(H, prep.storage) if "whr" in prep.arrays else 0)
-    work = {"xproj": (T, GH), "gates": (N, GH)}
+    # the input projection inside the loop, step by step, for a batch that reads W_ih
+    # for enough rows at each step (as the float loop decides); else before it
+    inloop = N >= settings.min_inloop_batch
+    work = {"gates": (N, GH)} if inloop else {"xproj": (T, GH), "gates": (N, GH)}
+    if inloop and prep.kind == 3:
+        work["gxs"] = (N, GH)
     if prep.kind == 2:
         work["tc"] = (N, H)
         if "whr" in prep.arrays:
@@ -147,10 +153,11 @@ def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h
     if prep.parts > 1:
         work["hbuf"] = (2 * N, P)
     arrays: dict[str, Any] = {name: native._aligned(shape, np.float32) for name, shape in work.items()}
-    arrays.update(qx=native.aligned_empty(T * _k(prep.H_in, prep.storage), wdt),
-                qh=native.aligned_empty(prep.parts * N * kh, wdt))
+    xrows = prep.parts * N if inloop else T  # the rows quantized at a time: each thread's step, or all
+    arrays.update(qx=native.aligned_empty(xrows * _k(prep.H_in, prep.storage), wdt),
+                  qh=native.aligned_empty(prep.parts * N * kh, wdt))
     if prep.storage == "int8":
-        arrays.update(qxs=np.empty(T, np.float32), qxz=np.empty(T, np.int32),
+        arrays.update(qxs=np.empty(xrows, np.float32), qxz=np.empty(xrows, np.int32),
                     qhs=np.empty(prep.parts * N, np.float32), qhz=np.empty(prep.parts * N, np.int32))
     arrays.update(prep.arrays, back=0, kind=prep.kind, train=0, reverse=int(reverse), accumulate=0, r0=0, r1=N,
                 H=H, P=P, Hin=prep.H_in, itemsize=4, batch_sizes=sizes, offsets=offsets, x=x,
