@@ -239,9 +239,40 @@ static __attribute__((unused)) void qmm_bf16_base(const struct qmm *g) {
 
 /* ----------------------------------------------------------------- int8, AVX-512 VNNI */
 #define VNNI_TGT __attribute__((target("avx512f,avx512bw,avx512vnni")))
+/* The int32 sums of a tile (acc[r * stride + p]: mr rows by np panels from panel j) into C,
+   q_finish_i8's arithmetic 16 columns at a time. */
+static VNNI_TGT inline __attribute__((always_inline)) void q_vnni_finish(const struct qmm *g, int64_t i, int mr,
+                                                                         int64_t j, int np, const __m512i *acc,
+                                                                         int stride) {
+    const int64_t M = g->M;
+    const int64_t cols = M - j * QNR < np * QNR ? M - j * QNR : np * QNR;
+    if (g->Ci) {
+        int32_t out[Q_TILE * Q_PANELS * QNR];
+        for (int r = 0; r < mr; r++)
+            for (int p = 0; p < np; p++) _mm512_storeu_si512(out + (r * Q_PANELS + p) * QNR, acc[r * stride + p]);
+        q_finish_i8(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);
+        return;
+    }
+    for (int p = 0; p < np; p++) {  /* q_finish_i8, 16 columns at a time */
+        const int64_t c0 = (j + p) * QNR, left = M - c0;
+        if (left <= 0) break;
+        const __mmask16 k = left >= QNR ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        const __m512i wu = _mm512_maskz_loadu_epi32(k, g->wu + c0);
+        const __m512 ws = _mm512_maskz_loadu_ps(k, g->ws + c0);
+        for (int r = 0; r < mr; r++) {
+            const int64_t row = i + r;
+            __m512i a = _mm512_sub_epi32(acc[r * stride + p], _mm512_mullo_epi32(_mm512_set1_epi32(g->az[row]), wu));
+            __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(_mm512_set1_ps(g->as[row]), ws));
+            Q_UNFUSED_V(y);
+            if (g->Cin) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, g->Cin + row * g->ldcin + c0));
+            _mm512_mask_storeu_ps(g->C + row * g->ldc + c0, k, y);
+        }
+    }
+}
+
 static VNNI_TGT inline __attribute__((always_inline)) void q_vnni_tile(const struct qmm *g, int64_t i, int64_t j,
                                                                        int mr, int np) {
-    const int64_t Kq = g->K / 4, M = g->M;
+    const int64_t Kq = g->K / 4;
     __m512i acc[Q_TILE][Q_PANELS];
     for (int r = 0; r < mr; r++)
         for (int p = 0; p < np; p++) acc[r][p] = _mm512_setzero_si512();
@@ -257,36 +288,36 @@ static VNNI_TGT inline __attribute__((always_inline)) void q_vnni_tile(const str
             for (int p = 0; p < np; p++) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], a, w[p]);
         }
     }
-    const int64_t cols = M - j * QNR < np * QNR ? M - j * QNR : np * QNR;
-    if (g->Ci) {
-        int32_t out[Q_TILE * Q_PANELS * QNR];
-        for (int r = 0; r < mr; r++)
-            for (int p = 0; p < np; p++) _mm512_storeu_si512(out + (r * Q_PANELS + p) * QNR, acc[r][p]);
-        q_finish_i8(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);
-        return;
+    q_vnni_finish(g, i, mr, j, np, &acc[0][0], Q_PANELS);
+}
+
+static VNNI_TGT inline __attribute__((always_inline)) void q_vnni_row8(const struct qmm *g, int64_t i, int64_t j) {
+    const int64_t Kq = g->K / 4, ps = Kq * 4 * QNR;
+    const int8_t *B = (const int8_t *)g->B + j * ps;
+    const uint8_t *A = (const uint8_t *)g->A + i * g->lda;
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    for (int64_t kq = 0; kq < Kq; kq++, B += 4 * QNR) {
+        int32_t a4;
+        memcpy(&a4, A + kq * 4, 4);
+        const __m512i a = _mm512_set1_epi32(a4);
+        c0 = _mm512_dpbusd_epi32(c0, a, _mm512_loadu_si512(B));
+        c1 = _mm512_dpbusd_epi32(c1, a, _mm512_loadu_si512(B + ps));
+        c2 = _mm512_dpbusd_epi32(c2, a, _mm512_loadu_si512(B + 2 * ps));
+        c3 = _mm512_dpbusd_epi32(c3, a, _mm512_loadu_si512(B + 3 * ps));
+        c4 = _mm512_dpbusd_epi32(c4, a, _mm512_loadu_si512(B + 4 * ps));
+        c5 = _mm512_dpbusd_epi32(c5, a, _mm512_loadu_si512(B + 5 * ps));
+        c6 = _mm512_dpbusd_epi32(c6, a, _mm512_loadu_si512(B + 6 * ps));
+        c7 = _mm512_dpbusd_epi32(c7, a, _mm512_loadu_si512(B + 7 * ps));
     }
-    for (int p = 0; p < np; p++) {  /* q_finish_i8, 16 columns at a time */
-        const int64_t c0 = (j + p) * QNR, left = M - c0;
-        if (left <= 0) break;
-        const __mmask16 k = left >= QNR ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-        const __m512i wu = _mm512_maskz_loadu_epi32(k, g->wu + c0);
-        const __m512 ws = _mm512_maskz_loadu_ps(k, g->ws + c0);
-        for (int r = 0; r < mr; r++) {
-            const int64_t row = i + r;
-            __m512i a = _mm512_sub_epi32(acc[r][p], _mm512_mullo_epi32(_mm512_set1_epi32(g->az[row]), wu));
-            __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(_mm512_set1_ps(g->as[row]), ws));
-            Q_UNFUSED_V(y);
-            if (g->Cin) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, g->Cin + row * g->ldcin + c0));
-            _mm512_mask_storeu_ps(g->C + row * g->ldc + c0, k, y);
-        }
-    }
+    const __m512i acc[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
+    q_vnni_finish(g, i, 1, j, 8, (const __m512i *)acc, 8);
 }
 
 static VNNI_TGT void qmm_i8_vnni(const struct qmm *g) {
     const int64_t npan = QPAD(g->M) / QNR;
     Q_TILE_LOOP(Q_WIDE,
         switch (mr * 8 + np) {
-            case 8 + 8: q_vnni_tile(g, i, j, 1, 8); break;
+            case 8 + 8: q_vnni_row8(g, i, j); break;
             case 16 + 6: q_vnni_tile(g, i, j, 2, 6); break;
             case 24 + 4: q_vnni_tile(g, i, j, 3, 4); break;
             case 32 + 4: q_vnni_tile(g, i, j, 4, 4); break;

@@ -120,20 +120,21 @@ def prepare(mode: str, weights: dict[str, Any], storage: str, parts: int) -> QPr
 
 
 def forward(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h: Array, c: OptArray,
-            team: Any = None) -> Array:
+            team: Any = None, pool: Optional[dict[Any, Any]] = None, key: Any = None) -> Array:
     """One layer-direction over packed float32 rows ``x`` (T, H_in) whose steps have
     ``batch_sizes[t]`` rows; ``h`` (N, P) and ``c`` (N, H) hold the initial state and
-    end as the final one.  Returns the output rows (T, P)."""
+    end as the final one; ``pool`` keeps the work arrays between calls under ``key``.
+    Returns the output rows (T, P)."""
     out = np.empty((x.shape[0], prep.P), np.float32)
     if x.shape[0]:
-        native.compiled.scan(spec(prep, np.ascontiguousarray(x), batch_sizes, reverse, h, c, out, team))
+        native.compiled.scan(spec(prep, np.ascontiguousarray(x), batch_sizes, reverse, h, c, out, team, pool, key))
     return out
 
 
 def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h: Array, c: OptArray, out: Array,
-         team: Any = None) -> dict[str, Any]:
+         team: Any = None, pool: Optional[dict[Any, Any]] = None, key: Any = None) -> dict[str, Any]:
     """The ``_native.scan`` description of :func:`forward`'s loop, its work arrays made
-    (a stream makes it once, as a ``_native.Call``)."""
+    or taken from ``pool`` (a stream makes it once, as a ``_native.Call``)."""
     sizes, offsets = native._layout(batch_sizes)
     T, N, P, H, GH = x.shape[0], int(sizes[0]), prep.P, prep.H, prep.G * prep.H
     wdt = np.uint8 if prep.storage == "int8" else np.uint16
@@ -152,13 +153,15 @@ def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h
         work["ghn"] = (N, H)
     if prep.parts > 1:
         work["hbuf"] = (2 * N, P)
-    arrays: dict[str, Any] = {name: native._aligned(shape, np.float32) for name, shape in work.items()}
     xrows = prep.parts * N if inloop else T  # the rows quantized at a time: each thread's step, or all
-    arrays.update(qx=native.aligned_empty(xrows * _k(prep.H_in, prep.storage), wdt),
-                  qh=native.aligned_empty(prep.parts * N * kh, wdt))
     if prep.storage == "int8":
-        arrays.update(qxs=np.empty(xrows, np.float32), qxz=np.empty(xrows, np.int32),
-                    qhs=np.empty(prep.parts * N, np.float32), qhz=np.empty(prep.parts * N, np.int32))
+        work.update(qxs=(xrows, 1), qhs=(prep.parts * N, 1))
+    arrays: dict[str, Any] = dict(native._arrays(work, np.float32, pool, (key, "quantized work")))
+    arrays.update(native._arrays({"qx": (xrows, _k(prep.H_in, prep.storage)), "qh": (prep.parts * N, kh)}, wdt,
+                                 pool, (key, "quantized rows")))
+    if prep.storage == "int8":
+        arrays.update(native._arrays({"qxz": (xrows, 1), "qhz": (prep.parts * N, 1)}, np.int32, pool,
+                                     (key, "quantized zero points")))
     arrays.update(prep.arrays, back=0, kind=prep.kind, train=0, reverse=int(reverse), accumulate=0, r0=0, r1=N,
                 H=H, P=P, Hin=prep.H_in, itemsize=4, batch_sizes=sizes, offsets=offsets, x=x,
                 out=out, h=h, c=c, wq=WQ[prep.storage], team=team if prep.parts > 1 else None)

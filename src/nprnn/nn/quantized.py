@@ -248,6 +248,7 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
 
     def _run_compiled(self, x: Array, batch_sizes: list[int], states: list[Array]) -> tuple[Array, list[Array]]:
         D = self.num_directions
+        pool = self._pool()  # work arrays kept between calls (fresh memory costs page faults)
         finals: list[list[Array]] = [[] for _ in states]
         for layer in range(self.num_layers):
             outs = []
@@ -255,7 +256,7 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
                 prep, team = self._prepared_layer(layer * D + d, batch_sizes[0], len(batch_sizes))
                 h = np.array(states[0][layer * D + d], np.float32, order="C")
                 c = np.array(states[1][layer * D + d], np.float32, order="C") if len(states) == 2 else None
-                outs.append(qnative.forward(prep, x, batch_sizes, d == 1, h, c, team))
+                outs.append(qnative.forward(prep, x, batch_sizes, d == 1, h, c, team, pool, layer * D + d))
                 finals[0].append(h)
                 if c is not None:
                     finals[1].append(c)
