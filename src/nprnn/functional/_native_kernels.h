@@ -527,11 +527,12 @@ static TGT inline struct FN(qrows) FN(quantize_slot)(const struct scan *s, int64
 
 /* A quantized loop's input projection before the loop: thread me quantizes its share of
    the rows, then (every row quantized) each part's columns of every row, bias added. */
-static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0, int64_t p1) {
+static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0, int64_t p1, int late) {
     const int64_t r0 = s->rows * me / nthr, r1 = s->rows * (me + 1) / nthr, esz = s->wq == WQ_INT8 ? 1 : 2;
     FN(quantize)(s, r1 - r0, s->Hin, (const float *)s->x + r0 * s->Hin, s->Hin, (char *)s->qx + r0 * s->kx * esz,
                  s->kx, s->qxs + r0, s->qxz + r0);
     team_barrier(s->team, me, nthr);
+    if (late) return;  /* (a stream's odd call projects after h @ W_hh.T: see step_part) */
     const struct FN(qrows) all = {s->qx, s->kx, s->qxs, s->qxz};
     for (int64_t p = p0; p < p1; p++) FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0, 0);
 }
@@ -548,8 +549,14 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
     T *xp = s->xproj ? (T *)s->xproj + row * GH : 0;
     if (late) {  /* h @ W_hh.T, then the projection, both backwards; added as the tile adds it */
-        FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, 1);
-        FN(part_mm)(s, p, n, Hin, x, Hin, (const T *)s->wih + s->wih_at[p], xp, bias, 0, 1);
+        if (qh) {  /* quantized: x @ W_ih.T + b, then h's product added to it (a + b = b + a: the same bits) */
+            const struct FN(qrows) all = {s->qx, s->kx, s->qxs, s->qxz};
+            FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0, 1);
+            FN(qpart)(s, 1, p, n, &all, (float *)xp, (const float *)bias, 0, 1);
+        } else {
+            FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, 1);
+            FN(part_mm)(s, p, n, Hin, x, Hin, (const T *)s->wih + s->wih_at[p], xp, bias, 0, 1);
+        }
         if (s->kind != KIND_GRU)
             for (int64_t r = 0; r < n; r++)
                 for (int64_t g = 0; g < s->G; g++)
@@ -566,7 +573,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
             FN(mm)(n, Hin, GH, x, Hin, (const T *)s->wih, gxs, GH, bias, 0);
             gx = gxs;
         }
-        if (qh) FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0, back);  /* h @ W_hh.T, quantized */
+        if (qh && !late) FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0, back);  /* h @ W_hh.T, quantized */
         else if (!late) FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
         T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + rr * H;
         const T *bhn = (const T *)s->bhn;
@@ -581,7 +588,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     if (qh && qx) {  /* in the loop, quantized: x @ W_ih.T + b, then + h @ W_hh.T */
         FN(qpart)(s, 1, p, n, qx, (float *)gates, (const float *)bias, 0, back);
         FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)gates, GH, back);
-    } else if (qh)
+    } else if (qh && !late)
         FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)xp, GH, back);  /* projected x + h @ W_hh.T */
     else if (!late && xp)
         FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
@@ -627,9 +634,9 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
        they are large: every other call reads them backwards, W_hh first (the last weights
        the call before read, still in the cache), the projection after it; the sum the tile
        makes of the two is the same either way (x @ W_ih.T + b, then + h @ W_hh.T). */
-    const int late = !s->wq && s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1);
+    const int late = s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1);
     if (s->wq && s->xproj) /* quantized weights: the input rows quantized, then projected, before the loop */
-        FN(qproject)(s, me, nthr, p0, p1);
+        FN(qproject)(s, me, nthr, p0, p1, late);
     else if (s->xproj && !late)  /* the input projection of every packed row, before the loop */
         for (int64_t p = p0; p < p1; p++)
             FN(part_mm)(s, p, s->rows, Hin, (const T *)s->x, Hin, (const T *)s->wih + s->wih_at[p], (T *)s->xproj,
