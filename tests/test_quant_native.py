@@ -1,5 +1,6 @@
 """The compiled quantized products and loops (issue 25) against their NumPy oracle
-(nprnn.functional.quant): every path's int32 sums equal the oracle's, product by product;
+(nprnn.functional.quant): every path's int32 sums (plain C, AVX2, AVX-512 VNNI, AMX)
+equal the oracle's, product by product;
 every bf16 path makes the oracle's float32 sums bit for bit; the AVX2 and plain-C paths,
 forced on this machine, give the VNNI / vdpbf16ps path's layer outputs bit for bit; and a
 quantized layer computed on the compiled tier agrees with the NumPy tier within 1e-5."""
@@ -11,7 +12,8 @@ from nprnn import config
 from nprnn.functional import native, qnative, quant
 
 needs_native = pytest.mark.skipif(native.compiled is None, reason="the compiled tier is not built")
-SHAPES = [(1, 5, 3), (3, 37, 50), (7, 256, 1024), (13, 130, 33), (2, 1024, 17)]
+SHAPES = [(1, 5, 3), (3, 37, 50), (7, 256, 1024), (13, 130, 33), (2, 1024, 17),
+          (16, 64, 16), (37, 128, 50), (100, 256, 129)]  # (whole 16-row blocks, K a multiple of 64: AMX's tiles)
 
 
 @pytest.fixture
@@ -151,12 +153,15 @@ def test_forced_paths_give_the_best_paths_outputs_bit_for_bit(storage, each_path
     xs = [rng.standard_normal((12, N, 24)).astype(np.float32) for N in (2, 16)]  # projected before / in the loop
     models = [nprnn.quantize(_model("LSTM", proj_size=20, num_layers=2), storage),
               nprnn.quantize(_model("GRU", bidirectional=True), storage)]
-    best = [_flat(m(x)) for m in models for x in xs]
+    wide = nprnn.quantize(nprnn.LSTM(64, 64, num_layers=2, seed=2).eval(), storage)  # K = 64: AMX's tiles at N=16
+    xs64 = [rng.standard_normal((12, N, 64)).astype(np.float32) for N in (2, 16)]
+    best = [_flat(m(x)) for m in models for x in xs] + [_flat(wide(x)) for x in xs64]
     for path in each_path[storage][:-1]:
         native.compiled.set_qpath(path)
-        for m in models:
+        for m in models + [wide]:
             m._prepared.clear()
-        np.testing.assert_array_equal(np.concatenate([_flat(m(x)) for m in models for x in xs]),
+        np.testing.assert_array_equal(np.concatenate([_flat(m(x)) for m in models for x in xs]
+                                                     + [_flat(wide(x)) for x in xs64]),
                                       np.concatenate(best), err_msg=path)
 
 

@@ -523,12 +523,96 @@ static AVX2_TGT void qmm_bf16_avx2(const struct qmm *g) {  /* 8 columns at a tim
 }
 #endif
 
+/* ------------------------------------------- int8, AMX: 16-row tiles (Sapphire Rapids on) */
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define HAVE_AMX 1
+#define AMX_TGT __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni")))
+/* The tiles: C in 0..3 (16 rows x 16 int32, a panel each), A in 4 (16 rows x 64 k), B in 5..7
+   (16 groups of 4 k x 16 columns: a panel's 1 KiB, as packed). */
+struct q_tilecfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* A block of 16 rows from i by np <= 4 panels from j, K a multiple of 64: its exact int32
+   sums through the tiles, then finished as the VNNI tiles finish theirs. */
+static AMX_TGT void q_amx_block(const struct qmm *g, int64_t i, int64_t j, int np) {
+    const int64_t ps = g->K / 4 * 4 * QNR;  /* bytes between panels */
+    const uint8_t *A = (const uint8_t *)g->A + i * g->lda;
+    const int8_t *B = (const int8_t *)g->B + j * ps;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k0 = 0; k0 < g->K; k0 += 64) {
+        const int8_t *b = B + k0 / 4 * 4 * QNR;
+        _tile_loadd(4, A + k0, g->lda);
+        _tile_loadd(5, b, 4 * QNR);
+        _tile_dpbusd(0, 4, 5);
+        if (np > 1) {
+            _tile_loadd(6, b + ps, 4 * QNR);
+            _tile_dpbusd(1, 4, 6);
+        }
+        if (np > 2) {
+            _tile_loadd(7, b + 2 * ps, 4 * QNR);
+            _tile_dpbusd(2, 4, 7);
+        }
+        if (np > 3) {
+            _tile_loadd(5, b + 3 * ps, 4 * QNR);
+            _tile_dpbusd(3, 4, 5);
+        }
+    }
+    __m512i out[16 * 4];  /* row r, panel p at r * 4 + p */
+    _tile_stored(0, out, 4 * 64);
+    if (np > 1) _tile_stored(1, out + 1, 4 * 64);
+    if (np > 2) _tile_stored(2, out + 2, 4 * 64);
+    if (np > 3) _tile_stored(3, out + 3, 4 * 64);
+    for (int r0 = 0; r0 < 16; r0 += Q_TILE) q_vnni_finish(g, i + r0, Q_TILE, j, np, out + r0 * 4, 4);
+}
+
+static void qmm_i8_vnni(const struct qmm *g);
+/* Blocks of 16 rows on the tiles where K is a multiple of 64, the other rows (and every row
+   of other K) on VNNI: the same integers either way. */
+static AMX_TGT void qmm_i8_amx(const struct qmm *g) {
+    const int64_t full = g->K % 64 ? 0 : g->n / 16 * 16, npan = QPAD(g->M) / QNR;
+    if (full) {
+        struct q_tilecfg cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) {
+            cfg.rows[t] = 16;
+            cfg.colsb[t] = 64;
+        }
+        _tile_loadconfig(&cfg);
+        const int64_t tiles = (npan + 3) / 4;
+        for (int64_t t = 0; t < tiles; t++) {  /* a block of B (4 KiB a step of k) for every row block */
+            const int64_t j = (g->back ? tiles - 1 - t : t) * 4;
+            const int np = npan - j < 4 ? (int)(npan - j) : 4;
+            for (int64_t i = 0; i < full; i += 16) q_amx_block(g, i, j, np);
+        }
+        _tile_release();
+    }
+    if (full < g->n) {
+        struct qmm rest = *g;
+        rest.n = g->n - full;
+        rest.A = (const uint8_t *)g->A + full * g->lda;
+        rest.as = g->as + full;
+        rest.az = g->az + full;
+        rest.C = g->C + full * g->ldc;
+        rest.Cin = g->Cin ? g->Cin + (g->ldcin ? full * g->ldcin : 0) : 0;
+        rest.Ci = g->Ci ? g->Ci + full * g->ldc : 0;
+        qmm_i8_vnni(&rest);
+    }
+}
+#endif
+
 /* The quantized products this build has, from the plainest up; q_best picks what the CPU runs. */
 struct qpath {
     const char *name;
     int storage;  /* WQ_INT8 or WQ_BF16 */
     qmm_fn fn;
-    int need;  /* 0: any CPU; 1: AVX2; 2: AVX-512; 3: AVX-512 VNNI; 4: AVX-512 BF16 */
+    int need;  /* 0: any CPU; 1: AVX2; 2: AVX-512; 3: AVX-512 VNNI; 4: AVX-512 BF16; 5: AMX-INT8 (permitted) */
 };
 static const struct qpath QPATHS[] = {
     {"c", WQ_INT8, qmm_i8_base, 0},
@@ -538,6 +622,9 @@ static const struct qpath QPATHS[] = {
     {"avx2", WQ_BF16, qmm_bf16_avx2, 1},
     {"avx512", WQ_BF16, qmm_bf16_avx512, 2},
     {"avx512vnni", WQ_INT8, qmm_i8_vnni, 3},
+#ifdef HAVE_AMX
+    {"amx", WQ_INT8, qmm_i8_amx, 5},
+#endif
     {"avx512bf16", WQ_BF16, qmm_bf16_native, 4},
 #endif
 };
@@ -545,6 +632,10 @@ static const struct qpath QPATHS[] = {
 
 #ifdef HAVE_X86_VARIANTS
 #include <cpuid.h>
+#endif
+#if defined(HAVE_AMX) && defined(__linux__)
+#include <sys/syscall.h>
+long syscall(long number, ...);  /* (unistd.h declares it only with _GNU_SOURCE or _DEFAULT_SOURCE) */
 #endif
 /* The activations' quantizers in use: AVX-512 where the paths in use may run it (the same
    bytes as the plain C ones, which a forced "c" or "avx2" path runs). */
@@ -575,6 +666,13 @@ static int q_ask_level(void) {
     if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) bf16 = (a >> 5) & 1;
     if (level == 2 && vnni) level = 3;
     if (level == 3 && bf16) level = 4;
+#if defined(HAVE_AMX) && defined(__linux__)
+    /* AMX: the CPU has it (CPUID 7.0 EDX bits 24, 25) and Linux lets this process use the
+       tile data (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18 XTILEDATA) */
+    if (level == 4 && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 3) == 3 &&
+        syscall(SYS_arch_prctl, 0x1023, 18) == 0)
+        level = 5;
+#endif
     return level;
 #else
     return 0;
