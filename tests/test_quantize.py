@@ -207,6 +207,12 @@ def test_explain_reports_the_storage_and_the_bytes():
     assert all(c["observed"] == c["expected"] for c in info["identities"])
     text = format_text(info)
     assert "weight_hh_l1_reverse" in text and "; int8, " in text and "quantized (int8, nprnn.quantize)" in text
+    from nprnn.functional import qnative
+
+    if qnative.available():  # the compiled path taken, by name
+        assert f"int8 products on the {qnative.path('int8')} path" in text
+    else:
+        assert "the oracle, one step at a time" in text
 
 
 def test_a_character_model_keeps_its_validation_loss():

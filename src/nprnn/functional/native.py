@@ -81,14 +81,17 @@ def backend_info() -> dict[str, Any]:
     bytes), ``compiler`` (what built the extension), ``cpu`` (the features the variants
     need, as this CPU reports them), and ``reason``: None when the compiled tier runs on
     its best variant, else why not (not built, the import error's text, forced by the
-    environment or by :func:`set_backend`, the CPU lacking a feature, ``set_isa``)."""
+    environment or by :func:`set_backend`, the CPU lacking a feature, ``set_isa``); and
+    ``quantized``: the product path ``nprnn.quantize``'s int8 and bf16 weights take
+    ("amx", "avx512vnni", "avx512bf16", "avx512", "avx2" or "c")."""
     info: dict[str, Any] = {"backend": backend(), "isa": isa(), "variants": {}, "compiler": None, "cpu": {},
                             "reason": None}
     if _native is None:
         info["reason"] = ("the compiled kernels are not built in this installation (no C compiler at install "
                           "time?)" if _IMPORT_ERROR is None else f"the compiled kernels do not load: {_IMPORT_ERROR}")
         return info
-    info.update(variants=_native.widths(), compiler=_native.compiler().strip(), cpu=_native.cpu())
+    info.update(variants=_native.widths(), compiler=_native.compiler().strip(), cpu=_native.cpu(),
+                quantized={k: _native.qpath(k) for k in ("int8", "bf16")})
     if not _enabled:
         info["reason"] = ("NPRNN_BACKEND=numpy in the environment" if _FORCED == "numpy"
                           else "set_backend('numpy') was called")

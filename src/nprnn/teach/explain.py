@@ -181,8 +181,25 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
 
     storage = getattr(module, "storage", None)
     if storage is not None:
-        return [f"quantized ({storage}, nprnn.quantize): the NumPy oracle, one step at a time, the reference "
-                f"equations with each x @ W.T computed from the {storage} weights (no compiled kernel yet)"]
+        from ..config import settings
+        from ..functional import qnative
+
+        if not qnative.available():
+            return [f"quantized ({storage}, nprnn.quantize), NumPy tier ({native.backend()} backend): the oracle, "
+                    f"one step at a time, the reference equations with each x @ W.T computed from the {storage} "
+                    "weights"]
+        lines = []
+        for layer in range(module.num_layers):
+            prep, _ = module._prepared_layer(layer * module.num_directions, batch, seq_len)
+            where = ("inside the loop, step by step" if batch >= settings.min_inloop_batch
+                     else "before the loop, one product over every row")
+            split = (f"its hidden units split into {prep.parts} parts over {min(prep.parts, threads_here())} threads"
+                     if prep.parts > 1 else "on one thread")
+            lines.append(f"layer {layer}: quantized ({storage}, nprnn.quantize), compiled: {storage} products on "
+                         f"the {qnative.path(storage)} path "
+                         f"(paths here: {', '.join(native.compiled.qpaths()[storage])}), {split}; each step's rows "
+                         f"quantized, the input projection {where}")
+        return lines
     if not native.supports(module.kind, module.dtype):
         return [f"NumPy tier ({native.backend()} backend): one product for every step's input projection, then "
                 "one step at a time"]
