@@ -697,11 +697,18 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
             }
         }
         T *out = (T *)s->out + row * s->ldout;
+        /* with hbuf, h receives a row's state only at its last step (the rows past the next
+           step's batch; every row at the loop's last step) */
+        int64_t ends = 0;
+        if (hbuf && q + 1 < s->steps) {
+            const int64_t tn = s->reverse ? s->steps - 2 - q : q + 1;
+            ends = (s->batch_sizes[tn] < s->r1 ? s->batch_sizes[tn] : s->r1) - s->r0;
+        }
         for (int64_t p = p0; p < p1; p++) {
             const int64_t b = hcols[p], w = hcols[p + 1] - b;
             for (int64_t r = 0; r < n; r++) {
                 memcpy(out + r * s->ldout + b, hn + r * P + b, w * sizeof(T));
-                if (hbuf) memcpy(h + (rr + r) * P + b, hn + r * P + b, w * sizeof(T));
+                if (hbuf && r >= ends) memcpy(h + (rr + r) * P + b, hn + r * P + b, w * sizeof(T));
             }
         }
         team_barrier(s->team, me, nthr);
