@@ -262,6 +262,15 @@ def _quantized(model, case: Case):
     return nprnn.quantize(model, case.storage)
 
 
+def quantized_error(case: Case, torch) -> float:
+    """The largest output difference of the quantized model from its float32 original on
+    the case's input (unit normal, the timed shapes): the accuracy the speed is bought with."""
+    ours, _ = _build(case, torch)
+    ours.eval()
+    x = np.random.default_rng(1).standard_normal((case.L, case.N, case.H_in)).astype(case.dtype)
+    return float(np.abs(_quantized(ours, case)(x)[0] - ours(x)[0]).max())
+
+
 def runners(case: Case, torch, threads: int) -> dict:
     """The timed function of nprnn and of each library the case is compared against."""
     import torch.nn.utils.rnn as tr
@@ -468,6 +477,8 @@ def markdown(results, cold, sizes, meta) -> str:
     for r in results:
         ms = r.ms["nprnn"] * 1e3
         t = f"{ms:.3g} ms" if ms >= 1 else f"{ms * 1e3:.3g} µs"
+        if "max_abs_diff" in r.extra:
+            t += f" (max diff {r.extra['max_abs_diff']:.1e})"
         cols = [f"{r.ratios[o]:.2f}" if o in r.ratios else "—" for o in others]
         extra = "".join(f"; {k} {v:.2f}" for k, v in r.ratios.items() if k not in others and "int8" not in k)
         int8 = "".join(f"; int8 {v:.2f}" for k, v in r.ratios.items() if "int8" in k)
@@ -490,7 +501,8 @@ def markdown(results, cold, sizes, meta) -> str:
         lines.append("Limit lines: weights read per step over the read rate of the level they fit in ("
                      + ", ".join(f"{k} {v['GBps']:.0f} GB/s" for k, v in bw.items())
                      + f", {meta['threads']} threads, nprnn's vector-load probe); int8: onnxruntime's dynamically "
-                     "quantized model.")
+                     "quantized model; max diff: the largest output difference of nprnn.quantize's copy from "
+                     "float32 on the timed input.")
     return "\n".join(lines) + "\n"
 
 
@@ -560,6 +572,8 @@ def main(argv=None) -> int:
         ratios = {k: v / med["nprnn"] for k, v in med.items() if k != "nprnn"}
         gf = flops(case) / med["nprnn"] / 1e9
         r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype], {"busy_before": share})
+        if case.storage and case.mode == "inference":
+            r.extra["max_abs_diff"] = quantized_error(case, torch)
         if case.N == 1 and not case.idle:
             lims = [step_limit(b, args.threads, bw) for b in weight_bytes(case)]
             r.extra["limit"] = {"level": "/".join(dict.fromkeys(lim["level"] for lim in lims)),
