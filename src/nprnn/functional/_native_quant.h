@@ -467,8 +467,43 @@ static AVX2_TGT void qmm_i8_avx2(const struct qmm *g) {
         const int64_t cols = M - j * QNR < np * QNR ? M - j * QNR : np * QNR;                                 \
         q_finish_bf16(g, i, mr, j * QNR, cols, out, Q_PANELS * QNR);                                          \
     }                                                                                                         \
+    /* one row by 16 panels: 16 chains of sums, to cover the instruction's latency */                       \
+    static TGT_ inline __attribute__((always_inline)) void NAME##_row16(const struct qmm *g, int64_t i,        \
+                                                                        int64_t j) {                          \
+        const int64_t Kp = g->K / 2, ps = Kp * 2 * QNR;                                                       \
+        const uint16_t *B = (const uint16_t *)g->B + j * ps;                                                  \
+        const uint16_t *A = (const uint16_t *)g->A + i * g->lda;                                              \
+        __m512 acc[16];                                                                                       \
+        for (int p = 0; p < 16; p++) acc[p] = _mm512_setzero_ps();                                            \
+        for (int64_t kp = 0; kp < Kp; kp++, B += 2 * QNR) {                                                   \
+            int32_t a2;                                                                                       \
+            memcpy(&a2, A + kp * 2, 4);                                                                       \
+            const __m512i a = _mm512_set1_epi32(a2);                                                          \
+            for (int p = 0; p < 16; p++) DOT(acc[p], a, _mm512_loadu_si512(B + p * ps));                      \
+        }                                                                                                     \
+        float out[16 * QNR];                                                                                  \
+        for (int p = 0; p < 16; p++) _mm512_storeu_ps(out + p * QNR, acc[p]);                                  \
+        const int64_t cols = g->M - j * QNR < 16 * QNR ? g->M - j * QNR : 16 * QNR;                           \
+        q_finish_bf16(g, i, 1, j * QNR, cols, out, 16 * QNR);                                                 \
+    }                                                                                                         \
     static TGT_ void NAME(const struct qmm *g) {                                                              \
         const int64_t npan = QPAD(g->M) / QNR;                                                                \
+        if (g->n < Q_TILE) { /* a matrix-vector product or two: 16 panels at a time, then the rest */         \
+            const int64_t full = npan / 16, tiles = full + (npan - full * 16 + 7) / 8;                        \
+            for (int64_t i = 0; i < g->n; i++)                                                                \
+                for (int64_t q = 0; q < tiles; q++) {                                                         \
+                    const int64_t t = g->back ? tiles - 1 - q : q;                                            \
+                    if (t < full) {                                                                           \
+                        NAME##_row16(g, i, t * 16);                                                           \
+                    } else {                                                                                  \
+                        const int64_t j = full * 16 + (t - full) * 8;                                         \
+                        const int np = npan - j < 8 ? (int)(npan - j) : 8;                                    \
+                        if (np == 8) NAME##_tile(g, i, j, 1, 8);                                              \
+                        else NAME##_tile(g, i, j, 1, np);                                                     \
+                    }                                                                                         \
+                }                                                                                             \
+            return;                                                                                           \
+        }                                                                                                     \
         Q_TILE_LOOP(Q_WIDE,                                                                                   \
             switch (mr * 8 + np) {                                                                            \
                 case 8 + 8: NAME##_tile(g, i, j, 1, 8); break;                                                \
