@@ -113,6 +113,14 @@ def test_quantize_leaves_the_model_alone_and_refuses_training_and_export():
             to_onnx(model)
 
 
+def test_an_int8_product_too_long_for_exact_int32_sums_is_refused():
+    wide = Linear(66_001, 2, seed=0)
+    with pytest.raises(ValueError, match=r"int8 product of 66,001 terms could overflow .* use storage 'bf16'"):
+        nprnn.quantize(wide, "int8")
+    assert nprnn.quantize(wide, "bf16").weight_q.shape == (2, 66_001)
+    assert nprnn.quantize(Linear(66_000, 2, seed=0), "int8").weight_q.shape == (2, 66_000)
+
+
 def test_quantize_refuses_what_it_cannot_quantize():
     with pytest.raises(ValueError, match=r"storage must be one of \('int8', 'bf16'\), got 'int4'"):
         nprnn.quantize(nprnn.LSTM(2, 3), "int4")

@@ -35,6 +35,7 @@ from .recurrent import RNNBase
 from .stream import Stream
 
 STORAGES = ("int8", "bf16")
+MAX_INT8_TERMS = 66_000  # (2^31 - 1) // (255 * 127) = 66,313: the longest exact int32 sum of u8 x s8 products
 _STEPS: dict[str, Callable[..., Any]] = {
     "rnn_tanh": functools.partial(reference.rnn_step_forward, nonlinearity="tanh"),
     "rnn_relu": functools.partial(reference.rnn_step_forward, nonlinearity="relu"),
@@ -60,6 +61,10 @@ class QuantizedWeight:
         """The buffers that hold ``w``: ``{"int8": q, "scale": s}`` or ``{"bf16": bits}``."""
         w = np.asarray(w, np.float32)
         if storage == "int8":
+            if w.shape[1] > MAX_INT8_TERMS:
+                raise ValueError(f"quantize: an int8 product of {w.shape[1]:,} terms could overflow its exact int32 "
+                                 f"sum (255 x 127 per term: at most {MAX_INT8_TERMS:,} terms, the input or hidden "
+                                 "size); use storage 'bf16' for this model")
             q, scale, _ = quant.quantize_weights_int8(w)
             return {"int8": q, "scale": scale}
         return {"bf16": quant.to_bf16_bits(w)}
