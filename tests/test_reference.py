@@ -70,26 +70,40 @@ def _assert_finite_differences(loss, x, state, p, dx, dstate, dp):
         np.testing.assert_allclose(dp[name], _numeric(w, loss), rtol=1e-6, atol=1e-8, err_msg=name)
 
 
-def test_layer_norm_lstm_reference_equals_finite_differences():
-    """The worked example of DESIGN.md: a kind that exists as a reference step only."""
-    rng = np.random.default_rng(3)
-    N, n_in, H = 3, 4, 5
-    p = {"weight_ih": rng.standard_normal((4 * H, n_in)) * 0.5, "weight_hh": rng.standard_normal((4 * H, H)) * 0.5}
-    for name, width in (("ln_i", 4 * H), ("ln_h", 4 * H), ("ln_c", H)):
+def _ln_params(rng, kind, n_in, H, P=None, scale=0.5):
+    """A layer-norm step's weights, the names issue 26 gives them (LN weights near 1)."""
+    G = 4 if kind == "ln_lstm" else 3
+    p = {"weight_ih": rng.standard_normal((G * H, n_in)) * scale,
+         "weight_hh": rng.standard_normal((G * H, P or H)) * scale}
+    widths = (("ln_ih", G * H), ("ln_hh", G * H)) + ((("ln_c", H),) if kind == "ln_lstm" else ())
+    for name, width in widths:
         p[name + "_weight"] = 1 + 0.2 * rng.standard_normal(width)
         p[name + "_bias"] = 0.2 * rng.standard_normal(width)
-    x, state = rng.standard_normal((N, n_in)), (rng.standard_normal((N, H)), rng.standard_normal((N, H)))
-    forward, backward = ref.STEPS["ln_lstm"]
-    (h1, c1), cache = forward(x, state, p)
-    weights = (rng.standard_normal(h1.shape), rng.standard_normal(c1.shape))
+    if P:
+        p["weight_hr"] = rng.standard_normal((P, H)) * scale
+    return p
+
+
+@pytest.mark.parametrize("kind, P", [("ln_lstm", None), ("ln_lstm", 3), ("ln_gru", None)])
+def test_layer_norm_references_equal_finite_differences(kind, P):
+    """The worked example of DESIGN.md: kinds that exist as reference steps only (issue 26
+    builds their layers): the layer-norm LSTM, with and without a projection, and GRU."""
+    rng = np.random.default_rng(3)
+    N, n_in, H = 3, 4, 5
+    p = _ln_params(rng, kind, n_in, H, P)
+    x = rng.standard_normal((N, n_in))
+    state = (rng.standard_normal((N, P or H)),) + ((rng.standard_normal((N, H)),) if kind == "ln_lstm" else ())
+    forward, backward = ref.STEPS[kind]
+    new, cache = forward(x, state, p)
+    weights = tuple(rng.standard_normal(s.shape) for s in new)
 
     def loss():
-        h_, c_ = forward(x, state, p)[0]
-        return float((weights[0] * h_).sum() + (weights[1] * c_).sum())
+        return float(sum((w * s).sum() for w, s in zip(weights, forward(x, state, p)[0])))
 
     dx, dstate, dp = backward(weights, cache)
     _assert_finite_differences(loss, x, state, p, dx, dstate, dp)
     assert "c_t = LN_c(f_t * c_(t-1) + i_t * g_t)" in ref.equations(ref.ln_lstm_step_forward)
+    assert "n_t = tanh(a_n + r_t * b_n)" in ref.equations(ref.ln_gru_step_forward)
 
 
 @pytest.fixture(params=["native", "numpy"])
@@ -172,32 +186,43 @@ def test_layer_docstrings_show_the_reference_equations_and_their_examples_run():
 
 
 @pytest.mark.torch
-def test_layer_norm_lstm_reference_equals_torch():
-    """The layer-norm LSTM step as torch's autograd computes it (custom_lstms.py's cell)."""
+@pytest.mark.parametrize("kind, P", [("ln_lstm", None), ("ln_lstm", 3), ("ln_gru", None)])
+def test_layer_norm_references_equal_torch(kind, P):
+    """The layer-norm steps as torch's autograd computes them: custom_lstms.py's
+    LayerNormLSTMCell (with nn.LSTM's projection), and the GRU arranged as Haste's
+    LayerNormGRU with nn.GRU's gates, written here as a loop of torch operations."""
     import torch
 
     rng = np.random.default_rng(4)
     N, n_in, H = 3, 4, 5
-    p = {"weight_ih": rng.standard_normal((4 * H, n_in)), "weight_hh": rng.standard_normal((4 * H, H))}
-    for name, width in (("ln_i", 4 * H), ("ln_h", 4 * H), ("ln_c", H)):
-        p[name + "_weight"], p[name + "_bias"] = 1 + 0.2 * rng.standard_normal(width), 0.2 * rng.standard_normal(width)
-    x, h, c = rng.standard_normal((N, n_in)), rng.standard_normal((N, H)), rng.standard_normal((N, H))
-    (h1, c1), cache = ref.ln_lstm_step_forward(x, (h, c), p)
+    p = _ln_params(rng, kind, n_in, H, P, scale=1.0)
+    x = rng.standard_normal((N, n_in))
+    state = (rng.standard_normal((N, P or H)),) + ((rng.standard_normal((N, H)),) if kind == "ln_lstm" else ())
+    new, cache = ref.STEPS[kind][0](x, state, p)
     t = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
-    xt, ht, ct = (torch.tensor(a, requires_grad=True) for a in (x, h, c))
+    xt = torch.tensor(x, requires_grad=True)
+    st = [torch.tensor(s, requires_grad=True) for s in state]
 
     def ln(a, name):
         return torch.nn.functional.layer_norm(a, a.shape[-1:], t[name + "_weight"], t[name + "_bias"], 1e-5)
 
-    gates = ln(xt @ t["weight_ih"].t(), "ln_i") + ln(ht @ t["weight_hh"].t(), "ln_h")
-    i, f, g, o = gates.chunk(4, 1)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    cy = ln(f * ct + i * g, "ln_c")
-    hy = o * torch.tanh(cy)
-    np.testing.assert_allclose(h1, hy.detach().numpy(), rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(c1, cy.detach().numpy(), rtol=1e-12, atol=1e-13)
-    w_h, w_c = rng.standard_normal(h1.shape), rng.standard_normal(c1.shape)
-    ((hy * torch.from_numpy(w_h)).sum() + (cy * torch.from_numpy(w_c)).sum()).backward()
-    dx, (dh, dc), dp = ref.ln_lstm_step_backward((w_h, w_c), cache)
-    for got, want in [(dx, xt.grad), (dh, ht.grad), (dc, ct.grad)] + [(dp[k], t[k].grad) for k in p]:
+    a, b = ln(xt @ t["weight_ih"].t(), "ln_ih"), ln(st[0] @ t["weight_hh"].t(), "ln_hh")
+    if kind == "ln_lstm":
+        i, f, g, o = (a + b).chunk(4, 1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        cy = ln(f * st[1] + i * g, "ln_c")
+        hy = o * torch.tanh(cy)
+        outs = (hy @ t["weight_hr"].t() if P else hy, cy)
+    else:
+        (a_r, a_z, a_n), (b_r, b_z, b_n) = a.chunk(3, 1), b.chunk(3, 1)
+        r, z = torch.sigmoid(a_r + b_r), torch.sigmoid(a_z + b_z)
+        n = torch.tanh(a_n + r * b_n)
+        outs = ((1 - z) * n + z * st[0],)
+    for got, want in zip(new, outs):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-13)
+    ws = [rng.standard_normal(o.shape) for o in new]
+    sum((o * torch.from_numpy(w)).sum() for o, w in zip(outs, ws)).backward()
+    dx, dstate, dp = ref.STEPS[kind][1](tuple(ws), cache)
+    assert set(dp) == set(p)
+    for got, want in [(dx, xt.grad)] + list(zip(dstate, (s.grad for s in st))) + [(dp[k], t[k].grad) for k in p]:
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-12)

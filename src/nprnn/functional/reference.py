@@ -177,39 +177,85 @@ def _layer_norm_backward(dy: Array, cache: Cache) -> tuple[Array, Array, Array]:
 def ln_lstm_step_forward(x: Array, state: State, p: Weights) -> tuple[State, Cache]:
     """One step of a layer-norm LSTM (as PyTorch's ``benchmarks/fastrnns/custom_lstms.py``
     writes it: each product normalised over its 4H gates, the cell over its H values; the
-    normalisations' shifts stand in for the biases)::
+    normalisations' shifts stand in for the biases; with a projection, as ``nn.LSTM``'s)::
 
-        i_t, f_t, g_t, o_t = split(LN_i(x_t @ W_ih.T) + LN_h(h_(t-1) @ W_hh.T), 4)
+        i_t, f_t, g_t, o_t = split(LN_ih(x_t @ W_ih.T) + LN_hh(h_(t-1) @ W_hh.T), 4)
         i_t, f_t, o_t = sigmoid(i_t), sigmoid(f_t), sigmoid(o_t);   g_t = tanh(g_t)
         c_t = LN_c(f_t * c_(t-1) + i_t * g_t)
-        h_t = o_t * tanh(c_t)
-        LN(a) = gamma * (a - mean(a)) / sqrt(var(a) + 1e-5) + beta, over each row
+        h_t = o_t * tanh(c_t)                     (with proj_size: h_t = (o_t * tanh(c_t)) @ W_hr.T)
+        LN(a) = gamma * (a - mean(a)) / sqrt(var(a) + 1e-5) + beta, over each row (biased variance)
 
-    ``p``: ``weight_ih``, ``weight_hh`` and ``ln_i_weight``/``ln_i_bias``,
-    ``ln_h_weight``/``ln_h_bias`` (4H each), ``ln_c_weight``/``ln_c_bias`` (H each).
+    ``p``: ``weight_ih``, ``weight_hh``, ``ln_ih_weight``/``ln_ih_bias``,
+    ``ln_hh_weight``/``ln_hh_bias`` (4H each), ``ln_c_weight``/``ln_c_bias`` (H each), and
+    ``weight_hr`` (P, H) with a projection.
     """
     h, c = state
-    yi, ln_i = _layer_norm(x @ p["weight_ih"].T, p["ln_i_weight"], p["ln_i_bias"])
-    yh, ln_h = _layer_norm(h @ p["weight_hh"].T, p["ln_h_weight"], p["ln_h_bias"])
+    yi, ln_i = _layer_norm(x @ p["weight_ih"].T, p["ln_ih_weight"], p["ln_ih_bias"])
+    yh, ln_h = _layer_norm(h @ p["weight_hh"].T, p["ln_hh_weight"], p["ln_hh_bias"])
     i, f, g, o = np.split(yi + yh, 4, axis=1)
     i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
     c_next, ln_c = _layer_norm(f * c + i * g, p["ln_c_weight"], p["ln_c_bias"])
     tc = np.tanh(c_next)
-    return (o * tc, c_next), (x, h, c, i, f, g, o, tc, ln_i, ln_h, ln_c, p)
+    m = o * tc
+    h_next = m @ p["weight_hr"].T if p.get("weight_hr") is not None else m
+    return (h_next, c_next), (x, h, c, i, f, g, o, tc, m, ln_i, ln_h, ln_c, p)
 
 
 def ln_lstm_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
     dh_next, dc_next = dstate
-    x, h, c, i, f, g, o, tc, ln_i, ln_h, ln_c, p = cache
-    dc_norm = dc_next + dh_next * o * (1 - tc ** 2)  # through tanh(c_t)
+    x, h, c, i, f, g, o, tc, m, ln_i, ln_h, ln_c, p = cache
+    dp: Grads = {}
+    dm = dh_next
+    if p.get("weight_hr") is not None:  # through the projection
+        dp["weight_hr"] = dh_next.T @ m
+        dm = dh_next @ p["weight_hr"]
+    dc_norm = dc_next + dm * o * (1 - tc ** 2)  # through tanh(c_t)
     dcell, dp_c_w, dp_c_b = _layer_norm_backward(dc_norm, ln_c)  # through LN_c
     dgates = np.concatenate([dcell * g * i * (1 - i), dcell * c * f * (1 - f), dcell * i * (1 - g ** 2),
-                             dh_next * tc * o * (1 - o)], axis=1)
-    dai, dp_i_w, dp_i_b = _layer_norm_backward(dgates, ln_i)  # through LN_i
-    dah, dp_h_w, dp_h_b = _layer_norm_backward(dgates, ln_h)  # through LN_h
-    dp = {"weight_ih": dai.T @ x, "weight_hh": dah.T @ h, "ln_i_weight": dp_i_w, "ln_i_bias": dp_i_b,
-          "ln_h_weight": dp_h_w, "ln_h_bias": dp_h_b, "ln_c_weight": dp_c_w, "ln_c_bias": dp_c_b}
+                             dm * tc * o * (1 - o)], axis=1)
+    dai, dp_i_w, dp_i_b = _layer_norm_backward(dgates, ln_i)  # through LN_ih
+    dah, dp_h_w, dp_h_b = _layer_norm_backward(dgates, ln_h)  # through LN_hh
+    dp.update({"weight_ih": dai.T @ x, "weight_hh": dah.T @ h, "ln_ih_weight": dp_i_w, "ln_ih_bias": dp_i_b,
+               "ln_hh_weight": dp_h_w, "ln_hh_bias": dp_h_b, "ln_c_weight": dp_c_w, "ln_c_bias": dp_c_b})
     return dai @ p["weight_ih"], (dah @ p["weight_hh"], dcell * f), dp
+
+
+# ------------------------------------------------------------------------------ layer-norm GRU
+def ln_gru_step_forward(x: Array, state: State, p: Weights) -> tuple[State, Cache]:
+    """One step of a layer-norm GRU (Haste's ``LayerNormGRU`` arrangement, with ``nn.GRU``'s
+    gates and their order: each product normalised over its 3H values; the normalisations'
+    shifts stand in for the biases)::
+
+        a_t = LN_ih(x_t @ W_ih.T);   b_t = LN_hh(h_(t-1) @ W_hh.T);   each split into r, z, n parts
+        r_t = sigmoid(a_r + b_r)
+        z_t = sigmoid(a_z + b_z)
+        n_t = tanh(a_n + r_t * b_n)
+        h_t = (1 - z_t) * n_t + z_t * h_(t-1)
+
+    ``p``: ``weight_ih``, ``weight_hh``, ``ln_ih_weight``/``ln_ih_bias``,
+    ``ln_hh_weight``/``ln_hh_bias`` (3H each).
+    """
+    (h,) = state
+    a, ln_i = _layer_norm(x @ p["weight_ih"].T, p["ln_ih_weight"], p["ln_ih_bias"])
+    b, ln_h = _layer_norm(h @ p["weight_hh"].T, p["ln_hh_weight"], p["ln_hh_bias"])
+    a_r, a_z, a_n = np.split(a, 3, axis=1)
+    b_r, b_z, b_n = np.split(b, 3, axis=1)
+    r, z = _sigmoid(a_r + b_r), _sigmoid(a_z + b_z)
+    n = np.tanh(a_n + r * b_n)
+    return ((1 - z) * n + z * h,), (x, h, r, z, n, b_n, ln_i, ln_h, p)
+
+
+def ln_gru_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
+    (dh_next,) = dstate
+    x, h, r, z, n, b_n, ln_i, ln_h, p = cache
+    dn_pre = dh_next * (1 - z) * (1 - n ** 2)
+    dr_pre = dn_pre * b_n * r * (1 - r)
+    dz_pre = dh_next * (h - n) * z * (1 - z)
+    da, dp_i_w, dp_i_b = _layer_norm_backward(np.concatenate([dr_pre, dz_pre, dn_pre], axis=1), ln_i)
+    db, dp_h_w, dp_h_b = _layer_norm_backward(np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1), ln_h)
+    dp = {"weight_ih": da.T @ x, "weight_hh": db.T @ h, "ln_ih_weight": dp_i_w, "ln_ih_bias": dp_i_b,
+          "ln_hh_weight": dp_h_w, "ln_hh_bias": dp_h_b}
+    return da @ p["weight_ih"], (db @ p["weight_hh"] + dh_next * z,), dp
 
 
 StepForward = Callable[[Array, State, Weights], tuple[State, Cache]]
@@ -219,7 +265,8 @@ STEPS: dict[str, tuple[StepForward, StepBackward]] = {  # kind -> (step_forward,
     "rnn_relu": (lambda x, s, p: rnn_step_forward(x, s, p, "relu"), rnn_step_backward),
     "lstm": (lstm_step_forward, lstm_step_backward),
     "gru": (gru_step_forward, gru_step_backward),
-    "ln_lstm": (ln_lstm_step_forward, ln_lstm_step_backward),  # reference only: no fast kernel, no layer
+    "ln_lstm": (ln_lstm_step_forward, ln_lstm_step_backward),  # reference only (issue 26): no fast kernel, no layer
+    "ln_gru": (ln_gru_step_forward, ln_gru_step_backward),  # reference only (issue 26)
 }
 
 
