@@ -40,7 +40,8 @@ def test_the_driver_replays_every_kernel(driver, tmp_path):
     _fixtures(tmp_path / "fx.bin")
     res = subprocess.run([driver, str(tmp_path / "fx.bin")], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"{native.isa()} variant, 270 loops, 8 products," in res.stdout and ": ok" in res.stdout, res.stdout
+    # 270 float loops and 24 quantized ones (nprnn.quantize: int8 and bf16)
+    assert f"{native.isa()} variant, 294 loops, 8 products," in res.stdout and ": ok" in res.stdout, res.stdout
 
 
 def test_a_damaged_fixture_fails(driver, tmp_path):

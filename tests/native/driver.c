@@ -125,7 +125,8 @@ static const struct isa *pick(int64_t vector_bytes) {
 /* The fields of struct scan the fixture sets, by name. */
 #define PTR_FIELDS(X)                                                                                        \
     X(batch_sizes) X(offsets) X(x) X(wih) X(whh) X(bias) X(bhn) X(whr) X(out) X(h) X(c) X(hbuf) X(xproj)      \
-    X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj) X(scratch)
+    X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj) X(scratch) X(sih) X(shh)    \
+    X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qh) X(qxs) X(qhs) X(qxz) X(qhz)
 
 static int run_scan_case(const struct isa *is, const struct fx *c) {
     struct scan s;
@@ -143,6 +144,8 @@ static int run_scan_case(const struct isa *is, const struct fx *c) {
 #define SET(f) s.f = ptr(c, #f);
     PTR_FIELDS(SET)
 #undef SET
+    s.wq = (int)ival(c, "wq", 0), s.kx = ival(c, "kx", 0), s.kh = ival(c, "kh", 0);
+    if (s.wq) s.qmm = q_best(s.wq, 99)->fn;  /* quantized weights: this CPU's best product (the same sums) */
     int dbl = ival(c, "itemsize", 0) == 8;
     s.kernel = s.back ? is->backward[dbl] : is->forward[dbl];
     s.kernel(&s, 0, 1);

@@ -108,6 +108,31 @@ def _layers():
                 yield m, x, [7, 5, 5, 2], rng
 
 
+def record_quantized() -> list[Case]:
+    """The loops of nprnn.quantize's int8 and bf16 copies (before the loop, inside it, the
+    units split), each run first checked against the NumPy tier's oracle within 1e-5."""
+    rec = Recorder()
+    saved = native._native, native.compiled
+    rng = np.random.default_rng(2)
+    try:
+        for settings in ({"min_inloop_batch": 16}, {"min_inloop_batch": 0},
+                         {"min_unit_split_work": 0, "num_threads": 3}):
+            for kind, kw in [("RNN", {}), ("LSTM", {}), ("LSTM", {"proj_size": 5}), ("GRU", {})]:
+                for storage in ("int8", "bf16"):
+                    m = nprnn.quantize(getattr(nprnn, kind)(6, 20, seed=1, **kw), storage)
+                    x = rng.standard_normal((5, 4, 6)).astype(np.float32)
+                    with override(backend="numpy"):
+                        want = m(x, lengths=[5, 4, 4, 2])[0]
+                    native._native = native.compiled = rec
+                    with override(**{"backend": "native", "num_threads": 1, **settings}):
+                        got = m(x, lengths=[5, 4, 4, 2])[0]
+                    native._native, native.compiled = saved
+                    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    finally:
+        native._native, native.compiled = saved
+    return rec.cases
+
+
 def record_loops() -> list[Case]:
     """Every loop call of the runs, recorded; each run's results are first checked against
     the NumPy tier's at the parity tolerances, so that what the fixtures expect is that."""
@@ -186,7 +211,7 @@ def main(argv=None) -> int:
         return 2
     _n.set_isa(args.isa)
     try:
-        cases = record_loops() + record_products() + record_gates()
+        cases = record_loops() + record_quantized() + record_products() + record_gates()
         vb = _n.panel_width(4) * 2  # a panel is two vectors: panel_width(4) floats = vector bytes / 2
         if args.damage:  # the first loop's last float block: its first value, off by 1e-3
             case = cases[0]

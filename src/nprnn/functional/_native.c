@@ -631,7 +631,8 @@ static PyObject *py_describe(PyObject *self, PyObject *spec) {
     PyObject *team = NULL;
     if (!parse_scan(spec, &s, &b, &team)) return NULL;
     release(&b);
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:N}",
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:N,"
+                         "s:i,s:L,s:L}",
                          "kind", s.kind, "train", s.train, "reverse", s.reverse, "accumulate", s.accumulate, "back",
                          s.back, "G", (long long)s.G, "H", (long long)s.H, "P", (long long)s.P, "Hin",
                          (long long)s.Hin, "steps", (long long)s.steps, "N", (long long)s.N, "rows",
@@ -639,7 +640,7 @@ static PyObject *py_describe(PyObject *self, PyObject *spec) {
                          (long long)s.ldout, "parts", (long long)s.parts, "phase", (long long)s.phase, "units",
                          int_list(s.units, s.parts + 1), "pcols", int_list(s.pcols, s.parts + 1), "wih_at",
                          int_list(s.wih_at, s.parts), "whh_at", int_list(s.whh_at, s.parts), "whr_at",
-                         int_list(s.whr_at, s.parts));
+                         int_list(s.whr_at, s.parts), "wq", s.wq, "kx", (long long)s.kx, "kh", (long long)s.kh);
 }
 
 static PyObject *py_scan(PyObject *self, PyObject *spec) {
