@@ -144,6 +144,37 @@ def test_each_step_agrees_with_the_numpy_tier_given_the_same_state(kind, kw, sto
 
 @needs_native
 @pytest.mark.parametrize("storage", ["int8", "bf16"])
+@pytest.mark.parametrize("kind, kw", [("LSTM", {"proj_size": 20}), ("GRU", {"num_layers": 2}), ("RNN", {})])
+def test_a_large_batch_split_by_rows_equals_one_loop_bit_for_bit(kind, kw, storage):
+    """From 32 rows a quantized loop splits its batch into row ranges, one per thread, each
+    its own loop (whole 16-row blocks where it can: AMX's), every row quantized once: the
+    outputs are those of one loop over every row, bit for bit; variable lengths too.
+    Against the NumPy tier over whole sequences: 99 % of the outputs within 1e-5, the rest
+    where a one-ulp difference of the state moved a quantized value to its neighbour (the
+    per-step agreement is the teacher-forced test's)."""
+    if native.backend() != "native":
+        pytest.skip("the compiled tier is turned off")
+    q = nprnn.quantize(getattr(nprnn, kind)(64, 48, seed=5, **kw).eval(), storage)
+    x = np.random.default_rng(7).standard_normal((6, 40, 64)).astype(np.float32)
+    lengths = np.random.default_rng(8).integers(1, 7, 40)
+    with config.override(num_threads=2):
+        assert q._ranges(0, [40] * 6) == [(0, 16), (16, 40)]
+        split = q(x, lengths=lengths)
+    with config.override(num_threads=1):
+        assert q._ranges(0, [40] * 6) is None
+        one = q(x, lengths=lengths)
+    np.testing.assert_array_equal(_flat(split), _flat(one))
+    native.set_backend("numpy")
+    try:
+        want = q(x, lengths=lengths)
+    finally:
+        native.set_backend("native")
+    diff = np.abs(_flat(split) - _flat(want))
+    assert (diff <= 1e-5).mean() >= 0.99 and diff.max() < 2e-2, (diff.max(), (diff > 1e-5).mean())
+
+
+@needs_native
+@pytest.mark.parametrize("storage", ["int8", "bf16"])
 def test_forced_paths_give_the_best_paths_outputs_bit_for_bit(storage, each_path):
     """AVX2 and plain C (and for bf16 the AVX-512 emulation) forced on this machine: the
     same layer outputs as the best path, to the bit, whole model (LSTMP stack, GRU)."""

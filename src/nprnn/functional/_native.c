@@ -513,7 +513,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
     if (err) goto fail;
     if (s.wq) {
         const struct qpath *path = s.wq == WQ_INT8 || s.wq == WQ_BF16 ? q_best(s.wq, q_cap) : NULL;
-        if (!path || isz != 4 || back || s.train || s.nranges > 1) {
+        if (!path || isz != 4 || back || s.train) {
             PyErr_SetString(PyExc_ValueError, "_native.scan: quantized weights (wq 1 int8, 2 bf16) are for float32 "
                                               "inference of a whole batch");
             goto fail;

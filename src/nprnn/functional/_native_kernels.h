@@ -521,8 +521,8 @@ static TGT inline struct FN(qrows) FN(quantize)(const struct scan *s, int64_t n,
 static TGT inline struct FN(qrows) FN(quantize_slot)(const struct scan *s, int64_t p0, int64_t n, int64_t K,
                                                      const float *x, int64_t ldx) {
     const int64_t esz = s->wq == WQ_INT8 ? 1 : 2;
-    return FN(quantize)(s, n, K, x, ldx, (char *)s->qh + p0 * s->N * s->kh * esz, s->kh, s->qhs + p0 * s->N,
-                        s->qhz + p0 * s->N);
+    const int64_t at = s->parts > 1 ? p0 * s->N : s->r0;  /* a part's N rows, or a row range's own rows */
+    return FN(quantize)(s, n, K, x, ldx, (char *)s->qh + at * s->kh * esz, s->kh, s->qhs + at, s->qhz + at);
 }
 
 /* A quantized loop's input projection before the loop: thread me quantizes its share of
@@ -670,7 +670,8 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         if (s->wq && !s->xproj) {
             const int64_t esz = s->wq == WQ_INT8 ? 1 : 2;
             qxrows = FN(quantize)(s, n, Hin, (const float *)s->x + row * Hin, Hin,
-                                  (char *)s->qx + p0 * N * s->kx * esz, s->kx, s->qxs + p0 * N, s->qxz + p0 * N);
+                                  (char *)s->qx + (s->parts > 1 ? p0 * N : s->r0) * s->kx * esz, s->kx,
+                                  s->qxs + (s->parts > 1 ? p0 * N : s->r0), s->qxz + (s->parts > 1 ? p0 * N : s->r0));
         }
         for (int64_t p = p0; p < p1; p++)
             FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0,

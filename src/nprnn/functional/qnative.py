@@ -120,14 +120,19 @@ def prepare(mode: str, weights: dict[str, Any], storage: str, parts: int) -> QPr
 
 
 def forward(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h: Array, c: OptArray,
-            team: Any = None, pool: Optional[dict[Any, Any]] = None, key: Any = None) -> Array:
+            team: Any = None, pool: Optional[dict[Any, Any]] = None, key: Any = None,
+            ranges: Optional[Sequence[tuple[int, int]]] = None) -> Array:
     """One layer-direction over packed float32 rows ``x`` (T, H_in) whose steps have
     ``batch_sizes[t]`` rows; ``h`` (N, P) and ``c`` (N, H) hold the initial state and
-    end as the final one; ``pool`` keeps the work arrays between calls under ``key``.
-    Returns the output rows (T, P)."""
+    end as the final one; ``pool`` keeps the work arrays between calls under ``key``;
+    ``ranges`` (a batch split, one part, the projection inside the loop): row ranges that
+    the team's threads run as loops of their own.  Returns the output rows (T, P)."""
     out = np.empty((x.shape[0], prep.P), np.float32)
     if x.shape[0]:
-        native.compiled.scan(spec(prep, np.ascontiguousarray(x), batch_sizes, reverse, h, c, out, team, pool, key))
+        desc = spec(prep, np.ascontiguousarray(x), batch_sizes, reverse, h, c, out, team, pool, key)
+        if ranges is not None and len(ranges) > 1 and team is not None:
+            desc.update(ranges=np.asarray([r[0] for r in ranges] + [ranges[-1][1]], np.int64), team=team)
+        native.compiled.scan(desc)
     return out
 
 

@@ -24,9 +24,11 @@ import numpy as np
 
 from .._checks import as_array
 from .._typing import Array
+from ..config import settings
 from ..functional import qnative, quant, reference
+from ..functional.native import _bounds as native_bounds
 from ..functional.native import parameter_epoch, plan_key
-from ..parallel.threads import THREADED
+from ..parallel.threads import THREADED, threads_here
 from .cells import RNNCellBase
 from .layers import Linear
 from .layout import layout_of
@@ -229,13 +231,27 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
         assert has_cell == (len(states) == 2)
         return x, [np.stack(f) for f in finals]
 
-    def _prepared_layer(self, index: int, N: int, steps: int) -> tuple[qnative.QPrepared, Any]:
-        """Layer-direction ``index``'s packed weights for a batch of N rows, and its team."""
+    def _ranges(self, index: int, batch_sizes: list[int]) -> Any:
+        """Row ranges for a batch split (each its own loop on its own thread, no meeting per
+        step, its own rows quantized once), where the batch is large enough to project
+        inside the loop and to split; None: one loop."""
+        N = batch_sizes[0]
+        if N < settings.min_inloop_batch or N <= settings.max_unit_split_batch:
+            return None
+        threads = min(threads_here(), N // 16)  # a range per thread, of whole 16-row blocks where it can (AMX's)
+        if threads < 2:
+            return None
+        bounds = native_bounds(N, threads, 16)
+        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+    def _prepared_layer(self, index: int, N: int, steps: int, split: bool = False) -> tuple[qnative.QPrepared, Any]:
+        """Layer-direction ``index``'s packed weights for a batch of N rows, and its team;
+        ``split``: for a batch split (one part, a team of two or more threads)."""
         G = self.kind.num_gates
         H, P = self.hidden_size, self._h_out
-        # the hidden units split across threads for every batch (a quantized loop has no
-        # batch split): where the step's work over all N rows is large enough
-        parts = THREADED.units(1, H, N * (G * H * P + (H * P if self.proj_size else 0)), steps)
+        # the hidden units split across threads where the batch is not (a small batch, or a
+        # large one that does not split): where the step's work over all N rows is large enough
+        parts = 1 if split else THREADED.units(1, H, N * (G * H * P + (H * P if self.proj_size else 0)), steps)
         key = (index, parts, qnative.path(self.storage))
         hit = self._prepared.get(key)
         if hit is None or hit[0] != parameter_epoch():
@@ -249,7 +265,7 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
                     weights[name] = value
             hit = self._prepared[key] = (parameter_epoch(), qnative.prepare(self.mode, weights, self.storage, parts))
         prep = hit[1]
-        return prep, THREADED.team(prep.parts) if prep.parts > 1 else None
+        return prep, THREADED.team(2 if split else prep.parts) if split or prep.parts > 1 else None
 
     def _run_compiled(self, x: Array, batch_sizes: list[int], states: list[Array]) -> tuple[Array, list[Array]]:
         D = self.num_directions
@@ -258,10 +274,11 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
-                prep, team = self._prepared_layer(layer * D + d, batch_sizes[0], len(batch_sizes))
+                ranges = self._ranges(layer * D + d, batch_sizes)
+                prep, team = self._prepared_layer(layer * D + d, batch_sizes[0], len(batch_sizes), ranges is not None)
                 h = np.array(states[0][layer * D + d], np.float32, order="C")
                 c = np.array(states[1][layer * D + d], np.float32, order="C") if len(states) == 2 else None
-                outs.append(qnative.forward(prep, x, batch_sizes, d == 1, h, c, team, pool, layer * D + d))
+                outs.append(qnative.forward(prep, x, batch_sizes, d == 1, h, c, team, pool, layer * D + d, ranges))
                 finals[0].append(h)
                 if c is not None:
                     finals[1].append(c)

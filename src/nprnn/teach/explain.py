@@ -190,11 +190,13 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
                     "weights"]
         lines = []
         for layer in range(module.num_layers):
-            prep, _ = module._prepared_layer(layer * module.num_directions, batch, seq_len)
+            ranges = module._ranges(layer * module.num_directions, [batch] * seq_len)
+            prep, _ = module._prepared_layer(layer * module.num_directions, batch, seq_len, ranges is not None)
             where = ("inside the loop, step by step" if batch >= settings.min_inloop_batch
                      else "before the loop, one product over every row")
-            split = (f"its hidden units split into {prep.parts} parts over {min(prep.parts, threads_here())} threads"
-                     if prep.parts > 1 else "on one thread")
+            split = (f"its batch split into {len(ranges)} ranges of rows, each its own loop on its own thread"
+                     if ranges else f"its hidden units split into {prep.parts} parts over "
+                     f"{min(prep.parts, threads_here())} threads" if prep.parts > 1 else "on one thread")
             lines.append(f"layer {layer}: quantized ({storage}, nprnn.quantize), compiled: {storage} products on "
                          f"the {qnative.path(storage)} path "
                          f"(paths here: {', '.join(native.compiled.qpaths()[storage])}), {split}; each step's rows "
