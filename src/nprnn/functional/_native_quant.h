@@ -606,6 +606,35 @@ static AMX_TGT void q_amx_block(const struct qmm *g, int64_t i, int64_t j, int n
     for (int r0 = 0; r0 < 16; r0 += Q_TILE) q_vnni_finish(g, i + r0, Q_TILE, j, np, out + r0 * 4, 4);
 }
 
+/* 32 rows from i by 2 panels from j: each B tile loaded once for two row blocks (the
+   weights come from L2, the rows stay in L1), C in tiles 0..3 (row block r, panel p: 2r + p). */
+static AMX_TGT void q_amx_block2(const struct qmm *g, int64_t i, int64_t j) {
+    const int64_t ps = g->K / 4 * 4 * QNR;
+    const uint8_t *A = (const uint8_t *)g->A + i * g->lda;
+    const int8_t *B = (const int8_t *)g->B + j * ps;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k0 = 0; k0 < g->K; k0 += 64) {
+        const int8_t *b = B + k0 / 4 * 4 * QNR;
+        _tile_loadd(4, A + k0, g->lda);
+        _tile_loadd(5, A + 16 * g->lda + k0, g->lda);
+        _tile_loadd(6, b, 4 * QNR);
+        _tile_loadd(7, b + ps, 4 * QNR);
+        _tile_dpbusd(0, 4, 6);
+        _tile_dpbusd(1, 4, 7);
+        _tile_dpbusd(2, 5, 6);
+        _tile_dpbusd(3, 5, 7);
+    }
+    __m512i out[32 * 2];  /* row r, panel p at r * 2 + p */
+    _tile_stored(0, out, 2 * 64);
+    _tile_stored(1, out + 1, 2 * 64);
+    _tile_stored(2, out + 32, 2 * 64);
+    _tile_stored(3, out + 33, 2 * 64);
+    for (int r0 = 0; r0 < 32; r0 += Q_TILE) q_vnni_finish(g, i + r0, Q_TILE, j, 2, out + r0 * 2, 2);
+}
+
 static void qmm_i8_vnni(const struct qmm *g);
 /* Blocks of 16 rows on the tiles where K is a multiple of 64, the other rows (and every row
    of other K) on VNNI: the same integers either way. */
@@ -620,11 +649,24 @@ static AMX_TGT void qmm_i8_amx(const struct qmm *g) {
             cfg.colsb[t] = 64;
         }
         _tile_loadconfig(&cfg);
+        const int64_t pairs = full / 32 * 32;  /* rows in 32-row pairs of blocks */
+        if (pairs) {  /* 2 row blocks x 2 panels: each B tile serves both row blocks */
+            const int64_t tiles = (npan + 1) / 2;
+            for (int64_t t = 0; t < tiles; t++) {
+                const int64_t j = (g->back ? tiles - 1 - t : t) * 2;
+                for (int64_t i = 0; i < pairs; i += 32) {
+                    if (npan - j >= 2)
+                        q_amx_block2(g, i, j);
+                    else
+                        for (int64_t r = i; r < i + 32; r += 16) q_amx_block(g, r, j, 1);
+                }
+            }
+        }
         const int64_t tiles = (npan + 3) / 4;
-        for (int64_t t = 0; t < tiles; t++) {  /* a block of B (4 KiB a step of k) for every row block */
+        for (int64_t t = 0; pairs < full && t < tiles; t++) {  /* a block of B (4 KiB a step of k) for every row block */
             const int64_t j = (g->back ? tiles - 1 - t : t) * 4;
             const int np = npan - j < 4 ? (int)(npan - j) : 4;
-            for (int64_t i = 0; i < full; i += 16) q_amx_block(g, i, j, np);
+            for (int64_t i = pairs; i < full; i += 16) q_amx_block(g, i, j, np);
         }
         _tile_release();
     }
