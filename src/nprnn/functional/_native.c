@@ -367,11 +367,10 @@ static int64_t gate_block(const struct scan *s, int64_t p, int64_t K, Py_ssize_t
     return s->G * K * panels(s->units[p + 1] - s->units[p], isz);
 }
 
-/* The same for quantized weights: panels of QNR columns, K padded to its group (qk). */
-static int64_t qk(int64_t K, int wq) { return wq == WQ_INT8 ? (K + 3) / 4 * 4 : (K + 1) / 2 * 2; }
+/* The same for quantized weights: panels of QNR columns, K padded to its group (q_kpad). */
 static int64_t q_gate_block(const struct scan *s, int64_t p, int64_t K) {
-    if (s->parts == 1) return qk(K, s->wq) * QPAD(s->G * s->H);
-    return s->G * qk(K, s->wq) * QPAD(s->units[p + 1] - s->units[p]);
+    if (s->parts == 1) return q_kpad(K, s->wq) * QPAD(s->G * s->H);
+    return s->G * q_kpad(K, s->wq) * QPAD(s->units[p + 1] - s->units[p]);
 }
 
 static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for tests) */
@@ -529,7 +528,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         if (s.wq) {
             wih_n += q_gate_block(&s, p, Hin);
             whh_n += q_gate_block(&s, p, P);
-            whr_n += qk(H, s.wq) * QPAD(s.pcols[p + 1] - s.pcols[p]);
+            whr_n += q_kpad(H, s.wq) * QPAD(s.pcols[p + 1] - s.pcols[p]);
         } else {
             wih_n += gate_block(&s, p, Hin, isz);
             whh_n += gate_block(&s, p, P, isz);
@@ -538,8 +537,8 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
     }
     if (s.wq) {  /* the scales and row sums, the quantized rows */
         const int i8 = s.wq == WQ_INT8;
-        s.kx = qk(Hin, s.wq);
-        s.kh = qk(P, s.wq) > (proj ? qk(H, s.wq) : 0) ? qk(P, s.wq) : qk(H, s.wq);
+        s.kx = q_kpad(Hin, s.wq);
+        s.kh = proj && q_kpad(H, s.wq) > q_kpad(P, s.wq) ? q_kpad(H, s.wq) : q_kpad(P, s.wq);
         s.sih = get(&b, ITEM(sih), "sih", 0, 4, GH, !i8, 0, NULL);
         s.shh = get(&b, ITEM(shh), "shh", 0, 4, GH, !i8, 0, NULL);
         s.uih = get(&b, ITEM(uih), "uih", 0, 4, GH, !i8, 0, NULL);
@@ -1157,7 +1156,7 @@ static PyObject *py_qpack(PyObject *self, PyObject *const *args, Py_ssize_t narg
     struct bufs b;
     b.n = 0;
     const void *src = get(&b, args[0], "src", 0, (Py_ssize_t)bytes, M * K, 0, 0, NULL);
-    void *dst = src ? get(&b, args[1], "dst", 1, (Py_ssize_t)bytes, QPAD(M) * qk(K, bytes == 1 ? WQ_INT8 : WQ_BF16),
+    void *dst = src ? get(&b, args[1], "dst", 1, (Py_ssize_t)bytes, QPAD(M) * q_kpad(K, bytes == 1 ? WQ_INT8 : WQ_BF16),
                           0, 0, NULL)
                     : NULL;
     if (dst) q_pack(src, M, K, (int)bytes, dst);
@@ -1190,8 +1189,9 @@ static PyObject *py_qlinear(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (PyObject_GetBuffer(args[0], xv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
     b.n = 1;
     int64_t n = xv->ndim == 2 ? xv->shape[0] : 0, K = xv->ndim == 2 ? xv->shape[1] : 0;
-    const int i8 = wq == WQ_INT8, esz = i8 ? 1 : 2;
-    const int64_t Kp = qk(K, wq);
+    const int i8 = wq == WQ_INT8;
+    const int64_t esz = q_esize(wq);
+    const int64_t Kp = q_kpad(K, wq);
     void *q = NULL;
     float *qs = NULL;
     int32_t *qz = NULL;

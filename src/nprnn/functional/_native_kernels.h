@@ -487,7 +487,7 @@ struct FN(qrows) {
 static TGT void FN(qblocks)(const struct scan *s, int64_t nblk, int64_t stride, int64_t a, int64_t w, int64_t n,
                             int64_t K, const struct FN(qrows) *A, const void *B, const float *ws, const int32_t *wu,
                             float *C, int64_t ldc, const float *Cin, int64_t ldcin, int back) {
-    const int64_t esz = s->wq == WQ_INT8 ? 1 : 2, grp = s->wq == WQ_INT8 ? 4 : 2, Kp = (K + grp - 1) / grp * grp;
+    const int64_t esz = q_esize(s->wq), Kp = q_kpad(K, s->wq);
     for (int64_t q = 0; q < nblk; q++) {  /* (back: blocks and tiles last to first, as part_mm) */
         const int64_t g = back ? nblk - 1 - q : q, at = g * stride + a;
         struct qmm m = {n, Kp, w, A->q, A->ld, A->s, A->z, (const char *)B + g * Kp * QPAD(w) * esz,
@@ -499,7 +499,7 @@ static TGT void FN(qblocks)(const struct scan *s, int64_t nblk, int64_t stride, 
 /* Part p's gate columns of a quantized W_ih (ih) or W_hh: C (n, G*H) = Cin + A_q @ B_p. */
 static TGT inline void FN(qpart)(const struct scan *s, int ih, int64_t p, int64_t n, const struct FN(qrows) *A,
                                  float *C, const float *Cin, int64_t ldcin, int back) {
-    const int64_t GH = s->G * s->H, esz = s->wq == WQ_INT8 ? 1 : 2;
+    const int64_t GH = s->G * s->H, esz = q_esize(s->wq);
     const int one = s->parts == 1;
     const void *B = ih ? (const char *)s->wih + s->wih_at[p] * esz : (const char *)s->whh + s->whh_at[p] * esz;
     FN(qblocks)(s, one ? 1 : s->G, s->H, one ? 0 : s->units[p], one ? GH : s->units[p + 1] - s->units[p], n,
@@ -510,30 +510,40 @@ static TGT inline void FN(qpart)(const struct scan *s, int ih, int64_t p, int64_
 static TGT inline struct FN(qrows) FN(quantize)(const struct scan *s, int64_t n, int64_t K, const float *x,
                                                 int64_t ldx, void *q, int64_t ldq, float *sc, int32_t *zp) {
     if (s->wq == WQ_INT8)
-        quant_rows_u8(n, K, (K + 3) / 4 * 4, x, ldx, (uint8_t *)q, ldq, sc, zp);
+        quant_rows_u8(n, K, q_kpad(K, s->wq), x, ldx, (uint8_t *)q, ldq, sc, zp);
     else
-        quant_rows_bf16(n, K, (K + 1) / 2 * 2, x, ldx, (uint16_t *)q, ldq);
+        quant_rows_bf16(n, K, q_kpad(K, s->wq), x, ldx, (uint16_t *)q, ldq);
     struct FN(qrows) r = {q, ldq, sc, zp};
     return r;
 }
 
-/* Thread `me` of `nthr`'s state slot (its first part's): n rows of K values quantized. */
-static TGT inline struct FN(qrows) FN(quantize_slot)(const struct scan *s, int64_t p0, int64_t n, int64_t K,
-                                                     const float *x, int64_t ldx) {
-    const int64_t esz = s->wq == WQ_INT8 ? 1 : 2;
-    const int64_t at = s->parts > 1 ? p0 * s->N : s->r0;  /* a part's N rows, or a row range's own rows */
-    return FN(quantize)(s, n, K, x, ldx, (char *)s->qh + at * s->kh * esz, s->kh, s->qhs + at, s->qhz + at);
+/* n rows of K values quantized into the rows from `at` of the input's buffer (qx: input,
+   K = Hin) or the state's (qh). */
+static TGT inline struct FN(qrows) FN(quantize_at)(const struct scan *s, int input, int64_t at, int64_t n, int64_t K,
+                                                   const float *x, int64_t ldx) {
+    const int64_t ld = input ? s->kx : s->kh;
+    char *q = (char *)(input ? s->qx : s->qh) + at * ld * q_esize(s->wq);
+    return FN(quantize)(s, n, K, x, ldx, q, ld, (input ? s->qxs : s->qhs) + at, (input ? s->qxz : s->qhz) + at);
+}
+
+/* This thread's slot in the state's (or, projected in the loop, the input's) quantized rows:
+   its first part's N rows, or a row range's own rows. */
+static TGT inline int64_t FN(qslot)(const struct scan *s, int64_t p0) { return s->parts > 1 ? p0 * s->N : s->r0; }
+
+/* Every packed input row, quantized before the loop. */
+static TGT inline struct FN(qrows) FN(qx_all)(const struct scan *s) {
+    const struct FN(qrows) all = {s->qx, s->kx, s->qxs, s->qxz};
+    return all;
 }
 
 /* A quantized loop's input projection before the loop: thread me quantizes its share of
    the rows, then (every row quantized) each part's columns of every row, bias added. */
 static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0, int64_t p1, int late) {
-    const int64_t r0 = s->rows * me / nthr, r1 = s->rows * (me + 1) / nthr, esz = s->wq == WQ_INT8 ? 1 : 2;
-    FN(quantize)(s, r1 - r0, s->Hin, (const float *)s->x + r0 * s->Hin, s->Hin, (char *)s->qx + r0 * s->kx * esz,
-                 s->kx, s->qxs + r0, s->qxz + r0);
+    const int64_t r0 = s->rows * me / nthr, r1 = s->rows * (me + 1) / nthr;
+    FN(quantize_at)(s, 1, r0, r1 - r0, s->Hin, (const float *)s->x + r0 * s->Hin, s->Hin);
     team_barrier(s->team, me, nthr);
     if (late) return;  /* (a stream's odd call projects after h @ W_hh.T: see step_part) */
-    const struct FN(qrows) all = {s->qx, s->kx, s->qxs, s->qxz};
+    const struct FN(qrows) all = FN(qx_all)(s);
     for (int64_t p = p0; p < p1; p++) FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0, 0);
 }
 
@@ -550,7 +560,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     T *xp = s->xproj ? (T *)s->xproj + row * GH : 0;
     if (late) {  /* h @ W_hh.T, then the projection, both backwards; added as the tile adds it */
         if (qh) {  /* quantized: x @ W_ih.T + b, then h's product added to it (a + b = b + a: the same bits) */
-            const struct FN(qrows) all = {s->qx, s->kx, s->qxs, s->qxz};
+            const struct FN(qrows) all = FN(qx_all)(s);
             FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0, 1);
             FN(qpart)(s, 1, p, n, &all, (float *)xp, (const float *)bias, 0, 1);
         } else {
@@ -666,13 +676,9 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
             for (int64_t i = 0; i < n * P; i += 64 / (int64_t)sizeof(T)) __builtin_prefetch(hc + i);
         struct FN(qrows) qrows, qxrows;  /* quantized weights: this thread's copy of the state (and of
                                             the step's input rows, projected in the loop), quantized */
-        if (s->wq) qrows = FN(quantize_slot)(s, p0, n, P, (const float *)hc, P);
-        if (s->wq && !s->xproj) {
-            const int64_t esz = s->wq == WQ_INT8 ? 1 : 2;
-            qxrows = FN(quantize)(s, n, Hin, (const float *)s->x + row * Hin, Hin,
-                                  (char *)s->qx + (s->parts > 1 ? p0 * N : s->r0) * s->kx * esz, s->kx,
-                                  s->qxs + (s->parts > 1 ? p0 * N : s->r0), s->qxz + (s->parts > 1 ? p0 * N : s->r0));
-        }
+        if (s->wq) qrows = FN(quantize_at)(s, 0, FN(qslot)(s, p0), n, P, (const float *)hc, P);
+        if (s->wq && !s->xproj)
+            qxrows = FN(quantize_at)(s, 1, FN(qslot)(s, p0), n, Hin, (const float *)s->x + row * Hin, Hin);
         for (int64_t p = p0; p < p1; p++)
             FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0,
                           s->wq && !s->xproj ? &qxrows : 0);
@@ -686,12 +692,12 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
             team_barrier(s->team, me, nthr);
             const T *m = s->train ? (const T *)s->m + row * H : (const T *)s->m + rr * H;
-            if (s->wq) qrows = FN(quantize_slot)(s, p0, n, H, (const float *)m, H);
+            if (s->wq) qrows = FN(quantize_at)(s, 0, FN(qslot)(s, p0), n, H, (const float *)m, H);
             for (int64_t p = p0; p < p1; p++) {
                 const int64_t b = s->pcols[p], w = s->pcols[p + 1] - b;
                 if (s->wq)
                     FN(qblocks)(s, 1, 0, b, w, n, H, &qrows,
-                                (const char *)s->whr + s->whr_at[p] * (s->wq == WQ_INT8 ? 1 : 2), s->shr, s->uhr,
+                                (const char *)s->whr + s->whr_at[p] * q_esize(s->wq), s->shr, s->uhr,
                                 (float *)hn, P, 0, 0, (int)((q + s->phase) & 1));
                 else
                     FN(mm)(n, H, w, m, H, (const T *)s->whr + s->whr_at[p], hn + b, P, 0, 0);

@@ -25,6 +25,10 @@
 #define QNR 16  /* columns per panel of quantized weights, on every path */
 #define QPAD(M) (((M) + QNR - 1) / QNR * QNR)
 enum { WQ_FLOAT = 0, WQ_INT8 = 1, WQ_BF16 = 2 };
+/* A quantized element's bytes, and K padded to the group of k one instruction reads
+   (4 for int8, 2 for bf16): the packed panels' and the quantized rows' row length. */
+static inline int64_t q_esize(int wq) { return wq == WQ_INT8 ? 1 : 2; }
+static inline int64_t q_kpad(int64_t K, int wq) { return wq == WQ_INT8 ? (K + 3) / 4 * 4 : (K + 1) / 2 * 2; }
 
 /* One quantized product: C (n, M) = Cin + A (n, K) @ B, B packed (K a multiple of 4 for
    int8, of 2 for bf16, zero-padded), A row-major uint8 (int8) or uint16 bf16 bits, lda
@@ -155,7 +159,7 @@ static void q_finish_bf16(const struct qmm *g, int64_t i0, int mr, int64_t j0, i
    4 k, bf16 pairs, zero past K and M.  dst holds QPAD(M) * Kp elements. */
 static __attribute__((unused)) void q_pack(const void *src, int64_t M, int64_t K, int bytes, void *dst) {
     const int grp = bytes == 1 ? 4 : 2;
-    const int64_t Kp = (K + grp - 1) / grp * grp;
+    const int64_t Kp = q_kpad(K, bytes == 1 ? WQ_INT8 : WQ_BF16);
     const int64_t np = QPAD(M) / QNR;
     for (int64_t j = 0; j < np; j++)
         for (int64_t kq = 0; kq < Kp / grp; kq++)
