@@ -19,6 +19,7 @@ import numpy as np
 from .._typing import Array, OptArray
 from ..config import settings
 from . import native
+from .cells import KINDS
 
 WQ = {"int8": 1, "bf16": 2}
 QNR = 16  # columns per panel (QNR in _native_quant.h)
@@ -49,7 +50,7 @@ def packed(q: Array, storage: str) -> Array:
     """A quantized weight ``q`` (M, K) (int8, or bf16 bits as uint16) in panels."""
     M, K = q.shape
     out = native.aligned_empty(-(-M // QNR) * QNR * _k(K, storage), q.dtype)
-    native.compiled.qpack(np.ascontiguousarray(q), out, M, K, 1 if storage == "int8" else 2)
+    native.compiled.qpack(np.ascontiguousarray(q), out, M, K, q.dtype.itemsize)
     return out
 
 
@@ -71,7 +72,7 @@ class QPrepared:
     output column's weight scale ``s*`` and row sum ``u*`` (int8), the float32 bias on the
     input side (GRU: ``bhn`` apart)."""
 
-    kind: int
+    mode: str  # the cell kind: rnn_tanh, rnn_relu, lstm, gru
     G: int
     H: int
     P: int
@@ -83,9 +84,6 @@ class QPrepared:
     arrays: dict[str, Any]
 
 
-_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
-
-
 def prepare(mode: str, weights: dict[str, Any], storage: str, parts: int) -> QPrepared:
     """Arrange one layer-direction: ``weights`` maps ``weight_ih``, ``weight_hh``,
     ``weight_hr`` to ``(q, scale)`` (int8) or ``(bits, None)`` (bf16) and ``bias_ih``,
@@ -93,7 +91,7 @@ def prepare(mode: str, weights: dict[str, Any], storage: str, parts: int) -> QPr
     q_ih, s_ih = weights["weight_ih"]
     q_hh, s_hh = weights["weight_hh"]
     hr = weights.get("weight_hr")
-    G = {"lstm": 4, "gru": 3}.get(mode, 1)
+    G = KINDS[mode].num_gates
     H, P, H_in = q_hh.shape[0] // G, q_hh.shape[1], q_ih.shape[1]
     parts = max(1, min(parts, H // QNR or 1, P // QNR or 1, 64))
     units, pcols = native._bounds(H, parts, QNR), native._bounds(P, parts, QNR)
@@ -116,7 +114,7 @@ def prepare(mode: str, weights: dict[str, Any], storage: str, parts: int) -> QPr
         else:
             bias += b_hh
         arrays["bias"] = bias
-    return QPrepared(_CODES[mode], G, H, P, H_in, storage, parts, units, pcols, arrays)
+    return QPrepared(mode, G, H, P, H_in, storage, parts, units, pcols, arrays)
 
 
 def forward(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h: Array, c: OptArray,
@@ -148,13 +146,13 @@ def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h
     # for enough rows at each step (as the float loop decides); else before it
     inloop = N >= settings.min_inloop_batch
     work = {"gates": (N, GH)} if inloop else {"xproj": (T, GH), "gates": (N, GH)}
-    if inloop and prep.kind == 3:
+    if inloop and prep.mode == "gru":
         work["gxs"] = (N, GH)
-    if prep.kind == 2:
+    if prep.mode == "lstm":
         work["tc"] = (N, H)
         if "whr" in prep.arrays:
             work["m"] = (N, H)
-    if prep.kind == 3:
+    if prep.mode == "gru":
         work["ghn"] = (N, H)
     if prep.parts > 1:
         work["hbuf"] = (2 * N, P)
@@ -167,9 +165,9 @@ def spec(prep: QPrepared, x: Array, batch_sizes: Sequence[int], reverse: bool, h
     if prep.storage == "int8":
         arrays.update(native._arrays({"qxz": (xrows, 1), "qhz": (prep.parts * N, 1)}, np.int32, pool,
                                      (key, "quantized zero points")))
-    arrays.update(prep.arrays, back=0, kind=prep.kind, train=0, reverse=int(reverse), accumulate=0, r0=0, r1=N,
-                H=H, P=P, Hin=prep.H_in, itemsize=4, batch_sizes=sizes, offsets=offsets, x=x,
-                out=out, h=h, c=c, wq=WQ[prep.storage], team=team if prep.parts > 1 else None)
+    arrays.update(prep.arrays, back=0, kind=native._CODES[prep.mode], train=0, reverse=int(reverse), accumulate=0,
+                  r0=0, r1=N, H=H, P=P, Hin=prep.H_in, itemsize=4, batch_sizes=sizes, offsets=offsets, x=x,
+                  out=out, h=h, c=c, wq=WQ[prep.storage], team=team if prep.parts > 1 else None)
     if prep.parts > 1:
         arrays.update(parts=prep.parts, units=prep.units, pcols=prep.pcols)
     return arrays

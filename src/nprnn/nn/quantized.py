@@ -22,7 +22,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .._checks import as_array
 from .._typing import Array
 from ..config import settings
 from ..functional import qnative, quant, reference
@@ -56,7 +55,7 @@ class QuantizedWeight:
 
     def __init__(self, module: Module, name: str, storage: str) -> None:
         self.module, self.name, self.storage = module, name, storage
-        self._sums: tuple[Any, ...] = (-1, None)  # (epoch, row sums[, packed]): remade after a load
+        self._derived: dict[str, tuple[int, Any]] = {}  # what is made from the storage, by the epoch it was made at
 
     @staticmethod
     def arrays(w: Array, storage: str) -> dict[str, Array]:
@@ -74,9 +73,26 @@ class QuantizedWeight:
     def _part(self, part: str) -> Array:
         return self.module.__dict__["_stored"][f"{self.name}_{part}"]  # type: ignore[no-any-return]
 
+    def _cached(self, what: str, make: Callable[[], Any]) -> Any:
+        """``make()``, kept until a parameter or buffer changes (a load_state_dict)."""
+        hit = self._derived.get(what)
+        if hit is None or hit[0] != parameter_epoch():
+            hit = self._derived[what] = (parameter_epoch(), make())
+        return hit[1]
+
+    @property
+    def held(self) -> Array:
+        """The int8 values or bf16 bits (its buffer ``<name>_<storage>``)."""
+        return self._part(self.storage)
+
+    def _row_sums(self) -> Array:
+        """int8: each row's sum of its int8 values (the zero points' correction)."""
+        sums: Array = self._cached("sums", lambda: self.held.sum(axis=1, dtype=np.int32))
+        return sums
+
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._part("int8" if self.storage == "int8" else "bf16").shape)
+        return tuple(self.held.shape)
 
     @property
     def T(self) -> "_Transposed":
@@ -91,36 +107,25 @@ class QuantizedWeight:
         """``x @ W.T`` for x (..., cols), float32 (..., rows)."""
         x = np.asarray(x, np.float32)
         flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+        int8 = self.storage == "int8"
         if qnative.available() and flat.shape[0] and flat.shape[1]:  # compiled: the same numbers
             y = np.empty((flat.shape[0], self.shape[0]), np.float32)
-            packed, sums = self._packed()
-            scale = self._part("scale") if self.storage == "int8" else None
-            qnative.compiled().qlinear(flat, packed, qnative.WQ[self.storage], y.shape[1], scale, sums, None, y,
-                                            None)
-        elif self.storage == "int8":
-            q = self._part("int8")
-            if self._sums[0] != parameter_epoch():  # (the row sums follow a load_state_dict)
-                self._sums = (parameter_epoch(), q.sum(axis=1, dtype=np.int32))
-            y = quant.int8_linear(flat, q, self._part("scale"), self._sums[1])
+            packed = self._cached("packed", lambda: qnative.packed(self.held, self.storage))
+            qnative.compiled().qlinear(flat, packed, qnative.WQ[self.storage], y.shape[1],
+                                       self._part("scale") if int8 else None, self._row_sums() if int8 else None,
+                                       None, y, None)
+        elif int8:
+            y = quant.int8_linear(flat, self.held, self._part("scale"), self._row_sums())
         else:
-            y = quant.bf16_linear(flat, self._part("bf16"))
+            y = quant.bf16_linear(flat, self.held)
         out: Array = y.reshape(x.shape[:-1] + (y.shape[-1],))
         return out
-
-    def _packed(self) -> tuple[Array, Any]:
-        """The weight in the compiled products' panels, and (int8) its row sums; made again
-        after a load_state_dict."""
-        if self._sums[0] != parameter_epoch() or len(self._sums) < 3:
-            q = self._part("int8" if self.storage == "int8" else "bf16")
-            sums = q.sum(axis=1, dtype=np.int32) if self.storage == "int8" else None
-            self._sums = (parameter_epoch(), sums, qnative.packed(q, self.storage))
-        return self._sums[2], self._sums[1]
 
     def dequantized(self) -> Array:
         """The float32 values the storage holds."""
         if self.storage == "int8":
-            return (self._part("int8").astype(np.float32) * self._part("scale")[:, None]).astype(np.float32)
-        return quant.from_bf16_bits(self._part("bf16"))
+            return (self.held.astype(np.float32) * self._part("scale")[:, None]).astype(np.float32)
+        return quant.from_bf16_bits(self.held)
 
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("a quantized weight takes part in x @ w.T only; dequantized() gives its float32 values")
@@ -259,8 +264,7 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
             weights: dict[str, Any] = {}
             for name, value in p.items():
                 if isinstance(value, QuantizedWeight):
-                    weights[name] = ((value._part("int8"), value._part("scale")) if self.storage == "int8"
-                                     else (value._part("bf16"), None))
+                    weights[name] = (value.held, value._part("scale") if self.storage == "int8" else None)
                 else:
                     weights[name] = value
             hit = self._prepared[key] = (parameter_epoch(), qnative.prepare(self.mode, weights, self.storage, parts))
@@ -318,33 +322,14 @@ class QuantizedStream(Stream):
         self._calls = (key, calls)
         return calls
 
-    def step(self, x_t: Any) -> Any:
-        if qnative.available():
-            layer = self._layer
-            x = as_array(x_t, "input", layer.dtype, layer._label)
-            want = (layer.input_size,) if self.batch_size is None else (self.batch_size, layer.input_size)
-            if x.shape != want:
-                raise ValueError(f"{layer._label} stream step: input must have shape {want}, got {x.shape}")
-            np.copyto(self._x, x.reshape(self._x.shape), casting="unsafe")
-            for call in self._native_calls():
-                call()
-            y = self._outs[-1]
-            return y.copy() if self.batch_size is not None else y[0].copy()
-        return self._reference_step(x_t)
-
-    def _reference_step(self, x_t: Any) -> Any:
-        layer = self._layer
-        x = as_array(x_t, "input", layer.dtype, layer._label)
-        want = (layer.input_size,) if self.batch_size is None else (self.batch_size, layer.input_size)
-        if x.shape != want:
-            raise ValueError(f"{layer._label} stream step: input must have shape {want}, got {x.shape}")
-        N = self._h.shape[1]
+    def _numpy_step(self, x: Array) -> None:
+        """The NumPy tier's step (``Stream.step`` validates and calls it): one step of the
+        stack through the reference equations."""
         states = [self._h] if self._c is None else [self._h, self._c]
-        h, finals = layer._run(x.reshape(N, layer.input_size).astype(np.float32), [N],
-                               [s.astype(np.float32) for s in states])  # one step of the stack
+        h, finals = self._layer._run(x.astype(np.float32), [x.shape[0]], list(states))
         for target, value in zip(states, finals):
             target[...] = value
-        return h if self.batch_size is not None else h[0]
+        self._outs[-1][...] = h
 
 
 class QuantizedCell(_InferenceOnly, Module):
