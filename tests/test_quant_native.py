@@ -158,10 +158,10 @@ def test_a_large_batch_split_by_rows_equals_one_loop_bit_for_bit(kind, kw, stora
     x = np.random.default_rng(7).standard_normal((6, 40, 64)).astype(np.float32)
     lengths = np.random.default_rng(8).integers(1, 7, 40)
     with config.override(num_threads=2):
-        assert q._ranges(0, [40] * 6) == [(0, 16), (16, 40)]
+        assert q._ranges([40] * 6) == [(0, 16), (16, 40)]
         split = q(x, lengths=lengths)
     with config.override(num_threads=1):
-        assert q._ranges(0, [40] * 6) is None
+        assert q._ranges([40] * 6) is None
         one = q(x, lengths=lengths)
     np.testing.assert_array_equal(_flat(split), _flat(one))
     native.set_backend("numpy")

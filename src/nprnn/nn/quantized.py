@@ -236,7 +236,7 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
         assert has_cell == (len(states) == 2)
         return x, [np.stack(f) for f in finals]
 
-    def _ranges(self, index: int, batch_sizes: list[int]) -> Any:
+    def _ranges(self, batch_sizes: list[int]) -> Any:
         """Row ranges for a batch split (each its own loop on its own thread, no meeting per
         step, its own rows quantized once), where the batch is large enough to project
         inside the loop and to split; None: one loop."""
@@ -274,11 +274,11 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
     def _run_compiled(self, x: Array, batch_sizes: list[int], states: list[Array]) -> tuple[Array, list[Array]]:
         D = self.num_directions
         pool = self._pool()  # work arrays kept between calls (fresh memory costs page faults)
+        ranges = self._ranges(batch_sizes)  # (the same for every layer: it depends on the batch alone)
         finals: list[list[Array]] = [[] for _ in states]
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
-                ranges = self._ranges(layer * D + d, batch_sizes)
                 prep, team = self._prepared_layer(layer * D + d, batch_sizes[0], len(batch_sizes), ranges is not None)
                 h = np.array(states[0][layer * D + d], np.float32, order="C")
                 c = np.array(states[1][layer * D + d], np.float32, order="C") if len(states) == 2 else None

@@ -189,8 +189,8 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
                     f"one step at a time, the reference equations with each x @ W.T computed from the {storage} "
                     "weights"]
         lines = []
+        ranges = module._ranges([batch] * seq_len)
         for layer in range(module.num_layers):
-            ranges = module._ranges(layer * module.num_directions, [batch] * seq_len)
             prep, _ = module._prepared_layer(layer * module.num_directions, batch, seq_len, ranges is not None)
             where = ("inside the loop, step by step" if batch >= settings.min_inloop_batch
                      else "before the loop, one product over every row")
