@@ -262,13 +262,22 @@ def _quantized(model, case: Case):
     return nprnn.quantize(model, case.storage)
 
 
-def quantized_error(case: Case, torch) -> float:
+def quantized_error(case: Case, torch, threads: int) -> dict:
     """The largest output difference of the quantized model from its float32 original on
-    the case's input (unit normal, the timed shapes): the accuracy the speed is bought with."""
+    the case's input (unit normal, the timed shapes): the accuracy the speed is bought with;
+    beside it, onnxruntime's int8 model's own difference where the row times it."""
     ours, _ = _build(case, torch)
     ours.eval()
     x = np.random.default_rng(1).standard_normal((case.L, case.N, case.H_in)).astype(case.dtype)
-    return float(np.abs(_quantized(ours, case)(x)[0] - ours(x)[0]).max())
+    ref = ours(x)[0]
+    out = {"max_abs_diff": float(np.abs(_quantized(ours, case)(x)[0] - ref).max())}
+    if "onnxruntime int8" in case.against and case.mode == "inference":
+        try:
+            theirs = _ort_session(ours, threads, with_state=False, int8=True).run(None, {"input": x})[0]
+        except ImportError:
+            return out
+        out["ort_int8_max_abs_diff"] = float(np.abs(theirs.reshape(ref.shape) - ref).max())
+    return out
 
 
 def runners(case: Case, torch, threads: int) -> dict:
@@ -478,7 +487,10 @@ def markdown(results, cold, sizes, meta) -> str:
         ms = r.ms["nprnn"] * 1e3
         t = f"{ms:.3g} ms" if ms >= 1 else f"{ms * 1e3:.3g} µs"
         if "max_abs_diff" in r.extra:
-            t += f" (max diff {r.extra['max_abs_diff']:.1e})"
+            t += f" (max diff {r.extra['max_abs_diff']:.1e}"
+            if "ort_int8_max_abs_diff" in r.extra:
+                t += f"; onnxruntime int8 {r.extra['ort_int8_max_abs_diff']:.1e}"
+            t += ")"
         cols = [f"{r.ratios[o]:.2f}" if o in r.ratios else "—" for o in others]
         extra = "".join(f"; {k} {v:.2f}" for k, v in r.ratios.items() if k not in others and "int8" not in k)
         int8 = "".join(f"; int8 {v:.2f}" for k, v in r.ratios.items() if "int8" in k)
@@ -502,7 +514,8 @@ def markdown(results, cold, sizes, meta) -> str:
                      + ", ".join(f"{k} {v['GBps']:.0f} GB/s" for k, v in bw.items())
                      + f", {meta['threads']} threads, nprnn's vector-load probe); int8: onnxruntime's dynamically "
                      "quantized model; max diff: the largest output difference of nprnn.quantize's copy from "
-                     "float32 on the timed input.")
+                     "float32 on the timed input (and of onnxruntime's int8 model from the same float32 "
+                     "model, where the row times it).")
     return "\n".join(lines) + "\n"
 
 
@@ -573,7 +586,7 @@ def main(argv=None) -> int:
         gf = flops(case) / med["nprnn"] / 1e9
         r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype], {"busy_before": share})
         if case.storage and case.mode == "inference":
-            r.extra["max_abs_diff"] = quantized_error(case, torch)
+            r.extra.update(quantized_error(case, torch, args.threads))
         if case.N == 1 and not case.idle:
             lims = [step_limit(b, args.threads, bw) for b in weight_bytes(case)]
             r.extra["limit"] = {"level": "/".join(dict.fromkeys(lim["level"] for lim in lims)),
