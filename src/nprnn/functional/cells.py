@@ -93,6 +93,18 @@ class CellKind:
     separate_dgh: bool = False  # the gradient w.r.t. h @ W_hh.T differs from that w.r.t. gx
     # prepare(step_weights, w_hh): a kind's own arrangement of its weights
     prepare: Optional[Callable[["StepWeights", Array], None]] = None
+    # A kind's own parameters after the five (w_ih, w_hh, b_ih, b_hh, w_hr), by name; the
+    # kernels find them in StepWeights.extra. param_grads(w, record, grads, du) gives every
+    # parameter's gradient after the loop (the five, then these), where the kind's records
+    # differ from weight_grads' (du: the gradient of x @ W_ih.T).
+    params: tuple[str, ...] = ()
+    param_grads: Optional[Callable[["StepWeights", Any, Any, Array], tuple[OptArray, ...]]] = None
+    # A row-wise transform of the input projection before the loop (the layer norms):
+    # project(gx rows, w, records) in place, keeping per-row records (blocks of
+    # project_blocks); project_backward(dgx rows, w, records, out) the gradient of x @ W_ih.T.
+    project: Optional[Callable[[Array, "StepWeights", Any], None]] = None
+    project_backward: Optional[Callable[[Array, "StepWeights", Any, Array], None]] = None
+    project_blocks: Optional[BlocksOf] = None
 
 
 def gate_scale(kind: CellKind, hidden_size: int, dtype: Any) -> OptArray:
@@ -181,21 +193,22 @@ def _lstm_forward(gx: Array, h: Array, c: Array, w: StepWeights, tape: Any, work
     np.multiply(i, g, tc)
     np.add(c, tc, c)  # c' = f * c + i * g
     np.tanh(c, tc)
-    _lstm_output(o, tc, w, tape, work, h_out)
+    proj = w.hrT is not None
+    _lstm_output(o, tc, w, tape[3] if proj else None, work[1] if proj else None, h_out)
 
 
-def _lstm_output(o: Array, tc: Array, w: StepWeights, tape: Any, work: Any, h_out: Array) -> None:
-    """h' = o * tanh(c'), or (o * tanh(c')) @ W_hr.T with a projection."""
-    if w.hrT is None:
+def _lstm_output(o: Array, tc: Array, w: StepWeights, m: OptArray, rows: OptArray, h_out: Array) -> None:
+    """h' = o * tanh(c'), or (o * tanh(c')) @ W_hr.T with a projection (``m`` (n, H) then
+    keeps o * tanh(c'), and ``rows`` (n, P) is workspace)."""
+    if m is None or rows is None:
         np.multiply(o, tc, h_out)
         return
-    m = tape[3]
     np.multiply(o, tc, out=m)
     if h_out.flags.c_contiguous:
         np.dot(m, w.hrT, out=h_out)
     else:  # a column slice of a bidirectional output: BLAS writes contiguous rows only
-        np.dot(m, w.hrT, out=work[1])
-        np.copyto(h_out, work[1])
+        np.dot(m, w.hrT, out=rows)
+        np.copyto(h_out, rows)
 
 
 def _lstm_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: Any, scratch: Any) -> None:

@@ -48,9 +48,10 @@ def step_slices(batch_sizes: Sequence[int], reverse: bool) -> Steps:
 
 
 def prepare_weights(kind: CellKind, w_ih: Array, w_hh: Array, b_ih: OptArray, b_hh: OptArray, w_hr: OptArray,
-                    options: Any = None) -> tuple[Array, OptArray, StepWeights]:
+                    options: Any = None, own: Sequence[Array] = ()) -> tuple[Array, OptArray, StepWeights]:
     """Arrange one layer-direction's parameters for the loop (``options``: what a
-    registered kind's kernels read from ``StepWeights.extra``).
+    registered kind's kernels read from ``StepWeights.extra``; ``own``: the kind's own
+    parameters, put there under their names, ``kind.params``).
 
     Returns ``(w_ih_s, b_gx, step_weights)``: the input weights and the bias for the
     projection of all steps (rows scaled by :func:`.cells.gate_scale`), and the weights
@@ -82,7 +83,7 @@ def prepare_weights(kind: CellKind, w_ih: Array, w_hh: Array, b_ih: OptArray, b_
         hr=None if w_hr is None else np.ascontiguousarray(w_hr),
         one=dt(1),
         two=dt(2),
-        extra=dict(options or {}),
+        extra=dict(options or {}, **dict(zip(kind.params, own))),
     )
     if kind.prepare is not None:
         kind.prepare(step, w_hh)
@@ -214,6 +215,7 @@ class DirectionRecord:
     tape_blocks: Blocks
     proj: bool
     has_bias: bool
+    records: tuple[Array, ...] = ()  # the kind's records of its input projection's transform (kind.project)
 
     def padded_tape(self, L: int) -> tuple[Array, Array, OptArray]:
         """For a padded run of ``L`` steps: the states before each step (T, H_out), the
@@ -247,20 +249,24 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     if stage is None and native.supports(kind, x.dtype):
         return native.direction_forward(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner,
                                         cache)
-    w_ih, w_hh, b_ih, b_hh, w_hr = params
+    w_ih, w_hh, b_ih, b_hh, w_hr = params[:5]
     w_ih_s, b_gx, step = _prepared(cache, key, kind, params, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
+    H = w_hh.shape[0] // kind.num_gates
+    P = w_hh.shape[1]
+    proj = w_hr is not None
+    record_blocks = kind.project_blocks(H, P, proj) if kind.project_blocks else ()
+    records = alloc_blocks(record_blocks, x.shape[0], x.dtype, pool, (key, "records"))
 
     def project(lo: int, hi: int) -> None:  # gx = x @ W_ih.T + b for rows lo:hi, (rows, G*H)
         with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
             np.dot(x[lo:hi], w_ih_s.T, out=gx[lo:hi])
             if b_gx is not None:
                 gx[lo:hi] += b_gx
+            if kind.project is not None:  # a kind's row-wise transform (a layer norm)
+                kind.project(gx[lo:hi], step, block_views(records, record_blocks, lo, hi))
 
     state = tuple(np.array(s, order="C", copy=True) for s in state0)
-    H = w_hh.shape[0] // kind.num_gates
-    P = w_hh.shape[1]
-    proj = w_hr is not None
     steps = step_slices(batch_sizes, reverse)
     N = state[0].shape[0]
     work_blocks = kind.work_blocks(H, P, proj)
@@ -279,7 +285,8 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     else:
         chunks = stage.forward_hooks(steps, project, gx.shape[1])
     scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks)
-    record = DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None) if train else None
+    record = (DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None, records)
+              if train else None)
     return state, record
 
 
@@ -289,10 +296,10 @@ def _prepared(cache: Optional[dict[Any, Any]], key: Any, kind: CellKind, params:
     tier keeps its own): a cell's training records then share the prepared weights instead
     of each holding a copy of W_hh."""
     if cache is None or options:  # (the ONNX variants' options hold their own arrays)
-        return prepare_weights(kind, *params, options)
+        return prepare_weights(kind, *params[:5], options, params[5:])
     epoch, hit = native.parameter_epoch(), cache.get((key, "numpy"))
     if hit is None or hit[0] != epoch:
-        hit = cache[(key, "numpy")] = (epoch, prepare_weights(kind, *params, options))
+        hit = cache[(key, "numpy")] = (epoch, prepare_weights(kind, *params[:5], options, params[5:]))
     return hit[1]
 
 
@@ -326,6 +333,15 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
     scratch = alloc_blocks(scratch_blocks, N, dtype, pool, (key, "scratch"))
     dgx = grads[0]  # (T, G*H) gradient of the pre-activations, input side
     dgh = grads[1] if kind.separate_dgh else dgx  # hidden side
+    du = dgx  # the gradient of x @ W_ih.T: dgx, or through the kind's transform of it
+    if kind.project_backward is not None:
+        (du,) = alloc_blocks(((1, dgx.shape[1]),), T, dtype, pool, (key, "du"))
+        record_blocks = kind.project_blocks(H, P, rec.proj) if kind.project_blocks else ()
+
+    def through_projection(lo: int, hi: int) -> None:  # du from dgx for rows lo:hi
+        if kind.project_backward is not None:
+            kind.project_backward(dgx[lo:hi], rec.step, block_views(rec.records, record_blocks, lo, hi), du[lo:hi])
+
     chunks = None
     if stage is not None:
         if rec.steps[0][0] != 0 or dx is None or accumulate:
@@ -334,18 +350,23 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
         target = dx
 
         def input_grad(lo: int, hi: int) -> None:  # dx = dgx @ W_ih for rows lo:hi
-            np.dot(dgx[lo:hi], rec.w_ih, out=target[lo:hi])
+            through_projection(lo, hi)
+            np.dot(du[lo:hi], rec.w_ih, out=target[lo:hi])
 
         chunks = stage.backward_hooks(rec.steps, T, input_grad, dgx.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
         scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
                       scratch, scratch_blocks, chunks)
+        if chunks is None:  # (a pipelined run went through the projection a group at a time)
+            through_projection(0, T)
         if dx is None:
-            dx = dgx @ rec.w_ih  # (T, H_in)
+            dx = du @ rec.w_ih  # (T, H_in)
         elif accumulate:
-            dx += dgx @ rec.w_ih
+            dx += du @ rec.w_ih
         elif chunks is None:  # (a pipelined run wrote dx a group at a time)
-            np.dot(dgx, rec.w_ih, out=dx)
+            np.dot(du, rec.w_ih, out=dx)
+        if kind.param_grads is not None:  # a kind's own record layout and parameters
+            return dx, dstate, kind.param_grads(rec.step, rec, grads, du)
         pgrads = weight_grads(rec.x, dgx, dgh, rec.tape[0], rec.has_bias, grads[1] if rec.proj else None,
                               rec.tape[4] if rec.proj else None)
     return dx, dstate, pgrads

@@ -99,7 +99,8 @@ def _lstm_ext_forward(gx: Array, h: Array, c: Array, w: StepWeights, tape: Any, 
         np.clip(o, -clip, clip, out=o)
     _sigmoid(o, w.one)
     np.tanh(c, out=tc)
-    _lstm_output(o, tc, w, tape, work, h_out)
+    proj = w.hrT is not None
+    _lstm_output(o, tc, w, tape[3] if proj else None, work[1] if proj else None, h_out)
 
 
 def _gru_lbr0_tape(H: int, P: int, proj: bool) -> Blocks:
