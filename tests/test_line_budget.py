@@ -8,7 +8,10 @@ backward (1834), to 1870 for ``backend_info`` and the import error it keeps (186
 ``to``/``double``/``float`` that optimizers follow, ``modules``/``apply``), the memory
 checks before the constructors allocate (1963), then to 1980 for the NumPy tier's cache of
 prepared weights (1971), and to 1990 for buffers (``register_buffer``: arrays in
-``state_dict`` without gradients, which quantized weights are kept in; 1985).
+``state_dict`` without gradients, which quantized weights are kept in; 1985), then to 2280
+for the layer-norm kinds (issue 26: a kind's own parameters and a transform of its input
+projection as CellKind hooks, their NumPy kernels in ``functional/lncells.py``, counted
+from then on, and LayerNormLSTM/GRU with their cells; 2277).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
@@ -18,10 +21,10 @@ import tokenize
 
 import nprnn
 
-BUDGET = 1990
-CORE = ["functional/__init__.py", "functional/cells.py", "functional/scan.py", "functional/stack.py",
-        "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py", "nn/cells.py",
-        "nn/module.py"]
+BUDGET = 2280
+CORE = ["functional/__init__.py", "functional/cells.py", "functional/lncells.py", "functional/scan.py",
+        "functional/stack.py", "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py",
+        "nn/cells.py", "nn/module.py"]
 
 
 def code_lines(source: str) -> int:

@@ -13,7 +13,7 @@ from . import (
 from .functional.native import backend, backend_info, set_backend
 from .nn import losses, optim
 from .nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from .nn.cells import GRUCell, LSTMCell, RNNCell
+from .nn.cells import GRUCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
 from .nn.layers import Dropout, Embedding, LayerNorm, Linear
 from .nn.module import Module, writable
 from .nn.packing import (
@@ -26,14 +26,15 @@ from .nn.packing import (
     unpad_sequence,
 )
 from .nn.quantized import quantize
-from .nn.recurrent import GRU, LSTM, RNN, RNNBase
+from .nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
 from .nn.sequential import LastStep, Sequential
 from .parallel.threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "RNNBase", "Module", "optim", "losses", "config",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTM", "LayerNormGRU", "LayerNormLSTMCell",
+    "LayerNormGRUCell", "RNNBase", "Module", "optim", "losses", "config",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
     "get_helper_process", "backend", "backend_info", "set_backend", "writable", "Sequential", "LastStep", "ReLU",

@@ -93,11 +93,12 @@ class CellKind:
     separate_dgh: bool = False  # the gradient w.r.t. h @ W_hh.T differs from that w.r.t. gx
     # prepare(step_weights, w_hh): a kind's own arrangement of its weights
     prepare: Optional[Callable[["StepWeights", Array], None]] = None
-    # A kind's own parameters after the five (w_ih, w_hh, b_ih, b_hh, w_hr), by name; the
-    # kernels find them in StepWeights.extra. param_grads(w, record, grads, du) gives every
-    # parameter's gradient after the loop (the five, then these), where the kind's records
-    # differ from weight_grads' (du: the gradient of x @ W_ih.T).
-    params: tuple[str, ...] = ()
+    # A kind's own parameters after the five (w_ih, w_hh, b_ih, b_hh, w_hr): (name, width
+    # in hidden units, initial value) each; the kernels find them in StepWeights.extra by
+    # name. param_grads(w, record, grads, du) gives every parameter's gradient after the
+    # loop (the five, then these), where the kind's records differ from weight_grads'
+    # (du: the gradient of x @ W_ih.T).
+    params: tuple[tuple[str, int, float], ...] = ()
     param_grads: Optional[Callable[["StepWeights", Any, Any, Array], tuple[OptArray, ...]]] = None
     # A row-wise transform of the input projection before the loop (the layer norms):
     # project(gx rows, w, records) in place, keeping per-row records (blocks of
@@ -105,6 +106,11 @@ class CellKind:
     project: Optional[Callable[[Array, "StepWeights", Any], None]] = None
     project_backward: Optional[Callable[[Array, "StepWeights", Any, Array], None]] = None
     project_blocks: Optional[BlocksOf] = None
+
+
+def own_names(kind: CellKind) -> tuple[str, ...]:
+    """The names of a kind's own parameters, in their order after the five."""
+    return tuple(name for name, _, _ in kind.params)
 
 
 def gate_scale(kind: CellKind, hidden_size: int, dtype: Any) -> OptArray:
@@ -200,7 +206,7 @@ def _lstm_forward(gx: Array, h: Array, c: Array, w: StepWeights, tape: Any, work
 def _lstm_output(o: Array, tc: Array, w: StepWeights, m: OptArray, rows: OptArray, h_out: Array) -> None:
     """h' = o * tanh(c'), or (o * tanh(c')) @ W_hr.T with a projection (``m`` (n, H) then
     keeps o * tanh(c'), and ``rows`` (n, P) is workspace)."""
-    if m is None or rows is None:
+    if m is None or rows is None or w.hrT is None:
         np.multiply(o, tc, h_out)
         return
     np.multiply(o, tc, out=m)

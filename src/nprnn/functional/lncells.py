@@ -74,7 +74,8 @@ def _project_backward(dgx: Array, w: StepWeights, records: Any, out: Array) -> N
 
 def _sum_rows(a: Array, b: OptArray = None) -> Array:
     """Column sums of ``a`` (or of ``a * b``) over every step's rows."""
-    return a.sum(axis=0) if b is None else np.einsum("ij,ij->j", a, b)
+    out: Array = a.sum(axis=0) if b is None else np.einsum("ij,ij->j", a, b)
+    return out
 
 
 # ---------------------------------------------------------------------- layer-norm LSTM
@@ -172,7 +173,8 @@ def _ln_lstm_scratch(H: int, P: int, proj: bool) -> Blocks:
 LN_LSTM = register(CellKind(
     "ln_lstm", 4, (), True, _ln_lstm_forward, _ln_lstm_backward, _ln_lstm_tape, _ln_lstm_work,
     _ln_lstm_grads_blocks, _ln_lstm_scratch, separate_dgh=True,
-    params=("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias"),
+    params=(("ln_ih_weight", 4, 1.0), ("ln_ih_bias", 4, 0.0), ("ln_hh_weight", 4, 1.0), ("ln_hh_bias", 4, 0.0),
+            ("ln_c_weight", 1, 1.0), ("ln_c_bias", 1, 0.0)),
     param_grads=_ln_lstm_grads, project=_project, project_backward=_project_backward,
     project_blocks=lambda H, P, proj: ((1, 4 * H), (1, 1))))
 
@@ -238,6 +240,6 @@ def _ln_gru_tape(H: int, P: int, proj: bool) -> Blocks:
 LN_GRU = register(CellKind(
     "ln_gru", 3, (), False, _ln_gru_forward, _ln_gru_backward, _ln_gru_tape, lambda H, P, proj: ((1, 3 * H),),
     lambda H, P, proj: ((1, 3 * H),) * 3, lambda H, P, proj: ((1, 3 * H), (1, 1), (1, H)), separate_dgh=True,
-    params=("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias"),
+    params=(("ln_ih_weight", 3, 1.0), ("ln_ih_bias", 3, 0.0), ("ln_hh_weight", 3, 1.0), ("ln_hh_bias", 3, 0.0)),
     param_grads=_ln_gru_grads, project=_project, project_backward=_project_backward,
     project_blocks=lambda H, P, proj: ((1, 3 * H), (1, 1))))

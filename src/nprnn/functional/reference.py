@@ -69,7 +69,13 @@ def equations(function: Callable[..., Any]) -> list[str]:
 
     doc = inspect.getdoc(function) or ""
     block = doc.split("::", 1)[1] if "::" in doc else ""
-    return [line.strip() for line in block.splitlines() if line.strip()]
+    lines = []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith(" "):  # the block ends where the text returns to the margin
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return lines
 
 
 def rnn_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .._typing import Array, Blocks, OptArray, Params, Pool, Steps
 from . import native
-from .cells import CellKind, StepWeights, gate_major, gate_scale
+from .cells import CellKind, StepWeights, gate_major, gate_scale, own_names
 from .runners import SERIAL, Runner
 
 
@@ -83,7 +83,7 @@ def prepare_weights(kind: CellKind, w_ih: Array, w_hh: Array, b_ih: OptArray, b_
         hr=None if w_hr is None else np.ascontiguousarray(w_hr),
         one=dt(1),
         two=dt(2),
-        extra=dict(options or {}, **dict(zip(kind.params, own))),
+        extra=dict(options or {}, **dict(zip(own_names(kind), own))),
     )
     if kind.prepare is not None:
         kind.prepare(step, w_hh)

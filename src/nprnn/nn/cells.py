@@ -26,8 +26,9 @@ import numpy as np
 from .._checks import as_array, check_bool, check_int, check_memory, check_nonlinearity
 from .._typing import Array, Params
 from ..functional import KINDS, direction_backward, direction_forward
+from ..functional.cells import own_names
 from ..parallel.threads import THREADED
-from .module import Module, init_uniform, resolve_dtype, resolve_rng
+from .module import Module, init_own, init_uniform, resolve_dtype, resolve_rng
 
 
 class RNNCellBase(Module):
@@ -43,22 +44,27 @@ class RNNCellBase(Module):
         self.dtype = resolve_dtype(dtype)
         self._rng = resolve_rng(seed)
         G = self.kind.num_gates * self.hidden_size
+        own = sum(width for _, width, _ in self.kind.params) * self.hidden_size  # a kind's own (layer norms)
         check_memory(f"{self._label}({input_size}, {hidden_size})'s parameters",
-                     G * (self.input_size + self.hidden_size + 2 * self.bias), self.dtype)
+                     G * (self.input_size + self.hidden_size + 2 * self.bias) + own, self.dtype)
         self.register_parameter("weight_ih", np.empty((G, self.input_size), self.dtype))
         self.register_parameter("weight_hh", np.empty((G, self.hidden_size), self.dtype))
         if self.bias:
             self.register_parameter("bias_ih", np.empty((G,), self.dtype))
             self.register_parameter("bias_hh", np.empty((G,), self.dtype))
+        for name, width, _ in self.kind.params:
+            self.register_parameter(name, np.empty((width * self.hidden_size,), self.dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        """Draw every matrix and bias from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)); a
+        kind's own parameters (a layer norm's gains and shifts) take their initial values."""
         init_uniform(self, self.hidden_size, self._rng)
+        init_own(self, self.kind, [own_names(self.kind)])
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        if not self.bias:
+        if not self.bias and not self.kind.params:
             s += ", bias=False"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
             s += f", nonlinearity='{self.nonlinearity}'"
@@ -68,7 +74,8 @@ class RNNCellBase(Module):
 
     def _params(self) -> Params:
         p = self._parameters
-        return (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), None)
+        own = tuple(p[name] for name in own_names(self.kind))
+        return (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), None) + own  # type: ignore[return-value]
 
     def _step(self, input: Any, hx: Any) -> tuple[Array, ...]:
         """Validate, run one step; returns the new state tuple (batched or not)."""
@@ -140,7 +147,7 @@ class RNNCellBase(Module):
         self._take()
         dout = np.zeros((N, self.hidden_size), self.dtype)
         dx, dstate0, pgrads = direction_backward(rec, dout, tuple(dstate), runner=THREADED)
-        self._add_grads(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), pgrads)
+        self._add_grads(("weight_ih", "weight_hh", "bias_ih", "bias_hh", None) + own_names(self.kind), pgrads)
         if not batched:
             return dx[0], tuple(d[0] for d in dstate0)
         return dx, tuple(dstate0)
@@ -206,3 +213,31 @@ class LSTMCell(RNNCellBase):
             raise TypeError("LSTMCell.backward expects a pair (grad_h, grad_c); either may be None")
         dx, (dh, dc) = self._step_backward(tuple(grads))
         return dx, (dh, dc)
+
+
+class LayerNormGRUCell(_OneStateCell):
+    """One step of :class:`nprnn.LayerNormGRU`: parameters ``weight_ih`` (3H, H_in),
+    ``weight_hh`` (3H, H), ``ln_ih_weight``, ``ln_ih_bias``, ``ln_hh_weight``,
+    ``ln_hh_bias`` (3H each); no biases (the norms' shifts stand in for them).
+
+    ``h' = cell(x, h=None)``; ``grad_x, grad_h = cell.backward(grad_h')``.
+    """
+
+    _label = "LayerNormGRUCell"
+
+    def __init__(self, input_size: int, hidden_size: int, *, dtype: Any = np.float32, seed: Any = None) -> None:
+        super().__init__("ln_gru", input_size, hidden_size, False, dtype=dtype, seed=seed)
+
+
+class LayerNormLSTMCell(LSTMCell):
+    """One step of :class:`nprnn.LayerNormLSTM` (without projection), the
+    ``LayerNormLSTMCell`` of PyTorch's ``benchmarks/fastrnns/custom_lstms.py``: parameters
+    ``weight_ih`` (4H, H_in), ``weight_hh`` (4H, H), ``ln_ih_weight``, ``ln_ih_bias``,
+    ``ln_hh_weight``, ``ln_hh_bias`` (4H each), ``ln_c_weight``, ``ln_c_bias`` (H each); no
+    biases.  Called as :class:`LSTMCell`.
+    """
+
+    _label = "LayerNormLSTMCell"
+
+    def __init__(self, input_size: int, hidden_size: int, *, dtype: Any = np.float32, seed: Any = None) -> None:
+        RNNCellBase.__init__(self, "ln_lstm", input_size, hidden_size, False, dtype=dtype, seed=seed)

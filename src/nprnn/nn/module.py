@@ -152,6 +152,15 @@ def init_uniform(module: "Module", hidden_size: int, rng: np.random.Generator) -
             p[...] = rng.uniform(-stdv, stdv, p.shape)
 
 
+def init_own(module: "Module", kind: Any, names: Any) -> None:
+    """Set a cell kind's own parameters (``kind.params``: a layer norm's gains and shifts)
+    to their initial values; ``names`` lists each layer-direction's names for them."""
+    with writable(module):
+        for group in names:
+            for name, (_, _, value) in zip(group, kind.params):
+                module._parameters[name][...] = value
+
+
 class IncompatibleKeys(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]

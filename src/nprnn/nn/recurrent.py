@@ -19,7 +19,7 @@ from ..functional.native import parameter_epoch
 from ..functional.stack import StackRecord, stack_backward, stack_forward
 from ..parallel.threads import THREADED
 from .layout import Layout, check_grads, layout_of
-from .module import Module, init_uniform, resolve_dtype, resolve_rng
+from .module import Module, init_own, init_uniform, resolve_dtype, resolve_rng
 
 _NAMES = ("weight_ih_l{}{}", "weight_hh_l{}{}", "bias_ih_l{}{}", "bias_hh_l{}{}", "weight_hr_l{}{}")
 
@@ -78,25 +78,32 @@ class RNNBase(Module):
         G = self.kind.num_gates * hidden_size
         H_out = self._h_out
         inputs = input_size + (num_layers - 1) * H_out * D  # the input widths of all layers
-        values = D * (G * (inputs + num_layers * (H_out + 2 * bias)) + num_layers * self.proj_size * hidden_size)
+        own = sum(width for _, width, _ in self.kind.params) * hidden_size  # a kind's own parameters (layer norms)
+        values = D * (G * (inputs + num_layers * (H_out + 2 * bias))
+                      + num_layers * (self.proj_size * hidden_size + own))
         check_memory(f"{self._label}({input_size}, {hidden_size}, num_layers={num_layers})'s parameters", values,
                      self.dtype)
-        self._layer_names = []  # per (layer, direction): 5 names, None where absent
+        self._layer_names = []  # per (layer, direction): 5 names, then the kind's own; None where absent
         for layer in range(num_layers):
             in_size = input_size if layer == 0 else H_out * D
             for d in range(D):
-                names = [n.format(layer, "_reverse" if d else "") for n in _NAMES]
-                shapes = [(G, in_size), (G, H_out), (G,), (G,), (self.proj_size, hidden_size)]
-                keep = [True, True, bias, bias, self.proj_size > 0]
-                for name, shape, k in zip(names, shapes, keep):
-                    if k:
-                        self.register_parameter(name, np.empty(shape, self.dtype))
+                suffix = "_reverse" if d else ""
+                names = [n.format(layer, suffix) for n in _NAMES] + [f"{n}_l{layer}{suffix}" for n, _, _ in
+                                                                     self.kind.params]
+                shapes = [(G, in_size), (G, H_out), (G,), (G,), (self.proj_size, hidden_size)] + [
+                    (width * hidden_size,) for _, width, _ in self.kind.params]
+                keep = [True, True, bias, bias, self.proj_size > 0] + [True] * len(self.kind.params)
+                for j in [0, 1, 2, 3, *range(5, len(names)), 4]:  # the projection last, as PyTorch lists it
+                    if keep[j]:
+                        self.register_parameter(names[j], np.empty(shapes[j], self.dtype))
                 self._layer_names.append(tuple(n if k else None for n, k in zip(names, keep)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+        """Draw every matrix and bias from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)); a
+        kind's own parameters (a layer norm's gains and shifts) take their initial values."""
         init_uniform(self, self.hidden_size, self._rng)
+        init_own(self, self.kind, [names[5:] for names in self._layer_names])
 
     @property
     def num_directions(self) -> int:
@@ -117,7 +124,7 @@ class RNNBase(Module):
         act = self.__dict__.get("nonlinearity", "tanh")
         options = [(self.proj_size, f"proj_size={self.proj_size}"),
                    (self.num_layers != 1, f"num_layers={self.num_layers}"), (act != "tanh", f"nonlinearity='{act}'"),
-                   (not self.bias, "bias=False"), (self.batch_first, "batch_first=True"),
+                   (not self.bias and not self.kind.params, "bias=False"), (self.batch_first, "batch_first=True"),
                    (self.dropout, f"dropout={self.dropout}"), (self.bidirectional, "bidirectional=True"),
                    (self.dtype != np.float32, "dtype=float64")]
         return s + "".join(", " + text for on, text in options if on)
@@ -294,13 +301,89 @@ class GRU(RNNBase):
                          bidirectional, dtype=dtype, seed=seed)
 
 
+def _no_bias(label: str, kwargs: dict[str, Any]) -> None:
+    if "bias" in kwargs:
+        raise TypeError(f"{label} has no bias argument: the layer norms' shifts (ln_ih_bias, ln_hh_bias) stand in for "
+                        "the biases")
+    if kwargs:
+        raise TypeError(f"{label} got an unexpected keyword argument '{next(iter(kwargs))}'")
+
+
+class LayerNormLSTM(RNNBase):
+    __doc__ = r"""LSTM with layer normalisation, as the ``LayerNormLSTMCell`` of PyTorch's
+    ``benchmarks/fastrnns/custom_lstms.py``, optionally with ``nn.LSTM``'s projection.  For
+    each layer and step:
+
+        <equations>
+
+    Parameters per layer ``k`` (suffix ``_reverse`` for the reverse direction):
+    ``weight_ih_l{k}`` (4H, H_in), ``weight_hh_l{k}`` (4H, H_out), ``ln_ih_weight_l{k}``,
+    ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}`` (4H each),
+    ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}`` (H each) and, with ``proj_size``,
+    ``weight_hr_l{k}`` (proj_size, H).  The norms' gains start at 1 and their shifts at 0;
+    the matrices are drawn as ``nn.LSTM``'s.  There are no biases: the shifts stand in for
+    them.  The carried cell state is the normalised one.  Arguments and call as
+    :class:`LSTM` (without ``bias``).
+
+    Example::
+
+        >>> lstm = LayerNormLSTM(5, 10, num_layers=2)
+        >>> output, (h_n, c_n) = lstm(np.random.randn(4, 3, 5).astype(np.float32))
+        >>> output.shape, h_n.shape, c_n.shape
+        ((4, 3, 10), (2, 3, 10), (2, 3, 10))
+    """ + _SHAPES_DOC
+
+    _label = "LayerNormLSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *, dtype: Any = np.float32,
+                 seed: Any = None, **kwargs: Any) -> None:
+        _no_bias(self._label, kwargs)
+        super().__init__("ln_lstm", input_size, hidden_size, num_layers, False, batch_first, dropout,
+                         bidirectional, proj_size, dtype=dtype, seed=seed)
+
+
+class LayerNormGRU(RNNBase):
+    __doc__ = r"""GRU with layer normalisation, in Haste's ``LayerNormGRU`` arrangement with
+    ``nn.GRU``'s gates and their order.  For each layer and step:
+
+        <equations>
+
+    Parameters per layer ``k`` (suffix ``_reverse`` for the reverse direction):
+    ``weight_ih_l{k}`` (3H, H_in), ``weight_hh_l{k}`` (3H, H), ``ln_ih_weight_l{k}``,
+    ``ln_ih_bias_l{k}``, ``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}`` (3H each).  The norms'
+    gains start at 1 and their shifts at 0; the matrices are drawn as ``nn.GRU``'s.  There
+    are no biases: the shifts stand in for them.  Arguments and call as :class:`GRU`
+    (without ``bias``).
+
+    Example::
+
+        >>> gru = LayerNormGRU(5, 8, bidirectional=True)
+        >>> output, h_n = gru(np.random.randn(3, 2, 5).astype(np.float32))
+        >>> output.shape, h_n.shape
+        ((3, 2, 16), (2, 2, 8))
+    """ + _SHAPES_DOC
+
+    _label = "LayerNormGRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, *, dtype: Any = np.float32, seed: Any = None,
+                 **kwargs: Any) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        _no_bias(self._label, kwargs)
+        super().__init__("ln_gru", input_size, hidden_size, num_layers, False, batch_first, dropout,
+                         bidirectional, dtype=dtype, seed=seed)
+
+
 def _equations_into_docstrings() -> None:
     """The classes' docstrings show the equations of the reference steps
     (:mod:`nprnn.functional.reference`), where they are written once."""
     from ..functional import reference
 
     for cls, step in ((RNN, reference.rnn_step_forward), (LSTM, reference.lstm_step_forward),
-                      (GRU, reference.gru_step_forward)):
+                      (GRU, reference.gru_step_forward), (LayerNormLSTM, reference.ln_lstm_step_forward),
+                      (LayerNormGRU, reference.ln_gru_step_forward)):
         lines = "\n".join("        " + e for e in reference.equations(step))
         cls.__doc__ = (cls.__doc__ or "").replace("        <equations>", lines)
 

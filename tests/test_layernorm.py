@@ -1,0 +1,191 @@
+"""LayerNormLSTM, LayerNormGRU and their cells (issue 26) against the cells written in
+PyTorch here, a loop over time with autograd: outputs, final states and every gradient
+(input, initial states, each parameter), for 120 seeded random configurations per kind
+(layers, directions, projections, lengths=, batch_first, float64 and float32).
+
+The oracle is written from the equations, not from nprnn: ``LayerNormLSTMCell`` as
+PyTorch's ``benchmarks/fastrnns/custom_lstms.py`` writes it (with ``nn.LSTM``'s
+projection), and the GRU in Haste's arrangement with ``nn.GRU``'s gates."""
+import numpy as np
+import pytest
+
+import nprnn
+
+pytestmark = pytest.mark.torch
+torch = pytest.importorskip("torch") if __import__("conftest").HAVE_TORCH else None
+F = torch.nn.functional if torch is not None else None
+
+
+def torch_ln_lstm_step(x, h, c, p):
+    H = c.shape[-1]
+    gates = (F.layer_norm(x @ p["weight_ih"].T, (4 * H,), p["ln_ih_weight"], p["ln_ih_bias"], 1e-5)
+             + F.layer_norm(h @ p["weight_hh"].T, (4 * H,), p["ln_hh_weight"], p["ln_hh_bias"], 1e-5))
+    i, f, g, o = gates.chunk(4, 1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = F.layer_norm(f * c + i * g, (H,), p["ln_c_weight"], p["ln_c_bias"], 1e-5)
+    h = o * torch.tanh(c)
+    if "weight_hr" in p:
+        h = h @ p["weight_hr"].T
+    return h, c
+
+
+def torch_ln_gru_step(x, h, c, p):
+    H = h.shape[-1]
+    a = F.layer_norm(x @ p["weight_ih"].T, (3 * H,), p["ln_ih_weight"], p["ln_ih_bias"], 1e-5)
+    b = F.layer_norm(h @ p["weight_hh"].T, (3 * H,), p["ln_hh_weight"], p["ln_hh_bias"], 1e-5)
+    a_r, a_z, a_n = a.chunk(3, 1)
+    b_r, b_z, b_n = b.chunk(3, 1)
+    r, z = torch.sigmoid(a_r + b_r), torch.sigmoid(a_z + b_z)
+    n = torch.tanh(a_n + r * b_n)
+    return (1 - z) * n + z * h, None
+
+
+STEPS = {"LayerNormLSTM": torch_ln_lstm_step, "LayerNormGRU": torch_ln_gru_step}
+
+
+def torch_stack(kind, x, h0, c0, params, lengths, num_layers, D):
+    """Every sequence alone (its own length), every layer and direction: outputs (L, N,
+    D*H_out) zero past each end, h_n, c_n (num_layers*D, N, .)."""
+    step = STEPS[kind]
+    L, N = x.shape[:2]
+    outs, hs, cs = [], [[None] * N for _ in range(num_layers * D)], [[None] * N for _ in range(num_layers * D)]
+    for b in range(N):
+        inp = x[: lengths[b], b : b + 1]
+        for layer in range(num_layers):
+            dirs = []
+            for d in range(D):
+                idx = layer * D + d
+                p = params[idx]
+                h = h0[idx, b : b + 1]
+                c = None if c0 is None else c0[idx, b : b + 1]
+                seq = range(lengths[b] - 1, -1, -1) if d else range(lengths[b])
+                got = [None] * lengths[b]
+                for t in seq:
+                    h, c = step(inp[t], h, c, p)
+                    got[t] = h
+                hs[idx][b], cs[idx][b] = h, c
+                dirs.append(torch.stack(got))
+            inp = torch.cat(dirs, dim=2)
+        pad = torch.zeros((L - lengths[b],) + inp.shape[1:], dtype=inp.dtype)
+        outs.append(torch.cat([inp, pad]))
+    h_n = torch.stack([torch.cat(row) for row in hs])
+    c_n = None if c0 is None else torch.stack([torch.cat(row) for row in cs])
+    return torch.cat(outs, dim=1), h_n, c_n
+
+
+def _config(seed):
+    rng = np.random.default_rng(seed)
+    kind = ("LayerNormLSTM", "LayerNormGRU")[seed % 2]
+    cfg = dict(kind=kind, num_layers=int(rng.integers(1, 4)), D=int(rng.integers(1, 3)),
+               H_in=int(rng.integers(1, 6)), H=int(rng.integers(2, 7)), N=int(rng.integers(1, 4)),
+               L=int(rng.integers(1, 6)), batch_first=bool(rng.integers(2)), lengths=bool(rng.integers(2)),
+               dtype=np.float64 if seed % 4 < 3 else np.float32, hx=bool(rng.integers(2)))
+    cfg["proj"] = int(rng.integers(1, cfg["H"])) if kind == "LayerNormLSTM" and rng.random() < 0.4 else 0
+    return cfg, rng
+
+
+@pytest.mark.parametrize("seed", range(240))
+def test_layer_equals_the_pytorch_loop_forward_and_backward(seed):
+    cfg, rng = _config(seed)
+    kind, NL, D, H, N, L = cfg["kind"], cfg["num_layers"], cfg["D"], cfg["H"], cfg["N"], cfg["L"]
+    kw = {"proj_size": cfg["proj"]} if cfg["proj"] else {}
+    dt = cfg["dtype"]
+    layer = getattr(nprnn, kind)(cfg["H_in"], H, num_layers=NL, bidirectional=D == 2,
+                                 batch_first=cfg["batch_first"], dtype=dt, seed=seed, **kw)
+    with nprnn.writable(layer):  # gains and shifts away from 1 and 0, so a slip in either shows
+        for name, value in layer.named_parameters():
+            if name.startswith("ln_"):
+                value += rng.uniform(-0.5, 0.5, value.shape)
+    layer.train()
+    H_out = cfg["proj"] or H
+    x = rng.standard_normal((L, N, cfg["H_in"])).astype(dt)
+    lengths = rng.integers(1, L + 1, N) if cfg["lengths"] else np.full(N, L)
+    lstm = kind == "LayerNormLSTM"
+    h0 = rng.standard_normal((NL * D, N, H_out)).astype(dt)
+    c0 = rng.standard_normal((NL * D, N, H)).astype(dt) if lstm else None
+    hx = ((h0, c0) if lstm else h0) if cfg["hx"] else None
+    if not cfg["hx"]:
+        h0, c0 = np.zeros_like(h0), None if c0 is None else np.zeros_like(c0)
+    xin = x.transpose(1, 0, 2).copy() if cfg["batch_first"] else x
+    out, state = layer(xin, hx, lengths=lengths if cfg["lengths"] else None)
+    h_n, c_n = state if lstm else (state, None)
+    g_out = rng.standard_normal(out.shape).astype(dt)
+    g_h = rng.standard_normal(h_n.shape).astype(dt)
+    g_c = rng.standard_normal(c_n.shape).astype(dt) if lstm else None
+    layer.zero_grad()
+    dx, dhx = layer.backward(g_out, (g_h, g_c) if lstm else g_h)
+
+    tt = {k: torch.tensor(v, requires_grad=True) for k, v in layer.state_dict().items()}
+    per_layer = []
+    for idx in range(NL * D):
+        suffix = f"_l{idx // D}" + ("_reverse" if idx % D else "")
+        per_layer.append({k[: -len(suffix)]: v for k, v in tt.items() if k.endswith(suffix)})
+    xt = torch.tensor(x, requires_grad=True)
+    h0t = torch.tensor(h0, requires_grad=True)
+    c0t = None if c0 is None else torch.tensor(c0, requires_grad=True)
+    out_t, h_t, c_t = torch_stack(kind, xt, h0t, c0t, per_layer, lengths, NL, D)
+    g_out_t = torch.tensor(g_out.transpose(1, 0, 2) if cfg["batch_first"] else g_out)
+    loss = (out_t * g_out_t).sum() + (h_t * torch.tensor(g_h)).sum()
+    if lstm:
+        loss = loss + (c_t * torch.tensor(g_c)).sum()
+    loss.backward()
+
+    tol = dict(rtol=1e-7, atol=1e-9) if dt == np.float64 else dict(rtol=1.3e-6, atol=1e-5)
+    want_out = out_t.detach().numpy()
+    np.testing.assert_allclose(out.transpose(1, 0, 2) if cfg["batch_first"] else out, want_out, **tol)
+    np.testing.assert_allclose(h_n, h_t.detach().numpy(), **tol)
+    if lstm:
+        np.testing.assert_allclose(c_n, c_t.detach().numpy(), **tol)
+    gtol = dict(rtol=1e-7, atol=1e-9) if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx.transpose(1, 0, 2) if cfg["batch_first"] else dx, xt.grad.numpy(), **gtol)
+    if cfg["hx"]:
+        np.testing.assert_allclose(dhx[0] if lstm else dhx, h0t.grad.numpy(), **gtol)
+        if lstm:
+            np.testing.assert_allclose(dhx[1], c0t.grad.numpy(), **gtol)
+    for name, value in tt.items():
+        np.testing.assert_allclose(layer.grads[name], value.grad.numpy(), err_msg=name, **gtol)
+
+
+@pytest.mark.parametrize("kind", ["LayerNormLSTMCell", "LayerNormGRUCell"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cell_loop_equals_the_pytorch_loop(kind, dtype):
+    """A manual time loop of cell calls, then backward in reverse order: outputs, states and
+    every gradient against the PyTorch step."""
+    rng = np.random.default_rng(3)
+    cell = getattr(nprnn, kind)(4, 5, dtype=dtype, seed=1)
+    with nprnn.writable(cell):
+        for name, value in cell.named_parameters():
+            if name.startswith("ln_"):
+                value += rng.uniform(-0.5, 0.5, value.shape)
+    cell.train()
+    lstm = kind == "LayerNormLSTMCell"
+    x = rng.standard_normal((6, 3, 4)).astype(dtype)
+    state = (np.zeros((3, 5), dtype),) * 2 if lstm else np.zeros((3, 5), dtype)
+    outs = []
+    for t in range(6):
+        state = cell(x[t], state)
+        outs.append(state[0] if lstm else state)
+    g = rng.standard_normal((6, 3, 5)).astype(dtype)
+    dxs = [None] * 6
+    dstate = (np.zeros((3, 5), dtype), np.zeros((3, 5), dtype)) if lstm else np.zeros((3, 5), dtype)
+    cell.zero_grad()
+    for t in reversed(range(6)):
+        if lstm:
+            dxs[t], dstate = cell.backward((dstate[0] + g[t], dstate[1]))
+        else:
+            dxs[t], dstate = cell.backward(dstate + g[t])
+
+    tt = {k: torch.tensor(v, requires_grad=True) for k, v in cell.state_dict().items()}
+    xt = torch.tensor(x, requires_grad=True)
+    h, c = torch.zeros((3, 5), dtype=xt.dtype), torch.zeros((3, 5), dtype=xt.dtype) if lstm else None
+    step = STEPS["LayerNormLSTM" if lstm else "LayerNormGRU"]
+    want = []
+    for t in range(6):
+        h, c = step(xt[t], h, c, tt)
+        want.append(h)
+    (torch.stack(want) * torch.tensor(g)).sum().backward()
+    tol = dict(rtol=1e-7, atol=1e-9) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.stack(outs), torch.stack(want).detach().numpy(), **tol)
+    np.testing.assert_allclose(np.stack(dxs), xt.grad.numpy(), **tol)
+    for name, value in tt.items():
+        np.testing.assert_allclose(cell.grads[name], value.grad.numpy(), err_msg=name, **tol)
