@@ -11,9 +11,11 @@ import pytest
 
 import nprnn
 
-pytestmark = pytest.mark.torch
-torch = pytest.importorskip("torch") if __import__("conftest").HAVE_TORCH else None
-F = torch.nn.functional if torch is not None else None
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the tests that need it are marked and skip
+    torch = F = None
 
 
 def torch_ln_lstm_step(x, h, c, p):
@@ -84,6 +86,7 @@ def _config(seed):
     return cfg, rng
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("seed", range(240))
 def test_layer_equals_the_pytorch_loop_forward_and_backward(seed):
     cfg, rng = _config(seed)
@@ -146,6 +149,7 @@ def test_layer_equals_the_pytorch_loop_forward_and_backward(seed):
         np.testing.assert_allclose(layer.grads[name], value.grad.numpy(), err_msg=name, **gtol)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("kind", ["LayerNormLSTMCell", "LayerNormGRUCell"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_cell_loop_equals_the_pytorch_loop(kind, dtype):
@@ -189,3 +193,116 @@ def test_cell_loop_equals_the_pytorch_loop(kind, dtype):
     np.testing.assert_allclose(np.stack(dxs), xt.grad.numpy(), **tol)
     for name, value in tt.items():
         np.testing.assert_allclose(cell.grads[name], value.grad.numpy(), err_msg=name, **tol)
+
+
+# ------------------------------------------------------------- the layers as modules: no PyTorch needed
+@pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU"])
+def test_parameter_names_initial_values_and_refused_bias(kind):
+    kw = {"proj_size": 3} if kind == "LayerNormLSTM" else {}
+    layer = getattr(nprnn, kind)(4, 6, num_layers=2, bidirectional=True, seed=0, **kw)
+    G = 4 if kind == "LayerNormLSTM" else 3
+    names = list(layer.state_dict())
+    first = ["weight_ih_l0", "weight_hh_l0", "ln_ih_weight_l0", "ln_ih_bias_l0", "ln_hh_weight_l0", "ln_hh_bias_l0"]
+    if kind == "LayerNormLSTM":
+        first += ["ln_c_weight_l0", "ln_c_bias_l0", "weight_hr_l0"]
+    assert names[: len(first)] == first
+    assert len(names) == 4 * len(first) and "weight_hh_l1_reverse" in names
+    sd = layer.state_dict()
+    assert sd["weight_ih_l1"].shape == (G * 6, 2 * (3 if kw else 6))
+    assert np.all(sd["ln_ih_weight_l1_reverse"] == 1) and np.all(sd["ln_hh_bias_l0"] == 0)
+    assert sd["ln_hh_weight_l0"].shape == (G * 6,)
+    if kind == "LayerNormLSTM":
+        assert sd["ln_c_weight_l0"].shape == (6,) and np.all(sd["ln_c_bias_l1"] == 0)
+    assert 0 < np.abs(sd["weight_hh_l0"]).max() <= 1 / np.sqrt(6)
+    with pytest.raises(TypeError, match="no bias argument"):
+        getattr(nprnn, kind)(4, 6, bias=False)
+    assert "bias" not in repr(layer)
+
+
+@pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU"])
+def test_stream_unbatched_packed_and_sequential_equal_the_sequence_call(kind):
+    rng = np.random.default_rng(0)
+    layer = getattr(nprnn, kind)(5, 8, num_layers=2, seed=0).eval()
+    x = rng.standard_normal((7, 3, 5)).astype(np.float32)
+    out, _ = layer(x)
+    stream = layer.stream(3)
+    np.testing.assert_array_equal(np.stack([stream.step(x[t]) for t in range(7)]), out)
+    np.testing.assert_allclose(layer(x[:, 1])[0], out[:, 1], rtol=1e-6, atol=1e-6)
+    packed = nprnn.pack_sequence([x[:, 0], x[:4, 1]], enforce_sorted=False)
+    unpacked, lengths = nprnn.pad_packed_sequence(layer(packed)[0])
+    np.testing.assert_allclose(unpacked[:, 0], out[:, 0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(unpacked[:4, 1], layer(x[:4, 1])[0], rtol=1e-6, atol=1e-6)
+    model = nprnn.Sequential(layer, nprnn.LastStep(), nprnn.Linear(8, 2)).eval()
+    np.testing.assert_allclose(model(x), model[2](out[-1]), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU", "LayerNormLSTMCell", "LayerNormGRUCell"])
+def test_files_round_trip_and_quantize_and_export_refuse(kind, tmp_path):
+    from nprnn.serialization import load_checkpoint, load_into, save, save_checkpoint
+
+    make = getattr(nprnn, kind)
+    layer = make(4, 6, seed=0)
+    with nprnn.writable(layer):
+        for value in layer.parameters():
+            value += 0.25  # the norms' gains and shifts away from their initial values too
+    other = make(4, 6, seed=1)
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.npz"):
+        save(layer, path)
+        load_into(other, path)
+        for name, value in layer.state_dict().items():
+            np.testing.assert_array_equal(other.state_dict()[name], value, err_msg=name)
+    opt = nprnn.optim.Adam(layer.parameters(), lr=1e-2)
+    save_checkpoint(tmp_path / "c.safetensors", layer, opt, step=3)
+    fresh = make(4, 6, seed=2)
+    assert load_checkpoint(tmp_path / "c.safetensors", fresh, nprnn.optim.Adam(fresh.parameters()))["step"] == 3
+    for name, value in layer.state_dict().items():
+        np.testing.assert_array_equal(fresh.state_dict()[name], value, err_msg=name)
+    with pytest.raises(TypeError, match=f"quantize: {kind} has no quantized form"):
+        nprnn.quantize(layer, "int8")
+
+
+@pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layer_gradients_equal_finite_differences(kind):
+    """float64, two layers, bidirectional, lengths=: the backward of a random linear
+    functional of (output, h_n[, c_n]) against central differences in every parameter and
+    in the input."""
+    rng = np.random.default_rng(5)
+    layer = getattr(nprnn, kind)(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    with nprnn.writable(layer):
+        for value in layer.parameters():
+            value += rng.uniform(-0.3, 0.3, value.shape)
+    layer.train()
+    x = rng.standard_normal((4, 2, 3))
+    lengths = np.array([4, 2])
+    lstm = kind == "LayerNormLSTM"
+    out, state = layer(x, lengths=lengths)
+    gs = [rng.standard_normal(a.shape) for a in ([out] + (list(state) if lstm else [state]))]
+
+    def loss():
+        o, s = layer(x, lengths=lengths)
+        return sum(float((a * g).sum()) for a, g in zip([o] + (list(s) if lstm else [s]), gs))
+
+    layer(x, lengths=lengths)
+    layer.zero_grad()
+    dx, _ = layer.backward(gs[0], tuple(gs[1:]) if lstm else gs[1])
+    eps = 1e-6
+    def nudge(value, j, delta):  # (the layer sees a parameter change once writable() ends)
+        with nprnn.writable(layer):
+            value.flat[j] += delta
+
+    for name, value in layer.named_parameters():
+        for j in rng.choice(value.size, 3, replace=False):
+            nudge(value, j, eps)
+            up = loss()
+            nudge(value, j, -2 * eps)
+            down = loss()
+            nudge(value, j, eps)
+            np.testing.assert_allclose(layer.grads[name].flat[j], (up - down) / (2 * eps), rtol=1e-5, atol=1e-7,
+                                       err_msg=name)
+    for j in rng.choice(x.size, 4, replace=False):
+        x.flat[j] += eps
+        up = loss()
+        x.flat[j] -= 2 * eps
+        down = loss()
+        x.flat[j] += eps
+        np.testing.assert_allclose(dx.flat[j], (up - down) / (2 * eps), rtol=1e-5, atol=1e-7)

@@ -418,6 +418,9 @@ def _quantized(m: Module, storage: str) -> Module:
 
     if isinstance(m, QuantizedRNN | QuantizedCell | QuantizedLinear):
         raise ValueError(f"quantize: {type(m).__name__} is quantized already")
+    if isinstance(m, RNNBase | RNNCellBase) and m.kind.params:
+        raise TypeError(f"quantize: {type(m).__name__} has no quantized form yet (quantized products serve "
+                        "RNN, LSTM, GRU, their cells and Linear; its layer norms are not among them)")
     if isinstance(m, RNNBase):
         if type(m).__name__ not in ("RNN", "LSTM", "GRU"):
             raise TypeError(f"quantize: {type(m).__name__} (an ONNX-only variant) has no quantized form")
