@@ -306,3 +306,47 @@ def test_layer_gradients_equal_finite_differences(kind):
         down = loss()
         x.flat[j] += eps
         np.testing.assert_allclose(dx.flat[j], (up - down) / (2 * eps), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU"])
+def test_explain_and_the_states_it_plots(kind):
+    """``explain``: the reference step's equations, every identity holding, and why it runs
+    on the NumPy tier; ``collect_states`` (plot-states): h, c and every gate over time equal
+    to a loop of the reference step."""
+    from nprnn.functional import native, reference
+    from nprnn.teach.explain import collect_states, explain
+
+    layer = getattr(nprnn, kind)(3, 4, seed=0)
+    info = explain(layer, batch=2, seq_len=5)
+    assert all(c["observed"] == c["expected"] for c in info["identities"])
+    step = reference.ln_lstm_step_forward if kind == "LayerNormLSTM" else reference.ln_gru_step_forward
+    assert info["equations"] == reference.equations(step) or kind == "LayerNormLSTM"
+    assert any(e.startswith("c_t = LN_c(") for e in info["equations"]) == (kind == "LayerNormLSTM")
+    assert "bias" not in info["config"] and info["layer"] == kind
+    if native.backend() == "native":
+        assert f"no compiled kernel for {layer.kind.name}" in info["execution"][0]
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    got = collect_states(layer, x)[(0, 0)]
+    p = {k: v.astype(np.float64) for k, v in layer.state_dict().items()}
+    p = {k[: -len("_l0")]: v for k, v in p.items()}
+    lstm = kind == "LayerNormLSTM"
+    state = (np.zeros((2, 4)), np.zeros((2, 4))) if lstm else (np.zeros((2, 4)),)
+    for t in range(5):
+        state, cache = step(x[t].astype(np.float64), state, p)
+        np.testing.assert_allclose(got["h"][t], state[0], rtol=1e-5, atol=1e-6)
+        if lstm:
+            np.testing.assert_allclose(got["c"][t], state[1], rtol=1e-5, atol=1e-6)
+            gates = dict(zip("ifgo", cache[3:7]))
+        else:
+            gates = dict(zip("rzn", cache[2:5]))
+        for g, value in gates.items():
+            np.testing.assert_allclose(got[g][t], value, rtol=1e-5, atol=1e-6, err_msg=g)
+
+
+def test_cli_explains_the_layer_norm_layers_and_refuses_a_bias_option():
+    from nprnn.cli import main
+
+    assert main(["explain", "ln-lstm", "--input-size", "3", "--hidden-size", "4", "--proj-size", "2"]) == 0
+    assert main(["explain", "ln-gru", "--input-size", "3", "--hidden-size", "4", "--bidirectional"]) == 0
+    assert main(["explain", "lstm", "--input-size", "3", "--hidden-size", "4", "--no-bias"]) == 0
+    assert main(["explain", "ln-gru", "--input-size", "3", "--hidden-size", "4", "--no-bias"]) == 2

@@ -233,8 +233,8 @@ def _fits(what: str, values: int) -> None:
 
 
 def _layer_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("kind", choices=["rnn", "lstm", "gru"], nargs=None if required else "?", default="lstm",
-                   help="the layer")
+    p.add_argument("kind", choices=["rnn", "lstm", "gru", "ln-lstm", "ln-gru"], nargs=None if required else "?",
+                   default="lstm", help="the layer (ln-: LayerNormLSTM, LayerNormGRU)")
     p.add_argument("--input-size", type=int, default=None if required else 8, required=required,
                    help="features of each input step")
     p.add_argument("--hidden-size", type=int, default=None if required else 16, required=required,
@@ -243,7 +243,8 @@ def _layer_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--bidirectional", action="store_true", help="a reverse direction beside the forward one")
     p.add_argument("--batch-first", action="store_true", help="input and output as (batch, seq, feature)")
     p.add_argument("--proj-size", type=int, default=0, help="LSTM only: projection size (0: none)")
-    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True, help="bias vectors")
+    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="bias vectors (default: on; the ln- layers have none: their norms' shifts stand in)")
     p.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="RNN only")
 
 
@@ -255,10 +256,20 @@ def _run_values(args: argparse.Namespace, batch: int) -> int:
 
 
 def _build_layer(args: argparse.Namespace) -> "RNNBase":
-    from . import GRU, LSTM, RNN
+    from . import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 
-    kw = dict(num_layers=args.num_layers, bias=args.bias, batch_first=args.batch_first,
-              bidirectional=args.bidirectional, seed=getattr(args, "seed", 0))
+    kw = dict(num_layers=args.num_layers, batch_first=args.batch_first, bidirectional=args.bidirectional,
+              seed=getattr(args, "seed", 0))
+    if args.kind.startswith("ln-"):
+        if args.bias is not None:
+            raise ValueError(f"{args.kind} has no bias vectors (its layer norms' shifts stand in for them): drop "
+                             f"--{'no-' if not args.bias else ''}bias")
+        if args.kind == "ln-lstm":
+            return LayerNormLSTM(args.input_size, args.hidden_size, proj_size=args.proj_size, **kw)
+        if args.proj_size:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        return LayerNormGRU(args.input_size, args.hidden_size, **kw)
+    kw["bias"] = args.bias is not False
     if args.kind == "lstm":
         return LSTM(args.input_size, args.hidden_size, proj_size=args.proj_size, **kw)
     if args.proj_size:

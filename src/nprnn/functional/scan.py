@@ -222,6 +222,8 @@ class DirectionRecord:
         gate activations (T, G, H) and, for LSTM, the cell states before each step (T, H)."""
         G = self.kind.num_gates
         N = self.x.shape[0] // L
+        if self.tape_blocks[1][0] == 1:  # gates kept as rows (n, G*H) (the layer-norm kinds)
+            return self.tape[0], self.tape[1].reshape(L * N, G, -1), self.tape[2] if self.kind.has_cell else None
         gates = self.tape[1].reshape(L, G, N, -1).transpose(0, 2, 1, 3).reshape(L * N, G, -1)
         return self.tape[0], gates, self.tape[2] if self.kind.has_cell else None
 

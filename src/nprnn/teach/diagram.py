@@ -103,7 +103,7 @@ def unrolled(module: "RNNBase", seq_len: int, path: str) -> None:
                     color="white" if shared else "black", zorder=3)
             if is_final:
                 idx = layer * D + d
-                tag = f"h_n[{idx}]" + (f", c_n[{idx}]" if kind == "LSTM" else "")
+                tag = f"h_n[{idx}]" + (f", c_n[{idx}]" if module.kind.has_cell else "")
                 ax.text(x + cw / 2, yy + ch + 0.05, tag, ha="center", va="bottom", fontsize=7, color="#c62828",
                         zorder=3)
         # recurrence arrows
@@ -137,7 +137,8 @@ def unrolled(module: "RNNBase", seq_len: int, path: str) -> None:
             if D == 2 else "")
     ax.set_title(f"{module!r} unrolled over {seq_len} steps\n"
                  "blue band: output (top layer, every step); red outline: h_n"
-                 + (" and c_n" if kind == "LSTM" else "") + " (each layer's final state); red fill: in both" + note,
+                 + (" and c_n" if module.kind.has_cell else "") + " (each layer's final state); red fill: in both"
+                 + note,
                  fontsize=9)
     _save(fig, path)
 

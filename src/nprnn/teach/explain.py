@@ -18,19 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from ..nn.recurrent import GRU, LSTM, RNN, RNNBase
+from ..nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
 
 SCHEMA_VERSION = 1
-_GATES = {"LSTM": "i, f, g, o", "GRU": "r, z, n", "RNN": ""}
+_GATES = {"LSTM": "i, f, g, o", "GRU": "r, z, n", "RNN": "", "LayerNormLSTM": "i, f, g, o",
+          "LayerNormGRU": "r, z, n"}
+_LSTMS = ("LSTM", "LayerNormLSTM")  # the kinds with a cell state and a projection
 
 
 def _kind(module: RNNBase) -> str:
     if getattr(module, "storage", None) in ("int8", "bf16"):  # nprnn.quantize's copy of one
         return str(module._label)
-    for cls in (LSTM, GRU, RNN):
+    for cls in (LSTM, GRU, RNN, LayerNormLSTM, LayerNormGRU):
         if isinstance(module, cls):
             return cls.__name__
-    raise TypeError(f"explain takes an nprnn.RNN, LSTM or GRU, got {type(module).__name__}")
+    raise TypeError(f"explain takes an nprnn.RNN, LSTM, GRU, LayerNormLSTM or LayerNormGRU, got "
+                    f"{type(module).__name__}")
 
 
 def equations(module: RNNBase) -> list[str]:
@@ -44,9 +47,15 @@ def equations(module: RNNBase) -> list[str]:
                           1) for e in reference.equations(reference.rnn_step_forward)]
     if kind == "GRU":
         return reference.equations(reference.gru_step_forward)
+    if kind == "LayerNormGRU":
+        return reference.equations(reference.ln_gru_step_forward)
     eqs = []
-    for e in reference.equations(reference.lstm_step_forward):
-        if e.endswith("(without a projection)"):
+    lstm = reference.lstm_step_forward if kind == "LSTM" else reference.ln_lstm_step_forward
+    for e in reference.equations(lstm):
+        if "(with proj_size: " in e:  # the layer-norm LSTM's one line for both
+            plain, projected = e.split("(with proj_size: ")
+            eqs.append(projected.rstrip(")") if module.proj_size else plain.rstrip())
+        elif e.endswith("(without a projection)"):
             if not module.proj_size:
                 eqs.append(e[: -len("(without a projection)")].rstrip())
         elif e.endswith("(projection to proj_size)"):
@@ -61,11 +70,11 @@ def equations(module: RNNBase) -> list[str]:
 
 def _describe(module: RNNBase, name: str, shape: tuple[int, ...]) -> str:
     kind = _kind(module)
-    H, P, D = module.hidden_size, module.proj_size if kind == "LSTM" else 0, module.num_directions
+    H, P, D = module.hidden_size, module.proj_size if kind in _LSTMS else 0, module.num_directions
     parts = name.split("_")
     layer = int(name.split("_l")[1].split("_")[0])
     where = f"layer {layer}, {'reverse' if name.endswith('_reverse') else 'forward'} direction"
-    G = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    G = module.kind.num_gates
     rows = f"{shape[0]} = {G} gates ({_GATES[kind]}) x {H}" if G > 1 else f"{shape[0]} = hidden_size"
     h_out = "proj_size" if P else "hidden_size"
     if name.startswith("weight_ih"):
@@ -81,6 +90,12 @@ def _describe(module: RNNBase, name: str, shape: tuple[int, ...]) -> str:
     if name.startswith("weight_hr"):
         return (f"projection of {where}: h_t = (o_t * tanh(c_t)) @ weight_hr.T; {shape[0]} = proj_size, "
                 f"{shape[1]} = hidden_size")
+    if name.startswith("ln_c_"):
+        role = "gain" if parts[2] == "weight" else "shift"
+        return f"cell-state layer norm's {role} of {where}; {shape[0]} = hidden_size"
+    if name.startswith("ln_"):
+        side, role = ("input" if parts[1] == "ih" else "hidden"), "gain" if parts[2] == "weight" else "shift"
+        return f"{side}-side layer norm's {role} of {where} (over all {G} gates at once); {rows}"
     side = "input" if parts[1] == "ih" else "hidden"
     return f"{side}-side bias of {where}; {rows}"
 
@@ -93,8 +108,8 @@ def shapes(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = 
     kind = _kind(module)
     D, L = module.num_directions, module.num_layers
     H = module.hidden_size
-    P = (module.proj_size or H) if kind == "LSTM" else H
-    h_out = "proj_size" if kind == "LSTM" and module.proj_size else "hidden_size"
+    P = (module.proj_size or H) if kind in _LSTMS else H
+    h_out = "proj_size" if kind in _LSTMS and module.proj_size else "hidden_size"
     rows = ("num_directions*num_layers" if D == 2 else "num_layers", D * L)
     bdim = [] if unbatched else [("batch", batch)]
     io_time = [("seq_len", seq_len)]
@@ -106,11 +121,11 @@ def shapes(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = 
         "input": _shape_entry(x_dims + [("input_size", module.input_size)]),
         "h_0": _shape_entry([rows] + bdim + [(h_out, P)]),
     }
-    if kind == "LSTM":
+    if kind in _LSTMS:
         out["c_0"] = _shape_entry([rows] + bdim + [("hidden_size", H)])
     out["output"] = _shape_entry(x_dims + [(("num_directions*" if D == 2 else "") + h_out, D * P)])
     out["h_n"] = _shape_entry([rows] + bdim + [(h_out, P)])
-    if kind == "LSTM":
+    if kind in _LSTMS:
         out["c_n"] = _shape_entry([rows] + bdim + [("hidden_size", H)])
     return out
 
@@ -130,8 +145,8 @@ def identities(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: boo
     longer[t_axis] += 2
     _, state2 = module(rng.standard_normal(longer).astype(module.dtype))
     module.train(was)
-    h_n = state[0] if kind == "LSTM" else state
-    h_n2 = state2[0] if kind == "LSTM" else state2
+    h_n = state[0] if kind in _LSTMS else state
+    h_n2 = state2[0] if kind in _LSTMS else state2
     P = h_n.shape[-1]
     bf = module.batch_first and not unbatched
     def step(t: int) -> np.ndarray:  # output at step t: (batch, D*P) or (D*P,)
@@ -159,7 +174,7 @@ def identities(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: boo
               "output holds only the top layer's states; lower layers' final states are only in h_n")
     claim(f"h_n has the same shape for seq_len {seq_len} and {seq_len + 2}", True, h_n.shape == h_n2.shape,
           "h_n holds one state per layer and direction at the last step, whatever the sequence length")
-    if kind == "LSTM":
+    if kind in _LSTMS:
         claim("c_n has a slice in output", False,
               any(np.array_equal(step(t)[..., : min(P, state[1].shape[-1])], state[1][-1][...,
                                                                                           :P]) for t in range(seq_len)),
@@ -203,8 +218,9 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
                          f"quantized, the input projection {where}")
         return lines
     if not native.supports(module.kind, module.dtype):
-        return [f"NumPy tier ({native.backend()} backend): one product for every step's input projection, then "
-                "one step at a time"]
+        why = (f"; no compiled kernel for {module.kind.name} yet" if native.backend() == "native" else "")
+        return [f"NumPy tier ({native.backend()} backend{why}): one product for every step's input projection, "
+                "then one step at a time"]
     sizes, offsets = native._layout([batch] * seq_len)
     lines = []
     D = module.num_directions
@@ -247,8 +263,10 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
     config = {"input_size": module.input_size, "hidden_size": module.hidden_size, "num_layers": module.num_layers,
               "bias": module.bias, "batch_first": module.batch_first, "bidirectional": module.bidirectional,
               "dropout": module.dropout}
-    if kind == "LSTM":
+    if kind in _LSTMS:
         config["proj_size"] = module.proj_size
+    if module.kind.params:
+        del config["bias"]  # (the layer norms' shifts stand in for the biases)
     if kind == "RNN":
         config["nonlinearity"] = module.nonlinearity
     if storage is not None:
@@ -303,7 +321,7 @@ def collect_states(module: RNNBase, x: np.ndarray) -> dict[tuple[int, int], dict
         module.train(was)
     L = out.shape[1] if module.batch_first else out.shape[0]
     finals = list(state) if isinstance(state, tuple) else [state]
-    names = {"LSTM": "ifgo", "GRU": "rzn", "RNN": ""}[kind]
+    names = {"LSTM": "ifgo", "GRU": "rzn", "RNN": "", "LayerNormLSTM": "ifgo", "LayerNormGRU": "rzn"}[kind]
     result = {}
     for idx, r in enumerate(rec.records):
         layer, d = divmod(idx, module.num_directions)
@@ -320,7 +338,7 @@ def collect_states(module: RNNBase, x: np.ndarray) -> dict[tuple[int, int], dict
 
         h_prev, gates, c_prev = r.padded_tape(L)
         entry = {"h": after_step(h_prev, finals[0][idx])}
-        if kind == "LSTM":
+        if kind in _LSTMS:
             entry["c"] = after_step(c_prev, finals[1][idx])
         if names:
             N = entry["h"].shape[1]
