@@ -11,7 +11,9 @@ prepared weights (1971), and to 1990 for buffers (``register_buffer``: arrays in
 ``state_dict`` without gradients, which quantized weights are kept in; 1985), then to 2280
 for the layer-norm kinds (issue 26: a kind's own parameters and a transform of its input
 projection as CellKind hooks, their NumPy kernels in ``functional/lncells.py``, counted
-from then on, and LayerNormLSTM/GRU with their cells; 2277).
+from then on, and LayerNormLSTM/GRU with their cells; 2277), then to 2370 for every state
+over time (``return_states=True`` and ``grad_states``, through the stack and both tiers'
+loops; 2362).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
@@ -21,7 +23,7 @@ import tokenize
 
 import nprnn
 
-BUDGET = 2280
+BUDGET = 2370
 CORE = ["functional/__init__.py", "functional/cells.py", "functional/lncells.py", "functional/scan.py",
         "functional/stack.py", "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py",
         "nn/cells.py", "nn/module.py"]

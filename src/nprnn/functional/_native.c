@@ -382,7 +382,8 @@ static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for te
     X(back) X(kind) X(train) X(reverse) X(accumulate) X(r0) X(r1) X(H) X(P) X(Hin) X(parts) X(units) X(pcols)  \
     X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
     X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
-    X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)
+    X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)    \
+    X(cs) X(dcs)
 #define KEY_ENUM(k) K_##k,
 enum { SCAN_KEYS(KEY_ENUM) NKEYS };
 #undef KEY_ENUM
@@ -566,6 +567,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.hbuf = get(&b, ITEM(hbuf), "hbuf", 1, isz, 2 * N * P, s.parts == 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
         s.gxs = get(&b, ITEM(gxs), "gxs", 1, isz, N * GH, !gru || s.xproj, 0, NULL);
+        s.cs = get(&b, ITEM(cs), "cs", 1, isz, rows * H, 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
         if ((s.xproj || s.parts > 1) && (s.r0 != 0 || s.r1 != N || s.nranges > 1)) {
             PyErr_SetString(PyExc_ValueError, "_native.scan: xproj and parts are for a whole batch, not a row range");
@@ -595,6 +597,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !gru, 0, NULL);
         s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);
         s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, N * H, !proj, 0, NULL);
+        s.dcs = get(&b, ITEM(dcs), "dcs", 0, isz, rows * H, 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }
 #undef ITEM

@@ -44,6 +44,7 @@ struct scan {
     void *out, *h, *c, *hbuf, *xproj;
     void *gates, *hprev, *cprev, *tc, *m, *ghn, *gxs;  /* the tape (training) or per-row work */
     void *dx, *dgx, *dgh, *dproj, *scratch;           /* backward */
+    void *cs, *dcs;  /* LSTM, return_states: every step's cell state (rows, H) written, its gradient added; or NULL */
     int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
     int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */
     int64_t ranges[MAX_PARTS + 1];    /* their bounds */

@@ -618,6 +618,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
             if (cprev) memcpy(cprev + r * H, c + r * H, w * sizeof(T));
             /* o * tanh(c') is the new state, or what the projection multiplies */
             FN(lstm_cell_row)(w, g, g + H, g + 2 * H, g + 3 * H, c + r * H, tc + r * H, m ? m + r * H : hn + r * P + a);
+            if (s->cs) memcpy((T *)s->cs + (row + r) * H + a, c + r * H, w * sizeof(T));  /* return_states */
         }
         return;
     }
@@ -745,6 +746,9 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
         if (s->kind == KIND_LSTM) {
             T *dcr = dc + s->r0 * H;
             const T *tc = (const T *)s->tc + row * H, *cprev = (const T *)s->cprev + row * H;
+            if (s->dcs)  /* return_states: the gradient of this step's cell state, from outside */
+                for (int64_t r = 0; r < n; r++)
+                    for (int64_t j = 0; j < H; j++) dcr[r * H + j] += ((const T *)s->dcs)[(row + r) * H + j];
             const T *dm = dhr;
             int64_t ldm = P;
             if (s->whr) {  /* through the projection: dm = dh @ W_hr */

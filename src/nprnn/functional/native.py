@@ -457,13 +457,14 @@ def _run(ranges: Sequence[tuple[int, int]], team: Any, runner: Runner, call: Any
 def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...],
                       batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool,
                       pool: Optional[Pool] = None, key: Any = None, runner: Runner = SERIAL,
-                      cache: Optional[dict[Any, Any]] = None) -> tuple[tuple[Array, ...], Optional["NativeRecord"]]:
+                      cache: Optional[dict[Any, Any]] = None, cs: OptArray = None
+                      ) -> tuple[tuple[Array, ...], Optional["NativeRecord"]]:
     """One layer in one direction over packed ``x`` (T, H_in); see
     :func:`.scan.direction_forward`, whose contract this keeps.  ``runner`` may split a
     large batch or, for a small one, the hidden units (:func:`plan`); ``cache`` keeps the
     prepared weights under ``key`` (:func:`prepared`).  Returns ``(final_state, record)``;
     record is None unless ``train``."""
-    loop = _forward_loop(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner, cache)
+    loop = _forward_loop(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner, cache, cs=cs)
     if loop.how.ranges[-1][1]:
         _run(loop.how.ranges, loop.how.team, runner, partial(_call, *loop.args[:4]), loop.args[4:])
     return loop.finish()
@@ -484,7 +485,8 @@ class _Loop(NamedTuple):
 
 def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...], batch_sizes: Sequence[int],
                   reverse: bool, out: Array, train: bool, pool: Optional[Pool], key: Any, runner: Runner,
-                  cache: Optional[dict[Any, Any]], whole: bool = False, inloop: bool = False) -> _Loop:
+                  cache: Optional[dict[Any, Any]], whole: bool = False, inloop: bool = False, cs: OptArray = None
+                  ) -> _Loop:
     """Everything a forward loop needs, allocated and prepared, not run.  ``whole``: one
     loop over the whole batch on one thread (a wavefront's layer); ``inloop``: the input
     projection step by step (its input rows come as the layer below makes them)."""
@@ -513,11 +515,13 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
     if how.project_first and train and kind.name == "lstm":  # the tape's gates hold the projection first
         arrays = dict(arrays, xproj=arrays["gates"])
+    if cs is not None:  # every step's cell state (return_states), written where the caller says
+        arrays = dict(arrays, cs=cs)
     x = np.ascontiguousarray(x)
     state = (h,) if c is None else (h, c)
     record = None
     if train:
-        tape = {k: v for k, v in arrays.items() if k not in ("xproj", "gxs", "hbuf")}
+        tape = {k: v for k, v in arrays.items() if k not in ("xproj", "gxs", "hbuf", "cs")}
         record = NativeRecord(x, prep, sizes, offsets, bool(reverse), tape)
     return _Loop(how, (0, prep, int(train), int(reverse), sizes, offsets, x, out, h, c, arrays), state, record)
 
@@ -541,11 +545,11 @@ def wavefront_forward(kind: CellKind, x: Array, params: Sequence[Params], states
 
 
 def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None,
-                       key: Any = None, dx: OptArray = None, accumulate: bool = False, runner: Runner = SERIAL
-                       ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+                       key: Any = None, dx: OptArray = None, accumulate: bool = False, runner: Runner = SERIAL,
+                       dcs: OptArray = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
-    loop = _backward_loop(rec, dout, dstate, pool, key, dx, accumulate)
+    loop = _backward_loop(rec, dout, dstate, pool, key, dx, accumulate, dcs)
     if int(rec.batch_sizes[0]):
         prep = rec.prep
         ranges = _split(rec.batch_sizes, rec.offsets, _row_work(prep.kind, prep.H, prep.P, prep.H_in,
@@ -567,7 +571,7 @@ class _BackwardLoop(NamedTuple):
 
 
 def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool], key: Any,
-                   dx: OptArray, accumulate: bool) -> _BackwardLoop:
+                   dx: OptArray, accumulate: bool, dcs: OptArray = None) -> _BackwardLoop:
     """A backward loop made ready, not run."""
     prep = rec.prep
     kind, H, P = prep.kind, prep.H, prep.P
@@ -584,6 +588,8 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
         dx = np.empty(rec.x.shape, rec.x.dtype)
         accumulate = False
     arrays = dict(rec.tape, dx=dx, **grads)
+    if dcs is not None:  # the gradient of every step's cell state (return_states), added step by step
+        arrays["dcs"] = dcs
     dh = np.array(dstate[0], order="C", copy=True)
     dc = np.array(dstate[1], order="C", copy=True) if kind.name == "lstm" else None
     if int(rec.batch_sizes[0]) == 0:

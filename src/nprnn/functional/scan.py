@@ -127,13 +127,14 @@ def block_views(arrays: Sequence[Array], blocks: Blocks, lo: int, hi: int) -> tu
 
 def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...], w: StepWeights, steps: Steps,
                  tape: tuple[Array, ...], tape_blocks: Blocks, work: tuple[Array, ...], work_blocks: Blocks,
-                 train: bool, chunks: Any = None) -> None:
+                 train: bool, chunks: Any = None, cs: OptArray = None) -> None:
     """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view, receives
     every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
     on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
     h_prev first) when training, else per-row workspace (N rows) like ``work``.
     ``chunks`` (a pipelined run: ``begin(k)`` and ``end(k)`` around step ``k``) fills
-    ``gx`` a group of steps at a time and hands the finished output on.
+    ``gx`` a group of steps at a time and hands the finished output on.  ``cs`` (T, H)
+    receives every step's cell state (``return_states``).
 
     The previous step's ``h`` is read straight from its output rows, so no step copies
     its state; only where sequences end are their final rows copied into ``h_n``, and
@@ -172,6 +173,8 @@ def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...]
                 forward(gx[lo:hi], h_prev, c, w, tp[1:], wk, True, h_out)
             else:
                 forward(gx[lo:hi], h_prev, c, w, tp, wk, False, h_out)
+            if cs is not None and c is not None:
+                np.copyto(cs[lo:hi], c)
             n_next = steps[k + 1][2] if k + 1 < len(steps) else 0
             if n_next < n:  # sequences n_next..n-1 end here: their final state
                 np.copyto(h_run[n_next:n], h_out[n_next:])
@@ -182,11 +185,12 @@ def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...]
 
 def scan_backward(kind: CellKind, dout: Array, dstate: tuple[Array, ...], w: StepWeights, steps: Steps,
                   tape: tuple[Array, ...], tape_blocks: Blocks, grads: tuple[Array, ...], grad_blocks: Blocks,
-                  scratch: tuple[Array, ...], scratch_blocks: Blocks, chunks: Any = None) -> None:
+                  scratch: tuple[Array, ...], scratch_blocks: Blocks, chunks: Any = None, dcs: OptArray = None) -> None:
     """Walk the steps backwards.  ``dout`` (T, H_out) the gradient of the outputs;
     ``dstate`` running state gradients, overwritten (they end as the gradient of the
     initial state); ``grads`` per-step gradient records (T rows), filled; ``chunks`` (a
-    pipelined run) waits for ``dout`` and hands the input gradient on, a group at a time."""
+    pipelined run) waits for ``dout`` and hands the input gradient on, a group at a time;
+    ``dcs`` (T, H), if given, the gradient of every step's cell state, added as ``dout`` is."""
     backward = kind.backward
     per_n: dict[int, Any] = {}
     for k, (lo, hi, n) in enumerate(reversed(steps)):
@@ -197,6 +201,8 @@ def scan_backward(kind: CellKind, dout: Array, dstate: tuple[Array, ...], w: Ste
             cached = per_n[n] = (tuple(d[:n] for d in dstate), block_views(scratch, scratch_blocks, 0, n))
         ds, sc = cached
         np.add(ds[0], dout[lo:hi], out=ds[0])
+        if dcs is not None:
+            np.add(ds[1], dcs[lo:hi], out=ds[1])
         backward(ds, w, block_views(tape, tape_blocks, lo, hi), block_views(grads, grad_blocks, lo, hi), sc)
         if chunks is not None:
             chunks.end(k)
@@ -231,7 +237,8 @@ class DirectionRecord:
 def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Array, ...],
                       batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool, options: Any = None,
                       pool: Optional[Pool] = None, key: Any = None, stage: Any = None,
-                      cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL) -> tuple[tuple[Array, ...], Any]:
+                      cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL, cs: OptArray = None
+                      ) -> tuple[tuple[Array, ...], Any]:
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
@@ -246,11 +253,12 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     Runs on the compiled tier (:mod:`.native`) where it can: not for a pipelined stage,
     nor for the ONNX-only variants.  ``cache`` (a dict the caller owns) keeps that tier's
     prepared weights under ``key`` from one call to the next, and ``runner``
-    (:mod:`.runners`) may split its batch.
+    (:mod:`.runners`) may split its batch.  ``cs`` (T, H), for a kind with a cell state,
+    receives every step's (``return_states``).
     """
     if stage is None and native.supports(kind, x.dtype):
         return native.direction_forward(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner,
-                                        cache)
+                                        cache, cs)
     w_ih, w_hh, b_ih, b_hh, w_hr = params[:5]
     w_ih_s, b_gx, step = _prepared(cache, key, kind, params, options)
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
@@ -286,7 +294,7 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
         raise ValueError("a pipelined scan runs forward in time")
     else:
         chunks = stage.forward_hooks(steps, project, gx.shape[1])
-    scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks)
+    scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks, cs)
     record = (DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None, records)
               if train else None)
     return state, record
@@ -306,8 +314,8 @@ def _prepared(cache: Optional[dict[Any, Any]], key: Any, kind: CellKind, params:
 
 
 def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None, key: Any = None,
-                       dx: OptArray = None, accumulate: bool = False, stage: Any = None, runner: Runner = SERIAL
-                       ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+                       dx: OptArray = None, accumulate: bool = False, stage: Any = None, runner: Runner = SERIAL,
+                       dcs: OptArray = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
@@ -317,12 +325,13 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
     (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None for absent ones.
     ``stage`` (a forward-in-time scan, ``dx`` given): its ``backward_hooks(steps, total,
     input_grad, gate_width)`` wait for ``dout``'s rows as they arrive from the end, and
-    compute ``dx``'s rows a group of steps at a time and hand them on.
+    compute ``dx``'s rows a group of steps at a time and hand them on.  ``dcs`` (T, H): the
+    gradient of every step's cell state (``return_states``), or None.
     """
     if isinstance(rec, native.NativeRecord):
         if stage is not None:
             raise ValueError("a compiled layer-direction runs its backward in one call, not as a pipeline stage")
-        return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate, runner)
+        return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate, runner, dcs)
     kind = rec.kind
     T = rec.x.shape[0]
     dtype = rec.x.dtype
@@ -358,7 +367,7 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
         chunks = stage.backward_hooks(rec.steps, T, input_grad, dgx.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
         scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
-                      scratch, scratch_blocks, chunks)
+                      scratch, scratch_blocks, chunks, dcs)
         if chunks is None:  # (a pipelined run went through the projection a group at a time)
             through_projection(0, T)
         if dx is None:

@@ -51,7 +51,8 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
                   batch_sizes: Sequence[int], *, num_layers: int, num_directions: int, train: bool,
                   reverse_only: bool = False, dropout: float = 0.0, rng: Optional[np.random.Generator] = None,
                   options: Optional[Sequence[Any]] = None, pool: Optional[Pool] = None,
-                  cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL
+                  cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL,
+                  every_step: Optional[list[tuple[Array, OptArray]]] = None
                   ) -> tuple[Array, list[Array], Optional[StackRecord]]:
     """All layers and directions over packed time-major ``x`` (T, H_in).
 
@@ -59,7 +60,10 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
     (``states``: h, and for LSTM c, each (D*layers, N, .)).  ``reverse_only`` runs the one
     direction backwards in time (ONNX's ``direction="reverse"``).  ``options[idx]`` are a
     kind's extra settings (:class:`.cells.StepWeights`).  Returns ``(output (T, D*H_out),
-    final states like states, record)``, the record None unless ``train``.
+    final states like states, record)``, the record None unless ``train``.  ``every_step``
+    (a list, ``return_states``) receives each layer-direction's ``(h, c)`` at every step,
+    packed rows (T, H_out) and (T, H) (None without a cell state), ``h`` before dropout;
+    the scans then run layer after layer (no pipeline, no wavefront).
     """
     D, L = num_directions, num_layers
     H = params[0][1].shape[0] // kind.num_gates
@@ -69,9 +73,12 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
     finals = [np.empty(s.shape, dtype) for s in states]
     schedule = runner.schedule(compiled=compiled, layers=L, directions=D, rows=x.shape[0], steps=len(batch_sizes),
                                gate_width=kind.num_gates * H, row_width=P + H, train=train,
-                               pipelinable=not reverse_only and not (train and dropout > 0),
+                               pipelinable=not reverse_only and not (train and dropout > 0) and every_step is None,
                                first_width=x.shape[1] + P)
     records: list[Any] = [None] * (L * D)
+    every = every_step is not None
+    cs = [np.empty((x.shape[0], H), dtype) if every and kind.has_cell else None for _ in range(L * D)]
+    hs: list[Array] = []
     outs = [np.empty((x.shape[0], D * P), dtype) if layer == L - 1  # returned to the caller
             else alloc_blocks(((1, D * P),), x.shape[0], dtype, pool, (layer, "out"))[0]
             for layer in range(L)]  # (T, D*H_out) each
@@ -81,7 +88,7 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
         final, records[idx] = direction_forward(
             kind, x if layer == 0 else outs[layer - 1], params[idx], tuple(s[idx] for s in states), batch_sizes,
             d == 1 or reverse_only, outs[layer][:, d * P : (d + 1) * P], train, None if options is None
-            else options[idx], pool, idx, stage, cache, runner)
+            else options[idx], pool, idx, stage, cache, runner, cs[idx])
         _put(finals, idx, final)
 
     masks: list[OptArray] = [None] * L
@@ -99,10 +106,14 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
             else:
                 for d in range(D):
                     run(layer, d)
+            if every:  # each direction's states, before dropout
+                hs.extend(outs[layer][:, d * P : (d + 1) * P].copy() for d in range(D))
             if train and dropout > 0 and layer < L - 1:
                 masks[layer] = _dropout_mask(outs[layer].shape, dropout, rng, dtype)
                 outs[layer] *= masks[layer]
     record = StackRecord(records, masks, schedule, L, D, P, compiled) if train else None
+    if every_step is not None:
+        every_step.extend(zip(hs, cs))
     return outs[-1], finals, record
 
 
@@ -116,11 +127,14 @@ def _dropout_mask(shape: tuple[int, ...], p: float, rng: Optional[np.random.Gene
 
 
 def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], pool: Optional[Pool] = None,
-                   runner: Runner = SERIAL) -> tuple[Array, list[Array], list[Any]]:
+                   runner: Runner = SERIAL, grad_every: Optional[Sequence[tuple[OptArray, OptArray]]] = None
+                   ) -> tuple[Array, list[Array], list[Any]]:
     """Backward of :func:`stack_forward`: ``dout`` (T, D*H_out) the output gradient,
-    ``grad_finals`` the final states' gradients (like the states).  Returns ``(dx (T, H_in),
-    initial-state gradients like the states, parameter gradients per layer-direction)``,
-    the latter each (dW_ih, dW_hh, db_ih, db_hh, dW_hr) with None where absent."""
+    ``grad_finals`` the final states' gradients (like the states), ``grad_every`` those of
+    ``every_step``'s states, per layer-direction ``(dh, dc)`` (None: zeros; the forward
+    took ``every_step``).  Returns ``(dx (T, H_in), initial-state gradients like the states,
+    parameter gradients per layer-direction)``, the latter each (dW_ih, dW_hh, db_ih,
+    db_hh, dW_hr) with None where absent."""
     D, L, P = rec.num_directions, rec.num_layers, rec.out_width
     dtype = dout.dtype
     grad_states = [np.empty(g.shape, dtype) for g in grad_finals]
@@ -136,9 +150,18 @@ def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], 
         above = dout if layer == L - 1 else dxs[layer + 1]
         dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
         _, dstate0, pgrads[idx] = direction_backward(rec.records[idx], above[:, d * P : (d + 1) * P], dstate, pool,
-                                                     idx, dx, accumulate, stage, runner)
+                                                     idx, dx, accumulate, stage, runner,
+                                                     None if grad_every is None else grad_every[idx][1])
         _put(grad_states, idx, dstate0)
 
+    def add_every(layer: int, target: Array) -> None:  # the gradients of a layer's states at every step
+        for d in range(D):
+            dh = None if grad_every is None else grad_every[layer * D + d][0]
+            if dh is not None:
+                target[:, d * P : (d + 1) * P] += dh
+
+    if grad_every is not None and rec.schedule in ("wavefront", "layers"):
+        raise ValueError("stack_backward: grad_every needs a forward that kept every_step (layer after layer)")
     if rec.schedule == "wavefront":  # top layer first, each a step behind the one above
         top_down = list(reversed(range(L)))
         done = native.wavefront_backward(
@@ -152,8 +175,13 @@ def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], 
     if rec.schedule == "layers":  # top layer first, each reading its output gradient as it comes
         runner.pipeline(L, lambda i, stage: run(L - 1 - i, 0, dxs[L - 1 - i], stage=stage))
         return dxs[0], grad_states, pgrads
+    if grad_every is not None and any(dh is not None for dh, _ in grad_every[(L - 1) * D :]):
+        dout = dout.copy()  # (the caller's)
+        add_every(L - 1, dout)
     for layer in reversed(range(L)):
         dx = dxs[layer]
+        if layer < L - 1:
+            add_every(layer, dxs[layer + 1])  # (complete, and through the dropout above it)
         if rec.schedule == "directions":
             (dx_rev,) = alloc_blocks(((1, dx.shape[1]),), dx.shape[0], dtype, pool, (layer, "dx reverse"))
             runner.side_by_side(lambda: run(layer, 1, dx_rev), lambda: run(layer, 0, dx), blas=not rec.native)

@@ -201,7 +201,11 @@ class QuantizedRNN(_InferenceOnly, RNNBase):
         """The bytes the weights take in their storage (biases in float32)."""
         return sum(int(b.nbytes) for b in self._stored.values())
 
-    def forward(self, input: Any, hx: Any = None, lengths: Any = None) -> tuple[Any, ...]:
+    def forward(self, input: Any, hx: Any = None, lengths: Any = None, return_states: bool = False
+                ) -> tuple[Any, ...]:
+        if return_states:
+            raise ValueError(f"{self._label}: return_states is not available on a quantized layer (nprnn.quantize); "
+                             "call the float layer for every state over time")
         layout, x, states = layout_of(self, input, hx, lengths)
         rows = layout.to_rows(np.asarray(x)).astype(np.float32)
         out, finals = self._run(rows, layout.batch_sizes, [s.astype(np.float32) for s in layout.to_run(states)])

@@ -12,7 +12,7 @@ from typing import Any, Optional, cast
 
 import numpy as np
 
-from .._checks import check_bool, check_dropout, check_int, check_memory, check_nonlinearity
+from .._checks import as_array, check_bool, check_dropout, check_int, check_memory, check_nonlinearity
 from .._typing import Array, Params
 from ..functional import KINDS
 from ..functional.native import parameter_epoch
@@ -31,6 +31,7 @@ class LayerRecord:
 
     stack: StackRecord
     layout: Layout
+    every: Optional[tuple[tuple[int, ...], ...]] = None  # with return_states: the shapes of the states returned
 
 
 class RNNBase(Module):
@@ -129,24 +130,69 @@ class RNNBase(Module):
                    (self.dtype != np.float32, "dtype=float64")]
         return s + "".join(", " + text for on, text in options if on)
 
-    def forward(self, input: Any, hx: Any = None, lengths: Any = None) -> tuple[Any, ...]:
+    def forward(self, input: Any, hx: Any = None, lengths: Any = None, return_states: bool = False
+                ) -> tuple[Any, ...]:
         """Run the layer.  See the class docstring for shapes.
 
         ``input`` is a padded array or a :class:`~nprnn.utils.rnn.PackedSequence` (then the
         output is packed too).  ``lengths`` (padded input only) gives each sequence's length:
         the result equals packing, running and unpacking, without the caller packing.
+        ``return_states=True`` returns ``(output, final states, states)``: ``states`` holds
+        every layer's and direction's state at every step (see the class docstring).
         """
+        return_states = check_bool("return_states", return_states)
         layout, x, states = layout_of(self, input, hx, lengths)
         self._keep(None)  # this thread's previous record's buffers are about to be reused
         pool = self._pool()
+        every: Optional[list[Any]] = [] if return_states else None
         out, finals, record = stack_forward(
             self.kind, layout.to_rows(x, pool, "x_packed"), self._params(), layout.to_run(states),
             layout.batch_sizes, num_layers=self.num_layers, num_directions=self.num_directions,
             train=self.training, reverse_only=self._reverse_only, dropout=self.dropout, rng=self._rng,
-            options=self._step_options(), pool=pool, cache=self._prepared, runner=THREADED)
+            options=self._step_options(), pool=pool, cache=self._prepared, runner=THREADED, every_step=every)
+        result = self._pair(layout.from_rows(out), layout.from_run(finals))
+        if every is None:
+            if record is not None:
+                self._keep(LayerRecord(record, layout))
+            return result
+        seq = [np.stack([self._every_rows(layout, part[k]) for part in every]) for k in range(len(every[0]))
+               if every[0][k] is not None]
         if record is not None:
-            self._keep(LayerRecord(record, layout))
-        return self._pair(layout.from_rows(out), layout.from_run(finals))
+            self._keep(LayerRecord(record, layout, tuple(a.shape for a in seq)))
+        return result + ((seq[0], seq[1]) if self.kind.has_cell else seq[0],)
+
+    @staticmethod
+    def _every_rows(layout: Layout, rows: Array) -> Any:
+        """One layer-direction's packed rows of states in the caller's layout (packed input:
+        the rows as they are)."""
+        return rows if layout.kind == "packed" else layout.from_rows(rows)
+
+    def _grad_every(self, latest: LayerRecord, grad_states: Any) -> Optional[list[tuple[Any, Any]]]:
+        """``grad_states`` checked against the states the forward returned, as packed rows
+        per layer-direction ``(dh, dc)`` (None where not given)."""
+        if grad_states is None:
+            return None
+        label = self._label
+        if latest.every is None:
+            raise ValueError(f"{label}.backward: grad_states is the gradient of the states a forward with "
+                             "return_states=True returns; the last training forward was called without it")
+        has_cell = self.kind.has_cell
+        if has_cell and (not isinstance(grad_states, (tuple, list)) or len(grad_states) != 2):
+            raise TypeError(f"{label}.backward: grad_states must be None or a pair (grad_h_all, grad_c_all), "
+                            "either None")
+        parts = list(grad_states) if has_cell else [grad_states]
+        rows: list[list[Any]] = [[None] * len(parts) for _ in range(latest.every[0][0])]
+        for k, (g, shape) in enumerate(zip(parts, latest.every)):
+            if g is None:
+                continue
+            name = f"grad_states[{k}]" if has_cell else "grad_states"
+            g = as_array(g, name, self.dtype, label)
+            if g.shape != shape:
+                raise ValueError(f"{label}.backward: {name} has shape {g.shape}, expected {shape} (the states')")
+            for idx in range(shape[0]):
+                rows[idx][k] = (np.ascontiguousarray(g[idx]) if latest.layout.kind == "packed"
+                                else latest.layout.to_rows(g[idx]))
+        return [(r[0], r[1] if has_cell else None) for r in rows]
 
     def _params(self) -> list[Params]:
         """Each layer-direction's (w_ih, w_hh, b_ih, b_hh, w_hr), None where absent (made
@@ -164,7 +210,7 @@ class RNNBase(Module):
         """``(first, h)``, or ``(first, (h, c))`` for LSTM."""
         return (first, (states[0], states[1])) if self.kind.has_cell else (first, states[0])
 
-    def backward(self, grad_output: Any, grad_hn: Any = None) -> tuple[Any, ...]:
+    def backward(self, grad_output: Any, grad_hn: Any = None, grad_states: Any = None) -> tuple[Any, ...]:
         """Backpropagation through time for this thread's last training-mode forward.
 
         ``grad_output`` has the shape of ``output`` (for packed output: a PackedSequence or
@@ -172,14 +218,18 @@ class RNNBase(Module):
         or ``(grad_h_n, grad_c_n)`` (LSTM), any part None meaning zeros.  Adds the parameter
         gradients into ``self.grads`` and returns ``(grad_input, grad_hx)``: ``grad_input``
         in the input's layout (packed for packed input, zeros past each end with
-        ``lengths=``), ``grad_hx`` shaped like ``hx`` (a pair for LSTM).
+        ``lengths=``), ``grad_hx`` shaped like ``hx`` (a pair for LSTM).  ``grad_states`` (a
+        forward with ``return_states=True``): the gradient of its ``states``, shaped like
+        them (for LSTMs a pair, either part None), None meaning zeros.
         """
-        layout = self._latest().layout
+        latest = self._latest()
+        layout = latest.layout
         g_out, parts = check_grads(layout, self, grad_output, grad_hn)  # (refused: the record stays)
+        grad_every = self._grad_every(latest, grad_states)
         rec = self._take()
         pool = self._pool()
         dx, grad_states, pgrads = stack_backward(rec.stack, layout.to_rows(g_out, pool, "dout_packed"),
-                                                 layout.to_run(parts), pool, THREADED)
+                                                 layout.to_run(parts), pool, THREADED, grad_every)
         for names, grads in zip(self._layer_names, pgrads):
             self._add_grads(names, grads)
         return self._pair(layout.from_rows(dx), layout.from_run(grad_states))
@@ -209,6 +259,16 @@ _SHAPES_DOC = """
     state at every step; ``h_n`` every layer's state at the last step, so
     ``output[-1, :, :H_out] == h_n[-D]`` (``output[:, -1]`` with batch_first) and, when
     bidirectional, the reverse half of ``output[0]`` equals ``h_n[-1]``.
+
+    ``layer(input, hx, return_states=True)`` returns ``(output, h_n, states)`` (LSTMs:
+    ``(output, (h_n, c_n), (h_all, c_all))``): every layer's and direction's state at every
+    step, row ``k * D + d`` for layer ``k`` and direction ``d`` as in ``h_n``; ``h_all``
+    (D * num_layers, L, N, H_out) — (D * num_layers, N, L, H_out) with batch_first, no N
+    for unbatched input, (D * num_layers, len(data), H_out) in the packed order for a
+    PackedSequence — and ``c_all`` the same with H; zeros past each end with ``lengths=``;
+    each layer's own output, before the dropout between layers.  ``backward(grad_output,
+    grad_hn, grad_states=...)`` takes their gradients.  Without the flag nothing of it is
+    kept or computed.
 
     Layer ``k > 0`` takes the ``D * H_out`` output of layer ``k - 1`` as input; in training
     mode with ``dropout > 0`` that input is multiplied by a Bernoulli mask scaled by
