@@ -350,3 +350,20 @@ def test_cli_explains_the_layer_norm_layers_and_refuses_a_bias_option():
     assert main(["explain", "ln-gru", "--input-size", "3", "--hidden-size", "4", "--bidirectional"]) == 0
     assert main(["explain", "lstm", "--input-size", "3", "--hidden-size", "4", "--no-bias"]) == 0
     assert main(["explain", "ln-gru", "--input-size", "3", "--hidden-size", "4", "--no-bias"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["LayerNormLSTM", "LayerNormGRU"])
+def test_convert_infers_the_layer_norm_layer_and_writes_onnx(kind, tmp_path):
+    pytest.importorskip("onnx")
+    from nprnn.interop.convert import convert
+    from nprnn.onnx import import_onnx
+    from nprnn.serialization import save
+
+    layer = getattr(nprnn, kind)(3, 4, num_layers=2, bidirectional=True, seed=0)
+    save(layer, tmp_path / "w.safetensors")
+    cfg = convert(tmp_path / "w.safetensors", tmp_path / "w.onnx", log=lambda s: None)
+    assert cfg["kind"] == kind and cfg["num_layers"] == 2 and cfg["bidirectional"] and "bias" not in cfg
+    back = import_onnx(tmp_path / "w.onnx")
+    assert type(back) is type(layer)
+    for name, value in layer.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[name], value, err_msg=name)

@@ -23,10 +23,11 @@ import numpy as np
 
 from ..nn.layers import Embedding, Linear
 from ..nn.module import Module
-from ..nn.recurrent import GRU, LSTM, RNN, RNNBase
+from ..nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
 from .serialization import format_of, read_tensors, write_tensors
 
-_KEY = re.compile(r"^(?P<prefix>.*?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+_KEY = re.compile(r"^(?P<prefix>.*?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr"
+                  r"|ln_ih_weight|ln_ih_bias|ln_hh_weight|ln_hh_bias|ln_c_weight|ln_c_bias)"
                   r"_l(?P<layer>\d+)(?P<rev>_reverse)?$")
 
 
@@ -59,18 +60,26 @@ def infer_config(tensors: Mapping[str, Any], prefix: str | None = None) -> dict[
     kind = {1: "RNN", 3: "GRU", 4: "LSTM"}.get(gates)
     if kind is None or gates * hidden != w_hh.shape[0]:
         raise ValueError(f"cannot tell the layer kind: weight_hh_l0 has shape {w_hh.shape}")
-    cfg = {"kind": kind, "prefix": prefix, "input_size": int(w_ih.shape[1]), "hidden_size": int(hidden),
-           "num_layers": layers, "bidirectional": bidirectional, "bias": prefix + "bias_ih_l0" in tensors,
-           "dtype": str(w_ih.dtype)}
+    normed = prefix + "ln_ih_weight_l0" in tensors  # the layer norms' gains: LayerNormLSTM / LayerNormGRU
+    if normed and kind == "RNN":
+        raise ValueError(f"cannot tell the layer kind: layer norms beside a weight_hh_l0 of shape {w_hh.shape}")
+    cfg = {"kind": "LayerNorm" + kind if normed else kind, "prefix": prefix, "input_size": int(w_ih.shape[1]),
+           "hidden_size": int(hidden), "num_layers": layers, "bidirectional": bidirectional,
+           "bias": prefix + "bias_ih_l0" in tensors, "dtype": str(w_ih.dtype)}
+    if normed:
+        del cfg["bias"]
     if has_proj:
         cfg["proj_size"] = int(w_hh.shape[1])
     return cfg
 
 
 def build(cfg: Mapping[str, Any], nonlinearity: str = "tanh", batch_first: bool = False) -> RNNBase:
-    cls = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM}[cfg["kind"]]
-    kw = dict(num_layers=cfg["num_layers"], bias=cfg["bias"], batch_first=batch_first,
-              bidirectional=cfg["bidirectional"], dtype=np.dtype(cfg["dtype"]))
+    cls = {"RNN": RNN, "GRU": GRU, "LSTM": LSTM, "LayerNormLSTM": LayerNormLSTM, "LayerNormGRU": LayerNormGRU}[
+        cfg["kind"]]
+    kw = dict(num_layers=cfg["num_layers"], batch_first=batch_first, bidirectional=cfg["bidirectional"],
+              dtype=np.dtype(cfg["dtype"]))
+    if "bias" in cfg:
+        kw["bias"] = cfg["bias"]
     if cfg["kind"] == "RNN":
         kw["nonlinearity"] = nonlinearity
     if cfg.get("proj_size"):

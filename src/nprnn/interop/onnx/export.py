@@ -32,12 +32,12 @@ import numpy as np
 from ...nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from ...nn.layers import Dropout, Embedding, Linear
 from ...nn.module import Module
-from ...nn.recurrent import GRU, LSTM, RNN, RNNBase
+from ...nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
 from ...nn.sequential import LastStep, Sequential
 from ..serialization import atomic_write
 from .nodes import _TO_ONNX, _onnx, _permute_gates
 
-_OPS = {LSTM: "LSTM", GRU: "GRU", RNN: "RNN"}
+_OPS = {LSTM: "LSTM", GRU: "GRU", RNN: "RNN", LayerNormLSTM: "LSTM", LayerNormGRU: "GRU"}
 _INT64 = 7  # onnx.TensorProto.INT64
 
 
@@ -105,12 +105,14 @@ def _recurrent(b: Builder, m: RNNBase, x: str, states: dict[str, str], lens: Opt
                ) -> tuple[str, str, Optional[str]]:
     """Nodes computing layer ``m`` on ``x`` (in m's layout); ``states`` maps 'h0'/'c0' to
     (D*L, N, H) values or is empty.  Returns the names of (output, h_n, c_n or None)."""
-    from .scan import emit_lstmp_layer
+    from .scan import emit_scan_layer, scan_kind
 
     op = _OPS.get(type(m))
     if op is None:
-        raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM and nprnn.GRU, got {type(m).__name__}")
-    D, H, L, P = m.num_directions, m.hidden_size, m.num_layers, m.proj_size
+        raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM, nprnn.GRU, nprnn.LayerNormLSTM and "
+                        f"nprnn.LayerNormGRU, got {type(m).__name__}")
+    scan = scan_kind(m)
+    D, H, L = m.num_directions, m.hidden_size, m.num_layers
     if m.batch_first:
         x = b.op("Transpose", [x], base="time_major", perm=[1, 0, 2])
     order = _TO_ONNX[op]
@@ -119,14 +121,14 @@ def _recurrent(b: Builder, m: RNNBase, x: str, states: dict[str, str], lens: Opt
     for layer in range(L):
         sfx = [f"_l{layer}", f"_l{layer}_reverse"][:D]
         rows = (b.const(np.array([layer * D], np.int64)), b.const(np.array([(layer + 1) * D], np.int64)),
-                b.const(np.array([0], np.int64)))
+                b.const(np.array([0], np.int64))) if states else ()
         s0 = {k: b.op("Slice", [v, *rows], base=f"{k}_l{layer}") for k, v in states.items()}
-        if P:
-            assert isinstance(m, LSTM)  # (only an LSTM has a projection)
-            x, h, c = emit_lstmp_layer(b, m, layer, x, s0.get("h0"), s0.get("c0"), lens, prefix,
-                                       _node_name(prefix, f"Scan{layer}"))
+        if scan:  # no ONNX operator: the step as a Scan body
+            x, h, c = emit_scan_layer(b, m, layer, x, s0.get("h0"), s0.get("c0"), lens, prefix,
+                                      _node_name(prefix, f"Scan{layer}"))
             y_h.append(h)
-            y_c.append(c)
+            if c is not None:
+                y_c.append(c)
             continue
         W = np.stack([_permute_gates(p["weight_ih" + s], order) for s in sfx])
         R = np.stack([_permute_gates(p["weight_hh" + s], order) for s in sfx])
@@ -223,8 +225,8 @@ def to_onnx(model: Module, *, with_state: bool = True, lengths: bool = False, op
     from onnx import TensorProto, helper
 
     if not isinstance(model, Sequential) and type(model) not in _OPS:
-        raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM, nprnn.GRU and nprnn.Sequential, "
-                        f"got {type(model).__name__}")
+        raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM, nprnn.GRU, nprnn.LayerNormLSTM, "
+                        f"nprnn.LayerNormGRU and nprnn.Sequential, got {type(model).__name__}")
     modules = list(model) if isinstance(model, Sequential) else [model]
     if not modules:
         raise ValueError("ONNX export: the Sequential is empty")
@@ -269,7 +271,7 @@ def to_onnx(model: Module, *, with_state: bool = True, lengths: bool = False, op
         states = {}
         if with_state:
             batch_axis = 0 if m.batch_first else 1
-            sizes = {"h0": Hh, "c0": H} if isinstance(m, LSTM) else {"h0": Hh}
+            sizes = {"h0": Hh, "c0": H} if m.kind.has_cell else {"h0": Hh}
             for name, size in sizes.items():
                 if optional_state:
                     states[name] = b.optional_state(name, D * L, size, "input", batch_axis, dtype)
@@ -293,7 +295,8 @@ def to_onnx(model: Module, *, with_state: bool = True, lengths: bool = False, op
 
 def export(model: Module, path: Union[str, "os.PathLike[str]"], *, with_state: bool = True, lengths: bool = False,
            optional_state: bool = True, opset: int = 17) -> None:
-    """Write ``model`` (an nprnn ``RNN``, ``GRU``, ``LSTM`` — with ``proj_size`` too — or a
+    """Write ``model`` (an nprnn ``RNN``, ``GRU``, ``LSTM`` — with ``proj_size`` too —,
+    ``LayerNormLSTM``, ``LayerNormGRU`` (as ``Scan`` layers), or a
     ``Sequential`` of recurrent layers, ``Linear``, ``Embedding``, ``LastStep``, ``Dropout``
     and activations) as an ONNX model, atomically.  See the module docstring for the
     graph's inputs and outputs; ``with_state=False`` leaves out the state inputs, and

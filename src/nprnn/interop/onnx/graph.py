@@ -33,11 +33,12 @@ import numpy as np
 
 from ...nn.layers import Embedding, Linear
 from ...nn.module import Module
-from ...nn.recurrent import GRU, LSTM, RNN, RNNBase
+from ...nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
 from . import ops
 from .nodes import _attrs, _onnx, module_from_node
 
 RECURRENT = ("RNN", "GRU", "LSTM")
+_LAYERS = (RNN, GRU, LSTM, LayerNormLSTM, LayerNormGRU)  # what a recurrent step rebuilds
 _PROBE_SIZES = ((3, 2), (5, 7))  # (seq_len, batch) pairs used by the probes
 Values = dict[str, Any]  # value name -> array (or, for shapes and constants, what ONNX holds)
 
@@ -293,7 +294,7 @@ def _read(model: Any) -> tuple[list[Step], Values, list[str], Values, list[str],
     from onnx import helper
     from onnx.defs import onnx_opset_version
 
-    from .scan import scan_lstmp
+    from .scan import scan_layer
 
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -345,12 +346,13 @@ def _read(model: Any) -> tuple[list[Step], Values, list[str], Values, list[str],
         op = node.op_type
         if op == "Scan":
             if k in live:
-                part = scan_lstmp(node, consts)
-                steps.append(_RecurrentStep(_module_name(node, taken, "lstm"), part.layer, [part]))
+                part = scan_layer(node, consts)
+                steps.append(_RecurrentStep(_module_name(node, taken, part.kind.lower()), part.layer, [part]))
             continue
         if op not in ops.ARITY:
             raise ValueError(f"ONNX operator {op} (node {node.name!r}) is not supported by nprnn's import; supported: "
-                             f"{', '.join(sorted(ops.ARITY))} and Scan as nprnn writes LSTMP")
+                             f"{', '.join(sorted(ops.ARITY))} and Scan as nprnn writes an LSTM with projection, "
+                             "LayerNormLSTM or LayerNormGRU")
         label = node.name or f"#{k}"  # (exporters may leave nodes unnamed)
         attrs = _attrs(node)
         ops.check(op, attrs, label, list(node.input), list(node.output), opset)
@@ -488,7 +490,7 @@ def _evaluate(steps: list[Step], idx: list[int], feeds: Values, consts: Values) 
 def _same_stack(a: Any, b: Any) -> bool:
     la, lb = a.layer, b.layer
     cls = type(la)
-    if cls not in (RNN, GRU, LSTM) or type(lb) is not cls:
+    if cls not in _LAYERS or type(lb) is not cls:
         return False
     keys = ("hidden_size", "proj_size", "num_directions", "dtype", "bias", "batch_first", "mode")
     width = la.num_directions * (la.proj_size or la.hidden_size)
@@ -547,8 +549,10 @@ def _stacked_layer(layers: list[RNNBase]) -> RNNBase:
     """One layer with ``len(layers)`` layers computing ``layers`` (each one layer) in turn."""
     l0 = layers[0]
     cls: Any = type(l0)
-    kw: dict[str, Any] = dict(num_layers=len(layers), bias=l0.bias, batch_first=l0.batch_first,
+    kw: dict[str, Any] = dict(num_layers=len(layers), batch_first=l0.batch_first,
                               bidirectional=l0.num_directions == 2, dtype=l0.dtype)
+    if not l0.kind.params:  # (the layer-norm layers have no bias argument)
+        kw["bias"] = l0.bias
     if cls is RNN:
         kw["nonlinearity"] = l0.nonlinearity
     if getattr(l0, "proj_size", 0):
@@ -607,7 +611,7 @@ def _collapse(graph: "ONNXGraph") -> Optional[RNNBase]:
         return None
     layer = rec[0].module
     outputs = len(graph.output_names)
-    if not isinstance(layer, (RNN, GRU, LSTM)) or not 1 <= outputs <= (3 if isinstance(layer, LSTM) else 2):
+    if not isinstance(layer, _LAYERS) or not 1 <= outputs <= (3 if layer.kind.has_cell else 2):
         return None
     roles = _input_roles(graph, layer)
     if roles is None:
@@ -627,7 +631,7 @@ def _input_roles(graph: "ONNXGraph", layer: RNNBase) -> Optional[list[str]]:
     info = [graph._value_info.get(n, (None, None)) for n in names]
     if not names or info[0][0] is None or info[0][0].kind != "f" or info[0][1] is None or len(info[0][1]) != 3:
         return None
-    roles, states = ["x"], ["h0", "c0"] if isinstance(layer, LSTM) else ["h0"]
+    roles, states = ["x"], ["h0", "c0"] if layer.kind.has_cell else ["h0"]
     for dtype, shape in info[1:]:
         if dtype is None or shape is None:
             return None
@@ -662,7 +666,7 @@ def _probe_layer(graph: "ONNXGraph", layer: RNNBase, roles: list[str]) -> bool:
             hx = None
             if "h0" in roles:
                 hx = (feeds["h0"], feeds["c0"] if "c0" in roles else np.zeros_like(feeds["c0"])) \
-                    if isinstance(layer, LSTM) else feeds["h0"]
+                    if layer.kind.has_cell else feeds["h0"]
             out, state = layer(feeds["x"], hx, lengths=feeds["lengths"] if "lengths" in roles else None)
             want = (out, *(state if isinstance(state, tuple) else (state,)))
             if not all(g.shape == w.shape and np.array_equal(g, w) for g, w in zip(got, want)):
