@@ -52,6 +52,7 @@ class Case:
     settings: tuple = ()  # (name, value) pairs of nprnn.config for nprnn's calls
     idle: float = 0.0  # > 0: time the first call after this many idle seconds, not a block of calls
     storage: str = ""  # "int8" or "bf16": nprnn.quantize(model, storage) is timed (and nprnn float32 beside it)
+    states: bool = False  # return_states=True is timed (and the call without it beside it)
 
 
 def cases(quick: bool) -> list:
@@ -85,7 +86,7 @@ def cases(quick: bool) -> list:
     for H in ((128,) if quick else (64, 128)):
         out.append(Case(f"LSTM streaming step N=1 {H}->{H}", "LSTM", 1, 1, H, H, mode="stream",
                         against=("torch", "torch LSTMCell", "onnxruntime")))
-    out += stream_cases(quick)
+    out += stream_cases(quick) + beyond_cases()
     out.append(Case("LSTM one step, plain layer call, N=1 128->128", "LSTM", 1, 1, 128, 128, mode="call",
                     against=("torch", "onnxruntime")))
     if not quick:
@@ -112,6 +113,18 @@ def stream_cases(quick: bool) -> list:
     out.append(Case("LSTM streaming step N=1 512->512, first step after 0.5 s idle", "LSTM", 1, 1, 512, 512,
                     mode="stream", idle=0.5, against=("torch", "onnxruntime")))
     return out + quantized_cases(quick)
+
+
+def beyond_cases() -> list:
+    """Beyond torch.nn (issue 26): LayerNormLSTM against the TorchScript cell PyTorch users
+    write (``benchmarks/torchscript_lstm.py``) and against nprnn's plain LSTM, and every
+    state over time against the same call without it."""
+    ts = "TorchScript LN-LSTM"
+    return [Case("LayerNormLSTM training step N=32 L=100 64->128 x2", "LayerNormLSTM", 32, 100, 64, 128, 2,
+                 mode="train", against=(ts, "nprnn LSTM")),
+            Case("LayerNormLSTM N=1 L=100 32->64", "LayerNormLSTM", 1, 100, 32, 64, against=(ts,)),
+            Case("LSTM N=32 L=100 64->128 x2, return_states=True", "LSTM", 32, 100, 64, 128, 2, states=True,
+                 against=("nprnn without return_states",))]
 
 
 def quantized_cases(quick: bool) -> list:
@@ -181,7 +194,7 @@ def first_call_medians(fns: dict, idle: float, repeats: int = 9) -> dict:
 
 def flops(case: Case) -> float:
     """Multiply-adds x 2 of one call (training: forward and backward, three times the forward)."""
-    G = 4 if case.kind == "LSTM" else 3
+    G = 4 if "LSTM" in case.kind else 3
     D = 2 if case.bidirectional else 1
     rows = sum(case.lengths) if case.lengths else case.N * case.L
     total = 0.0
@@ -210,6 +223,11 @@ def _build(case: Case, torch):
     kw = {"proj_size": case.proj_size} if case.proj_size else {}
     ours = getattr(nprnn, case.kind)(case.H_in, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
                                      dtype=dt, seed=0, **kw)
+    if case.kind == "LayerNormLSTM":  # PyTorch has none: the TorchScript cell its users write
+        sys.path.insert(0, os.path.dirname(HERE))
+        from benchmarks.torchscript_lstm import StackedLSTM, load_nprnn
+
+        return ours, load_nprnn(StackedLSTM(case.H_in, case.H, case.layers), ours)
     theirs = getattr(torch.nn, case.kind)(case.H_in, case.H, num_layers=case.layers,
                                           bidirectional=case.bidirectional, **kw)
     theirs = theirs.double() if case.dtype == "float64" else theirs
@@ -298,15 +316,18 @@ def runners(case: Case, torch, threads: int) -> dict:
     if case.mode == "inference":
         ours.eval()
         model = _quantized(ours, case) if case.storage else ours
-        fns["nprnn"] = _with_settings(case, lambda: model(x))
+        fns["nprnn"] = _with_settings(case, (lambda: model(x, return_states=True)) if case.states else lambda: model(x))
         if "nprnn float32" in case.against:
             fns["nprnn float32"] = lambda: ours(x)
+        if "nprnn without return_states" in case.against:
+            fns["nprnn without return_states"] = lambda: ours(x)
+            return fns
 
         def torch_infer():
             with torch.no_grad():
                 theirs(xt)
 
-        fns["torch"] = torch_infer
+        fns["torch" if "TorchScript LN-LSTM" not in case.against else "TorchScript LN-LSTM"] = torch_infer
         for name in ("onnxruntime", "onnxruntime int8"):
             if name in case.against:
                 sess = _ort_session(ours, threads, with_state=False, int8=name.endswith("int8"))
@@ -337,7 +358,17 @@ def runners(case: Case, torch, threads: int) -> dict:
             out.backward(gt)
 
     fns["nprnn"] = _with_settings(case, np_train)
-    fns["torch"] = torch_train
+    fns["torch" if "TorchScript LN-LSTM" not in case.against else "TorchScript LN-LSTM"] = torch_train
+    if "nprnn LSTM" in case.against:  # the same shapes without the layer norms
+        import nprnn
+
+        plain = nprnn.LSTM(case.H_in, case.H, num_layers=case.layers, dtype=dt, seed=0).train()
+
+        def plain_train():
+            plain(x)
+            plain.backward(g)
+
+        fns["nprnn LSTM"] = plain_train
     return fns
 
 
@@ -465,7 +496,7 @@ def weight_bytes(case: Case) -> list:
     """Bytes of weights a time step reads, per loop: a whole-sequence call runs each layer's
     loop in turn (its W_hh and W_hr at every step), a stream's step runs every layer, its
     W_ih too (the projection of one step is a matrix-vector product as well)."""
-    G = 4 if case.kind == "LSTM" else 3
+    G = 4 if "LSTM" in case.kind else 3
     P = case.proj_size or case.H
     size = {"int8": 1, "bf16": 2}.get(case.storage, np.dtype(case.dtype).itemsize)
     per_layer = []
