@@ -31,6 +31,13 @@ def _layer(kind, H_in, H, dtype, **kw):
         return nprnn.LSTM(H_in, H, proj_size=H // 2 + 1, dtype=dtype, seed=3, **kw)
     if kind == "RNN_relu":
         return nprnn.RNN(H_in, H, nonlinearity="relu", dtype=dtype, seed=3, **kw)
+    if kind.startswith("LayerNorm"):  # the norms' gains and shifts away from 1 and 0
+        m = getattr(nprnn, kind)(H_in, H, dtype=dtype, seed=3, **kw)
+        with nprnn.writable(m):
+            for name, value in m.named_parameters():
+                if name.startswith("ln_"):
+                    value += np.random.default_rng(5).uniform(-0.5, 0.5, value.shape)
+        return m
     return getattr(nprnn, kind)(H_in, H, dtype=dtype, seed=3, **kw)
 
 
@@ -287,7 +294,7 @@ def _wavefront_everything(config, threads_):
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["LayerNormLSTM", "LayerNormGRU"])
 def test_the_wavefront_is_bit_for_bit(config, kind, train):
     """Every layer's loop at once, each a step behind the one below (and backward from the
     top down), equals layer after layer: outputs, final states, every gradient; packed

@@ -383,7 +383,7 @@ static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for te
     X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
     X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
     X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)    \
-    X(cs) X(dcs)
+    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(dln)
 #define KEY_ENUM(k) K_##k,
 enum { SCAN_KEYS(KEY_ENUM) NKEYS };
 #undef KEY_ENUM
@@ -433,12 +433,12 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
     s.parts = ITEM(parts) ? as_i64(ITEM(parts), &err) : 1;
     Py_ssize_t isz = (Py_ssize_t)as_i64(ITEM(itemsize), &err);
     if (err) return NULL;
-    if (s.kind < 0 || s.kind > 3 || (isz != 4 && isz != 8) || s.H < 1 || s.P < 1 || s.Hin < 1 || s.r0 < 0 ||
+    if (s.kind < 0 || s.kind > KIND_LN_GRU || (isz != 4 && isz != 8) || s.H < 1 || s.P < 1 || s.Hin < 1 || s.r0 < 0 ||
         s.r1 <= s.r0 || s.parts < 1 || s.parts > MAX_PARTS || s.parts > s.H || (back && s.parts != 1)) {
         PyErr_SetString(PyExc_ValueError, "_native.scan: bad kind, size, row range or parts");
         return NULL;
     }
-    s.G = s.kind == KIND_LSTM ? 4 : s.kind == KIND_GRU ? 3 : 1;
+    s.G = KIND_CELL(s.kind) ? 4 : KIND_GRU_GATES(s.kind) ? 3 : 1;
     s.train = back ? 1 : s.train;
     const int64_t GH = s.G * s.H, H = s.H, P = s.P, Hin = s.Hin;
     struct bufs b;
@@ -469,7 +469,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         PyErr_SetString(PyExc_ValueError, "_native.scan: row range past the batch");
         goto fail;
     }
-    int lstm = s.kind == KIND_LSTM, gru = s.kind == KIND_GRU;
+    int lstm = KIND_CELL(s.kind), gru = KIND_GRU_GATES(s.kind), normed = KIND_NORMED(s.kind);
     int64_t tape_rows = s.train ? rows : N;  /* per packed row when training, else per batch row */
     s.out = get(&b, ITEM(out), back ? "dout" : "out", !back, isz, rows * P, 0, P, &s.ldout);
     s.h = get(&b, ITEM(h), "h", 1, isz, N * P, 0, 0, NULL);
@@ -566,7 +566,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.xproj = get(&b, ITEM(xproj), "xproj", 1, isz, rows * GH, 1, 0, NULL);
         s.hbuf = get(&b, ITEM(hbuf), "hbuf", 1, isz, 2 * N * P, s.parts == 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
-        s.gxs = get(&b, ITEM(gxs), "gxs", 1, isz, N * GH, !gru || s.xproj, 0, NULL);
+        s.gxs = get(&b, ITEM(gxs), "gxs", 1, isz, N * GH, !(gru || normed) || s.xproj, 0, NULL);
         s.cs = get(&b, ITEM(cs), "cs", 1, isz, rows * H, 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
         if ((s.xproj || s.parts > 1) && (s.r0 != 0 || s.r1 != N || s.nranges > 1)) {
@@ -590,11 +590,22 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
     s.m = get(&b, ITEM(m), "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);
     s.ghn = get(&b, ITEM(ghn), "ghn", !back, isz, tape_rows * H, !gru, 0, NULL);
     if (PyErr_Occurred()) goto fail;
+    if (normed) {  /* the norms' gains and shifts; their records when training */
+        if (s.parts != 1 || s.wq) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: the layer-norm kinds run whole rows (one part, float)");
+            goto fail;
+        }
+        s.lnw = get(&b, ITEM(lnw), "lnw", 0, isz, 4 * GH + (lstm ? 2 * H : 0), 0, 0, NULL);
+        s.lnx = get(&b, ITEM(lnx), "lnx", !back, isz, rows * (GH + 1), !s.train, 0, NULL);
+        s.lnr = get(&b, ITEM(lnr), "lnr", !back, isz, rows * (lstm ? GH + H + 2 : GH + 1), !s.train, 0, NULL);
+        if (PyErr_Occurred() || !s.lnw) goto fail;
+    }
     if (back) {
         s.dx = get(&b, ITEM(dx), "dx", 1, isz, rows * Hin, 0, 0, NULL);
         s.dgx = get(&b, ITEM(dgx), "dgx", 1, isz, rows * GH, 0, 0, NULL);
         if (!s.dx || !s.dgx) goto fail;
-        s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !gru, 0, NULL);
+        s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !(gru || normed), 0, NULL);
+        s.dln = get(&b, ITEM(dln), "dln", 1, isz, rows * (lstm ? GH + H : 2 * GH), !normed, 0, NULL);
         s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);
         s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, N * H, !proj, 0, NULL);
         s.dcs = get(&b, ITEM(dcs), "dcs", 0, isz, rows * H, 1, 0, NULL);

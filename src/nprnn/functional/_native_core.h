@@ -12,7 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3 };
+enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3, KIND_LN_LSTM = 4, KIND_LN_GRU = 5 };
+#define KIND_CELL(k) ((k) == KIND_LSTM || (k) == KIND_LN_LSTM)  /* a cell state (and a projection) */
+#define KIND_GRU_GATES(k) ((k) == KIND_GRU || (k) == KIND_LN_GRU)
+#define KIND_NORMED(k) ((k) >= KIND_LN_LSTM)  /* the layer-norm kinds (whole rows: no unit split) */
 
 struct team;
 static void team_barrier(struct team *t, int me, int nthr);
@@ -45,6 +48,13 @@ struct scan {
     void *gates, *hprev, *cprev, *tc, *m, *ghn, *gxs;  /* the tape (training) or per-row work */
     void *dx, *dgx, *dgh, *dproj, *scratch;           /* backward */
     void *cs, *dcs;  /* LSTM, return_states: every step's cell state (rows, H) written, its gradient added; or NULL */
+    /* The layer-norm kinds: lnw the norms' gains and shifts (g_ih, b_ih, g_hh, b_hh: G*H each;
+       the LSTM's g_c, b_c: H each); training records per packed row: lnx the input norm's
+       (xhat (G*H), inv), lnr the step's (hhat (G*H), inv_h; the LSTM's chat (H), inv_c);
+       backward: dln per packed row the gradients the gains' sums need (LSTM: the gates' (G*H)
+       and the normalised cell's (H); GRU: the input side's and the hidden side's, G*H each). */
+    const void *lnw;
+    void *lnx, *lnr, *dln;
     int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
     int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */
     int64_t ranges[MAX_PARTS + 1];    /* their bounds */

@@ -409,6 +409,64 @@ static TGT void FN(gru_back_row)(int64_t H, const T *restrict r, const T *restri
     }
 }
 
+/* The layer norms (the layer-norm kinds).  1 / sqrt(x) by Newton's iteration in double
+   from a bit-level first guess (no libm call): four steps reach double precision. */
+static inline double FN(rsqrt)(double x) {
+    union { double d; uint64_t u; } v = {x};
+    v.u = 0x5fe6eb50c7b537a9ULL - (v.u >> 1);
+    double y = v.d;
+    for (int k = 0; k < 4; k++) y = y * (1.5 - 0.5 * x * y * y);
+    return y;
+}
+
+/* One row in place: a = g * xhat + b, xhat = (a - mean) * inv, inv = 1 / sqrt(var + 1e-5)
+   (biased variance, the sums in double); xhat and *inv kept where given (training). */
+static TGT void FN(ln_row)(int64_t n, T *restrict a, const T *restrict g, const T *restrict b, T *restrict xhat,
+                           T *inv_out) {
+    double sum = 0, sq = 0;
+    for (int64_t j = 0; j < n; j++) sum += (double)a[j];
+    const double mean = sum / (double)n;
+    for (int64_t j = 0; j < n; j++) sq += ((double)a[j] - mean) * ((double)a[j] - mean);
+    const T inv = (T)FN(rsqrt)(sq / (double)n + 1e-5), mu = (T)mean;
+    for (int64_t j = 0; j < n; j++) {
+        const T xh = (a[j] - mu) * inv;
+        if (xhat) xhat[j] = xh;
+        a[j] = g[j] * xh + b[j];
+    }
+    if (inv_out) *inv_out = inv;
+}
+
+/* The gradient of a normalised row from that of its output dy (out may be dy):
+   inv * (dy g - mean(dy g) - xhat mean(dy g xhat)). */
+static TGT void FN(ln_back_row)(int64_t n, const T *dy, const T *restrict xhat, T inv, const T *restrict g, T *out) {
+    double s1 = 0, s2 = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const double d = (double)dy[j] * (double)g[j];
+        s1 += d;
+        s2 += d * (double)xhat[j];
+    }
+    const T m1 = (T)(s1 / (double)n), m2 = (T)(s2 / (double)n);
+    for (int64_t j = 0; j < n; j++) out[j] = inv * (dy[j] * g[j] - m1 - xhat[j] * m2);
+}
+
+/* The layer-norm LSTM's cell, backwards: dcn = d(c_t) (kept for the gains' sums), through
+   LN_c into dc, then the gates' gradients dz (i, f, g, o) and dc to c_prev. */
+static TGT void FN(ln_lstm_back_row)(int64_t H, const T *restrict gt, const T *restrict tc, const T *restrict cp,
+                                     const T *restrict dm, const T *restrict chat, T inv_c, const T *restrict gc,
+                                     T *restrict dz, T *restrict dcn, T *restrict dc) {
+    const T *i = gt, *f = gt + H, *g = gt + 2 * H, *o = gt + 3 * H;
+    for (int64_t j = 0; j < H; j++) dcn[j] = dc[j] + dm[j] * o[j] * ((T)1 - tc[j] * tc[j]);  /* through tanh(c_t) */
+    FN(ln_back_row)(H, dcn, chat, inv_c, gc, dc);  /* through LN_c */
+    for (int64_t j = 0; j < H; j++) {
+        const T d = dc[j];
+        dz[j] = d * g[j] * i[j] * ((T)1 - i[j]);
+        dz[H + j] = d * cp[j] * f[j] * ((T)1 - f[j]);
+        dz[2 * H + j] = d * i[j] * ((T)1 - g[j] * g[j]);
+        dz[3 * H + j] = dm[j] * tc[j] * o[j] * ((T)1 - o[j]);
+        dc[j] = d * f[j];  /* to c_prev */
+    }
+}
+
 /* C (n, M) = Cin + A (n, K) @ B a panel at a time, all rows under each panel: a product of
    many rows (the input projection of every step) reads each panel of B once. */
 static TGT void FN(mm_cols)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
@@ -547,6 +605,92 @@ static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0,
     for (int64_t p = p0; p < p1; p++) FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0, 0);
 }
 
+/* One step of a layer-norm kind over n rows (whole rows, one part): LN_hh(h @ W_hh.T) plus
+   the normalised input side (xp, or LN_ih(x @ W_ih.T) made here for these rows), then the
+   gates; the LSTM's new cell state normalised (LN_c) is the one carried. */
+static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_t rr, const T *hc, T *hn, int back,
+                            T *gates, const T *xp) {
+    const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
+    const T *w = (const T *)s->lnw;  /* g_ih, b_ih, g_hh, b_hh, (g_c, b_c) */
+    const int lstm = s->kind == KIND_LN_LSTM;
+    const int64_t R = lstm ? GH + H + 2 : GH + 1;  /* a row's records: hhat, inv_h (, chat, inv_c) */
+    if (!xp) {  /* in the loop: LN_ih(x @ W_ih.T) for this step's rows */
+        T *gxs = (T *)s->gxs + rr * GH;
+        FN(mm)(n, Hin, GH, (const T *)s->x + row * Hin, Hin, (const T *)s->wih, gxs, GH, 0, 0);
+        for (int64_t r = 0; r < n; r++) {
+            T *lx = s->lnx ? (T *)s->lnx + (row + r) * (GH + 1) : 0;
+            FN(ln_row)(GH, gxs + r * GH, w, w + GH, lx, lx ? lx + GH : 0);
+        }
+        xp = gxs;
+    }
+    FN(part_mm)(s, 0, n, P, hc, P, (const T *)s->whh, gates, 0, 0, back);  /* h @ W_hh.T */
+    for (int64_t r = 0; r < n; r++) {
+        T *g = gates + r * GH, *rec = s->lnr ? (T *)s->lnr + (row + r) * R : 0;
+        const T *x = xp + r * GH;
+        FN(ln_row)(GH, g, w + 2 * GH, w + 3 * GH, rec, rec ? rec + GH : 0);  /* LN_hh */
+        if (!lstm) {  /* the GRU's cell on b = LN_hh(...) and a = LN_ih(...): its n part keeps b_n */
+            T *ghn = (T *)s->ghn + (s->train ? row + r : rr + r) * H;
+            FN(gru_cell_row)(H, g, g + H, g + 2 * H, x, x + H, x + 2 * H, 0, ghn, hc + r * P, hn + r * P);
+            continue;
+        }
+        for (int64_t j = 0; j < GH; j++) g[j] += x[j];
+        FN(sigmoid)(g, H);  /* i */
+        FN(sigmoid)(g + H, H);  /* f */
+        FN(tanh_)(g + 2 * H, H);  /* g */
+        FN(sigmoid)(g + 3 * H, H);  /* o */
+        T *c = (T *)s->c + (rr + r) * H, *tc = (T *)s->tc + (s->train ? row + r : rr + r) * H;
+        if (s->train) memcpy((T *)s->cprev + (row + r) * H, c, H * sizeof(T));
+        for (int64_t j = 0; j < H; j++) c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j];  /* f c + i g */
+        FN(ln_row)(H, c, w + 4 * GH, w + 4 * GH + H, rec ? rec + GH + 1 : 0, rec ? rec + GH + 1 + H : 0);
+        memcpy(tc, c, H * sizeof(T));
+        FN(tanh_)(tc, H);
+        T *m = s->whr ? (T *)s->m + (s->train ? row + r : rr + r) * H : hn + r * P;
+        for (int64_t j = 0; j < H; j++) m[j] = g[3 * H + j] * tc[j];  /* o * tanh(c_t) */
+        if (s->cs) memcpy((T *)s->cs + (row + r) * H, c, H * sizeof(T));  /* return_states */
+    }
+}
+
+/* A layer-norm kind's step backwards (see ln_step): the gates' gradients, then through the
+   hidden-side norm (dgh: the gradient of h @ W_hh.T) and the input-side norm (dgx, in place:
+   that of x @ W_ih.T); dln keeps what the gains' sums need; dh (+)= dgh @ W_hh. */
+static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr, T *dcr) {
+    const int64_t H = s->H, P = s->P, GH = s->G * H;
+    const T *w = (const T *)s->lnw;
+    const int lstm = s->kind == KIND_LN_LSTM;
+    const int64_t R = lstm ? GH + H + 2 : GH + 1, DL = lstm ? GH + H : 2 * GH;
+    const T *gates = (const T *)s->gates + row * GH;
+    T *dgx = (T *)s->dgx + row * GH, *dgh = (T *)s->dgh + row * GH;
+    const T *dm = dhr;
+    int64_t ldm = P;
+    if (lstm && s->whr) {  /* through the projection: dm = dh @ W_hr */
+        memcpy((T *)s->dproj + row * P, dhr, n * P * sizeof(T));
+        T *scratch = (T *)s->scratch + s->r0 * H;
+        FN(mm)(n, P, H, dhr, P, (const T *)s->whr, scratch, H, 0, 0);
+        dm = scratch;
+        ldm = H;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        const T *g = gates + r * GH, *rec = (const T *)s->lnr + (row + r) * R;
+        const T *lx = (const T *)s->lnx + (row + r) * (GH + 1);
+        T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH, *dl = (T *)s->dln + (row + r) * DL;
+        if (lstm) {
+            FN(ln_lstm_back_row)(H, g, (const T *)s->tc + (row + r) * H, (const T *)s->cprev + (row + r) * H,
+                                 dm + r * ldm, rec + GH + 1, rec[GH + 1 + H], w + 4 * GH, dx_, dl + GH, dcr + r * H);
+            memcpy(dl, dx_, GH * sizeof(T));
+            FN(ln_back_row)(GH, dx_, rec, rec[GH], w + 2 * GH, dh_);  /* the gates' gradient through LN_hh */
+        } else {
+            FN(gru_back_row)(H, g, g + H, g + 2 * H, (const T *)s->ghn + (row + r) * H,
+                             (const T *)s->hprev + (row + r) * P, dx_, dx_ + H, dx_ + 2 * H, dh_, dh_ + H,
+                             dh_ + 2 * H, dhr + r * P);
+            memcpy(dl, dx_, GH * sizeof(T));
+            memcpy(dl + GH, dh_, GH * sizeof(T));
+            FN(ln_back_row)(GH, dh_, rec, rec[GH], w + 2 * GH, dh_);  /* through LN_hh */
+        }
+        FN(ln_back_row)(GH, dx_, lx, lx[GH], w, dx_);  /* through LN_ih */
+    }
+    FN(mm)(n, GH, P, dgh, GH, (const T *)s->whh, dhr, P, lstm ? 0 : dhr, P);  /* to h_prev (GRU: plus z dh) */
+}
+
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
    then the cell's elementwise work on units a..b, writing the new state's units to hn
    (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
@@ -558,6 +702,10 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     const T *x = (const T *)s->x + row * Hin, *bias = (const T *)s->bias;
     T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
     T *xp = s->xproj ? (T *)s->xproj + row * GH : 0;
+    if (KIND_NORMED(s->kind)) {
+        FN(ln_step)(s, n, row, rr, hc, hn, back, gates, xp);
+        return;
+    }
     if (late) {  /* h @ W_hh.T, then the projection, both backwards; added as the tile adds it */
         if (qh) {  /* quantized: x @ W_ih.T + b, then h's product added to it (a + b = b + a: the same bits) */
             const struct FN(qrows) all = FN(qx_all)(s);
@@ -645,13 +793,21 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
        they are large: every other call reads them backwards, W_hh first (the last weights
        the call before read, still in the cache), the projection after it; the sum the tile
        makes of the two is the same either way (x @ W_ih.T + b, then + h @ W_hh.T). */
-    const int late = s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1);
+    const int late = s->steps == 1 && s->xproj && s->xproj != s->gates && (s->phase & 1) && !KIND_NORMED(s->kind);
     if (s->wq && s->xproj) /* quantized weights: the input rows quantized, then projected, before the loop */
         FN(qproject)(s, me, nthr, p0, p1, late);
     else if (s->xproj && !late)  /* the input projection of every packed row, before the loop */
         for (int64_t p = p0; p < p1; p++)
             FN(part_mm)(s, p, s->rows, Hin, (const T *)s->x, Hin, (const T *)s->wih + s->wih_at[p], (T *)s->xproj,
                         (const T *)s->bias, 0, 0);
+    if (KIND_NORMED(s->kind) && s->xproj && p0 < p1) {  /* LN_ih of every projected row (one part) */
+        const int64_t GH = s->G * H;
+        const T *w = (const T *)s->lnw;
+        for (int64_t r = 0; r < s->rows; r++) {
+            T *lx = s->lnx ? (T *)s->lnx + r * (GH + 1) : 0;
+            FN(ln_row)(GH, (T *)s->xproj + r * GH, w, w + GH, lx, lx ? lx + GH : 0);
+        }
+    }
     if (hbuf) {  /* both halves start as h_0: a row that joins later (reverse) reads it */
         for (int64_t p = p0; p < p1; p++)
             for (int64_t r = 0; r < N; r++)
@@ -743,12 +899,14 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
         const T *gates = (const T *)s->gates + row * GH;
         T *dgx = (T *)s->dgx + row * GH;
         T *dx = (T *)s->dx + row * Hin;
-        if (s->kind == KIND_LSTM) {
+        if (s->dcs)  /* return_states: the gradient of this step's cell state, from outside */
+            for (int64_t r = 0; r < n; r++)
+                for (int64_t j = 0; j < H; j++) dc[(s->r0 + r) * H + j] += ((const T *)s->dcs)[(row + r) * H + j];
+        if (KIND_NORMED(s->kind)) {
+            FN(ln_back)(s, n, row, dhr, dc ? dc + s->r0 * H : 0);
+        } else if (s->kind == KIND_LSTM) {
             T *dcr = dc + s->r0 * H;
             const T *tc = (const T *)s->tc + row * H, *cprev = (const T *)s->cprev + row * H;
-            if (s->dcs)  /* return_states: the gradient of this step's cell state, from outside */
-                for (int64_t r = 0; r < n; r++)
-                    for (int64_t j = 0; j < H; j++) dcr[r * H + j] += ((const T *)s->dcs)[(row + r) * H + j];
             const T *dm = dhr;
             int64_t ldm = P;
             if (s->whr) {  /* through the projection: dm = dh @ W_hr */

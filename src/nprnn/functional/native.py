@@ -49,7 +49,7 @@ except ImportError as exc:  # not built (no compiler at install time), or built 
         warnings.warn(f"nprnn's compiled kernels are installed but do not load ({exc}); running on NumPy",
                       RuntimeWarning, stacklevel=2)
 
-_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "ln_lstm": 4, "ln_gru": 5}
 _FORCED = os.environ.get("NPRNN_BACKEND", "").strip().lower()
 if _FORCED not in ("", "numpy", "native"):
     raise ImportError(f"NPRNN_BACKEND must be 'numpy' or 'native', got {_FORCED!r}")
@@ -198,12 +198,13 @@ class Prepared:
     parts: int = 1
     units: OptArray = None
     pcols: OptArray = None
+    lnw: OptArray = None  # a layer-norm kind's gains and shifts, one array (its own parameters in order)
     _backward: Optional[tuple[Array, Array, OptArray]] = None
 
     def backward_weights(self) -> tuple[Array, Array, OptArray]:
         """(packed W_ih, packed W_hh, packed W_hr or None), made once."""
         if self._backward is None:
-            w_ih, w_hh, _, _, w_hr = self.params
+            w_ih, w_hh, _, _, w_hr = self.params[:5]
             self._backward = (_packed(w_ih, False), _packed(w_hh, False),
                               None if w_hr is None else _packed(w_hr, False))
         return self._backward
@@ -212,7 +213,7 @@ class Prepared:
 def prepare(kind: CellKind, params: Params, parts: int = 1) -> Prepared:
     """Arrange ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) (None where absent) for a loop
     whose hidden units split into ``parts``."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = params
+    w_ih, w_hh, b_ih, b_hh, w_hr = params[:5]
     G = kind.num_gates
     H = w_hh.shape[0] // G
     P = w_hh.shape[1]
@@ -233,6 +234,7 @@ def prepare(kind: CellKind, params: Params, parts: int = 1) -> Prepared:
         wih=_packed_parts(w_ih, G, units), whh=_packed_parts(w_hh, G, units),
         whr=None if w_hr is None else _packed_parts(w_hr, 1, pcols),
         isa=_native.isa(), params=params, parts=parts, units=units, pcols=pcols,
+        lnw=np.concatenate(params[5:]).astype(w_hh.dtype) if kind.params else None,
     )
 
 
@@ -318,11 +320,11 @@ def _tape_shapes(kind: CellKind, H: int, P: int, proj: bool, rows: int) -> dict[
     """The per-row arrays the kernel writes: per packed row when training (the tape), per
     batch row otherwise (work)."""
     shapes = {"gates": (rows, kind.num_gates * H)}
-    if kind.name == "lstm":
+    if kind.has_cell:
         shapes["tc"] = (rows, H)
         if proj:
             shapes["m"] = (rows, H)
-    if kind.name == "gru":
+    if kind.name in ("gru", "ln_gru"):
         shapes["ghn"] = (rows, H)
     return shapes
 
@@ -342,7 +344,7 @@ def _extra_shapes(prep: Prepared, N: int, T: int, project_first: bool, train: bo
     extra = {}
     if project_first and not (train and prep.kind.name == "lstm"):
         extra["xproj"] = (T, G * H)
-    if prep.kind.name == "gru" and not project_first:
+    if prep.kind.name in ("gru", "ln_gru", "ln_lstm") and not project_first:  # each step's input side
         extra["gxs"] = (N, G * H)
     if prep.parts > 1:
         extra["hbuf"] = (2 * N, prep.P)
@@ -396,7 +398,7 @@ def plan(kind: CellKind, H: int, P: int, H_in: int, proj: bool, sizes: Array, of
     the batch is large enough that reading ``W_ih`` at every step costs little
     (``settings.min_inloop_batch``)."""
     N = int(sizes[0])
-    parts = runner.units(N, H, kind.num_gates * H * P + (H * P if proj else 0), len(sizes))
+    parts = 1 if kind.params else runner.units(N, H, kind.num_gates * H * P + (H * P if proj else 0), len(sizes))
     if parts > 1:
         return Plan(((0, N),), parts, True, runner.team(parts))
     ranges = _split(sizes, offsets, _row_work(kind, H, P, H_in, proj), runner)
@@ -406,7 +408,7 @@ def plan(kind: CellKind, H: int, P: int, H_in: int, proj: bool, sizes: Array, of
 
 def plan_params(kind: CellKind, params: Params, sizes: Array, offsets: Array, runner: Runner) -> Plan:
     """:func:`plan` for a layer-direction's parameters."""
-    w_ih, w_hh, _, _, w_hr = params
+    w_ih, w_hh, _, _, w_hr = params[:5]
     G = kind.num_gates
     return plan(kind, w_hh.shape[0] // G, w_hh.shape[1], w_ih.shape[1], w_hr is not None, sizes, offsets, runner)
 
@@ -431,6 +433,8 @@ def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[i
                 r0=rows[0], r1=rows[1], H=prep.H, P=prep.P, Hin=prep.H_in, itemsize=h.dtype.itemsize,
                 batch_sizes=sizes, offsets=offsets, x=x, out=out, h=h, c=c, wih=wih, whh=whh, whr=whr,
                 bias=prep.bias, bhn=prep.b_hn, team=team, ranges=ranges)
+    if prep.lnw is not None:
+        spec["lnw"] = prep.lnw
     if prep.parts > 1 and not back:
         spec.update(parts=prep.parts, units=prep.units, pcols=prep.pcols)
     return spec
@@ -505,12 +509,15 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
         how = plans.get(decided) or plans.setdefault(decided, plan_params(kind, params, sizes, offsets, runner))
     prep = prepared(cache, key, kind, params, how.parts)
     h = np.array(state0[0], order="C", copy=True)
-    c = np.array(state0[1], order="C", copy=True) if kind.name == "lstm" else None
+    c = np.array(state0[1], order="C", copy=True) if kind.has_cell else None
     shapes = _tape_shapes(kind, H, P, proj, T if train else N)
     if train:
         shapes["hprev"] = (T, P)
-        if kind.name == "lstm":
+        if kind.has_cell:
             shapes["cprev"] = (T, H)
+        if kind.params:  # the norms' records: the input side's, the step's
+            shapes["lnx"] = (T, G * H + 1)
+            shapes["lnr"] = (T, G * H + 1 + (H + 1 if kind.has_cell else 0))
     shapes.update(_extra_shapes(prep, N, T, how.project_first, train))
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
     if how.project_first and train and kind.name == "lstm":  # the tape's gates hold the projection first
@@ -578,8 +585,10 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     T = rec.x.shape[0]
     G = kind.num_gates
     shapes = {"dgx": (T, G * H)}
-    if kind.name == "gru":
+    if kind.name in ("gru", "ln_gru", "ln_lstm"):
         shapes["dgh"] = (T, G * H)
+    if kind.params:
+        shapes["dln"] = (T, G * H + H if kind.has_cell else 2 * G * H)
     if prep.whr is not None:
         shapes["dproj"] = (T, P)
         shapes["scratch"] = (dstate[0].shape[0], H)
@@ -591,7 +600,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     if dcs is not None:  # the gradient of every step's cell state (return_states), added step by step
         arrays["dcs"] = dcs
     dh = np.array(dstate[0], order="C", copy=True)
-    dc = np.array(dstate[1], order="C", copy=True) if kind.name == "lstm" else None
+    dc = np.array(dstate[1], order="C", copy=True) if kind.has_cell else None
     if int(rec.batch_sizes[0]) == 0:
         for g in grads.values():
             g.fill(0)
@@ -616,7 +625,24 @@ def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner
         sums_hh = sums_ih
     db_ih, db_hh = (sums_ih[0][:, 0], sums_hh[0][:, 0]) if ones else (None, None)
     dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if "dproj" in grads else None
-    return loop.dx, loop.dstate, (dW_ih, dW_hh, db_ih, db_hh, dW_hr)
+    return loop.dx, loop.dstate, (dW_ih, dW_hh, db_ih, db_hh, dW_hr) + _norm_grads(rec, grads)
+
+
+def _norm_grads(rec: NativeRecord, grads: dict[str, Array]) -> tuple[Array, ...]:
+    """A layer-norm kind's gains' and shifts' gradients, sums over every packed row of the
+    loop's records (``dln``, ``lnx``, ``lnr``; see struct scan), in ``kind.params``' order."""
+    if "dln" not in grads:
+        return ()
+    GH = rec.prep.kind.num_gates * rec.prep.H
+    dln, xhat, hhat = grads["dln"], rec.tape["lnx"][:, :GH], rec.tape["lnr"][:, :GH]
+    dz = dln[:, :GH]  # the gates' gradient (GRU: the input side's)
+    dh = dz if rec.prep.kind.has_cell else dln[:, GH:]  # the hidden side's
+    out: tuple[Array, ...] = (np.einsum("ij,ij->j", dz, xhat), dz.sum(axis=0), np.einsum("ij,ij->j", dh, hhat),
+                              dh.sum(axis=0))
+    if rec.prep.kind.has_cell:
+        dcn, chat = dln[:, GH:], rec.tape["lnr"][:, GH + 1 : GH + 1 + rec.prep.H]
+        out += (np.einsum("ij,ij->j", dcn, chat), dcn.sum(axis=0))
+    return out
 
 
 def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dstates: Sequence[tuple[Array, ...]],
