@@ -383,7 +383,7 @@ static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for te
     X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
     X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
     X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)    \
-    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(dln)
+    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum)
 #define KEY_ENUM(k) K_##k,
 enum { SCAN_KEYS(KEY_ENUM) NKEYS };
 #undef KEY_ENUM
@@ -605,9 +605,10 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.dgx = get(&b, ITEM(dgx), "dgx", 1, isz, rows * GH, 0, 0, NULL);
         if (!s.dx || !s.dgx) goto fail;
         s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !(gru || normed), 0, NULL);
-        s.dln = get(&b, ITEM(dln), "dln", 1, isz, rows * (lstm ? GH + H : 2 * GH), !normed, 0, NULL);
+        s.lnsum = get(&b, ITEM(lnsum), "lnsum", 1, isz, N * (4 * GH + (lstm ? 2 * H : 0)), !normed, 0, NULL);
         s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);
-        s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, N * H, !proj, 0, NULL);
+        s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, N * H * (normed && lstm ? 2 : 1),
+                        !proj && !(normed && lstm), 0, NULL);
         s.dcs = get(&b, ITEM(dcs), "dcs", 0, isz, rows * H, 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }

@@ -51,10 +51,10 @@ struct scan {
     /* The layer-norm kinds: lnw the norms' gains and shifts (g_ih, b_ih, g_hh, b_hh: G*H each;
        the LSTM's g_c, b_c: H each); training records per packed row: lnx the input norm's
        (xhat (G*H), inv), lnr the step's (hhat (G*H), inv_h; the LSTM's chat (H), inv_c);
-       backward: dln per packed row the gradients the gains' sums need (LSTM: the gates' (G*H)
-       and the normalised cell's (H); GRU: the input side's and the hidden side's, G*H each). */
+       backward: lnsum, at row r0 of (N, size of lnw), the gradients of lnw's entries summed
+       over this row range's rows (a range per thread: each adds into its own row). */
     const void *lnw;
-    void *lnx, *lnr, *dln;
+    void *lnx, *lnr, *lnsum;
     int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
     int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */
     int64_t ranges[MAX_PARTS + 1];    /* their bounds */

@@ -419,34 +419,61 @@ static inline double FN(rsqrt)(double x) {
     return y;
 }
 
+/* Sums of a vector's lanes, in double. */
+static TGT inline double FN(lanes)(V v) {
+    double sum = 0;
+    for (int k = 0; k < VL; k++) sum += (double)v[k];
+    return sum;
+}
+
 /* One row in place: a = g * xhat + b, xhat = (a - mean) * inv, inv = 1 / sqrt(var + 1e-5)
-   (biased variance, the sums in double); xhat and *inv kept where given (training). */
+   (biased variance; partial sums in vector lanes, added up in double); xhat and *inv kept
+   where given (training). */
 static TGT void FN(ln_row)(int64_t n, T *restrict a, const T *restrict g, const T *restrict b, T *restrict xhat,
                            T *inv_out) {
-    double sum = 0, sq = 0;
-    for (int64_t j = 0; j < n; j++) sum += (double)a[j];
-    const double mean = sum / (double)n;
-    for (int64_t j = 0; j < n; j++) sq += ((double)a[j] - mean) * ((double)a[j] - mean);
-    const T inv = (T)FN(rsqrt)(sq / (double)n + 1e-5), mu = (T)mean;
-    for (int64_t j = 0; j < n; j++) {
-        const T xh = (a[j] - mu) * inv;
-        if (xhat) xhat[j] = xh;
-        a[j] = g[j] * xh + b[j];
+    V vs = {0}, vq = {0};
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) vs += FN(vload)(a + j);
+    double sum = FN(lanes)(vs);
+    for (int64_t k = j; k < n; k++) sum += (double)a[k];
+    const T mu = (T)(sum / (double)n);
+    for (j = 0; j + VL <= n; j += VL) {
+        const V d = FN(vload)(a + j) - mu;
+        vq += d * d;
     }
+    double sq = FN(lanes)(vq);
+    for (int64_t k = j; k < n; k++) sq += (double)(a[k] - mu) * (double)(a[k] - mu);
+    const T inv = (T)FN(rsqrt)(sq / (double)n + 1e-5);
     if (inv_out) *inv_out = inv;
+    if (xhat) {
+        for (int64_t k = 0; k < n; k++) xhat[k] = (a[k] - mu) * inv;
+        for (int64_t k = 0; k < n; k++) a[k] = g[k] * xhat[k] + b[k];
+    } else {
+        for (int64_t k = 0; k < n; k++) a[k] = g[k] * ((a[k] - mu) * inv) + b[k];
+    }
 }
 
 /* The gradient of a normalised row from that of its output dy (out may be dy):
    inv * (dy g - mean(dy g) - xhat mean(dy g xhat)). */
 static TGT void FN(ln_back_row)(int64_t n, const T *dy, const T *restrict xhat, T inv, const T *restrict g, T *out) {
-    double s1 = 0, s2 = 0;
-    for (int64_t j = 0; j < n; j++) {
-        const double d = (double)dy[j] * (double)g[j];
-        s1 += d;
-        s2 += d * (double)xhat[j];
+    V v1 = {0}, v2 = {0};
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) {
+        const V d = FN(vload)(dy + j) * FN(vload)(g + j);
+        v1 += d;
+        v2 += d * FN(vload)(xhat + j);
+    }
+    double s1 = FN(lanes)(v1), s2 = FN(lanes)(v2);
+    for (int64_t k = j; k < n; k++) {
+        s1 += (double)(dy[k] * g[k]);
+        s2 += (double)(dy[k] * g[k]) * (double)xhat[k];
     }
     const T m1 = (T)(s1 / (double)n), m2 = (T)(s2 / (double)n);
-    for (int64_t j = 0; j < n; j++) out[j] = inv * (dy[j] * g[j] - m1 - xhat[j] * m2);
+    for (j = 0; j + VL <= n; j += VL) {  /* (vector by vector: out may be dy) */
+        const V o = inv * (FN(vload)(dy + j) * FN(vload)(g + j) - m1 - FN(vload)(xhat + j) * m2);
+        memcpy(out + j, &o, sizeof o);
+    }
+    for (; j < n; j++) out[j] = inv * (dy[j] * g[j] - m1 - xhat[j] * m2);
 }
 
 /* The layer-norm LSTM's cell, backwards: dcn = d(c_t) (kept for the gains' sums), through
@@ -650,14 +677,34 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
     }
 }
 
+/* A row's share of the norms' gain and shift gradients (lnsum, see struct scan): da the
+   gradient of the input norm's output, db the hidden norm's, dcn the cell norm's (LSTM). */
+static TGT void FN(ln_sums)(int64_t GH, int64_t H, T *restrict acc, const T *restrict da, const T *restrict xhat,
+                            const T *restrict db, const T *restrict hhat, const T *restrict dcn,
+                            const T *restrict chat) {
+    for (int64_t j = 0; j < GH; j++) {
+        acc[j] += da[j] * xhat[j];
+        acc[GH + j] += da[j];
+        acc[2 * GH + j] += db[j] * hhat[j];
+        acc[3 * GH + j] += db[j];
+    }
+    if (dcn)
+        for (int64_t j = 0; j < H; j++) {
+            acc[4 * GH + j] += dcn[j] * chat[j];
+            acc[4 * GH + H + j] += dcn[j];
+        }
+}
+
 /* A layer-norm kind's step backwards (see ln_step): the gates' gradients, then through the
    hidden-side norm (dgh: the gradient of h @ W_hh.T) and the input-side norm (dgx, in place:
-   that of x @ W_ih.T); dln keeps what the gains' sums need; dh (+)= dgh @ W_hh. */
+   that of x @ W_ih.T); the gains' and shifts' sums into lnsum; dh (+)= dgh @ W_hh. */
 static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr, T *dcr) {
     const int64_t H = s->H, P = s->P, GH = s->G * H;
     const T *w = (const T *)s->lnw;
     const int lstm = s->kind == KIND_LN_LSTM;
-    const int64_t R = lstm ? GH + H + 2 : GH + 1, DL = lstm ? GH + H : 2 * GH;
+    const int64_t R = lstm ? GH + H + 2 : GH + 1;
+    T *acc = (T *)s->lnsum + s->r0 * (4 * GH + (lstm ? 2 * H : 0));
+    T *dcn = lstm ? (T *)s->scratch + (s->N + s->r0) * H : 0;  /* a row's d(c_t): scratch's second half */
     const T *gates = (const T *)s->gates + row * GH;
     T *dgx = (T *)s->dgx + row * GH, *dgh = (T *)s->dgh + row * GH;
     const T *dm = dhr;
@@ -672,18 +719,17 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
     for (int64_t r = 0; r < n; r++) {
         const T *g = gates + r * GH, *rec = (const T *)s->lnr + (row + r) * R;
         const T *lx = (const T *)s->lnx + (row + r) * (GH + 1);
-        T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH, *dl = (T *)s->dln + (row + r) * DL;
+        T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH;
         if (lstm) {
             FN(ln_lstm_back_row)(H, g, (const T *)s->tc + (row + r) * H, (const T *)s->cprev + (row + r) * H,
-                                 dm + r * ldm, rec + GH + 1, rec[GH + 1 + H], w + 4 * GH, dx_, dl + GH, dcr + r * H);
-            memcpy(dl, dx_, GH * sizeof(T));
+                                 dm + r * ldm, rec + GH + 1, rec[GH + 1 + H], w + 4 * GH, dx_, dcn, dcr + r * H);
+            FN(ln_sums)(GH, H, acc, dx_, lx, dx_, rec, dcn, rec + GH + 1);
             FN(ln_back_row)(GH, dx_, rec, rec[GH], w + 2 * GH, dh_);  /* the gates' gradient through LN_hh */
         } else {
             FN(gru_back_row)(H, g, g + H, g + 2 * H, (const T *)s->ghn + (row + r) * H,
                              (const T *)s->hprev + (row + r) * P, dx_, dx_ + H, dx_ + 2 * H, dh_, dh_ + H,
                              dh_ + 2 * H, dhr + r * P);
-            memcpy(dl, dx_, GH * sizeof(T));
-            memcpy(dl + GH, dh_, GH * sizeof(T));
+            FN(ln_sums)(GH, H, acc, dx_, lx, dh_, rec, 0, 0);
             FN(ln_back_row)(GH, dh_, rec, rec[GH], w + 2 * GH, dh_);  /* through LN_hh */
         }
         FN(ln_back_row)(GH, dx_, lx, lx[GH], w, dx_);  /* through LN_ih */

@@ -563,7 +563,7 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
                                                                 prep.whr is not None), runner)
         _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner, partial(_call, *loop.args[:4]),
              loop.args[4:], loop.accumulate)
-    return _backward_finish(rec, loop, runner)
+    return _backward_finish(rec, loop, runner, pool, key)
 
 
 class _BackwardLoop(NamedTuple):
@@ -587,12 +587,16 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     shapes = {"dgx": (T, G * H)}
     if kind.name in ("gru", "ln_gru", "ln_lstm"):
         shapes["dgh"] = (T, G * H)
-    if kind.params:
-        shapes["dln"] = (T, G * H + H if kind.has_cell else 2 * G * H)
+    if kind.params:  # the norms' gradient sums, a row per row range; a cell's d(c_t) beside dm
+        shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)
+        if kind.has_cell:
+            shapes["scratch"] = (2 * dstate[0].shape[0], H)
     if prep.whr is not None:
         shapes["dproj"] = (T, P)
-        shapes["scratch"] = (dstate[0].shape[0], H)
+        shapes.setdefault("scratch", (dstate[0].shape[0], H))
     grads = _arrays(shapes, rec.x.dtype, pool, (key, "native grads"))
+    if "lnsum" in grads:
+        grads["lnsum"].fill(0)
     if dx is None:
         dx = np.empty(rec.x.shape, rec.x.dtype)
         accumulate = False
@@ -610,18 +614,18 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     return _BackwardLoop(args, accumulate, dx, (dh,) if dc is None else (dh, dc), grads)
 
 
-def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner
-                     ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner, pool: Optional[Pool] = None,
+                     key: Any = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """The weight gradients after a backward loop: a few large products."""
     grads, arrays = loop.grads, rec.tape
     dgx = grads["dgx"]
     # the bias gradients (sums over the rows) come out of the same products: a column of ones
     ones = (np.ones((rec.x.shape[0], 1), dgx.dtype),) if rec.prep.bias is not None else ()
     if "dgh" in grads:  # GRU: the hidden side has its own gradient
-        dW_ih, *sums_ih = _at(dgx, rec.x, *ones, runner=runner)
-        dW_hh, *sums_hh = _at(grads["dgh"], arrays["hprev"], *ones, runner=runner)
+        dW_ih, *sums_ih = _at(dgx, rec.x, *ones, runner=runner, pool=pool, key=(key, "at ih"))
+        dW_hh, *sums_hh = _at(grads["dgh"], arrays["hprev"], *ones, runner=runner, pool=pool, key=(key, "at hh"))
     else:  # both sides from the same gradient, read once
-        dW_ih, dW_hh, *sums_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner)
+        dW_ih, dW_hh, *sums_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner, pool=pool, key=(key, "at"))
         sums_hh = sums_ih
     db_ih, db_hh = (sums_ih[0][:, 0], sums_hh[0][:, 0]) if ones else (None, None)
     dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if "dproj" in grads else None
@@ -629,20 +633,13 @@ def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner
 
 
 def _norm_grads(rec: NativeRecord, grads: dict[str, Array]) -> tuple[Array, ...]:
-    """A layer-norm kind's gains' and shifts' gradients, sums over every packed row of the
-    loop's records (``dln``, ``lnx``, ``lnr``; see struct scan), in ``kind.params``' order."""
-    if "dln" not in grads:
+    """A layer-norm kind's gains' and shifts' gradients, in ``kind.params``' order: the
+    loop's sums (``lnsum``, a row per row range, the others zero) added up."""
+    if "lnsum" not in grads:
         return ()
-    GH = rec.prep.kind.num_gates * rec.prep.H
-    dln, xhat, hhat = grads["dln"], rec.tape["lnx"][:, :GH], rec.tape["lnr"][:, :GH]
-    dz = dln[:, :GH]  # the gates' gradient (GRU: the input side's)
-    dh = dz if rec.prep.kind.has_cell else dln[:, GH:]  # the hidden side's
-    out: tuple[Array, ...] = (np.einsum("ij,ij->j", dz, xhat), dz.sum(axis=0), np.einsum("ij,ij->j", dh, hhat),
-                              dh.sum(axis=0))
-    if rec.prep.kind.has_cell:
-        dcn, chat = dln[:, GH:], rec.tape["lnr"][:, GH + 1 : GH + 1 + rec.prep.H]
-        out += (np.einsum("ij,ij->j", dcn, chat), dcn.sum(axis=0))
-    return out
+    total = grads["lnsum"].sum(axis=0)
+    widths = [w * rec.prep.H for _, w, _ in rec.prep.kind.params]
+    return tuple(np.split(total, np.cumsum(widths)[:-1]))
 
 
 def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dstates: Sequence[tuple[Array, ...]],
@@ -657,14 +654,17 @@ def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dst
     if int(recs[0].batch_sizes[0]):
         N = int(recs[0].batch_sizes[0])
         _native.scan_many([_spec(*loop.args[:4], (0, N), *loop.args[4:], loop.accumulate) for loop in loops], team)
-    return [_backward_finish(rec, loop, runner) for rec, loop in zip(recs, loops)]
+    return [_backward_finish(rec, loop, runner, pool, len(recs) - 1 - i) for i, (rec, loop) in
+            enumerate(zip(recs, loops))]
 
 
-def _at(a: Array, *bs: Array, runner: Runner = SERIAL) -> list[Array]:
+def _at(a: Array, *bs: Array, runner: Runner = SERIAL, pool: Optional[Pool] = None, key: Any = None) -> list[Array]:
     """``a.T @ [b0 | b1 | ...]`` for ``a`` (T, M1) and each ``b`` (T, M_i): weight gradients
     summed over the packed rows, the ``b`` side by side so that ``a`` is read once.  On the
     compiled kernel, the rows of the result split as ``runner`` says (NumPy's BLAS would leave
-    its own threads spinning against the next loop's).  Returns one (M1, M_i) view each."""
+    its own threads spinning against the next loop's).  Returns one (M1, M_i) view each.
+    ``pool`` keeps the packed ``b`` under ``key`` from one call to the next (fresh pages
+    cost as much as the packing)."""
     K, M1 = a.shape
     widths = [b.shape[1] for b in bs]
     M = sum(widths)
@@ -672,7 +672,13 @@ def _at(a: Array, *bs: Array, runner: Runner = SERIAL) -> list[Array]:
         out = np.zeros((M1, M), a.dtype)
     else:
         nr = _native.panel_width(a.dtype.itemsize)
-        bp = np.empty(K * (-(-M // nr) * nr), a.dtype)
+        size = K * (-(-M // nr) * nr)
+        bp = None if pool is None else pool.get(key)
+        if bp is None or bp.size < size or bp.dtype != a.dtype:
+            bp = np.empty(size, a.dtype)
+            if pool is not None:
+                pool[key] = bp
+        bp = bp[:size]
         col = 0
         for b, w in zip(bs, widths):
             _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
