@@ -14,7 +14,7 @@ projection as CellKind hooks, their NumPy kernels in ``functional/lncells.py``, 
 from then on, and LayerNormLSTM/GRU with their cells; 2277), then to 2370 for every state
 over time (``return_states=True`` and ``grad_states``, through the stack and both tiers'
 loops; 2362), and to 2390 for the layer-norm kinds' compiled loop (their kernel codes, the
-norms' parameters as one array, the records' shapes, the gains' gradients; 2384).
+norms' parameters as one array, the records' shapes, the gains' gradients; 2388).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
