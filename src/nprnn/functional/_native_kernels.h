@@ -677,6 +677,19 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
     }
 }
 
+/* An LSTM's step backwards from dh: with a projection dm = dh @ W_hr (dh kept in dproj for
+   W_hr's gradient; *ldm becomes H), else dh itself. */
+static TGT const T *FN(back_through_projection)(const struct scan *s, int64_t n, int64_t row, const T *dhr,
+                                                int64_t *ldm) {
+    if (!s->whr) return dhr;
+    const int64_t H = s->H, P = s->P;
+    memcpy((T *)s->dproj + row * P, dhr, n * P * sizeof(T));
+    T *scratch = (T *)s->scratch + s->r0 * H;
+    FN(mm)(n, P, H, dhr, P, (const T *)s->whr, scratch, H, 0, 0);
+    *ldm = H;
+    return scratch;
+}
+
 /* A row's share of the norms' gain and shift gradients (lnsum, see struct scan): da the
    gradient of the input norm's output, db the hidden norm's, dcn the cell norm's (LSTM). */
 static TGT void FN(ln_sums)(int64_t GH, int64_t H, T *restrict acc, const T *restrict da, const T *restrict xhat,
@@ -707,15 +720,8 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
     T *dcn = lstm ? (T *)s->scratch + (s->N + s->r0) * H : 0;  /* a row's d(c_t): scratch's second half */
     const T *gates = (const T *)s->gates + row * GH;
     T *dgx = (T *)s->dgx + row * GH, *dgh = (T *)s->dgh + row * GH;
-    const T *dm = dhr;
     int64_t ldm = P;
-    if (lstm && s->whr) {  /* through the projection: dm = dh @ W_hr */
-        memcpy((T *)s->dproj + row * P, dhr, n * P * sizeof(T));
-        T *scratch = (T *)s->scratch + s->r0 * H;
-        FN(mm)(n, P, H, dhr, P, (const T *)s->whr, scratch, H, 0, 0);
-        dm = scratch;
-        ldm = H;
-    }
+    const T *dm = lstm ? FN(back_through_projection)(s, n, row, dhr, &ldm) : dhr;
     for (int64_t r = 0; r < n; r++) {
         const T *g = gates + r * GH, *rec = (const T *)s->lnr + (row + r) * R;
         const T *lx = (const T *)s->lnx + (row + r) * (GH + 1);
@@ -953,15 +959,8 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
         } else if (s->kind == KIND_LSTM) {
             T *dcr = dc + s->r0 * H;
             const T *tc = (const T *)s->tc + row * H, *cprev = (const T *)s->cprev + row * H;
-            const T *dm = dhr;
             int64_t ldm = P;
-            if (s->whr) {  /* through the projection: dm = dh @ W_hr */
-                memcpy((T *)s->dproj + row * P, dhr, n * P * sizeof(T));
-                T *scratch = (T *)s->scratch + s->r0 * H;
-                FN(mm)(n, P, H, dhr, P, (const T *)s->whr, scratch, H, 0, 0);
-                dm = scratch;
-                ldm = H;
-            }
+            const T *dm = FN(back_through_projection)(s, n, row, dhr, &ldm);
             for (int64_t r = 0; r < n; r++) {
                 const T *g = gates + r * GH;
                 T *d = dgx + r * GH;
