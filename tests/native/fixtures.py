@@ -98,10 +98,17 @@ class Recorder:
 
 
 def _layers():
+    """Every kind, float32 and float64; the layer-norm kinds in float64 only: their first
+    step normalises the zero initial state (variance 0, so 1 / sqrt(1e-5) = 316 multiplies
+    its gradient), and in float32 a build's other contraction of a multiply-add moves the
+    initial-state gradient by more than the replay's 1e-5 (the float32 kernels are the same
+    source, and the PyTorch-oracle tests run them on this machine)."""
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         for kind, kw in [("RNN", {}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}), ("LSTM", {"proj_size": 5}),
-                         ("GRU", {})]:
+                         ("GRU", {}), ("LayerNormLSTM", {}), ("LayerNormLSTM", {"proj_size": 5}), ("LayerNormGRU", {})]:
+            if kind.startswith("LayerNorm") and dtype == np.float32:
+                continue  # (float64 only: see _layers' docstring)
             for bidirectional in (False, True):
                 m = getattr(nprnn, kind)(6, 11, bidirectional=bidirectional, dtype=dtype, seed=1, **kw)
                 x = rng.standard_normal((7, 4, 6)).astype(dtype)
