@@ -11,7 +11,7 @@ from . import (
     utils,
 )
 from .functional.native import backend, backend_info, set_backend
-from .nn import losses, optim
+from .nn import init, losses, optim
 from .nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .nn.cells import GRUCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
 from .nn.layers import Dropout, Embedding, LayerNorm, Linear
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTM", "LayerNormGRU", "LayerNormLSTMCell",
-    "LayerNormGRUCell", "RNNBase", "Module", "optim", "losses", "config",
+    "LayerNormGRUCell", "RNNBase", "Module", "optim", "losses", "init", "config",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
     "get_helper_process", "backend", "backend_info", "set_backend", "writable", "Sequential", "LastStep", "ReLU",
