@@ -101,3 +101,40 @@ def test_fans_and_gains_are_pytorchs():
     assert init.calculate_gain("leaky_relu", 0.2) == pytest.approx(torch.nn.init.calculate_gain("leaky_relu", 0.2))
     for shape in [(3, 5), (7, 2, 4), (4, 3, 2, 2)]:
         assert init._fans(np.zeros(shape)) == torch.nn.init._calculate_fan_in_and_fan_out(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("make", [lambda **kw: nprnn.LSTM(3, 4, num_layers=2, bidirectional=True, seed=5, **kw),
+                                  lambda **kw: nprnn.LSTMCell(3, 4, seed=5, **kw),
+                                  lambda **kw: nprnn.LayerNormLSTM(3, 4, proj_size=2, seed=5, **kw),
+                                  lambda **kw: nprnn.LayerNormLSTMCell(3, 4, seed=5, **kw)])
+def test_forget_bias_sets_the_forget_gates_bias_and_nothing_else(make):
+    """Item 6: the forget slice (units H..2H, PyTorch's gate order i, f, g, o) of bias_ih
+    (ln_ih_bias) becomes the value and of bias_hh (ln_hh_bias) 0, in every layer and
+    direction; every other number is the plain layer's; reset_parameters keeps it."""
+    plain, layer = make(), make(forget_bias=1.0)
+    assert "forget_bias=1.0" in repr(layer)
+    changed = 0
+    for name, value in layer.state_dict().items():
+        want = plain.state_dict()[name].copy()
+        if name.startswith(("bias_ih", "ln_ih_bias")):
+            want[4:8] = 1.0
+            changed += 1
+        elif name.startswith(("bias_hh", "ln_hh_bias")):
+            want[4:8] = 0.0
+            changed += 1
+        np.testing.assert_array_equal(value, want, err_msg=name)
+    assert changed == 2 * (4 if isinstance(layer, nprnn.RNNBase) and layer.num_layers == 2 else 1)
+    layer.reset_parameters()
+    key = next(k for k in layer.state_dict() if k.startswith(("bias_ih", "ln_ih_bias")))
+    assert np.all(layer.state_dict()[key][4:8] == 1.0)
+
+
+def test_forget_bias_refusals():
+    with pytest.raises(ValueError, match="LSTM: forget_bias sets the forget gate's bias, but the layer has bias=False"):
+        nprnn.LSTM(3, 4, bias=False, forget_bias=1.0)
+    with pytest.raises(TypeError, match=r"LSTMCell: forget_bias must be a finite number or None, got '1'"):
+        nprnn.LSTMCell(3, 4, forget_bias="1")
+    with pytest.raises(TypeError, match="forget_bias must be a finite number"):
+        nprnn.LayerNormLSTM(3, 4, forget_bias=float("nan"))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'forget_bias'"):
+        nprnn.GRU(3, 4, forget_bias=1.0)

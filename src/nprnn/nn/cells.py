@@ -19,7 +19,7 @@ warning::
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .._typing import Array, Params
 from ..functional import KINDS, direction_backward, direction_forward
 from ..functional.cells import own_names
 from ..parallel.threads import THREADED
+from .init import check_forget_bias, forget_bias_
 from .module import Module, init_own, init_uniform, resolve_dtype, resolve_rng
 
 
@@ -61,6 +62,8 @@ class RNNCellBase(Module):
         kind's own parameters (a layer norm's gains and shifts) take their initial values."""
         init_uniform(self, self.hidden_size, self._rng)
         init_own(self, self.kind, [own_names(self.kind)])
+        if self.__dict__.get("forget_bias") is not None:
+            forget_bias_(self, self.forget_bias)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -68,6 +71,8 @@ class RNNCellBase(Module):
             s += ", bias=False"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
             s += f", nonlinearity='{self.nonlinearity}'"
+        if self.__dict__.get("forget_bias") is not None:
+            s += f", forget_bias={self.forget_bias}"
         if self.dtype != np.float32:
             s += ", dtype=float64"
         return s
@@ -200,8 +205,9 @@ class LSTMCell(RNNCellBase):
 
     _label = "LSTMCell"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = np.float32,
-                 seed: Any = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, forget_bias: Optional[float] = None,
+                 dtype: Any = np.float32, seed: Any = None) -> None:
+        self.forget_bias = check_forget_bias(self._label, forget_bias, bias is not False)
         super().__init__("lstm", input_size, hidden_size, bias, dtype=dtype, seed=seed)
 
     def forward(self, input: Any, hx: Any = None) -> Any:
@@ -239,5 +245,7 @@ class LayerNormLSTMCell(LSTMCell):
 
     _label = "LayerNormLSTMCell"
 
-    def __init__(self, input_size: int, hidden_size: int, *, dtype: Any = np.float32, seed: Any = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, *, forget_bias: Optional[float] = None,
+                 dtype: Any = np.float32, seed: Any = None) -> None:
+        self.forget_bias = check_forget_bias(self._label, forget_bias, True)
         RNNCellBase.__init__(self, "ln_lstm", input_size, hidden_size, False, dtype=dtype, seed=seed)

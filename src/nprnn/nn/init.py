@@ -23,7 +23,7 @@ from .._typing import Array
 from .module import writable
 
 __all__ = ["calculate_gain", "uniform_", "normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
-           "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_"]
+           "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "forget_bias_"]
 
 
 def _rng(generator: Any) -> np.random.Generator:
@@ -146,3 +146,31 @@ def orthogonal_(tensor: Array, gain: float = 1.0, generator: Any = None) -> Arra
     if rows < cols:
         q = q.T
     return _fill(tensor, (gain * q).reshape(tensor.shape))
+
+
+def check_forget_bias(label: str, value: Any, has_bias: bool) -> Optional[float]:
+    """A layer's ``forget_bias`` argument checked: None, or a finite number for a layer with
+    biases (or layer norms' shifts)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(value):
+        raise TypeError(f"{label}: forget_bias must be a finite number or None, got {value!r}")
+    if not has_bias:
+        raise ValueError(f"{label}: forget_bias sets the forget gate's bias, but the layer has bias=False")
+    return float(value)
+
+
+def forget_bias_(module: Any, value: float) -> Any:
+    """The forget gate's bias of every layer and direction of an LSTM (or LSTM cell, or
+    layer-norm LSTM) set to ``value``: that slice of ``bias_ih`` (``ln_ih_bias``) to the
+    value and of ``bias_hh`` (``ln_hh_bias``) to 0, as Keras's ``unit_forget_bias``
+    (Jozefowicz et al., 2015) for ``value=1``.  Returns ``module``."""
+    H = module.hidden_size
+    with writable(module):
+        for name, p in module.named_parameters():
+            if name.startswith(("bias_ih", "ln_ih_bias")):
+                p[H : 2 * H] = value
+            elif name.startswith(("bias_hh", "ln_hh_bias")):
+                p[H : 2 * H] = 0
+    return module

@@ -18,6 +18,7 @@ from ..functional import KINDS
 from ..functional.native import parameter_epoch
 from ..functional.stack import StackRecord, stack_backward, stack_forward
 from ..parallel.threads import THREADED
+from .init import check_forget_bias, forget_bias_
 from .layout import Layout, check_grads, layout_of
 from .module import Module, init_own, init_uniform, resolve_dtype, resolve_rng
 
@@ -105,6 +106,8 @@ class RNNBase(Module):
         kind's own parameters (a layer norm's gains and shifts) take their initial values."""
         init_uniform(self, self.hidden_size, self._rng)
         init_own(self, self.kind, [names[5:] for names in self._layer_names])
+        if self.__dict__.get("forget_bias") is not None:
+            forget_bias_(self, self.forget_bias)
 
     @property
     def num_directions(self) -> int:
@@ -127,6 +130,7 @@ class RNNBase(Module):
                    (self.num_layers != 1, f"num_layers={self.num_layers}"), (act != "tanh", f"nonlinearity='{act}'"),
                    (not self.bias and not self.kind.params, "bias=False"), (self.batch_first, "batch_first=True"),
                    (self.dropout, f"dropout={self.dropout}"), (self.bidirectional, "bidirectional=True"),
+                   (self.__dict__.get("forget_bias") is not None, f"forget_bias={self.__dict__.get('forget_bias')}"),
                    (self.dtype != np.float32, "dtype=float64")]
         return s + "".join(", " + text for on, text in options if on)
 
@@ -328,7 +332,8 @@ class LSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
-                 dtype: Any = np.float32, seed: Any = None) -> None:
+                 forget_bias: Optional[float] = None, dtype: Any = np.float32, seed: Any = None) -> None:
+        self.forget_bias = check_forget_bias(self._label, forget_bias, bias is not False)
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, dtype=dtype, seed=seed)
 
@@ -396,9 +401,10 @@ class LayerNormLSTM(RNNBase):
     _label = "LayerNormLSTM"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *, dtype: Any = np.float32,
-                 seed: Any = None, **kwargs: Any) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
+                 forget_bias: Optional[float] = None, dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         _no_bias(self._label, kwargs)
+        self.forget_bias = check_forget_bias(self._label, forget_bias, True)
         super().__init__("ln_lstm", input_size, hidden_size, num_layers, False, batch_first, dropout,
                          bidirectional, proj_size, dtype=dtype, seed=seed)
 
