@@ -36,10 +36,10 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def check_dropout(dropout: Any) -> float:
+def check_dropout(dropout: Any, name: str = "dropout") -> float:
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= float(dropout) <= 1:
         raise ValueError(
-            "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+            f"{name} should be a number in range [0, 1] representing the probability of an element being zeroed"
         )
     return float(dropout)
 

@@ -16,7 +16,7 @@ from .._checks import as_array, check_bool, check_dropout, check_int, check_memo
 from .._typing import Array, Params
 from ..functional import KINDS
 from ..functional.native import parameter_epoch
-from ..functional.stack import StackRecord, stack_backward, stack_forward
+from ..functional.stack import StackRecord, _dropout_mask, stack_backward, stack_forward
 from ..parallel.threads import THREADED
 from .init import check_forget_bias, forget_bias_
 from .layout import Layout, check_grads, layout_of
@@ -33,6 +33,7 @@ class LayerRecord:
     stack: StackRecord
     layout: Layout
     every: Optional[tuple[tuple[int, ...], ...]] = None  # with return_states: the shapes of the states returned
+    weight_masks: Optional[list[Array]] = None  # weight_drop: each layer-direction's mask on W_hh (scaled)
 
 
 class RNNBase(Module):
@@ -41,6 +42,7 @@ class RNNBase(Module):
 
     _label = "RNNBase"
     _reverse_only = False  # ONNX's direction="reverse": one direction, run backwards in time
+    weight_drop = 0.0  # (layers made without RNNBase.__init__: quantized copies, ONNX's variants)
 
     def _step_options(self) -> Optional[list[Any]]:
         """Each layer-direction's extra settings for the kernels (a registered cell kind's),
@@ -49,9 +51,10 @@ class RNNBase(Module):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 *, dtype: Any = np.float32, seed: Any = None) -> None:
+                 *, weight_drop: float = 0.0, dtype: Any = np.float32, seed: Any = None) -> None:
         super().__init__()
         dropout = check_dropout(dropout)
+        self.weight_drop = check_dropout(weight_drop, "weight_drop")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
@@ -130,6 +133,7 @@ class RNNBase(Module):
                    (self.num_layers != 1, f"num_layers={self.num_layers}"), (act != "tanh", f"nonlinearity='{act}'"),
                    (not self.bias and not self.kind.params, "bias=False"), (self.batch_first, "batch_first=True"),
                    (self.dropout, f"dropout={self.dropout}"), (self.bidirectional, "bidirectional=True"),
+                   (self.weight_drop, f"weight_drop={self.weight_drop}"),
                    (self.__dict__.get("forget_bias") is not None, f"forget_bias={self.__dict__.get('forget_bias')}"),
                    (self.dtype != np.float32, "dtype=float64")]
         return s + "".join(", " + text for on, text in options if on)
@@ -149,20 +153,26 @@ class RNNBase(Module):
         self._keep(None)  # this thread's previous record's buffers are about to be reused
         pool = self._pool()
         every: Optional[list[Any]] = [] if return_states else None
+        params, masks = self._params(), None
+        cache: Optional[dict[Any, Any]] = self._prepared
+        if self.training and self.weight_drop > 0:  # DropConnect on W_hh, one mask per call (AWD-LSTM's WeightDrop)
+            masks = [_dropout_mask(p[1].shape, self.weight_drop, self._rng, self.dtype) for p in params]
+            params = [cast(Params, (p[0], p[1] * m) + tuple(p[2:])) for p, m in zip(params, masks)]
+            cache = None  # (the dropped weights are this call's own)
         out, finals, record = stack_forward(
-            self.kind, layout.to_rows(x, pool, "x_packed"), self._params(), layout.to_run(states),
+            self.kind, layout.to_rows(x, pool, "x_packed"), params, layout.to_run(states),
             layout.batch_sizes, num_layers=self.num_layers, num_directions=self.num_directions,
             train=self.training, reverse_only=self._reverse_only, dropout=self.dropout, rng=self._rng,
-            options=self._step_options(), pool=pool, cache=self._prepared, runner=THREADED, every_step=every)
+            options=self._step_options(), pool=pool, cache=cache, runner=THREADED, every_step=every)
         result = self._pair(layout.from_rows(out), layout.from_run(finals))
         if every is None:
             if record is not None:
-                self._keep(LayerRecord(record, layout))
+                self._keep(LayerRecord(record, layout, None, masks))
             return result
         seq = [np.stack([self._every_rows(layout, part[k]) for part in every]) for k in range(len(every[0]))
                if every[0][k] is not None]
         if record is not None:
-            self._keep(LayerRecord(record, layout, tuple(a.shape for a in seq)))
+            self._keep(LayerRecord(record, layout, tuple(a.shape for a in seq), masks))
         return result + ((seq[0], seq[1]) if self.kind.has_cell else seq[0],)
 
     @staticmethod
@@ -234,6 +244,8 @@ class RNNBase(Module):
         pool = self._pool()
         dx, grad_states, pgrads = stack_backward(rec.stack, layout.to_rows(g_out, pool, "dout_packed"),
                                                  layout.to_run(parts), pool, THREADED, grad_every)
+        if rec.weight_masks is not None:  # the raw W_hh's gradient: through the mask
+            pgrads = [(g[0], g[1] * m) + tuple(g[2:]) for g, m in zip(pgrads, rec.weight_masks)]
         for names, grads in zip(self._layer_names, pgrads):
             self._add_grads(names, grads)
         return self._pair(layout.from_rows(dx), layout.from_run(grad_states))
@@ -302,14 +314,14 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+                 weight_drop: float = 0.0, dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"RNN got an unexpected keyword argument '{next(iter(kwargs))}'")
         self.nonlinearity = check_nonlinearity(nonlinearity)
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, dtype=dtype, seed=seed)
+                         dropout, bidirectional, weight_drop=weight_drop, dtype=dtype, seed=seed)
 
 
 class LSTM(RNNBase):
@@ -332,10 +344,11 @@ class LSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
-                 forget_bias: Optional[float] = None, dtype: Any = np.float32, seed: Any = None) -> None:
+                 forget_bias: Optional[float] = None, weight_drop: float = 0.0, dtype: Any = np.float32,
+                 seed: Any = None) -> None:
         self.forget_bias = check_forget_bias(self._label, forget_bias, bias is not False)
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, dtype=dtype, seed=seed)
+                         bidirectional, proj_size, weight_drop=weight_drop, dtype=dtype, seed=seed)
 
 
 class GRU(RNNBase):
@@ -357,13 +370,13 @@ class GRU(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+                 weight_drop: float = 0.0, dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype=dtype, seed=seed)
+                         bidirectional, weight_drop=weight_drop, dtype=dtype, seed=seed)
 
 
 def _no_bias(label: str, kwargs: dict[str, Any]) -> None:
@@ -402,11 +415,12 @@ class LayerNormLSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
-                 forget_bias: Optional[float] = None, dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+                 forget_bias: Optional[float] = None, weight_drop: float = 0.0, dtype: Any = np.float32,
+                 seed: Any = None, **kwargs: Any) -> None:
         _no_bias(self._label, kwargs)
         self.forget_bias = check_forget_bias(self._label, forget_bias, True)
         super().__init__("ln_lstm", input_size, hidden_size, num_layers, False, batch_first, dropout,
-                         bidirectional, proj_size, dtype=dtype, seed=seed)
+                         bidirectional, proj_size, weight_drop=weight_drop, dtype=dtype, seed=seed)
 
 
 class LayerNormGRU(RNNBase):
@@ -433,13 +447,13 @@ class LayerNormGRU(RNNBase):
     _label = "LayerNormGRU"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, *, dtype: Any = np.float32, seed: Any = None,
-                 **kwargs: Any) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False, *, weight_drop: float = 0.0,
+                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         _no_bias(self._label, kwargs)
         super().__init__("ln_gru", input_size, hidden_size, num_layers, False, batch_first, dropout,
-                         bidirectional, dtype=dtype, seed=seed)
+                         bidirectional, weight_drop=weight_drop, dtype=dtype, seed=seed)
 
 
 def _equations_into_docstrings() -> None:
