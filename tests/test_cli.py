@@ -57,6 +57,7 @@ def _bad_inputs(tmp_path):
         (["train", "--steps", "0"], "--steps must be a positive integer, got 0"),
         (["train", "--hidden-size", "-3"], "--hidden-size must be a positive integer, got -3"),
         (["train", "--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
+        (["train", "--weight-drop", "1"], "--weight-drop must be in [0, 1), got 1.0"),
         (["train", "--text", str(empty)], "is empty"),
         (["train", "--text", str(tmp_path / "none.txt")], "cannot read --text"),
         (["generate", "--length", "-5"], "--length must be in [0, 10,000,000], got -5"),

@@ -94,3 +94,16 @@ def test_weight_drop_masks_come_from_the_seed_and_combine_with_dropout():
     assert runs[0][2] is not None  # the dropout between layers drew its own mask
     with pytest.raises(ValueError, match=r"weight_drop should be a number in range \[0, 1\]"):
         nprnn.GRU(3, 4, weight_drop=1.5)
+
+
+def test_nprnn_train_takes_weight_drop_and_its_checkpoint_keeps_it(tmp_path):
+    pytest.importorskip("safetensors")
+    from nprnn.teach.charlm import load_for_generation, train
+
+    path = str(tmp_path / "wd.safetensors")
+    result = train("the cat sat on the mat. " * 40, steps=6, batch_size=4, seq_len=16, hidden_size=16,
+                   weight_drop=0.3, eval_every=3, checkpoint=path, progress=False, log=lambda s: None)
+    val = result["history"]["val_loss"]
+    assert len(val) == 2 and all(np.isfinite(val))
+    model, _ = load_for_generation(path)
+    assert model.lstm.weight_drop == 0.3  # (generation runs it in eval mode: no drop)
