@@ -48,6 +48,10 @@ BackwardStep = Callable[[tuple[Array, ...], "StepWeights", Any, Any, Any], None]
 BlocksOf = Callable[[int, int, bool], Blocks]
 
 
+def _nothing(H: int, P: int, proj: bool) -> Blocks:
+    return ()
+
+
 @dataclass
 class StepWeights:
     """Weights of one layer and direction, arranged for the time loop.
@@ -105,7 +109,7 @@ class CellKind:
     # project_blocks); project_backward(dgx rows, w, records, out) the gradient of x @ W_ih.T.
     project: Optional[Callable[[Array, "StepWeights", Any], None]] = None
     project_backward: Optional[Callable[[Array, "StepWeights", Any, Array], None]] = None
-    project_blocks: Optional[BlocksOf] = None
+    project_blocks: BlocksOf = _nothing
 
 
 def own_names(kind: CellKind) -> tuple[str, ...]:
@@ -170,10 +174,6 @@ def _rnn_backward(nonlinearity: str) -> BackwardStep:
 
 def _rows(H: int, P: int, proj: bool) -> Blocks:
     return ((1, H),)
-
-
-def _nothing(H: int, P: int, proj: bool) -> Blocks:
-    return ()
 
 
 RNN_TANH = CellKind("rnn_tanh", 1, (), False, _rnn_forward("tanh"), _rnn_backward("tanh"),

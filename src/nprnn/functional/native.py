@@ -344,7 +344,7 @@ def _extra_shapes(prep: Prepared, N: int, T: int, project_first: bool, train: bo
     extra = {}
     if project_first and not (train and prep.kind.name == "lstm"):
         extra["xproj"] = (T, G * H)
-    if prep.kind.name in ("gru", "ln_gru", "ln_lstm") and not project_first:  # each step's input side
+    if prep.kind.separate_dgh and not project_first:  # each step's input side, kept apart from h's product
         extra["gxs"] = (N, G * H)
     if prep.parts > 1:
         extra["hbuf"] = (2 * N, prep.P)
@@ -585,7 +585,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     T = rec.x.shape[0]
     G = kind.num_gates
     shapes = {"dgx": (T, G * H)}
-    if kind.name in ("gru", "ln_gru", "ln_lstm"):
+    if kind.separate_dgh:  # the hidden side's gradient differs from the input side's
         shapes["dgh"] = (T, G * H)
     if kind.params:  # the norms' gradient sums, a row per row range; a cell's d(c_t) beside dm
         shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)
@@ -628,7 +628,8 @@ def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner, poo
         dW_ih, dW_hh, *sums_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner, pool=pool, key=(key, "at"))
         sums_hh = sums_ih
     db_ih, db_hh = (sums_ih[0][:, 0], sums_hh[0][:, 0]) if ones else (None, None)
-    dW_hr = _at(grads["dproj"], arrays["m"], runner=runner)[0] if "dproj" in grads else None
+    dW_hr = _at(grads["dproj"], arrays["m"], runner=runner, pool=pool, key=(key, "at hr"))[0] \
+        if "dproj" in grads else None
     return loop.dx, loop.dstate, (dW_ih, dW_hh, db_ih, db_hh, dW_hr) + _norm_grads(rec, grads)
 
 

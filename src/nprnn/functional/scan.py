@@ -265,7 +265,7 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     H = w_hh.shape[0] // kind.num_gates
     P = w_hh.shape[1]
     proj = w_hr is not None
-    record_blocks = kind.project_blocks(H, P, proj) if kind.project_blocks else ()
+    record_blocks = kind.project_blocks(H, P, proj)
     records = alloc_blocks(record_blocks, x.shape[0], x.dtype, pool, (key, "records"))
 
     def project(lo: int, hi: int) -> None:  # gx = x @ W_ih.T + b for rows lo:hi, (rows, G*H)
@@ -347,7 +347,7 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
     du = dgx  # the gradient of x @ W_ih.T: dgx, or through the kind's transform of it
     if kind.project_backward is not None:
         (du,) = alloc_blocks(((1, dgx.shape[1]),), T, dtype, pool, (key, "du"))
-        record_blocks = kind.project_blocks(H, P, rec.proj) if kind.project_blocks else ()
+        record_blocks = kind.project_blocks(H, P, rec.proj)
 
     def through_projection(lo: int, hi: int) -> None:  # du from dgx for rows lo:hi
         if kind.project_backward is not None:

@@ -34,6 +34,7 @@ from .module import Module, init_own, init_uniform, resolve_dtype, resolve_rng
 
 class RNNCellBase(Module):
     _label = "RNNCellBase"
+    forget_bias: Optional[float] = None  # the LSTM cells' option (set before RNNCellBase.__init__ draws the weights)
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = np.float32,
                  seed: Any = None) -> None:
@@ -62,7 +63,7 @@ class RNNCellBase(Module):
         kind's own parameters (a layer norm's gains and shifts) take their initial values."""
         init_uniform(self, self.hidden_size, self._rng)
         init_own(self, self.kind, [own_names(self.kind)])
-        if self.__dict__.get("forget_bias") is not None:
+        if self.forget_bias is not None:
             forget_bias_(self, self.forget_bias)
 
     def extra_repr(self) -> str:
@@ -71,7 +72,7 @@ class RNNCellBase(Module):
             s += ", bias=False"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
             s += f", nonlinearity='{self.nonlinearity}'"
-        if self.__dict__.get("forget_bias") is not None:
+        if self.forget_bias is not None:
             s += f", forget_bias={self.forget_bias}"
         if self.dtype != np.float32:
             s += ", dtype=float64"

@@ -43,6 +43,7 @@ class RNNBase(Module):
     _label = "RNNBase"
     _reverse_only = False  # ONNX's direction="reverse": one direction, run backwards in time
     weight_drop = 0.0  # (layers made without RNNBase.__init__: quantized copies, ONNX's variants)
+    forget_bias: Optional[float] = None  # the LSTMs' option (set before RNNBase.__init__ draws the weights)
 
     def _step_options(self) -> Optional[list[Any]]:
         """Each layer-direction's extra settings for the kernels (a registered cell kind's),
@@ -109,7 +110,7 @@ class RNNBase(Module):
         kind's own parameters (a layer norm's gains and shifts) take their initial values."""
         init_uniform(self, self.hidden_size, self._rng)
         init_own(self, self.kind, [names[5:] for names in self._layer_names])
-        if self.__dict__.get("forget_bias") is not None:
+        if self.forget_bias is not None:
             forget_bias_(self, self.forget_bias)
 
     @property
@@ -134,7 +135,7 @@ class RNNBase(Module):
                    (not self.bias and not self.kind.params, "bias=False"), (self.batch_first, "batch_first=True"),
                    (self.dropout, f"dropout={self.dropout}"), (self.bidirectional, "bidirectional=True"),
                    (self.weight_drop, f"weight_drop={self.weight_drop}"),
-                   (self.__dict__.get("forget_bias") is not None, f"forget_bias={self.__dict__.get('forget_bias')}"),
+                   (self.forget_bias is not None, f"forget_bias={self.forget_bias}"),
                    (self.dtype != np.float32, "dtype=float64")]
         return s + "".join(", " + text for on, text in options if on)
 
