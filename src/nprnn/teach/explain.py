@@ -21,9 +21,7 @@ import numpy as np
 from ..nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
 
 SCHEMA_VERSION = 1
-_GATES = {"LSTM": "i, f, g, o", "GRU": "r, z, n", "RNN": "", "LayerNormLSTM": "i, f, g, o",
-          "LayerNormGRU": "r, z, n"}
-_LSTMS = ("LSTM", "LayerNormLSTM")  # the kinds with a cell state and a projection
+_GATES = {1: "", 3: "r, z, n", 4: "i, f, g, o"}  # by the kind's number of gates
 
 
 def _kind(module: RNNBase) -> str:
@@ -69,13 +67,13 @@ def equations(module: RNNBase) -> list[str]:
 
 
 def _describe(module: RNNBase, name: str, shape: tuple[int, ...]) -> str:
-    kind = _kind(module)
-    H, P, D = module.hidden_size, module.proj_size if kind in _LSTMS else 0, module.num_directions
+    _kind(module)  # (refuses a module explain does not take)
+    H, P, D = module.hidden_size, module.proj_size if module.kind.has_cell else 0, module.num_directions
     parts = name.split("_")
     layer = int(name.split("_l")[1].split("_")[0])
     where = f"layer {layer}, {'reverse' if name.endswith('_reverse') else 'forward'} direction"
     G = module.kind.num_gates
-    rows = f"{shape[0]} = {G} gates ({_GATES[kind]}) x {H}" if G > 1 else f"{shape[0]} = hidden_size"
+    rows = f"{shape[0]} = {G} gates ({_GATES[G]}) x {H}" if G > 1 else f"{shape[0]} = hidden_size"
     h_out = "proj_size" if P else "hidden_size"
     if name.startswith("weight_ih"):
         if layer == 0:
@@ -105,11 +103,11 @@ def _shape_entry(dims: list[tuple[str, int]]) -> dict[str, list[Any]]:
 
 
 def shapes(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False) -> dict[str, Any]:
-    kind = _kind(module)
+    _kind(module)  # (refuses a module explain does not take)
     D, L = module.num_directions, module.num_layers
     H = module.hidden_size
-    P = (module.proj_size or H) if kind in _LSTMS else H
-    h_out = "proj_size" if kind in _LSTMS and module.proj_size else "hidden_size"
+    P = (module.proj_size or H) if module.kind.has_cell else H
+    h_out = "proj_size" if module.kind.has_cell and module.proj_size else "hidden_size"
     rows = ("num_directions*num_layers" if D == 2 else "num_layers", D * L)
     bdim = [] if unbatched else [("batch", batch)]
     io_time = [("seq_len", seq_len)]
@@ -121,11 +119,11 @@ def shapes(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = 
         "input": _shape_entry(x_dims + [("input_size", module.input_size)]),
         "h_0": _shape_entry([rows] + bdim + [(h_out, P)]),
     }
-    if kind in _LSTMS:
+    if module.kind.has_cell:
         out["c_0"] = _shape_entry([rows] + bdim + [("hidden_size", H)])
     out["output"] = _shape_entry(x_dims + [(("num_directions*" if D == 2 else "") + h_out, D * P)])
     out["h_n"] = _shape_entry([rows] + bdim + [(h_out, P)])
-    if kind in _LSTMS:
+    if module.kind.has_cell:
         out["c_n"] = _shape_entry([rows] + bdim + [("hidden_size", H)])
     return out
 
@@ -133,7 +131,7 @@ def shapes(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = 
 def identities(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool = False, seed: int = 0
                ) -> list[dict[str, Any]]:
     """Claims about output and h_n, each checked by running ``module`` on random input."""
-    kind = _kind(module)
+    _kind(module)  # (refuses a module explain does not take)
     rng = np.random.default_rng(seed)
     sh = shapes(module, batch, seq_len, unbatched)
     x = rng.standard_normal(sh["input"]["shape"]).astype(module.dtype)
@@ -145,8 +143,8 @@ def identities(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: boo
     longer[t_axis] += 2
     _, state2 = module(rng.standard_normal(longer).astype(module.dtype))
     module.train(was)
-    h_n = state[0] if kind in _LSTMS else state
-    h_n2 = state2[0] if kind in _LSTMS else state2
+    h_n = state[0] if module.kind.has_cell else state
+    h_n2 = state2[0] if module.kind.has_cell else state2
     P = h_n.shape[-1]
     bf = module.batch_first and not unbatched
     def step(t: int) -> np.ndarray:  # output at step t: (batch, D*P) or (D*P,)
@@ -174,7 +172,7 @@ def identities(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: boo
               "output holds only the top layer's states; lower layers' final states are only in h_n")
     claim(f"h_n has the same shape for seq_len {seq_len} and {seq_len + 2}", True, h_n.shape == h_n2.shape,
           "h_n holds one state per layer and direction at the last step, whatever the sequence length")
-    if kind in _LSTMS:
+    if module.kind.has_cell:
         claim("c_n has a slice in output", False,
               any(np.array_equal(step(t)[..., : min(P, state[1].shape[-1])], state[1][-1][...,
                                                                                           :P]) for t in range(seq_len)),
@@ -263,7 +261,7 @@ def explain(module: RNNBase, batch: int = 4, seq_len: int = 3, unbatched: bool =
     config = {"input_size": module.input_size, "hidden_size": module.hidden_size, "num_layers": module.num_layers,
               "bias": module.bias, "batch_first": module.batch_first, "bidirectional": module.bidirectional,
               "dropout": module.dropout}
-    if kind in _LSTMS:
+    if module.kind.has_cell:
         config["proj_size"] = module.proj_size
     if module.kind.params:
         del config["bias"]  # (the layer norms' shifts stand in for the biases)
@@ -309,7 +307,7 @@ def collect_states(module: RNNBase, x: np.ndarray) -> dict[tuple[int, int], dict
     and direction, the hidden states, cell states (LSTM) and gate activations as
     (seq_len, batch, H) arrays in time order: ``{(layer, direction): {"h": ..., "c": ..., "i": ...}}``.
     Dropout is off for the run."""
-    kind = _kind(module)
+    _kind(module)  # (refuses a module explain does not take)
     was, dropout = module.training, module.dropout
     module.train()
     module.dropout = 0.0
@@ -321,7 +319,7 @@ def collect_states(module: RNNBase, x: np.ndarray) -> dict[tuple[int, int], dict
         module.train(was)
     L = out.shape[1] if module.batch_first else out.shape[0]
     finals = list(state) if isinstance(state, tuple) else [state]
-    names = {"LSTM": "ifgo", "GRU": "rzn", "RNN": "", "LayerNormLSTM": "ifgo", "LayerNormGRU": "rzn"}[kind]
+    names = _GATES[module.kind.num_gates].replace(", ", "")
     result = {}
     for idx, r in enumerate(rec.records):
         layer, d = divmod(idx, module.num_directions)
@@ -338,7 +336,7 @@ def collect_states(module: RNNBase, x: np.ndarray) -> dict[tuple[int, int], dict
 
         h_prev, gates, c_prev = r.padded_tape(L)
         entry = {"h": after_step(h_prev, finals[0][idx])}
-        if kind in _LSTMS:
+        if module.kind.has_cell:
             entry["c"] = after_step(c_prev, finals[1][idx])
         if names:
             N = entry["h"].shape[1]
