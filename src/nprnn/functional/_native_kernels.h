@@ -354,6 +354,15 @@ static TGT void FN(apply)(int which, T *a, int64_t n) {
     else FN(sigmoid)(a, n);
 }
 
+/* An LSTM row's gate activations in place, units 0..w of each gate (H apart): i, f, o
+   through sigmoid, g through tanh. */
+static TGT inline void FN(lstm_gates)(T *g, int64_t H, int64_t w) {
+    FN(sigmoid)(g, w);  /* i */
+    FN(sigmoid)(g + H, w);  /* f */
+    FN(tanh_)(g + 2 * H, w);  /* g */
+    FN(sigmoid)(g + 3 * H, w);  /* o */
+}
+
 /* The elementwise work of one batch row, one function each so that every array is a
    restrict parameter of its own (GCC then vectorises the loops; slices of one row's gates
    are disjoint ranges of H). */
@@ -661,10 +670,7 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
             continue;
         }
         for (int64_t j = 0; j < GH; j++) g[j] += x[j];
-        FN(sigmoid)(g, H);  /* i */
-        FN(sigmoid)(g + H, H);  /* f */
-        FN(tanh_)(g + 2 * H, H);  /* g */
-        FN(sigmoid)(g + 3 * H, H);  /* o */
+        FN(lstm_gates)(g, H, H);
         T *c = (T *)s->c + (rr + r) * H, *tc = (T *)s->tc + (s->train ? row + r : rr + r) * H;
         if (s->train) memcpy((T *)s->cprev + (row + r) * H, c, H * sizeof(T));
         for (int64_t j = 0; j < H; j++) c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j];  /* f c + i g */
@@ -811,10 +817,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
         T *m = s->whr ? (s->train ? (T *)s->m + row * H + a : (T *)s->m + rr * H + a) : 0;
         for (int64_t r = 0; r < n; r++) {
             T *g = gates + r * GH + a;
-            FN(sigmoid)(g, w);  /* i */
-            FN(sigmoid)(g + H, w);  /* f */
-            FN(tanh_)(g + 2 * H, w);  /* g */
-            FN(sigmoid)(g + 3 * H, w);  /* o */
+            FN(lstm_gates)(g, H, w);
             if (cprev) memcpy(cprev + r * H, c + r * H, w * sizeof(T));
             /* o * tanh(c') is the new state, or what the projection multiplies */
             FN(lstm_cell_row)(w, g, g + H, g + 2 * H, g + 3 * H, c + r * H, tc + r * H, m ? m + r * H : hn + r * P + a);
