@@ -217,18 +217,21 @@ def _lstm_output(o: Array, tc: Array, w: StepWeights, m: OptArray, rows: OptArra
         np.copyto(h_out, rows)
 
 
+def _back_through_projection(dh: Array, w_hr: Array, kept: Array, dm: Array) -> Array:
+    """With a projection, the gradient of m = o * tanh(c') from that of h' = m @ W_hr.T:
+    ``dm`` (n, H) = dh @ W_hr, ``dh`` kept in ``kept`` for W_hr's gradient; returns ``dm``."""
+    np.copyto(kept, dh)
+    np.dot(dh, w_hr, out=dm)
+    return dm
+
+
 def _lstm_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: Any, scratch: Any) -> None:
     dh, dc = dstate
     gates, c_prev, tc = tape[1], tape[2], tape[3]  # tape[0] is h_prev
     dgates, deriv, tmp = scratch[0], scratch[1], scratch[2]  # (4, n, H), (4, n, H), (n, H)
     i, f, g, o = gates[0], gates[1], gates[2], gates[3]
     di, df, dg, do = dgates[0], dgates[1], dgates[2], dgates[3]
-    if w.hr is None:
-        dm = dh
-    else:  # through the projection
-        np.copyto(grads[1], dh)
-        dm = scratch[3]
-        np.dot(dh, w.hr, out=dm)  # (n, H)
+    dm = dh if w.hr is None else _back_through_projection(dh, w.hr, grads[1], scratch[3])
     np.multiply(dm, tc, out=do)
     np.multiply(tc, tc, out=tmp)  # through tanh(c'): 1 - tanh(c')^2
     np.subtract(w.one, tmp, out=tmp)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._typing import Array, Blocks, OptArray
-from .cells import CellKind, StepWeights, _gru_update, _lstm_output, register
+from .cells import CellKind, StepWeights, _back_through_projection, _gru_update, _lstm_output, register
 
 EPS = 1e-5  # the norms' epsilon, as torch.nn.LayerNorm's default
 
@@ -112,12 +112,7 @@ def _ln_lstm_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grad
     th = t1[:, :H]
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     di, df, dg, do = dz[:, :H], dz[:, H : 2 * H], dz[:, 2 * H : 3 * H], dz[:, 3 * H :]
-    if w.hr is None:
-        dm = dh
-    else:  # through the projection
-        np.copyto(grads[3], dh)
-        dm = scratch[3]
-        np.dot(dh, w.hr, out=dm)
+    dm = dh if w.hr is None else _back_through_projection(dh, w.hr, grads[3], scratch[3])
     np.multiply(tc, tc, out=dcn)  # through tanh(c_t): 1 - tanh(c_t)^2
     np.subtract(w.one, dcn, out=dcn)
     dcn *= o
