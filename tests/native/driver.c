@@ -126,7 +126,8 @@ static const struct isa *pick(int64_t vector_bytes) {
 #define PTR_FIELDS(X)                                                                                        \
     X(batch_sizes) X(offsets) X(x) X(wih) X(whh) X(bias) X(bhn) X(whr) X(out) X(h) X(c) X(hbuf) X(xproj)      \
     X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj) X(scratch) X(sih) X(shh)    \
-    X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qh) X(qxs) X(qhs) X(qxz) X(qhz) X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum)
+    X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qh) X(qxs) X(qhs) X(qxz) X(qhz) X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum)   \
+    X(rmask) X(rbuf) X(zh) X(zc) X(zsave)
 
 static int run_scan_case(const struct isa *is, const struct fx *c) {
     struct scan s;

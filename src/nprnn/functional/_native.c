@@ -279,7 +279,7 @@ static void run_scan(struct scan *s) {
 }
 
 /* ------------------------------------------------------------------ buffers */
-#define MAX_BUFS 56
+#define MAX_BUFS 64
 struct bufs {
     Py_buffer v[MAX_BUFS];
     int n;
@@ -383,7 +383,7 @@ static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for te
     X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
     X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
     X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)    \
-    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum)
+    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum) X(rmask) X(rbuf) X(zh) X(zc) X(zsave)
 #define KEY_ENUM(k) K_##k,
 enum { SCAN_KEYS(KEY_ENUM) NKEYS };
 #undef KEY_ENUM
@@ -584,7 +584,22 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.whr = get(&b, whr, "whr", 0, isz, P * panels(H, isz), 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }
-    s.hprev = get(&b, ITEM(hprev), "hprev", !back, isz, rows * P, !(s.train && (!back || gru)), 0, NULL);
+    /* the regularizers (see struct scan) */
+    s.rmask = get(&b, ITEM(rmask), "rmask", 0, isz, N * P, 1, 0, NULL);
+    s.zh = get(&b, ITEM(zh), "zh", 0, isz, tape_rows * P, 1, 0, NULL);
+    s.zc = get(&b, ITEM(zc), "zc", 0, isz, tape_rows * H, !(lstm && s.zh), 0, NULL);
+    if (PyErr_Occurred()) goto fail;
+    if ((s.rmask && (!s.train || s.parts != 1 || s.wq)) || (s.zh && (s.wq || (!back && !s.hbuf))) ||
+        (s.zc && !s.zh)) {
+        PyErr_SetString(PyExc_ValueError, "_native.scan: recurrent dropout is for training in one part, zoneout "
+                                          "(zh, and zc for a cell state) needs hbuf; neither for quantized weights");
+        goto fail;
+    }
+    s.rbuf = get(&b, ITEM(rbuf), "rbuf", 1, isz, N * P, !s.rmask, 0, NULL);
+    s.zsave = get(&b, ITEM(zsave), "zsave", 1, isz, N * (P + H), !(s.zh && (back || (lstm && !s.train))), 0, NULL);
+    if (PyErr_Occurred()) goto fail;
+    s.hprev = get(&b, ITEM(hprev), "hprev", !back || s.rmask, isz, rows * P, !(s.train && (!back || gru || s.rmask)),
+                  0, NULL);
     s.cprev = get(&b, ITEM(cprev), "cprev", !back, isz, rows * H, !(s.train && lstm), 0, NULL);
     s.tc = get(&b, ITEM(tc), "tc", !back, isz, tape_rows * H, !lstm, 0, NULL);
     s.m = get(&b, ITEM(m), "m", !back, isz, tape_rows * H, !(lstm && proj && !back), 0, NULL);

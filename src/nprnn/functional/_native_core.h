@@ -55,6 +55,16 @@ struct scan {
        over this row range's rows (a range per thread: each adds into its own row). */
     const void *lnw;
     void *lnx, *lnr, *lnsum;
+    /* The regularizers (issue 27; nprnn.functional.scan.Regularizers), NULL where off.
+       rmask (N, P): recurrent dropout, training only: h_{t-1} * rmask meets W_hh, the
+       masked rows made in rbuf (N, P), which backward uses for dg @ W_hh before the mask;
+       backward then masks the tape's hprev rows (W_hh's gradient reads them).  zh (P) and
+       zc (H): zoneout, h_t = d h_{t-1} + (1 - d) h~_t (c likewise), d per packed row when
+       training (0/1), per batch row in inference (p); it needs hbuf (the step reads
+       h_{t-1} after making h~_t).  zsave (N, P + H): the cell state before a step
+       (inference; training has cprev), and backward's d * dh, d * dc past the step. */
+    const void *rmask, *zh, *zc;
+    void *rbuf, *zsave;
     int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
     int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */
     int64_t ranges[MAX_PARTS + 1];    /* their bounds */

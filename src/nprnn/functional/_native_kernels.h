@@ -363,6 +363,11 @@ static TGT inline void FN(lstm_gates)(T *g, int64_t H, int64_t w) {
     FN(sigmoid)(g + 3 * H, w);  /* o */
 }
 
+/* Zoneout of one row's w units: now = d prev + (1 - d) now. */
+static TGT void FN(zone)(int64_t w, const T *restrict d, const T *restrict prev, T *restrict now) {
+    for (int64_t j = 0; j < w; j++) now[j] = d[j] * prev[j] + ((T)1 - d[j]) * now[j];
+}
+
 /* The elementwise work of one batch row, one function each so that every array is a
    restrict parameter of its own (GCC then vectorises the loops; slices of one row's gates
    are disjoint ranges of H). */
@@ -644,8 +649,8 @@ static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0,
 /* One step of a layer-norm kind over n rows (whole rows, one part): LN_hh(h @ W_hh.T) plus
    the normalised input side (xp, or LN_ih(x @ W_ih.T) made here for these rows), then the
    gates; the LSTM's new cell state normalised (LN_c) is the one carried. */
-static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_t rr, const T *hc, T *hn, int back,
-                            T *gates, const T *xp) {
+static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_t rr, const T *hc, const T *hw,
+                            T *hn, int back, T *gates, const T *xp) {
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const T *w = (const T *)s->lnw;  /* g_ih, b_ih, g_hh, b_hh, (g_c, b_c) */
     const int lstm = s->kind == KIND_LN_LSTM;
@@ -659,7 +664,7 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
         }
         xp = gxs;
     }
-    FN(part_mm)(s, 0, n, P, hc, P, (const T *)s->whh, gates, 0, 0, back);  /* h @ W_hh.T */
+    FN(part_mm)(s, 0, n, P, hw, P, (const T *)s->whh, gates, 0, 0, back);  /* h @ W_hh.T */
     for (int64_t r = 0; r < n; r++) {
         T *g = gates + r * GH, *rec = s->lnr ? (T *)s->lnr + (row + r) * R : 0;
         const T *x = xp + r * GH;
@@ -672,13 +677,15 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
         for (int64_t j = 0; j < GH; j++) g[j] += x[j];
         FN(lstm_gates)(g, H, H);
         T *c = (T *)s->c + (rr + r) * H, *tc = (T *)s->tc + (s->train ? row + r : rr + r) * H;
-        if (s->train) memcpy((T *)s->cprev + (row + r) * H, c, H * sizeof(T));
+        T *cold = s->train ? (T *)s->cprev + (row + r) * H : s->zc ? (T *)s->zsave + (rr + r) * (P + H) + P : 0;
+        if (cold) memcpy(cold, c, H * sizeof(T));
         for (int64_t j = 0; j < H; j++) c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j];  /* f c + i g */
         FN(ln_row)(H, c, w + 4 * GH, w + 4 * GH + H, rec ? rec + GH + 1 : 0, rec ? rec + GH + 1 + H : 0);
         memcpy(tc, c, H * sizeof(T));
         FN(tanh_)(tc, H);
         T *m = s->whr ? (T *)s->m + (s->train ? row + r : rr + r) * H : hn + r * P;
         for (int64_t j = 0; j < H; j++) m[j] = g[3 * H + j] * tc[j];  /* o * tanh(c_t) */
+        if (s->zc) FN(zone)(H, (const T *)s->zc + (s->train ? row + r : rr + r) * H, cold, c);
         if (s->cs) memcpy((T *)s->cs + (row + r) * H, c, H * sizeof(T));  /* return_states */
     }
 }
@@ -714,6 +721,33 @@ static TGT void FN(ln_sums)(int64_t GH, int64_t H, T *restrict acc, const T *res
         }
 }
 
+/* The gradient reaching h_{t-1} through W_hh from dG (n, G*H), the gradient of h @ W_hh.T:
+   dhr (+)= dG @ W_hh.  With recurrent dropout times the mask (what a GRU already put in dhr,
+   z dh, is not masked), and the tape's h_{t-1} rows become the rows that met W_hh. */
+static TGT void FN(to_hprev)(const struct scan *s, int64_t n, int64_t row, const T *dG, T *dhr, int add) {
+    const int64_t GH = s->G * s->H, P = s->P;
+    if (!s->rmask) {
+        FN(mm)(n, GH, P, dG, GH, (const T *)s->whh, dhr, P, add ? dhr : 0, P);
+        return;
+    }
+    T *t = (T *)s->rbuf + s->r0 * P, *hp = (T *)s->hprev + row * P;
+    const T *mk = (const T *)s->rmask + s->r0 * P;
+    FN(mm)(n, GH, P, dG, GH, (const T *)s->whh, t, P, 0, 0);
+    for (int64_t i = 0; i < n * P; i++) {
+        dhr[i] = add ? dhr[i] + t[i] * mk[i] : t[i] * mk[i];
+        hp[i] *= mk[i];
+    }
+}
+
+/* Zoneout backwards over n rows of w units: keep = d * g (it skips the step), g *= 1 - d. */
+static TGT void FN(unzone)(int64_t n, int64_t w, const T *restrict d, T *restrict g, T *restrict keep, int64_t ldk) {
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t j = 0; j < w; j++) {
+            keep[r * ldk + j] = d[r * w + j] * g[r * w + j];
+            g[r * w + j] *= (T)1 - d[r * w + j];
+        }
+}
+
 /* A layer-norm kind's step backwards (see ln_step): the gates' gradients, then through the
    hidden-side norm (dgh: the gradient of h @ W_hh.T) and the input-side norm (dgx, in place:
    that of x @ W_ih.T); the gains' and shifts' sums into lnsum; dh (+)= dgh @ W_hh. */
@@ -746,14 +780,15 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
         }
         FN(ln_back_row)(GH, dx_, lx, lx[GH], w, dx_);  /* through LN_ih */
     }
-    FN(mm)(n, GH, P, dgh, GH, (const T *)s->whh, dhr, P, lstm ? 0 : dhr, P);  /* to h_prev (GRU: plus z dh) */
+    FN(to_hprev)(s, n, row, dgh, dhr, !lstm);  /* to h_prev (GRU: plus z dh) */
 }
 
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
    then the cell's elementwise work on units a..b, writing the new state's units to hn
    (or, with a projection, m).  row: the first packed row of the step; rr: its batch row. */
 static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n, int64_t row, int64_t rr, const T *hc,
-                                 T *hn, int back, int late, const struct FN(qrows) *qh, const struct FN(qrows) *qx) {
+                                 const T *hw, T *hn, int back, int late, const struct FN(qrows) *qh,
+                                 const struct FN(qrows) *qx) {
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const int64_t a = s->units[p], w = s->units[p + 1] - a;
     const T *whh = (const T *)s->whh + s->whh_at[p];
@@ -761,7 +796,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
     T *xp = s->xproj ? (T *)s->xproj + row * GH : 0;
     if (KIND_NORMED(s->kind)) {
-        FN(ln_step)(s, n, row, rr, hc, hn, back, gates, xp);
+        FN(ln_step)(s, n, row, rr, hc, hw, hn, back, gates, xp);
         return;
     }
     if (late) {  /* h @ W_hh.T, then the projection, both backwards; added as the tile adds it */
@@ -770,7 +805,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
             FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0, 1);
             FN(qpart)(s, 1, p, n, &all, (float *)xp, (const float *)bias, 0, 1);
         } else {
-            FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, 1);
+            FN(part_mm)(s, p, n, P, hw, P, whh, gates, 0, 0, 1);
             FN(part_mm)(s, p, n, Hin, x, Hin, (const T *)s->wih + s->wih_at[p], xp, bias, 0, 1);
         }
         if (s->kind != KIND_GRU)
@@ -790,7 +825,7 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
             gx = gxs;
         }
         if (qh && !late) FN(qpart)(s, 0, p, n, qh, (float *)gates, 0, 0, back);  /* h @ W_hh.T, quantized */
-        else if (!late) FN(part_mm)(s, p, n, P, hc, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
+        else if (!late) FN(part_mm)(s, p, n, P, hw, P, whh, gates, 0, 0, back);  /* h @ W_hh.T */
         T *ghn = s->train ? (T *)s->ghn + row * H : (T *)s->ghn + rr * H;
         const T *bhn = (const T *)s->bhn;
         for (int64_t r = 0; r < n; r++) {
@@ -807,20 +842,24 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     } else if (qh && !late)
         FN(qpart)(s, 0, p, n, qh, (float *)gates, (const float *)xp, GH, back);  /* projected x + h @ W_hh.T */
     else if (!late && xp)
-        FN(part_mm)(s, p, n, P, hc, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
+        FN(part_mm)(s, p, n, P, hw, P, whh, gates, xp, GH, back);  /* projected x + h @ W_hh.T */
     else if (!late)  /* x @ W_ih.T + h @ W_hh.T + b, one pass over the tile */
-        FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hc, P, whh, gates, GH, bias, 0);
+        FN(mm2)(n, GH, Hin, x, Hin, (const T *)s->wih, P, hw, P, whh, gates, GH, bias, 0);
     if (s->kind == KIND_LSTM) {
         T *c = (T *)s->c + rr * H + a;
         T *tc = s->train ? (T *)s->tc + row * H + a : (T *)s->tc + rr * H + a;
-        T *cprev = s->train ? (T *)s->cprev + row * H + a : 0;
+        /* the cell state before the step: the tape's, or zoneout's copy in inference */
+        T *cprev = s->train ? (T *)s->cprev + row * H + a : s->zc ? (T *)s->zsave + rr * (P + H) + P + a : 0;
+        const int64_t ldp = s->train ? H : P + H;
+        const T *zc = s->zc ? (const T *)s->zc + (s->train ? row : rr) * H + a : 0;
         T *m = s->whr ? (s->train ? (T *)s->m + row * H + a : (T *)s->m + rr * H + a) : 0;
         for (int64_t r = 0; r < n; r++) {
             T *g = gates + r * GH + a;
             FN(lstm_gates)(g, H, w);
-            if (cprev) memcpy(cprev + r * H, c + r * H, w * sizeof(T));
+            if (cprev) memcpy(cprev + r * ldp, c + r * H, w * sizeof(T));
             /* o * tanh(c') is the new state, or what the projection multiplies */
             FN(lstm_cell_row)(w, g, g + H, g + 2 * H, g + 3 * H, c + r * H, tc + r * H, m ? m + r * H : hn + r * P + a);
+            if (zc) FN(zone)(w, zc + r * H, cprev + r * ldp, c + r * H);  /* zoneout */
             if (s->cs) memcpy((T *)s->cs + (row + r) * H + a, c + r * H, w * sizeof(T));  /* return_states */
         }
         return;
@@ -863,9 +902,9 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
             FN(ln_row)(GH, (T *)s->xproj + r * GH, w, w + GH, lx, lx ? lx + GH : 0);
         }
     }
-    if (hbuf) {  /* both halves start as h_0: a row that joins later (reverse) reads it */
+    if (hbuf) {  /* both halves start as h_0: a row that joins later (reverse) reads it (this range's rows) */
         for (int64_t p = p0; p < p1; p++)
-            for (int64_t r = 0; r < N; r++)
+            for (int64_t r = s->r0; r < (s->r1 < N ? s->r1 : N); r++)
                 for (int k = 0; k < 2; k++)
                     memcpy(hbuf + k * N * P + r * P + hcols[p], h + r * P + hcols[p],
                            (hcols[p + 1] - hcols[p]) * sizeof(T));
@@ -891,8 +930,15 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         if (s->wq) qrows = FN(quantize_at)(s, 0, FN(qslot)(s, p0), n, P, (const float *)hc, P);
         if (s->wq && !s->xproj)
             qxrows = FN(quantize_at)(s, 1, FN(qslot)(s, p0), n, Hin, (const float *)s->x + row * Hin, Hin);
+        const T *hw = hc;  /* the state that meets W_hh: with recurrent dropout (one part), h * mask */
+        if (s->rmask) {
+            T *rb = (T *)s->rbuf + rr * P;
+            const T *mk = (const T *)s->rmask + rr * P;
+            for (int64_t i = 0; i < n * P; i++) rb[i] = hc[i] * mk[i];
+            hw = rb;
+        }
         for (int64_t p = p0; p < p1; p++)
-            FN(step_part)(s, p, n, row, rr, hc, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0,
+            FN(step_part)(s, p, n, row, rr, hc, hw, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0,
                           s->wq && !s->xproj ? &qxrows : 0);
         if (s->wq && s->xproj && q + 1 < s->steps && n <= 4) {  /* the next step's projected rows, on their way */
             const int64_t tn = s->reverse ? s->steps - 2 - q : q + 1, GH = s->G * H;
@@ -926,6 +972,8 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         for (int64_t p = p0; p < p1; p++) {
             const int64_t b = hcols[p], w = hcols[p + 1] - b;
             for (int64_t r = 0; r < n; r++) {
+                if (s->zh)  /* zoneout: h = d h_{t-1} + (1 - d) h~ */
+                    FN(zone)(w, (const T *)s->zh + (s->train ? row + r : rr + r) * P + b, hc + r * P + b, hn + r * P + b);
                 memcpy(out + r * s->ldout + b, hn + r * P + b, w * sizeof(T));
                 if (hbuf && r >= ends) memcpy(h + (rr + r) * P + b, hn + r * P + b, w * sizeof(T));
             }
@@ -957,6 +1005,9 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
         if (s->dcs)  /* return_states: the gradient of this step's cell state, from outside */
             for (int64_t r = 0; r < n; r++)
                 for (int64_t j = 0; j < H; j++) dc[(s->r0 + r) * H + j] += ((const T *)s->dcs)[(row + r) * H + j];
+        T *keep = s->zh ? (T *)s->zsave + s->r0 * (P + H) : 0;  /* zoneout: d dh, d dc skip the step */
+        if (keep) FN(unzone)(n, P, (const T *)s->zh + row * P, dhr, keep, P + H);
+        if (keep && s->zc) FN(unzone)(n, H, (const T *)s->zc + row * H, dc + s->r0 * H, keep + P, P + H);
         if (KIND_NORMED(s->kind)) {
             FN(ln_back)(s, n, row, dhr, dc ? dc + s->r0 * H : 0);
         } else if (s->kind == KIND_LSTM) {
@@ -970,7 +1021,7 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
                 FN(lstm_back_row)(H, g, g + H, g + 2 * H, g + 3 * H, tc + r * H, cprev + r * H, dm + r * ldm, d,
                                   d + H, d + 2 * H, d + 3 * H, dcr + r * H);
             }
-            FN(mm)(n, GH, P, dgx, GH, (const T *)s->whh, dhr, P, 0, 0);  /* to h_prev */
+            FN(to_hprev)(s, n, row, dgx, dhr, 0);
         } else if (s->kind == KIND_GRU) {
             const T *ghn = (const T *)s->ghn + row * H, *hprev = (const T *)s->hprev + row * P;
             T *dgh = (T *)s->dgh + row * GH;
@@ -980,7 +1031,7 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
                 FN(gru_back_row)(H, g, g + H, g + 2 * H, ghn + r * H, hprev + r * P, dx_, dx_ + H, dx_ + 2 * H, dh_,
                                  dh_ + H, dh_ + 2 * H, dhr + r * P);
             }
-            FN(mm)(n, GH, P, dgh, GH, (const T *)s->whh, dhr, P, dhr, P);  /* plus the gates */
+            FN(to_hprev)(s, n, row, dgh, dhr, 1);  /* plus the gates */
         } else {
             for (int64_t r = 0; r < n; r++) {
                 const T *restrict a = gates + r * GH;
@@ -990,8 +1041,14 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
                 else
                     for (int64_t j = 0; j < H; j++) d[j] = a[j] <= (T)0 ? (T)0 : dhj[j];  /* through relu, NaN passes */
             }
-            FN(mm)(n, GH, P, dgx, GH, (const T *)s->whh, dhr, P, 0, 0);  /* to h_prev */
+            FN(to_hprev)(s, n, row, dgx, dhr, 0);
         }
+        if (keep)
+            for (int64_t r = 0; r < n; r++) {
+                for (int64_t j = 0; j < P; j++) dhr[r * P + j] += keep[r * (P + H) + j];
+                if (s->zc)
+                    for (int64_t j = 0; j < H; j++) dc[(s->r0 + r) * H + j] += keep[r * (P + H) + P + j];
+            }
         /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
         FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
         if (s->publish) wave_publish(s, (unsigned)(s->steps - q));

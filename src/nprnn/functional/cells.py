@@ -63,6 +63,10 @@ class StepWeights:
     one, two: the constants in the weights' dtype (NumPy scalars are cheaper than floats)
     extra: what a registered kind's own kernels need besides (its options, and what its
         ``prepare`` hook arranges)
+    rmask, rbuf: recurrent dropout (a training call's own copy of the weights): the (N,
+        H_out) scaled mask on ``h`` before ``W_hh`` and workspace like it; see
+        :func:`hidden_product` and :func:`to_h_prev`, through which every kind's
+        kernels meet ``W_hh``
     """
 
     hhT: Array
@@ -73,6 +77,25 @@ class StepWeights:
     one: Any = np.float64(1)  # (a NumPy scalar of the weights' dtype)
     two: Any = np.float64(2)
     extra: dict[str, Any] = field(default_factory=dict)
+    rmask: OptArray = None
+    rbuf: OptArray = None
+
+
+def hidden_product(h: Array, w: StepWeights, out: Array) -> None:
+    """``out = h @ W_hh.T`` (rows scaled as prepared) for a step's ``n`` rows; with
+    recurrent dropout, ``(h * mask) @ W_hh.T``, the mask's first ``n`` rows (the active
+    sequences are the first rows of the batch)."""
+    if w.rmask is not None and w.rbuf is not None:
+        h = np.multiply(h, w.rmask[: h.shape[0]], out=w.rbuf[: h.shape[0]])
+    np.dot(h, w.hhT, out=out)
+
+
+def to_h_prev(dg: Array, w: StepWeights, out: Array) -> None:
+    """``out = dg @ W_hh``, the gradient reaching ``h_prev`` through the recurrent product
+    (``dg``: that of ``h @ W_hh.T``); with recurrent dropout, times the mask."""
+    np.dot(dg, w.hh, out=out)
+    if w.rmask is not None:
+        out *= w.rmask[: out.shape[0]]
 
 
 @dataclass(frozen=True)
@@ -144,7 +167,7 @@ def _rnn_forward(nonlinearity: str) -> ForwardStep:
     def forward(gx: Array, h: Array, c: OptArray, w: StepWeights, tape: Any, work: Any, train: bool,
                 h_out: Array) -> None:
         (act,) = tape
-        np.dot(h, w.hhT, out=act)  # (n, H)
+        hidden_product(h, w, act)  # (n, H)
         act += gx
         if nonlinearity == "tanh":
             np.tanh(act, out=act)
@@ -167,7 +190,7 @@ def _rnn_backward(nonlinearity: str) -> BackwardStep:
         else:  # through relu: h' > 0
             np.greater(act, 0, out=dz, casting="unsafe")
             dz *= dh
-        np.dot(dz, w.hh, out=dh)  # to h_prev
+        to_h_prev(dz, w, dh)
 
     return backward
 
@@ -187,7 +210,7 @@ def _lstm_forward(gx: Array, h: Array, c: Array, w: StepWeights, tape: Any, work
                   h_out: Array) -> None:
     gates, c_prev, tc = tape[0], tape[1], tape[2]  # gates (4, n, H)
     gh, ghv = work[0]  # (n, 4H) and its gate-major view
-    np.dot(h, w.hhT, gh)
+    hidden_product(h, w, gh)
     np.add(gate_major(gx, 4), ghv, gates)
     _sigmoid_of_scaled(gates, w.one)  # i, f, o; sigmoid(2 z_g) for g
     i, f, g, o = gates[0], gates[1], gates[2], gates[3]
@@ -248,7 +271,7 @@ def _lstm_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: 
     np.subtract(w.one, deriv[2], out=deriv[2])
     dG = grads[0]  # (n, 4H) rows for the weight products
     np.multiply(dgates, deriv, out=gate_major(dG, 4))
-    np.dot(dG, w.hh, out=dh)  # to h_prev
+    to_h_prev(dG, w, dh)
 
 
 def _lstm_tape(H: int, P: int, proj: bool) -> Blocks:
@@ -276,7 +299,7 @@ def _gru_forward(gx: Array, h: Array, c: OptArray, w: StepWeights, tape: Any, wo
                   h_out: Array) -> None:
     gates, ghn = tape  # (3, n, H), (n, H)
     ((gh, ghv),) = work  # (n, 3H) and its gate-major view
-    np.dot(h, w.hhT, gh)  # r, z rows negated
+    hidden_product(h, w, gh)  # r, z rows negated
     gxv = gate_major(gx, 3)
     rz = gates[:2]
     np.add(gxv[:2], ghv[:2], rz)
@@ -323,7 +346,7 @@ def _gru_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads: A
     dghv = gate_major(dgh, 3)
     np.copyto(dghv[:2], dgxv[:2])
     np.multiply(dn, r, out=dghv[2])  # the hidden part of n sits inside r *
-    np.dot(dgh, w.hh, out=dh_hh)  # (n, H_out)
+    to_h_prev(dgh, w, dh_hh)  # (n, H_out)
     dh *= z
     dh += dh_hh  # to h_prev: direct path z * dh plus the gates
 

@@ -20,7 +20,7 @@ makes its absence an error instead of a quiet fallback.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -280,6 +280,7 @@ class NativeRecord:
     offsets: Array
     reverse: bool
     tape: dict[str, Array]  # hprev (T, H_out), gates (T, G*H), and per kind cprev, tc, m, ghn (T, H)
+    reg: dict[str, Array] = field(default_factory=dict)  # the regularizers' masks, by their keys in the spec
 
     @property
     def kind(self) -> CellKind:
@@ -329,26 +330,42 @@ def _tape_shapes(kind: CellKind, H: int, P: int, proj: bool, rows: int) -> dict[
     return shapes
 
 
-def step_work(prep: Prepared, N: int, project_first: bool) -> dict[str, Array]:
+def step_work(prep: Prepared, N: int, project_first: bool, reg: Any = None) -> dict[str, Array]:
     """The per-row work arrays of a one-step inference call over a batch of ``N`` (a stream
-    keeps them from step to step)."""
+    keeps them from step to step), with ``reg``'s zoneout (:class:`.scan.Regularizers`)."""
     shapes = _tape_shapes(prep.kind, prep.H, prep.P, prep.whr is not None, N)
-    shapes.update(_extra_shapes(prep, N, N, project_first, False))
-    return {name: _aligned(shape, prep.dtype) for name, shape in shapes.items()}
+    shapes.update(_extra_shapes(prep, N, N, project_first, False, reg))
+    return dict({name: _aligned(shape, prep.dtype) for name, shape in shapes.items()}, **_reg_arrays(reg, False))
 
 
-def _extra_shapes(prep: Prepared, N: int, T: int, project_first: bool, train: bool) -> dict[str, tuple[int, int]]:
+def _extra_shapes(prep: Prepared, N: int, T: int, project_first: bool, train: bool, reg: Any = None
+                  ) -> dict[str, tuple[int, int]]:
     """The work arrays beside the tape: the projected input (an LSTM's training tape holds
-    its own), a GRU's per-step projection, the two halves of the state of a split loop."""
+    its own), a GRU's per-step projection, the two halves of the state of a split loop or
+    of a zoned one (the step needs ``h_{t-1}`` after it made ``h~_t``), the regularizers'
+    workspace (``reg``: a :class:`.scan.Regularizers` or None)."""
     G, H = prep.kind.num_gates, prep.H
     extra = {}
     if project_first and not (train and prep.kind.name == "lstm"):
         extra["xproj"] = (T, G * H)
     if prep.kind.separate_dgh and not project_first:  # each step's input side, kept apart from h's product
         extra["gxs"] = (N, G * H)
-    if prep.parts > 1:
+    zoned = reg is not None and reg.zh is not None
+    if prep.parts > 1 or zoned:
         extra["hbuf"] = (2 * N, prep.P)
+    if zoned and prep.kind.has_cell and not train:
+        extra["zsave"] = (N, prep.P + H)  # the cell state before the step
+    if reg is not None and reg.rmask is not None and train:
+        extra["rbuf"] = (N, prep.P)  # h_{t-1} * mask
     return extra
+
+
+def _reg_arrays(reg: Any, train: bool) -> dict[str, Array]:
+    """A spec's regularizer entries (see struct scan): ``rmask`` when training, ``zh``, ``zc``."""
+    if reg is None:
+        return {}
+    arrays = {"rmask": reg.rmask if train else None, "zh": reg.zh, "zc": reg.zc}
+    return {k: v for k, v in arrays.items() if v is not None}
 
 
 def _arrays(shapes: dict[str, tuple[int, int]], dtype: Any, pool: Optional[Pool], key: Any) -> dict[str, Array]:
@@ -461,14 +478,15 @@ def _run(ranges: Sequence[tuple[int, int]], team: Any, runner: Runner, call: Any
 def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...],
                       batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool,
                       pool: Optional[Pool] = None, key: Any = None, runner: Runner = SERIAL,
-                      cache: Optional[dict[Any, Any]] = None, cs: OptArray = None
+                      cache: Optional[dict[Any, Any]] = None, cs: OptArray = None, reg: Any = None
                       ) -> tuple[tuple[Array, ...], Optional["NativeRecord"]]:
     """One layer in one direction over packed ``x`` (T, H_in); see
     :func:`.scan.direction_forward`, whose contract this keeps.  ``runner`` may split a
     large batch or, for a small one, the hidden units (:func:`plan`); ``cache`` keeps the
     prepared weights under ``key`` (:func:`prepared`).  Returns ``(final_state, record)``;
     record is None unless ``train``."""
-    loop = _forward_loop(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner, cache, cs=cs)
+    loop = _forward_loop(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner, cache, cs=cs,
+                         reg=reg)
     if loop.how.ranges[-1][1]:
         _run(loop.how.ranges, loop.how.team, runner, partial(_call, *loop.args[:4]), loop.args[4:])
     return loop.finish()
@@ -489,8 +507,8 @@ class _Loop(NamedTuple):
 
 def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...], batch_sizes: Sequence[int],
                   reverse: bool, out: Array, train: bool, pool: Optional[Pool], key: Any, runner: Runner,
-                  cache: Optional[dict[Any, Any]], whole: bool = False, inloop: bool = False, cs: OptArray = None
-                  ) -> _Loop:
+                  cache: Optional[dict[Any, Any]], whole: bool = False, inloop: bool = False, cs: OptArray = None,
+                  reg: Any = None) -> _Loop:
     """Everything a forward loop needs, allocated and prepared, not run.  ``whole``: one
     loop over the whole batch on one thread (a wavefront's layer); ``inloop``: the input
     projection step by step (its input rows come as the layer below makes them)."""
@@ -507,6 +525,8 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
     else:  # decided once for a layout, a layer's sizes and the settings
         decided = (kind.name, H, P, params[0].shape[1], proj, id(runner), *plan_key())
         how = plans.get(decided) or plans.setdefault(decided, plan_params(kind, params, sizes, offsets, runner))
+    if how.parts > 1 and train and reg is not None and reg.rmask is not None:  # (each step's masked copy of
+        how = Plan(((0, N),), 1, N < settings.min_inloop_batch, None)      # the state is one part's work)
     prep = prepared(cache, key, kind, params, how.parts)
     h = np.array(state0[0], order="C", copy=True)
     c = np.array(state0[1], order="C", copy=True) if kind.has_cell else None
@@ -518,8 +538,11 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
         if kind.params:  # the norms' records: the input side's, the step's
             shapes["lnx"] = (T, G * H + 1)
             shapes["lnr"] = (T, G * H + 1 + (H + 1 if kind.has_cell else 0))
-    shapes.update(_extra_shapes(prep, N, T, how.project_first, train))
+    shapes.update(_extra_shapes(prep, N, T, how.project_first, train, reg))
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
+    masks = _reg_arrays(reg, train)
+    if masks:
+        arrays = dict(arrays, **masks)
     if how.project_first and train and kind.name == "lstm":  # the tape's gates hold the projection first
         arrays = dict(arrays, xproj=arrays["gates"])
     if cs is not None:  # every step's cell state (return_states), written where the caller says
@@ -528,14 +551,14 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
     state = (h,) if c is None else (h, c)
     record = None
     if train:
-        tape = {k: v for k, v in arrays.items() if k not in ("xproj", "gxs", "hbuf", "cs")}
-        record = NativeRecord(x, prep, sizes, offsets, bool(reverse), tape)
+        tape = {k: v for k, v in arrays.items() if k not in ("xproj", "gxs", "hbuf", "cs", "zsave", "rbuf", *masks)}
+        record = NativeRecord(x, prep, sizes, offsets, bool(reverse), tape, masks)
     return _Loop(how, (0, prep, int(train), int(reverse), sizes, offsets, x, out, h, c, arrays), state, record)
 
 
 def wavefront_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Sequence[tuple[Array, ...]],
                       batch_sizes: Sequence[int], outs: Sequence[Array], train: bool, pool: Optional[Pool],
-                      cache: Optional[dict[Any, Any]], team: Any
+                      cache: Optional[dict[Any, Any]], team: Any, regs: Optional[Sequence[Any]] = None
                       ) -> list[tuple[tuple[Array, ...], Optional["NativeRecord"]]]:
     """The layers of a one-directional stack as a wavefront (``_native.scan_many``): layer
     ``l`` runs its whole loop on a thread of ``team``, step ``t`` as soon as layer ``l - 1``
@@ -544,7 +567,8 @@ def wavefront_forward(kind: CellKind, x: Array, params: Sequence[Params], states
     others step by step.  The same numbers as layer after layer (each loop's sums are its
     own).  Returns each layer's ``(final_state, record)``."""
     loops = [_forward_loop(x if layer == 0 else outs[layer - 1], kind, params[layer], states[layer], batch_sizes,
-                           False, outs[layer], train, pool, layer, SERIAL, cache, whole=True, inloop=layer > 0)
+                           False, outs[layer], train, pool, layer, SERIAL, cache, whole=True, inloop=layer > 0,
+                           reg=None if regs is None else regs[layer])
              for layer in range(len(params))]
     if loops[0].how.ranges[-1][1]:
         _native.scan_many([_spec(*loop.args[:4], loop.how.ranges[0], *loop.args[4:]) for loop in loops], team)
@@ -594,13 +618,17 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     if prep.whr is not None:
         shapes["dproj"] = (T, P)
         shapes.setdefault("scratch", (dstate[0].shape[0], H))
+    if "rmask" in rec.reg:
+        shapes["rbuf"] = (dstate[0].shape[0], P)  # dg @ W_hh, before the mask
+    if "zh" in rec.reg:
+        shapes["zsave"] = (dstate[0].shape[0], P + H)  # d * dh and d * dc, past the step
     grads = _arrays(shapes, rec.x.dtype, pool, (key, "native grads"))
     if "lnsum" in grads:
         grads["lnsum"].fill(0)
     if dx is None:
         dx = np.empty(rec.x.shape, rec.x.dtype)
         accumulate = False
-    arrays = dict(rec.tape, dx=dx, **grads)
+    arrays = dict(rec.tape, dx=dx, **grads, **rec.reg)
     if dcs is not None:  # the gradient of every step's cell state (return_states), added step by step
         arrays["dcs"] = dcs
     dh = np.array(dstate[0], order="C", copy=True)

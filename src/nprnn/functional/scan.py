@@ -24,7 +24,7 @@ GEMM per group of steps instead, as the rows arrive.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -33,6 +33,32 @@ from .._typing import Array, Blocks, OptArray, Params, Pool, Steps
 from . import native
 from .cells import CellKind, StepWeights, gate_major, gate_scale, own_names
 from .runners import SERIAL, Runner
+
+
+@dataclass(frozen=True)
+class Regularizers:
+    """A layer-direction's regularizers inside the loop (issue 27), options of the scan
+    that every kind honours on both tiers (none of them is a kind):
+
+    rmask: recurrent dropout (training): (N, H_out), the batch's rows in the sorted order,
+        a scaled Bernoulli mask; ``h_{t-1} * rmask`` meets ``W_hh`` (the kinds' kernels
+        go through :func:`.cells.hidden_product`), the rest of the step reads ``h_{t-1}``.
+    zh, zc: zoneout of ``h`` (H_out) and of the cell state (H; None without one):
+        ``h_t = d * h_{t-1} + (1 - d) * h~_t`` after the kind's step made ``h~_t``, and the
+        same for ``c``; ``d`` per packed row in training (T, .) (0/1 masks), per batch row
+        (N, .) filled with ``p`` in inference (the expectation).
+
+    The equations::
+
+        gates from x_t and (h_{t-1} * m) @ W_hh.T       m: rmask (training), else 1
+        h~_t, c~_t = the kind's step                  (an LSTM's h~ = o * tanh(c~))
+        h_t = d_h * h_{t-1} + (1 - d_h) * h~_t           d: zoneout (p in inference)
+        c_t = d_c * c_{t-1} + (1 - d_c) * c~_t
+    """
+
+    rmask: OptArray = None
+    zh: OptArray = None
+    zc: OptArray = None
 
 
 def step_slices(batch_sizes: Sequence[int], reverse: bool) -> Steps:
@@ -127,14 +153,15 @@ def block_views(arrays: Sequence[Array], blocks: Blocks, lo: int, hi: int) -> tu
 
 def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...], w: StepWeights, steps: Steps,
                  tape: tuple[Array, ...], tape_blocks: Blocks, work: tuple[Array, ...], work_blocks: Blocks,
-                 train: bool, chunks: Any = None, cs: OptArray = None) -> None:
+                 train: bool, chunks: Any = None, cs: OptArray = None, reg: Optional[Regularizers] = None) -> None:
     """Run the loop.  ``gx`` (T, G*H); ``out`` (T, H_out), may be a strided view, receives
     every step's new ``h``; ``state`` running (N, .) arrays: ``h_0`` on entry and ``h_n``
     on return, the LSTM cell state updated in place; ``tape`` per-step records (T rows,
     h_prev first) when training, else per-row workspace (N rows) like ``work``.
     ``chunks`` (a pipelined run: ``begin(k)`` and ``end(k)`` around step ``k``) fills
     ``gx`` a group of steps at a time and hands the finished output on.  ``cs`` (T, H)
-    receives every step's cell state (``return_states``).
+    receives every step's cell state (``return_states``).  ``reg``: zoneout (its masks;
+    recurrent dropout is in ``w``), see :class:`Regularizers`.
 
     The previous step's ``h`` is read straight from its output rows, so no step copies
     its state; only where sequences end are their final rows copied into ``h_n``, and
@@ -147,6 +174,10 @@ def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...]
     joined = np.empty_like(h_run)  # previous rows + joining h_0 rows, where the batch grows
     per_n: dict[int, Any] = {}  # views that depend only on the active batch size, made once per size
     prev = None  # (rows of the previous step's output, its batch size)
+    zh: Any = None if reg is None else reg.zh
+    zc: Any = None if reg is None or c_run is None else reg.zc
+    if zh is not None:  # zoneout's workspace: 1 - d and d * previous for h and c, the cell state before the step
+        zt, zp, zct, zcp, c_old = (np.empty_like(a) for a in (h_run, h_run) + (h_run if c_run is None else c_run,) * 3)
     # exp overflowing to inf is how a gate saturates to 0; NaN passes
     with np.errstate(over="ignore", invalid="ignore"):
         for k, (lo, hi, n) in enumerate(steps):
@@ -157,6 +188,7 @@ def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...]
                 wk = block_views(work, work_blocks, 0, n)
                 tp = None if train else block_views(tape, tape_blocks, 0, n)
                 cached = per_n[n] = (None if c_run is None else c_run[:n], wk, tp)
+            c: Any
             c, wk, tp = cached
             if prev is None:
                 h_prev = h_run[:n]
@@ -167,12 +199,18 @@ def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...]
                 np.copyto(joined[prev[1] : n], h_run[prev[1] : n])
                 h_prev = joined[:n]
             h_out = out[lo:hi]
+            if zc is not None:
+                np.copyto(c_old[:n], c)
             if train:
                 tp = block_views(tape, tape_blocks, lo, hi)
                 np.copyto(tp[0], h_prev)
                 forward(gx[lo:hi], h_prev, c, w, tp[1:], wk, True, h_out)
             else:
                 forward(gx[lo:hi], h_prev, c, w, tp, wk, False, h_out)
+            if zh is not None:  # zoneout: h = d h_prev + (1 - d) h~, c likewise
+                _zone(zh[lo:hi] if train else zh[:n], h_prev, h_out, zt[:n], zp[:n], w.one)
+                if zc is not None:
+                    _zone(zc[lo:hi] if train else zc[:n], c_old[:n], c, zct[:n], zcp[:n], w.one)
             if cs is not None and c is not None:
                 np.copyto(cs[lo:hi], c)
             n_next = steps[k + 1][2] if k + 1 < len(steps) else 0
@@ -185,14 +223,22 @@ def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...]
 
 def scan_backward(kind: CellKind, dout: Array, dstate: tuple[Array, ...], w: StepWeights, steps: Steps,
                   tape: tuple[Array, ...], tape_blocks: Blocks, grads: tuple[Array, ...], grad_blocks: Blocks,
-                  scratch: tuple[Array, ...], scratch_blocks: Blocks, chunks: Any = None, dcs: OptArray = None) -> None:
+                  scratch: tuple[Array, ...], scratch_blocks: Blocks, chunks: Any = None, dcs: OptArray = None,
+                  reg: Optional[Regularizers] = None) -> None:
     """Walk the steps backwards.  ``dout`` (T, H_out) the gradient of the outputs;
     ``dstate`` running state gradients, overwritten (they end as the gradient of the
     initial state); ``grads`` per-step gradient records (T rows), filled; ``chunks`` (a
     pipelined run) waits for ``dout`` and hands the input gradient on, a group at a time;
-    ``dcs`` (T, H), if given, the gradient of every step's cell state, added as ``dout`` is."""
+    ``dcs`` (T, H), if given, the gradient of every step's cell state, added as ``dout`` is.
+    ``reg``: zoneout's masks; with recurrent dropout (``w.rmask``) each step's ``h_prev``
+    on the tape becomes ``h_prev * mask``, the rows that met ``W_hh``, once the step is done."""
     backward = kind.backward
     per_n: dict[int, Any] = {}
+    zh = None if reg is None else reg.zh
+    zc = None if reg is None or len(dstate) < 2 else reg.zc
+    if zh is not None:  # the gradients that skip the step (d * dh), and 1 - d
+        keep = [np.empty_like(d) for d in dstate]
+        zt = [np.empty_like(d) for d in dstate]
     for k, (lo, hi, n) in enumerate(reversed(steps)):
         if chunks is not None:
             chunks.begin(k)
@@ -203,9 +249,27 @@ def scan_backward(kind: CellKind, dout: Array, dstate: tuple[Array, ...], w: Ste
         np.add(ds[0], dout[lo:hi], out=ds[0])
         if dcs is not None:
             np.add(ds[1], dcs[lo:hi], out=ds[1])
-        backward(ds, w, block_views(tape, tape_blocks, lo, hi), block_views(grads, grad_blocks, lo, hi), sc)
+        zoned = [] if zh is None else [(0, zh[lo:hi])] + ([] if zc is None else [(1, zc[lo:hi])])
+        for j, d in zoned:  # zoneout: d * dh goes straight to h_prev, (1 - d) * dh through the step
+            np.multiply(ds[j], d, out=keep[j][:n])
+            np.subtract(w.one, d, out=zt[j][:n])
+            np.multiply(ds[j], zt[j][:n], out=ds[j])
+        tp = block_views(tape, tape_blocks, lo, hi)
+        backward(ds, w, tp, block_views(grads, grad_blocks, lo, hi), sc)
+        for j, _ in zoned:
+            np.add(ds[j], keep[j][:n], out=ds[j])
+        if w.rmask is not None:  # the tape's h_prev becomes the rows that met W_hh (for its gradient)
+            np.multiply(tp[0], w.rmask[:n], out=tp[0])
         if chunks is not None:
             chunks.end(k)
+
+
+def _zone(d: Array, prev: Array, now: Array, t: Array, u: Array, one: Any) -> None:
+    """In place: ``now = d * prev + (1 - d) * now`` (``t``, ``u``: workspace)."""
+    np.subtract(one, d, out=t)
+    now *= t
+    np.multiply(d, prev, out=u)
+    now += u
 
 
 @dataclass(frozen=True)
@@ -222,6 +286,7 @@ class DirectionRecord:
     proj: bool
     has_bias: bool
     records: tuple[Array, ...] = ()  # the kind's records of its input projection's transform (kind.project)
+    reg: Optional[Regularizers] = None
 
     def padded_tape(self, L: int) -> tuple[Array, Array, OptArray]:
         """For a padded run of ``L`` steps: the states before each step (T, H_out), the
@@ -237,8 +302,8 @@ class DirectionRecord:
 def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Array, ...],
                       batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool, options: Any = None,
                       pool: Optional[Pool] = None, key: Any = None, stage: Any = None,
-                      cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL, cs: OptArray = None
-                      ) -> tuple[tuple[Array, ...], Any]:
+                      cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL, cs: OptArray = None,
+                      reg: Optional[Regularizers] = None) -> tuple[tuple[Array, ...], Any]:
     """One layer in one direction over packed ``x`` (T, H_in).
 
     ``params`` = (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; ``state0`` a
@@ -254,13 +319,16 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     nor for the ONNX-only variants.  ``cache`` (a dict the caller owns) keeps that tier's
     prepared weights under ``key`` from one call to the next, and ``runner``
     (:mod:`.runners`) may split its batch.  ``cs`` (T, H), for a kind with a cell state,
-    receives every step's (``return_states``).
+    receives every step's (``return_states``).  ``reg``: the regularizers in the loop
+    (:class:`Regularizers`; recurrent dropout only when ``train``).
     """
     if stage is None and native.supports(kind, x.dtype):
         return native.direction_forward(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner,
-                                        cache, cs)
+                                        cache, cs, reg)
     w_ih, w_hh, b_ih, b_hh, w_hr = params[:5]
     w_ih_s, b_gx, step = _prepared(cache, key, kind, params, options)
+    if reg is not None and reg.rmask is not None and train:  # (a copy: the cached weights stay as they are)
+        step = replace(step, rmask=reg.rmask, rbuf=np.empty_like(reg.rmask))
     (gx,) = alloc_blocks(((1, w_ih_s.shape[0]),), x.shape[0], x.dtype, pool, (key, "gx"))
     H = w_hh.shape[0] // kind.num_gates
     P = w_hh.shape[1]
@@ -294,8 +362,8 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
         raise ValueError("a pipelined scan runs forward in time")
     else:
         chunks = stage.forward_hooks(steps, project, gx.shape[1])
-    scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks, cs)
-    record = (DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None, records)
+    scan_forward(kind, gx, out, state, step, steps, tape, tape_blocks, work, work_blocks, train, chunks, cs, reg)
+    record = (DirectionRecord(kind, x, w_ih, step, steps, tape, tape_blocks, proj, b_ih is not None, records, reg)
               if train else None)
     return state, record
 
@@ -367,7 +435,7 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
         chunks = stage.backward_hooks(rec.steps, T, input_grad, dgx.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
         scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
-                      scratch, scratch_blocks, chunks, dcs)
+                      scratch, scratch_blocks, chunks, dcs, rec.reg)
         if chunks is None:  # (a pipelined run went through the projection a group at a time)
             through_projection(0, T)
         if dx is None:

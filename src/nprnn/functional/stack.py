@@ -20,7 +20,7 @@ from .._typing import Array, OptArray, Params, Pool
 from . import native
 from .cells import CellKind
 from .runners import SERIAL, Runner
-from .scan import alloc_blocks, direction_backward, direction_forward
+from .scan import Regularizers, alloc_blocks, direction_backward, direction_forward
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
                   reverse_only: bool = False, dropout: float = 0.0, rng: Optional[np.random.Generator] = None,
                   options: Optional[Sequence[Any]] = None, pool: Optional[Pool] = None,
                   cache: Optional[dict[Any, Any]] = None, runner: Runner = SERIAL,
-                  every_step: Optional[list[tuple[Array, OptArray]]] = None
+                  every_step: Optional[list[tuple[Array, OptArray]]] = None,
+                  regs: Optional[Sequence[Optional[Regularizers]]] = None
                   ) -> tuple[Array, list[Array], Optional[StackRecord]]:
     """All layers and directions over packed time-major ``x`` (T, H_in).
 
@@ -63,7 +64,8 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
     final states like states, record)``, the record None unless ``train``.  ``every_step``
     (a list, ``return_states``) receives each layer-direction's ``(h, c)`` at every step,
     packed rows (T, H_out) and (T, H) (None without a cell state), ``h`` before dropout;
-    the scans then run layer after layer (no pipeline, no wavefront).
+    the scans then run layer after layer (no pipeline, no wavefront).  ``regs[idx]``: the
+    regularizers inside layer-direction ``idx``'s loop (:class:`.scan.Regularizers`), or None.
     """
     D, L = num_directions, num_layers
     H = params[0][1].shape[0] // kind.num_gates
@@ -88,13 +90,13 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
         final, records[idx] = direction_forward(
             kind, x if layer == 0 else outs[layer - 1], params[idx], tuple(s[idx] for s in states), batch_sizes,
             d == 1 or reverse_only, outs[layer][:, d * P : (d + 1) * P], train, None if options is None
-            else options[idx], pool, idx, stage, cache, runner, cs[idx])
+            else options[idx], pool, idx, stage, cache, runner, cs[idx], None if regs is None else regs[idx])
         _put(finals, idx, final)
 
     masks: list[OptArray] = [None] * L
     if schedule == "wavefront":  # compiled: every layer's loop at once, each a step behind the one below
         done = native.wavefront_forward(kind, x, params, [tuple(s[layer] for s in states) for layer in range(L)],
-                                        batch_sizes, outs, train, pool, cache, runner.team(L))
+                                        batch_sizes, outs, train, pool, cache, runner.team(L), regs)
         for layer, (final, records[layer]) in enumerate(done):
             _put(finals, layer, final)
     elif schedule == "layers":  # layer l + 1 reads layer l's output rows as they come (no dropout)

@@ -16,6 +16,7 @@ from .._checks import as_array, check_bool, check_dropout, check_int, check_memo
 from .._typing import Array, Params
 from ..functional import KINDS
 from ..functional.native import parameter_epoch
+from ..functional.scan import Regularizers
 from ..functional.stack import StackRecord, _dropout_mask, stack_backward, stack_forward
 from ..parallel.threads import THREADED
 from .init import check_forget_bias, forget_bias_
@@ -34,6 +35,21 @@ class LayerRecord:
     layout: Layout
     every: Optional[tuple[tuple[int, ...], ...]] = None  # with return_states: the shapes of the states returned
     weight_masks: Optional[list[Array]] = None  # weight_drop: each layer-direction's mask on W_hh (scaled)
+    regs: Optional[list[Regularizers]] = None  # recurrent dropout's and zoneout's masks per layer-direction
+
+
+def _check_zoneout(label: str, zoneout: Any, has_cell: bool) -> tuple[float, float]:
+    """``zoneout`` as ``(p_c, p_h)``: a number applies to both; a pair ``(p_c, p_h)`` only
+    where there is a cell state."""
+    if isinstance(zoneout, (tuple, list)):
+        if not has_cell:
+            raise ValueError(f"{label}: zoneout=(p_c, p_h) is for the LSTMs' cell and hidden states; this layer has "
+                             f"one state, give one probability (got {tuple(zoneout)!r})")
+        if len(zoneout) != 2:
+            raise ValueError(f"{label}: zoneout must be a number or a pair (p_c, p_h), got {len(zoneout)} values")
+        return check_dropout(zoneout[0], "zoneout p_c"), check_dropout(zoneout[1], "zoneout p_h")
+    p = check_dropout(zoneout, "zoneout")
+    return p, p
 
 
 class RNNBase(Module):
@@ -43,6 +59,9 @@ class RNNBase(Module):
     _label = "RNNBase"
     _reverse_only = False  # ONNX's direction="reverse": one direction, run backwards in time
     weight_drop = 0.0  # (layers made without RNNBase.__init__: quantized copies, ONNX's variants)
+    recurrent_dropout = 0.0
+    zoneout: Any = 0.0
+    _zone = (0.0, 0.0)  # zoneout as (p_c, p_h)
     forget_bias: Optional[float] = None  # the LSTMs' option (set before RNNBase.__init__ draws the weights)
 
     def _step_options(self) -> Optional[list[Any]]:
@@ -52,10 +71,15 @@ class RNNBase(Module):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 *, weight_drop: float = 0.0, dtype: Any = np.float32, seed: Any = None) -> None:
+                 *, weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout: Any = 0.0,
+                 dtype: Any = np.float32, seed: Any = None) -> None:
         super().__init__()
         dropout = check_dropout(dropout)
         self.weight_drop = check_dropout(weight_drop, "weight_drop")
+        self.recurrent_dropout = check_dropout(recurrent_dropout, "recurrent_dropout")
+        self.kind = KINDS[mode]
+        self._zone = _check_zoneout(self._label, zoneout, self.kind.has_cell)
+        self.zoneout = self._zone if isinstance(zoneout, (tuple, list)) else self._zone[1]
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
@@ -75,7 +99,6 @@ class RNNBase(Module):
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
         self.mode = mode
-        self.kind = KINDS[mode]
         self.dropout = dropout
         self.proj_size = int(proj_size)
         self.dtype = resolve_dtype(dtype)
@@ -135,6 +158,8 @@ class RNNBase(Module):
                    (not self.bias and not self.kind.params, "bias=False"), (self.batch_first, "batch_first=True"),
                    (self.dropout, f"dropout={self.dropout}"), (self.bidirectional, "bidirectional=True"),
                    (self.weight_drop, f"weight_drop={self.weight_drop}"),
+                   (self.recurrent_dropout, f"recurrent_dropout={self.recurrent_dropout}"),
+                   (self.zoneout, f"zoneout={self.zoneout}"),
                    (self.forget_bias is not None, f"forget_bias={self.forget_bias}"),
                    (self.dtype != np.float32, "dtype=float64")]
         return s + "".join(", " + text for on, text in options if on)
@@ -160,21 +185,77 @@ class RNNBase(Module):
             masks = [_dropout_mask(p[1].shape, self.weight_drop, self._rng, self.dtype) for p in params]
             params = [cast(Params, (p[0], p[1] * m) + tuple(p[2:])) for p, m in zip(params, masks)]
             cache = None  # (the dropped weights are this call's own)
+        sizes = layout.batch_sizes
+        regs = self._regularizers(sizes[0] if sizes else 0, sum(sizes), layout)
         out, finals, record = stack_forward(
             self.kind, layout.to_rows(x, pool, "x_packed"), params, layout.to_run(states),
             layout.batch_sizes, num_layers=self.num_layers, num_directions=self.num_directions,
             train=self.training, reverse_only=self._reverse_only, dropout=self.dropout, rng=self._rng,
-            options=self._step_options(), pool=pool, cache=cache, runner=THREADED, every_step=every)
+            options=self._step_options(), pool=pool, cache=cache, runner=THREADED, every_step=every, regs=regs)
         result = self._pair(layout.from_rows(out), layout.from_run(finals))
         if every is None:
             if record is not None:
-                self._keep(LayerRecord(record, layout, None, masks))
+                self._keep(LayerRecord(record, layout, None, masks, regs))
             return result
         seq = [np.stack([self._every_rows(layout, part[k]) for part in every]) for k in range(len(every[0]))
                if every[0][k] is not None]
         if record is not None:
-            self._keep(LayerRecord(record, layout, tuple(a.shape for a in seq), masks))
+            self._keep(LayerRecord(record, layout, tuple(a.shape for a in seq), masks, regs))
         return result + ((seq[0], seq[1]) if self.kind.has_cell else seq[0],)
+
+    def _regularizers(self, N: int, T: int, layout: Optional[Layout] = None, train: Optional[bool] = None
+                      ) -> Optional[list[Regularizers]]:
+        """Each layer-direction's regularizers inside the loop for a call over ``T`` packed
+        rows of a batch of ``N``, or None: in training (``train``, default the layer's mode)
+        a recurrent-dropout mask per sequence (drawn in the caller's batch order, which
+        ``layout`` maps) and zoneout masks per step and unit; in inference zoneout's
+        expectation ``p``."""
+        train = self.training if train is None else train
+        p_c, p_h = self._zone
+        rd = self.recurrent_dropout if train else 0.0
+        if not rd and not (p_c or p_h):
+            return None
+        D, H, P = self.num_directions * self.num_layers, self.hidden_size, self._h_out
+        rmasks: Any = [None] * D
+        if rd:
+            rmasks = _dropout_mask((D, N, P), rd, self._rng, self.dtype)
+            rmasks = rmasks if layout is None else layout.to_run([rmasks])[0]
+        cell = self.kind.has_cell
+        regs = []
+        for idx in range(D):
+            zh = zc = None
+            if (p_c or p_h) and train:  # per packed row: d = 1 keeps the previous value
+                zh = (self._rng.random((T, P)) < p_h).astype(self.dtype)
+                zc = (self._rng.random((T, H)) < p_c).astype(self.dtype) if cell else None
+            elif p_c or p_h:  # the expectation: p per batch row
+                zh = np.full((N, P), p_h, self.dtype)
+                zc = np.full((N, H), p_c, self.dtype) if cell else None
+            regs.append(Regularizers(None if rmasks[idx] is None else np.ascontiguousarray(rmasks[idx]), zh, zc))
+        return regs
+
+    def last_masks(self) -> dict[str, Any]:
+        """The masks this thread's latest training forward drew (kept for its backward), in
+        the caller's layout: ``"weight_drop"`` a list per layer-direction (row ``k * D +
+        d``) of (G*H, H_out) scaled masks on ``weight_hh``; ``"recurrent_dropout"``
+        (D*num_layers, N, H_out) scaled masks, shaped like ``h_0``; ``"zoneout_h"`` and
+        ``"zoneout_c"`` a list per layer-direction of 0/1 masks ``d`` shaped like the
+        output's one direction (H_out, or H for the cell state); ``"dropout"`` a list per
+        layer but the last of the scaled masks on its output (shaped like the output);
+        absent where off."""
+        rec = self._latest()
+        out: dict[str, Any] = {}
+        if any(m is not None for m in rec.stack.masks):
+            out["dropout"] = [self._every_rows(rec.layout, m) for m in rec.stack.masks[:-1]]
+        if rec.weight_masks is not None:
+            out["weight_drop"] = list(rec.weight_masks)
+        regs = rec.regs or []
+        if any(r.rmask is not None for r in regs):
+            out["recurrent_dropout"] = rec.layout.from_run([np.stack([r.rmask for r in regs])])[0]
+        if any(r.zh is not None for r in regs):
+            out["zoneout_h"] = [self._every_rows(rec.layout, r.zh) for r in regs]
+            if self.kind.has_cell:
+                out["zoneout_c"] = [self._every_rows(rec.layout, r.zc) for r in regs]
+        return out
 
     @staticmethod
     def _every_rows(layout: Layout, rows: Array) -> Any:
@@ -315,14 +396,16 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 weight_drop: float = 0.0, dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"RNN got an unexpected keyword argument '{next(iter(kwargs))}'")
         self.nonlinearity = check_nonlinearity(nonlinearity)
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, weight_drop=weight_drop, dtype=dtype, seed=seed)
+                         dropout, bidirectional, weight_drop=weight_drop, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout, dtype=dtype, seed=seed)
 
 
 class LSTM(RNNBase):
@@ -345,11 +428,12 @@ class LSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
-                 forget_bias: Optional[float] = None, weight_drop: float = 0.0, dtype: Any = np.float32,
-                 seed: Any = None) -> None:
+                 forget_bias: Optional[float] = None, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: Any = 0.0, dtype: Any = np.float32, seed: Any = None) -> None:
         self.forget_bias = check_forget_bias(self._label, forget_bias, bias is not False)
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, weight_drop=weight_drop, dtype=dtype, seed=seed)
+                         bidirectional, proj_size, weight_drop=weight_drop, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout, dtype=dtype, seed=seed)
 
 
 class GRU(RNNBase):
@@ -371,13 +455,15 @@ class GRU(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 weight_drop: float = 0.0, dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, weight_drop=weight_drop, dtype=dtype, seed=seed)
+                         bidirectional, weight_drop=weight_drop, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout, dtype=dtype, seed=seed)
 
 
 def _no_bias(label: str, kwargs: dict[str, Any]) -> None:
@@ -416,12 +502,13 @@ class LayerNormLSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, *,
-                 forget_bias: Optional[float] = None, weight_drop: float = 0.0, dtype: Any = np.float32,
-                 seed: Any = None, **kwargs: Any) -> None:
+                 forget_bias: Optional[float] = None, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: Any = 0.0, dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
         _no_bias(self._label, kwargs)
         self.forget_bias = check_forget_bias(self._label, forget_bias, True)
         super().__init__("ln_lstm", input_size, hidden_size, num_layers, False, batch_first, dropout,
-                         bidirectional, proj_size, weight_drop=weight_drop, dtype=dtype, seed=seed)
+                         bidirectional, proj_size, weight_drop=weight_drop, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout, dtype=dtype, seed=seed)
 
 
 class LayerNormGRU(RNNBase):
@@ -449,12 +536,14 @@ class LayerNormGRU(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, *, weight_drop: float = 0.0,
-                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+                 recurrent_dropout: float = 0.0, zoneout: float = 0.0, dtype: Any = np.float32, seed: Any = None,
+                 **kwargs: Any) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         _no_bias(self._label, kwargs)
         super().__init__("ln_gru", input_size, hidden_size, num_layers, False, batch_first, dropout,
-                         bidirectional, weight_drop=weight_drop, dtype=dtype, seed=seed)
+                         bidirectional, weight_drop=weight_drop, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout, dtype=dtype, seed=seed)
 
 
 def _equations_into_docstrings() -> None:

@@ -129,11 +129,12 @@ class Stream:
         layer = self._layer
         N = self._h.shape[1]
         calls, x = [], self._x
+        regs = layer._regularizers(N, N, train=False)  # zoneout's expectation
         for idx in range(layer.num_layers):
             params = layer._params()[idx]
             how = native.plan_params(layer.kind, params, self._sizes, self._offsets, THREADED)
             prep = native.prepared(layer._prepared, idx, layer.kind, params, how.parts)
-            work = native.step_work(prep, N, how.project_first)
+            work = native.step_work(prep, N, how.project_first, None if regs is None else regs[idx])
             c = None if self._c is None else self._c[idx]
             calls.append(native.compiled.Call(native.call_args(0, prep, 0, 0, (0, N), self._sizes, self._offsets, x,
                                                                self._outs[idx], self._h[idx], c, work, team=how.team)))
@@ -144,12 +145,13 @@ class Stream:
     def _numpy_step(self, x: Array) -> None:
         layer = self._layer
         options = layer._step_options()
+        regs = layer._regularizers(x.shape[0], x.shape[0], train=False)  # zoneout's expectation
         for idx in range(layer.num_layers):
             params = layer._params()[idx]
             state0 = (self._h[idx],) if self._c is None else (self._h[idx], self._c[idx])
             final, _ = direction_forward(layer.kind, x, params, state0, [x.shape[0]], False, self._outs[idx], False,
                                          None if options is None else options[idx], key=idx,
-                                         cache=layer._prepared)
+                                         cache=layer._prepared, reg=None if regs is None else regs[idx])
             self._h[idx] = final[0]
             if self._c is not None:
                 self._c[idx] = final[1]

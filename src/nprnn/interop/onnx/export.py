@@ -230,6 +230,10 @@ def to_onnx(model: Module, *, with_state: bool = True, lengths: bool = False, op
     modules = list(model) if isinstance(model, Sequential) else [model]
     if not modules:
         raise ValueError("ONNX export: the Sequential is empty")
+    for m in modules:
+        if isinstance(m, RNNBase) and any(m._zone):
+            raise ValueError(f"ONNX export: {type(m).__name__} has zoneout={m.zoneout}, which ONNX's RNN, LSTM and "
+                             "GRU nodes cannot express (each state mixes with the previous one); nothing is written")
     dtypes = {np.dtype(getattr(m, "dtype", np.float32)) for m in modules if getattr(m, "_parameters", None)}
     if len(dtypes) > 1:
         raise ValueError(f"ONNX export: the modules mix dtypes {sorted(str(d) for d in dtypes)}")
