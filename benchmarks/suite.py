@@ -53,6 +53,7 @@ class Case:
     idle: float = 0.0  # > 0: time the first call after this many idle seconds, not a block of calls
     storage: str = ""  # "int8" or "bf16": nprnn.quantize(model, storage) is timed (and nprnn float32 beside it)
     states: bool = False  # return_states=True is timed (and the call without it beside it)
+    options: tuple = ()  # (name, value) pairs of nprnn's layer options (the regularizers of issue 27)
 
 
 def cases(quick: bool) -> list:
@@ -124,7 +125,18 @@ def beyond_cases() -> list:
                  mode="train", against=(ts, "nprnn LSTM")),
             Case("LayerNormLSTM N=1 L=100 32->64", "LayerNormLSTM", 1, 100, 32, 64, against=(ts,)),
             Case("LSTM N=32 L=100 64->128 x2, return_states=True", "LSTM", 32, 100, 64, 128, 2, states=True,
-                 against=("nprnn without return_states",))]
+                 against=("nprnn without return_states",))] + regularizer_cases()
+
+
+def regularizer_cases() -> list:
+    """The regularizers inside the loop (issue 27): a training step with them against the
+    same step of the same layer without them (and PyTorch's plain LSTM beside)."""
+    vs = ("nprnn without the options", "torch")
+    return [Case("LSTM training step N=32 L=100 64->128 x2, recurrent_dropout=0.25 zoneout=0.1 weight_drop=0.2",
+                 "LSTM", 32, 100, 64, 128, 2, mode="train", against=vs,
+                 options=(("recurrent_dropout", 0.25), ("zoneout", 0.1), ("weight_drop", 0.2))),
+            Case("LSTM training step N=32 L=100 64->128 x2, recurrent_dropout=0.25", "LSTM", 32, 100, 64, 128, 2,
+                 mode="train", against=vs, options=(("recurrent_dropout", 0.25),))]
 
 
 def quantized_cases(quick: bool) -> list:
@@ -222,7 +234,7 @@ def _build(case: Case, torch):
     dt = np.dtype(case.dtype)
     kw = {"proj_size": case.proj_size} if case.proj_size else {}
     ours = getattr(nprnn, case.kind)(case.H_in, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
-                                     dtype=dt, seed=0, **kw)
+                                     dtype=dt, seed=0, **kw, **dict(case.options))
     if case.kind == "LayerNormLSTM":  # PyTorch has none: the TorchScript cell its users write
         sys.path.insert(0, os.path.dirname(HERE))
         from benchmarks.torchscript_lstm import StackedLSTM, load_nprnn
@@ -359,6 +371,16 @@ def runners(case: Case, torch, threads: int) -> dict:
 
     fns["nprnn"] = _with_settings(case, np_train)
     fns["torch" if "TorchScript LN-LSTM" not in case.against else "TorchScript LN-LSTM"] = torch_train
+    if "nprnn without the options" in case.against:  # the same layer (weights too), no regularizers
+        import nprnn
+
+        plain = getattr(nprnn, case.kind)(case.H_in, case.H, num_layers=case.layers, dtype=dt, seed=0).train()
+
+        def plain_step():
+            plain(x)
+            plain.backward(g)
+
+        fns["nprnn without the options"] = _with_settings(case, plain_step)
     if "nprnn LSTM" in case.against:  # the same shapes without the layer norms
         import nprnn
 

@@ -44,6 +44,20 @@ def check_dropout(dropout: Any, name: str = "dropout") -> float:
     return float(dropout)
 
 
+def check_zoneout(label: str, zoneout: Any, has_cell: bool) -> tuple[float, float]:
+    """``zoneout`` as ``(p_c, p_h)``: a number applies to both; a pair ``(p_c, p_h)`` only
+    where there is a cell state."""
+    if isinstance(zoneout, (tuple, list)):
+        if not has_cell:
+            raise ValueError(f"{label}: zoneout=(p_c, p_h) is for the LSTMs' cell and hidden states; this layer has "
+                             f"one state, give one probability (got {tuple(zoneout)!r})")
+        if len(zoneout) != 2:
+            raise ValueError(f"{label}: zoneout must be a number or a pair (p_c, p_h), got {len(zoneout)} values")
+        return check_dropout(zoneout[0], "zoneout p_c"), check_dropout(zoneout[1], "zoneout p_h")
+    p = check_dropout(zoneout, "zoneout")
+    return p, p
+
+
 def _memory_bytes() -> int:
     """This machine's physical memory in bytes (0 where the OS does not say)."""
     import os

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers, in [0, 1)")
     tr.add_argument("--weight-drop", type=float, default=0.0,
                     help="DropConnect on each layer's W_hh in training (AWD-LSTM's weight drop), in [0, 1)")
+    tr.add_argument("--recurrent-dropout", type=float, default=0.0,
+                    help="dropout on h_{t-1} before W_hh, one mask per sequence (Keras's recurrent_dropout), in [0, 1)")
     tr.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     tr.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
     tr.add_argument("--eval-every", type=int, default=100, help="steps between validation losses")
@@ -348,7 +350,7 @@ def _train(args: argparse.Namespace) -> int:
 
     _positive(args, "steps", "batch_size", "seq_len", "hidden_size", "num_layers", "embed_dim", "eval_every",
               "ckpt_every")
-    for name in ("dropout", "weight_drop"):
+    for name in ("dropout", "weight_drop", "recurrent_dropout"):
         if not 0 <= getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
     _finite_positive(args, "lr", "clip")
@@ -376,7 +378,7 @@ def _train(args: argparse.Namespace) -> int:
             return _fail(f"--text {args.text} is empty")
     train(text, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, hidden_size=args.hidden_size,
           num_layers=args.num_layers, embed_dim=args.embed_dim, dropout=args.dropout, weight_drop=args.weight_drop,
-          lr=args.lr, clip=args.clip,
+          recurrent_dropout=args.recurrent_dropout, lr=args.lr, clip=args.clip,
           eval_every=args.eval_every, checkpoint=args.checkpoint, ckpt_every=args.ckpt_every, resume=args.resume,
           seed=args.seed, plot=args.plot, sample_len=args.sample_len, progress=not args.no_progress)
     return 0

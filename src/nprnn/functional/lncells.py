@@ -20,16 +20,8 @@ from typing import Any
 import numpy as np
 
 from .._typing import Array, Blocks, OptArray
-from .cells import (
-    CellKind,
-    StepWeights,
-    _back_through_projection,
-    _gru_update,
-    _lstm_output,
-    hidden_product,
-    register,
-    to_h_prev,
-)
+from . import cells
+from .cells import CellKind, StepWeights, _back_through_projection, _gru_update, _lstm_output, register
 
 EPS = 1e-5  # the norms' epsilon, as torch.nn.LayerNorm's default
 
@@ -93,7 +85,7 @@ def _ln_lstm_forward(gx: Array, h: Array, c: Array, w: StepWeights, tape: Any, w
     gates, c_prev, tc, hhat, inv_h, chat, inv_c = tape[:7]  # gates (n, 4H) rows: i, f, g, o
     gh, tmp = work[0], work[1]  # (n, 4H) each
     H = c.shape[1]
-    hidden_product(h, w, gh)
+    cells.hidden_product(h, w, gh)
     _normalize(gh, hhat, inv_h, w.extra["ln_hh_weight"], w.extra["ln_hh_bias"])
     np.add(gx, gh, gates)
     g = gates[:, 2 * H : 3 * H]
@@ -146,7 +138,7 @@ def _ln_lstm_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grad
     dg *= th
     np.multiply(dcell, f, out=dc)  # to c_prev
     _normalize_backward(dz, hhat, inv_h, w.extra["ln_hh_weight"], dv, t1, s)  # through LN_hh
-    to_h_prev(dv, w, dh)
+    cells.to_h_prev(dv, w, dh)
 
 
 def _ln_lstm_grads(w: StepWeights, rec: Any, grads: Any, du: Array) -> tuple[OptArray, ...]:
@@ -189,7 +181,7 @@ def _ln_gru_forward(gx: Array, h: Array, c: OptArray, w: StepWeights, tape: Any,
     gates, bn, hhat, inv_h = tape  # gates (n, 3H) rows: r, z, n; bn the hidden part of n
     (gh,) = work  # (n, 3H)
     H = bn.shape[1]
-    hidden_product(h, w, gh)
+    cells.hidden_product(h, w, gh)
     _normalize(gh, hhat, inv_h, w.extra["ln_hh_weight"], w.extra["ln_hh_bias"])  # b = LN_hh(h @ W_hh.T)
     rz = gates[:, : 2 * H]
     np.add(gx[:, : 2 * H], gh[:, : 2 * H], rz)
@@ -226,7 +218,7 @@ def _ln_gru_backward(dstate: tuple[Array, ...], w: StepWeights, tape: Any, grads
     np.copyto(db[:, : 2 * H], da[:, : 2 * H])
     np.multiply(dn, r, out=db[:, 2 * H :])  # the hidden part of n sits inside r *
     _normalize_backward(db, hhat, inv_h, w.extra["ln_hh_weight"], dv, t1, s)  # through LN_hh
-    to_h_prev(dv, w, tmp)
+    cells.to_h_prev(dv, w, tmp)
     dh *= z
     dh += tmp  # to h_prev: the direct path z * dh plus the gates
 

@@ -12,7 +12,7 @@ from typing import Any, Optional, cast
 
 import numpy as np
 
-from .._checks import as_array, check_bool, check_dropout, check_int, check_memory, check_nonlinearity
+from .._checks import as_array, check_bool, check_dropout, check_int, check_memory, check_nonlinearity, check_zoneout
 from .._typing import Array, Params
 from ..functional import KINDS
 from ..functional.native import parameter_epoch
@@ -36,20 +36,6 @@ class LayerRecord:
     every: Optional[tuple[tuple[int, ...], ...]] = None  # with return_states: the shapes of the states returned
     weight_masks: Optional[list[Array]] = None  # weight_drop: each layer-direction's mask on W_hh (scaled)
     regs: Optional[list[Regularizers]] = None  # recurrent dropout's and zoneout's masks per layer-direction
-
-
-def _check_zoneout(label: str, zoneout: Any, has_cell: bool) -> tuple[float, float]:
-    """``zoneout`` as ``(p_c, p_h)``: a number applies to both; a pair ``(p_c, p_h)`` only
-    where there is a cell state."""
-    if isinstance(zoneout, (tuple, list)):
-        if not has_cell:
-            raise ValueError(f"{label}: zoneout=(p_c, p_h) is for the LSTMs' cell and hidden states; this layer has "
-                             f"one state, give one probability (got {tuple(zoneout)!r})")
-        if len(zoneout) != 2:
-            raise ValueError(f"{label}: zoneout must be a number or a pair (p_c, p_h), got {len(zoneout)} values")
-        return check_dropout(zoneout[0], "zoneout p_c"), check_dropout(zoneout[1], "zoneout p_h")
-    p = check_dropout(zoneout, "zoneout")
-    return p, p
 
 
 class RNNBase(Module):
@@ -78,7 +64,7 @@ class RNNBase(Module):
         self.weight_drop = check_dropout(weight_drop, "weight_drop")
         self.recurrent_dropout = check_dropout(recurrent_dropout, "recurrent_dropout")
         self.kind = KINDS[mode]
-        self._zone = _check_zoneout(self._label, zoneout, self.kind.has_cell)
+        self._zone = check_zoneout(self._label, zoneout, self.kind.has_cell)
         self.zoneout = self._zone if isinstance(zoneout, (tuple, list)) else self._zone[1]
         if dropout > 0 and num_layers == 1:
             warnings.warn(

@@ -36,15 +36,16 @@ class CharLM(Module):
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, hidden_size: int = 256, num_layers: int = 1,
-                 dropout: float = 0.0, weight_drop: float = 0.0, *, dtype: Any = np.float32, seed: Any = None
-                 ) -> None:
+                 dropout: float = 0.0, weight_drop: float = 0.0, *, recurrent_dropout: float = 0.0,
+                 dtype: Any = np.float32, seed: Any = None) -> None:
         super().__init__()
         rng = resolve_rng(seed)
         self.config = dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
-                           num_layers=num_layers, dropout=dropout, weight_drop=weight_drop)
+                           num_layers=num_layers, dropout=dropout, weight_drop=weight_drop,
+                           recurrent_dropout=recurrent_dropout)
         self.embed = Embedding(vocab_size, embed_dim, dtype=dtype, seed=rng)
-        self.lstm = LSTM(embed_dim, hidden_size, num_layers, dropout=dropout, weight_drop=weight_drop, dtype=dtype,
-                         seed=rng)
+        self.lstm = LSTM(embed_dim, hidden_size, num_layers, dropout=dropout, weight_drop=weight_drop,
+                         recurrent_dropout=recurrent_dropout, dtype=dtype, seed=rng)
         self.head = Linear(hidden_size, vocab_size, dtype=dtype, seed=rng)
 
     def forward(self, ids: Any, state: Any = None) -> tuple[np.ndarray, Any]:
@@ -197,7 +198,8 @@ class _Progress:
 
 def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, seq_len: int = 64,
           hidden_size: int = 256, num_layers: int = 1, embed_dim: int = 32, dropout: float = 0.0,
-          weight_drop: float = 0.0, lr: float = 3e-3, clip: float = 1.0, eval_every: int = 100,
+          weight_drop: float = 0.0, recurrent_dropout: float = 0.0, lr: float = 3e-3, clip: float = 1.0,
+          eval_every: int = 100,
           checkpoint: str | None = None, ckpt_every: int = 200, resume: bool = False, seed: int = 0,
           plot: str | None = None, sample_len: int = 200, prompt: str | None = None, progress: bool = True,
           log: Callable[[str], Any] = print) -> dict[str, Any]:
@@ -206,7 +208,8 @@ def train(text: str | None = None, *, steps: int = 600, batch_size: int = 32, se
         raise ValueError("--resume needs --checkpoint PATH")
     text = default_corpus() if text is None else text
     data = CharData(text)
-    model = CharLM(len(data.vocab), embed_dim, hidden_size, num_layers, dropout, weight_drop, seed=seed)
+    model = CharLM(len(data.vocab), embed_dim, hidden_size, num_layers, dropout, weight_drop,
+                   recurrent_dropout=recurrent_dropout, seed=seed)
     opt = Adam(model, lr=lr)
     streams = CharData.streams(data.train_ids, batch_size)
     state = None
