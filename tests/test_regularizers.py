@@ -427,8 +427,8 @@ def test_every_shape_of_the_loop_honours_the_regularizers(config, schedule, kind
     x = rng.standard_normal((L, N, 5))
     lengths = np.full(N, L) if schedule == "wavefront" else rng.integers(1, L + 1, N)
     out, state = layer(x, lengths=lengths)
-    if schedule == "wavefront" and kind != "LayerNormLSTM":
-        assert layer._latest().stack.schedule == "wavefront"
+    if schedule == "wavefront" and kind != "LayerNormLSTM" and layer._latest().stack.native:
+        assert layer._latest().stack.schedule == "wavefront"  # (the compiled tier's shape of work)
     masks = layer.last_masks()
     g = rng.standard_normal(out.shape)
     layer.zero_grad()
