@@ -119,12 +119,24 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
     return outs[-1], finals, record
 
 
+def bernoulli(shape: tuple[int, ...], p: float, rng: Optional[np.random.Generator], dtype: Any) -> Array:
+    """0/1 values (``dtype``), each 1 with probability ``p`` (rounded to a multiple of 2**-32):
+    32 random bits an element, straight from the generator's bit stream (twice as fast as
+    its uniform doubles, which costs as much as the loop's arithmetic for per-step masks)."""
+    n = int(np.prod(shape))
+    bits = (rng if rng is not None else np.random.default_rng()).bit_generator.random_raw((n + 1) // 2)
+    if p >= 1:
+        return np.ones(shape, dtype)
+    out: Array = (bits.view(np.uint32)[:n] < np.uint32(round(p * 2.0**32))).astype(dtype).reshape(shape)
+    return out
+
+
 def _dropout_mask(shape: tuple[int, ...], p: float, rng: Optional[np.random.Generator], dtype: np.dtype[Any]) -> Array:
     """A Bernoulli(1 - p) mask scaled by 1 / (1 - p) (zeros for p = 1)."""
     if p >= 1:
         return np.zeros(shape, dtype)
-    keep = (rng if rng is not None else np.random.default_rng()).random(shape) >= p
-    mask: Array = keep.astype(dtype) * dtype.type(1.0 / (1.0 - p))
+    mask: Array = bernoulli(shape, 1 - p, rng, dtype)
+    mask *= dtype.type(1.0 / (1.0 - p))
     return mask
 
 

@@ -17,7 +17,7 @@ from .._typing import Array, Params
 from ..functional import KINDS
 from ..functional.native import parameter_epoch
 from ..functional.scan import Regularizers
-from ..functional.stack import StackRecord, _dropout_mask, stack_backward, stack_forward
+from ..functional.stack import StackRecord, _dropout_mask, bernoulli, stack_backward, stack_forward
 from ..parallel.threads import THREADED
 from .init import check_forget_bias, forget_bias_
 from .layout import Layout, check_grads, layout_of
@@ -211,8 +211,8 @@ class RNNBase(Module):
         for idx in range(D):
             zh = zc = None
             if (p_c or p_h) and train:  # per packed row: d = 1 keeps the previous value
-                zh = (self._rng.random((T, P)) < p_h).astype(self.dtype)
-                zc = (self._rng.random((T, H)) < p_c).astype(self.dtype) if cell else None
+                zh = bernoulli((T, P), p_h, self._rng, self.dtype)
+                zc = bernoulli((T, H), p_c, self._rng, self.dtype) if cell else None
             elif p_c or p_h:  # the expectation: p per batch row
                 zh = np.full((N, P), p_h, self.dtype)
                 zc = np.full((N, H), p_c, self.dtype) if cell else None
