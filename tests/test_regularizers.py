@@ -449,3 +449,33 @@ def test_every_shape_of_the_loop_honours_the_regularizers(config, schedule, kind
         want = _torch_layer(kind, xt, zh, zc, _per_layer(tt, 2, D), lengths, 2, D, {},
                             zone_eval=(0.2, 0.3) if lstm else (0.3, 0.3))[0]
     np.testing.assert_allclose(layer(x, lengths=lengths)[0], want.numpy(), **tol)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LayerNormGRU"])
+def test_packed_input_draws_and_applies_the_same_masks_as_lengths(kind):
+    """A PackedSequence and the padded batch with ``lengths=`` run the same packed rows:
+    made from one seed, the layers draw the same masks and give the same outputs and
+    gradients."""
+    from nprnn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 4, 3))
+    lengths = [3, 6, 1, 4]
+
+    def make():
+        return getattr(nprnn, kind)(3, 5, num_layers=2, bidirectional=True, dtype=np.float64, seed=9,
+                                    recurrent_dropout=0.3, zoneout=0.2, dropout=0.2).train()
+
+    a, b = make(), make()
+    out_a, _ = a(x, lengths=lengths)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out_b, _ = b(packed)
+    np.testing.assert_allclose(pad_packed_sequence(out_b, total_length=6)[0], out_a, rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(a.last_masks()["recurrent_dropout"], b.last_masks()["recurrent_dropout"])
+    g = rng.standard_normal(out_a.shape)
+    a.zero_grad()
+    b.zero_grad()
+    a.backward(g)
+    b.backward(pack_padded_sequence(g, lengths, enforce_sorted=False))
+    for name, value in a.grads.items():
+        np.testing.assert_allclose(b.grads[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
