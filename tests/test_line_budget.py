@@ -20,7 +20,8 @@ for ``forget_bias=`` on the LSTMs and their cells (its check and setting live in
 its gradient through the mask, in the layers' base; 2416), and to 2560 for ``recurrent_dropout=``
 and ``zoneout=`` (options of the scan that every kind honours on both tiers: the masks'
 plumbing through the stack and the compiled loop's arguments, the NumPy loop's zoneout
-and the kernels' one recurrent product, the layers' masks and ``last_masks``, masks from the generator's raw bits; 2555).
+and the kernels' one recurrent product, the layers' masks and ``last_masks``, masks from
+the generator's raw bits; 2555).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
