@@ -1031,6 +1031,96 @@ fail:
     return NULL;
 }
 
+/* linear_scan(spec): one diagonal linear scan (struct lscan), its units split across the
+   team's threads.  spec: kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a,
+   b, y, h0, h, out, da, db, team, threads (see struct lscan; a key it does not know is refused). */
+static const char *const LS_KEYS[] = {"kind", "logm", "back", "reverse", "H", "itemsize", "batch_sizes", "offsets",
+                                      "a", "b", "y", "h0", "h", "out", "da", "db", "team", "threads"};
+#define LS_NKEYS ((int)(sizeof LS_KEYS / sizeof LS_KEYS[0]))
+
+static void lscan_job(void *ctx, int me, int nthr) {
+    const struct lscan *s = ctx;
+    const int64_t step = 64 / (int64_t)sizeof(float);  /* unit ranges on cache-line boundaries */
+    const int64_t lines = (s->H + step - 1) / step;
+    int64_t ua = lines * me / nthr * step, ub = lines * (me + 1) / nthr * step;
+    if (ub > s->H) ub = s->H;
+    if (ua < ub) isa->lscan[s->f64](s, ua, ub);
+}
+
+static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {
+    (void)self;
+    if (!PyDict_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "_native.linear_scan takes one dict");
+        return NULL;
+    }
+    PyObject *v[LS_NKEYS];
+    Py_ssize_t known = 0;
+    for (int i = 0; i < LS_NKEYS; i++) known += (v[i] = PyDict_GetItemString(spec, LS_KEYS[i])) != NULL;
+    if (known != PyDict_Size(spec)) {
+        PyErr_SetString(PyExc_ValueError, "_native.linear_scan: the dict holds a key the kernel does not know");
+        return NULL;
+    }
+    int err = 0;
+    struct lscan s;
+    memset(&s, 0, sizeof s);
+    s.kind = (int)as_i64(v[0], &err);
+    s.logm = (int)as_i64(v[1], &err);
+    s.back = (int)as_i64(v[2], &err);
+    s.reverse = (int)as_i64(v[3], &err);
+    s.H = as_i64(v[4], &err);
+    Py_ssize_t isz = (Py_ssize_t)as_i64(v[5], &err);
+    int64_t threads = v[17] ? as_i64(v[17], &err) : 1;
+    if (err) return NULL;
+    PyObject *team = v[16] ? v[16] : Py_None;
+    if (s.kind < LS_PLAIN || s.kind > LS_MINLSTM || (s.logm != 0 && s.logm != 1) || s.H < 1 ||
+        (isz != 4 && isz != 8) || threads < 1 || (team != Py_None && !PyObject_TypeCheck(team, &TeamType))) {
+        PyErr_SetString(PyExc_ValueError, "_native.linear_scan: bad kind, mode, size, item size, threads or team");
+        return NULL;
+    }
+    struct bufs b;
+    b.n = 0;
+    s.batch_sizes = get(&b, v[6], "batch_sizes", 0, 8, 1, 0, 0, NULL);
+    if (!s.batch_sizes) goto fail;
+    s.steps = (int64_t)(b.v[b.n - 1].len / 8);
+    s.offsets = get(&b, v[7], "offsets", 0, 8, s.steps, 0, 0, NULL);
+    if (!s.offsets) goto fail;
+    int64_t rows = 0, N = s.N = s.batch_sizes[0];
+    for (int64_t i = 0; i < s.steps; i++) {
+        if (s.batch_sizes[i] < 1 || s.batch_sizes[i] > N || (i && s.batch_sizes[i] > s.batch_sizes[i - 1]) ||
+            s.offsets[i] != rows) {
+            PyErr_SetString(PyExc_ValueError, "_native.linear_scan: batch_sizes must be positive and "
+                                              "non-increasing, offsets their running sum");
+            goto fail;
+        }
+        rows += s.batch_sizes[i];
+    }
+    const int64_t H = s.H, width = s.kind == LS_PLAIN ? H : s.kind == LS_MINGRU ? 2 * H : 3 * H;
+    s.a = get(&b, v[8], "a", 0, isz, rows * width, 0, 0, NULL);
+    s.b = get(&b, v[9], "b", 0, isz, rows * H, s.kind != LS_PLAIN || s.back, 0, NULL);
+    s.h = get(&b, v[12], "h", 1, isz, N * H, 0, 0, NULL);
+    s.out = get(&b, v[13], "out", !s.back, isz, rows * H, 0, 0, NULL);
+    if (PyErr_Occurred()) goto fail;
+    if (s.back) {
+        s.y = get(&b, v[10], "y", 0, isz, rows * H, 0, 0, NULL);
+        s.h0 = get(&b, v[11], "h0", 0, isz, N * H, 0, 0, NULL);
+        s.da = get(&b, v[14], "da", 1, isz, rows * width, 0, 0, NULL);
+        s.db = get(&b, v[15], "db", 1, isz, rows * H, s.kind != LS_PLAIN, 0, NULL);
+        if (PyErr_Occurred()) goto fail;
+    }
+    s.nthreads = threads;
+    s.f64 = isz == 8;
+    Py_INCREF(team);
+    Py_BEGIN_ALLOW_THREADS
+    run_job(team == Py_None ? NULL : (struct team *)team, threads, lscan_job, &s);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(team);
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -1332,6 +1422,7 @@ static PyMethodDef methods[] = {
     {"pack", (PyCFunction)(void (*)(void))py_pack, METH_FASTCALL, "Pack a weight matrix into panels."},
     {"gemm_at", (PyCFunction)(void (*)(void))py_gemm_at, METH_FASTCALL, "A weight gradient: C (+)= A.T @ B."},
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
+    {"linear_scan", py_linear_scan, METH_O, "A diagonal linear scan h_t = a_t h_{t-1} + b_t, or its backward."},
     {"apply", py_apply, METH_VARARGS, "exp (0), tanh (1) or sigmoid (2) of an array in place (tests)."},
     {"widths", py_widths, METH_NOARGS, "Each variant's vector width, as compiled (tests)."},
     {"compiler", py_compiler, METH_NOARGS, "The compiler that built the extension."},

@@ -89,6 +89,24 @@ struct scan {
     int32_t *qxz, *qhz;
     int64_t kx, kh;
 };
+/* The diagonal linear scan (issue 29, _native_lscan.h): h_t = a_t h_{t-1} + b_t over packed
+   rows (batch_sizes, offsets as struct scan's), every unit its own scan.  kind LS_PLAIN: a,
+   b given (rows, H); LS_MINGRU / LS_MINLSTM: `a` holds the gate pre-activations u (rows, 2H
+   or 3H) and logm picks h~ = g(v).  Forward: h (N, H) the running state (h_0 in, h_n out),
+   out (rows, H) every h_t.  Backward: h the running gradient (dh_n in, dh_0 out), out the
+   output's gradient, y the forward's output, h0 its initial state; da (and db) receive
+   da, db (LS_PLAIN) or du (rows, 2H or 3H). */
+enum { LS_PLAIN = 0, LS_MINGRU = 1, LS_MINLSTM = 2 };
+struct lscan {
+    int kind, logm, back, reverse, f64;  /* f64: double elements */
+    int64_t H, steps, N;
+    const int64_t *batch_sizes, *offsets;
+    const void *a, *b, *y, *h0;
+    void *h, *out, *da, *db;
+    int64_t nthreads;  /* the unit ranges: H split into this many, on vector boundaries */
+};
+typedef void (*lscan_fn)(const struct lscan *, int64_t, int64_t);
+
 static void wave_wait(const struct scan *s, unsigned need);
 static void wave_publish(const struct scan *s, unsigned done);
 
@@ -152,11 +170,13 @@ struct isa {
     void (*apply_f)(int, float *, int64_t);
     void (*apply_d)(int, double *, int64_t);
     int (*width)(void);
+    lscan_fn lscan[2];  /* [float, double]: units ua..ub of a linear scan */
 };
 
 #define ISA(label, vb, s)                                                                                  \
     {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
-     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s, width_f32_##s}
+     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s, width_f32_##s,    \
+     {lscan_units_f32_##s, lscan_units_f64_##s}}
 static const struct isa ISA_BASE = ISA("baseline", 16, base);
 #ifdef HAVE_X86_VARIANTS
 static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);

@@ -1055,6 +1055,8 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
     }
 }
 
+#include "_native_lscan.h"
+
 #undef PAN
 #undef V
 #undef IV

@@ -116,6 +116,21 @@ def supports(kind: CellKind, dtype: Any) -> bool:
     return _enabled and kind.name in _CODES
 
 
+def supports_linear_scan(dtype: Any) -> bool:
+    """Whether a linear scan (:mod:`.linscan`) of this dtype runs natively."""
+    return _enabled and np.dtype(dtype) in (np.float32, np.float64)
+
+
+def linear_scan(spec: dict[str, Any], batch_sizes: Sequence[int], H: int, rows: int, runner: Runner) -> None:
+    """One ``_native.linear_scan`` call over packed rows (``spec`` holds its arrays): the
+    units split across ``runner``'s team where the scan has the work to pay for it."""
+    sizes, offsets = _layout(batch_sizes)
+    team = runner.team(2) if rows * H >= settings.min_split_work // 8 and H >= 32 else None
+    threads = team.stats()["threads"] if team is not None else 1
+    _native.linear_scan(dict(spec, H=H, itemsize=spec["a"].dtype.itemsize, batch_sizes=sizes, offsets=offsets,
+                             team=team, threads=threads))
+
+
 def aligned_empty(n: int, dtype: Any) -> Array:
     """An uninitialised (n,) array whose data starts on a 64-byte line: a vector load of a
     panel then never straddles two cache lines (NumPy aligns to 16 bytes, which halves the

@@ -69,3 +69,14 @@ class SerialRunner:
 
 
 SERIAL = SerialRunner()
+_DEFAULT: list[Runner] = [SERIAL]
+
+
+def default() -> Runner:
+    """The runner a public function uses when it is given none: :data:`SERIAL` until
+    :mod:`nprnn.threads` registers its own (:func:`set_default`, at import)."""
+    return _DEFAULT[0]
+
+
+def set_default(runner: Runner) -> None:
+    _DEFAULT[0] = runner

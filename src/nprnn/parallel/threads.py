@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from .._typing import Array
 from ..config import settings
+from ..functional import runners as _runners
 
 # The thresholds live in nprnn.config.settings: chunk_steps, the steps a pipelined layer
 # hands over at a time; min_step_work, the gate values a step (rows * gates * hidden) below
@@ -550,6 +551,7 @@ class ThreadedRunner:
 
 
 THREADED = ThreadedRunner()
+_runners.set_default(THREADED)  # (the public functions of nprnn.functional run on it: linear_scan)
 
 
 def set_helper_process(enabled: bool) -> None:

@@ -1,0 +1,197 @@
+"""The diagonal linear scan ``h_t = a_t * h_{t-1} + b_t`` (issue 29), the second time loop
+beside :mod:`.scan`'s matrix loop: elementwise, every unit its own recurrence, so all the
+matrix work of a kind that uses it (minGRU, minLSTM) happens before it, in one product.
+
+Rows are packed time-major as in :mod:`.scan` (``batch_sizes`` per step, the batch
+shrinking forward, growing in reverse).  ``kind``:
+
+* ``"plain"``: ``a`` and ``b`` given, (T, H) each;
+* ``"mingru"``: ``u`` (T, 2H) = [k, v], the gate pre-activations:
+  ``a = sigmoid(-k)``, ``b = sigmoid(k) * h~``;
+* ``"minlstm"``: ``u`` (T, 3H) = [f, i, v]: ``F, I = sigmoid(f), sigmoid(i)``,
+  ``a = F / (F + I)``, ``b = I / (F + I) * h~``;
+
+with ``h~ = v`` (``log=False``) or ``g(v) = v + 0.5`` for ``v >= 0``, ``sigmoid(v)`` below
+(``log=True``, the paper's log-space parametrisation; ``0 < a < 1`` lets the scan itself
+run in linear space in both modes).  The compiled tier (``_native.linear_scan``) makes a
+and b from ``u`` in the same pass as the recurrence, its units split across the threads
+(bit for bit the one-thread result); the NumPy tier here makes them first, then loops over
+the steps.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .._typing import Array, OptArray
+from . import native, runners
+from .runners import SERIAL, Runner
+
+KINDS = {"plain": 0, "mingru": 1, "minlstm": 2}
+GATES = {"plain": 1, "mingru": 2, "minlstm": 3}  # u's width in H
+
+
+def _sigmoid(x: Array) -> Array:
+    out: Array = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return out
+
+
+def gates(kind: str, u: Array, log: bool) -> tuple[Array, Array, Array, Array, Array]:
+    """``(a, b, h~, g'(v), z or F, I)`` from the pre-activations ``u`` (NumPy tier)."""
+    H = u.shape[1] // GATES[kind]
+    v = u[:, -H:]
+    ht, dv = v, np.ones_like(v)
+    if log:
+        s = _sigmoid(v)
+        ht = np.where(v >= 0, v + 0.5, s)
+        dv = np.where(v >= 0, 1.0, s * (1 - s)).astype(u.dtype)
+    if kind == "mingru":
+        z = _sigmoid(u[:, :H])
+        return _sigmoid(-u[:, :H]), z * ht, ht, dv, (z,)  # type: ignore[return-value]
+    f, i = _sigmoid(u[:, :H]), _sigmoid(u[:, H : 2 * H])  # F and I of the module docstring
+    s = f + i
+    return f / s, i / s * ht, ht, dv, (f, i)  # type: ignore[return-value]
+
+
+def _steps(batch_sizes: Sequence[int], reverse: bool) -> list[tuple[int, int, int]]:
+    out, lo = [], 0
+    for n in batch_sizes:
+        out.append((lo, lo + n, n))
+        lo += n
+    return out[::-1] if reverse else out
+
+
+def _numpy_forward(a: Array, b: Array, h: Array, batch_sizes: Sequence[int], reverse: bool, out: Array) -> None:
+    for lo, hi, n in _steps(batch_sizes, reverse):
+        np.multiply(a[lo:hi], h[:n], out=h[:n])
+        h[:n] += b[lo:hi]
+        out[lo:hi] = h[:n]
+
+
+def _numpy_backward(a: Array, y: Array, h0: Array, g: Array, dout: Array, batch_sizes: Sequence[int],
+                    reverse: bool) -> tuple[Array, Array]:
+    """da, db (T, H); ``g`` (N, H): dh_n in, dh_0 out."""
+    da, db = np.empty_like(y), np.empty_like(y)
+    steps = _steps(batch_sizes, reverse)
+    for k in range(len(steps) - 1, -1, -1):
+        lo, hi, n = steps[k]
+        g[:n] += dout[lo:hi]
+        if k == 0:
+            hp = h0[:n]
+        else:
+            plo, _, pn = steps[k - 1]
+            hp = y[plo : plo + min(n, pn)] if pn >= n else np.concatenate([y[plo : plo + pn], h0[pn:n]])
+        np.multiply(g[:n], hp, out=da[lo:hi])
+        db[lo:hi] = g[:n]
+        g[:n] *= a[lo:hi]
+    return da, db
+
+
+def scan_rows(kind: str, log: bool, u: Array, b: OptArray, h0: Array, batch_sizes: Sequence[int], reverse: bool,
+              runner: Runner = SERIAL) -> tuple[Array, Array]:
+    """The scan over packed rows: ``u`` is ``a`` for ``"plain"`` (then ``b`` too), else the
+    gate pre-activations.  Returns ``(out (T, H), h_n (N, H))``."""
+    H = h0.shape[1]
+    out = np.empty((u.shape[0], H), u.dtype)
+    h = np.array(h0, order="C", copy=True)
+    if not len(batch_sizes):
+        return out, h
+    if native.supports_linear_scan(u.dtype):
+        native.linear_scan(dict(kind=KINDS[kind], logm=int(log), back=0, reverse=int(reverse), a=u, b=b, h=h,
+                                out=out), batch_sizes, H, u.shape[0], runner)
+        return out, h
+    if kind == "plain":
+        a = u
+    else:
+        a, b = gates(kind, u, log)[:2]
+    _numpy_forward(a, b, h, batch_sizes, reverse, out)  # type: ignore[arg-type]
+    return out, h
+
+
+def scan_rows_backward(kind: str, log: bool, u: Array, b: OptArray, h0: Array, y: Array, dout: Array,
+                       dh_n: OptArray, batch_sizes: Sequence[int], reverse: bool, runner: Runner = SERIAL
+                       ) -> tuple[Any, ...]:
+    """Backward of :func:`scan_rows` (``y`` its output): ``(da, db, dh0)`` for ``"plain"``,
+    else ``(du, dh0)`` with ``du`` shaped like ``u``."""
+    g = np.zeros_like(h0) if dh_n is None else np.array(dh_n, order="C", copy=True)
+    dout = np.ascontiguousarray(dout)
+    if not len(batch_sizes):
+        return (np.zeros_like(u), np.zeros_like(u), g) if kind == "plain" else (np.zeros_like(u), g)
+    if native.supports_linear_scan(u.dtype):
+        da = np.empty_like(u)
+        db = np.empty_like(y) if kind == "plain" else None
+        native.linear_scan(dict(kind=KINDS[kind], logm=int(log), back=1, reverse=int(reverse), a=u, b=b,
+                                y=np.ascontiguousarray(y), h0=np.ascontiguousarray(h0), h=g, out=dout, da=da, db=db),
+                           batch_sizes, h0.shape[1], u.shape[0], runner)
+        return (da, db, g) if kind == "plain" else (da, g)
+    if kind == "plain":
+        da, db = _numpy_backward(u, y, h0, g, dout, batch_sizes, reverse)
+        return da, db, g
+    a, _, ht, dv, gs = gates(kind, u, log)
+    da, db = _numpy_backward(a, y, h0, g, dout, batch_sizes, reverse)
+    # da = dL/da = g h_{t-1}, db = dL/db = g: through the gates (see the module docstring)
+    hp_g = da  # g * h_{t-1}
+    if kind == "mingru":
+        (z,) = gs
+        du = np.concatenate([a * z * (db * ht - hp_g), db * z * dv], axis=1)
+    else:
+        f, i = gs
+        s = f + i
+        df = i * (hp_g - db * ht) / (s * s)
+        di = f * (db * ht - hp_g) / (s * s)
+        du = np.concatenate([df * f * (1 - f), di * i * (1 - i), db * i / s * dv], axis=1)
+    return du.astype(u.dtype, copy=False), g
+
+
+def linear_scan(a: Any, b: Any, h0: Any = None, *, runner: Optional[Runner] = None) -> Array:
+    """``h_t = a_t * h_{t-1} + b_t`` for ``a``, ``b`` of shape (L, N, H) (time-major) or
+    (L, H); ``h0`` (N, H) or (H,), zeros by default.  Returns every ``h_t``, shaped like
+    ``a``.  On the compiled tier the units split across the threads; see
+    :func:`linear_scan_backward` for the gradients.  ``runner``: the threads' runner
+    (default :func:`.runners.default`, nprnn's threads once :mod:`nprnn.threads` is loaded;
+    :data:`.runners.SERIAL` runs on the calling thread alone)."""
+    a, b, h0, squeeze = _check(a, b, h0)
+    L, N, H = a.shape
+    out, _ = scan_rows("plain", False, a.reshape(L * N, H), b.reshape(L * N, H), h0, [N] * L, False,
+                       runner or runners.default())
+    return out.reshape(a.shape[0], N, H)[:, 0] if squeeze else out.reshape(L, N, H)
+
+
+def linear_scan_backward(a: Any, h: Any, dout: Any, h0: Any = None, dh_n: Any = None, *,
+                         runner: Optional[Runner] = None) -> tuple[Array, Array, Array]:
+    """Gradients of :func:`linear_scan` given its output ``h`` and that of ``L``: the reverse
+    scan ``g_t = dout_t + a_{t+1} g_{t+1}`` (``g_L = dout_L + dh_n``); returns ``(da, db,
+    dh0)`` with ``da_t = g_t h_{t-1}``, ``db_t = g_t``, ``dh0 = a_1 g_1``."""
+    a, h, h0, squeeze = _check(a, h, h0)
+    dout = np.asarray(dout, a.dtype)
+    if dout.shape != (a.shape[:1] + a.shape[2:] if squeeze else a.shape):
+        raise ValueError(f"linear_scan_backward: dout must have the shape of h, {h.shape}, got {dout.shape}")
+    L, N, H = a.shape
+    dh = None if dh_n is None else np.asarray(dh_n, a.dtype).reshape(N, H)
+    da, db, dh0 = scan_rows_backward("plain", False, a.reshape(L * N, H), None, h0, h.reshape(L * N, H),
+                                     dout.reshape(L * N, H), dh, [N] * L, False, runner or runners.default())
+    shape = (L, H) if squeeze else (L, N, H)
+    return da.reshape(shape), db.reshape(shape), dh0[0] if squeeze else dh0
+
+
+def _check(a: Any, b: Any, h0: Any) -> tuple[Array, Array, Array, bool]:
+    a = np.ascontiguousarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    b = np.ascontiguousarray(b, dtype=a.dtype)
+    if a.ndim not in (2, 3) or b.shape != a.shape:
+        raise ValueError(f"linear_scan: a and b must have one shape (L, N, H) or (L, H), got {a.shape} and "
+                         f"{np.shape(b)}")
+    squeeze = a.ndim == 2
+    if squeeze:
+        a, b = a[:, None], b[:, None]
+    N, H = a.shape[1:]
+    if h0 is None:
+        h0 = np.zeros((N, H), a.dtype)
+    else:
+        h0 = np.asarray(h0, a.dtype)
+        if h0.shape != ((H,) if squeeze else (N, H)):
+            raise ValueError(f"linear_scan: h0 must have shape {(H,) if squeeze else (N, H)}, got {h0.shape}")
+        h0 = np.ascontiguousarray(h0.reshape(N, H))
+    return np.ascontiguousarray(a), np.ascontiguousarray(b), h0, squeeze
