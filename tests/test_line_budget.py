@@ -23,7 +23,9 @@ plumbing through the stack and the compiled loop's arguments, the NumPy loop's z
 and the kernels' one recurrent product, the layers' masks and ``last_masks``, masks from
 the generator's raw bits; 2555), then to 2710 for the diagonal linear scan of issue 29
 (``functional/linscan.py``, counted from then on: 137 lines; its compiled call and the
-runners' default: 15; 2707).
+runners' default: 15; 2707), and to 2830 for MinGRU and MinLSTM (the linear-scan kinds
+in the registry, without W_hh: their layer-directions in ``linscan.py``, the layers' base
+that declares which of the five parameters a kind has, the two layers; 2821).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
@@ -33,7 +35,7 @@ import tokenize
 
 import nprnn
 
-BUDGET = 2710
+BUDGET = 2830
 CORE = ["functional/__init__.py", "functional/cells.py", "functional/lncells.py", "functional/linscan.py",
         "functional/scan.py",
         "functional/stack.py", "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py",

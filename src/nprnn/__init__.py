@@ -26,7 +26,7 @@ from .nn.packing import (
     unpad_sequence,
 )
 from .nn.quantized import quantize
-from .nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
+from .nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM, RNNBase
 from .nn.sequential import LastStep, Sequential
 from .parallel.threads import get_helper_process, get_num_threads, set_helper_process, set_num_threads
 
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTM", "LayerNormGRU", "LayerNormLSTMCell",
-    "LayerNormGRUCell", "RNNBase", "Module", "optim", "losses", "init", "config",
+    "LayerNormGRUCell", "MinGRU", "MinLSTM", "RNNBase", "Module", "optim", "losses", "init", "config",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
     "get_helper_process", "backend", "backend_info", "set_backend", "writable", "Sequential", "LastStep", "ReLU",

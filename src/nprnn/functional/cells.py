@@ -133,6 +133,14 @@ class CellKind:
     project: Optional[Callable[[Array, "StepWeights", Any], None]] = None
     project_backward: Optional[Callable[[Array, "StepWeights", Any, Array], None]] = None
     project_blocks: BlocksOf = _nothing
+    # A kind whose gates read only the input (minGRU, minLSTM): no W_hh, no b_hh; its time
+    # loop is the diagonal linear scan of .linscan (``linear`` names its form there), not the
+    # matrix loop, and its step functions are never called.
+    linear: str = ""
+
+    @property
+    def has_hh(self) -> bool:
+        return not self.linear
 
 
 def own_names(kind: CellKind) -> tuple[str, ...]:

@@ -20,12 +20,14 @@ the steps.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .._typing import Array, OptArray
+from .._typing import Array, OptArray, Params
 from . import native, runners
+from .cells import CellKind, _nothing, register
 from .runners import SERIAL, Runner
 
 KINDS = {"plain": 0, "mingru": 1, "minlstm": 2}
@@ -195,3 +197,64 @@ def _check(a: Any, b: Any, h0: Any) -> tuple[Array, Array, Array, bool]:
             raise ValueError(f"linear_scan: h0 must have shape {(H,) if squeeze else (N, H)}, got {h0.shape}")
         h0 = np.ascontiguousarray(h0.reshape(N, H))
     return np.ascontiguousarray(a), np.ascontiguousarray(b), h0, squeeze
+
+
+# ------------------------------------------------------------ the kinds and their layer-directions
+def _not_a_step(*args: Any) -> None:
+    raise TypeError("a linear-scan kind runs whole sequences (linscan.direction_forward), not the matrix loop's steps")
+
+
+MINGRU = register(CellKind("mingru", 2, (), False, _not_a_step, _not_a_step, _nothing, _nothing, _nothing, _nothing,
+                           linear="mingru"))
+MINLSTM = register(CellKind("minlstm", 3, (), False, _not_a_step, _not_a_step, _nothing, _nothing, _nothing,
+                            _nothing, linear="minlstm"))
+
+
+@dataclass(frozen=True)
+class LinearRecord:
+    """What the backward of one linear-scan layer-direction needs from its forward."""
+
+    kind: CellKind
+    log: bool
+    x: Array  # (T, H_in)
+    w_ih: Array
+    has_bias: bool
+    u: Array  # (T, G*H) the gate pre-activations
+    h0: Array
+    y: Array  # (T, H) the output
+    batch_sizes: Sequence[int]
+    reverse: bool
+
+
+def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Array, ...],
+                      batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool, options: Any = None,
+                      runner: Runner = SERIAL) -> tuple[tuple[Array, ...], Optional[LinearRecord]]:
+    """One layer-direction of a linear-scan kind (the contract of :func:`.scan.direction_forward`):
+    ``u = x @ W_ih.T + b_ih`` for every row in one product, then the scan, fused with the
+    gates; ``options["log"]`` picks the log-space form of ``h~``."""
+    w_ih, b_ih = params[0], params[2]
+    u = x @ w_ih.T
+    if b_ih is not None:
+        u += b_ih
+    log = bool((options or {}).get("log", False))
+    h0 = np.ascontiguousarray(state0[0])
+    y, h_n = scan_rows(kind.linear, log, u, None, h0, batch_sizes, reverse, runner)
+    out[...] = y
+    rec = LinearRecord(kind, log, x, w_ih, b_ih is not None, u, h0, y, batch_sizes, reverse) if train else None
+    return (h_n,), rec
+
+
+def direction_backward(rec: LinearRecord, dout: Array, dstate: tuple[Array, ...], dx: OptArray = None,
+                       accumulate: bool = False, runner: Runner = SERIAL
+                       ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+    """Backward of :func:`direction_forward` (the contract of :func:`.scan.direction_backward`)."""
+    du, dh0 = scan_rows_backward(rec.kind.linear, rec.log, rec.u, None, rec.h0, rec.y, dout, dstate[0],
+                                 rec.batch_sizes, rec.reverse, runner)
+    dx_rows = du @ rec.w_ih
+    if dx is None:
+        dx = dx_rows
+    elif accumulate:
+        dx += dx_rows
+    else:
+        dx[...] = dx_rows
+    return dx, (dh0,), (du.T @ rec.x, None, du.sum(axis=0) if rec.has_bias else None, None, None)

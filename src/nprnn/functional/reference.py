@@ -264,6 +264,66 @@ def ln_gru_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Gra
     return da @ p["weight_ih"], (db @ p["weight_hh"] + dh_next * z,), dp
 
 
+# ------------------------------------------------------------------ minGRU and minLSTM
+def _candidate(v: Array, log: bool) -> tuple[Array, Array]:
+    """h~ and its derivative: ``v`` (mode linear) or ``g(v)`` (mode log)."""
+    if not log:
+        return v, np.ones_like(v)
+    s = _sigmoid(v)
+    return np.where(v >= 0, v + 0.5, s), np.where(v >= 0, 1.0, s * (1 - s))
+
+
+def mingru_step_forward(x: Array, state: State, p: Weights, log: bool = True) -> tuple[State, Cache]:
+    """One step of minGRU (Feng et al. 2024; no W_hh: the gates read the input alone)::
+
+        z_t = sigmoid(x_t @ W_z.T + b_z)
+        h~_t = g(x_t @ W_h.T + b_h)     g(v) = v + 0.5 (v >= 0), sigmoid(v) (v < 0); mode linear: g(v) = v
+        h_t = (1 - z_t) * h_(t-1) + z_t * h~_t
+    """
+    (h,) = state
+    k, v = np.split(x @ p["weight_ih"].T + (p["bias_ih"] if p.get("bias_ih") is not None else 0), 2, axis=1)
+    z, (ht, dv) = _sigmoid(k), _candidate(v, log)
+    return ((1 - z) * h + z * ht,), (x, h, z, ht, dv, p)
+
+
+def mingru_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
+    (dh_next,) = dstate
+    x, h, z, ht, dv, p = cache
+    du = np.concatenate([dh_next * (ht - h) * z * (1 - z), dh_next * z * dv], axis=1)
+    dp = {"weight_ih": du.T @ x}
+    if p.get("bias_ih") is not None:
+        dp["bias_ih"] = du.sum(axis=0)
+    return du @ p["weight_ih"], (dh_next * (1 - z),), dp
+
+
+def minlstm_step_forward(x: Array, state: State, p: Weights, log: bool = True) -> tuple[State, Cache]:
+    """One step of minLSTM (Feng et al. 2024; no W_hh, no output gate, one state)::
+
+        f_t = sigmoid(x_t @ W_f.T + b_f)
+        i_t = sigmoid(x_t @ W_i.T + b_i)
+        h~_t = g(x_t @ W_h.T + b_h)     g as minGRU's
+        f'_t, i'_t = f_t / (f_t + i_t), i_t / (f_t + i_t)
+        h_t = f'_t * h_(t-1) + i'_t * h~_t
+    """
+    (h,) = state
+    uf, ui, v = np.split(x @ p["weight_ih"].T + (p["bias_ih"] if p.get("bias_ih") is not None else 0), 3, axis=1)
+    f, i, (ht, dv) = _sigmoid(uf), _sigmoid(ui), _candidate(v, log)
+    s = f + i
+    return (f / s * h + i / s * ht,), (x, h, f, i, ht, dv, p)
+
+
+def minlstm_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Grads]:
+    (g,) = dstate
+    x, h, f, i, ht, dv, p = cache
+    s = f + i
+    du = np.concatenate([g * i * (h - ht) / s ** 2 * f * (1 - f), g * f * (ht - h) / s ** 2 * i * (1 - i),
+                         g * i / s * dv], axis=1)
+    dp = {"weight_ih": du.T @ x}
+    if p.get("bias_ih") is not None:
+        dp["bias_ih"] = du.sum(axis=0)
+    return du @ p["weight_ih"], (g * f / s,), dp
+
+
 StepForward = Callable[[Array, State, Weights], tuple[State, Cache]]
 StepBackward = Callable[[State, Cache], tuple[Array, State, Grads]]
 STEPS: dict[str, tuple[StepForward, StepBackward]] = {  # kind -> (step_forward, step_backward)
@@ -273,6 +333,8 @@ STEPS: dict[str, tuple[StepForward, StepBackward]] = {  # kind -> (step_forward,
     "gru": (gru_step_forward, gru_step_backward),
     "ln_lstm": (ln_lstm_step_forward, ln_lstm_step_backward),  # reference only (issue 26): no fast kernel, no layer
     "ln_gru": (ln_gru_step_forward, ln_gru_step_backward),  # reference only (issue 26)
+    "mingru": (mingru_step_forward, mingru_step_backward),  # (mode log; the layers run the linear scan)
+    "minlstm": (minlstm_step_forward, minlstm_step_backward),
 }
 
 

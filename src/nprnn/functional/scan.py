@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .._typing import Array, Blocks, OptArray, Params, Pool, Steps
-from . import native
+from . import linscan, native
 from .cells import CellKind, StepWeights, gate_major, gate_scale, own_names
 from .runners import SERIAL, Runner
 
@@ -322,6 +322,8 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     receives every step's (``return_states``).  ``reg``: the regularizers in the loop
     (:class:`Regularizers`; recurrent dropout only when ``train``).
     """
+    if kind.linear:  # the diagonal linear scan (minGRU, minLSTM), its own loop
+        return linscan.direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options, runner)
     if stage is None and native.supports(kind, x.dtype):
         return native.direction_forward(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner,
                                         cache, cs, reg)
@@ -396,6 +398,8 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
     compute ``dx``'s rows a group of steps at a time and hand them on.  ``dcs`` (T, H): the
     gradient of every step's cell state (``return_states``), or None.
     """
+    if isinstance(rec, linscan.LinearRecord):
+        return linscan.direction_backward(rec, dout, dstate, dx, accumulate, runner)
     if isinstance(rec, native.NativeRecord):
         if stage is not None:
             raise ValueError("a compiled layer-direction runs its backward in one call, not as a pipeline stage")

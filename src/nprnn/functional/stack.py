@@ -68,14 +68,15 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
     regularizers inside layer-direction ``idx``'s loop (:class:`.scan.Regularizers`), or None.
     """
     D, L = num_directions, num_layers
-    H = params[0][1].shape[0] // kind.num_gates
-    P = params[0][1].shape[1]
+    H = params[0][0].shape[0] // kind.num_gates
+    P = H if params[0][4] is None else params[0][4].shape[0]  # (W_hr: (H_out, H))
     dtype = x.dtype
     compiled = native.supports(kind, dtype)
     finals = [np.empty(s.shape, dtype) for s in states]
     schedule = runner.schedule(compiled=compiled, layers=L, directions=D, rows=x.shape[0], steps=len(batch_sizes),
                                gate_width=kind.num_gates * H, row_width=P + H, train=train,
-                               pipelinable=not reverse_only and not (train and dropout > 0) and every_step is None,
+                               pipelinable=not reverse_only and not (train and dropout > 0) and every_step is None
+                               and not kind.linear,
                                first_width=x.shape[1] + P)
     records: list[Any] = [None] * (L * D)
     every = every_step is not None

@@ -425,6 +425,9 @@ def _quantized(m: Module, storage: str) -> Module:
     if isinstance(m, RNNBase) and any(m._zone):
         raise ValueError(f"quantize: {type(m).__name__} has zoneout={m.zoneout}, which changes inference (each "
                          "state mixes with the previous one); the quantized loop has no zoneout")
+    if isinstance(m, RNNBase) and m.kind.linear:
+        raise TypeError(f"quantize: {type(m).__name__} has no quantized form yet (its one product runs before "
+                        "the linear scan; the quantized loop is the matrix loop's)")
     if isinstance(m, RNNBase | RNNCellBase) and m.kind.params:
         raise TypeError(f"quantize: {type(m).__name__} has no quantized form yet (quantized products serve "
                         "RNN, LSTM, GRU, their cells and Linear; its layer norms are not among them)")

@@ -94,7 +94,8 @@ class RNNBase(Module):
         H_out = self._h_out
         inputs = input_size + (num_layers - 1) * H_out * D  # the input widths of all layers
         own = sum(width for _, width, _ in self.kind.params) * hidden_size  # a kind's own parameters (layer norms)
-        values = D * (G * (inputs + num_layers * (H_out + 2 * bias))
+        hh = self.kind.has_hh  # (the linear-scan kinds have no W_hh, b_hh)
+        values = D * (G * (inputs + num_layers * (H_out * hh + (1 + hh) * bias))
                       + num_layers * (self.proj_size * hidden_size + own))
         check_memory(f"{self._label}({input_size}, {hidden_size}, num_layers={num_layers})'s parameters", values,
                      self.dtype)
@@ -107,7 +108,7 @@ class RNNBase(Module):
                                                                      self.kind.params]
                 shapes = [(G, in_size), (G, H_out), (G,), (G,), (self.proj_size, hidden_size)] + [
                     (width * hidden_size,) for _, width, _ in self.kind.params]
-                keep = [True, True, bias, bias, self.proj_size > 0] + [True] * len(self.kind.params)
+                keep = [True, hh, bias, bias and hh, self.proj_size > 0] + [True] * len(self.kind.params)
                 for j in [0, 1, 2, 3, *range(5, len(names)), 4]:  # the projection last, as PyTorch lists it
                     if keep[j]:
                         self.register_parameter(names[j], np.empty(shapes[j], self.dtype))
@@ -532,6 +533,80 @@ class LayerNormGRU(RNNBase):
                          zoneout=zoneout, dtype=dtype, seed=seed)
 
 
+class _MinRNN(RNNBase):
+    """minGRU and minLSTM (Feng et al., "Were RNNs All We Needed?", 2024): gates from the
+    input alone, so the time loop is the diagonal linear scan ``h_t = a_t h_{t-1} + b_t``
+    (:mod:`nprnn.functional.linscan`), all the matrix work in one product before it."""
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int, num_layers: int, bias: bool, batch_first: bool,
+                 dropout: float, bidirectional: bool, mode: str, dtype: Any, seed: Any, kwargs: dict[str, Any]) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError(f"proj_size argument is not supported for {self._label}")
+        for name in ("recurrent_dropout", "weight_drop", "zoneout"):
+            if name in kwargs:
+                raise TypeError(f"{self._label} has no {name} argument: its gates read the input alone (no W_hh, "
+                                "no recurrent state inside the gates)")
+        if kwargs:
+            raise TypeError(f"{self._label} got an unexpected keyword argument '{next(iter(kwargs))}'")
+        if mode not in ("log", "linear"):
+            raise ValueError(f"{self._label}: mode must be 'log' or 'linear', got {mode!r}")
+        self.scan_mode = mode
+        super().__init__(kind, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         dtype=dtype, seed=seed)
+
+    def _step_options(self) -> Optional[list[Any]]:
+        return [{"log": self.scan_mode == "log"}] * (self.num_layers * self.num_directions)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", mode='linear'" if self.scan_mode == "linear" else "")
+
+    def forward(self, input: Any, hx: Any = None, lengths: Any = None, return_states: bool = False
+                ) -> tuple[Any, ...]:
+        if self.scan_mode == "log" and hx is not None and np.any(np.asarray(hx) < 0):
+            raise ValueError(f"{self._label}: mode='log' needs h_0 >= 0 (its candidate g(v) is positive, so every "
+                             "state stays so); got a negative entry in h_0 (mode='linear' takes any h_0)")
+        return super().forward(input, hx, lengths, return_states)
+
+
+class MinGRU(_MinRNN):
+    __doc__ = r"""minGRU: the GRU without its recurrent weights.  For each layer and step:
+
+        <equations>
+
+    weight_ih = [W_z; W_h] (2H, H_in), bias_ih (2H,); ``mode="log"`` (the default):
+    ``h~ = g(W_h x + b_h)``, ``g(v) = v + 0.5`` for ``v >= 0`` and ``sigmoid(v)`` below (the
+    paper's log-space form; it needs ``h_0 >= 0``); ``mode="linear"``: ``h~ = W_h x + b_h``.
+    Arguments and call as :class:`GRU` (no recurrent regularizers: there is no W_hh).
+    """ + _SHAPES_DOC
+
+    _label = "MinGRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *, mode: str = "log",
+                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+        super().__init__("mingru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         mode, dtype, seed, kwargs)
+
+
+class MinLSTM(_MinRNN):
+    __doc__ = r"""minLSTM: the LSTM without its recurrent weights or output gate, its forget and
+    input gates normalised to sum to one.  For each layer and step:
+
+        <equations>
+
+    weight_ih = [W_f; W_i; W_h] (3H, H_in), bias_ih (3H,); ``mode`` as :class:`MinGRU`'s.
+    One state, ``h`` (no cell state).  Arguments and call as :class:`GRU`.
+    """ + _SHAPES_DOC
+
+    _label = "MinLSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *, mode: str = "log",
+                 dtype: Any = np.float32, seed: Any = None, **kwargs: Any) -> None:
+        super().__init__("minlstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         mode, dtype, seed, kwargs)
+
+
 def _equations_into_docstrings() -> None:
     """The classes' docstrings show the equations of the reference steps
     (:mod:`nprnn.functional.reference`), where they are written once."""
@@ -539,7 +614,8 @@ def _equations_into_docstrings() -> None:
 
     for cls, step in ((RNN, reference.rnn_step_forward), (LSTM, reference.lstm_step_forward),
                       (GRU, reference.gru_step_forward), (LayerNormLSTM, reference.ln_lstm_step_forward),
-                      (LayerNormGRU, reference.ln_gru_step_forward)):
+                      (LayerNormGRU, reference.ln_gru_step_forward), (MinGRU, reference.mingru_step_forward),
+                      (MinLSTM, reference.minlstm_step_forward)):
         lines = "\n".join("        " + e for e in reference.equations(step))
         cls.__doc__ = (cls.__doc__ or "").replace("        <equations>", lines)
 
