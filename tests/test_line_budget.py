@@ -25,7 +25,8 @@ the generator's raw bits; 2555), then to 2710 for the diagonal linear scan of is
 (``functional/linscan.py``, counted from then on: 137 lines; its compiled call and the
 runners' default: 15; 2707), and to 2830 for MinGRU and MinLSTM (the linear-scan kinds
 in the registry, without W_hh: their layer-directions in ``linscan.py``, the layers' base
-that declares which of the five parameters a kind has, the two layers; 2821).
+that declares which of the five parameters a kind has, the two layers and their cells;
+2852).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
@@ -35,7 +36,7 @@ import tokenize
 
 import nprnn
 
-BUDGET = 2830
+BUDGET = 2860
 CORE = ["functional/__init__.py", "functional/cells.py", "functional/lncells.py", "functional/linscan.py",
         "functional/scan.py",
         "functional/stack.py", "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py",

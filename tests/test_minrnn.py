@@ -210,3 +210,34 @@ def test_quantize_and_onnx_export_refuse_by_name(kind, tmp_path):
     with pytest.raises(TypeError, match=f"got {kind}"):
         export(layer, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", ["MinGRU", "MinLSTM"])
+@pytest.mark.parametrize("mode", ["log", "linear"])
+def test_a_loop_of_cells_equals_the_layer_forward_and_backward(kind, mode):
+    rng = np.random.default_rng(8)
+    layer = getattr(nprnn, kind)(3, 5, mode=mode, dtype=np.float64, seed=1).train()
+    cell = getattr(nprnn, kind + "Cell")(3, 5, mode=mode, dtype=np.float64, seed=2).train()
+    assert [n for n, _ in cell.named_parameters()] == ["weight_ih", "bias_ih"]
+    with nprnn.writable(cell):
+        cell.weight_ih[...] = layer.weight_ih_l0
+        cell.bias_ih[...] = layer.bias_ih_l0
+    x, h0 = rng.standard_normal((6, 2, 3)), rng.uniform(0, 1, (2, 5))
+    out, h_n = layer(x, h0[None])
+    h, hs = h0, []
+    for t in range(6):
+        h = cell(x[t], h)
+        hs.append(h)
+    np.testing.assert_allclose(np.stack(hs), out, rtol=1e-12, atol=1e-14)
+    g = rng.standard_normal(out.shape)
+    layer.zero_grad()
+    cell.zero_grad()
+    dx, dh0 = layer.backward(g)
+    dh, dxs = np.zeros((2, 5)), []
+    for t in range(5, -1, -1):
+        dx_t, dh = cell.backward(dh + g[t])
+        dxs.append(dx_t)
+    np.testing.assert_allclose(np.stack(dxs[::-1]), dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dh, dh0[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cell.grads["weight_ih"], layer.grads["weight_ih_l0"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cell.grads["bias_ih"], layer.grads["bias_ih_l0"], rtol=1e-10, atol=1e-12)

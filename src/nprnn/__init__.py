@@ -13,7 +13,7 @@ from . import (
 from .functional.native import backend, backend_info, set_backend
 from .nn import init, losses, optim
 from .nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from .nn.cells import GRUCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, RNNCell
+from .nn.cells import GRUCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, MinGRUCell, MinLSTMCell, RNNCell
 from .nn.layers import Dropout, Embedding, LayerNorm, Linear
 from .nn.module import Module, writable
 from .nn.packing import (
@@ -34,7 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "LayerNormLSTM", "LayerNormGRU", "LayerNormLSTMCell",
-    "LayerNormGRUCell", "MinGRU", "MinLSTM", "RNNBase", "Module", "optim", "losses", "init", "config",
+    "LayerNormGRUCell", "MinGRU", "MinLSTM", "MinGRUCell", "MinLSTMCell",
+    "RNNBase", "Module", "optim", "losses", "init", "config",
     "PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "unpad_sequence",
     "pack_sequence", "unpack_sequence", "utils", "set_num_threads", "get_num_threads", "set_helper_process",
     "get_helper_process", "backend", "backend_info", "set_backend", "writable", "Sequential", "LastStep", "ReLU",

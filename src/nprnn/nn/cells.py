@@ -47,13 +47,16 @@ class RNNCellBase(Module):
         self._rng = resolve_rng(seed)
         G = self.kind.num_gates * self.hidden_size
         own = sum(width for _, width, _ in self.kind.params) * self.hidden_size  # a kind's own (layer norms)
+        hh = self.kind.has_hh  # (the linear-scan kinds have no W_hh, b_hh)
         check_memory(f"{self._label}({input_size}, {hidden_size})'s parameters",
-                     G * (self.input_size + self.hidden_size + 2 * self.bias) + own, self.dtype)
+                     G * (self.input_size + self.hidden_size * hh + (1 + hh) * self.bias) + own, self.dtype)
         self.register_parameter("weight_ih", np.empty((G, self.input_size), self.dtype))
-        self.register_parameter("weight_hh", np.empty((G, self.hidden_size), self.dtype))
+        if hh:
+            self.register_parameter("weight_hh", np.empty((G, self.hidden_size), self.dtype))
         if self.bias:
             self.register_parameter("bias_ih", np.empty((G,), self.dtype))
-            self.register_parameter("bias_hh", np.empty((G,), self.dtype))
+            if hh:
+                self.register_parameter("bias_hh", np.empty((G,), self.dtype))
         for name, width, _ in self.kind.params:
             self.register_parameter(name, np.empty((width * self.hidden_size,), self.dtype))
         self.reset_parameters()
@@ -81,7 +84,11 @@ class RNNCellBase(Module):
     def _params(self) -> Params:
         p = self._parameters
         own = tuple(p[name] for name in own_names(self.kind))
-        return (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), None) + own  # type: ignore[return-value]
+        return (p["weight_ih"], p.get("weight_hh"), p.get("bias_ih"), p.get("bias_hh"), None) + own  # type: ignore[return-value]
+
+    def _options(self) -> Any:
+        """A kind's options for its kernels (the linear-scan kinds' mode), or None."""
+        return None
 
     def _step(self, input: Any, hx: Any) -> tuple[Array, ...]:
         """Validate, run one step; returns the new state tuple (batched or not)."""
@@ -132,7 +139,7 @@ class RNNCellBase(Module):
         out = np.empty((N, self.hidden_size), self.dtype)
         train = self.training
         final, rec = direction_forward(self.kind, np.ascontiguousarray(x2), self._params(), tuple(states), [N], False,
-                                       out, train, key=0, cache=self._prepared, runner=THREADED)
+                                       out, train, self._options(), key=0, cache=self._prepared, runner=THREADED)
         if train:
             self._push((rec, batched, N))
         return final if batched else tuple(f[0] for f in final)
@@ -250,3 +257,52 @@ class LayerNormLSTMCell(LSTMCell):
                  dtype: Any = np.float32, seed: Any = None) -> None:
         self.forget_bias = check_forget_bias(self._label, forget_bias, True)
         RNNCellBase.__init__(self, "ln_lstm", input_size, hidden_size, False, dtype=dtype, seed=seed)
+
+
+class _MinCell(_OneStateCell):
+    """One step of :class:`nprnn.MinGRU` / :class:`nprnn.MinLSTM` (``mode`` as theirs)."""
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int, bias: bool, mode: str, dtype: Any,
+                 seed: Any) -> None:
+        if mode not in ("log", "linear"):
+            raise ValueError(f"{self._label}: mode must be 'log' or 'linear', got {mode!r}")
+        self.scan_mode = mode
+        super().__init__(kind, input_size, hidden_size, bias, dtype=dtype, seed=seed)
+
+    def _options(self) -> Any:
+        return {"log": self.scan_mode == "log"}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", mode='linear'" if self.scan_mode == "linear" else "")
+
+    def forward(self, input: Any, hx: Any = None) -> Any:
+        if self.scan_mode == "log" and hx is not None and np.any(np.asarray(hx) < 0):
+            raise ValueError(f"{self._label}: mode='log' needs h >= 0 (its candidate g(v) is positive); got a "
+                             "negative entry (mode='linear' takes any h)")
+        return super().forward(input, hx)
+
+
+class MinGRUCell(_MinCell):
+    """One step of :class:`nprnn.MinGRU`: ``weight_ih`` (2H, H_in), ``bias_ih`` (2H,).
+
+    ``h' = cell(x, h=None)``; ``grad_x, grad_h = cell.backward(grad_h')``.
+    """
+
+    _label = "MinGRUCell"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, mode: str = "log",
+                 dtype: Any = np.float32, seed: Any = None) -> None:
+        super().__init__("mingru", input_size, hidden_size, bias, mode, dtype, seed)
+
+
+class MinLSTMCell(_MinCell):
+    """One step of :class:`nprnn.MinLSTM`: ``weight_ih`` (3H, H_in), ``bias_ih`` (3H,).
+
+    ``h' = cell(x, h=None)``; ``grad_x, grad_h = cell.backward(grad_h')``.
+    """
+
+    _label = "MinLSTMCell"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, mode: str = "log",
+                 dtype: Any = np.float32, seed: Any = None) -> None:
+        super().__init__("minlstm", input_size, hidden_size, bias, mode, dtype, seed)
