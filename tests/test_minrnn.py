@@ -241,3 +241,17 @@ def test_a_loop_of_cells_equals_the_layer_forward_and_backward(kind, mode):
     np.testing.assert_allclose(dh, dh0[0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(cell.grads["weight_ih"], layer.grads["weight_ih_l0"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(cell.grads["bias_ih"], layer.grads["bias_ih_l0"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
+def test_explain_prints_the_equations_of_the_mode(kind, capsys):
+    from nprnn.cli import main
+    from nprnn.teach.explain import equations, explain
+
+    assert main(["explain", kind, "--input-size", "4", "--hidden-size", "8", "--bidirectional"]) == 0
+    text = capsys.readouterr().out
+    assert "h~_t = g(x_t @ W_h.T + b_h)" in text and "diagonal linear scan" in text
+    assert f"{2 if kind == 'mingru' else 3} gates" in text
+    layer = getattr(nprnn, "MinGRU" if kind == "mingru" else "MinLSTM")(3, 4, mode="linear")
+    assert "h~_t = x_t @ W_h.T + b_h" in equations(layer)
+    assert all(i["observed"] == i["expected"] for i in explain(layer)["identities"])

@@ -237,8 +237,9 @@ def _fits(what: str, values: int) -> None:
 
 
 def _layer_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("kind", choices=["rnn", "lstm", "gru", "ln-lstm", "ln-gru"], nargs=None if required else "?",
-                   default="lstm", help="the layer (ln-: LayerNormLSTM, LayerNormGRU)")
+    p.add_argument("kind", choices=["rnn", "lstm", "gru", "ln-lstm", "ln-gru", "mingru", "minlstm"],
+                   nargs=None if required else "?", default="lstm",
+                   help="the layer (ln-: LayerNormLSTM, LayerNormGRU; min: MinGRU, MinLSTM)")
     p.add_argument("--input-size", type=int, default=None if required else 8, required=required,
                    help="features of each input step")
     p.add_argument("--hidden-size", type=int, default=None if required else 16, required=required,
@@ -260,10 +261,15 @@ def _run_values(args: argparse.Namespace, batch: int) -> int:
 
 
 def _build_layer(args: argparse.Namespace) -> "RNNBase":
-    from . import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
+    from . import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM
 
     kw = dict(num_layers=args.num_layers, batch_first=args.batch_first, bidirectional=args.bidirectional,
               seed=getattr(args, "seed", 0))
+    if args.kind in ("mingru", "minlstm"):
+        if args.proj_size:
+            raise ValueError(f"proj_size argument is not supported for {args.kind}")
+        cls = MinGRU if args.kind == "mingru" else MinLSTM
+        return cls(args.input_size, args.hidden_size, bias=args.bias is not False, **kw)
     if args.kind.startswith("ln-"):
         if args.bias is not None:
             raise ValueError(f"{args.kind} has no bias vectors (its layer norms' shifts stand in for them): drop "

@@ -274,7 +274,8 @@ def _candidate(v: Array, log: bool) -> tuple[Array, Array]:
 
 
 def mingru_step_forward(x: Array, state: State, p: Weights, log: bool = True) -> tuple[State, Cache]:
-    """One step of minGRU (Feng et al. 2024; no W_hh: the gates read the input alone)::
+    """One step of minGRU (Feng et al., "Were RNNs All We Needed?", 2024): no W_hh, the gates
+    read the input alone::
 
         z_t = sigmoid(x_t @ W_z.T + b_z)
         h~_t = g(x_t @ W_h.T + b_h)     g(v) = v + 0.5 (v >= 0), sigmoid(v) (v < 0); mode linear: g(v) = v
@@ -297,11 +298,12 @@ def mingru_step_backward(dstate: State, cache: Cache) -> tuple[Array, State, Gra
 
 
 def minlstm_step_forward(x: Array, state: State, p: Weights, log: bool = True) -> tuple[State, Cache]:
-    """One step of minLSTM (Feng et al. 2024; no W_hh, no output gate, one state)::
+    """One step of minLSTM (Feng et al. 2024): no W_hh, no output gate, one state, the
+    forget and input gates normalised to sum to one::
 
         f_t = sigmoid(x_t @ W_f.T + b_f)
         i_t = sigmoid(x_t @ W_i.T + b_i)
-        h~_t = g(x_t @ W_h.T + b_h)     g as minGRU's
+        h~_t = g(x_t @ W_h.T + b_h)     g(v) = v + 0.5 (v >= 0), sigmoid(v) (v < 0); mode linear: g(v) = v
         f'_t, i'_t = f_t / (f_t + i_t), i_t / (f_t + i_t)
         h_t = f'_t * h_(t-1) + i'_t * h~_t
     """

@@ -18,19 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from ..nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
+from ..nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM, RNNBase
 
 SCHEMA_VERSION = 1
 _GATES = {1: "", 3: "r, z, n", 4: "i, f, g, o"}  # by the kind's number of gates
+_LINEAR_GATES = {"mingru": "z, h~", "minlstm": "f, i, h~"}  # the linear-scan kinds' rows
 
 
 def _kind(module: RNNBase) -> str:
     if getattr(module, "storage", None) in ("int8", "bf16"):  # nprnn.quantize's copy of one
         return str(module._label)
-    for cls in (LSTM, GRU, RNN, LayerNormLSTM, LayerNormGRU):
+    for cls in (LSTM, GRU, RNN, LayerNormLSTM, LayerNormGRU, MinGRU, MinLSTM):
         if isinstance(module, cls):
             return cls.__name__
-    raise TypeError(f"explain takes an nprnn.RNN, LSTM, GRU, LayerNormLSTM or LayerNormGRU, got "
+    raise TypeError(f"explain takes an nprnn.RNN, LSTM, GRU, LayerNormLSTM, LayerNormGRU, MinGRU or MinLSTM, got "
                     f"{type(module).__name__}")
 
 
@@ -47,6 +48,16 @@ def equations(module: RNNBase) -> list[str]:
         return reference.equations(reference.gru_step_forward)
     if kind == "LayerNormGRU":
         return reference.equations(reference.ln_gru_step_forward)
+    if kind in ("MinGRU", "MinLSTM"):
+        step = reference.mingru_step_forward if kind == "MinGRU" else reference.minlstm_step_forward
+        eqs = [e.split("     g(v)")[0].rstrip() if module.scan_mode == "linear" and "g(v)" in e else e
+               for e in reference.equations(step)]
+        if module.scan_mode == "linear":
+            eqs = [e.replace("g(x_t @ W_h.T + b_h)", "x_t @ W_h.T + b_h") for e in eqs]
+        eqs.append("the time loop is the diagonal linear scan h_t = a_t * h_(t-1) + b_t: every gate from x_t alone")
+        if module.num_layers > 1 or module.bidirectional:
+            eqs.append("layer k > 0 takes x_t = output of layer k-1 at step t (both directions concatenated)")
+        return eqs
     eqs = []
     lstm = reference.lstm_step_forward if kind == "LSTM" else reference.ln_lstm_step_forward
     for e in reference.equations(lstm):
@@ -73,7 +84,8 @@ def _describe(module: RNNBase, name: str, shape: tuple[int, ...]) -> str:
     layer = int(name.split("_l")[1].split("_")[0])
     where = f"layer {layer}, {'reverse' if name.endswith('_reverse') else 'forward'} direction"
     G = module.kind.num_gates
-    rows = f"{shape[0]} = {G} gates ({_GATES[G]}) x {H}" if G > 1 else f"{shape[0]} = hidden_size"
+    gates = _LINEAR_GATES.get(module.kind.name) or _GATES[G]
+    rows = f"{shape[0]} = {G} gates ({gates}) x {H}" if G > 1 else f"{shape[0]} = hidden_size"
     h_out = "proj_size" if P else "hidden_size"
     if name.startswith("weight_ih"):
         if layer == 0:
@@ -215,6 +227,10 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
                          f"(paths here: {', '.join(native.compiled.qpaths()[storage])}), {split}; each step's rows "
                          f"quantized, the input projection {where}")
         return lines
+    if module.kind.linear:
+        where = ("compiled, its hidden units split across the threads for long runs" if native.supports_linear_scan(
+            module.dtype) else f"NumPy tier ({native.backend()} backend), one step at a time")
+        return [f"one product for every step's gates, then the diagonal linear scan fused with them ({where})"]
     if not native.supports(module.kind, module.dtype):
         why = (f"; no compiled kernel for {module.kind.name} yet" if native.backend() == "native" else "")
         return [f"NumPy tier ({native.backend()} backend{why}): one product for every step's input projection, "
