@@ -77,6 +77,13 @@ def bandwidths(threads: int) -> dict:
     return {level: {"bytes": size, "GBps": read_rate(size, threads)} for level, size in sizes.items()}
 
 
+def memory_level(nbytes: int) -> str:
+    """Where ``nbytes`` streamed once come from: L2 (both cores' share fits), L3 (half of
+    it), else DRAM."""
+    c = caches()
+    return "L2" if nbytes <= 0.9 * 2 * c["l2"] else "L3" if nbytes <= 0.5 * c["l3"] else "DRAM"
+
+
 def step_limit(weight_bytes: int, threads: int, rates: dict) -> dict:
     """The fastest a matrix-vector step reading ``weight_bytes`` of weights can be, each
     thread reading its share: from L2 as much of the share as 90% of a core's L2 holds (a

@@ -136,7 +136,17 @@ def regularizer_cases() -> list:
                  "LSTM", 32, 100, 64, 128, 2, mode="train", against=vs,
                  options=(("recurrent_dropout", 0.25), ("zoneout", 0.1), ("weight_drop", 0.2))),
             Case("LSTM training step N=32 L=100 64->128 x2, recurrent_dropout=0.25", "LSTM", 32, 100, 64, 128, 2,
-                 mode="train", against=vs, options=(("recurrent_dropout", 0.25),))]
+                 mode="train", against=vs, options=(("recurrent_dropout", 0.25),))] + min_cases()
+
+
+def min_cases() -> list:
+    """minGRU (issue 29) against the PyTorch log-space form users run (``benchmarks/torch_mingru.py``)
+    and against nprnn's GRU; the linear scan alone against the memory's read rate."""
+    ls = "PyTorch log-space minGRU"
+    return [Case("MinGRU training step N=32 L=1024 256->256 x2", "MinGRU", 32, 1024, 256, 256, 2, mode="train",
+                 against=(ls, "nprnn GRU")),
+            Case("MinGRU N=1 L=8192 256->256", "MinGRU", 1, 8192, 256, 256, against=(ls,)),
+            Case("linear_scan N=1 L=65536 H=256", "linear_scan", 1, 65536, 256, 256, mode="scan", against=())]
 
 
 def quantized_cases(quick: bool) -> list:
@@ -206,13 +216,16 @@ def first_call_medians(fns: dict, idle: float, repeats: int = 9) -> dict:
 
 def flops(case: Case) -> float:
     """Multiply-adds x 2 of one call (training: forward and backward, three times the forward)."""
-    G = 4 if "LSTM" in case.kind else 3
+    if case.mode == "scan":
+        return 0.0
+    G = {"MinGRU": 2, "MinLSTM": 3}.get(case.kind, 4 if "LSTM" in case.kind else 3)
+    hh = 0 if case.kind.startswith("Min") else 1  # (no hidden-side product)
     D = 2 if case.bidirectional else 1
     rows = sum(case.lengths) if case.lengths else case.N * case.L
     total = 0.0
     for layer in range(case.layers):
         h_in = case.H_in if layer == 0 else D * case.H
-        total += D * 2.0 * rows * G * case.H * (h_in + case.H)
+        total += D * 2.0 * rows * G * case.H * (h_in + hh * case.H)
     return total * (3 if case.mode == "train" else 1)
 
 
@@ -235,6 +248,14 @@ def _build(case: Case, torch):
     kw = {"proj_size": case.proj_size} if case.proj_size else {}
     ours = getattr(nprnn, case.kind)(case.H_in, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
                                      dtype=dt, seed=0, **kw, **dict(case.options))
+    if case.kind == "MinGRU":  # PyTorch has none: the log-space form its users run
+        sys.path.insert(0, os.path.dirname(HERE))
+        from benchmarks.torch_mingru import StackedMinGRU, check, load_nprnn
+
+        theirs = load_nprnn(StackedMinGRU(case.H_in, case.H, case.layers), ours)
+        x = np.random.default_rng(5).standard_normal((64, 2, case.H_in)).astype(dt)
+        assert check(theirs, ours, x) < 1e-4, "the PyTorch form and nprnn.MinGRU differ"
+        return ours, theirs
     if case.kind == "LayerNormLSTM":  # PyTorch has none: the TorchScript cell its users write
         sys.path.insert(0, os.path.dirname(HERE))
         from benchmarks.torchscript_lstm import StackedLSTM, load_nprnn
@@ -314,6 +335,13 @@ def runners(case: Case, torch, threads: int) -> dict:
     """The timed function of nprnn and of each library the case is compared against."""
     import torch.nn.utils.rnn as tr
 
+    if case.mode == "scan":  # the linear scan alone, a and b given
+        from nprnn.functional import linear_scan
+
+        rng = np.random.default_rng(1)
+        a = rng.uniform(0.5, 1, (case.L, case.N, case.H)).astype(case.dtype)
+        b = rng.standard_normal((case.L, case.N, case.H)).astype(case.dtype)
+        return {"nprnn": lambda: linear_scan(a, b)}
     ours, theirs = _build(case, torch)
     dt = np.dtype(case.dtype)
     rng = np.random.default_rng(1)
@@ -339,7 +367,7 @@ def runners(case: Case, torch, threads: int) -> dict:
             with torch.no_grad():
                 theirs(xt)
 
-        fns["torch" if "TorchScript LN-LSTM" not in case.against else "TorchScript LN-LSTM"] = torch_infer
+        fns[_torch_name(case)] = torch_infer
         for name in ("onnxruntime", "onnxruntime int8"):
             if name in case.against:
                 sess = _ort_session(ours, threads, with_state=False, int8=name.endswith("int8"))
@@ -370,7 +398,17 @@ def runners(case: Case, torch, threads: int) -> dict:
             out.backward(gt)
 
     fns["nprnn"] = _with_settings(case, np_train)
-    fns["torch" if "TorchScript LN-LSTM" not in case.against else "TorchScript LN-LSTM"] = torch_train
+    fns[_torch_name(case)] = torch_train
+    if "nprnn GRU" in case.against:  # nprnn's own GRU, same shapes (3 gates, and the hidden-side product)
+        import nprnn
+
+        gru = nprnn.GRU(case.H_in, case.H, num_layers=case.layers, dtype=dt, seed=0).train()
+
+        def gru_train():
+            gru(x)
+            gru.backward(g)
+
+        fns["nprnn GRU"] = gru_train
     if "nprnn without the options" in case.against:  # the same layer (weights too), no regularizers
         import nprnn
 
@@ -392,6 +430,15 @@ def runners(case: Case, torch, threads: int) -> dict:
 
         fns["nprnn LSTM"] = plain_train
     return fns
+
+
+def _torch_name(case: Case) -> str:
+    """The name PyTorch's entry goes by in a row: "torch", or the form users write where
+    PyTorch has no such layer."""
+    for name in ("TorchScript LN-LSTM", "PyTorch log-space minGRU"):
+        if name in case.against:
+            return name
+    return "torch"
 
 
 def _stream_runners(case, ours, theirs, torch, threads, rng):
@@ -547,9 +594,12 @@ def markdown(results, cold, sizes, meta) -> str:
         cols = [f"{r.ratios[o]:.2f}" if o in r.ratios else "—" for o in others]
         extra = "".join(f"; {k} {v:.2f}" for k, v in r.ratios.items() if k not in others and "int8" not in k)
         int8 = "".join(f"; int8 {v:.2f}" for k, v in r.ratios.items() if "int8" in k)
-        lim = r.extra.get("limit")
+        lim, traffic = r.extra.get("limit"), r.extra.get("traffic")
         limit = (f"{lim['measured_us']:.3g} / {lim['limit_us']:.3g} µs ({lim['level']}, "
                  f"{lim['bytes'] / 2 ** 20:.3g} MiB) = {lim['measured_us'] / lim['limit_us']:.1f}x" if lim else "—")
+        if traffic:
+            limit = (f"{traffic['bytes'] / 2 ** 20:.0f} MiB at {traffic['GBps']:.1f} GB/s = "
+                     f"{traffic['GBps'] / traffic['read_GBps']:.0%} of the {traffic['level']} read rate")
         lines.append(f"| {r.case['name']} | {t} | {cols[0]}{extra} | {cols[1]}{int8} | {r.gflops:.1f} "
                      f"({r.gemm_fraction:.0%}) | {limit} |")
     if cold:
@@ -582,7 +632,7 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", action="store_true", help="write the table into README.md between its markers")
     ap.add_argument("--busy-ok", action="store_true", help="measure even when other work keeps the machine busy")
     args = ap.parse_args(argv)
-    from .limits import bandwidths, step_limit, wait_until_quiet
+    from .limits import bandwidths, memory_level, step_limit, wait_until_quiet
 
     share = wait_until_quiet(0.1, 20.0)
     if share > 0.1:
@@ -640,14 +690,23 @@ def main(argv=None) -> int:
         r = Result(asdict(case), med, ratios, gf, gf / rates[case.dtype], {"busy_before": share})
         if case.storage and case.mode == "inference":
             r.extra.update(quantized_error(case, torch, args.threads))
-        if case.N == 1 and not case.idle:
+        if case.mode == "scan":  # a, b read and h written once: the bytes over the read rate of their level
+            nbytes = 3 * case.L * case.N * case.H * np.dtype(case.dtype).itemsize
+            level = memory_level(nbytes)
+            r.extra["traffic"] = {"level": level, "bytes": nbytes, "GBps": nbytes / med["nprnn"] / 1e9,
+                                  "read_GBps": bw[level]["GBps"]}
+        elif case.N == 1 and not case.idle and not case.kind.startswith("Min"):
             lims = [step_limit(b, args.threads, bw) for b in weight_bytes(case)]
             r.extra["limit"] = {"level": "/".join(dict.fromkeys(lim["level"] for lim in lims)),
                                 "bytes": sum(lim["bytes"] for lim in lims),
                                 "limit_us": sum(lim["seconds"] for lim in lims) * 1e6,
                                 "measured_us": med["nprnn"] / case.L * 1e6}
         results.append(r)
-        lim = r.extra.get("limit")
+        lim, traffic = r.extra.get("limit"), r.extra.get("traffic")
+        if traffic:
+            print(f"  {traffic['bytes'] / 2 ** 20:.0f} MiB moved at {traffic['GBps']:.1f} GB/s = "
+                  f"{traffic['GBps'] / traffic['read_GBps']:.0%} of the {traffic['level']} read rate "
+                  f"({traffic['read_GBps']:.0f} GB/s)")
         print(f"{case.name:52s} nprnn {med['nprnn'] * 1e3:9.3f} ms  "
               + "  ".join(f"{k} {v * 1e3:.3f} ms ({ratios[k]:.2f}x)" for k, v in med.items() if k != "nprnn")
               + (f"  {gf:.1f} GFLOP/s = {r.gemm_fraction:.0%} of GEMM" if gf else "")

@@ -24,3 +24,10 @@ def test_char_lm_example_learns(capsys):
 def test_digits_example_held_out_accuracy():
     pytest.importorskip("sklearn")
     assert load("digits_lstm").main(epochs=4) > 0.8
+
+
+def test_mingru_lm_example_learns_beside_the_lstm():
+    results = load("mingru_lm").main(seconds=2.0)
+    for name, history in results.items():
+        assert history[-1][1] > 5, name  # steps taken
+        assert history[-1][2] < 3.5, name  # below the corpus's unigram baseline (3.23) plus a little: learning
