@@ -78,8 +78,9 @@ def bandwidths(threads: int) -> dict:
 
 
 def memory_level(nbytes: int) -> str:
-    """Where ``nbytes`` streamed once come from: L2 (both cores' share fits), L3 (half of
-    it), else DRAM."""
+    """Where ``nbytes`` streamed once come from, as the CPU reports its caches: L2 (both
+    cores' share fits), L3 (half of it), else DRAM.  (A virtual machine may report an L3
+    larger than it holds: the read rate measured at the size is the figure to trust.)"""
     c = caches()
     return "L2" if nbytes <= 0.9 * 2 * c["l2"] else "L3" if nbytes <= 0.5 * c["l3"] else "DRAM"
 

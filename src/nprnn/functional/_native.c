@@ -1033,13 +1033,19 @@ fail:
 
 /* linear_scan(spec): one diagonal linear scan (struct lscan), its units split across the
    team's threads.  spec: kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a,
-   b, y, h0, h, out, da, db, team, threads (see struct lscan; a key it does not know is refused). */
+   b, y, h0, h, out, da, db, team, threads, work (see struct lscan; a key it does not know is
+   refused).  With work, the batch must be uniform (every step N rows) and work hold 5 threads
+   (N, H) blocks: the steps split into chunks; without it, the units. */
 static const char *const LS_KEYS[] = {"kind", "logm", "back", "reverse", "H", "itemsize", "batch_sizes", "offsets",
-                                      "a", "b", "y", "h0", "h", "out", "da", "db", "team", "threads"};
+                                      "a", "b", "y", "h0", "h", "out", "da", "db", "team", "threads", "work"};
 #define LS_NKEYS ((int)(sizeof LS_KEYS / sizeof LS_KEYS[0]))
 
 static void lscan_job(void *ctx, int me, int nthr) {
     const struct lscan *s = ctx;
+    if (s->work && nthr > 1) {  /* one stretch of the steps each: every thread streams its own memory */
+        isa->lscan_chunks[s->f64](s, me, nthr);
+        return;
+    }
     const int64_t step = 64 / (int64_t)sizeof(float);  /* unit ranges on cache-line boundaries */
     const int64_t lines = (s->H + step - 1) / step;
     int64_t ua = lines * me / nthr * step, ub = lines * (me + 1) / nthr * step;
@@ -1109,6 +1115,16 @@ static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {
     }
     s.nthreads = threads;
     s.f64 = isz == 8;
+    for (int64_t i = 0; i < s.steps; i++) s.uniform += s.batch_sizes[i] == N;
+    s.uniform = s.uniform == s.steps;
+    s.work = get(&b, v[18], "work", 1, isz, 5 * threads * N * H, 1, 0, NULL);
+    if (PyErr_Occurred()) goto fail;
+    if (s.work && (!s.uniform || s.steps < 2 * threads)) {
+        PyErr_SetString(PyExc_ValueError, "_native.linear_scan: work (chunks of the steps) needs every step to "
+                                          "have the whole batch and two steps a thread");
+        goto fail;
+    }
+    s.team = team == Py_None ? NULL : (struct team *)team;
     Py_INCREF(team);
     Py_BEGIN_ALLOW_THREADS
     run_job(team == Py_None ? NULL : (struct team *)team, threads, lscan_job, &s);

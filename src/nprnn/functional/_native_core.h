@@ -97,15 +97,20 @@ struct scan {
    output's gradient, y the forward's output, h0 its initial state; da (and db) receive
    da, db (LS_PLAIN) or du (rows, 2H or 3H). */
 enum { LS_PLAIN = 0, LS_MINGRU = 1, LS_MINLSTM = 2 };
+enum { LS_FWD, LS_FIX, LS_BACK, LS_LOCAL, LS_BFIX };  /* a row's pass (_native_lscan.h's ls_row) */
 struct lscan {
     int kind, logm, back, reverse, f64;  /* f64: double elements */
     int64_t H, steps, N;
     const int64_t *batch_sizes, *offsets;
     const void *a, *b, *y, *h0;
     void *h, *out, *da, *db;
-    int64_t nthreads;  /* the unit ranges: H split into this many, on vector boundaries */
+    int64_t nthreads;
+    int uniform;        /* every sequence runs every step: the steps split into chunks (lscan_chunks) */
+    void *work;         /* the chunks' carries, 5 nthreads (N, H) blocks; else the units split */
+    struct team *team;
 };
 typedef void (*lscan_fn)(const struct lscan *, int64_t, int64_t);
+typedef void (*lscan_chunks_fn)(const struct lscan *, int, int);
 
 static void wave_wait(const struct scan *s, unsigned need);
 static void wave_publish(const struct scan *s, unsigned done);
@@ -171,12 +176,13 @@ struct isa {
     void (*apply_d)(int, double *, int64_t);
     int (*width)(void);
     lscan_fn lscan[2];  /* [float, double]: units ua..ub of a linear scan */
+    lscan_chunks_fn lscan_chunks[2];  /* [float, double]: a thread's chunk of the steps */
 };
 
 #define ISA(label, vb, s)                                                                                  \
     {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
      pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s, width_f32_##s,    \
-     {lscan_units_f32_##s, lscan_units_f64_##s}}
+     {lscan_units_f32_##s, lscan_units_f64_##s}, {lscan_chunks_f32_##s, lscan_chunks_f64_##s}}
 static const struct isa ISA_BASE = ISA("baseline", 16, base);
 #ifdef HAVE_X86_VARIANTS
 static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);

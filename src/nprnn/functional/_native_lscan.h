@@ -10,6 +10,10 @@
  * across the threads (each scan of a unit is independent): every unit's sums are the
  * one-thread sums, bit for bit. */
 #define LS_BLK 128
+/* The chunks' products of a fall towards zero; below the smallest normal number they are
+   zero (their share of a state is below its rounding), never subnormal (which is slow). */
+#define LS_TINY ((T)(sizeof(T) == 4 ? 1.17549435e-38 : 2.2250738585072014e-308))
+#define LS_MUL(p, a) ((p) = (p) * (a) < LS_TINY ? (T)0 : (p) * (a))
 
 /* a, b and h~ of units j0..j0+w of packed row `row`; with dv (backward) also g'(v), and in
    b the gate that scales h~ (minGRU's z), in a and b minLSTM's F and I. */
@@ -64,60 +68,220 @@ static TGT void FN(ls_ab)(const struct lscan *s, int64_t row, int64_t j0, int64_
         for (int64_t j = 0; j < w; j++) a[j] = e[j], b[j] = e2[j];
 }
 
-/* The units ua..ub of the scan, forward or backward (see struct lscan). */
+/* The gradients of one row's units j0..j0+w from the true g = dL/dh_t (hp: h_{t-1}):
+   da, db (LS_PLAIN) or du; then g = a g, for h_{t-1}. */
+static TGT void FN(ls_grads)(const struct lscan *s, int64_t row, int64_t j0, int64_t w, const T *hp, T *g) {
+    const int64_t H = s->H;
+    T a[LS_BLK], b[LS_BLK], ht[LS_BLK], dv[LS_BLK];
+    FN(ls_ab)(s, row, j0, w, a, b, ht, dv);
+    if (s->kind == LS_PLAIN) {
+        T *da = (T *)s->da + row * H + j0, *db = (T *)s->db + row * H + j0;
+        for (int64_t j = 0; j < w; j++) {
+            da[j] = g[j] * hp[j];
+            db[j] = g[j];
+            g[j] *= a[j];
+        }
+    } else if (s->kind == LS_MINGRU) {
+        T *du = (T *)s->da + row * 2 * H;
+        for (int64_t j = 0; j < w; j++) {
+            T z = b[j];  /* dL/dk = g a z (h~ - h_{t-1}), dL/dv = g z g'(v) */
+            du[j0 + j] = g[j] * a[j] * z * (ht[j] - hp[j]);
+            du[H + j0 + j] = g[j] * z * dv[j];
+            g[j] *= a[j];
+        }
+    } else {
+        T *du = (T *)s->da + row * 3 * H;
+        for (int64_t j = 0; j < w; j++) {
+            T F = a[j], I = b[j], sum = F + I, s2 = sum * sum;
+            T d = g[j] * (hp[j] - ht[j]) / s2;  /* dL/dF = g I (h_{t-1} - h~) / (F + I)^2 */
+            du[j0 + j] = d * I * F * ((T)1 - F);
+            du[H + j0 + j] = -d * F * I * ((T)1 - I);
+            du[2 * H + j0 + j] = g[j] * I / sum * dv[j];
+            g[j] *= F / sum;
+        }
+    }
+}
+
+/* Where backward keeps a row's local g between its passes (time chunks): db, or du's h~ part. */
+static TGT inline T *FN(ls_keep)(const struct lscan *s, int64_t row) {
+    const int64_t H = s->H;
+    if (s->kind == LS_PLAIN) return (T *)s->db + row * H;
+    return (T *)s->da + row * (s->kind == LS_MINGRU ? 2 : 3) * H + (s->kind == LS_MINGRU ? H : 2 * H);
+}
+
+/* One row of one step, units ua..ub, in one of the passes:
+   FWD   st = a st + b, out = st (pr *= a where given);
+   FIX   pr *= a, out += pr st (the chunk's carried-in state st);
+   BACK  g += dout, the gradients from g, g = a g (hp: h_{t-1});
+   LOCAL g += dout, kept (ls_keep), g = a g, pr *= a;
+   BFIX  g = kept + pr R (R: the carried-in a g from above), the gradients from g, pr *= a. */
+static TGT void FN(ls_row)(const struct lscan *s, int pass, int64_t row, int64_t r, int64_t ua, int64_t ub, T *st,
+                           T *pr, const T *hp) {
+    const int64_t H = s->H;
+    T a[LS_BLK], b[LS_BLK], ht[LS_BLK], g[LS_BLK];
+    T *o = (T *)s->out + row * H;
+    for (int64_t j0 = ua; j0 < ub; j0 += LS_BLK) {
+        const int64_t w = ub - j0 < LS_BLK ? ub - j0 : LS_BLK;
+        T *x = st + r * H + j0, *p = pr ? pr + r * H + j0 : 0;
+        if (pass == LS_FWD || pass == LS_FIX) {
+            FN(ls_ab)(s, row, j0, w, a, b, ht, 0);
+            if (pass == LS_FWD)
+                for (int64_t j = 0; j < w; j++) o[j0 + j] = x[j] = a[j] * x[j] + b[j];
+            else
+                for (int64_t j = 0; j < w; j++) o[j0 + j] += LS_MUL(p[j], a[j]) * x[j];
+            if (pass == LS_FWD && p)
+                for (int64_t j = 0; j < w; j++) LS_MUL(p[j], a[j]);
+            continue;
+        }
+        if (pass == LS_BACK) {
+            for (int64_t j = 0; j < w; j++) x[j] += o[j0 + j];
+            FN(ls_grads)(s, row, j0, w, hp + j0, x);
+            continue;
+        }
+        if (pass == LS_LOCAL) {
+            T *keep = FN(ls_keep)(s, row) + j0;
+            FN(ls_ab)(s, row, j0, w, a, b, ht, 0);
+            for (int64_t j = 0; j < w; j++) {
+                keep[j] = x[j] += o[j0 + j];
+                x[j] *= a[j];
+                LS_MUL(p[j], a[j]);
+            }
+            continue;
+        }
+        const T *keep = FN(ls_keep)(s, row) + j0;  /* LS_BFIX: x is R, the carried-in a g */
+        for (int64_t j = 0; j < w; j++) g[j] = keep[j] + p[j] * x[j];
+        FN(ls_ab)(s, row, j0, w, a, b, ht, 0);
+        for (int64_t j = 0; j < w; j++) LS_MUL(p[j], a[j]);
+        FN(ls_grads)(s, row, j0, w, hp + j0, g);
+    }
+}
+
+/* The packed row of step q (in processing order) and its h_{t-1} rows (backward). */
+static TGT inline int64_t FN(ls_t)(const struct lscan *s, int64_t q) { return s->reverse ? s->steps - 1 - q : q; }
+
+/* The units ua..ub of the scan over all steps, forward or backward (a unit split, or one thread). */
 static TGT void FN(lscan_units)(const struct lscan *s, int64_t ua, int64_t ub) {
     const int64_t H = s->H, steps = s->steps;
-    T *h = (T *)s->h;
-    T a[LS_BLK], b[LS_BLK], ht[LS_BLK], dv[LS_BLK];
     for (int64_t qq = 0; qq < steps; qq++) {
         const int64_t q = s->back ? steps - 1 - qq : qq;  /* the step in forward processing order */
-        const int64_t t = s->reverse ? steps - 1 - q : q, n = s->batch_sizes[t], row = s->offsets[t];
+        const int64_t t = FN(ls_t)(s, q), n = s->batch_sizes[t], row = s->offsets[t];
         int64_t tp = -1, np = 0;  /* the step before, in processing order (backward's h_{t-1}) */
         if (s->back && q > 0) {
-            tp = s->reverse ? t + 1 : t - 1;
+            tp = FN(ls_t)(s, q - 1);
             np = s->batch_sizes[tp];
         }
         for (int64_t r = 0; r < n; r++) {
-            T *hr = h + r * H, *o = (T *)s->out + (row + r) * H;
-            for (int64_t j0 = ua; j0 < ub; j0 += LS_BLK) {
-                const int64_t w = ub - j0 < LS_BLK ? ub - j0 : LS_BLK;
-                if (!s->back) {
-                    FN(ls_ab)(s, row + r, j0, w, a, b, ht, 0);
-                    for (int64_t j = 0; j < w; j++) o[j0 + j] = hr[j0 + j] = a[j] * hr[j0 + j] + b[j];
-                    continue;
+            const T *hp = s->back ? (r < np ? (const T *)s->y + (s->offsets[tp] + r) * H : (const T *)s->h0 + r * H)
+                                  : 0;
+            FN(ls_row)(s, s->back ? LS_BACK : LS_FWD, row + r, r, ua, ub, (T *)s->h, 0, hp);
+        }
+    }
+}
+
+/* Steps q0..q1 (processing order; backward walks them down) of every row, in one pass, with
+   the state st (N, H) and the product pr (or none). */
+static TGT void FN(ls_span)(const struct lscan *s, int pass, int64_t q0, int64_t q1, T *st, T *pr) {
+    const int64_t H = s->H, N = s->N, down = pass >= LS_BACK;
+    for (int64_t i = 0; i < q1 - q0; i++) {
+        const int64_t q = down ? q1 - 1 - i : q0 + i, row = s->offsets[FN(ls_t)(s, q)];
+        const T *hp = down ? (q > 0 ? (const T *)s->y + s->offsets[FN(ls_t)(s, q - 1)] * H : (const T *)s->h0) : 0;
+        for (int64_t r = 0; r < N; r++) FN(ls_row)(s, pass, row + r, r, 0, H, st, pr, hp ? hp + r * H : 0);
+    }
+}
+
+/* Thread `me` of `nthr` over a batch whose every sequence runs every step, the steps split
+   into nthr chunks (each thread streams its own stretch of memory).  Forward: chunk 0
+   from the true state, the others from zero, each keeping the product of its a; then the
+   chunks after the first are fixed up, h_t += (product of a since its chunk began) * the
+   state carried into the chunk, in nthr pieces.  Backward the same, from the last chunk
+   down.  work: 4 nthr (N, H) blocks (each chunk's end state and product, each piece's
+   product at its start, each thread's running product) and nthr more (the carried state). */
+static TGT void FN(lscan_chunks)(const struct lscan *s, int me, int nthr) {
+    const int64_t H = s->H, N = s->N, S = s->steps, NH = N * H, back = s->back;
+    T *W = (T *)s->work, *h = (T *)s->h;
+    T *end = W, *prod = W + nthr * NH, *start = W + 2 * nthr * NH, *run = W + 3 * nthr * NH + me * NH;
+    T *carry = W + 4 * nthr * NH + me * NH;
+#define QB(k) (S * (k) / nthr)
+    /* the chunk that starts from the true state: the first forward, the last backward */
+    const int first = back ? nthr - 1 : 0, k = me;
+    /* the fixed-up steps [F0, F1), in pieces of equal length; piece i = [P(i), P(i + 1)) */
+    const int64_t F0 = back ? 0 : QB(1), F1 = back ? QB(nthr - 1) : S;
+#define PB(i) (F0 + (F1 - F0) * (i) / nthr)
+    if (k == first) {
+        FN(ls_span)(s, back ? LS_BACK : LS_FWD, QB(k), QB(k + 1), h, 0);
+    } else {
+        T *st = end + k * NH, *pr = prod + k * NH;
+        memset(st, 0, NH * sizeof(T));
+        for (int64_t i = 0; i < NH; i++) pr[i] = (T)1;
+        /* walk the chunk, stopping where a piece starts inside it to keep the product there */
+        int64_t lo = QB(k), hi = QB(k + 1);
+        for (int i = 1; i < nthr; i++) {  /* piece i's head: forward its first step, backward its last + 1 */
+            const int64_t at = back ? PB(nthr - i) : PB(i);
+            if (at <= lo || at >= hi) continue;
+            if (!back) {
+                FN(ls_span)(s, LS_FWD, lo, at, st, pr);
+                lo = at;
+            } else {
+                FN(ls_span)(s, LS_LOCAL, at, hi, st, pr);
+                hi = at;
+            }
+            memcpy(start + i * NH, pr, NH * sizeof(T));
+        }
+        FN(ls_span)(s, back ? LS_LOCAL : LS_FWD, lo, hi, st, pr);
+    }
+    team_barrier(s->team, me, nthr);
+    /* piece me: its steps, the chunk they begin in, the state carried into that chunk */
+    const int64_t a0 = back ? PB(nthr - 1 - me) : PB(me), a1 = back ? PB(nthr - me) : PB(me + 1);
+    if (a0 < a1) {
+        int64_t c = back ? (a1 - 1) * nthr / S : a0 * nthr / S;  /* the chunk of the piece's first step */
+        while (QB(c) > (back ? a1 - 1 : a0)) c--;
+        while (QB(c + 1) <= (back ? a1 - 1 : a0)) c++;
+        memcpy(carry, h, NH * sizeof(T));  /* the first chunk's final state (forward) or R out of it (backward) */
+        if (!back)
+            for (int64_t kk = 1; kk < c; kk++)
+                for (int64_t i = 0; i < NH; i++) carry[i] = end[kk * NH + i] + prod[kk * NH + i] * carry[i];
+        else
+            for (int64_t kk = nthr - 2; kk > c; kk--)
+                for (int64_t i = 0; i < NH; i++) carry[i] = end[kk * NH + i] + prod[kk * NH + i] * carry[i];
+        const int64_t head = back ? a1 : a0;  /* where the piece begins in the walk */
+        if (head == (back ? QB(c + 1) : QB(c)))  /* at its chunk's start: the product from 1 */
+            for (int64_t i = 0; i < NH; i++) run[i] = (T)1;
+        else  /* the product the chunk's walk kept there (start[i] was kept for piece i) */
+            memcpy(run, start + me * NH, NH * sizeof(T));
+        int64_t lo = a0, hi = a1;
+        while (lo < hi) {  /* one chunk's part of the piece at a time */
+            if (!back) {
+                const int64_t stop = QB(c + 1) < hi ? QB(c + 1) : hi;
+                FN(ls_span)(s, LS_FIX, lo, stop, carry, run);
+                lo = stop;
+                if (lo < hi) {  /* into the next chunk: its carried-in state, the product from 1 */
+                    for (int64_t i = 0; i < NH; i++) carry[i] = end[c * NH + i] + prod[c * NH + i] * carry[i];
+                    for (int64_t i = 0; i < NH; i++) run[i] = (T)1;
+                    c++;
                 }
-                const T *hp = (r < np ? (const T *)s->y + (s->offsets[tp] + r) * H : (const T *)s->h0 + r * H) + j0;
-                T *g = hr + j0;
-                const T *dout = o + j0;  /* backward: out is the output's gradient */
-                for (int64_t j = 0; j < w; j++) g[j] += dout[j];
-                FN(ls_ab)(s, row + r, j0, w, a, b, ht, dv);
-                if (s->kind == LS_PLAIN) {
-                    T *da = (T *)s->da + (row + r) * H + j0, *db = (T *)s->db + (row + r) * H + j0;
-                    for (int64_t j = 0; j < w; j++) {
-                        da[j] = g[j] * hp[j];
-                        db[j] = g[j];
-                        g[j] *= a[j];
-                    }
-                } else if (s->kind == LS_MINGRU) {
-                    T *du = (T *)s->da + (row + r) * 2 * H;
-                    for (int64_t j = 0; j < w; j++) {
-                        T z = b[j];  /* dL/dk = g a z (h~ - h_{t-1}), dL/dv = g z g'(v) */
-                        du[j0 + j] = g[j] * a[j] * z * (ht[j] - hp[j]);
-                        du[H + j0 + j] = g[j] * z * dv[j];
-                        g[j] *= a[j];
-                    }
-                } else {
-                    T *du = (T *)s->da + (row + r) * 3 * H;
-                    for (int64_t j = 0; j < w; j++) {
-                        T F = a[j], I = b[j], sum = F + I, s2 = sum * sum;
-                        T d = g[j] * (hp[j] - ht[j]) / s2;  /* dL/dF = g I (h_{t-1} - h~) / (F + I)^2 */
-                        du[j0 + j] = d * I * F * ((T)1 - F);
-                        du[H + j0 + j] = -d * F * I * ((T)1 - I);
-                        du[2 * H + j0 + j] = g[j] * I / sum * dv[j];
-                        g[j] *= F / sum;
-                    }
+            } else {
+                const int64_t stop = QB(c) > lo ? QB(c) : lo;
+                FN(ls_span)(s, LS_BFIX, stop, hi, carry, run);
+                hi = stop;
+                if (lo < hi) {
+                    for (int64_t i = 0; i < NH; i++) carry[i] = end[c * NH + i] + prod[c * NH + i] * carry[i];
+                    for (int64_t i = 0; i < NH; i++) run[i] = (T)1;
+                    c--;
                 }
             }
         }
     }
+    team_barrier(s->team, me, nthr);
+    if (me == 0) {  /* the final state: forward the last step's rows; backward R out of chunk 0 */
+        if (!back) {
+            memcpy(h, (const T *)s->out + s->offsets[FN(ls_t)(s, S - 1)] * H, NH * sizeof(T));
+        } else {
+            memcpy(carry, h, NH * sizeof(T));
+            for (int64_t kk = nthr - 2; kk >= 0; kk--)
+                for (int64_t i = 0; i < NH; i++) carry[i] = end[kk * NH + i] + prod[kk * NH + i] * carry[i];
+            memcpy(h, carry, NH * sizeof(T));
+        }
+    }
+#undef QB
+#undef PB
 }

@@ -91,11 +91,12 @@ def _numpy_backward(a: Array, y: Array, h0: Array, g: Array, dout: Array, batch_
 
 
 def scan_rows(kind: str, log: bool, u: Array, b: OptArray, h0: Array, batch_sizes: Sequence[int], reverse: bool,
-              runner: Runner = SERIAL) -> tuple[Array, Array]:
+              runner: Runner = SERIAL, out: OptArray = None) -> tuple[Array, Array]:
     """The scan over packed rows: ``u`` is ``a`` for ``"plain"`` (then ``b`` too), else the
-    gate pre-activations.  Returns ``(out (T, H), h_n (N, H))``."""
+    gate pre-activations.  Returns ``(out (T, H), h_n (N, H))``, ``out`` written in place
+    when given (C-contiguous, of u's dtype)."""
     H = h0.shape[1]
-    out = np.empty((u.shape[0], H), u.dtype)
+    out = np.empty((u.shape[0], H), u.dtype) if out is None else out
     h = np.array(h0, order="C", copy=True)
     if not len(batch_sizes):
         return out, h
@@ -146,18 +147,24 @@ def scan_rows_backward(kind: str, log: bool, u: Array, b: OptArray, h0: Array, y
     return du.astype(u.dtype, copy=False), g
 
 
-def linear_scan(a: Any, b: Any, h0: Any = None, *, runner: Optional[Runner] = None) -> Array:
+def linear_scan(a: Any, b: Any, h0: Any = None, *, out: Any = None, runner: Optional[Runner] = None) -> Array:
     """``h_t = a_t * h_{t-1} + b_t`` for ``a``, ``b`` of shape (L, N, H) (time-major) or
     (L, H); ``h0`` (N, H) or (H,), zeros by default.  Returns every ``h_t``, shaped like
     ``a``.  On the compiled tier the units split across the threads; see
     :func:`linear_scan_backward` for the gradients.  ``runner``: the threads' runner
     (default :func:`.runners.default`, nprnn's threads once :mod:`nprnn.threads` is loaded;
-    :data:`.runners.SERIAL` runs on the calling thread alone)."""
+    :data:`.runners.SERIAL` runs on the calling thread alone).  ``out``: an array shaped
+    like ``a`` (C-contiguous, its dtype) to write into, as NumPy's ``out=`` (a buffer used
+    again spares the pages a fresh result costs on first touch)."""
     a, b, h0, squeeze = _check(a, b, h0)
     L, N, H = a.shape
-    out, _ = scan_rows("plain", False, a.reshape(L * N, H), b.reshape(L * N, H), h0, [N] * L, False,
-                       runner or runners.default())
-    return out.reshape(a.shape[0], N, H)[:, 0] if squeeze else out.reshape(L, N, H)
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != a.dtype or not out.flags.c_contiguous
+                            or out.shape != ((L, H) if squeeze else (L, N, H))):
+        raise ValueError(f"linear_scan: out must be a C-contiguous {a.dtype} array of shape "
+                         f"{(L, H) if squeeze else (L, N, H)}")
+    rows, _ = scan_rows("plain", False, a.reshape(L * N, H), b.reshape(L * N, H), h0, [N] * L, False,
+                        runner or runners.default(), None if out is None else out.reshape(L * N, H))
+    return rows.reshape(L, H) if squeeze else rows.reshape(L, N, H)
 
 
 def linear_scan_backward(a: Any, h: Any, dout: Any, h0: Any = None, dh_n: Any = None, *,

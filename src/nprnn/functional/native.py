@@ -124,11 +124,21 @@ def supports_linear_scan(dtype: Any) -> bool:
 def linear_scan(spec: dict[str, Any], batch_sizes: Sequence[int], H: int, rows: int, runner: Runner) -> None:
     """One ``_native.linear_scan`` call over packed rows (``spec`` holds its arrays): the
     units split across ``runner``'s team where the scan has the work to pay for it."""
-    sizes, offsets = _layout(batch_sizes)
-    team = runner.team(2) if rows * H >= settings.min_split_work // 8 and H >= 32 else None
+    if batch_sizes[0] == batch_sizes[-1]:  # every step the whole batch: the layout without a tuple of every step
+        sizes = np.full(len(batch_sizes), batch_sizes[0], np.int64)
+        offsets = np.arange(len(batch_sizes), dtype=np.int64) * int(batch_sizes[0])
+    else:
+        sizes, offsets = _layout(batch_sizes)
+    team = runner.team(2) if rows * H >= settings.min_split_work // 8 else None
     threads = team.stats()["threads"] if team is not None else 1
+    N = int(sizes[0])
+    work = None  # a batch of equal lengths splits its steps into chunks, one stretch of memory a thread
+    if threads > 1 and len(sizes) >= 2 * threads and int(sizes[-1]) == N:
+        work = np.empty(5 * threads * N * H, spec["a"].dtype)
+    elif H < 32:  # (split, the units of a row would share cache lines)
+        team, threads = None, 1
     _native.linear_scan(dict(spec, H=H, itemsize=spec["a"].dtype.itemsize, batch_sizes=sizes, offsets=offsets,
-                             team=team, threads=threads))
+                             team=team, threads=threads, work=work))
 
 
 def aligned_empty(n: int, dtype: Any) -> Array:
