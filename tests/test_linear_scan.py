@@ -120,7 +120,8 @@ def test_one_long_sequence_on_two_threads_equals_one_thread(config):
     b = rng.standard_normal((L, 1, H)).astype(np.float32)
     two = linear_scan(a, b)
     one = linear_scan(a, b, runner=SERIAL)
-    assert not np.array_equal(two, one)  # (the chunks ran: another order of sums)
+    if nprnn.backend() == "native":
+        assert not np.array_equal(two, one)  # (the chunks ran: another order of sums)
     scale = np.abs(one).max()
     np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-6 * scale)
     g = rng.standard_normal(two.shape).astype(np.float32)

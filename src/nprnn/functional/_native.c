@@ -1137,6 +1137,77 @@ fail:
     return NULL;
 }
 
+/* matmul(A, Bp, C, bias, team, threads): C = A @ B + bias for A (n, K) C-contiguous, B (K, M)
+   packed (pack), C (n, M), bias (M,) or None; the rows split into blocks the team's threads
+   take as they come (the linear-scan kinds' products, beside their scan). */
+struct mm_ctx {
+    int64_t n, K, M, blocks;
+    const void *A, *Bp, *bias;
+    void *C;
+    int dbl;
+    atomic_llong next;
+};
+
+static void mm_job(void *ctx, int me, int nthr) {
+    (void)me;
+    (void)nthr;
+    struct mm_ctx *c = ctx;
+    const int64_t groups = (c->n + AT_ROWS - 1) / AT_ROWS;
+    for (int64_t i; (i = atomic_fetch_add(&c->next, 1)) < c->blocks;) {
+        int64_t a = groups * i / c->blocks * AT_ROWS, z = groups * (i + 1) / c->blocks * AT_ROWS;
+        z = z < c->n ? z : c->n;
+        if (a >= z) continue;
+        if (c->dbl)
+            isa->mm_d(a, z, c->K, c->M, c->A, c->Bp, c->C, c->bias);
+        else
+            isa->mm_f(a, z, c->K, c->M, c->A, c->Bp, c->C, c->bias);
+    }
+}
+
+static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "_native.matmul(A, Bp, C, bias, team, threads)");
+        return NULL;
+    }
+    int err = 0;
+    int64_t threads = as_i64(args[5], &err);
+    if (err) return NULL;
+    PyObject *team = args[4];
+    if ((team != Py_None && !PyObject_TypeCheck(team, &TeamType)) || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "_native.matmul: team must be a _native.Team or None, threads >= 1");
+        return NULL;
+    }
+    struct bufs b;
+    b.n = 0;
+    Py_buffer *a = &b.v[0], *c = &b.v[1];
+    if (PyObject_GetBuffer(args[0], a, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT) < 0) return NULL;
+    b.n = 1;
+    if (PyObject_GetBuffer(args[2], c, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto fail;
+    b.n = 2;
+    Py_ssize_t isz = a->itemsize;
+    if ((isz != 4 && isz != 8) || c->itemsize != isz || a->ndim != 2 || c->ndim != 2 || c->shape[0] != a->shape[0] ||
+        a->shape[1] < 1 || c->shape[1] < 1) {
+        PyErr_SetString(PyExc_ValueError, "_native.matmul: A (n, K), C (n, M) of one item size expected");
+        goto fail;
+    }
+    int64_t n = (int64_t)a->shape[0], K = (int64_t)a->shape[1], M = (int64_t)c->shape[1];
+    const void *bp = get(&b, args[1], "Bp", 0, isz, K * panels(M, isz), 0, 0, NULL);
+    const void *bias = get(&b, args[3], "bias", 0, isz, M, 1, 0, NULL);
+    if (!bp || PyErr_Occurred()) goto fail;
+    struct mm_ctx ctx = {n, K, M, threads, a->buf, bp, bias, c->buf, isz == 8, 0};
+    Py_INCREF(team);
+    Py_BEGIN_ALLOW_THREADS
+    run_job(team == Py_None ? NULL : (struct team *)team, threads, mm_job, &ctx);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(team);
+    release(&b);
+    Py_RETURN_NONE;
+fail:
+    release(&b);
+    return NULL;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -1437,6 +1508,7 @@ static PyMethodDef methods[] = {
     {"scan", (PyCFunction)py_scan, METH_O, "Run one layer-direction's time loop, described by a dict."},
     {"pack", (PyCFunction)(void (*)(void))py_pack, METH_FASTCALL, "Pack a weight matrix into panels."},
     {"gemm_at", (PyCFunction)(void (*)(void))py_gemm_at, METH_FASTCALL, "A weight gradient: C (+)= A.T @ B."},
+    {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL, "C = A @ B + bias, B packed, rows split."},
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
     {"linear_scan", py_linear_scan, METH_O, "A diagonal linear scan h_t = a_t h_{t-1} + b_t, or its backward."},
     {"apply", py_apply, METH_VARARGS, "exp (0), tanh (1) or sigmoid (2) of an array in place (tests)."},

@@ -129,6 +129,12 @@ static TGT inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64
     FN(gemm)(&g);
 }
 
+/* C = bias + A @ B for rows r0..r1 of A (n, K), B packed; bias (M,) or NULL (_native.matmul). */
+static TGT void FN(rows_mm)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A, const T *Bp, T *C,
+                            const T *bias) {
+    FN(mm)(r1 - r0, K, M, A + r0 * K, K, Bp, C + r0 * M, M, bias, 0);
+}
+
 /* C = Cin + A1 @ B1 + A2 @ B2, both A row-major. */
 static TGT inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_t lda1, const T *B1, int64_t K2, const T *A2,
                            int64_t lda2, const T *B2, T *C, int64_t ldc, const T *Cin, int64_t ldcin) {

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .._typing import Array, OptArray, Params
+from .._typing import Array, OptArray, Params, Pool
 from . import native, runners
 from .cells import CellKind, _nothing, register
 from .runners import SERIAL, Runner
@@ -113,16 +113,17 @@ def scan_rows(kind: str, log: bool, u: Array, b: OptArray, h0: Array, batch_size
 
 
 def scan_rows_backward(kind: str, log: bool, u: Array, b: OptArray, h0: Array, y: Array, dout: Array,
-                       dh_n: OptArray, batch_sizes: Sequence[int], reverse: bool, runner: Runner = SERIAL
-                       ) -> tuple[Any, ...]:
+                       dh_n: OptArray, batch_sizes: Sequence[int], reverse: bool, runner: Runner = SERIAL,
+                       da: OptArray = None) -> tuple[Any, ...]:
     """Backward of :func:`scan_rows` (``y`` its output): ``(da, db, dh0)`` for ``"plain"``,
-    else ``(du, dh0)`` with ``du`` shaped like ``u``."""
+    else ``(du, dh0)`` with ``du`` shaped like ``u`` (written into ``da`` where given, on
+    the compiled tier)."""
     g = np.zeros_like(h0) if dh_n is None else np.array(dh_n, order="C", copy=True)
     dout = np.ascontiguousarray(dout)
     if not len(batch_sizes):
         return (np.zeros_like(u), np.zeros_like(u), g) if kind == "plain" else (np.zeros_like(u), g)
     if native.supports_linear_scan(u.dtype):
-        da = np.empty_like(u)
+        da = np.empty_like(u) if da is None else da
         db = np.empty_like(y) if kind == "plain" else None
         native.linear_scan(dict(kind=KINDS[kind], logm=int(log), back=1, reverse=int(reverse), a=u, b=b,
                                 y=np.ascontiguousarray(y), h0=np.ascontiguousarray(h0), h=g, out=dout, da=da, db=db),
@@ -235,33 +236,59 @@ class LinearRecord:
 
 def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Array, ...],
                       batch_sizes: Sequence[int], reverse: bool, out: Array, train: bool, options: Any = None,
-                      runner: Runner = SERIAL) -> tuple[tuple[Array, ...], Optional[LinearRecord]]:
+                      runner: Runner = SERIAL, pool: Optional[Pool] = None, key: Any = None
+                      ) -> tuple[tuple[Array, ...], Optional[LinearRecord]]:
     """One layer-direction of a linear-scan kind (the contract of :func:`.scan.direction_forward`):
     ``u = x @ W_ih.T + b_ih`` for every row in one product, then the scan, fused with the
-    gates; ``options["log"]`` picks the log-space form of ``h~``."""
+    gates; ``options["log"]`` picks the log-space form of ``h~``.  ``pool`` and ``key``
+    keep ``u`` and the output rows from one call to the next (see :func:`.scan.alloc_blocks`)."""
+    from .scan import alloc_blocks  # (scan imports this module)
+
     w_ih, b_ih = params[0], params[2]
-    u = x @ w_ih.T
-    if b_ih is not None:
-        u += b_ih
+    H = w_ih.shape[0] // kind.num_gates
+    u, y = alloc_blocks(((1, w_ih.shape[0]), (1, H)), x.shape[0], x.dtype, pool, (key, "linear"))
+    if native.supports_linear_scan(x.dtype):  # (the compiled product, on the scan's threads)
+        native.product(x, w_ih, True, b_ih, runner, u)
+    else:
+        np.dot(x, w_ih.T, out=u)
+        if b_ih is not None:
+            u += b_ih
     log = bool((options or {}).get("log", False))
     h0 = np.ascontiguousarray(state0[0])
-    y, h_n = scan_rows(kind.linear, log, u, None, h0, batch_sizes, reverse, runner)
+    y, h_n = scan_rows(kind.linear, log, u, None, h0, batch_sizes, reverse, runner, y)
     out[...] = y
     rec = LinearRecord(kind, log, x, w_ih, b_ih is not None, u, h0, y, batch_sizes, reverse) if train else None
     return (h_n,), rec
 
 
 def direction_backward(rec: LinearRecord, dout: Array, dstate: tuple[Array, ...], dx: OptArray = None,
-                       accumulate: bool = False, runner: Runner = SERIAL
-                       ) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+                       accumulate: bool = False, runner: Runner = SERIAL, pool: Optional[Pool] = None,
+                       key: Any = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward` (the contract of :func:`.scan.direction_backward`)."""
+    from .scan import alloc_blocks
+
+    (du,) = alloc_blocks(((1, rec.u.shape[1]),), rec.u.shape[0], rec.u.dtype, pool, (key, "linear du"))
     du, dh0 = scan_rows_backward(rec.kind.linear, rec.log, rec.u, None, rec.h0, rec.y, dout, dstate[0],
-                                 rec.batch_sizes, rec.reverse, runner)
+                                 rec.batch_sizes, rec.reverse, runner, du)
+    if native.supports_linear_scan(du.dtype):  # the compiled products, on the scan's threads
+        direct = dx is not None and not accumulate and dx.flags.c_contiguous
+        dx_rows = native.product(du, rec.w_ih, False, None, runner, dx if direct else None)
+        ones = (np.ones((du.shape[0], 1), du.dtype),) if rec.has_bias else ()
+        dW, *sums = native._at(du, rec.x, *ones, runner=runner, pool=pool, key=(key, "linear at"))
+        grads = (dW.copy(), None, sums[0][:, 0].copy() if sums else None, None, None)
+        return dx_rows if direct else _into(dx, dx_rows, accumulate), (dh0,), grads
     dx_rows = du @ rec.w_ih
+    return _into(dx, dx_rows, accumulate), (dh0,), (du.T @ rec.x, None, du.sum(axis=0) if rec.has_bias else None,
+                                                   None, None)
+
+
+def _into(dx: OptArray, rows: Array, accumulate: bool) -> Array:
+    """The input gradient ``rows`` as ``direction_backward``'s contract has it: returned,
+    added to ``dx`` or written into it."""
     if dx is None:
-        dx = dx_rows
-    elif accumulate:
-        dx += dx_rows
+        return rows
+    if accumulate:
+        dx += rows
     else:
-        dx[...] = dx_rows
-    return dx, (dh0,), (du.T @ rec.x, None, du.sum(axis=0) if rec.has_bias else None, None, None)
+        dx[...] = rows
+    return dx

@@ -141,6 +141,18 @@ def linear_scan(spec: dict[str, Any], batch_sizes: Sequence[int], H: int, rows: 
                              team=team, threads=threads, work=work))
 
 
+def product(a: Array, w: Array, transpose: bool, bias: OptArray, runner: Runner, out: OptArray = None) -> Array:
+    """``a @ w.T + bias`` (``transpose``) or ``a @ w`` on the compiled kernel, the rows of
+    ``a`` split across ``runner``'s team (NumPy's BLAS would leave its threads spinning
+    against the scan's next), into ``out`` (C-contiguous) if given."""
+    M = w.shape[0] if transpose else w.shape[1]
+    out = np.empty((a.shape[0], M), a.dtype) if out is None else out
+    team = runner.team(2) if a.shape[0] * M * a.shape[1] >= settings.min_split_work else None
+    threads = team.stats()["threads"] if team is not None else 1
+    _native.matmul(np.ascontiguousarray(a), _packed(w, transpose), out, bias, team, 4 * threads)
+    return out
+
+
 def aligned_empty(n: int, dtype: Any) -> Array:
     """An uninitialised (n,) array whose data starts on a 64-byte line: a vector load of a
     panel then never straddles two cache lines (NumPy aligns to 16 bytes, which halves the

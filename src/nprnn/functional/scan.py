@@ -323,7 +323,8 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     (:class:`Regularizers`; recurrent dropout only when ``train``).
     """
     if kind.linear:  # the diagonal linear scan (minGRU, minLSTM), its own loop
-        return linscan.direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options, runner)
+        return linscan.direction_forward(kind, x, params, state0, batch_sizes, reverse, out, train, options, runner,
+                                         pool, key)
     if stage is None and native.supports(kind, x.dtype):
         return native.direction_forward(x, kind, params, state0, batch_sizes, reverse, out, train, pool, key, runner,
                                         cache, cs, reg)
@@ -399,7 +400,7 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
     gradient of every step's cell state (``return_states``), or None.
     """
     if isinstance(rec, linscan.LinearRecord):
-        return linscan.direction_backward(rec, dout, dstate, dx, accumulate, runner)
+        return linscan.direction_backward(rec, dout, dstate, dx, accumulate, runner, pool, key)
     if isinstance(rec, native.NativeRecord):
         if stage is not None:
             raise ValueError("a compiled layer-direction runs its backward in one call, not as a pipeline stage")
