@@ -9,7 +9,7 @@
  * through the gates, du), and g = a g for h_{t-1}; g ends as dL/dh_0.  The units split
  * across the threads (each scan of a unit is independent): every unit's sums are the
  * one-thread sums, bit for bit. */
-#define LS_BLK 128
+#define LS_BLK 512  /* units at a time: a whole row of H <= 512 in one go */
 /* The chunks' products of a fall towards zero; below the smallest normal number they are
    zero (their share of a state is below its rounding), never subnormal (which is slow). */
 #define LS_TINY ((T)(sizeof(T) == 4 ? 1.17549435e-38 : 2.2250738585072014e-308))
@@ -123,6 +123,19 @@ static TGT void FN(ls_row)(const struct lscan *s, int pass, int64_t row, int64_t
     for (int64_t j0 = ua; j0 < ub; j0 += LS_BLK) {
         const int64_t w = ub - j0 < LS_BLK ? ub - j0 : LS_BLK;
         T *x = st + r * H + j0, *p = pr ? pr + r * H + j0 : 0;
+        if ((pass == LS_FWD || pass == LS_FIX) && s->kind == LS_PLAIN) {  /* a and b read where they are */
+            const T *ar = (const T *)s->a + row * H + j0, *br = (const T *)s->b + row * H + j0;
+            if (pass == LS_FIX)
+                for (int64_t j = 0; j < w; j++) o[j0 + j] += LS_MUL(p[j], ar[j]) * x[j];
+            else if (p)
+                for (int64_t j = 0; j < w; j++) {
+                    o[j0 + j] = x[j] = ar[j] * x[j] + br[j];
+                    LS_MUL(p[j], ar[j]);
+                }
+            else
+                for (int64_t j = 0; j < w; j++) o[j0 + j] = x[j] = ar[j] * x[j] + br[j];
+            continue;
+        }
         if (pass == LS_FWD || pass == LS_FIX) {
             FN(ls_ab)(s, row, j0, w, a, b, ht, 0);
             if (pass == LS_FWD)
