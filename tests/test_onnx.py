@@ -71,7 +71,7 @@ def test_export_refusals(tmp_path):
     with pytest.raises(ValueError, match="proj_size does not take lengths=True: ONNX's Scan has no sequence lengths"):
         export(nprnn.LSTM(3, 5, proj_size=2), tmp_path / "p.onnx", lengths=True)
     with pytest.raises(TypeError, match="ONNX export supports nprnn.RNN, nprnn.LSTM, nprnn.GRU, nprnn.LayerNormLSTM, "
-                       "nprnn.LayerNormGRU and nprnn.Sequential, got LSTMCell"):
+                       "nprnn.LayerNormGRU, nprnn.MinGRU, nprnn.MinLSTM and nprnn.Sequential, got LSTMCell"):
         export(nprnn.LSTMCell(3, 5), tmp_path / "c.onnx")
     assert not list(tmp_path.iterdir())
 

@@ -32,12 +32,13 @@ import numpy as np
 from ...nn.activations import LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from ...nn.layers import Dropout, Embedding, Linear
 from ...nn.module import Module
-from ...nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
+from ...nn.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM, RNNBase
 from ...nn.sequential import LastStep, Sequential
 from ..serialization import atomic_write
 from .nodes import _TO_ONNX, _onnx, _permute_gates
 
-_OPS = {LSTM: "LSTM", GRU: "GRU", RNN: "RNN", LayerNormLSTM: "LSTM", LayerNormGRU: "GRU"}
+_OPS = {LSTM: "LSTM", GRU: "GRU", RNN: "RNN", LayerNormLSTM: "LSTM", LayerNormGRU: "GRU", MinGRU: "GRU",
+        MinLSTM: "GRU"}  # (the last four export as Scan layers: see scan.py)
 _INT64 = 7  # onnx.TensorProto.INT64
 
 
@@ -109,8 +110,8 @@ def _recurrent(b: Builder, m: RNNBase, x: str, states: dict[str, str], lens: Opt
 
     op = _OPS.get(type(m))
     if op is None:
-        raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM, nprnn.GRU, nprnn.LayerNormLSTM and "
-                        f"nprnn.LayerNormGRU, got {type(m).__name__}")
+        raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM, nprnn.GRU, nprnn.LayerNormLSTM, "
+                        f"nprnn.LayerNormGRU, nprnn.MinGRU and nprnn.MinLSTM, got {type(m).__name__}")
     scan = scan_kind(m)
     D, H, L = m.num_directions, m.hidden_size, m.num_layers
     if m.batch_first:
@@ -226,7 +227,8 @@ def to_onnx(model: Module, *, with_state: bool = True, lengths: bool = False, op
 
     if not isinstance(model, Sequential) and type(model) not in _OPS:
         raise TypeError(f"ONNX export supports nprnn.RNN, nprnn.LSTM, nprnn.GRU, nprnn.LayerNormLSTM, "
-                        f"nprnn.LayerNormGRU and nprnn.Sequential, got {type(model).__name__}")
+                        f"nprnn.LayerNormGRU, nprnn.MinGRU, nprnn.MinLSTM and nprnn.Sequential, got "
+                        f"{type(model).__name__}")
     modules = list(model) if isinstance(model, Sequential) else [model]
     if not modules:
         raise ValueError("ONNX export: the Sequential is empty")

@@ -1,6 +1,7 @@
 """Recurrent layers ONNX has no operator for, as an ONNX ``Scan``, and back: an LSTM with
-projections (LSTMP), the layer-norm LSTM (with or without a projection) and the layer-norm
-GRU.
+projections (LSTMP), the layer-norm LSTM (with or without a projection), the layer-norm
+GRU, and minGRU and minLSTM (their sequential form, one step a time; log mode's ``g`` as
+``Where(v >= 0, v + 0.5, Sigmoid(v))``).
 
 Each layer is one ``Scan`` whose body is the cell's step in standard operators; the two
 directions of a bidirectional layer run in the same Scan (the second reads the sequence
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ..._typing import Array
-from ...nn.recurrent import LSTM, LayerNormGRU, LayerNormLSTM, RNNBase
+from ...nn.recurrent import LSTM, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM, RNNBase
 from .nodes import _attrs
 
 if TYPE_CHECKING:
@@ -43,7 +44,11 @@ KEYS = {
     "ln_gru": {"w_ih": "weight_ih", "w_hh": "weight_hh", "g_ih": "ln_ih_weight", "s_ih": "ln_ih_bias",
                "g_hh": "ln_hh_weight", "s_hh": "ln_hh_bias"},
 }
-LAYERS = {"lstmp": LSTM, "ln_lstm": LayerNormLSTM, "ln_gru": LayerNormGRU}
+_MIN = {"w_ih": "weight_ih", "b_ih": "bias_ih"}  # (and, in log mode, the constants zero and half)
+KEYS.update({k: _MIN for k in ("mingru", "mingru_linear", "minlstm", "minlstm_linear")})
+LAYERS = {"lstmp": LSTM, "ln_lstm": LayerNormLSTM, "ln_gru": LayerNormGRU, "mingru": MinGRU, "mingru_linear": MinGRU,
+          "minlstm": MinLSTM, "minlstm_linear": MinLSTM}
+ONE_STATE = ("ln_gru", "mingru", "mingru_linear", "minlstm", "minlstm_linear")  # no cell state
 
 
 def scan_kind(m: RNNBase) -> Optional[str]:
@@ -52,7 +57,13 @@ def scan_kind(m: RNNBase) -> Optional[str]:
         return "ln_lstm"
     if isinstance(m, LayerNormGRU):
         return "ln_gru"
+    if isinstance(m, (MinGRU, MinLSTM)):
+        return m.kind.name + ("_linear" if m.scan_mode == "linear" else "")
     return "lstmp" if type(m) is LSTM and m.proj_size else None
+
+
+def _gates(kind: str) -> int:
+    return 2 if kind.startswith("mingru") else 3 if kind.startswith("minlstm") or kind == "ln_gru" else 4
 
 
 Node = tuple[str, list[str], list[str], dict[str, Any]]
@@ -67,6 +78,29 @@ def _step(kind: str, w: dict[str, str], d: int, split: str) -> list[Node]:
     def norm(a: str, g: str, s: str, out: str) -> Node:
         return ("LayerNormalization", [a, w[g], w[s]], [out], {"axis": -1, "epsilon": EPS})
 
+    if kind.startswith("min"):  # minGRU / minLSTM: the gates from x alone, then the state's update
+        u = [("Gemm", [f"x{d}", w["w_ih"]] + ([w["b_ih"]] if "b_ih" in w else []), [n("u")], {"transB": 1})]
+        if kind.startswith("mingru"):
+            gates = [("Split", [n("u"), split], [n("k"), n("v")], {"axis": 1}), ("Sigmoid", [n("k")], [n("z")], {})]
+        else:
+            gates = [("Split", [n("u"), split], [n("f"), n("i"), n("v")], {"axis": 1}),
+                     ("Sigmoid", [n("f")], [n("sf")], {}), ("Sigmoid", [n("i")], [n("si")], {}),
+                     ("Add", [n("sf"), n("si")], [n("s")], {}), ("Div", [n("sf"), n("s")], [n("fp")], {}),
+                     ("Div", [n("si"), n("s")], [n("ip")], {})]
+        cand: list[Node]
+        update: list[Node]
+        if kind.endswith("_linear"):
+            cand = [("Identity", [n("v")], [n("ht")], {})]
+        else:  # g(v) = v + 0.5 (v >= 0), sigmoid(v) below
+            cand = [("GreaterOrEqual", [n("v"), w["zero"]], [n("ge")], {}), ("Add", [n("v"), w["half"]], [n("vp")], {}),
+                    ("Sigmoid", [n("v")], [n("sv")], {}), ("Where", [n("ge"), n("vp"), n("sv")], [n("ht")], {})]
+        if kind.startswith("mingru"):  # h + z (h~ - h) = (1 - z) h + z h~
+            update = [("Sub", [n("ht"), f"h{d}"], [n("hd")], {}), ("Mul", [n("z"), n("hd")], [n("zd")], {}),
+                      ("Add", [f"h{d}", n("zd")], [n("h_next")], {})]
+        else:
+            update = [("Mul", [n("fp"), f"h{d}"], [n("fh")], {}), ("Mul", [n("ip"), n("ht")], [n("ih")], {}),
+                      ("Add", [n("fh"), n("ih")], [n("h_next")], {})]
+        return u + gates + cand + update + [("Identity", [n("h_next")], [n("y")], {})]
     if kind == "ln_gru":
         return [
             ("Gemm", [f"x{d}", w["w_ih"]], [n("xa")], {"transB": 1}),
@@ -118,7 +152,7 @@ def _body(kind: str, names: list[dict[str, str]], D: int, H: int, P: int, elem: 
     d's weights (keys of :data:`KEYS`)."""
     from onnx import helper
 
-    cell = kind != "ln_gru"
+    cell = kind not in ONE_STATE
     inputs, states, ys, nodes = [], [], [], []
     for d in range(D):
         inputs.append(helper.make_tensor_value_info(f"h{d}", elem, ["N", P]))
@@ -146,13 +180,16 @@ def emit_scan_layer(b: "Builder", m: RNNBase, layer: int, x: str, h0: Optional[s
         raise ValueError(f"ONNX export of {what} does not take lengths=True: ONNX's Scan has no sequence lengths, "
                          "and the reverse direction of a padded batch would start on padding")
     D, H, P = m.num_directions, m.hidden_size, m.proj_size or m.hidden_size
-    cell = kind != "ln_gru"
+    cell = kind not in ONE_STATE
     names = []
     for d in range(D):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         names.append({k: b.const(m._parameters[v + sfx], f"{prefix}{v}{sfx}", exact=True)
                       for k, v in KEYS[kind].items() if v + sfx in m._parameters})
-    G = 4 if cell else 3
+        if kind in ("mingru", "minlstm"):  # log mode's constants
+            names[-1].update(zero=b.const(np.zeros((), m.dtype), "zero_scalar"),
+                             half=b.const(np.full((), 0.5, m.dtype), "half_scalar"))
+    G = _gates(kind)
     split = b.const(np.array([H] * G, np.int64), f"gate_split{G}")
     zeros = {}  # without given states, one (N, size) zero value serves every direction
     wanted = ((P, h0, "h"), (H, c0, "c")) if cell else ((P, h0, "h"),)
@@ -212,6 +249,8 @@ def scan_layer(node: Any, consts: dict[str, Array]) -> "ScanLayer":
     body, D = a.get("body"), int(a.get("num_scan_inputs", 0))
     if body is None or not hasattr(body, "node"):
         raise refuse("its body attribute is not a graph")
+    if D in (1, 2) and sum(n.op_type == "Gemm" for n in body.node) == D:  # one product a direction: minGRU, minLSTM
+        return _min_layer(node, body, D, consts, a, refuse)
     norms = sum(n.op_type == "LayerNormalization" for n in body.node)
     kind = "lstmp" if not norms else "ln_gru" if norms == 2 * D else "ln_lstm"
     S = 1 if kind == "ln_gru" else 2
@@ -259,6 +298,46 @@ def scan_layer(node: Any, consts: dict[str, Array]) -> "ScanLayer":
     return ScanLayer(node, kind, names, consts, D, H, P)
 
 
+def _min_layer(node: Any, body: Any, D: int, consts: dict[str, Array], a: dict[str, Any], refuse: Any
+               ) -> "ScanLayer":
+    """A Scan whose body is minGRU's or minLSTM's step (see :func:`scan_layer`)."""
+    ops = [n.op_type for n in body.node]
+    kind = ("minlstm" if "Div" in ops else "mingru") + ("" if "Where" in ops else "_linear")
+    if len(node.input) != 2 * D or len(node.output) != 2 * D or len(body.input) != 2 * D or not all(node.input) or \
+            list(a.get("scan_input_directions", [0] * D)) != [0, 1][:D] or \
+            list(a.get("scan_output_directions", [0] * D)) != [0, 1][:D] or len(set(node.input[D:])) != 1 or any(
+            list(a.get(k, [])) not in ([], [0] * D) for k in ("scan_input_axes", "scan_output_axes")):
+        raise refuse(f"{len(node.input)} inputs, {len(node.output)} outputs, or its scan directions or axes differ")
+    gemms = [n for n in body.node if n.op_type == "Gemm"]
+    splits = [n for n in body.node if n.op_type == "Split"]
+    if len(splits) != D or any(len(n.input) != 2 for n in splits) or any(not 2 <= len(n.input) <= 3 for n in gemms):
+        raise refuse("its body has another shape")
+    names = []
+    for d in range(D):
+        w = {"w_ih": gemms[d].input[1]}
+        if len(gemms[d].input) > 2:
+            w["b_ih"] = gemms[d].input[2]
+        if not kind.endswith("_linear"):
+            ge = [n for n in body.node if n.op_type == "GreaterOrEqual"][d]
+            add = [n for n in body.node if n.op_type == "Add" and n.input[0] == ge.input[0]][0]
+            w.update(zero=ge.input[1], half=add.input[1])
+        names.append(w)
+    missing = [v for w in names for v in w.values() if v not in consts]
+    split = consts.get(splits[0].input[1])
+    if missing or split is None:
+        raise refuse(f"its weights {missing or [splits[0].input[1]]} are not constants")
+    if consts[names[0]["w_ih"]].ndim != 2:
+        raise refuse("its weights are not matrices")
+    G = _gates(kind)
+    H = consts[names[0]["w_ih"]].shape[0] // G
+    want = _body(kind, names, D, H, H, body.input[0].type.tensor_type.elem_type, splits[0].input[1])
+    wrong_constants = not kind.endswith("_linear") and any(
+        np.asarray(consts[w["zero"]]).tolist() != 0 or np.asarray(consts[w["half"]]).tolist() != 0.5 for w in names)
+    if _canonical(want) != _canonical(body) or np.asarray(split).reshape(-1).tolist() != [H] * G or wrong_constants:
+        raise refuse(f"its body differs from the {kind} step")
+    return ScanLayer(node, kind, [{k: v for k, v in w.items() if k in _MIN} for w in names], consts, D, H, H)
+
+
 class ScanLayer:
     """A Scan computing one layer, seen as a recurrent node (the interface of
     :class:`~nprnn.onnx.graph.RecurrentNode`): its initial states are the Scan's first
@@ -271,10 +350,12 @@ class ScanLayer:
                  P: int) -> None:
         self.name = node.name
         W_ih = consts[names[0]["w_ih"]]
-        self.kind = "GRU" if kind == "ln_gru" else "LSTM"
+        self.kind = "GRU" if kind in ONE_STATE else "LSTM"
         kw: dict[str, Any] = {"proj_size": P} if P != H else {}
-        if kind == "lstmp":
+        if kind == "lstmp" or kind.startswith("min"):
             kw["bias"] = "b_ih" in names[0]
+        if kind.startswith("min"):
+            kw["mode"] = "linear" if kind.endswith("_linear") else "log"
         self.layer = LAYERS[kind](W_ih.shape[1], H, bidirectional=D == 2, dtype=W_ih.dtype, **kw)
         sd = {}
         for d, w in enumerate(names):
@@ -283,7 +364,7 @@ class ScanLayer:
                 sd[KEYS[kind][key] + sfx] = consts[value] if value else np.zeros(4 * H, W_ih.dtype)
         self.layer.load_state_dict(sd)
         self.layer.eval()
-        S = 1 if kind == "ln_gru" else 2
+        S = 1 if kind in ONE_STATE else 2
         self.x = node.input[S * D]
         self.h0s, self.c0s = list(node.input[0:S * D:S]), list(node.input[1:S * D:S]) if S == 2 else []
         self.h_ns, self.c_ns = list(node.output[0:S * D:S]), list(node.output[1:S * D:S]) if S == 2 else []
