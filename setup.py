@@ -54,7 +54,7 @@ setup(
             "nprnn.functional._native",
             sources=["src/nprnn/functional/_native.c"],
             depends=["src/nprnn/functional/_native_kernels.h", "src/nprnn/functional/_native_isas.h",
-                     "src/nprnn/functional/_native_quant.h",
+                     "src/nprnn/functional/_native_quant.h", "src/nprnn/functional/_native_lscan.h",
                      "src/nprnn/functional/_native_core.h"],
             optional=True,
         )

@@ -1034,7 +1034,7 @@ fail:
 /* linear_scan(spec): one diagonal linear scan (struct lscan), its units split across the
    team's threads.  spec: kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a,
    b, y, h0, h, out, da, db, team, threads, work (see struct lscan; a key it does not know is
-   refused).  With work, the batch must be uniform (every step N rows) and work hold 5 threads
+   refused).  With work, the batch must be uniform (every step N rows) and work hold 6 threads
    (N, H) blocks: the steps split into chunks; without it, the units. */
 static const char *const LS_KEYS[] = {"kind", "logm", "back", "reverse", "H", "itemsize", "batch_sizes", "offsets",
                                       "a", "b", "y", "h0", "h", "out", "da", "db", "team", "threads", "work"};
@@ -1117,7 +1117,7 @@ static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {
     s.f64 = isz == 8;
     for (int64_t i = 0; i < s.steps; i++) s.uniform += s.batch_sizes[i] == N;
     s.uniform = s.uniform == s.steps;
-    s.work = get(&b, v[18], "work", 1, isz, 5 * threads * N * H, 1, 0, NULL);
+    s.work = get(&b, v[18], "work", 1, isz, 6 * threads * N * H, 1, 0, NULL);
     if (PyErr_Occurred()) goto fail;
     if (s.work && (!s.uniform || s.steps < 2 * threads)) {
         PyErr_SetString(PyExc_ValueError, "_native.linear_scan: work (chunks of the steps) needs every step to "
@@ -1125,6 +1125,7 @@ static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {
         goto fail;
     }
     s.team = team == Py_None ? NULL : (struct team *)team;
+    s.stream = s.kind == LS_PLAIN && !s.back && rows * H * isz >= ((int64_t)64 << 20);  /* (a, b and h: 3x that) */
     Py_INCREF(team);
     Py_BEGIN_ALLOW_THREADS
     run_job(team == Py_None ? NULL : (struct team *)team, threads, lscan_job, &s);

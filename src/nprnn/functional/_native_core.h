@@ -97,7 +97,7 @@ struct scan {
    output's gradient, y the forward's output, h0 its initial state; da (and db) receive
    da, db (LS_PLAIN) or du (rows, 2H or 3H). */
 enum { LS_PLAIN = 0, LS_MINGRU = 1, LS_MINLSTM = 2 };
-enum { LS_FWD, LS_FIX, LS_BACK, LS_LOCAL, LS_BFIX };  /* a row's pass (_native_lscan.h's ls_row) */
+enum { LS_FWD, LS_REDUCE, LS_BACK, LS_LOCAL, LS_BFIX };  /* a row's pass (_native_lscan.h's ls_row) */
 struct lscan {
     int kind, logm, back, reverse, f64;  /* f64: double elements */
     int64_t H, steps, N;
@@ -106,7 +106,8 @@ struct lscan {
     void *h, *out, *da, *db;
     int64_t nthreads;
     int uniform;        /* every sequence runs every step: the steps split into chunks (lscan_chunks) */
-    void *work;         /* the chunks' carries, 5 nthreads (N, H) blocks; else the units split */
+    int stream;         /* the output is written past the caches (larger than they would keep) */
+    void *work;         /* the chunks' carries, 6 nthreads (N, H) blocks; else the units split */
     struct team *team;
 };
 typedef void (*lscan_fn)(const struct lscan *, int64_t, int64_t);

@@ -1065,6 +1065,8 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
 
 #undef PAN
 #undef V
+#undef NT_STORE
+#undef NT_FENCE
 #undef IV
 #undef VL
 #undef NR

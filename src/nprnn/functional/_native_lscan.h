@@ -15,6 +15,33 @@
 #define LS_TINY ((T)(sizeof(T) == 4 ? 1.17549435e-38 : 2.2250738585072014e-308))
 #define LS_MUL(p, a) ((p) = (p) * (a) < LS_TINY ? (T)0 : (p) * (a))
 
+/* dst[0..w) = src[0..w): past the caches (non-temporal stores) where s->stream says the
+   output is too large to stay in them and the instruction set has such stores. */
+static TGT inline void FN(ls_store)(const struct lscan *s, T *restrict dst, const T *restrict src, int64_t w) {
+#ifdef NT_STORE
+    if (s->stream) {
+        int64_t j = 0;
+        for (; j < w && ((uintptr_t)(dst + j) % VB); j++) dst[j] = src[j];
+        for (; j + VL <= w; j += VL) {
+            V v;
+            memcpy(&v, src + j, sizeof v);
+            NT_STORE(dst + j, v);
+        }
+        for (; j < w; j++) dst[j] = src[j];
+        return;
+    }
+#endif
+    memcpy(dst, src, (size_t)w * sizeof(T));
+}
+
+/* The fence after a pass of non-temporal stores (before another thread reads them). */
+static TGT inline void FN(ls_fence)(const struct lscan *s) {
+#ifdef NT_FENCE
+    if (s->stream) NT_FENCE();
+#endif
+    (void)s;
+}
+
 /* a, b and h~ of units j0..j0+w of packed row `row`; with dv (backward) also g'(v), and in
    b the gate that scales h~ (minGRU's z), in a and b minLSTM's F and I. */
 static TGT void FN(ls_ab)(const struct lscan *s, int64_t row, int64_t j0, int64_t w, T *restrict a,
@@ -110,8 +137,8 @@ static TGT inline T *FN(ls_keep)(const struct lscan *s, int64_t row) {
 }
 
 /* One row of one step, units ua..ub, in one of the passes:
-   FWD   st = a st + b, out = st (pr *= a where given);
-   FIX   pr *= a, out += pr st (the chunk's carried-in state st);
+   FWD    st = a st + b, out = st;
+   REDUCE st = a st + b, pr *= a (a chunk's own recurrence from zero, and its product; no output);
    BACK  g += dout, the gradients from g, g = a g (hp: h_{t-1});
    LOCAL g += dout, kept (ls_keep), g = a g, pr *= a;
    BFIX  g = kept + pr R (R: the carried-in a g from above), the gradients from g, pr *= a. */
@@ -123,27 +150,17 @@ static TGT void FN(ls_row)(const struct lscan *s, int pass, int64_t row, int64_t
     for (int64_t j0 = ua; j0 < ub; j0 += LS_BLK) {
         const int64_t w = ub - j0 < LS_BLK ? ub - j0 : LS_BLK;
         T *x = st + r * H + j0, *p = pr ? pr + r * H + j0 : 0;
-        if ((pass == LS_FWD || pass == LS_FIX) && s->kind == LS_PLAIN) {  /* a and b read where they are */
-            const T *ar = (const T *)s->a + row * H + j0, *br = (const T *)s->b + row * H + j0;
-            if (pass == LS_FIX)
-                for (int64_t j = 0; j < w; j++) o[j0 + j] += LS_MUL(p[j], ar[j]) * x[j];
-            else if (p)
-                for (int64_t j = 0; j < w; j++) {
-                    o[j0 + j] = x[j] = ar[j] * x[j] + br[j];
-                    LS_MUL(p[j], ar[j]);
-                }
+        if (pass == LS_FWD || pass == LS_REDUCE) {
+            const T *ar = a, *br = b;
+            if (s->kind == LS_PLAIN)  /* a and b read where they are */
+                ar = (const T *)s->a + row * H + j0, br = (const T *)s->b + row * H + j0;
             else
-                for (int64_t j = 0; j < w; j++) o[j0 + j] = x[j] = ar[j] * x[j] + br[j];
-            continue;
-        }
-        if (pass == LS_FWD || pass == LS_FIX) {
-            FN(ls_ab)(s, row, j0, w, a, b, ht, 0);
-            if (pass == LS_FWD)
-                for (int64_t j = 0; j < w; j++) o[j0 + j] = x[j] = a[j] * x[j] + b[j];
+                FN(ls_ab)(s, row, j0, w, a, b, ht, 0);
+            for (int64_t j = 0; j < w; j++) x[j] = ar[j] * x[j] + br[j];
+            if (pass == LS_REDUCE)
+                for (int64_t j = 0; j < w; j++) LS_MUL(p[j], ar[j]);
             else
-                for (int64_t j = 0; j < w; j++) o[j0 + j] += LS_MUL(p[j], a[j]) * x[j];
-            if (pass == LS_FWD && p)
-                for (int64_t j = 0; j < w; j++) LS_MUL(p[j], a[j]);
+                FN(ls_store)(s, o + j0, x, w);
             continue;
         }
         if (pass == LS_BACK) {
@@ -189,6 +206,7 @@ static TGT void FN(lscan_units)(const struct lscan *s, int64_t ua, int64_t ub) {
             FN(ls_row)(s, s->back ? LS_BACK : LS_FWD, row + r, r, ua, ub, (T *)s->h, 0, hp);
         }
     }
+    FN(ls_fence)(s);
 }
 
 /* Steps q0..q1 (processing order; backward walks them down) of every row, in one pass, with
@@ -203,18 +221,25 @@ static TGT void FN(ls_span)(const struct lscan *s, int pass, int64_t q0, int64_t
 }
 
 /* Thread `me` of `nthr` over a batch whose every sequence runs every step, the steps split
-   into nthr chunks (each thread streams its own stretch of memory).  Forward: chunk 0
-   from the true state, the others from zero, each keeping the product of its a; then the
-   chunks after the first are fixed up, h_t += (product of a since its chunk began) * the
-   state carried into the chunk, in nthr pieces.  Backward the same, from the last chunk
-   down.  work: 4 nthr (N, H) blocks (each chunk's end state and product, each piece's
-   product at its start, each thread's running product) and nthr more (the carried state). */
+   into nthr chunks (each thread streams its own stretch of memory).  Forward: chunk 0 runs
+   from the true state writing its output while the others run their recurrence from zero
+   without output, keeping the product of their a (and both where a piece begins inside
+   them); then the steps after chunk 0 run again in nthr pieces, each from its true state
+   (its chunk's own state there + product * the state carried into the chunk), writing the
+   output once.  Backward: the last chunk from the true gradient, the others from zero
+   keeping theirs in db / du; then fixed up in pieces, g_t = kept + (product of a since the
+   chunk's end) * the R carried in, with the gradients from it.  work: 6 nthr (N, H)
+   blocks: each chunk's end state and product, each piece's product and state at its start,
+   each thread's running product and carried state. */
 static TGT void FN(lscan_chunks)(const struct lscan *s, int me, int nthr) {
     const int64_t H = s->H, N = s->N, S = s->steps, NH = N * H, back = s->back;
     T *W = (T *)s->work, *h = (T *)s->h;
     T *end = W, *prod = W + nthr * NH, *start = W + 2 * nthr * NH, *run = W + 3 * nthr * NH + me * NH;
-    T *carry = W + 4 * nthr * NH + me * NH;
-#define QB(k) (S * (k) / nthr)
+    T *carry = W + 4 * nthr * NH + me * NH, *at_state = W + 5 * nthr * NH;  /* (forward: the state at piece i) */
+    /* chunk k = [QB(k), QB(k + 1)); forward, chunk 0 (which writes its output as it goes) is
+       2/3 the others (which read a and b twice): every thread's first pass then moves as many
+       bytes */
+#define QB(k) (back ? S * (k) / nthr : (k) == 0 ? 0 : S * (3 * (k) - 1) / (3 * nthr - 1))
     /* the chunk that starts from the true state: the first forward, the last backward */
     const int first = back ? nthr - 1 : 0, k = me;
     /* the fixed-up steps [F0, F1), in pieces of equal length; piece i = [P(i), P(i + 1)) */
@@ -232,7 +257,8 @@ static TGT void FN(lscan_chunks)(const struct lscan *s, int me, int nthr) {
             const int64_t at = back ? PB(nthr - i) : PB(i);
             if (at <= lo || at >= hi) continue;
             if (!back) {
-                FN(ls_span)(s, LS_FWD, lo, at, st, pr);
+                FN(ls_span)(s, LS_REDUCE, lo, at, st, pr);
+                memcpy(at_state + i * NH, st, NH * sizeof(T));
                 lo = at;
             } else {
                 FN(ls_span)(s, LS_LOCAL, at, hi, st, pr);
@@ -240,8 +266,9 @@ static TGT void FN(lscan_chunks)(const struct lscan *s, int me, int nthr) {
             }
             memcpy(start + i * NH, pr, NH * sizeof(T));
         }
-        FN(ls_span)(s, back ? LS_LOCAL : LS_FWD, lo, hi, st, pr);
+        FN(ls_span)(s, back ? LS_LOCAL : LS_REDUCE, lo, hi, st, pr);
     }
+    FN(ls_fence)(s);
     team_barrier(s->team, me, nthr);
     /* piece me: its steps, the chunk they begin in, the state carried into that chunk */
     const int64_t a0 = back ? PB(nthr - 1 - me) : PB(me), a1 = back ? PB(nthr - me) : PB(me + 1);
@@ -257,33 +284,30 @@ static TGT void FN(lscan_chunks)(const struct lscan *s, int me, int nthr) {
             for (int64_t kk = nthr - 2; kk > c; kk--)
                 for (int64_t i = 0; i < NH; i++) carry[i] = end[kk * NH + i] + prod[kk * NH + i] * carry[i];
         const int64_t head = back ? a1 : a0;  /* where the piece begins in the walk */
-        if (head == (back ? QB(c + 1) : QB(c)))  /* at its chunk's start: the product from 1 */
+        const int at_chunk_start = head == (back ? QB(c + 1) : QB(c));
+        if (!back) {  /* forward: the true state before the piece, then one pass writing the output */
+            if (!at_chunk_start)  /* the chunk's own state there, plus its product times the state carried in */
+                for (int64_t i = 0; i < NH; i++)
+                    carry[i] = at_state[me * NH + i] + start[me * NH + i] * carry[i];
+            FN(ls_span)(s, LS_FWD, a0, a1, carry, 0);
+        }
+        if (at_chunk_start)  /* at its chunk's start: the product from 1 */
             for (int64_t i = 0; i < NH; i++) run[i] = (T)1;
         else  /* the product the chunk's walk kept there (start[i] was kept for piece i) */
             memcpy(run, start + me * NH, NH * sizeof(T));
         int64_t lo = a0, hi = a1;
-        while (lo < hi) {  /* one chunk's part of the piece at a time */
-            if (!back) {
-                const int64_t stop = QB(c + 1) < hi ? QB(c + 1) : hi;
-                FN(ls_span)(s, LS_FIX, lo, stop, carry, run);
-                lo = stop;
-                if (lo < hi) {  /* into the next chunk: its carried-in state, the product from 1 */
-                    for (int64_t i = 0; i < NH; i++) carry[i] = end[c * NH + i] + prod[c * NH + i] * carry[i];
-                    for (int64_t i = 0; i < NH; i++) run[i] = (T)1;
-                    c++;
-                }
-            } else {
-                const int64_t stop = QB(c) > lo ? QB(c) : lo;
-                FN(ls_span)(s, LS_BFIX, stop, hi, carry, run);
-                hi = stop;
-                if (lo < hi) {
-                    for (int64_t i = 0; i < NH; i++) carry[i] = end[c * NH + i] + prod[c * NH + i] * carry[i];
-                    for (int64_t i = 0; i < NH; i++) run[i] = (T)1;
-                    c--;
-                }
+        while (back && lo < hi) {  /* backward: one chunk's part of the piece at a time, fixed up */
+            const int64_t stop = QB(c) > lo ? QB(c) : lo;
+            FN(ls_span)(s, LS_BFIX, stop, hi, carry, run);
+            hi = stop;
+            if (lo < hi) {  /* into the chunk below: the R carried into it, the product from 1 */
+                for (int64_t i = 0; i < NH; i++) carry[i] = end[c * NH + i] + prod[c * NH + i] * carry[i];
+                for (int64_t i = 0; i < NH; i++) run[i] = (T)1;
+                c--;
             }
         }
     }
+    FN(ls_fence)(s);
     team_barrier(s->team, me, nthr);
     if (me == 0) {  /* the final state: forward the last step's rows; backward R out of chunk 0 */
         if (!back) {
