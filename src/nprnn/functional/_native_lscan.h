@@ -213,6 +213,19 @@ static TGT void FN(lscan_units)(const struct lscan *s, int64_t ua, int64_t ub) {
    the state st (N, H) and the product pr (or none). */
 static TGT void FN(ls_span)(const struct lscan *s, int pass, int64_t q0, int64_t q1, T *st, T *pr) {
     const int64_t H = s->H, N = s->N, down = pass >= LS_BACK;
+    if (s->kind == LS_PLAIN && !down && !s->reverse) {  /* a and b given, in time order: one tight loop */
+        const int64_t NH = N * H;
+        const T *a = (const T *)s->a + q0 * NH, *b = (const T *)s->b + q0 * NH;
+        T *o = (T *)s->out + q0 * NH;
+        for (int64_t q = q0; q < q1; q++, a += NH, b += NH, o += NH) {
+            for (int64_t i = 0; i < NH; i++) st[i] = a[i] * st[i] + b[i];
+            if (pass == LS_REDUCE)
+                for (int64_t i = 0; i < NH; i++) LS_MUL(pr[i], a[i]);
+            else
+                FN(ls_store)(s, o, st, NH);
+        }
+        return;
+    }
     for (int64_t i = 0; i < q1 - q0; i++) {
         const int64_t q = down ? q1 - 1 - i : q0 + i, row = s->offsets[FN(ls_t)(s, q)];
         const T *hp = down ? (q > 0 ? (const T *)s->y + s->offsets[FN(ls_t)(s, q - 1)] * H : (const T *)s->h0) : 0;
