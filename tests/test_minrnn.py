@@ -273,3 +273,22 @@ def test_onnx_export_runs_in_onnxruntime_and_imports_back(kind, mode, bidirectio
     np.testing.assert_allclose(got[1], h_want, rtol=1e-5, atol=1e-5)
     back = import_onnx(path)
     np.testing.assert_allclose(back(x)[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.torch
+def test_the_log_space_parallel_form_equals_the_sequential_layer():
+    """PyTorch's parallel log-space form (cumsum and logcumsumexp over time, as
+    ``benchmarks/torch_mingru.py`` writes it, the way people run minGRU) against nprnn's
+    MinGRU, which runs the sequential recurrence: the same numbers, in float64."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from benchmarks.torch_mingru import StackedMinGRU, load_nprnn
+
+    layer = nprnn.MinGRU(5, 7, num_layers=2, dtype=np.float64, seed=3).eval()
+    model = load_nprnn(StackedMinGRU(5, 7, 2).double(), layer)
+    x = np.random.default_rng(1).standard_normal((50, 3, 5))
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(layer(x)[0], theirs, rtol=1e-10, atol=1e-12)
