@@ -292,3 +292,22 @@ def test_the_log_space_parallel_form_equals_the_sequential_layer():
     with torch.no_grad():
         theirs = model(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(layer(x)[0], theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["MinGRU", "MinLSTM"])
+def test_unbatched_input_and_a_checkpoint_round_trip(kind, tmp_path):
+    pytest.importorskip("safetensors")
+    from nprnn.serialization import load_checkpoint, save_checkpoint
+
+    layer = getattr(nprnn, kind)(3, 5, num_layers=2, seed=2).eval()
+    x = np.random.default_rng(4).standard_normal((6, 3)).astype(np.float32)
+    out, h_n = layer(x)  # (L, H_in): one sequence, no batch axis
+    batched, hb = layer(x[:, None])
+    assert out.shape == (6, 5) and h_n.shape == (2, 5)
+    np.testing.assert_array_equal(out, batched[:, 0])
+    np.testing.assert_array_equal(h_n, hb[:, 0])
+    opt = nprnn.optim.Adam(layer.parameters(), lr=1e-2)
+    save_checkpoint(tmp_path / "c.safetensors", layer, opt, step=7)
+    fresh = getattr(nprnn, kind)(3, 5, num_layers=2, seed=9)
+    assert load_checkpoint(tmp_path / "c.safetensors", fresh, nprnn.optim.Adam(fresh.parameters()))["step"] == 7
+    np.testing.assert_array_equal(fresh.eval()(x)[0], out)
