@@ -1035,7 +1035,7 @@ fail:
    team's threads.  spec: kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a,
    b, y, h0, h, out, da, db, team, threads, work (see struct lscan; a key it does not know is
    refused).  With work, the batch must be uniform (every step N rows) and work hold 6 threads
-   (N, H) blocks: the steps split into chunks; without it, the units. */
+   (N, H) blocks: the steps split into chunks; without it, the batch's rows. */
 static const char *const LS_KEYS[] = {"kind", "logm", "back", "reverse", "H", "itemsize", "batch_sizes", "offsets",
                                       "a", "b", "y", "h0", "h", "out", "da", "db", "team", "threads", "work"};
 #define LS_NKEYS ((int)(sizeof LS_KEYS / sizeof LS_KEYS[0]))
@@ -1046,11 +1046,8 @@ static void lscan_job(void *ctx, int me, int nthr) {
         isa->lscan_chunks[s->f64](s, me, nthr);
         return;
     }
-    const int64_t step = 64 / (int64_t)sizeof(float);  /* unit ranges on cache-line boundaries */
-    const int64_t lines = (s->H + step - 1) / step;
-    int64_t ua = lines * me / nthr * step, ub = lines * (me + 1) / nthr * step;
-    if (ub > s->H) ub = s->H;
-    if (ua < ub) isa->lscan[s->f64](s, ua, ub);
+    const int64_t r0 = s->N * me / nthr, r1 = s->N * (me + 1) / nthr;  /* a share of the batch's rows */
+    if (r0 < r1) isa->lscan[s->f64](s, r0, r1);
 }
 
 static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {

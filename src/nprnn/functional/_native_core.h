@@ -107,7 +107,7 @@ struct lscan {
     int64_t nthreads;
     int uniform;        /* every sequence runs every step: the steps split into chunks (lscan_chunks) */
     int stream;         /* the output is written past the caches (larger than they would keep) */
-    void *work;         /* the chunks' carries, 6 nthreads (N, H) blocks; else the units split */
+    void *work;         /* the chunks' carries, 6 nthreads (N, H) blocks; else the batch's rows split */
     struct team *team;
 };
 typedef void (*lscan_fn)(const struct lscan *, int64_t, int64_t);
@@ -176,7 +176,7 @@ struct isa {
     void (*apply_f)(int, float *, int64_t);
     void (*apply_d)(int, double *, int64_t);
     int (*width)(void);
-    lscan_fn lscan[2];  /* [float, double]: units ua..ub of a linear scan */
+    lscan_fn lscan[2];  /* [float, double]: batch rows r0..r1 of a linear scan */
     lscan_chunks_fn lscan_chunks[2];  /* [float, double]: a thread's chunk of the steps */
     void (*mm_f)(int64_t, int64_t, int64_t, int64_t, const float *, const float *, float *, const float *);
     void (*mm_d)(int64_t, int64_t, int64_t, int64_t, const double *, const double *, double *, const double *);

@@ -6,8 +6,9 @@
  *   minLSTM  u = [f, i, v]:  a = F / (F + I), b = I / (F + I) h~,  F = sigmoid(f), I = sigmoid(i)
  * with h~ = v (mode linear) or g(v) = v + 0.5 for v >= 0, sigmoid(v) below (mode log).
  * Backward: the running g = dL/dh_t (dh in), g += dout_t, then da = g h_{t-1}, db = g (or
- * through the gates, du), and g = a g for h_{t-1}; g ends as dL/dh_0.  The units split
- * across the threads (each scan of a unit is independent): every unit's sums are the
+ * through the gates, du), and g = a g for h_{t-1}; g ends as dL/dh_0.  A batch whose
+ * sequences all run every step splits its steps into chunks across the threads
+ * (lscan_chunks); a ragged one splits its rows (lscan_units), each row's sums the
  * one-thread sums, bit for bit. */
 #define LS_BLK 512  /* units at a time: a whole row of H <= 512 in one go */
 /* The chunks' products of a fall towards zero; below the smallest normal number they are
@@ -189,8 +190,9 @@ static TGT void FN(ls_row)(const struct lscan *s, int pass, int64_t row, int64_t
 /* The packed row of step q (in processing order) and its h_{t-1} rows (backward). */
 static TGT inline int64_t FN(ls_t)(const struct lscan *s, int64_t q) { return s->reverse ? s->steps - 1 - q : q; }
 
-/* The units ua..ub of the scan over all steps, forward or backward (a unit split, or one thread). */
-static TGT void FN(lscan_units)(const struct lscan *s, int64_t ua, int64_t ub) {
+/* Batch rows r0..r1 of the scan over all steps, forward or backward (a ragged batch's
+   share of one thread: each thread's rows of a step lie together in memory). */
+static TGT void FN(lscan_units)(const struct lscan *s, int64_t r0, int64_t r1) {
     const int64_t H = s->H, steps = s->steps;
     for (int64_t qq = 0; qq < steps; qq++) {
         const int64_t q = s->back ? steps - 1 - qq : qq;  /* the step in forward processing order */
@@ -200,10 +202,10 @@ static TGT void FN(lscan_units)(const struct lscan *s, int64_t ua, int64_t ub) {
             tp = FN(ls_t)(s, q - 1);
             np = s->batch_sizes[tp];
         }
-        for (int64_t r = 0; r < n; r++) {
+        for (int64_t r = r0; r < (n < r1 ? n : r1); r++) {
             const T *hp = s->back ? (r < np ? (const T *)s->y + (s->offsets[tp] + r) * H : (const T *)s->h0 + r * H)
                                   : 0;
-            FN(ls_row)(s, s->back ? LS_BACK : LS_FWD, row + r, r, ua, ub, (T *)s->h, 0, hp);
+            FN(ls_row)(s, s->back ? LS_BACK : LS_FWD, row + r, r, 0, H, (T *)s->h, 0, hp);
         }
     }
     FN(ls_fence)(s);

@@ -14,9 +14,9 @@ shrinking forward, growing in reverse).  ``kind``:
 with ``h~ = v`` (``log=False``) or ``g(v) = v + 0.5`` for ``v >= 0``, ``sigmoid(v)`` below
 (``log=True``, the paper's log-space parametrisation; ``0 < a < 1`` lets the scan itself
 run in linear space in both modes).  The compiled tier (``_native.linear_scan``) makes a
-and b from ``u`` in the same pass as the recurrence, its units split across the threads
-(bit for bit the one-thread result); the NumPy tier here makes them first, then loops over
-the steps.
+and b from ``u`` in the same pass as the recurrence, a batch of equal lengths split into
+chunks of steps across the threads (a ragged one into its rows); the NumPy tier here makes
+them first, then loops over the steps.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def scan_rows_backward(kind: str, log: bool, u: Array, b: OptArray, h0: Array, y
 def linear_scan(a: Any, b: Any, h0: Any = None, *, out: Any = None, runner: Optional[Runner] = None) -> Array:
     """``h_t = a_t * h_{t-1} + b_t`` for ``a``, ``b`` of shape (L, N, H) (time-major) or
     (L, H); ``h0`` (N, H) or (H,), zeros by default.  Returns every ``h_t``, shaped like
-    ``a``.  On the compiled tier the units split across the threads; see
+    ``a``.  On the compiled tier the steps split into a chunk per thread; see
     :func:`linear_scan_backward` for the gradients.  ``runner``: the threads' runner
     (default :func:`.runners.default`, nprnn's threads once :mod:`nprnn.threads` is loaded;
     :data:`.runners.SERIAL` runs on the calling thread alone).  ``out``: an array shaped

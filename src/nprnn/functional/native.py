@@ -135,7 +135,7 @@ def linear_scan(spec: dict[str, Any], batch_sizes: Sequence[int], H: int, rows: 
     work = None  # a batch of equal lengths splits its steps into chunks, one stretch of memory a thread
     if threads > 1 and len(sizes) >= 2 * threads and int(sizes[-1]) == N:
         work = np.empty(6 * threads * N * H, spec["a"].dtype)
-    elif H < 32:  # (split, the units of a row would share cache lines)
+    elif N < 2 * threads:  # (a ragged batch splits its rows: too few to share)
         team, threads = None, 1
     _native.linear_scan(dict(spec, H=H, itemsize=spec["a"].dtype.itemsize, batch_sizes=sizes, offsets=offsets,
                              team=team, threads=threads, work=work))
