@@ -25,8 +25,8 @@ the generator's raw bits; 2555), then to 2710 for the diagonal linear scan of is
 (``functional/linscan.py``, counted from then on: 137 lines; its compiled call and the
 runners' default: 15; 2707), and to 2830 for MinGRU and MinLSTM (the linear-scan kinds
 in the registry, without W_hh: their layer-directions in ``linscan.py``, the layers' base
-that declares which of the five parameters a kind has, the two layers and their cells;
-2852), and to 2900 for the linear scan's ``out=``, its uniform batches' chunks of steps and
+that declares which of the five parameters a kind has, the two layers; 2821), to 2860 for
+their cells (2852), and to 2900 for the linear scan's ``out=``, its uniform batches' chunks of steps and
 the min kinds' products on the compiled kernel with pooled buffers (2893).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
