@@ -986,6 +986,37 @@ static void at_job(void *ctx, int me, int nthr) {
     free(work);
 }
 
+/* A call's team argument checked: a _native.Team or None; 0, or -1 with a ValueError naming
+   the function.  run_team then runs fn as a job of `want` threads on it, the GIL released. */
+static int team_arg(PyObject *team, const char *msg) {
+    if (team == Py_None || PyObject_TypeCheck(team, &TeamType)) return 0;
+    PyErr_SetString(PyExc_ValueError, msg);
+    return -1;
+}
+
+static void run_team(PyObject *team, int64_t want, job_fn fn, void *ctx) {
+    Py_INCREF(team);
+    Py_BEGIN_ALLOW_THREADS
+    run_job(team == Py_None ? NULL : (struct team *)team, want, fn, ctx);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(team);
+}
+
+/* The product entries' A (read) and C (written), C-contiguous, into b->v[0] and b->v[1]
+   (b->n counts what was taken, for release): 0 when both are 2-D of one item size, 4 or 8
+   bytes; -2 when not (the caller words the error); -1 when a buffer cannot be taken (the
+   buffer protocol's exception set). */
+static int take_ac(struct bufs *b, PyObject *A, PyObject *C) {
+    b->n = 0;
+    if (PyObject_GetBuffer(A, &b->v[0], PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT) < 0) return -1;
+    b->n = 1;
+    if (PyObject_GetBuffer(C, &b->v[1], PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) return -1;
+    b->n = 2;
+    const Py_buffer *a = &b->v[0], *c = &b->v[1];
+    return (a->itemsize == 4 || a->itemsize == 8) && c->itemsize == a->itemsize && a->ndim == 2 && c->ndim == 2 ? 0
+                                                                                                               : -2;
+}
+
 static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 6 && nargs != 8) {
@@ -998,20 +1029,18 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
     int64_t blocks = nargs == 8 ? as_i64(args[7], &err) : 1;
     if (err) return NULL;
     PyObject *team = nargs == 8 ? args[6] : Py_None;
-    if ((team != Py_None && !PyObject_TypeCheck(team, &TeamType)) || blocks < 1) {
-        PyErr_SetString(PyExc_ValueError, "_native.gemm_at: team must be a _native.Team or None, blocks >= 1");
+    const char *bad_team = "_native.gemm_at: team must be a _native.Team or None, blocks >= 1";
+    if (team_arg(team, bad_team) < 0) return NULL;
+    if (blocks < 1) {
+        PyErr_SetString(PyExc_ValueError, bad_team);
         return NULL;
     }
     struct bufs b;
-    b.n = 0;
+    int took = take_ac(&b, args[0], args[2]);
+    if (took == -1) goto fail;
     Py_buffer *a = &b.v[0], *c = &b.v[1];
-    if (PyObject_GetBuffer(args[0], a, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT) < 0) return NULL;
-    b.n = 1;
-    if (PyObject_GetBuffer(args[2], c, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto fail;
-    b.n = 2;
     Py_ssize_t isz = a->itemsize;
-    if ((isz != 4 && isz != 8) || c->itemsize != isz || a->ndim != 2 || c->ndim != 2 ||
-        c->shape[0] != a->shape[1] || a->shape[0] < 1 || r0 < 0 || r1 > c->shape[0] || r0 > r1) {
+    if (took < 0 || c->shape[0] != a->shape[1] || a->shape[0] < 1 || r0 < 0 || r1 > c->shape[0] || r0 > r1) {
         PyErr_SetString(PyExc_ValueError, "_native.gemm_at: A (K, M1), C (M1, M) and 0 <= r0 <= r1 <= M1 expected");
         goto fail;
     }
@@ -1019,11 +1048,7 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
     const void *bp = get(&b, args[1], "Bp", 0, isz, K * panels(M, isz), 0, 0, NULL);
     if (!bp) goto fail;
     struct at_ctx ctx = {r0, r1, blocks, K, M, M1, a->buf, bp, c->buf, accumulate, isz == 8, 0};
-    Py_INCREF(team);
-    Py_BEGIN_ALLOW_THREADS
-    run_job(team == Py_None ? NULL : (struct team *)team, blocks, at_job, &ctx);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(team);
+    run_team(team, blocks, at_job, &ctx);
     release(&b);
     Py_RETURN_NONE;
 fail:
@@ -1031,8 +1056,7 @@ fail:
     return NULL;
 }
 
-/* linear_scan(spec): one diagonal linear scan (struct lscan), its units split across the
-   team's threads.  spec: kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a,
+/* linear_scan(spec): one diagonal linear scan (struct lscan) on the team's threads.  spec: kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a,
    b, y, h0, h, out, da, db, team, threads, work (see struct lscan; a key it does not know is
    refused).  With work, the batch must be uniform (every step N rows) and work hold 6 threads
    (N, H) blocks: the steps split into chunks; without it, the batch's rows. */
@@ -1075,9 +1099,11 @@ static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {
     int64_t threads = v[17] ? as_i64(v[17], &err) : 1;
     if (err) return NULL;
     PyObject *team = v[16] ? v[16] : Py_None;
+    const char *bad = "_native.linear_scan: bad kind, mode, size, item size, threads or team";
+    if (team_arg(team, bad) < 0) return NULL;
     if (s.kind < LS_PLAIN || s.kind > LS_MINLSTM || (s.logm != 0 && s.logm != 1) || s.H < 1 ||
-        (isz != 4 && isz != 8) || threads < 1 || (team != Py_None && !PyObject_TypeCheck(team, &TeamType))) {
-        PyErr_SetString(PyExc_ValueError, "_native.linear_scan: bad kind, mode, size, item size, threads or team");
+        (isz != 4 && isz != 8) || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, bad);
         return NULL;
     }
     struct bufs b;
@@ -1123,11 +1149,7 @@ static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {
     }
     s.team = team == Py_None ? NULL : (struct team *)team;
     s.stream = s.kind == LS_PLAIN && !s.back && rows * H * isz >= ((int64_t)64 << 20);  /* (a, b and h: 3x that) */
-    Py_INCREF(team);
-    Py_BEGIN_ALLOW_THREADS
-    run_job(team == Py_None ? NULL : (struct team *)team, threads, lscan_job, &s);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(team);
+    run_team(team, threads, lscan_job, &s);
     release(&b);
     Py_RETURN_NONE;
 fail:
@@ -1172,20 +1194,18 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     int64_t threads = as_i64(args[5], &err);
     if (err) return NULL;
     PyObject *team = args[4];
-    if ((team != Py_None && !PyObject_TypeCheck(team, &TeamType)) || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "_native.matmul: team must be a _native.Team or None, threads >= 1");
+    const char *bad_team = "_native.matmul: team must be a _native.Team or None, threads >= 1";
+    if (team_arg(team, bad_team) < 0) return NULL;
+    if (threads < 1) {
+        PyErr_SetString(PyExc_ValueError, bad_team);
         return NULL;
     }
     struct bufs b;
-    b.n = 0;
+    int took = take_ac(&b, args[0], args[2]);
+    if (took == -1) goto fail;
     Py_buffer *a = &b.v[0], *c = &b.v[1];
-    if (PyObject_GetBuffer(args[0], a, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT) < 0) return NULL;
-    b.n = 1;
-    if (PyObject_GetBuffer(args[2], c, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto fail;
-    b.n = 2;
     Py_ssize_t isz = a->itemsize;
-    if ((isz != 4 && isz != 8) || c->itemsize != isz || a->ndim != 2 || c->ndim != 2 || c->shape[0] != a->shape[0] ||
-        a->shape[1] < 1 || c->shape[1] < 1) {
+    if (took < 0 || c->shape[0] != a->shape[0] || a->shape[1] < 1 || c->shape[1] < 1) {
         PyErr_SetString(PyExc_ValueError, "_native.matmul: A (n, K), C (n, M) of one item size expected");
         goto fail;
     }
@@ -1194,11 +1214,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     const void *bias = get(&b, args[3], "bias", 0, isz, M, 1, 0, NULL);
     if (!bp || PyErr_Occurred()) goto fail;
     struct mm_ctx ctx = {n, K, M, threads, a->buf, bp, bias, c->buf, isz == 8, 0};
-    Py_INCREF(team);
-    Py_BEGIN_ALLOW_THREADS
-    run_job(team == Py_None ? NULL : (struct team *)team, threads, mm_job, &ctx);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(team);
+    run_team(team, threads, mm_job, &ctx);
     release(&b);
     Py_RETURN_NONE;
 fail:
