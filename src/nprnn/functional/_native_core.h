@@ -185,7 +185,7 @@ struct isa {
 #define ISA(label, vb, s)                                                                                  \
     {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
      pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s, width_f32_##s,    \
-     {lscan_units_f32_##s, lscan_units_f64_##s}, {lscan_chunks_f32_##s, lscan_chunks_f64_##s},  \
+     {lscan_rows_f32_##s, lscan_rows_f64_##s}, {lscan_chunks_f32_##s, lscan_chunks_f64_##s},  \
      rows_mm_f32_##s, rows_mm_f64_##s}
 static const struct isa ISA_BASE = ISA("baseline", 16, base);
 #ifdef HAVE_X86_VARIANTS

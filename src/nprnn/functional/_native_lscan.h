@@ -8,7 +8,7 @@
  * Backward: the running g = dL/dh_t (dh in), g += dout_t, then da = g h_{t-1}, db = g (or
  * through the gates, du), and g = a g for h_{t-1}; g ends as dL/dh_0.  A batch whose
  * sequences all run every step splits its steps into chunks across the threads
- * (lscan_chunks); a ragged one splits its rows (lscan_units), each row's sums the
+ * (lscan_chunks); a ragged one splits its rows (lscan_rows), each row's sums the
  * one-thread sums, bit for bit. */
 #define LS_BLK 512  /* units at a time: a whole row of H <= 512 in one go */
 /* The chunks' products of a fall towards zero; below the smallest normal number they are
@@ -137,19 +137,18 @@ static TGT inline T *FN(ls_keep)(const struct lscan *s, int64_t row) {
     return (T *)s->da + row * (s->kind == LS_MINGRU ? 2 : 3) * H + (s->kind == LS_MINGRU ? H : 2 * H);
 }
 
-/* One row of one step, units ua..ub, in one of the passes:
+/* One row of one step, every unit, in one of the passes:
    FWD    st = a st + b, out = st;
    REDUCE st = a st + b, pr *= a (a chunk's own recurrence from zero, and its product; no output);
    BACK  g += dout, the gradients from g, g = a g (hp: h_{t-1});
    LOCAL g += dout, kept (ls_keep), g = a g, pr *= a;
    BFIX  g = kept + pr R (R: the carried-in a g from above), the gradients from g, pr *= a. */
-static TGT void FN(ls_row)(const struct lscan *s, int pass, int64_t row, int64_t r, int64_t ua, int64_t ub, T *st,
-                           T *pr, const T *hp) {
+static TGT void FN(ls_row)(const struct lscan *s, int pass, int64_t row, int64_t r, T *st, T *pr, const T *hp) {
     const int64_t H = s->H;
     T a[LS_BLK], b[LS_BLK], ht[LS_BLK], g[LS_BLK];
     T *o = (T *)s->out + row * H;
-    for (int64_t j0 = ua; j0 < ub; j0 += LS_BLK) {
-        const int64_t w = ub - j0 < LS_BLK ? ub - j0 : LS_BLK;
+    for (int64_t j0 = 0; j0 < H; j0 += LS_BLK) {
+        const int64_t w = H - j0 < LS_BLK ? H - j0 : LS_BLK;
         T *x = st + r * H + j0, *p = pr ? pr + r * H + j0 : 0;
         if (pass == LS_FWD || pass == LS_REDUCE) {
             const T *ar = a, *br = b;
@@ -192,7 +191,7 @@ static TGT inline int64_t FN(ls_t)(const struct lscan *s, int64_t q) { return s-
 
 /* Batch rows r0..r1 of the scan over all steps, forward or backward (a ragged batch's
    share of one thread: each thread's rows of a step lie together in memory). */
-static TGT void FN(lscan_units)(const struct lscan *s, int64_t r0, int64_t r1) {
+static TGT void FN(lscan_rows)(const struct lscan *s, int64_t r0, int64_t r1) {
     const int64_t H = s->H, steps = s->steps;
     for (int64_t qq = 0; qq < steps; qq++) {
         const int64_t q = s->back ? steps - 1 - qq : qq;  /* the step in forward processing order */
@@ -205,7 +204,7 @@ static TGT void FN(lscan_units)(const struct lscan *s, int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < (n < r1 ? n : r1); r++) {
             const T *hp = s->back ? (r < np ? (const T *)s->y + (s->offsets[tp] + r) * H : (const T *)s->h0 + r * H)
                                   : 0;
-            FN(ls_row)(s, s->back ? LS_BACK : LS_FWD, row + r, r, 0, H, (T *)s->h, 0, hp);
+            FN(ls_row)(s, s->back ? LS_BACK : LS_FWD, row + r, r, (T *)s->h, 0, hp);
         }
     }
     FN(ls_fence)(s);
@@ -231,7 +230,7 @@ static TGT void FN(ls_span)(const struct lscan *s, int pass, int64_t q0, int64_t
     for (int64_t i = 0; i < q1 - q0; i++) {
         const int64_t q = down ? q1 - 1 - i : q0 + i, row = s->offsets[FN(ls_t)(s, q)];
         const T *hp = down ? (q > 0 ? (const T *)s->y + s->offsets[FN(ls_t)(s, q - 1)] * H : (const T *)s->h0) : 0;
-        for (int64_t r = 0; r < N; r++) FN(ls_row)(s, pass, row + r, r, 0, H, st, pr, hp ? hp + r * H : 0);
+        for (int64_t r = 0; r < N; r++) FN(ls_row)(s, pass, row + r, r, st, pr, hp ? hp + r * H : 0);
     }
 }
 
