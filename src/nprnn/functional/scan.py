@@ -176,8 +176,10 @@ def scan_forward(kind: CellKind, gx: Array, out: Array, state: tuple[Array, ...]
     prev = None  # (rows of the previous step's output, its batch size)
     zh: Any = None if reg is None else reg.zh
     zc: Any = None if reg is None or c_run is None else reg.zc
-    if zh is not None:  # zoneout's workspace: 1 - d and d * previous for h and c, the cell state before the step
-        zt, zp, zct, zcp, c_old = (np.empty_like(a) for a in (h_run, h_run) + (h_run if c_run is None else c_run,) * 3)
+    if zh is not None:  # zoneout's workspace: 1 - d and d * previous for h (and c), the cell state before the step
+        zt, zp = np.empty_like(h_run), np.empty_like(h_run)
+        if zc is not None:
+            zct, zcp, c_old = (np.empty_like(state[1]) for _ in range(3))
     # exp overflowing to inf is how a gate saturates to 0; NaN passes
     with np.errstate(over="ignore", invalid="ignore"):
         for k, (lo, hi, n) in enumerate(steps):
