@@ -72,6 +72,23 @@ def test_unit_split_is_bit_for_bit(config, kind, train):
             np.testing.assert_array_equal(a, b)
 
 
+def test_jobs_of_fewer_threads_between_jobs_of_all(config):
+    """The threads of a job count its barriers from where the team's last job left off;
+    a helper left out of some jobs (a layer with fewer units than the team has threads)
+    must not be waited for, nor let the others through early, in the jobs after: each call
+    of an interleaved sequence equals its one-thread run bit for bit."""
+    rng = np.random.default_rng(2)
+    layers = {H: nprnn.LSTM(5, H, seed=H).eval() for H in (2, 3, 37)}
+    x = rng.standard_normal((40, 1, 5)).astype(np.float32)
+    config(backend="native", num_threads=1)
+    want = {H: m(x)[0] for H, m in layers.items()}
+    team = _split_everything(config, 4)
+    before = _runs(team)
+    for H in (37, 2, 37, 3, 2, 37, 3, 37):
+        np.testing.assert_array_equal(layers[H](x)[0], want[H])
+    assert _runs(team) == before + 8
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_unit_split_with_one_sequence_equals_pytorch_order_of_work(config, kind):
     """N=1, the deployment case, on float32 and every split width, against one thread."""

@@ -49,15 +49,18 @@ typedef struct team {
     int n;          /* threads, the caller's included */
     long pid;       /* the process whose threads serve it (a forked child's copy has none) */
     int64_t spin, step_spin;  /* ns a thread waiting for a job, for a step, spins before it sleeps */
-    atomic_int arrived, ready, stop, busy;
-    atomic_uint gen, job_gen;
+    atomic_int ready, stop, busy;
+    atomic_uint job_gen;
     atomic_llong runs, alone, moves;  /* jobs run on the team; alone, because it was busy; helper moves */
     void *job;
     job_fn fn;
     int job_threads;
     atomic_int caller_cpu;  /* the processor the caller posted the job from (-1: unknown) */
+    unsigned epoch;         /* the barriers counted before the current job (set by its caller) */
     atomic_int sleeping[MAX_THREADS];
     PyThread_type_lock sem[MAX_THREADS];
+    /* thread i's barriers: `arrived` the last it reached (others read it), `next` its own count */
+    struct { atomic_uint arrived; unsigned next; char pad[64 - sizeof(atomic_uint) - sizeof(unsigned)]; } at[MAX_THREADS];
 } TeamObject;
 
 static inline void cpu_relax(void) {
@@ -84,14 +87,20 @@ static void yield_cpu(void) {
 #endif
 }
 
-/* Wait until *g differs from old: spin for spin_ns, then sleep until wake() releases this
+/* Whether *g has moved on: differs from v, or with `count` has reached v (wrapping). */
+static inline int moved(atomic_uint *g, unsigned v, int count) {
+    unsigned now = atomic_load(g);
+    return count ? (int)(now - v) >= 0 : now != v;
+}
+
+/* Wait until moved(g, v, count): spin for spin_ns, then sleep until wake() releases this
    slot.  After the first few spins each one yields the processor: if the thread it waits
    for was woken onto this same processor (the scheduler may put it beside its waker), it
    runs at once instead of after the spinner's time slice. */
-static void waitgen(struct team *t, atomic_uint *g, unsigned old, int me, int64_t spin_ns) {
+static void waitfor(struct team *t, atomic_uint *g, unsigned v, int count, int me, int64_t spin_ns) {
     int64_t deadline = 0;
     for (int64_t k = 0;; k++) {
-        if (atomic_load(g) != old) return;
+        if (moved(g, v, count)) return;
         if (k < 512) {
             cpu_relax();
             continue;
@@ -105,19 +114,23 @@ static void waitgen(struct team *t, atomic_uint *g, unsigned old, int me, int64_
     }
     for (;;) {
         atomic_store(&t->sleeping[me], 1);
-        if (atomic_load(g) != old) {
+        if (moved(g, v, count)) {
             /* claim the flag back; if a waker took it first, its release must be consumed */
             if (atomic_exchange(&t->sleeping[me], 0) == 0) PyThread_acquire_lock(t->sem[me], WAIT_LOCK);
             return;
         }
         PyThread_acquire_lock(t->sem[me], WAIT_LOCK);
-        if (atomic_load(g) != old) return;
+        if (moved(g, v, count)) return;
     }
+}
+
+static void waitgen(struct team *t, atomic_uint *g, unsigned old, int me, int64_t spin_ns) {
+    waitfor(t, g, old, 0, me, spin_ns);
 }
 
 static void wake(struct team *t) {
     for (int i = 0; i < t->n; i++)
-        if (atomic_exchange(&t->sleeping[i], 0)) PyThread_release_lock(t->sem[i]);
+        if (atomic_load(&t->sleeping[i]) && atomic_exchange(&t->sleeping[i], 0)) PyThread_release_lock(t->sem[i]);
 }
 
 /* The scheduler may wake a sleeping helper on its waker's processor (it expects them to
@@ -175,12 +188,9 @@ static int avoid_cpu(int cpu, int avoided) {  /* a helper: keep off the caller's
 }
 
 static void wave_wait(const struct scan *s, unsigned need) {
-    for (;;) {
-        unsigned v = atomic_load(s->await);
-        if (v >= need) return;
-        if (s->team) waitgen(s->team, s->await, v, s->slot, s->team->step_spin);
-        else yield_cpu();
-    }
+    if (s->team) waitfor(s->team, s->await, need, 1, s->slot, s->team->step_spin);
+    else
+        while (atomic_load(s->await) < need) yield_cpu();
 }
 
 static void wave_publish(const struct scan *s, unsigned done) {
@@ -188,16 +198,16 @@ static void wave_publish(const struct scan *s, unsigned done) {
     if (s->team) wake(s->team);
 }
 
+/* Each thread counts its barriers from the job's epoch and publishes the count on a line of
+   its own; it waits for every other thread of the job to publish the same count.  One line
+   crosses between two cores per barrier (a shared counter and a generation took two). */
 static void team_barrier(struct team *t, int me, int nthr) {
     if (nthr < 2) return;
-    unsigned g = atomic_load(&t->gen);
-    if (atomic_fetch_add(&t->arrived, 1) == nthr - 1) {
-        atomic_store(&t->arrived, 0);
-        atomic_fetch_add(&t->gen, 1);
-        wake(t);
-    } else {
-        waitgen(t, &t->gen, g, me, t->step_spin);
-    }
+    unsigned e = ++t->at[me].next;
+    atomic_store(&t->at[me].arrived, e);
+    wake(t);
+    for (int i = 0; i < nthr; i++)
+        if (i != me) waitfor(t, &t->at[i].arrived, e, 1, me, t->step_spin);
 }
 
 /* Run fn(ctx, me, nthr) on `want` threads of the team t when there is a team, it is free
@@ -216,6 +226,7 @@ static void run_job(struct team *t, int64_t want, job_fn fn, void *ctx) {
         t->job = ctx;
         t->fn = fn;
         t->job_threads = nthr;
+        t->epoch = t->at[0].next;  /* every count so far: the job's barriers count on from it */
         atomic_store(&t->caller_cpu, cpu);
         atomic_fetch_add(&t->job_gen, 1);
         wake(t);
@@ -822,11 +833,9 @@ static PyObject *team_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     t->pid = (long)getpid();
     t->spin = spin;
     t->step_spin = step_spin;
-    atomic_init(&t->arrived, 0);
     atomic_init(&t->ready, 0);
     atomic_init(&t->stop, 0);
     atomic_init(&t->busy, 0);
-    atomic_init(&t->gen, 0);
     atomic_init(&t->job_gen, 0);
     atomic_init(&t->runs, 0);
     atomic_init(&t->alone, 0);
@@ -865,6 +874,7 @@ static PyObject *team_serve(TeamObject *t, PyObject *arg) {
         if (atomic_load(&t->stop)) break;
         int nthr = t->job_threads;
         if (me < nthr) {
+            t->at[me].next = t->epoch;
             int caller = atomic_load(&t->caller_cpu);
             if (caller != avoided) {
                 avoided = avoid_cpu(caller, avoided);

@@ -946,12 +946,13 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         for (int64_t p = p0; p < p1; p++)
             FN(step_part)(s, p, n, row, rr, hc, hw, hn, (int)((q + s->phase) & 1), late, s->wq ? &qrows : 0,
                           s->wq && !s->xproj ? &qxrows : 0);
-        if (s->wq && s->xproj && q + 1 < s->steps && n <= 4) {  /* the next step's projected rows, on their way */
+        if (s->xproj && q + 1 < s->steps && n <= 4) {  /* the next step's projected rows, on their way */
             const int64_t tn = s->reverse ? s->steps - 2 - q : q + 1, GH = s->G * H;
-            const float *nx = (const float *)s->xproj + (s->offsets[tn] + s->r0) * GH;
+            const T *nx = (const T *)s->xproj + (s->offsets[tn] + s->r0) * GH;
             for (int64_t r = 0; r < n; r++)
                 for (int64_t g = 0; g < s->G; g++)
-                    for (int64_t j = s->units[p0]; j < s->units[p1]; j += 16) __builtin_prefetch(nx + r * GH + g * H + j);
+                    for (int64_t j = s->units[p0]; j < s->units[p1]; j += 64 / (int64_t)sizeof(T))
+                        __builtin_prefetch(nx + r * GH + g * H + j);
         }
         if (s->whr) {  /* h' = m @ W_hr.T, each part its share of the P columns */
             team_barrier(s->team, me, nthr);
