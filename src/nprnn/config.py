@@ -52,6 +52,9 @@ class Settings:
     wavefront_balance: int = 85
     min_wavefront_work: int = 98304
     max_wavefront_work: int = 786432
+    # compiled tier, inference: a layer called again with the same shapes runs the kernel
+    # calls it made and checked for the first (1), instead of planning them again (0: never)
+    reuse_calls: int = 1
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -72,7 +75,8 @@ _NAMES = {f.name for f in fields(Settings)}
 
 _NON_NEGATIVE = {"min_step_work", "min_train_step_work", "min_split_work", "max_unit_split_batch",
                  "min_unit_split_work", "min_inloop_batch", "spin_us", "step_spin_us", "min_wavefront_batch",
-                 "wavefront_balance", "min_wavefront_work", "max_wavefront_work"}  # 0: always split / side by side
+                 "wavefront_balance", "min_wavefront_work", "max_wavefront_work",
+                 "reuse_calls"}  # 0: always split / side by side (reuse_calls: never)
 
 
 def _check(name: str, value: Any) -> None:

@@ -593,6 +593,45 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
     return _Loop(how, (0, prep, int(train), int(reverse), sizes, offsets, x, out, h, c, arrays), state, record)
 
 
+class Reused(NamedTuple):
+    """A one-directional stack's forward over a batch of one shape, made once and run again
+    (:func:`reusable`): ``x`` the first layer's input rows (T, H_in) to copy the input
+    into, ``outs`` each layer's output rows (T, H_out), ``states`` each layer's (h, c) that
+    its loop reads as the initial state and leaves as the final one, ``calls`` each
+    layer's ``_native.Call``, its arguments checked once."""
+
+    key: Any
+    x: Array
+    outs: list[Array]
+    states: list[tuple[Array, ...]]
+    calls: list[Any]
+
+
+def reusable(key: Any, kind: CellKind, params: Sequence[Params], N: int, L: int, dtype: Any,
+             cache: Optional[dict[Any, Any]], runner: Runner) -> Optional[Reused]:
+    """The calls of a one-directional stack's inference forward over ``N`` sequences of
+    ``L`` steps, each layer planned as :func:`direction_forward` plans it; None where a
+    layer's plan is row ranges without a team (several calls)."""
+    T, sizes = N * L, [N] * L
+    x = _aligned((T, params[0][0].shape[1]), dtype)
+    inp, outs, states, calls = x, [], [], []
+    for idx, p in enumerate(params):
+        H, P = p[1].shape[0] // kind.num_gates, p[1].shape[1]
+        out = _aligned((T, P), dtype)
+        zeros = (np.zeros((N, P), dtype),) + ((np.zeros((N, H), dtype),) if kind.has_cell else ())
+        loop = _forward_loop(inp, kind, p, zeros, sizes, False, out, False, None, idx, runner, cache)
+        ranges, team = loop.how.ranges, loop.how.team
+        if len(ranges) > 1 and team is None:
+            return None
+        bounds = np.asarray([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64) if len(ranges) > 1 else None
+        calls.append(compiled.Call(_spec(*loop.args[:4], (ranges[0][0], ranges[-1][1]), *loop.args[4:],
+                                         team=team, ranges=bounds)))
+        outs.append(out)
+        states.append(loop.state)
+        inp = out
+    return Reused(key, x, outs, states, calls)
+
+
 def wavefront_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Sequence[tuple[Array, ...]],
                       batch_sizes: Sequence[int], outs: Sequence[Array], train: bool, pool: Optional[Pool],
                       cache: Optional[dict[Any, Any]], team: Any, regs: Optional[Sequence[Any]] = None

@@ -14,11 +14,12 @@ import numpy as np
 
 from .._checks import as_array, check_bool, check_dropout, check_int, check_memory, check_nonlinearity, check_zoneout
 from .._typing import Array, Params
-from ..functional import KINDS
+from ..config import settings
+from ..functional import KINDS, native
 from ..functional.native import parameter_epoch
 from ..functional.scan import Regularizers
 from ..functional.stack import StackRecord, _dropout_mask, bernoulli, stack_backward, stack_forward
-from ..parallel.threads import THREADED
+from ..parallel.threads import THREADED, activity
 from .init import check_forget_bias, forget_bias_
 from .layout import Layout, check_grads, layout_of
 from .module import Module, init_own, init_uniform, resolve_dtype, resolve_rng
@@ -162,6 +163,10 @@ class RNNBase(Module):
         every layer's and direction's state at every step (see the class docstring).
         """
         return_states = check_bool("return_states", return_states)
+        if not self.training and lengths is None and not return_states and settings.reuse_calls:
+            again = self._reused(input, hx)
+            if again is not None:
+                return again
         layout, x, states = layout_of(self, input, hx, lengths)
         self._keep(None)  # this thread's previous record's buffers are about to be reused
         pool = self._pool()
@@ -189,6 +194,54 @@ class RNNBase(Module):
         if record is not None:
             self._keep(LayerRecord(record, layout, tuple(a.shape for a in seq), masks, regs))
         return result + ((seq[0], seq[1]) if self.kind.has_cell else seq[0],)
+
+    def _reused(self, input: Any, hx: Any) -> Optional[tuple[Any, ...]]:
+        """An inference call on the compiled tier that runs the kernel calls made for the
+        last call of the same shapes in this thread (``native.reusable``): the same loops on
+        the same plans, so the same numbers, without planning and checking them again.
+        None where the call is not such a call (anything unusual goes the general way,
+        which checks it)."""
+        if (type(input) is not np.ndarray or input.dtype != self.dtype or input.ndim not in (2, 3)
+                or input.shape[-1] != self.input_size or self.num_directions != 1 or self._reverse_only
+                or any(self._zone) or self._step_options() is not None or not native.supports(self.kind, self.dtype)):
+            return None
+        batched = input.ndim == 3
+        L, N = (input.shape[1::-1] if self.batch_first else input.shape[:2]) if batched else (input.shape[0], 1)
+        shapes = [(self.num_layers, N, w) if batched else (self.num_layers, w) for w in self._state_widths()]
+        cell = self.kind.has_cell
+        given = () if hx is None else tuple(hx) if cell and isinstance(hx, (tuple, list)) else (hx,)
+        if hx is not None and (len(given) != len(shapes) or any(
+                type(h) is not np.ndarray or h.dtype != self.dtype or h.shape != s for h, s in zip(given, shapes))):
+            return None
+        if not L or not N:
+            return None
+        key = (input.shape, native.parameter_epoch(), native.isa(), native.plan_key())
+        pool = self._pool()
+        held = pool.get("reused")
+        if held is None or held[0] != key:
+            G, P, H = self.kind.num_gates, self._h_out, self.hidden_size
+            plain = THREADED.schedule(compiled=True, layers=self.num_layers, directions=1, rows=N * L, steps=L,
+                                      gate_width=G * H, row_width=P + H, train=False, pipelinable=True,
+                                      first_width=self.input_size + P) is None
+            made = native.reusable(key, self.kind, self._params(), N, L, self.dtype, self._prepared, THREADED) \
+                if plain else None
+            held = pool["reused"] = (key, made)
+        run = held[1]
+        if run is None:
+            return None
+        rows = input.transpose(1, 0, 2) if batched and self.batch_first else input
+        np.copyto(run.x, rows.reshape(run.x.shape))
+        for state, h0 in zip(zip(*run.states), given or [None] * len(shapes)):
+            for layer, s in enumerate(state):
+                s[...] = 0 if h0 is None else h0[layer].reshape(s.shape)
+        for call in run.calls:
+            call()
+        activity["reused calls"] += 1
+        self._keep(None)
+        out = run.outs[-1].reshape(L, N, -1)
+        out = (out.transpose(1, 0, 2) if self.batch_first else out).copy()  # (C order: the caller's own)
+        finals = [np.concatenate(s).reshape(shape) for s, shape in zip(zip(*run.states), shapes)]
+        return self._pair(out if batched else out[0] if self.batch_first else out[:, 0], finals)
 
     def _regularizers(self, N: int, T: int, layout: Optional[Layout] = None, train: Optional[bool] = None
                       ) -> Optional[list[Regularizers]]:
