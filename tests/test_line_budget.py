@@ -29,7 +29,9 @@ that declares which of the five parameters a kind has, the two layers; 2821), to
 their cells (2852), and to 2900 for the linear scan's ``out=``, its uniform batches' chunks of steps and
 the min kinds' products on the compiled kernel with pooled buffers (2893), then to 2970
 for inference calls that run again the kernel calls made for the same shapes
-(``native.reusable`` and the layers' ``_reused``: 33 µs to 11 µs a small call; 2968).
+(``native.reusable`` and the layers' ``_reused``: 33 µs to 11 µs a small call; 2968),
+and to 3000 for the cells' steps the same way (their shared checks and run in
+``native.exact_states`` and ``native.run_again``; 3000).
 The core is the kernels and the layers; the reference steps (the oracle and teaching
 text) are counted apart."""
 import ast
@@ -39,7 +41,7 @@ import tokenize
 
 import nprnn
 
-BUDGET = 2970
+BUDGET = 3000
 CORE = ["functional/__init__.py", "functional/cells.py", "functional/lncells.py", "functional/linscan.py",
         "functional/scan.py",
         "functional/stack.py", "functional/native.py", "functional/runners.py", "nn/recurrent.py", "nn/layout.py",

@@ -8,7 +8,8 @@ last call of the same shapes in its thread (``nprnn.config.settings.reuse_calls`
 * what it does not cover (training, bidirectional layers, ``lengths=``, packed input,
   ``return_states``, zoneout, input of another type or dtype, a wrong ``hx``) goes the
   general way, with the general way's errors;
-* two threads calling one layer each get their own results.
+* two threads calling one layer each get their own results;
+* a cell's inference steps (``h = cell(x_t, h)`` in a loop) do the same, one step a call.
 """
 import threading
 
@@ -50,6 +51,18 @@ def _same(a, b):
 
 def _reused():
     return activity["reused calls"]
+
+
+def _refused_alike(module, bad, hx):
+    """``module(bad, hx)`` raises what the general path raises, word for word, and reuses
+    nothing."""
+    before = _reused()
+    with pytest.raises(Exception) as reused:
+        module(bad, hx)
+    with nprnn.config.override(reuse_calls=0), pytest.raises(Exception) as general:
+        module(bad, hx)
+    assert type(reused.value) is type(general.value) and str(reused.value) == str(general.value)
+    assert _reused() == before
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -143,13 +156,7 @@ def test_what_reuse_does_not_cover_goes_the_general_way(config):
     z = np.zeros((1, 3, 8), np.float32)
     for layer, bad, hx in ((m, x.astype(np.float64), None), (m, x[..., :3], None), (m, x, (h,)), (m, x, (z, z)),
                            (g, x, h.astype(np.float64)), (g, x, z), (g, x, (h,))):
-        before = _reused()
-        with pytest.raises(Exception) as reused:
-            layer(bad, hx)
-        with nprnn.config.override(reuse_calls=0), pytest.raises(Exception) as general:
-            layer(bad, hx)
-        assert type(reused.value) is type(general.value) and str(reused.value) == str(general.value)
-        assert _reused() == before
+        _refused_alike(layer, bad, hx)
 
 
 @compiled
@@ -188,3 +195,51 @@ def test_results_are_the_callers_own(kind, batch_first):
         kept = [a.copy() for a in first]
         m(rng.standard_normal(shape).astype(np.float32))
         _same(first, kept)
+
+
+CELLS = ["RNNCell", "RNNCell_relu", "LSTMCell", "GRUCell", "LayerNormLSTMCell", "LayerNormGRUCell"]
+
+
+def _cell(kind, H_in, H, dtype):
+    if kind == "RNNCell_relu":
+        return nprnn.RNNCell(H_in, H, nonlinearity="relu", dtype=dtype, seed=3)
+    return getattr(nprnn, kind)(H_in, H, dtype=dtype, seed=3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", CELLS)
+def test_a_cells_steps_equal_the_general_path(config, kind, dtype):
+    """A loop of steps, the state carried (``h = cell(x_t, h)``), from zeros and from a
+    given state, batched and not: each step equals the general path's, bit for bit."""
+    rng = np.random.default_rng(10)
+    cell = _cell(kind, 5, 12, dtype).eval()
+    pair = cell.kind.has_cell
+    for shape in [(3, 5), (5,)]:
+        state = None
+        for _ in range(6):
+            x = rng.standard_normal(shape).astype(dtype)
+            before = _reused()
+            got = cell(x, state)
+            assert _reused() - before == (1 if native.supports(cell.kind, dtype) else 0)
+            with nprnn.config.override(reuse_calls=0):
+                want = cell(x, state)
+            _same(list(got) if pair else [got], list(want) if pair else [want])
+            state = got
+
+
+@compiled
+def test_what_a_cell_does_not_reuse(config):
+    config(backend="native")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    h = np.zeros((2, 8), np.float32)
+    for cell, args in ((nprnn.LSTMCell(4, 8, seed=0), (x,)),  # training
+                       (nprnn.MinGRUCell(4, 8, seed=0).eval(), (x,)),
+                       (nprnn.GRUCell(4, 8, seed=0).eval(), (x.tolist(),))):
+        before = _reused()
+        cell(*args)
+        assert _reused() == before
+    lstm, gru = nprnn.LSTMCell(4, 8, seed=0).eval(), nprnn.GRUCell(4, 8, seed=0).eval()
+    for cell, bad, hx in ((lstm, x[:, :3], None), (lstm, x, (h,)), (lstm, x, (h, h[:1])), (gru, x, h[:1]),
+                          (gru, x, h.astype(np.float64)), (gru, x.astype(np.float64), None), (gru, x, h[0])):
+        _refused_alike(cell, bad, hx)

@@ -595,19 +595,18 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
 
 class Reused(NamedTuple):
     """A one-directional stack's forward over a batch of one shape, made once and run again
-    (:func:`reusable`): ``x`` the first layer's input rows (T, H_in) to copy the input
-    into, ``outs`` each layer's output rows (T, H_out), ``states`` each layer's (h, c) that
-    its loop reads as the initial state and leaves as the final one, ``calls`` each
-    layer's ``_native.Call``, its arguments checked once."""
+    (:func:`reusable`, :func:`run_again`): ``x`` the first layer's input rows (T, H_in) to
+    copy the input into, ``outs`` each layer's output rows (T, H_out), ``states`` each
+    layer's (h, c) that its loop reads as the initial state and leaves as the final one,
+    ``calls`` each layer's ``_native.Call``, its arguments checked once."""
 
-    key: Any
     x: Array
     outs: list[Array]
     states: list[tuple[Array, ...]]
     calls: list[Any]
 
 
-def reusable(key: Any, kind: CellKind, params: Sequence[Params], N: int, L: int, dtype: Any,
+def reusable(kind: CellKind, params: Sequence[Params], N: int, L: int, dtype: Any,
              cache: Optional[dict[Any, Any]], runner: Runner) -> Optional[Reused]:
     """The calls of a one-directional stack's inference forward over ``N`` sequences of
     ``L`` steps, each layer planned as :func:`direction_forward` plans it; None where a
@@ -629,7 +628,41 @@ def reusable(key: Any, kind: CellKind, params: Sequence[Params], N: int, L: int,
         outs.append(out)
         states.append(loop.state)
         inp = out
-    return Reused(key, x, outs, states, calls)
+    return Reused(x, outs, states, calls)
+
+
+def exact_states(hx: Any, has_cell: bool, shapes: Sequence[tuple[int, ...]], dtype: Any) -> Optional[tuple[Any, ...]]:
+    """``hx`` as a tuple of initial states (``()`` for None) when it is exactly what a
+    reused call takes (plain arrays of ``dtype`` and ``shapes``: a pair for a kind with a
+    cell state), else None (the general path checks it)."""
+    if hx is None:
+        return ()
+    given = tuple(hx) if has_cell and isinstance(hx, (tuple, list)) else (hx,)
+    if len(given) != len(shapes) or any(type(h) is not np.ndarray or h.dtype != dtype or h.shape != s
+                                        for h, s in zip(given, shapes)):
+        return None
+    return given
+
+
+def run_again(pool: Pool, key: Any, build: Callable[[], Optional[Reused]], rows: Array,
+              given: tuple[Any, ...]) -> Optional[Reused]:
+    """Run the calls ``pool`` holds for ``key`` (made by ``build`` when it holds none, or
+    others): the input ``rows`` copied in, each layer's states set to ``given``'s (one
+    array a state, its first index the layer; ``()``: zeros).  Returns them, run, or None
+    where ``build`` made none."""
+    held = pool.get("reused")
+    if held is None or held[0] != key:
+        held = pool["reused"] = (key, build())
+    run: Optional[Reused] = held[1]
+    if run is None:
+        return None
+    np.copyto(run.x, rows.reshape(run.x.shape))
+    for state, h0 in zip(zip(*run.states), given or [None] * len(run.states[0])):
+        for layer, s in enumerate(state):
+            s[...] = 0 if h0 is None else h0[layer].reshape(s.shape)
+    for call in run.calls:
+        call()
+    return run
 
 
 def wavefront_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Sequence[tuple[Array, ...]],

@@ -25,9 +25,10 @@ import numpy as np
 
 from .._checks import as_array, check_bool, check_int, check_memory, check_nonlinearity
 from .._typing import Array, Params
-from ..functional import KINDS, direction_backward, direction_forward
+from ..config import settings
+from ..functional import KINDS, direction_backward, direction_forward, native
 from ..functional.cells import own_names
-from ..parallel.threads import THREADED
+from ..parallel.threads import THREADED, activity
 from .init import check_forget_bias, forget_bias_
 from .module import Module, init_own, init_uniform, resolve_dtype, resolve_rng
 
@@ -90,8 +91,35 @@ class RNNCellBase(Module):
         """A kind's options for its kernels (the linear-scan kinds' mode), or None."""
         return None
 
+    def _reused(self, input: Any, hx: Any) -> Optional[tuple[Array, ...]]:
+        """An inference step on the compiled tier that runs the kernel call made for the
+        last step of the same shapes in this thread (as the layers' ``_reused``: the same
+        numbers; a one-step call reads its weights forwards and backwards in turn, as a
+        stream's steps do).  None where the step is not such a step."""
+        if (type(input) is not np.ndarray or input.dtype != self.dtype or input.ndim not in (1, 2)
+                or input.shape[-1] != self.input_size or not input.size or self._options() is not None
+                or not native.supports(self.kind, self.dtype)):
+            return None
+        shapes = [input.shape[:-1] + (self.hidden_size,)] * (2 if self.kind.has_cell else 1)
+        given = native.exact_states(hx, self.kind.has_cell, shapes, self.dtype)
+        if given is None:
+            return None
+        N = input.shape[0] if input.ndim == 2 else 1
+        key = (input.shape, native.parameter_epoch(), native.isa(), native.plan_key())
+        run = native.run_again(self._pool(), key, lambda: native.reusable(
+            self.kind, [self._params()], N, 1, self.dtype, self._prepared, THREADED), input,
+            tuple(h[None] for h in given))
+        if run is None:
+            return None
+        activity["reused calls"] += 1
+        return tuple(s.reshape(shape).copy() for s, shape in zip(run.states[0], shapes))
+
     def _step(self, input: Any, hx: Any) -> tuple[Array, ...]:
         """Validate, run one step; returns the new state tuple (batched or not)."""
+        if not self.training and settings.reuse_calls:
+            again = self._reused(input, hx)
+            if again is not None:
+                return again
         label = self._label
         if not hasattr(input, "ndim"):
             input = as_array(input, "input", self.dtype, label)

@@ -208,34 +208,23 @@ class RNNBase(Module):
         batched = input.ndim == 3
         L, N = (input.shape[1::-1] if self.batch_first else input.shape[:2]) if batched else (input.shape[0], 1)
         shapes = [(self.num_layers, N, w) if batched else (self.num_layers, w) for w in self._state_widths()]
-        cell = self.kind.has_cell
-        given = () if hx is None else tuple(hx) if cell and isinstance(hx, (tuple, list)) else (hx,)
-        if hx is not None and (len(given) != len(shapes) or any(
-                type(h) is not np.ndarray or h.dtype != self.dtype or h.shape != s for h, s in zip(given, shapes))):
+        given = native.exact_states(hx, self.kind.has_cell, shapes, self.dtype)
+        if given is None or not L or not N:
             return None
-        if not L or not N:
-            return None
-        key = (input.shape, native.parameter_epoch(), native.isa(), native.plan_key())
-        pool = self._pool()
-        held = pool.get("reused")
-        if held is None or held[0] != key:
+
+        def build() -> Optional[native.Reused]:
             G, P, H = self.kind.num_gates, self._h_out, self.hidden_size
-            plain = THREADED.schedule(compiled=True, layers=self.num_layers, directions=1, rows=N * L, steps=L,
-                                      gate_width=G * H, row_width=P + H, train=False, pipelinable=True,
-                                      first_width=self.input_size + P) is None
-            made = native.reusable(key, self.kind, self._params(), N, L, self.dtype, self._prepared, THREADED) \
-                if plain else None
-            held = pool["reused"] = (key, made)
-        run = held[1]
+            if THREADED.schedule(compiled=True, layers=self.num_layers, directions=1, rows=N * L, steps=L,
+                                 gate_width=G * H, row_width=P + H, train=False, pipelinable=True,
+                                 first_width=self.input_size + P) is not None:
+                return None  # (a wavefront: the general path runs it)
+            return native.reusable(self.kind, self._params(), N, L, self.dtype, self._prepared, THREADED)
+
+        key = (input.shape, native.parameter_epoch(), native.isa(), native.plan_key())
+        rows = input.transpose(1, 0, 2) if batched and self.batch_first else input
+        run = native.run_again(self._pool(), key, build, rows, given)
         if run is None:
             return None
-        rows = input.transpose(1, 0, 2) if batched and self.batch_first else input
-        np.copyto(run.x, rows.reshape(run.x.shape))
-        for state, h0 in zip(zip(*run.states), given or [None] * len(shapes)):
-            for layer, s in enumerate(state):
-                s[...] = 0 if h0 is None else h0[layer].reshape(s.shape)
-        for call in run.calls:
-            call()
         activity["reused calls"] += 1
         self._keep(None)
         out = run.outs[-1].reshape(L, N, -1)
