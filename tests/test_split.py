@@ -371,3 +371,18 @@ def test_the_weight_gradient_product_on_the_team(config, dtype):
             results.append(np.concatenate(got, axis=1))
         for r in results[1:]:
             np.testing.assert_array_equal(r, results[0])
+
+
+def test_the_products_refuse_a_bad_team_or_count():
+    """``_native.matmul`` and ``_native.gemm_at`` check their team and how many parts they
+    ask of it before touching any array."""
+    a, c = np.ones((2, 3), np.float32), np.empty((2, 4), np.float32)
+    bp = native._packed(np.ones((4, 3), np.float32), True)
+    for team, parts in ((object(), 1), (None, 0)):
+        with pytest.raises(ValueError, match=r"_native.matmul: team must be a _native.Team or None, threads >= 1"):
+            native._native.matmul(a, bp, c, None, team, parts)
+    g, out = np.ones((5, 3), np.float32), np.empty((3, 4), np.float32)
+    gp = native._packed(np.ones((5, 4), np.float32), False)
+    for team, blocks in ((object(), 1), (None, 0)):
+        with pytest.raises(ValueError, match=r"_native.gemm_at: team must be a _native.Team or None, blocks >= 1"):
+            native._native.gemm_at(g, gp, out, 0, 3, 0, team, blocks)

@@ -60,7 +60,11 @@ typedef struct team {
     atomic_int sleeping[MAX_THREADS];
     PyThread_type_lock sem[MAX_THREADS];
     /* thread i's barriers: `arrived` the last it reached (others read it), `next` its own count */
-    struct { atomic_uint arrived; unsigned next; char pad[64 - sizeof(atomic_uint) - sizeof(unsigned)]; } at[MAX_THREADS];
+    struct {
+        atomic_uint arrived;
+        unsigned next;
+        char pad[64 - sizeof(atomic_uint) - sizeof(unsigned)];
+    } at[MAX_THREADS];
 } TeamObject;
 
 static inline void cpu_relax(void) {
@@ -122,10 +126,6 @@ static void waitfor(struct team *t, atomic_uint *g, unsigned v, int count, int m
         PyThread_acquire_lock(t->sem[me], WAIT_LOCK);
         if (moved(g, v, count)) return;
     }
-}
-
-static void waitgen(struct team *t, atomic_uint *g, unsigned old, int me, int64_t spin_ns) {
-    waitfor(t, g, old, 0, me, spin_ns);
 }
 
 static void wake(struct team *t) {
@@ -869,7 +869,7 @@ static PyObject *team_serve(TeamObject *t, PyObject *arg) {
     int avoided = -1;  /* the processor this helper keeps off (its caller's) */
     atomic_fetch_add(&t->ready, 1);
     for (;;) {
-        waitgen(t, &t->job_gen, seen, (int)me, t->spin);
+        waitfor(t, &t->job_gen, seen, 0, (int)me, t->spin);
         seen = atomic_load(&t->job_gen);
         if (atomic_load(&t->stop)) break;
         int nthr = t->job_threads;
@@ -996,10 +996,11 @@ static void at_job(void *ctx, int me, int nthr) {
     free(work);
 }
 
-/* A call's team argument checked: a _native.Team or None; 0, or -1 with a ValueError naming
-   the function.  run_team then runs fn as a job of `want` threads on it, the GIL released. */
-static int team_arg(PyObject *team, const char *msg) {
-    if (team == Py_None || PyObject_TypeCheck(team, &TeamType)) return 0;
+/* A call's team argument and the parts it asks for checked: a _native.Team or None, and
+   count >= 1; 0, or -1 with a ValueError naming the function.  run_team then runs fn as a
+   job of `want` threads on it, the GIL released. */
+static int team_arg(PyObject *team, int64_t count, const char *msg) {
+    if ((team == Py_None || PyObject_TypeCheck(team, &TeamType)) && count >= 1) return 0;
     PyErr_SetString(PyExc_ValueError, msg);
     return -1;
 }
@@ -1039,12 +1040,7 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
     int64_t blocks = nargs == 8 ? as_i64(args[7], &err) : 1;
     if (err) return NULL;
     PyObject *team = nargs == 8 ? args[6] : Py_None;
-    const char *bad_team = "_native.gemm_at: team must be a _native.Team or None, blocks >= 1";
-    if (team_arg(team, bad_team) < 0) return NULL;
-    if (blocks < 1) {
-        PyErr_SetString(PyExc_ValueError, bad_team);
-        return NULL;
-    }
+    if (team_arg(team, blocks, "_native.gemm_at: team must be a _native.Team or None, blocks >= 1") < 0) return NULL;
     struct bufs b;
     int took = take_ac(&b, args[0], args[2]);
     if (took == -1) goto fail;
@@ -1066,10 +1062,11 @@ fail:
     return NULL;
 }
 
-/* linear_scan(spec): one diagonal linear scan (struct lscan) on the team's threads.  spec: kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a,
-   b, y, h0, h, out, da, db, team, threads, work (see struct lscan; a key it does not know is
-   refused).  With work, the batch must be uniform (every step N rows) and work hold 6 threads
-   (N, H) blocks: the steps split into chunks; without it, the batch's rows. */
+/* linear_scan(spec): one diagonal linear scan (struct lscan) on the team's threads.  spec:
+   kind, logm, back, reverse, H, itemsize, batch_sizes, offsets, a, b, y, h0, h, out, da, db,
+   team, threads, work (see struct lscan; a key it does not know is refused).  With work, the
+   batch must be uniform (every step N rows) and work hold 6 threads (N, H) blocks: the steps
+   split into chunks; without it, the batch's rows. */
 static const char *const LS_KEYS[] = {"kind", "logm", "back", "reverse", "H", "itemsize", "batch_sizes", "offsets",
                                       "a", "b", "y", "h0", "h", "out", "da", "db", "team", "threads", "work"};
 #define LS_NKEYS ((int)(sizeof LS_KEYS / sizeof LS_KEYS[0]))
@@ -1110,9 +1107,9 @@ static PyObject *py_linear_scan(PyObject *self, PyObject *spec) {
     if (err) return NULL;
     PyObject *team = v[16] ? v[16] : Py_None;
     const char *bad = "_native.linear_scan: bad kind, mode, size, item size, threads or team";
-    if (team_arg(team, bad) < 0) return NULL;
+    if (team_arg(team, threads, bad) < 0) return NULL;
     if (s.kind < LS_PLAIN || s.kind > LS_MINLSTM || (s.logm != 0 && s.logm != 1) || s.H < 1 ||
-        (isz != 4 && isz != 8) || threads < 1) {
+        (isz != 4 && isz != 8)) {
         PyErr_SetString(PyExc_ValueError, bad);
         return NULL;
     }
@@ -1204,12 +1201,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nar
     int64_t threads = as_i64(args[5], &err);
     if (err) return NULL;
     PyObject *team = args[4];
-    const char *bad_team = "_native.matmul: team must be a _native.Team or None, threads >= 1";
-    if (team_arg(team, bad_team) < 0) return NULL;
-    if (threads < 1) {
-        PyErr_SetString(PyExc_ValueError, bad_team);
-        return NULL;
-    }
+    if (team_arg(team, threads, "_native.matmul: team must be a _native.Team or None, threads >= 1") < 0) return NULL;
     struct bufs b;
     int took = take_ac(&b, args[0], args[2]);
     if (took == -1) goto fail;
