@@ -37,7 +37,7 @@ def _flat(result):
     return [out] + (list(states) if isinstance(states, tuple) else [states])
 
 
-def _general(config, m, *args, **kw):
+def _general(m, *args, **kw):
     with nprnn.config.override(reuse_calls=0):
         return _flat(m(*args, **kw))
 
@@ -87,7 +87,7 @@ def test_repeated_calls_equal_the_general_path(config, kind, layers, dtype):
                 got = _flat(m(x, hx))
                 taken = _reused() - before
                 assert taken == (1 if native.supports(m.kind, dtype) else 0)
-                _same(got, _general(config, m, x, hx))
+                _same(got, _general(m, x, hx))
 
 
 @compiled
@@ -103,7 +103,7 @@ def test_reused_calls_with_the_units_split_and_the_rows_split(config, threads_):
         for N in (1, 3, 40):
             x = rng.standard_normal((9, N, 6)).astype(np.float32)
             with nprnn.config.override(num_threads=1):
-                want = _general(config, m, x)
+                want = _general(m, x)
             for _ in range(3):
                 _same(_flat(m(x)), want)
 
@@ -119,13 +119,13 @@ def test_weights_settings_and_shapes_make_the_calls_again(config):
         m.weight_hh_l1 *= 0.5
     changed = _flat(m(x))
     assert not np.array_equal(first[0], changed[0])
-    _same(changed, _general(config, m, x))
+    _same(changed, _general(m, x))
     config(num_threads=1)
     _same(_flat(m(x)), changed)
     config(num_threads=2, max_unit_split_batch=8, min_unit_split_work=0)
     _same(_flat(m(x)), changed)
     y = rng.standard_normal((3, 2, 4)).astype(np.float32)
-    _same(_flat(m(y)), _general(config, m, y))
+    _same(_flat(m(y)), _general(m, y))
     _same(_flat(m(x)), changed)
 
 
@@ -165,7 +165,7 @@ def test_two_threads_calling_one_layer(config):
     m = nprnn.GRU(6, 16, num_layers=2, seed=1).eval()
     rng = np.random.default_rng(8)
     xs = [rng.standard_normal((8, 2, 6)).astype(np.float32) for _ in range(2)]
-    want = [_general(config, m, x) for x in xs]
+    want = [_general(m, x) for x in xs]
     errors = []
 
     def work(i):

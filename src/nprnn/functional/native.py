@@ -501,13 +501,20 @@ def _call(*args: Any, **kw: Any) -> None:
     _native.scan(call_args(*args, **kw))
 
 
+def _one_call(ranges: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], OptArray]:
+    """The rows and the ``ranges`` entry of one C call that runs every row range (the team's
+    threads take them as they come free): the ranges' bounds, None for one range."""
+    bounds = np.asarray([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64) if len(ranges) > 1 else None
+    return (ranges[0][0], ranges[-1][1]), bounds
+
+
 def _run(ranges: Sequence[tuple[int, int]], team: Any, runner: Runner, call: Any, rest: tuple[Any, ...],
          accumulate: bool = False) -> None:
     """One loop over the batch, or one per row range: on the team's threads when there is a
-    team (one C call; they take the ranges as they come free), else as ``runner.run``'s parts."""
+    team (one C call), else as ``runner.run``'s parts."""
     if len(ranges) > 1 and team is not None:
-        bounds = np.asarray([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64)
-        call((0, ranges[-1][1]), *rest, accumulate=accumulate, team=team, ranges=bounds)
+        rows, bounds = _one_call(ranges)
+        call(rows, *rest, accumulate=accumulate, team=team, ranges=bounds)
         return
     runner.run([partial(call, r, *rest, accumulate=accumulate, team=team) for r in ranges])
 
@@ -622,9 +629,8 @@ def reusable(kind: CellKind, params: Sequence[Params], N: int, L: int, dtype: An
         ranges, team = loop.how.ranges, loop.how.team
         if len(ranges) > 1 and team is None:
             return None
-        bounds = np.asarray([r[0] for r in ranges] + [ranges[-1][1]], dtype=np.int64) if len(ranges) > 1 else None
-        calls.append(compiled.Call(_spec(*loop.args[:4], (ranges[0][0], ranges[-1][1]), *loop.args[4:],
-                                         team=team, ranges=bounds)))
+        rows, bounds = _one_call(ranges)
+        calls.append(compiled.Call(_spec(*loop.args[:4], rows, *loop.args[4:], team=team, ranges=bounds)))
         outs.append(out)
         states.append(loop.state)
         inp = out
@@ -644,12 +650,14 @@ def exact_states(hx: Any, has_cell: bool, shapes: Sequence[tuple[int, ...]], dty
     return given
 
 
-def run_again(pool: Pool, key: Any, build: Callable[[], Optional[Reused]], rows: Array,
+def run_again(pool: Pool, shape: tuple[int, ...], build: Callable[[], Optional[Reused]], rows: Array,
               given: tuple[Any, ...]) -> Optional[Reused]:
-    """Run the calls ``pool`` holds for ``key`` (made by ``build`` when it holds none, or
-    others): the input ``rows`` copied in, each layer's states set to ``given``'s (one
-    array a state, its first index the layer; ``()``: zeros).  Returns them, run, or None
-    where ``build`` made none."""
+    """Run the calls ``pool`` holds for an input of ``shape`` (made by ``build`` when it
+    holds none, or ones made for another shape, weights, instruction set or settings): the
+    input ``rows`` copied in, each layer's states set to ``given``'s (one array a state, its
+    first index the layer; ``()``: zeros).  Returns them, run, or None where ``build`` made
+    none."""
+    key = (shape, parameter_epoch(), isa(), plan_key())
     held = pool.get("reused")
     if held is None or held[0] != key:
         held = pool["reused"] = (key, build())

@@ -105,8 +105,7 @@ class RNNCellBase(Module):
         if given is None:
             return None
         N = input.shape[0] if input.ndim == 2 else 1
-        key = (input.shape, native.parameter_epoch(), native.isa(), native.plan_key())
-        run = native.run_again(self._pool(), key, lambda: native.reusable(
+        run = native.run_again(self._pool(), input.shape, lambda: native.reusable(
             self.kind, [self._params()], N, 1, self.dtype, self._prepared, THREADED), input,
             tuple(h[None] for h in given))
         if run is None:
