@@ -185,12 +185,10 @@ int main(int argc, char **argv) {
             } else if (type == 1) {  /* a weight-gradient product */
                 int64_t r0 = ival(c, "r0", 0), r1 = ival(c, "r1", 0), K = ival(c, "K", 0), M = ival(c, "M", 0);
                 int64_t lda = ival(c, "lda", 0), acc = ival(c, "accumulate", 0);
-                void *work = ival(c, "copy", 0) ? malloc((size_t)(AT_KC * (r1 - r0 + AT_ROWS) * 8)) : NULL;
                 if (ival(c, "itemsize", 0) == 8)
-                    is->at_d(r0, r1, K, M, ptr(c, "A"), lda, ptr(c, "Bp"), ptr(c, "C"), M, (int)acc, work);
+                    is->at_d(r0, r1, K, M, ptr(c, "A"), lda, ptr(c, "Bp"), ptr(c, "C"), M, (int)acc);
                 else
-                    is->at_f(r0, r1, K, M, ptr(c, "A"), lda, ptr(c, "Bp"), ptr(c, "C"), M, (int)acc, work);
-                free(work);
+                    is->at_f(r0, r1, K, M, ptr(c, "A"), lda, ptr(c, "Bp"), ptr(c, "C"), M, (int)acc);
                 nbad = compare(c, 1e-5, 1e-10, &worst);
             } else {  /* a gate function on a sweep: within its bound in ulps of the reference */
                 int64_t which = ival(c, "which", 0), n = ival(c, "n", 0), dbl = ival(c, "itemsize", 0) == 8;

@@ -173,14 +173,16 @@ def record_products() -> list[Case]:
     rng = np.random.default_rng(1)
     cases = []
     for dtype in (np.float32, np.float64):
-        for K, M1, M, copy, acc in [(5, 13, 7, 1, 0), (300, 40, 33, 1, 1), (300, 25, 20, 0, 0), (1, 1, 1, 1, 0)]:
+        # blocks of K, pairs of panels and a last odd one, partial panels, short row groups
+        for K, M1, M, acc in [(5, 13, 7, 0), (300, 40, 33, 1), (300, 25, 20, 0), (1, 1, 1, 0), (130, 29, 100, 1),
+                              (70, 31, 70, 0)]:
             a = rng.standard_normal((K, M1)).astype(dtype)
             b = rng.standard_normal((K, M)).astype(dtype)
             nr = _n.panel_width(a.itemsize)
             bp = np.zeros(K * (-(-M // nr) * nr), dtype)
             _n.pack(b, bp, K, M, M, 1, 0, M)
             c = rng.standard_normal((M1, M)).astype(dtype)
-            ints = {"case": 1, "r0": 0, "r1": M1, "K": K, "M": M, "lda": M1, "accumulate": acc, "copy": copy,
+            ints = {"case": 1, "r0": 0, "r1": M1, "K": K, "M": M, "lda": M1, "accumulate": acc,
                     "itemsize": a.itemsize}
             case = Case(ints, {"A": a, "Bp": bp, "C": c})
             _n.gemm_at(a, bp, c, 0, M1, acc)

@@ -968,8 +968,7 @@ fail:
 /* gemm_at(A, Bp, C, r0, r1, accumulate): C[r0:r1] (+)= A[:, r0:r1].T @ B for A (K, M1) and
    C (M1, M) C-contiguous, B (K, M) packed by pack().  The GIL is released. */
 /* gemm_at's rows r0..r1 cut into `blocks` near-equal blocks of whole groups of AT_ROWS rows
-   that the team's threads take as they come free, each thread with its own copy of A's
-   columns (`work`, allocated once per job; without it A is read where it lies). */
+   that the team's threads take as they come free. */
 struct at_ctx {
     int64_t r0, r1, blocks, K, M, M1;
     const void *A, *Bp;
@@ -983,17 +982,14 @@ static void at_job(void *ctx, int me, int nthr) {
     (void)nthr;
     struct at_ctx *c = ctx;
     const int64_t groups = (c->r1 - c->r0 + AT_ROWS - 1) / AT_ROWS;
-    const int64_t most = (groups + c->blocks - 1) / c->blocks * AT_ROWS;  /* rows of the largest block */
-    void *work = malloc((size_t)(AT_KC * most) * (c->dbl ? sizeof(double) : sizeof(float)));  /* NULL: no copy */
     for (int64_t i; (i = atomic_fetch_add(&c->next, 1)) < c->blocks;) {
         int64_t a = c->r0 + groups * i / c->blocks * AT_ROWS, z = c->r0 + groups * (i + 1) / c->blocks * AT_ROWS;
         z = z < c->r1 ? z : c->r1;
         if (c->dbl)
-            isa->at_d(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate, work);
+            isa->at_d(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate);
         else
-            isa->at_f(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate, work);
+            isa->at_f(a, z, c->K, c->M, c->A, c->M1, c->Bp, c->C, c->M, c->accumulate);
     }
-    free(work);
 }
 
 /* A call's team argument and the parts it asks for checked: a _native.Team or None, and

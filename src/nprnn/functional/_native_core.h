@@ -141,7 +141,7 @@ struct gemm {
 #include <immintrin.h>
 #endif
 #include "_native_quant.h"
-#define AT_KC 192  /* gemm_at's block of K, and the rows of A it copies at a time */
+#define AT_KC 64  /* gemm_at's block of K */
 #define AT_ROWS 12  /* gemm_at's row blocks are multiples of this (of every instruction set's MR) */
 #define PASTE_(a, b) a##_##b
 #define PASTE(a, b) PASTE_(a, b)
@@ -168,10 +168,8 @@ struct isa {
     scan_fn forward[2], backward[2];  /* [float, double] */
     void (*pack_f)(const float *, int64_t, int64_t, int64_t, int64_t, float *, int64_t, int64_t);
     void (*pack_d)(const double *, int64_t, int64_t, int64_t, int64_t, double *, int64_t, int64_t);
-    void (*at_f)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *, int64_t, int,
-                 float *);
-    void (*at_d)(int64_t, int64_t, int64_t, int64_t, const double *, int64_t, const double *, double *, int64_t,
-                 int, double *);
+    void (*at_f)(int64_t, int64_t, int64_t, int64_t, const float *, int64_t, const float *, float *, int64_t, int);
+    void (*at_d)(int64_t, int64_t, int64_t, int64_t, const double *, int64_t, const double *, double *, int64_t, int);
     float (*read)(const float *, int64_t, int64_t);
     void (*apply_f)(int, float *, int64_t);
     void (*apply_d)(int, double *, int64_t);

@@ -66,7 +66,7 @@ static TGT inline __attribute__((always_inline)) void FN(tile)(int mr, int np, i
                 FN(vstore)(C + i * ldc + v * VL, r);
             }
     } else {
-        T tmp[8 * VL];
+        T tmp[8 * VL] = {0};
         for (int i = 0; i < mr; i++) {
             for (int v = 0; v < 2 * np; v++) FN(vstore)(tmp + v * VL, acc[i][v]);
             for (int64_t m = 0; m < cols; m++) C[i * ldc + m] = tmp[m] + (Cin ? Cin[i * ldcin + m] : (T)0);
@@ -142,48 +142,50 @@ static TGT inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, in
     FN(gemm)(&g);
 }
 
-/* FN(tile) for MR rows of A packed k after k (A[i][k] = A[k * MR + i]) and one panel: with
-   the strides known, each row's value of A is an operand of its multiply-adds. */
-static TGT void FN(tile_at)(int64_t K, const T *A, const T *B, T *C, int64_t ldc, const T *Cin, int64_t cols) {
-    FN(tile)(MR, 1, K, A, 1, MR, B, 0, 0, 0, 0, 0, 0, C, ldc, Cin, ldc, cols);
-}
-
 /* C[r0:r1] (+)= A[:, r0:r1].T @ B (C the whole (lda, M) output) for A (K, lda) row-major
    and B (K, M) packed: a weight gradient, summed over the K packed rows of a sequence.  K
-   is cut into blocks of KC.  Each block's columns r0..r1 of A are copied into groups of MR,
-   k after k, into `work` (AT_KC * (r1 - r0) elements; NULL: A is read where it lies, lda
-   apart); then a block of one B panel stays in L1 while the groups go by. */
-#define KC AT_KC
-static TGT void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
-                        int accumulate, T *work) {
-    const int64_t groups = (r1 - r0) / MR, full = r0 + groups * MR;
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        const int64_t kc = K - k0 < KC ? K - k0 : KC;
+   is cut into blocks of AT_KC rows.  In a block, tiles of MR/2 rows of C by two panels of
+   B (the last odd panel: MR rows by one) go down the rows r0..r1 while the two panels'
+   block stays in L1; A is read where it lies, a row of A giving a tile its values side by
+   side, lda apart from one k to the next. */
+#define AT_TILE(r, np)                                                                                   \
+    case r:                                                                                              \
+        FN(tile)(r, np, kc, A + k0 * lda + i, 1, lda, B, K * NR, 0, 0, 0, 0, 0, Cq, ldc, first ? 0 : Cq, ldc, cols); \
+        break;
+static TGT void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C,
+                            int64_t ldc, int accumulate) {
+    const int64_t npan = (M + NR - 1) / NR;
+    for (int64_t k0 = 0; k0 < K; k0 += AT_KC) {
+        const int64_t kc = K - k0 < AT_KC ? K - k0 : AT_KC;
         const int first = !accumulate && k0 == 0;
-        for (int64_t q = 0; work && q < groups; q++)  /* work[q][k][i] = A[k0 + k][r0 + q * MR + i] */
-            for (int64_t k = 0; k < kc; k++)
-                for (int i = 0; i < MR; i++) work[(q * kc + k) * MR + i] = A[(k0 + k) * lda + r0 + q * MR + i];
-        for (int64_t j = 0; j * NR < M; j++) {
-            const int64_t cols = M - j * NR < NR ? M - j * NR : NR;
+        for (int64_t j = 0; j < npan; j += 2) {
+            const int two = j + 2 <= npan;
+            const int64_t rows = two ? MR / 2 : MR, cols = M - j * NR < 2 * NR ? M - j * NR : 2 * NR;
             const T *B = Bp + k0 * NR + j * K * NR;
-            for (int64_t q = 0; q < groups; q++) {
-                T *Cq = C + (r0 + q * MR) * ldc + j * NR;
-                if (work)
-                    FN(tile_at)(kc, work + q * kc * MR, B, Cq, ldc, first ? 0 : Cq, cols);
+            for (int64_t i = r0; i < r1; i += rows) {
+                T *Cq = C + i * ldc + j * NR;
+                const int64_t mr = r1 - i < rows ? r1 - i : rows;
+                if (two)
+                    switch (mr) {
+                        AT_TILE(1, 2) AT_TILE(2, 2) AT_TILE(3, 2)
+#if MR > 6
+                        AT_TILE(4, 2) AT_TILE(5, 2) AT_TILE(6, 2)
+#endif
+                        default: break;
+                    }
                 else
-                    FN(tile)(MR, 1, kc, A + r0 + q * MR + k0 * lda, 1, lda, B, 0, 0, 0, 0, 0, 0, Cq, ldc,
-                             first ? 0 : Cq, ldc, cols);
+                    switch (mr) {
+                        AT_TILE(1, 1) AT_TILE(2, 1) AT_TILE(3, 1) AT_TILE(4, 1) AT_TILE(5, 1) AT_TILE(6, 1)
+#if MR > 6
+                        AT_TILE(7, 1) AT_TILE(8, 1) AT_TILE(9, 1) AT_TILE(10, 1) AT_TILE(11, 1) AT_TILE(12, 1)
+#endif
+                        default: break;
+                    }
             }
-        }
-        if (full < r1) {  /* the last rows, fewer than MR */
-            T *Cr = C + full * ldc;
-            struct gemm g = {r1 - full, M, kc, A + full + k0 * lda, 1, lda, Bp + k0 * NR, K * NR, 0, 0, 0, 0, 0, Cr,
-                             ldc, first ? 0 : Cr, ldc};
-            FN(gemm)(&g);
         }
     }
 }
-#undef KC
+#undef AT_TILE
 
 /* Pack B (K, M) into columns col0.. of a panel array of Mtot columns: B[k][m] =
    src[k * sk + m * sm].  The segment that ends at Mtot also writes the zero padding, so
