@@ -486,7 +486,8 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
     s.h = get(&b, ITEM(h), "h", 1, isz, N * P, 0, 0, NULL);
     if (!s.out || !s.h) goto fail;
     s.c = get(&b, ITEM(c), "c", 1, isz, N * H, !lstm, 0, NULL);
-    s.gates = get(&b, ITEM(gates), "gates", !back, isz, tape_rows * GH, 0, 0, NULL);
+    /* (a layer-norm kind's gates: per batch row, backward makes them again there) */
+    s.gates = get(&b, ITEM(gates), "gates", !back || normed, isz, (normed ? N : tape_rows) * GH, 0, 0, NULL);
     if ((lstm && !s.c) || !s.gates) goto fail;
     s.bhn = get(&b, ITEM(bhn), "bhn", 0, isz, H, 1, 0, NULL);
     if (PyErr_Occurred()) goto fail;
@@ -633,8 +634,9 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !(gru || normed), 0, NULL);
         s.lnsum = get(&b, ITEM(lnsum), "lnsum", 1, isz, N * (4 * GH + (lstm ? 2 * H : 0)), !normed, 0, NULL);
         s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);
-        s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, N * H * (normed && lstm ? 2 : 1),
-                        !proj && !(normed && lstm), 0, NULL);
+        /* (a layer-norm kind's: a cell's d(c_t), then its step's gradient rows, ln_hot) */
+        s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, normed ? 2 * N * (H + GH) : N * H, !proj && !normed,
+                        0, NULL);
         s.dcs = get(&b, ITEM(dcs), "dcs", 0, isz, rows * H, 1, 0, NULL);
         if (PyErr_Occurred()) goto fail;
     }

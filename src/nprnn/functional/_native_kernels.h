@@ -756,9 +756,54 @@ static TGT void FN(unzone)(int64_t n, int64_t w, const T *restrict d, T *restric
         }
 }
 
+/* dst[0..w) = src[0..w), past the caches (non-temporal stores) where the instruction set
+   has them: rows written now and read only much later, by another pass (NT_FENCE before
+   another thread reads them). */
+static TGT inline void FN(nt_copy)(T *restrict dst, const T *restrict src, int64_t w) {
+#ifdef NT_STORE
+    int64_t j = 0;
+    for (; j < w && ((uintptr_t)(dst + j) % VB); j++) dst[j] = src[j];
+    for (; j + VL <= w; j += VL) {
+        V v;
+        memcpy(&v, src + j, sizeof v);
+        NT_STORE(dst + j, v);
+    }
+    for (; j < w; j++) dst[j] = src[j];
+#else
+    memcpy(dst, src, (size_t)w * sizeof(T));
+#endif
+}
+
+/* A layer-norm kind's gate activations of one row made again from its norms' records (xhat
+   of the input side's, hhat of the hidden side's) as ln_step made them: a training tape
+   keeps no gates, as reading them back costs more than this arithmetic. */
+static TGT void FN(ln_acts)(const struct scan *s, const T *restrict xhat, const T *restrict hhat, T *restrict g) {
+    const int64_t H = s->H, GH = s->G * H;
+    const T *w = (const T *)s->lnw;
+    const T *restrict gi = w, *restrict bi = w + GH, *restrict gh = w + 2 * GH, *restrict bh = w + 3 * GH;
+    if (s->kind == KIND_LN_LSTM) {
+        for (int64_t j = 0; j < GH; j++) g[j] = (gh[j] * hhat[j] + bh[j]) + (gi[j] * xhat[j] + bi[j]);
+        FN(lstm_gates)(g, H, H);
+        return;
+    }
+    for (int64_t j = 0; j < 2 * H; j++) g[j] = (gh[j] * hhat[j] + bh[j]) + (gi[j] * xhat[j] + bi[j]);
+    FN(sigmoid)(g, 2 * H);  /* r, z */
+    for (int64_t j = 2 * H; j < GH; j++)  /* n = tanh(a_n + r b_n) */
+        g[j] = (gi[j] * xhat[j] + bi[j]) + g[j - 2 * H] * ((gh[j] * hhat[j] + bh[j]) + (T)0);
+    FN(tanh_)(g + 2 * H, H);
+}
+
+/* A layer-norm kind's rows of the gradients of x @ W_ih.T (which = 0) and h @ W_hh.T (1) for
+   this range's step: scratch's third and fourth parts, reused at every step (written where
+   they are already in the cache; backward then copies them past the caches into dgx and
+   dgh for the weight gradients' products, so that no step waits for their lines). */
+static TGT inline T *FN(ln_hot)(const struct scan *s, int which) {
+    return (T *)s->scratch + 2 * s->N * s->H + (which * s->N + s->r0) * s->G * s->H;
+}
+
 /* A layer-norm kind's step backwards (see ln_step): the gates' gradients, then through the
-   hidden-side norm (dgh: the gradient of h @ W_hh.T) and the input-side norm (dgx, in place:
-   that of x @ W_ih.T); the gains' and shifts' sums into lnsum; dh (+)= dgh @ W_hh. */
+   hidden-side norm (the gradient of h @ W_hh.T) and the input-side norm (that of x @ W_ih.T,
+   in place), into ln_hot's rows; the gains' and shifts' sums into lnsum; dh (+)= dgh @ W_hh. */
 static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr, T *dcr) {
     const int64_t H = s->H, P = s->P, GH = s->G * H;
     const T *w = (const T *)s->lnw;
@@ -766,13 +811,15 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
     const int64_t R = lstm ? GH + H + 2 : GH + 1;
     T *acc = (T *)s->lnsum + s->r0 * (4 * GH + (lstm ? 2 * H : 0));
     T *dcn = lstm ? (T *)s->scratch + (s->N + s->r0) * H : 0;  /* a row's d(c_t): scratch's second half */
-    const T *gates = (const T *)s->gates + row * GH;
-    T *dgx = (T *)s->dgx + row * GH, *dgh = (T *)s->dgh + row * GH;
+    T *gates = (T *)s->gates + s->r0 * GH;  /* this range's rows of the work array */
+    T *dgx = FN(ln_hot)(s, 0), *dgh = FN(ln_hot)(s, 1);
     int64_t ldm = P;
     const T *dm = lstm ? FN(back_through_projection)(s, n, row, dhr, &ldm) : dhr;
     for (int64_t r = 0; r < n; r++) {
-        const T *g = gates + r * GH, *rec = (const T *)s->lnr + (row + r) * R;
+        const T *rec = (const T *)s->lnr + (row + r) * R;
         const T *lx = (const T *)s->lnx + (row + r) * (GH + 1);
+        T *g = gates + r * GH;
+        FN(ln_acts)(s, lx, rec, g);
         T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH;
         if (lstm) {
             FN(ln_lstm_back_row)(H, g, (const T *)s->tc + (row + r) * H, (const T *)s->cprev + (row + r) * H,
@@ -801,7 +848,8 @@ static TGT inline void FN(step_part)(const struct scan *s, int64_t p, int64_t n,
     const int64_t a = s->units[p], w = s->units[p + 1] - a;
     const T *whh = (const T *)s->whh + s->whh_at[p];
     const T *x = (const T *)s->x + row * Hin, *bias = (const T *)s->bias;
-    T *gates = s->train ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
+    /* (the layer-norm kinds keep no gates on the tape: backward makes them again, ln_acts) */
+    T *gates = s->train && !KIND_NORMED(s->kind) ? (T *)s->gates + row * GH : (T *)s->gates + rr * GH;
     T *xp = s->xproj ? (T *)s->xproj + row * GH : 0;
     if (KIND_NORMED(s->kind)) {
         FN(ln_step)(s, n, row, rr, hc, hw, hn, back, gates, xp);
@@ -1059,9 +1107,17 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
                     for (int64_t j = 0; j < H; j++) dc[(s->r0 + r) * H + j] += keep[r * (P + H) + P + j];
             }
         /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
-        FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
+        const T *dg = KIND_NORMED(s->kind) ? FN(ln_hot)(s, 0) : dgx;
+        FN(mm)(n, GH, Hin, dg, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
+        if (KIND_NORMED(s->kind)) {  /* the rows for the weight gradients' products, after the loop */
+            FN(nt_copy)(dgx, dg, n * GH);
+            FN(nt_copy)((T *)s->dgh + row * GH, FN(ln_hot)(s, 1), n * GH);
+        }
         if (s->publish) wave_publish(s, (unsigned)(s->steps - q));
     }
+#ifdef NT_FENCE
+    if (KIND_NORMED(s->kind)) NT_FENCE();  /* (the non-temporal rows, before the products read them) */
+#endif
 }
 
 #include "_native_lscan.h"

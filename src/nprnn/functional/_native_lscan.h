@@ -19,20 +19,10 @@
 /* dst[0..w) = src[0..w): past the caches (non-temporal stores) where s->stream says the
    output is too large to stay in them and the instruction set has such stores. */
 static TGT inline void FN(ls_store)(const struct lscan *s, T *restrict dst, const T *restrict src, int64_t w) {
-#ifdef NT_STORE
-    if (s->stream) {
-        int64_t j = 0;
-        for (; j < w && ((uintptr_t)(dst + j) % VB); j++) dst[j] = src[j];
-        for (; j + VL <= w; j += VL) {
-            V v;
-            memcpy(&v, src + j, sizeof v);
-            NT_STORE(dst + j, v);
-        }
-        for (; j < w; j++) dst[j] = src[j];
-        return;
-    }
-#endif
-    memcpy(dst, src, (size_t)w * sizeof(T));
+    if (s->stream)
+        FN(nt_copy)(dst, src, w);
+    else
+        memcpy(dst, src, (size_t)w * sizeof(T));
 }
 
 /* The fence after a pass of non-temporal stores (before another thread reads them). */

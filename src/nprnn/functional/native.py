@@ -325,8 +325,27 @@ class NativeRecord:
 
     def padded_tape(self, L: int) -> tuple[Array, Array, OptArray]:
         """See :meth:`.scan.DirectionRecord.padded_tape` (the layout is the same for any ``L``)."""
-        gates = self.tape["gates"]
+        gates = _ln_gates(self) if self.kind.params else self.tape["gates"]
         return self.tape["hprev"], gates.reshape(gates.shape[0], -1, self.prep.H), self.tape.get("cprev")
+
+
+def _sig(v: Array) -> Array:
+    return 1 / (1 + np.exp(-v))
+
+
+def _ln_gates(rec: NativeRecord) -> Array:
+    """A layer-norm kind's gate activations of every packed row (T, G*H), made again from its
+    norms' records as the kernel's backward makes them (``ln_acts``): its tape keeps none."""
+    H = rec.prep.H
+    GH, lnw = rec.kind.num_gates * H, rec.prep.lnw
+    assert lnw is not None
+    a = lnw[:GH] * rec.tape["lnx"][:, :GH] + lnw[GH:2 * GH]  # LN_ih(x @ W_ih.T)
+    b = lnw[2 * GH:3 * GH] * rec.tape["lnr"][:, :GH] + lnw[3 * GH:4 * GH]  # LN_hh(h @ W_hh.T)
+    if rec.kind.has_cell:  # i, f, g, o
+        s = a + b
+        return np.concatenate([_sig(s[:, :2 * H]), np.tanh(s[:, 2 * H:3 * H]), _sig(s[:, 3 * H:])], axis=1)
+    rz = _sig(a[:, :2 * H] + b[:, :2 * H])  # r, z; n = tanh(a_n + r b_n)
+    return np.concatenate([rz, np.tanh(a[:, 2 * H:] + rz[:, :H] * b[:, 2 * H:])], axis=1)
 
 
 # the last few batch layouts, as the kernel takes them, with the plans made for them
@@ -579,9 +598,10 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
         shapes["hprev"] = (T, P)
         if kind.has_cell:
             shapes["cprev"] = (T, H)
-        if kind.params:  # the norms' records: the input side's, the step's
-            shapes["lnx"] = (T, G * H + 1)
+        if kind.params:  # the norms' records: the input side's, the step's; the gates per batch row (backward
+            shapes["lnx"] = (T, G * H + 1)                               # makes them again from the records)
             shapes["lnr"] = (T, G * H + 1 + (H + 1 if kind.has_cell else 0))
+            shapes["gates"] = (N, G * H)
     shapes.update(_extra_shapes(prep, N, T, how.project_first, train, reg))
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
     masks = _reg_arrays(reg, train)
@@ -728,10 +748,9 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     shapes = {"dgx": (T, G * H)}
     if kind.separate_dgh:  # the hidden side's gradient differs from the input side's
         shapes["dgh"] = (T, G * H)
-    if kind.params:  # the norms' gradient sums, a row per row range; a cell's d(c_t) beside dm
-        shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)
-        if kind.has_cell:
-            shapes["scratch"] = (2 * dstate[0].shape[0], H)
+    if kind.params:  # the norms' gradient sums, a row per row range; scratch: dm, a cell's d(c_t), the step's
+        shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)  # gradient rows
+        shapes["scratch"] = (dstate[0].shape[0], 2 * (H + G * H))
     if prep.whr is not None:
         shapes["dproj"] = (T, P)
         shapes.setdefault("scratch", (dstate[0].shape[0], H))
