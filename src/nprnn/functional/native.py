@@ -840,7 +840,7 @@ def _at(a: Array, *bs: Array, runner: Runner = SERIAL, pool: Optional[Pool] = No
         size = K * (-(-M // nr) * nr)
         bp = None if pool is None else pool.get(key)
         if bp is None or bp.size < size or bp.dtype != a.dtype:
-            bp = np.empty(size, a.dtype)
+            bp = aligned_empty(size, a.dtype)
             if pool is not None:
                 pool[key] = bp
         bp = bp[:size]
@@ -848,7 +848,7 @@ def _at(a: Array, *bs: Array, runner: Runner = SERIAL, pool: Optional[Pool] = No
         for b, w in zip(bs, widths):
             _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
             col += w
-        out = np.empty((M1, M), a.dtype)
+        out = _aligned((M1, M), a.dtype)
         ranges = runner.ranges([K] * M1, M)
         team = runner.team(len(ranges)) if len(ranges) > 1 else None
         if team is not None:  # a block of rows per thread: each block reads all of B again
