@@ -432,20 +432,45 @@ static TGT void FN(gru_back_row)(int64_t H, const T *restrict r, const T *restri
 }
 
 /* The layer norms (the layer-norm kinds).  1 / sqrt(x) by Newton's iteration in double
-   from a bit-level first guess (no libm call): four steps reach double precision. */
+   from a bit-level first guess (no libm call): three steps reach 1e-10 (float's results
+   round from there), four double precision. */
 static inline double FN(rsqrt)(double x) {
     union { double d; uint64_t u; } v = {x};
     v.u = 0x5fe6eb50c7b537a9ULL - (v.u >> 1);
     double y = v.d;
-    for (int k = 0; k < 4; k++) y = y * (1.5 - 0.5 * x * y * y);
+    for (int k = 0; k < (sizeof(T) == 4 ? 3 : 4); k++) y = y * (1.5 - 0.5 * x * y * y);
     return y;
 }
 
-/* Sums of a vector's lanes, in double. */
+/* Sums of a vector's lanes, in double, pairwise. */
 static TGT inline double FN(lanes)(V v) {
-    double sum = 0;
-    for (int k = 0; k < VL; k++) sum += (double)v[k];
-    return sum;
+    double t[VL];
+    for (int k = 0; k < VL; k++) t[k] = (double)v[k];
+    for (int w = VL / 2; w > 0; w /= 2)
+        for (int k = 0; k < w; k++) t[k] += t[k + w];
+    return t[0];
+}
+
+static TGT inline __attribute__((always_inline)) V FN(row_term)(const T *p, const T *mu) {
+    V v = FN(vload)(p);
+    if (mu) {
+        v -= *mu;
+        v *= v;
+    }
+    return v;
+}
+
+/* A row's sum of a[j] (mu NULL) or of (a[j] - *mu)^2 over its whole vectors, in four
+   vector accumulators (no addition waits for the one before), then in double; *j is
+   left at the first element past them. */
+static TGT inline double FN(row_sum)(int64_t n, const T *a, const T *mu, int64_t *j) {
+    V acc[4] = {{0}, {0}, {0}, {0}};
+    int64_t k = 0;
+    for (; k + 4 * VL <= n; k += 4 * VL)
+        for (int u = 0; u < 4; u++) acc[u] += FN(row_term)(a + k + u * VL, mu);
+    for (; k + VL <= n; k += VL) acc[0] += FN(row_term)(a + k, mu);
+    *j = k;
+    return FN(lanes)((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
 /* One row in place: a = g * xhat + b, xhat = (a - mean) * inv, inv = 1 / sqrt(var + 1e-5)
@@ -453,17 +478,11 @@ static TGT inline double FN(lanes)(V v) {
    where given (training). */
 static TGT void FN(ln_row)(int64_t n, T *restrict a, const T *restrict g, const T *restrict b, T *restrict xhat,
                            T *inv_out) {
-    V vs = {0}, vq = {0};
-    int64_t j = 0;
-    for (; j + VL <= n; j += VL) vs += FN(vload)(a + j);
-    double sum = FN(lanes)(vs);
+    int64_t j;
+    double sum = FN(row_sum)(n, a, 0, &j);
     for (int64_t k = j; k < n; k++) sum += (double)a[k];
     const T mu = (T)(sum / (double)n);
-    for (j = 0; j + VL <= n; j += VL) {
-        const V d = FN(vload)(a + j) - mu;
-        vq += d * d;
-    }
-    double sq = FN(lanes)(vq);
+    double sq = FN(row_sum)(n, a, &mu, &j);
     for (int64_t k = j; k < n; k++) sq += (double)(a[k] - mu) * (double)(a[k] - mu);
     const T inv = (T)FN(rsqrt)(sq / (double)n + 1e-5);
     if (inv_out) *inv_out = inv;
@@ -478,14 +497,20 @@ static TGT void FN(ln_row)(int64_t n, T *restrict a, const T *restrict g, const 
 /* The gradient of a normalised row from that of its output dy (out may be dy):
    inv * (dy g - mean(dy g) - xhat mean(dy g xhat)). */
 static TGT void FN(ln_back_row)(int64_t n, const T *dy, const T *restrict xhat, T inv, const T *restrict g, T *out) {
-    V v1 = {0}, v2 = {0};
+    V v1[2] = {{0}, {0}}, v2[2] = {{0}, {0}};  /* (two accumulators each: no addition waits for the one before) */
     int64_t j = 0;
+    for (; j + 2 * VL <= n; j += 2 * VL)
+        for (int u = 0; u < 2; u++) {
+            const V d = FN(vload)(dy + j + u * VL) * FN(vload)(g + j + u * VL);
+            v1[u] += d;
+            v2[u] += d * FN(vload)(xhat + j + u * VL);
+        }
     for (; j + VL <= n; j += VL) {
         const V d = FN(vload)(dy + j) * FN(vload)(g + j);
-        v1 += d;
-        v2 += d * FN(vload)(xhat + j);
+        v1[0] += d;
+        v2[0] += d * FN(vload)(xhat + j);
     }
-    double s1 = FN(lanes)(v1), s2 = FN(lanes)(v2);
+    double s1 = FN(lanes)(v1[0] + v1[1]), s2 = FN(lanes)(v2[0] + v2[1]);
     for (int64_t k = j; k < n; k++) {
         s1 += (double)(dy[k] * g[k]);
         s2 += (double)(dy[k] * g[k]) * (double)xhat[k];
