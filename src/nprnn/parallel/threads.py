@@ -362,6 +362,8 @@ def row_ranges(lengths: Union[Sequence[int], Array], row_work: int) -> list[tupl
     if threads < 2 or total * row_work < settings.min_split_work * threads:
         return [(0, batch)]
     parts = max(threads, min(settings.parts_per_thread * threads, batch // settings.min_part_rows))
+    if lengths[0] == lengths[-1]:  # all alike (a weight gradient's rows): the loop's bounds, ceil(batch k / parts)
+        return [(-(-batch * k // parts), -(-batch * (k + 1) // parts)) for k in range(parts)]
     bounds, acc, k = [0], 0, 1
     for r, n in enumerate(lengths):
         acc += int(n)
