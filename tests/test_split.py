@@ -356,7 +356,8 @@ def test_the_weight_gradient_product_on_the_team(config, dtype):
     the same bits as one thread."""
     rng = np.random.default_rng(5)
     eps = np.finfo(dtype).eps
-    for K, M1, widths in [(1, 13, (3, 1)), (5, 1, (7,)), (700, 37, (20, 33, 1)), (700, 150, (64, 1))]:
+    for K, M1, widths in [(1, 13, (3, 1)), (5, 1, (7,)), (700, 37, (20, 33, 1)), (700, 150, (64, 1)),
+                          (70, 29, (40, 70, 17))]:
         a = rng.standard_normal((K, M1)).astype(dtype)
         bs = [rng.standard_normal((K, w)).astype(dtype) for w in widths]
         want = [a.T.astype(np.float64) @ b for b in bs]  # float32: exact enough
@@ -386,3 +387,20 @@ def test_the_products_refuse_a_bad_team_or_count():
     for team, blocks in ((object(), 1), (None, 0)):
         with pytest.raises(ValueError, match=r"_native.gemm_at: team must be a _native.Team or None, blocks >= 1"):
             native._native.gemm_at(g, gp, out, 0, 3, 0, team, blocks)
+
+
+def test_the_weight_gradient_product_refuses_bad_sources():
+    """``_native.gemm_at``'s sources of B (packed by the team) must be a tuple of (K, w)
+    arrays of A's item size whose widths add up to C's columns; the packed array must take
+    writes."""
+    g, out = np.ones((5, 3), np.float32), np.empty((3, 4), np.float32)
+    gp = native._packed(np.ones((5, 4), np.float32), False)
+    ok = np.ones((5, 4), np.float32)
+    native._native.gemm_at(g, gp, out, 0, 3, 0, None, 1, (ok[:, :1].copy(), ok[:, 1:].copy()))
+    np.testing.assert_array_equal(out, g.T @ ok)
+    for bad in ([ok], (), (ok[:4],), (ok[:, :3].copy(),), (ok.astype(np.float64),), (ok[:, 0].copy(),),
+                (ok,) * 9):
+        with pytest.raises(ValueError, match=r"_native.gemm_at: sources must be a tuple of 1 to 8 arrays \(K, w\)"):
+            native._native.gemm_at(g, gp, out, 0, 3, 0, None, 1, bad)
+    with pytest.raises(ValueError, match="read-only"):
+        native._native.gemm_at(g, np.frombuffer(gp.tobytes(), np.float32), out, 0, 3, 0, None, 1, (ok,))

@@ -967,22 +967,48 @@ fail:
     return NULL;
 }
 
-/* gemm_at(A, Bp, C, r0, r1, accumulate): C[r0:r1] (+)= A[:, r0:r1].T @ B for A (K, M1) and
-   C (M1, M) C-contiguous, B (K, M) packed by pack().  The GIL is released. */
+/* gemm_at(A, Bp, C, r0, r1, accumulate[, team, blocks[, sources]]): C[r0:r1] (+)= A[:, r0:r1].T
+   @ B for A (K, M1) and C (M1, M) C-contiguous, B (K, M) packed by pack() into Bp, or, given
+   sources (a tuple of (K, w) arrays, B's columns side by side), packed into Bp first by the
+   team's threads.  The GIL is released. */
 /* gemm_at's rows r0..r1 cut into `blocks` near-equal blocks of whole groups of AT_ROWS rows
    that the team's threads take as they come free. */
+#define AT_SOURCES 8
 struct at_ctx {
     int64_t r0, r1, blocks, K, M, M1;
     const void *A, *Bp;
     void *C;
     int accumulate, dbl;
     atomic_llong next;
+    /* sources to pack side by side into Bp first (nsrc > 0): their rows sk elements apart */
+    int nsrc;
+    const char *src[AT_SOURCES];
+    int64_t sk[AT_SOURCES], width[AT_SOURCES];
+    struct team *team;
 };
 
+/* at_ctx's sources packed into its Bp, thread me's share of the panels (the last one also
+   writes the padding). */
+static void at_pack(const struct at_ctx *c, int me, int nthr) {
+    const int64_t esz = c->dbl ? 8 : 4, nr = 2 * isa->vector_bytes / esz, np = (c->M + nr - 1) / nr;
+    const int64_t lo = np * me / nthr * nr, hi = np * (me + 1) / nthr * nr;
+    for (int i = 0, col = 0; i < c->nsrc; col += (int)c->width[i], i++) {
+        const int64_t a = col > lo ? col : lo, z = col + c->width[i] < hi ? col + c->width[i] : hi;
+        if (a >= z) continue;
+        const char *from = c->src[i] + (a - col) * esz;
+        if (c->dbl)
+            isa->pack_d((const double *)from, c->K, z - a, c->sk[i], 1, (double *)c->Bp, a, c->M);
+        else
+            isa->pack_f((const float *)from, c->K, z - a, c->sk[i], 1, (float *)c->Bp, a, c->M);
+    }
+}
+
 static void at_job(void *ctx, int me, int nthr) {
-    (void)me;
-    (void)nthr;
     struct at_ctx *c = ctx;
+    if (c->nsrc) {  /* every thread packs its share of B, and waits for the others' */
+        at_pack(c, me, nthr);
+        team_barrier(c->team, me, nthr);
+    }
     const int64_t groups = (c->r1 - c->r0 + AT_ROWS - 1) / AT_ROWS;
     for (int64_t i; (i = atomic_fetch_add(&c->next, 1)) < c->blocks;) {
         int64_t a = c->r0 + groups * i / c->blocks * AT_ROWS, z = c->r0 + groups * (i + 1) / c->blocks * AT_ROWS;
@@ -1028,16 +1054,16 @@ static int take_ac(struct bufs *b, PyObject *A, PyObject *C) {
 
 static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 6 && nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "_native.gemm_at takes 6 or 8 arguments");
+    if (nargs != 6 && nargs != 8 && nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "_native.gemm_at takes 6, 8 or 9 arguments");
         return NULL;
     }
     int err = 0;
     int64_t r0 = as_i64(args[3], &err), r1 = as_i64(args[4], &err);
     int accumulate = (int)as_i64(args[5], &err);
-    int64_t blocks = nargs == 8 ? as_i64(args[7], &err) : 1;
+    int64_t blocks = nargs >= 8 ? as_i64(args[7], &err) : 1;
     if (err) return NULL;
-    PyObject *team = nargs == 8 ? args[6] : Py_None;
+    PyObject *team = nargs >= 8 ? args[6] : Py_None;
     if (team_arg(team, blocks, "_native.gemm_at: team must be a _native.Team or None, blocks >= 1") < 0) return NULL;
     struct bufs b;
     int took = take_ac(&b, args[0], args[2]);
@@ -1049,12 +1075,33 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
         goto fail;
     }
     int64_t K = (int64_t)a->shape[0], M1 = (int64_t)a->shape[1], M = (int64_t)c->shape[1];
-    const void *bp = get(&b, args[1], "Bp", 0, isz, K * panels(M, isz), 0, 0, NULL);
+    PyObject *srcs = nargs == 9 && args[8] != Py_None ? args[8] : NULL;
+    const void *bp = get(&b, args[1], "Bp", srcs != NULL, isz, K * panels(M, isz), 0, 0, NULL);
     if (!bp) goto fail;
-    struct at_ctx ctx = {r0, r1, blocks, K, M, M1, a->buf, bp, c->buf, accumulate, isz == 8, 0};
+    struct at_ctx ctx = {r0, r1, blocks, K, M, M1, a->buf, bp, c->buf, accumulate, isz == 8, 0, 0, {0}, {0}, {0},
+                         team == Py_None ? NULL : (struct team *)team};
+    if (srcs) {  /* the sources of B, side by side: 2-D, C-contiguous, K rows, M columns in all */
+        int64_t cols = 0;
+        if (!PyTuple_Check(srcs) || PyTuple_GET_SIZE(srcs) < 1 || PyTuple_GET_SIZE(srcs) > AT_SOURCES) goto bad_src;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(srcs); i++) {
+            Py_buffer *v = &b.v[b.n];
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(srcs, i), v, PyBUF_C_CONTIGUOUS | PyBUF_ND | PyBUF_FORMAT) < 0)
+                goto fail;
+            b.n++;
+            if (v->itemsize != isz || v->ndim != 2 || v->shape[0] != K || v->shape[1] < 1) goto bad_src;
+            ctx.src[i] = v->buf;
+            ctx.sk[i] = ctx.width[i] = (int64_t)v->shape[1];
+            cols += ctx.width[i];
+        }
+        if (cols != M) goto bad_src;
+        ctx.nsrc = (int)PyTuple_GET_SIZE(srcs);
+    }
     run_team(team, blocks, at_job, &ctx);
     release(&b);
     Py_RETURN_NONE;
+bad_src:
+    PyErr_Format(PyExc_ValueError, "_native.gemm_at: sources must be a tuple of 1 to %d arrays (K, w) of A's item "
+                 "size, their widths adding up to C's columns", AT_SOURCES);
 fail:
     release(&b);
     return NULL;

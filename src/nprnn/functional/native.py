@@ -844,16 +844,17 @@ def _at(a: Array, *bs: Array, runner: Runner = SERIAL, pool: Optional[Pool] = No
             if pool is not None:
                 pool[key] = bp
         bp = bp[:size]
-        col = 0
-        for b, w in zip(bs, widths):
-            _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
-            col += w
         out = _aligned((M1, M), a.dtype)
         ranges = runner.ranges([K] * M1, M)
         team = runner.team(len(ranges)) if len(ranges) > 1 else None
-        if team is not None:  # a block of rows per thread: each block reads all of B again
-            _native.gemm_at(a, bp, out, 0, M1, 0, team, min(len(ranges), team.stats()["threads"]))
+        if team is not None:  # the team packs B, then a block of rows per thread (each reads all of B)
+            _native.gemm_at(a, bp, out, 0, M1, 0, team, min(len(ranges), team.stats()["threads"]),
+                            tuple(np.ascontiguousarray(b) for b in bs))
         else:
+            col = 0
+            for b, w in zip(bs, widths):
+                _native.pack(b, bp, K, w, b.strides[0] // b.itemsize, 1, col, M)
+                col += w
             runner.run([partial(_native.gemm_at, a, bp, out, r[0], r[1], 0) for r in ranges])
     starts = np.cumsum([0] + widths)
     return [out[:, s:e] for s, e in zip(starts[:-1], starts[1:])]
