@@ -301,24 +301,12 @@ def test_set_helper_process_is_a_no_op_that_warns():
 @pytest.mark.parametrize("threads_", [2, 3])
 def test_row_ranges_of_equal_lengths_are_those_of_the_general_split(config, batch, threads_):
     """Equal lengths (a weight gradient's rows) take a shortcut; its ranges are the ones the
-    general split makes, step by step, of the same lengths."""
+    general split (``_split_rows``, row by row) makes of the same lengths."""
     config(num_threads=threads_, min_split_work=0)
-
-    def general(lengths):  # the split of row_ranges, step by step
-        t = min(threads_, batch)
-        parts = max(t, min(nprnn.config.settings.parts_per_thread * t, batch // nprnn.config.settings.min_part_rows))
-        total, bounds, acc, k = sum(lengths), [0], 0, 1
-        for r, n in enumerate(lengths):
-            acc += n
-            while k < parts and acc * parts >= total * k and r + 1 < batch:
-                if bounds[-1] != r + 1:
-                    bounds.append(r + 1)
-                k += 1
-        bounds.append(batch)
-        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
     for n in (1, 5, 100):
         got = threads.row_ranges([n] * batch, 64)
-        assert got == general([n] * batch)
+        assert got == threads._split_rows([n] * batch, len(got))
         assert got[0][0] == 0 and got[-1][1] == batch and all(a < b for a, b in got)
         assert all(b == c for (_, b), (c, _) in zip(got[:-1], got[1:]))
+        assert len(got) == max(min(threads_, batch), min(nprnn.config.settings.parts_per_thread * min(threads_, batch),
+                                                         batch // nprnn.config.settings.min_part_rows))

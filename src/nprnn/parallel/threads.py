@@ -362,8 +362,15 @@ def row_ranges(lengths: Union[Sequence[int], Array], row_work: int) -> list[tupl
     if threads < 2 or total * row_work < settings.min_split_work * threads:
         return [(0, batch)]
     parts = max(threads, min(settings.parts_per_thread * threads, batch // settings.min_part_rows))
-    if lengths[0] == lengths[-1]:  # all alike (a weight gradient's rows): the loop's bounds, ceil(batch k / parts)
+    if lengths[0] == lengths[-1]:  # all alike (a weight gradient's rows): _split_rows' bounds, ceil(batch k / parts)
         return [(-(-batch * k // parts), -(-batch * (k + 1) // parts)) for k in range(parts)]
+    return _split_rows(lengths, parts)
+
+
+def _split_rows(lengths: Union[Sequence[int], Array], parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` ranges of the sequences with about equal packed rows each (a range
+    ends where the rows so far first reach its share)."""
+    batch, total = len(lengths), int(sum(lengths))
     bounds, acc, k = [0], 0, 1
     for r, n in enumerate(lengths):
         acc += int(n)
