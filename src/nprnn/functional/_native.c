@@ -634,7 +634,7 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !(gru || normed), 0, NULL);
         s.lnsum = get(&b, ITEM(lnsum), "lnsum", 1, isz, N * (4 * GH + (lstm ? 2 * H : 0)), !normed, 0, NULL);
         s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);
-        /* (a layer-norm kind's: a cell's d(c_t), then its step's gradient rows, ln_hot) */
+        /* (dm through a projection; a layer-norm kind's: a cell's d(c_t), the step's gradient rows, ln_hot) */
         s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, normed ? 2 * N * (H + GH) : N * H, !proj && !normed,
                         0, NULL);
         s.dcs = get(&b, ITEM(dcs), "dcs", 0, isz, rows * H, 1, 0, NULL);
@@ -992,7 +992,8 @@ struct at_ctx {
 static void at_pack(const struct at_ctx *c, int me, int nthr) {
     const int64_t esz = c->dbl ? 8 : 4, nr = 2 * isa->vector_bytes / esz, np = (c->M + nr - 1) / nr;
     const int64_t lo = np * me / nthr * nr, hi = np * (me + 1) / nthr * nr;
-    for (int i = 0, col = 0; i < c->nsrc; col += (int)c->width[i], i++) {
+    int64_t col = 0;  /* source i's first column */
+    for (int i = 0; i < c->nsrc; col += c->width[i], i++) {
         const int64_t a = col > lo ? col : lo, z = col + c->width[i] < hi ? col + c->width[i] : hi;
         if (a >= z) continue;
         const char *from = c->src[i] + (a - col) * esz;
