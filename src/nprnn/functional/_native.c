@@ -980,10 +980,10 @@ struct at_ctx {
     void *C;
     int accumulate, dbl;
     atomic_llong next;
-    /* sources to pack side by side into Bp first (nsrc > 0): their rows sk elements apart */
+    /* sources to pack side by side into Bp first (nsrc > 0), C-contiguous (K, width) */
     int nsrc;
     const char *src[AT_SOURCES];
-    int64_t sk[AT_SOURCES], width[AT_SOURCES];
+    int64_t width[AT_SOURCES];
     struct team *team;
 };
 
@@ -998,9 +998,9 @@ static void at_pack(const struct at_ctx *c, int me, int nthr) {
         if (a >= z) continue;
         const char *from = c->src[i] + (a - col) * esz;
         if (c->dbl)
-            isa->pack_d((const double *)from, c->K, z - a, c->sk[i], 1, (double *)c->Bp, a, c->M);
+            isa->pack_d((const double *)from, c->K, z - a, c->width[i], 1, (double *)c->Bp, a, c->M);
         else
-            isa->pack_f((const float *)from, c->K, z - a, c->sk[i], 1, (float *)c->Bp, a, c->M);
+            isa->pack_f((const float *)from, c->K, z - a, c->width[i], 1, (float *)c->Bp, a, c->M);
     }
 }
 
@@ -1079,7 +1079,7 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
     PyObject *srcs = nargs == 9 && args[8] != Py_None ? args[8] : NULL;
     const void *bp = get(&b, args[1], "Bp", srcs != NULL, isz, K * panels(M, isz), 0, 0, NULL);
     if (!bp) goto fail;
-    struct at_ctx ctx = {r0, r1, blocks, K, M, M1, a->buf, bp, c->buf, accumulate, isz == 8, 0, 0, {0}, {0}, {0},
+    struct at_ctx ctx = {r0, r1, blocks, K, M, M1, a->buf, bp, c->buf, accumulate, isz == 8, 0, 0, {0}, {0},
                          team == Py_None ? NULL : (struct team *)team};
     if (srcs) {  /* the sources of B, side by side: 2-D, C-contiguous, K rows, M columns in all */
         int64_t cols = 0;
@@ -1091,7 +1091,7 @@ static PyObject *py_gemm_at(PyObject *self, PyObject *const *args, Py_ssize_t na
             b.n++;
             if (v->itemsize != isz || v->ndim != 2 || v->shape[0] != K || v->shape[1] < 1) goto bad_src;
             ctx.src[i] = v->buf;
-            ctx.sk[i] = ctx.width[i] = (int64_t)v->shape[1];
+            ctx.width[i] = (int64_t)v->shape[1];
             cols += ctx.width[i];
         }
         if (cols != M) goto bad_src;

@@ -1084,7 +1084,8 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
         for (int64_t r = 0; r < n; r++)
             for (int64_t j = 0; j < P; j++) dhr[r * P + j] += dout[r * s->ldout + j];
         const T *gates = (const T *)s->gates + row * GH;
-        T *dgx = (T *)s->dgx + row * GH;
+        /* (a layer-norm kind makes this step's rows in the cache, ln_hot, and copies them out below) */
+        T *dgx = KIND_NORMED(s->kind) ? FN(ln_hot)(s, 0) : (T *)s->dgx + row * GH;
         T *dx = (T *)s->dx + row * Hin;
         if (s->dcs)  /* return_states: the gradient of this step's cell state, from outside */
             for (int64_t r = 0; r < n; r++)
@@ -1134,10 +1135,9 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
                     for (int64_t j = 0; j < H; j++) dc[(s->r0 + r) * H + j] += keep[r * (P + H) + P + j];
             }
         /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
-        const T *dg = KIND_NORMED(s->kind) ? FN(ln_hot)(s, 0) : dgx;
-        FN(mm)(n, GH, Hin, dg, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
+        FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
         if (KIND_NORMED(s->kind)) {  /* the rows for the weight gradients' products, after the loop */
-            FN(nt_copy)(dgx, dg, n * GH);
+            FN(nt_copy)((T *)s->dgx + row * GH, dgx, n * GH);
             FN(nt_copy)((T *)s->dgh + row * GH, FN(ln_hot)(s, 1), n * GH);
         }
         if (s->publish) wave_publish(s, (unsigned)(s->steps - q));

@@ -748,9 +748,9 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     shapes = {"dgx": (T, G * H)}
     if kind.separate_dgh:  # the hidden side's gradient differs from the input side's
         shapes["dgh"] = (T, G * H)
-    if kind.params:  # the norms' gradient sums, a row per row range; scratch: dm, a cell's d(c_t), the step's
-        shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)  # gradient rows
-        shapes["scratch"] = (dstate[0].shape[0], 2 * (H + G * H))
+    if kind.params:  # the norms' gradient sums, a row per row range
+        shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)
+        shapes["scratch"] = (dstate[0].shape[0], 2 * (H + G * H))  # dm, a cell's d(c_t), the step's gradient rows
     if prep.whr is not None:
         shapes["dproj"] = (T, P)
         shapes.setdefault("scratch", (dstate[0].shape[0], H))
