@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from reference import CELLS, make_inputs, random_config, random_packed_config, run_nprnn, tolerances
+from reference import CELLS, make_inputs, random_config, random_packed_config, run_layer, run_nprnn, tolerances
 
 import nprnn
 from nprnn import threads
@@ -93,7 +93,9 @@ def test_every_instruction_set_matches_numpy(isa, tier):
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "LSTMP"])
 def test_batch_split_is_bit_for_bit(config, kind, bidirectional, tier, monkeypatch):
     """Rows split across threads, and directions side by side, compute exactly what one
-    call computes (a row's sums do not depend on its neighbours), forward and backward."""
+    call computes (a row's sums do not depend on its neighbours), forward and backward; the
+    weight gradients, sums over every row that each row range makes of its own rows inside
+    the loop, then added up, differ by their rounding only."""
     config(backend="native")
     rng = np.random.default_rng(3)
     kw = {"proj_size": 3} if kind == "LSTMP" else {}
@@ -116,14 +118,44 @@ def test_batch_split_is_bit_for_bit(config, kind, bidirectional, tier, monkeypat
         gx, ghx = m.backward(g)
         if team is not None:
             split_jobs += team.stats()["runs"] + team.stats()["alone"] - jobs
-        results.append([out, gx, *(hn if isinstance(hn, tuple) else (hn,)),
-                        *(ghx if isinstance(ghx, tuple) else (ghx,)), *(v.copy() for v in m.grads.values())])
+        results.append(([out, gx, *(hn if isinstance(hn, tuple) else (hn,)),
+                         *(ghx if isinstance(ghx, tuple) else (ghx,))], [v.copy() for v in m.grads.values()]))
     grew = {k: threads.activity[k] - before.get(k, 0) for k in ("splits", "side by side")}
     assert split_jobs >= 1  # the split did happen, on the team (with 4 threads, two for each direction)
     assert bool(grew["side by side"]) == bidirectional  # and the directions went side by side
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
+    for exact, sums in results[1:]:
+        for a, b in zip(results[0][0], exact):
             np.testing.assert_array_equal(a, b)
+        for a, b in zip(results[0][1], sums):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+@needs_native
+@pytest.mark.parametrize("where", [{"grad_block_rows": 1}, {"grad_block_rows": 7}, {"max_inloop_grad_bytes": 0}],
+                         ids=["blocks of one step", "blocks of 7 rows", "after the loop"])
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_weight_gradients_inside_or_after_the_loop(config, where, threads_, tier):
+    """Backward's weight gradients, made inside the loop over blocks of steps (of one step;
+    of a few, a block ending wherever its rows reach 7, in each row range of a split batch)
+    or after it over every row: the NumPy tier's, for every kind, with biases and without,
+    variable lengths, both directions, a projection, recurrent dropout and zoneout."""
+    config(num_threads=threads_, min_split_work=0, **where)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((9, 6, 5))
+    lengths = [9, 7, 7, 4, 2, 1]
+    for kind, kw in [("RNN", {}), ("RNN", {"bias": False, "nonlinearity": "relu"}), ("LSTM", {}),
+                     ("LSTM", {"proj_size": 3, "bias": False}), ("GRU", {}), ("GRU", {"bias": False}),
+                     ("LayerNormLSTM", {}), ("LayerNormLSTM", {"proj_size": 3}), ("LayerNormGRU", {}),
+                     ("LSTM", {"recurrent_dropout": 0.3, "zoneout": 0.2}), ("GRU", {"recurrent_dropout": 0.3})]:
+        made = [getattr(nprnn, kind)(5, 7, num_layers=2, bidirectional=True, dtype=np.float64, seed=2, **kw)
+                for _ in range(2)]
+        g = rng.standard_normal((9, 6, 2 * made[0]._h_out))
+        runs = []
+        for backend, m in zip(("native", "numpy"), made):
+            nprnn.set_backend(backend)
+            runs.append(run_layer(m, x, lengths, g, True))
+        for a, b in zip(*runs):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"{kind} {kw}")
 
 
 # ----------------------------------------------------------------------------- the cache

@@ -36,6 +36,11 @@ class Settings:
     # (G*H*H_out + H*H_out), twice that for a one-step call (measured: nprnn.threads.unit_parts)
     max_unit_split_batch: int = 8
     min_unit_split_work: int = 98304
+    # compiled tier, backward: a row range's weight gradients of at most max_inloop_grad_bytes
+    # are made inside the loop, over blocks of about grad_block_rows of its rows while they are
+    # in the cache (0: always after the loop, over every row)
+    max_inloop_grad_bytes: int = 1 << 20
+    grad_block_rows: int = 64
     # compiled tier: from this batch up, the input projection runs inside the loop, step by
     # step (its W_ih read once a step serves enough rows); below, one product before it
     min_inloop_batch: int = 16
@@ -76,7 +81,7 @@ _NAMES = {f.name for f in fields(Settings)}
 _NON_NEGATIVE = {"min_step_work", "min_train_step_work", "min_split_work", "max_unit_split_batch",
                  "min_unit_split_work", "min_inloop_batch", "spin_us", "step_spin_us", "min_wavefront_batch",
                  "wavefront_balance", "min_wavefront_work", "max_wavefront_work",
-                 "reuse_calls"}  # 0: always split / side by side (reuse_calls: never)
+                 "reuse_calls", "max_inloop_grad_bytes"}  # 0: always split / side by side (reuse_calls: never)
 
 
 def _check(name: str, value: Any) -> None:

@@ -127,7 +127,7 @@ static const struct isa *pick(int64_t vector_bytes) {
     X(batch_sizes) X(offsets) X(x) X(wih) X(whh) X(bias) X(bhn) X(whr) X(out) X(h) X(c) X(hbuf) X(xproj)      \
     X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj) X(scratch) X(sih) X(shh)    \
     X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qh) X(qxs) X(qhs) X(qxz) X(qhz) X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum)   \
-    X(rmask) X(rbuf) X(zh) X(zc) X(zsave)
+    X(rmask) X(rbuf) X(zh) X(zc) X(zsave) X(dw) X(blk) X(bpk)
 
 static int run_scan_case(const struct isa *is, const struct fx *c) {
     struct scan s;
@@ -146,6 +146,7 @@ static int run_scan_case(const struct isa *is, const struct fx *c) {
     PTR_FIELDS(SET)
 #undef SET
     s.wq = (int)ival(c, "wq", 0), s.kx = ival(c, "kx", 0), s.kh = ival(c, "kh", 0);
+    s.kblock = ival(c, "kblock", 0), s.ones = (int)ival(c, "ones", 0);
     if (s.wq) s.qmm = q_best(s.wq, 99)->fn;  /* quantized weights: this CPU's best product (the same sums) */
     int dbl = ival(c, "itemsize", 0) == 8;
     s.kernel = s.back ? is->backward[dbl] : is->forward[dbl];

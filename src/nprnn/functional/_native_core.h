@@ -65,6 +65,16 @@ struct scan {
        (inference; training has cprev), and backward's d * dh, d * dc past the step. */
     const void *rmask, *zh, *zc;
     void *rbuf, *zsave;
+    /* Backward's weight gradients made in the loop (dw set; else after it, from dgx and dgh):
+       the gradient rows of up to kblock steps gather in blk (this range's part: from batch row
+       r0, kblock rows per batch row, the input side's, then a GRU's or layer-norm kind's
+       hidden side's); then those rows' x and h_{t-1} are packed into bpk (likewise from row r0)
+       and dw[rix] (G*H, wcols) (+)= the rows.T @ [x | h_{t-1} | 1] (one gradient for both
+       sides) or [x | 1 | h_{t-1} | 1] (a GRU's, a layer-norm kind's); the 1s where there are
+       biases (ones), their gradients. */
+    void *dw, *blk, *bpk;
+    int64_t kblock, rix;
+    int ones;
     int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
     int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */
     int64_t ranges[MAX_PARTS + 1];    /* their bounds */

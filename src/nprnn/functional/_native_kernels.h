@@ -189,28 +189,34 @@ static TGT void FN(gemm_at)(int64_t r0, int64_t r1, int64_t K, int64_t M, const 
 
 /* Pack B (K, M) into columns col0.. of a panel array of Mtot columns: B[k][m] =
    src[k * sk + m * sm].  The segment that ends at Mtot also writes the zero padding, so
-   several sources side by side (each its own call) make one packed matrix. */
-static TGT void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0, int64_t Mtot) {
+   several sources side by side (each its own call) make one packed matrix.  pack_at: rows
+   k of a matrix whose panels are kstride rows long (dst at its row, K of them). */
+static TGT void FN(pack_at)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0,
+                            int64_t Mtot, int64_t kstride) {
     for (int64_t k = 0; k < K; k++) {
         const T *row = src + k * sk;
         int64_t m = 0;
         while (sm == 1 && m < M) {  /* contiguous rows: a whole panel row at once where it fits */
             int64_t col = col0 + m;
             if (col % NR == 0 && m + NR <= M) {
-                memcpy(dst + ((col / NR) * K + k) * NR, row + m, NR * sizeof(T));
+                memcpy(dst + ((col / NR) * kstride + k) * NR, row + m, NR * sizeof(T));
                 m += NR;
             } else {
-                dst[((col / NR) * K + k) * NR + col % NR] = row[m];
+                dst[((col / NR) * kstride + k) * NR + col % NR] = row[m];
                 m++;
             }
         }
         for (; m < M; m++) {
             int64_t col = col0 + m;
-            dst[((col / NR) * K + k) * NR + col % NR] = row[m * sm];
+            dst[((col / NR) * kstride + k) * NR + col % NR] = row[m * sm];
         }
         if (col0 + M == Mtot && Mtot % NR)
-            memset(dst + ((Mtot / NR) * K + k) * NR + Mtot % NR, 0, (size_t)(NR - Mtot % NR) * sizeof(T));
+            memset(dst + ((Mtot / NR) * kstride + k) * NR + Mtot % NR, 0, (size_t)(NR - Mtot % NR) * sizeof(T));
     }
+}
+
+static TGT void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0, int64_t Mtot) {
+    FN(pack_at)(src, K, M, sk, sm, dst, col0, Mtot, K);
 }
 
 /* ---------------------------------------------------------------- elementwise */
@@ -829,9 +835,9 @@ static TGT inline T *FN(ln_hot)(const struct scan *s, int which) {
 }
 
 /* A layer-norm kind's step backwards (see ln_step): the gates' gradients, then through the
-   hidden-side norm (the gradient of h @ W_hh.T) and the input-side norm (that of x @ W_ih.T,
-   in place), into ln_hot's rows; the gains' and shifts' sums into lnsum; dh (+)= dgh @ W_hh. */
-static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr, T *dcr) {
+   hidden-side norm (the gradient of h @ W_hh.T, into dgh's rows) and the input-side norm
+   (that of x @ W_ih.T, into dgx's); the gains' and shifts' sums into lnsum; dh (+)= dgh @ W_hh. */
+static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr, T *dcr, T *dgx, T *dgh) {
     const int64_t H = s->H, P = s->P, GH = s->G * H;
     const T *w = (const T *)s->lnw;
     const int lstm = s->kind == KIND_LN_LSTM;
@@ -839,7 +845,6 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
     T *acc = (T *)s->lnsum + s->r0 * (4 * GH + (lstm ? 2 * H : 0));
     T *dcn = lstm ? (T *)s->scratch + (s->N + s->r0) * H : 0;  /* a row's d(c_t): scratch's second half */
     T *gates = (T *)s->gates + s->r0 * GH;  /* this range's rows of the work array */
-    T *dgx = FN(ln_hot)(s, 0), *dgh = FN(ln_hot)(s, 1);
     int64_t ldm = P;
     const T *dm = lstm ? FN(back_through_projection)(s, n, row, dhr, &ldm) : dhr;
     for (int64_t r = 0; r < n; r++) {
@@ -863,6 +868,40 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
         FN(ln_back_row)(GH, dx_, lx, lx[GH], w, dx_);  /* through LN_ih */
     }
     FN(to_hprev)(s, n, row, dgh, dhr, !lstm);  /* to h_prev (GRU: plus z dh) */
+}
+
+/* Backward's weight gradients inside the loop (see struct scan's dw): does the kind keep a
+   hidden side's gradient of its own (a GRU's, a layer-norm kind's), and this range's block
+   rows of the input side's gradient (side 0) or of the hidden side's (1). */
+#define SEP_DGH(s) (KIND_NORMED((s)->kind) || KIND_GRU_GATES((s)->kind))
+static TGT inline T *FN(block_rows)(const struct scan *s, int side) {
+    const int64_t cap = s->kblock * (s->r1 - s->r0);
+    return (T *)s->blk + (s->r0 * s->kblock * (SEP_DGH(s) ? 2 : 1) + side * cap) * s->G * s->H;
+}
+
+/* The weight gradients of backward's steps q0 down to q1, whose K gradient rows are in the
+   block: those rows' x and h_{t-1} packed (beside a column of ones for the biases), then
+   dw[rix] (+)= the rows.T @ them (first: =). */
+static TGT void FN(block_grads)(const struct scan *s, int64_t q0, int64_t q1, int64_t K, int first) {
+    static const T one = 1;
+    const int64_t GH = s->G * s->H, Hin = s->Hin, P = s->P, nb = s->ones, sep = SEP_DGH(s);
+    const int64_t mx = sep ? Hin + nb : Hin + P + nb, mh = P + nb;  /* the columns of each product */
+    T *bx = (T *)s->bpk + s->r0 * s->kblock * (PAN(Hin + nb) + PAN(mh)), *bh = bx + PAN(mx) * K;
+    for (int64_t q = q0, k = 0; q >= q1; q--) {
+        const int64_t t = s->reverse ? s->steps - 1 - q : q, row = s->offsets[t] + s->r0;
+        const int64_t n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
+        if (n <= 0) continue;
+        T *ph = sep ? bh + k * NR : bx + k * NR;  /* where h_{t-1}'s rows go, from column hc */
+        const int64_t hc = sep ? 0 : Hin;
+        FN(pack_at)((const T *)s->x + row * Hin, n, Hin, Hin, 1, bx + k * NR, 0, mx, K);
+        FN(pack_at)((const T *)s->hprev + row * P, n, P, P, 1, ph, hc, sep ? mh : mx, K);
+        if (nb) FN(pack_at)(&one, n, 1, 0, 0, bx + k * NR, mx - 1, mx, K);
+        if (nb && sep) FN(pack_at)(&one, n, 1, 0, 0, ph, mh - 1, mh, K);
+        k += n;
+    }
+    T *dw = (T *)s->dw + s->rix * GH * (mx + (sep ? mh : 0));
+    FN(gemm_at)(0, GH, K, mx, FN(block_rows)(s, 0), GH, bx, dw, mx + (sep ? mh : 0), !first);
+    if (sep) FN(gemm_at)(0, GH, K, mh, FN(block_rows)(s, 1), GH, bh, dw + mx, mx + mh, !first);
 }
 
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
@@ -1073,6 +1112,9 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
     (void)nthr;
     const int64_t H = s->H, P = s->P, GH = s->G * s->H, Hin = s->Hin;
     T *dh = (T *)s->h, *dc = (T *)s->c;
+    const int fused = s->dw != 0;  /* the weight gradients in blocks of steps, inside the loop */
+    int64_t used = 0, qb = s->steps - 1, nsteps = 0;  /* the block's rows, its first step, its steps */
+    int first = 1;
     for (int64_t q = s->steps - 1; q >= 0; q--) {
         const int64_t t = s->reverse ? s->steps - 1 - q : q;
         const int64_t n = (s->batch_sizes[t] < s->r1 ? s->batch_sizes[t] : s->r1) - s->r0;
@@ -1084,8 +1126,12 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
         for (int64_t r = 0; r < n; r++)
             for (int64_t j = 0; j < P; j++) dhr[r * P + j] += dout[r * s->ldout + j];
         const T *gates = (const T *)s->gates + row * GH;
-        /* (a layer-norm kind makes this step's rows in the cache, ln_hot, and copies them out below) */
-        T *dgx = KIND_NORMED(s->kind) ? FN(ln_hot)(s, 0) : (T *)s->dgx + row * GH;
+        /* the step's gradient rows: in the block (fused); else a layer-norm kind makes them in
+           the cache (ln_hot) and copies them out below, the others write them to dgx, dgh */
+        T *dgx = fused ? FN(block_rows)(s, 0) + used * GH : KIND_NORMED(s->kind) ? FN(ln_hot)(s, 0)
+                                                                                  : (T *)s->dgx + row * GH;
+        T *dgh = !SEP_DGH(s) ? 0 : fused ? FN(block_rows)(s, 1) + used * GH : KIND_NORMED(s->kind) ? FN(ln_hot)(s, 1)
+                                                                                  : (T *)s->dgh + row * GH;
         T *dx = (T *)s->dx + row * Hin;
         if (s->dcs)  /* return_states: the gradient of this step's cell state, from outside */
             for (int64_t r = 0; r < n; r++)
@@ -1094,7 +1140,7 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
         if (keep) FN(unzone)(n, P, (const T *)s->zh + row * P, dhr, keep, P + H);
         if (keep && s->zc) FN(unzone)(n, H, (const T *)s->zc + row * H, dc + s->r0 * H, keep + P, P + H);
         if (KIND_NORMED(s->kind)) {
-            FN(ln_back)(s, n, row, dhr, dc ? dc + s->r0 * H : 0);
+            FN(ln_back)(s, n, row, dhr, dc ? dc + s->r0 * H : 0, dgx, dgh);
         } else if (s->kind == KIND_LSTM) {
             T *dcr = dc + s->r0 * H;
             const T *tc = (const T *)s->tc + row * H, *cprev = (const T *)s->cprev + row * H;
@@ -1109,7 +1155,6 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
             FN(to_hprev)(s, n, row, dgx, dhr, 0);
         } else if (s->kind == KIND_GRU) {
             const T *ghn = (const T *)s->ghn + row * H, *hprev = (const T *)s->hprev + row * P;
-            T *dgh = (T *)s->dgh + row * GH;
             for (int64_t r = 0; r < n; r++) {
                 const T *g = gates + r * GH;
                 T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH;
@@ -1136,20 +1181,30 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
             }
         /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
         FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
-        if (KIND_NORMED(s->kind)) {  /* the rows for the weight gradients' products, after the loop */
+        if (KIND_NORMED(s->kind) && !fused) {  /* the rows for the weight gradients' products, after the loop */
             FN(nt_copy)((T *)s->dgx + row * GH, dgx, n * GH);
-            FN(nt_copy)((T *)s->dgh + row * GH, FN(ln_hot)(s, 1), n * GH);
+            FN(nt_copy)((T *)s->dgh + row * GH, dgh, n * GH);
+        }
+        if (fused && (used += n, ++nsteps == s->kblock)) {  /* a whole block: its weight gradients */
+            FN(block_grads)(s, qb, q, used, first);
+            first = 0, used = nsteps = 0, qb = q - 1;
         }
         if (s->publish) wave_publish(s, (unsigned)(s->steps - q));
     }
+    if (fused && (used || first)) {  /* the last block's (a range without rows: zeros) */
+        if (used) FN(block_grads)(s, qb, 0, used, first);
+        else memset((T *)s->dw + s->rix * GH * (Hin + P + (SEP_DGH(s) ? 2 : 1) * s->ones), 0,
+                    (size_t)(GH * (Hin + P + (SEP_DGH(s) ? 2 : 1) * s->ones)) * sizeof(T));
+    }
 #ifdef NT_FENCE
-    if (KIND_NORMED(s->kind)) NT_FENCE();  /* (the non-temporal rows, before the products read them) */
+    if (KIND_NORMED(s->kind) && !fused) NT_FENCE();  /* (the non-temporal rows, before the products read them) */
 #endif
 }
 
 #include "_native_lscan.h"
 
 #undef PAN
+#undef SEP_DGH
 #undef V
 #undef NT_STORE
 #undef NT_FENCE

@@ -717,11 +717,11 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
                        dcs: OptArray = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
-    loop = _backward_loop(rec, dout, dstate, pool, key, dx, accumulate, dcs)
+    prep = rec.prep
+    ranges = _split(rec.batch_sizes, rec.offsets, _row_work(prep.kind, prep.H, prep.P, prep.H_in,
+                                                            prep.whr is not None), runner)
+    loop = _backward_loop(rec, dout, dstate, pool, key, dx, accumulate, ranges, dcs)
     if int(rec.batch_sizes[0]):
-        prep = rec.prep
-        ranges = _split(rec.batch_sizes, rec.offsets, _row_work(prep.kind, prep.H, prep.P, prep.H_in,
-                                                                prep.whr is not None), runner)
         _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner, partial(_call, *loop.args[:4]),
              loop.args[4:], loop.accumulate)
     return _backward_finish(rec, loop, runner, pool, key)
@@ -738,16 +738,40 @@ class _BackwardLoop(NamedTuple):
     grads: dict[str, Array]
 
 
+def _grad_block(prep: Prepared, N: int, ranges: Sequence[tuple[int, int]]) -> int:
+    """The steps of a block of backward's weight gradients made inside the loop (see struct
+    scan's ``dw``): about ``settings.grad_block_rows`` rows of a range; 0 (the products after
+    the loop, over all rows) where a range's gradients would pass
+    ``settings.max_inloop_grad_bytes`` (or its row range splits at another place when run
+    alone, a single range)."""
+    G, H, sides = prep.kind.num_gates, prep.H, 2 if prep.kind.separate_dgh else 1
+    cols = prep.H_in + prep.P + sides * (prep.bias is not None)
+    if not N or G * H * cols * prep.dtype.itemsize > settings.max_inloop_grad_bytes:
+        return 0
+    widest = max(r1 - r0 for r0, r1 in ranges)
+    return max(1, settings.grad_block_rows // widest)
+
+
 def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool], key: Any,
-                   dx: OptArray, accumulate: bool, dcs: OptArray = None) -> _BackwardLoop:
-    """A backward loop made ready, not run."""
+                   dx: OptArray, accumulate: bool, ranges: Sequence[tuple[int, int]], dcs: OptArray = None
+                   ) -> _BackwardLoop:
+    """A backward loop made ready, not run, for the row ranges ``ranges`` (one call each, or
+    one call that splits into them)."""
     prep = rec.prep
     kind, H, P = prep.kind, prep.H, prep.P
-    T = rec.x.shape[0]
+    T, N = rec.x.shape[0], int(rec.batch_sizes[0])
     G = kind.num_gates
-    shapes = {"dgx": (T, G * H)}
-    if kind.separate_dgh:  # the hidden side's gradient differs from the input side's
-        shapes["dgh"] = (T, G * H)
+    kblock = _grad_block(prep, N, ranges)
+    sides, ones = (2 if kind.separate_dgh else 1), int(prep.bias is not None)
+    if kblock:  # the weight gradients inside the loop: a row range's sums each, blocks of rows
+        nr = _native.panel_width(rec.x.dtype.itemsize)
+        pan = (-(-(prep.H_in + ones) // nr) + -(-(P + ones) // nr)) * nr
+        shapes = {"dw": (len(ranges), G * H * (prep.H_in + P + sides * ones)), "blk": (N, kblock * G * H * sides),
+                  "bpk": (N, kblock * pan)}
+    else:
+        shapes = {"dgx": (T, G * H)}
+        if kind.separate_dgh:  # the hidden side's gradient differs from the input side's
+            shapes["dgh"] = (T, G * H)
     if kind.params:  # the norms' gradient sums, a row per row range
         shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)
         shapes["scratch"] = (dstate[0].shape[0], 2 * (H + G * H))  # dm, a cell's d(c_t), the step's gradient rows
@@ -764,7 +788,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     if dx is None:
         dx = np.empty(rec.x.shape, rec.x.dtype)
         accumulate = False
-    arrays = dict(rec.tape, dx=dx, **grads, **rec.reg)
+    arrays: dict[str, Any] = dict(rec.tape, dx=dx, **grads, **rec.reg)
     if dcs is not None:  # the gradient of every step's cell state (return_states), added step by step
         arrays["dcs"] = dcs
     dh = np.array(dstate[0], order="C", copy=True)
@@ -774,14 +798,22 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
             g.fill(0)
         if not accumulate:
             dx.fill(0)
-    args = (1, prep, 1, int(rec.reverse), rec.batch_sizes, rec.offsets, None, dout, dh, dc, arrays)
+    if kblock:  # (and x, for the weight gradients' products)
+        arrays["kblock"] = kblock
+    args = (1, prep, 1, int(rec.reverse), rec.batch_sizes, rec.offsets, rec.x if kblock else None, dout, dh, dc,
+            arrays)
     return _BackwardLoop(args, accumulate, dx, (dh,) if dc is None else (dh, dc), grads)
 
 
 def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner, pool: Optional[Pool] = None,
                      key: Any = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
-    """The weight gradients after a backward loop: a few large products."""
+    """The weight gradients after a backward loop: the sums of its row ranges' (made inside
+    it), or a few large products."""
     grads, arrays = loop.grads, rec.tape
+    dW_hr = _at(grads["dproj"], arrays["m"], runner=runner, pool=pool, key=(key, "at hr"))[0] \
+        if "dproj" in grads else None
+    if "dw" in grads:
+        return loop.dx, loop.dstate, _loop_grads(rec, grads["dw"]) + (dW_hr,) + _norm_grads(rec, grads)
     dgx = grads["dgx"]
     # the bias gradients (sums over the rows) come out of the same products: a column of ones
     ones = (np.ones((rec.x.shape[0], 1), dgx.dtype),) if rec.prep.bias is not None else ()
@@ -792,9 +824,20 @@ def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner, poo
         dW_ih, dW_hh, *sums_ih = _at(dgx, rec.x, arrays["hprev"], *ones, runner=runner, pool=pool, key=(key, "at"))
         sums_hh = sums_ih
     db_ih, db_hh = (sums_ih[0][:, 0], sums_hh[0][:, 0]) if ones else (None, None)
-    dW_hr = _at(grads["dproj"], arrays["m"], runner=runner, pool=pool, key=(key, "at hr"))[0] \
-        if "dproj" in grads else None
     return loop.dx, loop.dstate, (dW_ih, dW_hh, db_ih, db_hh, dW_hr) + _norm_grads(rec, grads)
+
+
+def _loop_grads(rec: NativeRecord, dw: Array) -> tuple[OptArray, ...]:
+    """``(dW_ih, dW_hh, db_ih, db_hh)`` from the loop's sums ``dw``, a row range's (G*H,
+    columns) each: [x | h_{t-1} | 1], or [x | 1 | h_{t-1} | 1] where the hidden side has its
+    own gradient (see struct scan), summed in the ranges' order (a new array)."""
+    prep = rec.prep
+    Hin, P, ones = prep.H_in, prep.P, int(prep.bias is not None)
+    total = dw.sum(axis=0).reshape(prep.kind.num_gates * prep.H, -1)
+    hh = Hin + ones if prep.kind.separate_dgh else Hin  # where h_{t-1}'s columns start
+    if not ones:
+        return total[:, :Hin], total[:, hh:hh + P], None, None
+    return total[:, :Hin], total[:, hh:hh + P], total[:, hh - 1 if prep.kind.separate_dgh else -1], total[:, -1]
 
 
 def _norm_grads(rec: NativeRecord, grads: dict[str, Array]) -> tuple[Array, ...]:
@@ -814,7 +857,7 @@ def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dst
     ``l``'s step ``t`` as soon as layer ``l + 1`` has made its input gradient rows of step
     ``t`` (layer ``l``'s output gradient, ``douts[l]`` = ``dxs[l + 1]``); then every
     layer's weight gradients.  ``recs`` and the others from the top layer down."""
-    loops = [_backward_loop(rec, dout, dstate, pool, len(recs) - 1 - i, dx, False)
+    loops = [_backward_loop(rec, dout, dstate, pool, len(recs) - 1 - i, dx, False, ((0, int(rec.batch_sizes[0])),))
              for i, (rec, dout, dstate, dx) in enumerate(zip(recs, douts, dstates, dxs))]
     if int(recs[0].batch_sizes[0]):
         N = int(recs[0].batch_sizes[0])
