@@ -300,7 +300,7 @@ def test_set_helper_process_is_a_no_op_that_warns():
 @pytest.mark.parametrize("batch", [2, 3, 7, 8, 31, 32, 33, 100, 512])
 @pytest.mark.parametrize("threads_", [2, 3])
 def test_row_ranges_of_equal_lengths_are_those_of_the_general_split(config, batch, threads_):
-    """Equal lengths (a weight gradient's rows) take a shortcut; its ranges are the ones the
+    """Equal lengths take a shortcut, one range per thread; its ranges are the ones the
     general split (``_split_rows``, row by row) makes of the same lengths."""
     config(num_threads=threads_, min_split_work=0)
     for n in (1, 5, 100):
@@ -308,5 +308,4 @@ def test_row_ranges_of_equal_lengths_are_those_of_the_general_split(config, batc
         assert got == threads._split_rows([n] * batch, len(got))
         assert got[0][0] == 0 and got[-1][1] == batch and all(a < b for a, b in got)
         assert all(b == c for (_, b), (c, _) in zip(got[:-1], got[1:]))
-        assert len(got) == max(min(threads_, batch), min(nprnn.config.settings.parts_per_thread * min(threads_, batch),
-                                                         batch // nprnn.config.settings.min_part_rows))
+        assert len(got) == min(threads_, batch)

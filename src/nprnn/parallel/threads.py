@@ -355,16 +355,17 @@ def row_ranges(lengths: Union[Sequence[int], Array], row_work: int) -> list[tupl
     (non-increasing, as packed), ``row_work`` the multiply-adds of a row.  Returns
     ``[(r0, r1), ...]``, ranges of sequences with about equal packed rows, a few per thread
     (:func:`run_parts` hands them out as threads come free), or one range when a split does
-    not pay."""
+    not pay.  Sequences all of one length make one range per thread: their work is alike,
+    and each range more reads the weights once more a step (the layer-norm LSTM's training
+    step N=32 L=100 64->128 x2 took 26.9 ms in four ranges, 26.0 ms in two)."""
     batch = len(lengths)
     threads = min(threads_here(), batch)
     total = int(sum(lengths))
     if threads < 2 or total * row_work < settings.min_split_work * threads:
         return [(0, batch)]
-    parts = max(threads, min(settings.parts_per_thread * threads, batch // settings.min_part_rows))
-    if lengths[0] == lengths[-1]:  # all alike (a weight gradient's rows): _split_rows' bounds, ceil(batch k / parts)
-        return [(-(-batch * k // parts), -(-batch * (k + 1) // parts)) for k in range(parts)]
-    return _split_rows(lengths, parts)
+    if lengths[0] == lengths[-1]:  # all alike: _split_rows' bounds, ceil(batch k / threads)
+        return [(-(-batch * k // threads), -(-batch * (k + 1) // threads)) for k in range(threads)]
+    return _split_rows(lengths, max(threads, min(settings.parts_per_thread * threads, batch // settings.min_part_rows)))
 
 
 def _split_rows(lengths: Union[Sequence[int], Array], parts: int) -> list[tuple[int, int]]:
