@@ -46,7 +46,7 @@ def main():
             def np_train():
                 ours.train()
                 out, _ = ours(x)
-                ours.backward(g)
+                ours.backward(g, input_grad=False)  # (x requires no gradient, as on the PyTorch side)
 
             def torch_train():
                 theirs.zero_grad(set_to_none=False)

@@ -55,7 +55,7 @@ def main():
         def np_lengths_train():
             ours.train()
             ours(x, lengths=lengths)
-            ours.backward(g)
+            ours.backward(g, input_grad=False)  # (x requires no gradient, as on the PyTorch side)
 
         def np_packed_infer():  # pack, run, unpack: the same work as the PyTorch side
             ours.eval()

@@ -379,9 +379,9 @@ def runners(case: Case, torch, threads: int) -> dict:
         lengths = np.asarray(case.lengths)
         lt = torch.from_numpy(lengths)
 
-        def np_train():
+        def np_train():  # (x requires no gradient, as PyTorch's input here)
             ours(x, lengths=lengths)
-            ours.backward(g)
+            ours.backward(g, input_grad=False)
 
         def torch_train():
             theirs.zero_grad(set_to_none=False)
@@ -389,9 +389,9 @@ def runners(case: Case, torch, threads: int) -> dict:
             padded, _ = tr.pad_packed_sequence(out, total_length=case.L)
             padded.backward(gt)
     else:
-        def np_train():
+        def np_train():  # (x requires no gradient, as PyTorch's input here)
             ours(x)
-            ours.backward(g)
+            ours.backward(g, input_grad=False)
 
         def torch_train():
             theirs.zero_grad(set_to_none=False)
@@ -407,7 +407,7 @@ def runners(case: Case, torch, threads: int) -> dict:
 
         def gru_train():
             gru(x)
-            gru.backward(g)
+            gru.backward(g, input_grad=False)
 
         fns["nprnn GRU"] = gru_train
     if "nprnn without the options" in case.against:  # the same layer (weights too), no regularizers
@@ -417,7 +417,7 @@ def runners(case: Case, torch, threads: int) -> dict:
 
         def plain_step():
             plain(x)
-            plain.backward(g)
+            plain.backward(g, input_grad=False)
 
         fns["nprnn without the options"] = _with_settings(case, plain_step)
     if "nprnn LSTM" in case.against:  # the same shapes without the layer norms
@@ -427,7 +427,7 @@ def runners(case: Case, torch, threads: int) -> dict:
 
         def plain_train():
             plain(x)
-            plain.backward(g)
+            plain.backward(g, input_grad=False)
 
         fns["nprnn LSTM"] = plain_train
     return fns

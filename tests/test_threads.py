@@ -198,10 +198,10 @@ def _error_within(seconds, call):
 def test_a_failing_backward_stage_raises_and_nothing_hangs(failing, side_by_side, monkeypatch):
     real = nprnn.functional.stack.direction_backward
 
-    def failing_backward(rec, dout, dstate, pool, key, *rest):
+    def failing_backward(rec, dout, dstate, pool, key, *rest, **kw):
         if key == failing:
             raise MemoryError(f"boom in {key}")
-        return real(rec, dout, dstate, pool, key, *rest)
+        return real(rec, dout, dstate, pool, key, *rest, **kw)
 
     monkeypatch.setattr(nprnn.functional.stack, "direction_backward", failing_backward)
     m = nprnn.GRU(3, 4, num_layers=3, seed=0)

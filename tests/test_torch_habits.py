@@ -223,3 +223,57 @@ def test_an_optimizers_repr_shows_each_groups_own_options():
     text = repr(Adam([{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.1}], lr=0.001))
     assert "Parameter Group 0\n    betas: (0.9, 0.999)\n    eps: 1e-08\n    lr: 0.001" in text
     assert "Parameter Group 1\n    betas: (0.9, 0.999)\n    eps: 1e-08\n    lr: 0.1" in text
+
+
+_NO_INPUT_GRAD_SCHEDULES = {  # settings that put a stack in each of its shapes of work (both tiers)
+    "one thread": dict(num_threads=1),
+    "batch split": dict(num_threads=2, min_split_work=0),
+    "directions side by side": dict(num_threads=2, min_split_work=0, min_step_work=0, min_train_step_work=0),
+    "wavefront": dict(num_threads=2, min_wavefront_batch=0, min_wavefront_work=0, max_wavefront_work=1 << 40,
+                      wavefront_balance=0),
+    "layers pipelined": dict(num_threads=2, min_step_work=0, min_train_step_work=0, chunk_steps=2),
+}
+
+
+@pytest.mark.parametrize("backend", ["native", "numpy"])
+@pytest.mark.parametrize("schedule", _NO_INPUT_GRAD_SCHEDULES)
+def test_backward_without_the_input_gradient(backend, schedule):
+    """An input that does not require grad, as PyTorch has it: ``backward(...,
+    input_grad=False)`` returns None for the input's gradient and the same state and
+    parameter gradients, bit for bit, as the full backward."""
+    from nprnn.functional import native
+
+    if backend == "native" and native._native is None:
+        pytest.skip("the compiled kernels are not built")
+    rng = np.random.default_rng(4)
+    with nprnn.config.override(backend=backend, **_NO_INPUT_GRAD_SCHEDULES[schedule]):
+        for kind, kw, bidirectional in [("LSTM", {"dropout": 0.3}, True), ("LSTM", {"proj_size": 3}, False),
+                                        ("GRU", {}, False), ("RNN", {}, True), ("LayerNormLSTM", {}, True),
+                                        ("LayerNormGRU", {}, False), ("MinGRU", {}, False)]:
+            made = [getattr(nprnn, kind)(4, 6, num_layers=2, bidirectional=bidirectional, seed=3, **kw).train()
+                    for _ in range(2)]
+            x = rng.standard_normal((7, 12, 4)).astype(np.float32)
+            lengths = np.full(12, 7) if schedule == "wavefront" else rng.integers(1, 8, 12)
+            results = []
+            for m, want_dx in zip(made, (True, False)):
+                np.random.seed(0)  # (the same dropout masks)
+                out, _ = m(x, lengths=lengths)
+                g = np.random.default_rng(5).standard_normal(out.shape).astype(np.float32)
+                dx, dh = m.backward(g, input_grad=want_dx)
+                results.append((dx, dh, {k: v.copy() for k, v in m.grads.items()}))
+            (dx, dh, grads), (no_dx, no_dh, no_grads) = results
+            assert dx is not None and dx.shape == x.shape and no_dx is None
+            for a, b in zip(np.atleast_1d(dh) if not isinstance(dh, tuple) else dh,
+                            np.atleast_1d(no_dh) if not isinstance(no_dh, tuple) else no_dh):
+                np.testing.assert_array_equal(a, b, err_msg=kind)
+            assert grads.keys() == no_grads.keys()
+            for name in grads:
+                np.testing.assert_array_equal(grads[name], no_grads[name], err_msg=f"{kind} {name}")
+
+
+def test_backward_input_grad_must_be_a_bool():
+    m = nprnn.LSTM(3, 4).train()
+    out, _ = m(np.zeros((2, 1, 3), np.float32))
+    with pytest.raises(TypeError, match="input_grad must be True or False, got 'no'"):
+        m.backward(np.ones_like(out), input_grad="no")
+    assert m.backward(np.ones_like(out), input_grad=False)[0] is None  # (the refusal kept the record)

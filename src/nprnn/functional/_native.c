@@ -648,9 +648,9 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
                 goto fail;
             }
         }
-        s.dx = get(&b, ITEM(dx), "dx", 1, isz, rows * Hin, 0, 0, NULL);
+        s.dx = get(&b, ITEM(dx), "dx", 1, isz, rows * Hin, 1, 0, NULL);  /* (None: no input gradient) */
         s.dgx = get(&b, ITEM(dgx), "dgx", 1, isz, rows * GH, s.dw != NULL, 0, NULL);
-        if (!s.dx || (!s.dgx && !s.dw)) goto fail;
+        if (PyErr_Occurred() || (!s.dgx && !s.dw)) goto fail;
         s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !sep || s.dw, 0, NULL);
         s.lnsum = get(&b, ITEM(lnsum), "lnsum", 1, isz, N * (4 * GH + (lstm ? 2 * H : 0)), !normed, 0, NULL);
         s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);

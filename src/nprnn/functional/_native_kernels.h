@@ -1132,7 +1132,6 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
                                                                                   : (T *)s->dgx + row * GH;
         T *dgh = !SEP_DGH(s) ? 0 : fused ? FN(block_rows)(s, 1) + used * GH : KIND_NORMED(s->kind) ? FN(ln_hot)(s, 1)
                                                                                   : (T *)s->dgh + row * GH;
-        T *dx = (T *)s->dx + row * Hin;
         if (s->dcs)  /* return_states: the gradient of this step's cell state, from outside */
             for (int64_t r = 0; r < n; r++)
                 for (int64_t j = 0; j < H; j++) dc[(s->r0 + r) * H + j] += ((const T *)s->dcs)[(row + r) * H + j];
@@ -1179,8 +1178,10 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
                 if (s->zc)
                     for (int64_t j = 0; j < H; j++) dc[(s->r0 + r) * H + j] += keep[r * (P + H) + P + j];
             }
-        /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
-        FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
+        if (s->dx) {  /* the input gradient of this step's rows: dx (+)= dgx @ W_ih */
+            T *dx = (T *)s->dx + row * Hin;
+            FN(mm)(n, GH, Hin, dgx, GH, (const T *)s->wih, dx, Hin, s->accumulate ? dx : 0, Hin);
+        }
         if (KIND_NORMED(s->kind) && !fused) {  /* the rows for the weight gradients' products, after the loop */
             FN(nt_copy)((T *)s->dgx + row * GH, dgx, n * GH);
             FN(nt_copy)((T *)s->dgh + row * GH, dgh, n * GH);

@@ -263,7 +263,8 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
 
 def direction_backward(rec: LinearRecord, dout: Array, dstate: tuple[Array, ...], dx: OptArray = None,
                        accumulate: bool = False, runner: Runner = SERIAL, pool: Optional[Pool] = None,
-                       key: Any = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+                       key: Any = None, input_grad: bool = True) -> tuple[OptArray, tuple[Array, ...],
+                                                                          tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward` (the contract of :func:`.scan.direction_backward`)."""
     from .scan import alloc_blocks
 
@@ -272,14 +273,17 @@ def direction_backward(rec: LinearRecord, dout: Array, dstate: tuple[Array, ...]
                                  rec.batch_sizes, rec.reverse, runner, du)
     if native.supports_linear_scan(du.dtype):  # the compiled products, on the scan's threads
         direct = dx is not None and not accumulate and dx.flags.c_contiguous
-        dx_rows = native.product(du, rec.w_ih, False, None, runner, dx if direct else None)
+        dx_rows = native.product(du, rec.w_ih, False, None, runner, dx if direct else None) if input_grad else None
         ones = (np.ones((du.shape[0], 1), du.dtype),) if rec.has_bias else ()
         dW, *sums = native._at(du, rec.x, *ones, runner=runner, pool=pool, key=(key, "linear at"))
         grads = (dW.copy(), None, sums[0][:, 0].copy() if sums else None, None, None)
-        return dx_rows if direct else _into(dx, dx_rows, accumulate), (dh0,), grads
-    dx_rows = du @ rec.w_ih
-    return _into(dx, dx_rows, accumulate), (dh0,), (du.T @ rec.x, None, du.sum(axis=0) if rec.has_bias else None,
-                                                   None, None)
+    else:
+        dx_rows = du @ rec.w_ih if input_grad else None
+        direct = False
+        grads = (du.T @ rec.x, None, du.sum(axis=0) if rec.has_bias else None, None, None)
+    if dx_rows is None:
+        return None, (dh0,), grads
+    return dx_rows if direct else _into(dx, dx_rows, accumulate), (dh0,), grads
 
 
 def _into(dx: OptArray, rows: Array, accumulate: bool) -> Array:

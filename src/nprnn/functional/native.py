@@ -714,13 +714,14 @@ def wavefront_forward(kind: CellKind, x: Array, params: Sequence[Params], states
 
 def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None,
                        key: Any = None, dx: OptArray = None, accumulate: bool = False, runner: Runner = SERIAL,
-                       dcs: OptArray = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+                       dcs: OptArray = None, input_grad: bool = True
+                       ) -> tuple[OptArray, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
     input gradient is computed step by step inside the loop, the weight gradients after it."""
     prep = rec.prep
     ranges = _split(rec.batch_sizes, rec.offsets, _row_work(prep.kind, prep.H, prep.P, prep.H_in,
                                                             prep.whr is not None), runner)
-    loop = _backward_loop(rec, dout, dstate, pool, key, dx, accumulate, ranges, dcs)
+    loop = _backward_loop(rec, dout, dstate, pool, key, dx, accumulate, ranges, dcs, input_grad)
     if int(rec.batch_sizes[0]):
         _run(ranges, runner.team(len(ranges)) if len(ranges) > 1 else None, runner, partial(_call, *loop.args[:4]),
              loop.args[4:], loop.accumulate)
@@ -733,7 +734,7 @@ class _BackwardLoop(NamedTuple):
 
     args: tuple[Any, ...]  # (back, prep, train, reverse, sizes, offsets, x, dout, dh, dc, arrays)
     accumulate: bool
-    dx: Array
+    dx: OptArray  # (None: no input gradient)
     dstate: tuple[Array, ...]  # the initial-state gradients, once run
     grads: dict[str, Array]
 
@@ -753,10 +754,10 @@ def _grad_block(prep: Prepared, N: int, ranges: Sequence[tuple[int, int]]) -> in
 
 
 def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool], key: Any,
-                   dx: OptArray, accumulate: bool, ranges: Sequence[tuple[int, int]], dcs: OptArray = None
-                   ) -> _BackwardLoop:
+                   dx: OptArray, accumulate: bool, ranges: Sequence[tuple[int, int]], dcs: OptArray = None,
+                   input_grad: bool = True) -> _BackwardLoop:
     """A backward loop made ready, not run, for the row ranges ``ranges`` (one call each, or
-    one call that splits into them)."""
+    one call that splits into them); without ``input_grad`` it makes no input gradient."""
     prep = rec.prep
     kind, H, P = prep.kind, prep.H, prep.P
     T, N = rec.x.shape[0], int(rec.batch_sizes[0])
@@ -785,7 +786,9 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     grads = _arrays(shapes, rec.x.dtype, pool, (key, "native grads"))
     if "lnsum" in grads:
         grads["lnsum"].fill(0)
-    if dx is None:
+    if not input_grad:
+        dx, accumulate = None, False
+    elif dx is None:
         dx = np.empty(rec.x.shape, rec.x.dtype)
         accumulate = False
     arrays: dict[str, Any] = dict(rec.tape, dx=dx, **grads, **rec.reg)
@@ -796,7 +799,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     if int(rec.batch_sizes[0]) == 0:
         for g in grads.values():
             g.fill(0)
-        if not accumulate:
+        if dx is not None and not accumulate:
             dx.fill(0)
     if kblock:  # (and x, for the weight gradients' products)
         arrays["kblock"] = kblock
@@ -806,7 +809,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
 
 
 def _backward_finish(rec: NativeRecord, loop: _BackwardLoop, runner: Runner, pool: Optional[Pool] = None,
-                     key: Any = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+                     key: Any = None) -> tuple[OptArray, tuple[Array, ...], tuple[OptArray, ...]]:
     """The weight gradients after a backward loop: the sums of its row ranges' (made inside
     it), or a few large products."""
     grads, arrays = loop.grads, rec.tape
@@ -851,13 +854,15 @@ def _norm_grads(rec: NativeRecord, grads: dict[str, Array]) -> tuple[Array, ...]
 
 
 def wavefront_backward(recs: Sequence[NativeRecord], douts: Sequence[Array], dstates: Sequence[tuple[Array, ...]],
-                       dxs: Sequence[Array], pool: Optional[Pool], runner: Runner, team: Any
-                       ) -> list[tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]]:
+                       dxs: Sequence[OptArray], pool: Optional[Pool], runner: Runner, team: Any
+                       ) -> list[tuple[OptArray, tuple[Array, ...], tuple[OptArray, ...]]]:
     """Backward of :func:`wavefront_forward`, from the top layer down as a wavefront: layer
     ``l``'s step ``t`` as soon as layer ``l + 1`` has made its input gradient rows of step
     ``t`` (layer ``l``'s output gradient, ``douts[l]`` = ``dxs[l + 1]``); then every
-    layer's weight gradients.  ``recs`` and the others from the top layer down."""
-    loops = [_backward_loop(rec, dout, dstate, pool, len(recs) - 1 - i, dx, False, ((0, int(rec.batch_sizes[0])),))
+    layer's weight gradients.  ``recs`` and the others from the top layer down; a ``dxs``
+    entry None: no input gradient."""
+    loops = [_backward_loop(rec, dout, dstate, pool, len(recs) - 1 - i, dx, False, ((0, int(rec.batch_sizes[0])),),
+                            input_grad=dx is not None)
              for i, (rec, dout, dstate, dx) in enumerate(zip(recs, douts, dstates, dxs))]
     if int(recs[0].batch_sizes[0]):
         N = int(recs[0].batch_sizes[0])

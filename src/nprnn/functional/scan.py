@@ -388,7 +388,8 @@ def _prepared(cache: Optional[dict[Any, Any]], key: Any, kind: CellKind, params:
 
 def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: Optional[Pool] = None, key: Any = None,
                        dx: OptArray = None, accumulate: bool = False, stage: Any = None, runner: Runner = SERIAL,
-                       dcs: OptArray = None) -> tuple[Array, tuple[Array, ...], tuple[OptArray, ...]]:
+                       dcs: OptArray = None, input_grad: bool = True
+                       ) -> tuple[OptArray, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`.
 
     ``dout`` (T, H_out) output gradient, ``dstate`` tuple of (N, .) final-state gradients
@@ -399,14 +400,15 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
     ``stage`` (a forward-in-time scan, ``dx`` given): its ``backward_hooks(steps, total,
     input_grad, gate_width)`` wait for ``dout``'s rows as they arrive from the end, and
     compute ``dx``'s rows a group of steps at a time and hand them on.  ``dcs`` (T, H): the
-    gradient of every step's cell state (``return_states``), or None.
+    gradient of every step's cell state (``return_states``), or None.  ``input_grad=False``:
+    no input gradient (None; its product skipped, ``dx`` ignored).
     """
     if isinstance(rec, linscan.LinearRecord):
-        return linscan.direction_backward(rec, dout, dstate, dx, accumulate, runner, pool, key)
+        return linscan.direction_backward(rec, dout, dstate, dx, accumulate, runner, pool, key, input_grad)
     if isinstance(rec, native.NativeRecord):
         if stage is not None:
             raise ValueError("a compiled layer-direction runs its backward in one call, not as a pipeline stage")
-        return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate, runner, dcs)
+        return native.direction_backward(rec, dout, dstate, pool, key, dx, accumulate, runner, dcs, input_grad)
     kind = rec.kind
     T = rec.x.shape[0]
     dtype = rec.x.dtype
@@ -435,17 +437,19 @@ def direction_backward(rec: Any, dout: Array, dstate: tuple[Array, ...], pool: O
 
         target = dx
 
-        def input_grad(lo: int, hi: int) -> None:  # dx = dgx @ W_ih for rows lo:hi
+        def dx_rows(lo: int, hi: int) -> None:  # dx = dgx @ W_ih for rows lo:hi
             through_projection(lo, hi)
             np.dot(du[lo:hi], rec.w_ih, out=target[lo:hi])
 
-        chunks = stage.backward_hooks(rec.steps, T, input_grad, dgx.shape[1])
+        chunks = stage.backward_hooks(rec.steps, T, dx_rows, dgx.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf pass, as in PyTorch
         scan_backward(kind, dout, dstate, rec.step, rec.steps, rec.tape, rec.tape_blocks, grads, grad_blocks,
                       scratch, scratch_blocks, chunks, dcs, rec.reg)
         if chunks is None:  # (a pipelined run went through the projection a group at a time)
             through_projection(0, T)
-        if dx is None:
+        if not input_grad:
+            dx = None
+        elif dx is None:
             dx = du @ rec.w_ih  # (T, H_in)
         elif accumulate:
             dx += du @ rec.w_ih

@@ -142,31 +142,34 @@ def _dropout_mask(shape: tuple[int, ...], p: float, rng: Optional[np.random.Gene
 
 
 def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], pool: Optional[Pool] = None,
-                   runner: Runner = SERIAL, grad_every: Optional[Sequence[tuple[OptArray, OptArray]]] = None
-                   ) -> tuple[Array, list[Array], list[Any]]:
+                   runner: Runner = SERIAL, grad_every: Optional[Sequence[tuple[OptArray, OptArray]]] = None,
+                   input_grad: bool = True) -> tuple[OptArray, list[Array], list[Any]]:
     """Backward of :func:`stack_forward`: ``dout`` (T, D*H_out) the output gradient,
     ``grad_finals`` the final states' gradients (like the states), ``grad_every`` those of
     ``every_step``'s states, per layer-direction ``(dh, dc)`` (None: zeros; the forward
     took ``every_step``).  Returns ``(dx (T, H_in), initial-state gradients like the states,
     parameter gradients per layer-direction)``, the latter each (dW_ih, dW_hh, db_ih,
-    db_hh, dW_hr) with None where absent."""
+    db_hh, dW_hr) with None where absent.  ``input_grad=False``: no ``dx`` (None; the first
+    layer's input-gradient products are skipped, but in a pipeline of layers)."""
     D, L, P = rec.num_directions, rec.num_layers, rec.out_width
     dtype = dout.dtype
     grad_states = [np.empty(g.shape, dtype) for g in grad_finals]
     pgrads: list[Any] = [None] * (L * D)
-    dxs = []  # the input gradient of each layer: the next layer down's output gradient
+    wanted = input_grad or rec.schedule == "layers"  # (a pipeline's first layer hands its dx on)
+    dxs: list[Any] = []  # the input gradient of each layer: the next layer down's output gradient
     for layer in range(L):
         x_rows, in_size = rec.records[layer * D].x.shape
-        dxs.append(np.empty((x_rows, in_size), dtype) if layer == 0  # returned to the caller
+        dxs.append((np.empty((x_rows, in_size), dtype) if wanted else None) if layer == 0  # returned to the caller
                    else alloc_blocks(((1, in_size),), x_rows, dtype, pool, (layer, "dx"))[0])
 
-    def run(layer: int, d: int, dx: Array, accumulate: bool = False, stage: Any = None) -> None:
+    def run(layer: int, d: int, dx: OptArray, accumulate: bool = False, stage: Any = None) -> None:
         idx = layer * D + d
         above = dout if layer == L - 1 else dxs[layer + 1]
         dstate = tuple(np.array(g[idx], order="C", copy=True) for g in grad_finals)
         _, dstate0, pgrads[idx] = direction_backward(rec.records[idx], above[:, d * P : (d + 1) * P], dstate, pool,
                                                      idx, dx, accumulate, stage, runner,
-                                                     None if grad_every is None else grad_every[idx][1])
+                                                     None if grad_every is None else grad_every[idx][1],
+                                                     input_grad=dx is not None)
         _put(grad_states, idx, dstate0)
 
     def add_every(layer: int, target: Array) -> None:  # the gradients of a layer's states at every step
@@ -189,7 +192,7 @@ def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], 
         return dxs[0], grad_states, pgrads
     if rec.schedule == "layers":  # top layer first, each reading its output gradient as it comes
         runner.pipeline(L, lambda i, stage: run(L - 1 - i, 0, dxs[L - 1 - i], stage=stage))
-        return dxs[0], grad_states, pgrads
+        return dxs[0] if input_grad else None, grad_states, pgrads
     if grad_every is not None and any(dh is not None for dh, _ in grad_every[(L - 1) * D :]):
         dout = dout.copy()  # (the caller's)
         add_every(L - 1, dout)
@@ -198,9 +201,11 @@ def stack_backward(rec: StackRecord, dout: Array, grad_finals: Sequence[Array], 
         if layer < L - 1:
             add_every(layer, dxs[layer + 1])  # (complete, and through the dropout above it)
         if rec.schedule == "directions":
-            (dx_rev,) = alloc_blocks(((1, dx.shape[1]),), dx.shape[0], dtype, pool, (layer, "dx reverse"))
+            dx_rev = None if dx is None else alloc_blocks(((1, dx.shape[1]),), dx.shape[0], dtype, pool,
+                                                           (layer, "dx reverse"))[0]
             runner.side_by_side(lambda: run(layer, 1, dx_rev), lambda: run(layer, 0, dx), blas=not rec.native)
-            dx += dx_rev
+            if dx is not None:
+                dx += dx_rev
         else:
             for d in range(D):
                 run(layer, d, dx, accumulate=d > 0)

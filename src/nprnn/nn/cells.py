@@ -187,6 +187,7 @@ class RNNCellBase(Module):
         self._take()
         dout = np.zeros((N, self.hidden_size), self.dtype)
         dx, dstate0, pgrads = direction_backward(rec, dout, tuple(dstate), runner=THREADED)
+        assert dx is not None  # (an input gradient is asked for)
         self._add_grads(("weight_ih", "weight_hh", "bias_ih", "bias_hh", None) + own_names(self.kind), pgrads)
         if not batched:
             return dx[0], tuple(d[0] for d in dstate0)

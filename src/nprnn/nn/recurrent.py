@@ -334,7 +334,8 @@ class RNNBase(Module):
         """``(first, h)``, or ``(first, (h, c))`` for LSTM."""
         return (first, (states[0], states[1])) if self.kind.has_cell else (first, states[0])
 
-    def backward(self, grad_output: Any, grad_hn: Any = None, grad_states: Any = None) -> tuple[Any, ...]:
+    def backward(self, grad_output: Any, grad_hn: Any = None, grad_states: Any = None, *,
+                 input_grad: bool = True) -> tuple[Any, ...]:
         """Backpropagation through time for this thread's last training-mode forward.
 
         ``grad_output`` has the shape of ``output`` (for packed output: a PackedSequence or
@@ -344,8 +345,12 @@ class RNNBase(Module):
         in the input's layout (packed for packed input, zeros past each end with
         ``lengths=``), ``grad_hx`` shaped like ``hx`` (a pair for LSTM).  ``grad_states`` (a
         forward with ``return_states=True``): the gradient of its ``states``, shaped like
-        them (for LSTMs a pair, either part None), None meaning zeros.
+        them (for LSTMs a pair, either part None), None meaning zeros.  ``input_grad=False``:
+        ``grad_input`` is None and not computed (as PyTorch skips it for an input that does
+        not require grad: the first layer's products with ``W_ih`` are left out).
         """
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.backward(): input_grad must be True or False, got {input_grad!r}")
         latest = self._latest()
         layout = latest.layout
         g_out, parts = check_grads(layout, self, grad_output, grad_hn)  # (refused: the record stays)
@@ -353,12 +358,12 @@ class RNNBase(Module):
         rec = self._take()
         pool = self._pool()
         dx, grad_states, pgrads = stack_backward(rec.stack, layout.to_rows(g_out, pool, "dout_packed"),
-                                                 layout.to_run(parts), pool, THREADED, grad_every)
+                                                 layout.to_run(parts), pool, THREADED, grad_every, bool(input_grad))
         if rec.weight_masks is not None:  # the raw W_hh's gradient: through the mask
             pgrads = [(g[0], g[1] * m) + tuple(g[2:]) for g, m in zip(pgrads, rec.weight_masks)]
         for names, grads in zip(self._layer_names, pgrads):
             self._add_grads(names, grads)
-        return self._pair(layout.from_rows(dx), layout.from_run(grad_states))
+        return self._pair(None if dx is None else layout.from_rows(dx), layout.from_run(grad_states))
 
     def stream(self, batch_size: Optional[int] = None) -> Any:
         """A :class:`~nprnn.stream.Stream`: ``stream.step(x_t)`` runs one time step

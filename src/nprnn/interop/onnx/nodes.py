@@ -76,11 +76,12 @@ class ONNXRecurrent(RNNBase):
         return [{"peep": self._parameters.get("weight_peephole_l0" + ("_reverse" if d else "")), "clip": self.clip,
                  "input_forget": self.input_forget} for d in range(self.num_directions)]
 
-    def backward(self, grad_output: Any, grad_hn: Any = None, grad_states: Any = None) -> Any:
+    def backward(self, grad_output: Any, grad_hn: Any = None, grad_states: Any = None, *,
+                 input_grad: bool = True) -> Any:
         if self.mode in ("gru_lbr0", "lstm_ext"):
             raise NotImplementedError("backward is not implemented for ONNX-only variants (GRU with "
                                       "linear_before_reset=0, LSTM with peepholes, clip or input_forget)")
-        return super().backward(grad_output, grad_hn, grad_states)
+        return super().backward(grad_output, grad_hn, grad_states, input_grad=input_grad)
 
 
 def _attrs(node: Any) -> dict[str, Any]:
