@@ -158,6 +158,32 @@ def test_weight_gradients_inside_or_after_the_loop(config, where, threads_, tier
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"{kind} {kw}")
 
 
+@needs_native
+def test_row_ranges_run_as_separate_calls_keep_their_own_sums(config, monkeypatch, tier):
+    """A runner that splits the batch but has no team runs each row range as a call of its
+    own: each adds its weight gradients into its own row of the sums (``rix``), and the
+    result is the team's."""
+    from nprnn.nn import recurrent
+
+    class NoTeam(threads.ThreadedRunner):
+        def team(self, parts):
+            return None
+
+    config(num_threads=2, min_split_work=0, backend="native")
+    x = np.random.default_rng(0).standard_normal((6, 10, 5))
+    for kind in ("LSTM", "GRU", "LayerNormLSTM"):
+        grads = []
+        for runner in (recurrent.THREADED, NoTeam()):
+            monkeypatch.setattr(recurrent, "THREADED", runner)
+            m = getattr(nprnn, kind)(5, 7, num_layers=2, dtype=np.float64, seed=1).train()
+            out, _ = m(x)
+            m.backward(np.ones_like(out))
+            grads.append({k: v.copy() for k, v in m.grads.items()})
+            monkeypatch.undo()
+        for name in grads[0]:
+            np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-13, atol=1e-13, err_msg=f"{kind} {name}")
+
+
 # ----------------------------------------------------------------------------- the cache
 def _fresh_like(m):
     """A module built anew with ``m``'s weights: nothing cached."""

@@ -146,7 +146,7 @@ static int run_scan_case(const struct isa *is, const struct fx *c) {
     PTR_FIELDS(SET)
 #undef SET
     s.wq = (int)ival(c, "wq", 0), s.kx = ival(c, "kx", 0), s.kh = ival(c, "kh", 0);
-    s.kblock = ival(c, "kblock", 0), s.ones = (int)ival(c, "ones", 0);
+    s.kblock = ival(c, "kblock", 0), s.ones = (int)ival(c, "ones", 0), s.rix = ival(c, "rix", 0);
     if (s.wq) s.qmm = q_best(s.wq, 99)->fn;  /* quantized weights: this CPU's best product (the same sums) */
     int dbl = ival(c, "itemsize", 0) == 8;
     s.kernel = s.back ? is->backward[dbl] : is->forward[dbl];

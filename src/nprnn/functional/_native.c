@@ -261,7 +261,7 @@ static void ranges_job(void *ctx, int me, int nthr) {
         struct scan one = *c->s;
         one.r0 = one.ranges[i];
         one.r1 = one.ranges[i + 1];
-        one.rix = i;
+        one.rix = c->s->rix + i;
         one.kernel(&one, 0, 1);
     }
 }
@@ -395,7 +395,7 @@ static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for te
     X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
     X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
     X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)    \
-    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum) X(rmask) X(rbuf) X(zh) X(zc) X(zsave) X(dw) X(blk) X(bpk) X(kblock)
+    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum) X(rmask) X(rbuf) X(zh) X(zc) X(zsave) X(dw) X(blk) X(bpk) X(kblock) X(rix)
 #define KEY_ENUM(k) K_##k,
 enum { SCAN_KEYS(KEY_ENUM) NKEYS };
 #undef KEY_ENUM
@@ -632,7 +632,12 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         const int sep = gru || normed;
         s.ones = ITEM(bias) && ITEM(bias) != Py_None;
         const int64_t wcols = Hin + P + (sep ? 2 : 1) * s.ones;
-        s.dw = get(&b, ITEM(dw), "dw", 1, isz, s.nranges * GH * wcols, 1, 0, NULL);
+        s.rix = ITEM(rix) ? as_i64(ITEM(rix), &err) : 0;  /* this call's first range's index (its sums' row) */
+        if (err || s.rix < 0 || s.rix > MAX_PARTS) {
+            PyErr_SetString(PyExc_ValueError, "_native.scan: rix must be 0 to 64");
+            goto fail;
+        }
+        s.dw = get(&b, ITEM(dw), "dw", 1, isz, (s.rix + s.nranges) * GH * wcols, 1, 0, NULL);
         if (s.dw) {
             s.kblock = ITEM(kblock) ? as_i64(ITEM(kblock), &err) : 0;
             if (err || s.kblock < 1 || s.kblock > (1 << 20)) {
@@ -652,7 +657,8 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
         s.dgx = get(&b, ITEM(dgx), "dgx", 1, isz, rows * GH, s.dw != NULL, 0, NULL);
         if (PyErr_Occurred() || (!s.dgx && !s.dw)) goto fail;
         s.dgh = get(&b, ITEM(dgh), "dgh", 1, isz, rows * GH, !sep || s.dw, 0, NULL);
-        s.lnsum = get(&b, ITEM(lnsum), "lnsum", 1, isz, N * (4 * GH + (lstm ? 2 * H : 0)), !normed, 0, NULL);
+        s.lnsum = get(&b, ITEM(lnsum), "lnsum", 1, isz, (s.rix + s.nranges) * (4 * GH + (lstm ? 2 * H : 0)), !normed,
+                      0, NULL);
         s.dproj = get(&b, ITEM(dproj), "dproj", 1, isz, rows * P, !proj, 0, NULL);
         /* (dm through a projection; a layer-norm kind's: a cell's d(c_t), the step's gradient rows, ln_hot) */
         s.scratch = get(&b, ITEM(scratch), "scratch", 1, isz, normed ? 2 * N * (H + GH) : N * H, !proj && !normed,
@@ -694,7 +700,7 @@ static PyObject *py_describe(PyObject *self, PyObject *spec) {
     if (!parse_scan(spec, &s, &b, &team)) return NULL;
     release(&b);
     return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:N,s:N,s:N,s:N,"
-                         "s:i,s:L,s:L,s:L,s:i}",
+                         "s:i,s:L,s:L,s:L,s:i,s:L}",
                          "kind", s.kind, "train", s.train, "reverse", s.reverse, "accumulate", s.accumulate, "back",
                          s.back, "G", (long long)s.G, "H", (long long)s.H, "P", (long long)s.P, "Hin",
                          (long long)s.Hin, "steps", (long long)s.steps, "N", (long long)s.N, "rows",
@@ -703,7 +709,7 @@ static PyObject *py_describe(PyObject *self, PyObject *spec) {
                          int_list(s.units, s.parts + 1), "pcols", int_list(s.pcols, s.parts + 1), "wih_at",
                          int_list(s.wih_at, s.parts), "whh_at", int_list(s.whh_at, s.parts), "whr_at",
                          int_list(s.whr_at, s.parts), "wq", s.wq, "kx", (long long)s.kx, "kh", (long long)s.kh, "kblock",
-                         (long long)s.kblock, "ones", s.ones);
+                         (long long)s.kblock, "ones", s.ones, "rix", (long long)s.rix);
 }
 
 static PyObject *py_scan(PyObject *self, PyObject *spec) {

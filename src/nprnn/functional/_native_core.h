@@ -51,8 +51,8 @@ struct scan {
     /* The layer-norm kinds: lnw the norms' gains and shifts (g_ih, b_ih, g_hh, b_hh: G*H each;
        the LSTM's g_c, b_c: H each); training records per packed row: lnx the input norm's
        (xhat (G*H), inv), lnr the step's (hhat (G*H), inv_h; the LSTM's chat (H), inv_c);
-       backward: lnsum, at row r0 of (N, size of lnw), the gradients of lnw's entries summed
-       over this row range's rows (a range per thread: each adds into its own row). */
+       backward: lnsum, at row rix of (ranges, size of lnw), the gradients of lnw's entries
+       summed over this row range's rows (each range adds into its own row). */
     const void *lnw;
     void *lnx, *lnr, *lnsum;
     /* The regularizers (issue 27; nprnn.functional.scan.Regularizers), NULL where off.
@@ -73,7 +73,7 @@ struct scan {
        sides) or [x | 1 | h_{t-1} | 1] (a GRU's, a layer-norm kind's); the 1s where there are
        biases (ones), their gradients. */
     void *dw, *blk, *bpk;
-    int64_t kblock, rix;
+    int64_t kblock, rix;  /* rix: the range's row of dw (a call of several ranges: its first's) */
     int ones;
     int64_t units[MAX_PARTS + 1], pcols[MAX_PARTS + 1];
     int64_t nranges;                  /* > 1: the batch split into row ranges, each its own loop */

@@ -842,7 +842,7 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
     const T *w = (const T *)s->lnw;
     const int lstm = s->kind == KIND_LN_LSTM;
     const int64_t R = lstm ? GH + H + 2 : GH + 1;
-    T *acc = (T *)s->lnsum + s->r0 * (4 * GH + (lstm ? 2 * H : 0));
+    T *acc = (T *)s->lnsum + s->rix * (4 * GH + (lstm ? 2 * H : 0));
     T *dcn = lstm ? (T *)s->scratch + (s->N + s->r0) * H : 0;  /* a row's d(c_t): scratch's second half */
     T *gates = (T *)s->gates + s->r0 * GH;  /* this range's rows of the work array */
     int64_t ldm = P;

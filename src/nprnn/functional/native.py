@@ -495,7 +495,7 @@ def plan_key() -> tuple[int, int]:
 
 def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[int, int], sizes: Array,
               offsets: Array, x: OptArray, out: Array, h: Array, c: OptArray, a: dict[str, Array],
-              accumulate: bool = False, team: Any = None, ranges: OptArray = None) -> dict[str, Any]:
+              accumulate: bool = False, team: Any = None, ranges: OptArray = None, rix: int = 0) -> dict[str, Any]:
     """The description of one ``_native.scan`` loop (see struct scan in _native.c): sizes,
     weights, the arrays in ``a`` by name (``xproj``, ``hbuf`` and the tape or work)."""
     if back:
@@ -505,7 +505,7 @@ def call_args(back: int, prep: Prepared, train: int, reverse: int, rows: tuple[i
     spec = dict(a, back=back, kind=_CODES[prep.kind.name], train=train, reverse=reverse, accumulate=int(accumulate),
                 r0=rows[0], r1=rows[1], H=prep.H, P=prep.P, Hin=prep.H_in, itemsize=h.dtype.itemsize,
                 batch_sizes=sizes, offsets=offsets, x=x, out=out, h=h, c=c, wih=wih, whh=whh, whr=whr,
-                bias=prep.bias, bhn=prep.b_hn, team=team, ranges=ranges)
+                bias=prep.bias, bhn=prep.b_hn, team=team, ranges=ranges, rix=rix)
     if prep.lnw is not None:
         spec["lnw"] = prep.lnw
     if prep.parts > 1 and not back:
@@ -535,7 +535,7 @@ def _run(ranges: Sequence[tuple[int, int]], team: Any, runner: Runner, call: Any
         rows, bounds = _one_call(ranges)
         call(rows, *rest, accumulate=accumulate, team=team, ranges=bounds)
         return
-    runner.run([partial(call, r, *rest, accumulate=accumulate, team=team) for r in ranges])
+    runner.run([partial(call, r, *rest, accumulate=accumulate, team=team, rix=i) for i, r in enumerate(ranges)])
 
 
 def direction_forward(x: Array, kind: CellKind, params: Params, state0: tuple[Array, ...],
@@ -774,7 +774,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
         if kind.separate_dgh:  # the hidden side's gradient differs from the input side's
             shapes["dgh"] = (T, G * H)
     if kind.params:  # the norms' gradient sums, a row per row range
-        shapes["lnsum"] = (dstate[0].shape[0], sum(w for _, w, _ in kind.params) * H)
+        shapes["lnsum"] = (len(ranges), sum(w for _, w, _ in kind.params) * H)
         shapes["scratch"] = (dstate[0].shape[0], 2 * (H + G * H))  # dm, a cell's d(c_t), the step's gradient rows
     if prep.whr is not None:
         shapes["dproj"] = (T, P)
@@ -845,7 +845,7 @@ def _loop_grads(rec: NativeRecord, dw: Array) -> tuple[OptArray, ...]:
 
 def _norm_grads(rec: NativeRecord, grads: dict[str, Array]) -> tuple[Array, ...]:
     """A layer-norm kind's gains' and shifts' gradients, in ``kind.params``' order: the
-    loop's sums (``lnsum``, a row per row range, the others zero) added up."""
+    loop's sums (``lnsum``, a row per row range) added up."""
     if "lnsum" not in grads:
         return ()
     total = grads["lnsum"].sum(axis=0)
