@@ -246,8 +246,16 @@ static TGT inline __attribute__((always_inline)) V FN(vexp)(V x) {
     const T log2e = (T)1.4426950408889634, ln2_hi = f ? (T)0.693145751953125f : (T)6.93147180369123816490e-01,
             ln2_lo = f ? (T)1.428606765330187e-06f : (T)1.90821492927058770002e-10;
     const T round = f ? (T)12582912.0f : (T)6755399441055744.0;  /* 1.5 * 2^23, 1.5 * 2^52 */
+#ifdef RECIP14  /* vminps, vmaxps: the same, the bound first so that a NaN x comes back as itself */
+    if (f) {
+        x = (V)_mm512_max_ps(_mm512_set1_ps((float)xmin), _mm512_min_ps(_mm512_set1_ps((float)xmax), (__m512)x));
+    } else {
+        x = (V)_mm512_max_pd(_mm512_set1_pd((double)xmin), _mm512_min_pd(_mm512_set1_pd((double)xmax), (__m512d)x));
+    }
+#else
     x = FN(select)((IV)(x > xmax), (V){0} + xmax, x);
     x = FN(select)((IV)(x < xmin), (V){0} + xmin, x);
+#endif
     V t = x * log2e + round;  /* n in the low bits of t */
     V n = t - round;
     V r = x - n * ln2_hi;
@@ -303,6 +311,17 @@ static TGT inline __attribute__((always_inline)) V FN(recip)(V d) {
 #endif
 }
 
+/* a < b ? p : q, lane by lane (AVX-512: a compare into a mask register, then a blend) */
+static TGT inline __attribute__((always_inline)) V FN(where_lt)(V a, V b, V p, V q) {
+#ifdef RECIP14
+    if (sizeof(T) == 4)
+        return (V)_mm512_mask_blend_ps(_mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_LT_OQ), (__m512)q, (__m512)p);
+    return (V)_mm512_mask_blend_pd(_mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_LT_OQ), (__m512d)q, (__m512d)p);
+#else
+    return FN(select)((IV)(a < b), p, q);
+#endif
+}
+
 /* tanh x = sign(x) (1 - 2 e / (1 + e)), e = e^(-2|x|); below |x| = 0.55 (float) or 0.25
    (double), where that subtraction would lose leading digits, its odd Taylor series to x^21
    instead (the first term left out is under 2^-33 and 2^-58 of the sum). */
@@ -324,7 +343,7 @@ static TGT inline __attribute__((always_inline)) V FN(vtanh)(V x) {
     p = p * a2 + (T)(-1.0 / 3.0);
     V small = ax + ax * a2 * p;
     const T cut = sizeof(T) == 4 ? (T)0.55f : (T)0.25;
-    return (V)((IV)FN(select)((IV)(ax < cut), small, big) | ((IV)x & sign));  /* tanh(-x) = -tanh(x) */
+    return (V)((IV)FN(where_lt)(ax, (V){0} + cut, small, big) | ((IV)x & sign));  /* tanh(-x) = -tanh(x) */
 }
 
 /* sigmoid x = 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: e^-|x| never overflows,
@@ -333,7 +352,7 @@ static TGT inline __attribute__((always_inline)) V FN(vsigmoid)(V x) {
     const IV sign = ((IV){0} + 1) << (8 * sizeof(T) - 1);
     V e = FN(vexp)((V)((IV)x | sign));  /* e^-|x| */
     V r = FN(recip)((T)1 + e);
-    return FN(select)((IV)(x < (T)0), e * r, r);
+    return FN(where_lt)(x, (V){0}, e * r, r);
 }
 
 /* The function of a whole array: full vectors, then the rest through one vector. */
