@@ -139,3 +139,22 @@ def test_named_children_from_a_mapping():
     np.testing.assert_array_equal(model(x), head(rnn(x)[0][-1]))
     with pytest.raises(ValueError, match="a child's name must be non-empty and without '.', got 'a.b'"):
         nprnn.Sequential({"a.b": head})
+
+
+def test_backward_without_the_input_gradient():
+    """``Sequential.backward(g, input_grad=False)``: None for the input, and every
+    parameter gradient as the full backward's (the first LSTM leaves out its products with
+    W_ih)."""
+    x = np.random.default_rng(3).standard_normal((4, 6, 3)).astype(np.float32)
+    grads = []
+    for want in (True, False):
+        model = nprnn.Sequential(nprnn.LSTM(3, 5, num_layers=2, batch_first=True, seed=1), nprnn.LastStep(True),
+                                 nprnn.Linear(5, 2, seed=2)).train()
+        out = model(x)
+        got = model.backward(np.ones_like(out), input_grad=want)
+        assert (got is None) == (not want) and (got is None or got.shape == x.shape)
+        grads.append({k: v.copy() for k, v in model.grads.items()})
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name], err_msg=name)
+    with pytest.raises(TypeError, match="input_grad must be True or False"):
+        model.backward(np.ones_like(out), input_grad=None)

@@ -143,12 +143,22 @@ class Sequential(Module):
             x = y[0] if isinstance(m, RNNBase) else y
         return x
 
-    def backward(self, grad_output: Any) -> Any:
+    def backward(self, grad_output: Any, *, input_grad: bool = True) -> Any:
+        """Each module's backward, last to first; returns the input's gradient.  With
+        ``input_grad=False`` the model's input needs none: None, and a recurrent first
+        module leaves out its products with ``W_ih`` (``RNNBase.backward``)."""
+        if not isinstance(input_grad, (bool, np.bool_)):
+            raise TypeError(f"Sequential.backward(): input_grad must be True or False, got {input_grad!r}")
         g = grad_output
-        for m in reversed(list(self)):
+        modules = list(self)
+        for i in reversed(range(len(modules))):
+            m = modules[i]
             if g is None:
                 raise RuntimeError(f"Sequential.backward(): {type(m).__name__} comes before a module whose input has "
                                    "no gradient (an Embedding's integer indices)")
-            g = m.backward(g)[0] if isinstance(m, RNNBase) else m.backward(g)
-        return g
+            if isinstance(m, RNNBase):
+                g = m.backward(g, input_grad=input_grad or i > 0)[0]
+            else:
+                g = m.backward(g)
+        return g if input_grad else None
 
