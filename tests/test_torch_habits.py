@@ -274,6 +274,6 @@ def test_backward_without_the_input_gradient(backend, schedule):
 def test_backward_input_grad_must_be_a_bool():
     m = nprnn.LSTM(3, 4).train()
     out, _ = m(np.zeros((2, 1, 3), np.float32))
-    with pytest.raises(TypeError, match="input_grad must be True or False, got 'no'"):
+    with pytest.raises(TypeError, match="^input_grad should be of type bool, got: str$"):
         m.backward(np.ones_like(out), input_grad="no")
     assert m.backward(np.ones_like(out), input_grad=False)[0] is None  # (the refusal kept the record)

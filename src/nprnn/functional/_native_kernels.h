@@ -893,6 +893,7 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
    hidden side's gradient of its own (a GRU's, a layer-norm kind's), and this range's block
    rows of the input side's gradient (side 0) or of the hidden side's (1). */
 #define SEP_DGH(s) (KIND_NORMED((s)->kind) || KIND_GRU_GATES((s)->kind))
+#define DW_COLS(s) ((s)->Hin + (s)->P + (SEP_DGH(s) ? 2 : 1) * (s)->ones)  /* a range's columns of dw */
 static TGT inline T *FN(block_rows)(const struct scan *s, int side) {
     const int64_t cap = s->kblock * (s->r1 - s->r0);
     return (T *)s->blk + (s->r0 * s->kblock * (SEP_DGH(s) ? 2 : 1) + side * cap) * s->G * s->H;
@@ -918,9 +919,9 @@ static TGT void FN(block_grads)(const struct scan *s, int64_t q0, int64_t q1, in
         if (nb && sep) FN(pack_at)(&one, n, 1, 0, 0, ph, mh - 1, mh, K);
         k += n;
     }
-    T *dw = (T *)s->dw + s->rix * GH * (mx + (sep ? mh : 0));
-    FN(gemm_at)(0, GH, K, mx, FN(block_rows)(s, 0), GH, bx, dw, mx + (sep ? mh : 0), !first);
-    if (sep) FN(gemm_at)(0, GH, K, mh, FN(block_rows)(s, 1), GH, bh, dw + mx, mx + mh, !first);
+    T *dw = (T *)s->dw + s->rix * GH * DW_COLS(s);
+    FN(gemm_at)(0, GH, K, mx, FN(block_rows)(s, 0), GH, bx, dw, DW_COLS(s), !first);
+    if (sep) FN(gemm_at)(0, GH, K, mh, FN(block_rows)(s, 1), GH, bh, dw + mx, DW_COLS(s), !first);
 }
 
 /* One step of part p over n rows: its gate columns from h (hc) and the projected input,
@@ -1213,8 +1214,7 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
     }
     if (fused && (used || first)) {  /* the last block's (a range without rows: zeros) */
         if (used) FN(block_grads)(s, qb, 0, used, first);
-        else memset((T *)s->dw + s->rix * GH * (Hin + P + (SEP_DGH(s) ? 2 : 1) * s->ones), 0,
-                    (size_t)(GH * (Hin + P + (SEP_DGH(s) ? 2 : 1) * s->ones)) * sizeof(T));
+        else memset((T *)s->dw + s->rix * GH * DW_COLS(s), 0, (size_t)(GH * DW_COLS(s)) * sizeof(T));
     }
 #ifdef NT_FENCE
     if (KIND_NORMED(s->kind) && !fused) NT_FENCE();  /* (the non-temporal rows, before the products read them) */
@@ -1225,6 +1225,7 @@ static TGT void FN(backward)(const struct scan *s, int me, int nthr) {
 
 #undef PAN
 #undef SEP_DGH
+#undef DW_COLS
 #undef V
 #undef NT_STORE
 #undef NT_FENCE

@@ -717,7 +717,8 @@ def direction_backward(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...]
                        dcs: OptArray = None, input_grad: bool = True
                        ) -> tuple[OptArray, tuple[Array, ...], tuple[OptArray, ...]]:
     """Backward of :func:`direction_forward`; see :func:`.scan.direction_backward`.  The
-    input gradient is computed step by step inside the loop, the weight gradients after it."""
+    input gradient is computed step by step inside the loop; the weight gradients in blocks
+    of steps inside it too, or after it for large weights (:func:`_grad_block`)."""
     prep = rec.prep
     ranges = _split(rec.batch_sizes, rec.offsets, _row_work(prep.kind, prep.H, prep.P, prep.H_in,
                                                             prep.whr is not None), runner)
@@ -739,15 +740,19 @@ class _BackwardLoop(NamedTuple):
     grads: dict[str, Array]
 
 
+def _dw_cols(prep: Prepared) -> int:
+    """The columns of a row range's weight-gradient sums made inside backward's loop:
+    [x | h_{t-1} | 1], or [x | 1 | h_{t-1} | 1] where the hidden side has its own gradient
+    (the 1s where there are biases; see struct scan's ``dw``)."""
+    return prep.H_in + prep.P + (2 if prep.kind.separate_dgh else 1) * (prep.bias is not None)
+
+
 def _grad_block(prep: Prepared, N: int, ranges: Sequence[tuple[int, int]]) -> int:
     """The steps of a block of backward's weight gradients made inside the loop (see struct
     scan's ``dw``): about ``settings.grad_block_rows`` rows of a range; 0 (the products after
     the loop, over all rows) where a range's gradients would pass
-    ``settings.max_inloop_grad_bytes`` (or its row range splits at another place when run
-    alone, a single range)."""
-    G, H, sides = prep.kind.num_gates, prep.H, 2 if prep.kind.separate_dgh else 1
-    cols = prep.H_in + prep.P + sides * (prep.bias is not None)
-    if not N or G * H * cols * prep.dtype.itemsize > settings.max_inloop_grad_bytes:
+    ``settings.max_inloop_grad_bytes``."""
+    if not N or prep.kind.num_gates * prep.H * _dw_cols(prep) * prep.dtype.itemsize > settings.max_inloop_grad_bytes:
         return 0
     widest = max(r1 - r0 for r0, r1 in ranges)
     return max(1, settings.grad_block_rows // widest)
@@ -767,7 +772,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
     if kblock:  # the weight gradients inside the loop: a row range's sums each, blocks of rows
         nr = _native.panel_width(rec.x.dtype.itemsize)
         pan = (-(-(prep.H_in + ones) // nr) + -(-(P + ones) // nr)) * nr
-        shapes = {"dw": (len(ranges), G * H * (prep.H_in + P + sides * ones)), "blk": (N, kblock * G * H * sides),
+        shapes = {"dw": (len(ranges), G * H * _dw_cols(prep)), "blk": (N, kblock * G * H * sides),
                   "bpk": (N, kblock * pan)}
     else:
         shapes = {"dgx": (T, G * H)}
@@ -796,7 +801,7 @@ def _backward_loop(rec: NativeRecord, dout: Array, dstate: tuple[Array, ...], po
         arrays["dcs"] = dcs
     dh = np.array(dstate[0], order="C", copy=True)
     dc = np.array(dstate[1], order="C", copy=True) if kind.has_cell else None
-    if int(rec.batch_sizes[0]) == 0:
+    if N == 0:
         for g in grads.values():
             g.fill(0)
         if dx is not None and not accumulate:

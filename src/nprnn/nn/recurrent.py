@@ -349,8 +349,7 @@ class RNNBase(Module):
         ``grad_input`` is None and not computed (as PyTorch skips it for an input that does
         not require grad: the first layer's products with ``W_ih`` are left out).
         """
-        if not isinstance(input_grad, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}.backward(): input_grad must be True or False, got {input_grad!r}")
+        input_grad = check_bool("input_grad", input_grad)
         latest = self._latest()
         layout = latest.layout
         g_out, parts = check_grads(layout, self, grad_output, grad_hn)  # (refused: the record stays)
@@ -358,7 +357,7 @@ class RNNBase(Module):
         rec = self._take()
         pool = self._pool()
         dx, grad_states, pgrads = stack_backward(rec.stack, layout.to_rows(g_out, pool, "dout_packed"),
-                                                 layout.to_run(parts), pool, THREADED, grad_every, bool(input_grad))
+                                                 layout.to_run(parts), pool, THREADED, grad_every, input_grad)
         if rec.weight_masks is not None:  # the raw W_hh's gradient: through the mask
             pgrads = [(g[0], g[1] * m) + tuple(g[2:]) for g, m in zip(pgrads, rec.weight_masks)]
         for names, grads in zip(self._layer_names, pgrads):

@@ -147,8 +147,7 @@ class Sequential(Module):
         """Each module's backward, last to first; returns the input's gradient.  With
         ``input_grad=False`` the model's input needs none: None, and a recurrent first
         module leaves out its products with ``W_ih`` (``RNNBase.backward``)."""
-        if not isinstance(input_grad, (bool, np.bool_)):
-            raise TypeError(f"Sequential.backward(): input_grad must be True or False, got {input_grad!r}")
+        input_grad = check_bool("input_grad", input_grad)
         g = grad_output
         modules = list(self)
         for i in reversed(range(len(modules))):
