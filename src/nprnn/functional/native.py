@@ -30,6 +30,7 @@ from .. import config
 from .._typing import Array, OptArray, Params, Pool
 from ..config import settings
 from .cells import CellKind
+from .reference import _sigmoid as _sig
 from .runners import SERIAL, Runner
 
 _IMPORT_ERROR: Optional[str] = None  # why the built compiled module did not load (None: it did, or it is not built)
@@ -327,10 +328,6 @@ class NativeRecord:
         """See :meth:`.scan.DirectionRecord.padded_tape` (the layout is the same for any ``L``)."""
         gates = _ln_gates(self) if self.kind.params else self.tape["gates"]
         return self.tape["hprev"], gates.reshape(gates.shape[0], -1, self.prep.H), self.tape.get("cprev")
-
-
-def _sig(v: Array) -> Array:
-    return 1 / (1 + np.exp(-v))
 
 
 def _ln_gates(rec: NativeRecord) -> Array:
