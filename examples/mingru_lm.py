@@ -51,12 +51,13 @@ def validation_loss(model, data, seq_len=128):
     return total / count
 
 
-def train(model, data, seconds, batch_size=32, seq_len=128, eval_every=25):
-    """Train for ``seconds`` of wall time (evaluation excluded); returns [(seconds, step, val loss)]."""
+def train(model, data, seconds, batch_size=32, seq_len=128, eval_every=25, min_steps=0):
+    """Train for ``seconds`` of wall time (evaluation excluded), and at least ``min_steps``
+    steps; returns [(seconds, step, val loss)]."""
     opt = Adam(model, lr=3e-3)
     streams = CharData.streams(data.train_ids, batch_size)
     state, spent, step, history = None, 0.0, 0, []
-    while spent < seconds:
+    while spent < seconds or step < min_steps:
         t0 = time.perf_counter()
         x, y, new_pass = CharData.window(streams, step, seq_len)
         if new_pass:
@@ -75,7 +76,7 @@ def train(model, data, seconds, batch_size=32, seq_len=128, eval_every=25):
     return history
 
 
-def main(seconds=60.0, plot=None):
+def main(seconds=60.0, plot=None, min_steps=0):
     data = CharData(default_corpus())
     V = len(data.vocab)
     runs = {
@@ -84,7 +85,7 @@ def main(seconds=60.0, plot=None):
     }
     results = {}
     for name, model in runs.items():
-        results[name] = train(model, data, seconds)
+        results[name] = train(model, data, seconds, min_steps=min_steps)
         spent, steps, val = results[name][-1]
         params = sum(p.size for p in model.parameters())
         print(f"{name}: {params:,} parameters, {steps} steps in {spent:.0f} s, validation loss {val:.3f} nats/char")
