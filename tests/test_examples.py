@@ -30,4 +30,5 @@ def test_mingru_lm_example_learns_beside_the_lstm():
     # 2 s each, and at least 12 steps however slow the machine (a busy one managed 4 in 2 s)
     results = load("mingru_lm").main(seconds=2.0, min_steps=12)
     for name, history in results.items():
+        assert history[-1][1] >= 12, name  # steps taken: min_steps honoured
         assert history[-1][2] < 3.5, name  # below the corpus's unigram baseline (3.23) plus a little: learning

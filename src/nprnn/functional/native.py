@@ -30,7 +30,7 @@ from .. import config
 from .._typing import Array, OptArray, Params, Pool
 from ..config import settings
 from .cells import CellKind
-from .reference import _sigmoid as _sig
+from .reference import _sigmoid
 from .runners import SERIAL, Runner
 
 _IMPORT_ERROR: Optional[str] = None  # why the built compiled module did not load (None: it did, or it is not built)
@@ -340,8 +340,8 @@ def _ln_gates(rec: NativeRecord) -> Array:
     b = lnw[2 * GH:3 * GH] * rec.tape["lnr"][:, :GH] + lnw[3 * GH:4 * GH]  # LN_hh(h @ W_hh.T)
     if rec.kind.has_cell:  # i, f, g, o
         s = a + b
-        return np.concatenate([_sig(s[:, :2 * H]), np.tanh(s[:, 2 * H:3 * H]), _sig(s[:, 3 * H:])], axis=1)
-    rz = _sig(a[:, :2 * H] + b[:, :2 * H])  # r, z; n = tanh(a_n + r b_n)
+        return np.concatenate([_sigmoid(s[:, :2 * H]), np.tanh(s[:, 2 * H:3 * H]), _sigmoid(s[:, 3 * H:])], axis=1)
+    rz = _sigmoid(a[:, :2 * H] + b[:, :2 * H])  # r, z; n = tanh(a_n + r b_n)
     return np.concatenate([rz, np.tanh(a[:, 2 * H:] + rz[:, :H] * b[:, 2 * H:])], axis=1)
 
 
