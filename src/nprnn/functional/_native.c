@@ -624,8 +624,8 @@ static scan_fn parse_scan(PyObject *spec, struct scan *sp, struct bufs *bp, PyOb
             goto fail;
         }
         s.lnw = get(&b, ITEM(lnw), "lnw", 0, isz, 4 * GH + (lstm ? 2 * H : 0), 0, 0, NULL);
-        s.lnx = get(&b, ITEM(lnx), "lnx", !back, isz, rows * (GH + 1), !s.train, 0, NULL);
-        s.lnr = get(&b, ITEM(lnr), "lnr", !back, isz, rows * (lstm ? GH + H + 2 : GH + 1), !s.train, 0, NULL);
+        s.lnx = get(&b, ITEM(lnx), "lnx", !back, isz, rows * LNX_W(GH, isz), !s.train, 0, NULL);
+        s.lnr = get(&b, ITEM(lnr), "lnr", !back, isz, rows * LNR_W(lstm, GH, H, isz), !s.train, 0, NULL);
         if (PyErr_Occurred() || !s.lnw) goto fail;
     }
     if (back) {  /* the weight gradients inside the loop (dw), or their rows for after it (dgx, dgh) */

@@ -16,6 +16,14 @@ enum { KIND_RNN_TANH = 0, KIND_RNN_RELU = 1, KIND_LSTM = 2, KIND_GRU = 3, KIND_L
 #define KIND_CELL(k) ((k) == KIND_LSTM || (k) == KIND_LN_LSTM)  /* a cell state (and a projection) */
 #define KIND_GRU_GATES(k) ((k) == KIND_GRU || (k) == KIND_LN_GRU)
 #define KIND_NORMED(k) ((k) >= KIND_LN_LSTM)  /* the layer-norm kinds (whole rows: no unit split) */
+/* The layer-norm kinds' record rows (struct scan's lnx, lnr) in elements of isz bytes, each
+   padded to whole 64-byte lines so that every row (and the LSTM's chat in it) starts on a
+   line and no vector load of it straddles two: lnx [xhat (G*H), inv], lnr [hhat (G*H),
+   inv_h | chat (H) from LNR_C, inv_c]. */
+#define LN_LINE(n, isz) (((n) + 64 / (isz) - 1) / (64 / (isz)) * (64 / (isz)))
+#define LNX_W(GH, isz) LN_LINE((GH) + 1, isz)
+#define LNR_C(GH, isz) LN_LINE((GH) + 1, isz)
+#define LNR_W(lstm, GH, H, isz) ((lstm) ? LN_LINE(LNR_C(GH, isz) + (H) + 1, isz) : LNR_C(GH, isz))
 
 struct team;
 static void team_barrier(struct team *t, int me, int nthr);
@@ -50,7 +58,8 @@ struct scan {
     void *cs, *dcs;  /* LSTM, return_states: every step's cell state (rows, H) written, its gradient added; or NULL */
     /* The layer-norm kinds: lnw the norms' gains and shifts (g_ih, b_ih, g_hh, b_hh: G*H each;
        the LSTM's g_c, b_c: H each); training records per packed row: lnx the input norm's
-       (xhat (G*H), inv), lnr the step's (hhat (G*H), inv_h; the LSTM's chat (H), inv_c);
+       (xhat (G*H), inv), lnr the step's (hhat (G*H), inv_h; the LSTM's chat (H), inv_c), rows
+       of whole lines (LNX_W, LNR_W);
        backward: lnsum, at row rix of (ranges, size of lnw), the gradients of lnw's entries
        summed over this row range's rows (each range adds into its own row). */
     const void *lnw;

@@ -499,6 +499,24 @@ static TGT inline double FN(row_sum)(int64_t n, const T *a, const T *mu, int64_t
     return FN(lanes)((acc[0] + acc[1]) + (acc[2] + acc[3]));
 }
 
+/* dst[0..w) = src[0..w), past the caches (non-temporal stores) where the instruction set
+   has them: rows written now and read only much later, by another pass (NT_FENCE before
+   another thread reads them). */
+static TGT inline void FN(nt_copy)(T *restrict dst, const T *restrict src, int64_t w) {
+#ifdef NT_STORE
+    int64_t j = 0;
+    for (; j < w && ((uintptr_t)(dst + j) % VB); j++) dst[j] = src[j];
+    for (; j + VL <= w; j += VL) {
+        V v;
+        memcpy(&v, src + j, sizeof v);
+        NT_STORE(dst + j, v);
+    }
+    for (; j < w; j++) dst[j] = src[j];
+#else
+    memcpy(dst, src, (size_t)w * sizeof(T));
+#endif
+}
+
 /* One row in place: a = g * xhat + b, xhat = (a - mean) * inv, inv = 1 / sqrt(var + 1e-5)
    (biased variance; partial sums in vector lanes, added up in double); xhat and *inv kept
    where given (training). */
@@ -513,8 +531,18 @@ static TGT void FN(ln_row)(int64_t n, T *restrict a, const T *restrict g, const 
     const T inv = (T)FN(rsqrt)(sq / (double)n + 1e-5);
     if (inv_out) *inv_out = inv;
     if (xhat) {
-        for (int64_t k = 0; k < n; k++) xhat[k] = (a[k] - mu) * inv;
-        for (int64_t k = 0; k < n; k++) a[k] = g[k] * xhat[k] + b[k];
+        int64_t k = 0;
+#ifdef NT_STORE
+        if (!((uintptr_t)xhat % VB))  /* the record's row past the caches: backward reads it much later */
+            for (; k + VL <= n; k += VL) {
+                const V v = (FN(vload)(a + k) - mu) * inv;
+                NT_STORE(xhat + k, v);
+                const V o = FN(vload)(g + k) * v + FN(vload)(b + k);
+                memcpy(a + k, &o, sizeof o);
+            }
+#endif
+        for (int64_t j = k; j < n; j++) xhat[j] = (a[j] - mu) * inv;
+        for (; k < n; k++) a[k] = g[k] * xhat[k] + b[k];
     } else {
         for (int64_t k = 0; k < n; k++) a[k] = g[k] * ((a[k] - mu) * inv) + b[k];
     }
@@ -713,12 +741,12 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
     const int64_t H = s->H, P = s->P, GH = s->G * H, Hin = s->Hin;
     const T *w = (const T *)s->lnw;  /* g_ih, b_ih, g_hh, b_hh, (g_c, b_c) */
     const int lstm = s->kind == KIND_LN_LSTM;
-    const int64_t R = lstm ? GH + H + 2 : GH + 1;  /* a row's records: hhat, inv_h (, chat, inv_c) */
+    const int64_t R = LNR_W(lstm, GH, H, sizeof(T)), C0 = LNR_C(GH, sizeof(T));  /* a row's records, chat's start */
     if (!xp) {  /* in the loop: LN_ih(x @ W_ih.T) for this step's rows */
         T *gxs = (T *)s->gxs + rr * GH;
         FN(mm)(n, Hin, GH, (const T *)s->x + row * Hin, Hin, (const T *)s->wih, gxs, GH, 0, 0);
         for (int64_t r = 0; r < n; r++) {
-            T *lx = s->lnx ? (T *)s->lnx + (row + r) * (GH + 1) : 0;
+            T *lx = s->lnx ? (T *)s->lnx + (row + r) * LNX_W(GH, sizeof(T)) : 0;
             FN(ln_row)(GH, gxs + r * GH, w, w + GH, lx, lx ? lx + GH : 0);
         }
         xp = gxs;
@@ -737,9 +765,10 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
         FN(lstm_gates)(g, H, H);
         T *c = (T *)s->c + (rr + r) * H, *tc = (T *)s->tc + (s->train ? row + r : rr + r) * H;
         T *cold = s->train ? (T *)s->cprev + (row + r) * H : s->zc ? (T *)s->zsave + (rr + r) * (P + H) + P : 0;
-        if (cold) memcpy(cold, c, H * sizeof(T));
+        if (cold && s->train && !s->zc) FN(nt_copy)(cold, c, H);  /* (zoneout reads it again below) */
+        else if (cold) memcpy(cold, c, H * sizeof(T));
         for (int64_t j = 0; j < H; j++) c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j];  /* f c + i g */
-        FN(ln_row)(H, c, w + 4 * GH, w + 4 * GH + H, rec ? rec + GH + 1 : 0, rec ? rec + GH + 1 + H : 0);
+        FN(ln_row)(H, c, w + 4 * GH, w + 4 * GH + H, rec ? rec + C0 : 0, rec ? rec + C0 + H : 0);
         memcpy(tc, c, H * sizeof(T));
         FN(tanh_)(tc, H);
         T *m = s->whr ? (T *)s->m + (s->train ? row + r : rr + r) * H : hn + r * P;
@@ -807,23 +836,6 @@ static TGT void FN(unzone)(int64_t n, int64_t w, const T *restrict d, T *restric
         }
 }
 
-/* dst[0..w) = src[0..w), past the caches (non-temporal stores) where the instruction set
-   has them: rows written now and read only much later, by another pass (NT_FENCE before
-   another thread reads them). */
-static TGT inline void FN(nt_copy)(T *restrict dst, const T *restrict src, int64_t w) {
-#ifdef NT_STORE
-    int64_t j = 0;
-    for (; j < w && ((uintptr_t)(dst + j) % VB); j++) dst[j] = src[j];
-    for (; j + VL <= w; j += VL) {
-        V v;
-        memcpy(&v, src + j, sizeof v);
-        NT_STORE(dst + j, v);
-    }
-    for (; j < w; j++) dst[j] = src[j];
-#else
-    memcpy(dst, src, (size_t)w * sizeof(T));
-#endif
-}
 
 /* A layer-norm kind's gate activations of one row made again from its norms' records (xhat
    of the input side's, hhat of the hidden side's) as ln_step made them: a training tape
@@ -860,7 +872,7 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
     const int64_t H = s->H, P = s->P, GH = s->G * H;
     const T *w = (const T *)s->lnw;
     const int lstm = s->kind == KIND_LN_LSTM;
-    const int64_t R = lstm ? GH + H + 2 : GH + 1;
+    const int64_t R = LNR_W(lstm, GH, H, sizeof(T)), C0 = LNR_C(GH, sizeof(T));
     T *acc = (T *)s->lnsum + s->rix * (4 * GH + (lstm ? 2 * H : 0));
     T *dcn = lstm ? (T *)s->scratch + (s->N + s->r0) * H : 0;  /* a row's d(c_t): scratch's second half */
     T *gates = (T *)s->gates + s->r0 * GH;  /* this range's rows of the work array */
@@ -868,14 +880,14 @@ static TGT void FN(ln_back)(const struct scan *s, int64_t n, int64_t row, T *dhr
     const T *dm = lstm ? FN(back_through_projection)(s, n, row, dhr, &ldm) : dhr;
     for (int64_t r = 0; r < n; r++) {
         const T *rec = (const T *)s->lnr + (row + r) * R;
-        const T *lx = (const T *)s->lnx + (row + r) * (GH + 1);
+        const T *lx = (const T *)s->lnx + (row + r) * LNX_W(GH, sizeof(T));
         T *g = gates + r * GH;
         FN(ln_acts)(s, lx, rec, g);
         T *dx_ = dgx + r * GH, *dh_ = dgh + r * GH;
         if (lstm) {
             FN(ln_lstm_back_row)(H, g, (const T *)s->tc + (row + r) * H, (const T *)s->cprev + (row + r) * H,
-                                 dm + r * ldm, rec + GH + 1, rec[GH + 1 + H], w + 4 * GH, dx_, dcn, dcr + r * H);
-            FN(ln_sums)(GH, H, acc, dx_, lx, dx_, rec, dcn, rec + GH + 1);
+                                 dm + r * ldm, rec + C0, rec[C0 + H], w + 4 * GH, dx_, dcn, dcr + r * H);
+            FN(ln_sums)(GH, H, acc, dx_, lx, dx_, rec, dcn, rec + C0);
             FN(ln_back_row)(GH, dx_, rec, rec[GH], w + 2 * GH, dh_);  /* the gates' gradient through LN_hh */
         } else {
             FN(gru_back_row)(H, g, g + H, g + 2 * H, (const T *)s->ghn + (row + r) * H,
@@ -1040,7 +1052,7 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         const int64_t GH = s->G * H;
         const T *w = (const T *)s->lnw;
         for (int64_t r = 0; r < s->rows; r++) {
-            T *lx = s->lnx ? (T *)s->lnx + r * (GH + 1) : 0;
+            T *lx = s->lnx ? (T *)s->lnx + r * LNX_W(GH, sizeof(T)) : 0;
             FN(ln_row)(GH, (T *)s->xproj + r * GH, w, w + GH, lx, lx ? lx + GH : 0);
         }
     }
@@ -1124,6 +1136,9 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         team_barrier(s->team, me, nthr);
         if (s->publish) wave_publish(s, (unsigned)q + 1);
     }
+#ifdef NT_FENCE
+    if (KIND_NORMED(s->kind) && s->train) NT_FENCE();  /* (the records' rows stored past the caches: ln_row) */
+#endif
 }
 
 /* Backward of a training forward: walks the steps in the opposite order. */

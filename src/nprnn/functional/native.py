@@ -595,9 +595,10 @@ def _forward_loop(x: Array, kind: CellKind, params: Params, state0: tuple[Array,
         shapes["hprev"] = (T, P)
         if kind.has_cell:
             shapes["cprev"] = (T, H)
-        if kind.params:  # the norms' records: the input side's, the step's
-            shapes["lnx"] = (T, G * H + 1)
-            shapes["lnr"] = (T, G * H + 1 + (H + 1 if kind.has_cell else 0))
+        if kind.params:  # the norms' records: the input side's, the step's (rows of whole lines: LNX_W, LNR_W)
+            line = 64 // x.dtype.itemsize
+            shapes["lnx"] = (T, -(-(G * H + 1) // line) * line)
+            shapes["lnr"] = (T, -(-(shapes["lnx"][1] + (H + 1 if kind.has_cell else 0)) // line) * line)
             shapes["gates"] = (N, G * H)  # per batch row: backward makes them again from the records
     shapes.update(_extra_shapes(prep, N, T, how.project_first, train, reg))
     arrays = _arrays(shapes, x.dtype, pool, (key, "native tape" if train else "native work"))
