@@ -769,10 +769,12 @@ static TGT void FN(ln_step)(const struct scan *s, int64_t n, int64_t row, int64_
         else if (cold) memcpy(cold, c, H * sizeof(T));
         for (int64_t j = 0; j < H; j++) c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j];  /* f c + i g */
         FN(ln_row)(H, c, w + 4 * GH, w + 4 * GH + H, rec ? rec + C0 : 0, rec ? rec + C0 + H : 0);
-        memcpy(tc, c, H * sizeof(T));
-        FN(tanh_)(tc, H);
+        T *th = s->train ? g : tc;  /* tanh(c_t); training makes it in i's place, then stores it past the caches */
+        memcpy(th, c, H * sizeof(T));
+        FN(tanh_)(th, H);
         T *m = s->whr ? (T *)s->m + (s->train ? row + r : rr + r) * H : hn + r * P;
-        for (int64_t j = 0; j < H; j++) m[j] = g[3 * H + j] * tc[j];  /* o * tanh(c_t) */
+        for (int64_t j = 0; j < H; j++) m[j] = g[3 * H + j] * th[j];  /* o * tanh(c_t) */
+        if (th != tc) FN(nt_copy)(tc, th, H);
         if (s->zc) FN(zone)(H, (const T *)s->zc + (s->train ? row + r : rr + r) * H, cold, c);
         if (s->cs) memcpy((T *)s->cs + (row + r) * H, c, H * sizeof(T));  /* return_states */
     }
