@@ -838,7 +838,6 @@ static TGT void FN(unzone)(int64_t n, int64_t w, const T *restrict d, T *restric
         }
 }
 
-
 /* A layer-norm kind's gate activations of one row made again from its norms' records (xhat
    of the input side's, hhat of the hidden side's) as ln_step made them: a training tape
    keeps no gates (2 KB a row at H = 128), and this arithmetic costs about what reading them
@@ -1139,7 +1138,7 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
         if (s->publish) wave_publish(s, (unsigned)q + 1);
     }
 #ifdef NT_FENCE
-    if (KIND_NORMED(s->kind) && s->train) NT_FENCE();  /* (the records' rows stored past the caches: ln_row) */
+    if (KIND_NORMED(s->kind) && s->train) NT_FENCE();  /* (the rows ln_step stored past the caches) */
 #endif
 }
 
