@@ -1330,6 +1330,39 @@ static PyObject *py_apply(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* bernoulli(out, key, t): stack.bernoulli's 0/1 values into a C-contiguous float32/float64
+   array, from SplitMix64 state key (0 <= key < 2^64) and threshold t (0 <= t <= 2^32). */
+static PyObject *py_bernoulli(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *arr, *okey, *othr;
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "OO!O!", &arr, &PyLong_Type, &okey, &PyLong_Type, &othr)) return NULL;
+    const unsigned long long key = PyLong_AsUnsignedLongLong(okey), t = PyLong_AsUnsignedLongLong(othr);
+    if (PyErr_Occurred()) return NULL;
+    if (t > (1ull << 32)) {
+        PyErr_Format(PyExc_ValueError, "_native.bernoulli: t must be at most 2**32, got %llu", t);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arr, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) return NULL;
+    const char *fmt = v.format ? v.format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+    const int dbl = strcmp(fmt, "d") == 0;
+    if (!dbl && strcmp(fmt, "f") != 0) {
+        PyBuffer_Release(&v);
+        PyErr_Format(PyExc_ValueError, "_native.bernoulli: out must be a float32 or float64 array, got format '%s'",
+                     fmt);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dbl)
+        isa->bern_d((double *)v.buf, (int64_t)(v.len / 8), key, t);
+    else
+        isa->bern_f((float *)v.buf, (int64_t)(v.len / 4), key, t);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&v);
+    Py_RETURN_NONE;
+}
+
 /* compiler(): what built the extension. */
 static PyObject *py_compiler(PyObject *self, PyObject *noargs) {
     (void)self;
@@ -1601,6 +1634,7 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "The instruction set the kernels run on."},
     {"linear_scan", py_linear_scan, METH_O, "A diagonal linear scan h_t = a_t h_{t-1} + b_t, or its backward."},
     {"apply", py_apply, METH_VARARGS, "exp (0), tanh (1) or sigmoid (2) of an array in place (tests)."},
+    {"bernoulli", py_bernoulli, METH_VARARGS, "0/1 values from SplitMix64 words below a threshold, in place."},
     {"widths", py_widths, METH_NOARGS, "Each variant's vector width, as compiled (tests)."},
     {"compiler", py_compiler, METH_NOARGS, "The compiler that built the extension."},
     {"describe", py_describe, METH_O, "The sizes parse_scan makes of a scan dict (tests/native)."},

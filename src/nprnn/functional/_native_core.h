@@ -192,6 +192,8 @@ struct isa {
     float (*read)(const float *, int64_t, int64_t);
     void (*apply_f)(int, float *, int64_t);
     void (*apply_d)(int, double *, int64_t);
+    void (*bern_f)(float *, int64_t, uint64_t, uint64_t);
+    void (*bern_d)(double *, int64_t, uint64_t, uint64_t);
     int (*width)(void);
     lscan_fn lscan[2];  /* [float, double]: batch rows r0..r1 of a linear scan */
     lscan_chunks_fn lscan_chunks[2];  /* [float, double]: a thread's chunk of the steps */
@@ -199,11 +201,11 @@ struct isa {
     void (*mm_d)(int64_t, int64_t, int64_t, int64_t, const double *, const double *, double *, const double *);
 };
 
-#define ISA(label, vb, s)                                                                                  \
-    {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s, \
-     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s, width_f32_##s,    \
-     {lscan_rows_f32_##s, lscan_rows_f64_##s}, {lscan_chunks_f32_##s, lscan_chunks_f64_##s},  \
-     rows_mm_f32_##s, rows_mm_f64_##s}
+#define ISA(label, vb, s)                                                                                    \
+    {label, vb, {forward_f32_##s, forward_f64_##s}, {backward_f32_##s, backward_f64_##s}, pack_f32_##s,   \
+     pack_f64_##s, gemm_at_f32_##s, gemm_at_f64_##s, read_f32_##s, apply_f32_##s, apply_f64_##s,           \
+     bernoulli_f32_##s, bernoulli_f64_##s, width_f32_##s, {lscan_rows_f32_##s, lscan_rows_f64_##s},        \
+     {lscan_chunks_f32_##s, lscan_chunks_f64_##s}, rows_mm_f32_##s, rows_mm_f64_##s}
 static const struct isa ISA_BASE = ISA("baseline", 16, base);
 #ifdef HAVE_X86_VARIANTS
 static const struct isa ISA_AVX2 = ISA("avx2", 32, avx2);

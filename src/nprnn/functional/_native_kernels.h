@@ -387,6 +387,26 @@ static TGT void FN(apply)(int which, T *a, int64_t n) {
     else FN(sigmoid)(a, n);
 }
 
+/* SplitMix64's output from state z: Stafford's "Mix13" of it. */
+static TGT inline uint64_t FN(mix64)(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+    return z ^ (z >> 31);
+}
+
+/* stack.bernoulli's 0/1 values (its docstring has the definition): out[i] = 1 where the
+   i-th 32-bit word of SplitMix64 from state key (each output's low half first) is below t
+   (t <= 2^32); words in pairs, so that every output is one vector lane's work. */
+static TGT void FN(bernoulli)(T *restrict out, int64_t n, uint64_t key, uint64_t t) {
+    const uint64_t golden = 0x9E3779B97F4A7C15u;
+    for (int64_t j = 0; j < n / 2; j++) {
+        const uint64_t z = FN(mix64)(key + (uint64_t)(j + 1) * golden);
+        out[2 * j] = (T)((z & 0xFFFFFFFFu) < t);
+        out[2 * j + 1] = (T)((z >> 32) < t);
+    }
+    if (n % 2) out[n - 1] = (T)((FN(mix64)(key + (uint64_t)(n / 2 + 1) * golden) & 0xFFFFFFFFu) < t);
+}
+
 /* An LSTM row's gate activations in place, units 0..w of each gate (H apart): i, f, o
    through sigmoid, g through tanh. */
 static TGT inline void FN(lstm_gates)(T *g, int64_t H, int64_t w) {

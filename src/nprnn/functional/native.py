@@ -154,6 +154,16 @@ def product(a: Array, w: Array, transpose: bool, bias: OptArray, runner: Runner,
     return out
 
 
+def bernoulli(out: Array, key: int, t: int) -> bool:
+    """``stack.bernoulli``'s values into ``out`` on the compiled kernel (SplitMix64 from state
+    ``key``, words below ``t``), if this tier runs and ``out`` is float32/float64 and
+    C-contiguous; False where the caller makes them itself."""
+    if not _enabled or out.dtype not in (np.float32, np.float64) or not out.flags.c_contiguous:
+        return False
+    _native.bernoulli(out, key, t)
+    return True
+
+
 def aligned_empty(n: int, dtype: Any) -> Array:
     """An uninitialised (n,) array whose data starts on a 64-byte line: a vector load of a
     panel then never straddles two cache lines (NumPy aligns to 16 bytes, which halves the

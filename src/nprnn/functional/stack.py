@@ -121,15 +121,34 @@ def stack_forward(kind: CellKind, x: Array, params: Sequence[Params], states: Se
 
 
 def bernoulli(shape: tuple[int, ...], p: float, rng: Optional[np.random.Generator], dtype: Any) -> Array:
-    """0/1 values (``dtype``), each 1 with probability ``p`` (rounded to a multiple of 2**-32):
-    32 random bits an element, straight from the generator's bit stream (twice as fast as
-    its uniform doubles, which costs as much as the loop's arithmetic for per-step masks)."""
-    n = int(np.prod(shape))
-    bits = (rng if rng is not None else np.random.default_rng()).bit_generator.random_raw((n + 1) // 2)
-    if p >= 1:
-        return np.ones(shape, dtype)
-    out: Array = (bits.view(np.uint32)[:n] < np.uint32(round(p * 2.0**32))).astype(dtype).reshape(shape)
+    """0/1 values (``dtype``), each 1 with probability ``p`` (rounded to a multiple of 2**-32),
+    from one 64-bit draw of ``rng``: value ``i`` is 1 where the ``i``-th 32-bit word of
+    SplitMix64 (Steele, Lea and Flood 2014) started from that draw, each 64-bit output's
+    low half first, is below ``round(p * 2**32)``.  A counter-based generator: the compiled
+    tier makes the words in vector lanes (a tenth of the generator's own stream's cost,
+    which for per-step masks rivalled the loop's arithmetic); :func:`splitmix_words` here
+    is the definition, and the NumPy tier's path."""
+    key = int((rng if rng is not None else np.random.default_rng()).bit_generator.random_raw())
+    out = np.empty(shape, dtype)
+    t = min(round(max(p, 0.0) * 2.0**32), 2**32)
+    if not native.bernoulli(out, key, t):
+        out[...] = (splitmix_words(out.size, key) < t).reshape(shape)
     return out
+
+
+def splitmix_words(n: int, key: int) -> Array:
+    """The first ``n`` 32-bit words (as uint64) of SplitMix64 from state ``key``: output ``j``
+    is Mix13(key + (j + 1) * 0x9E3779B97F4A7C15) mod 2**64, its low half then its high."""
+    z = np.arange(1, (n + 1) // 2 + 1, dtype=np.uint64)  # (array arithmetic wraps mod 2**64)
+    z *= np.uint64(0x9E3779B97F4A7C15)
+    z += np.uint64(key)
+    for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        z ^= z >> np.uint64(shift)
+        z *= np.uint64(mul)
+    z ^= z >> np.uint64(31)
+    words = np.empty(2 * z.size, np.uint64)
+    words[0::2], words[1::2] = z & np.uint64(0xFFFFFFFF), z >> np.uint64(32)
+    return words[:n]
 
 
 def _dropout_mask(shape: tuple[int, ...], p: float, rng: Optional[np.random.Generator], dtype: np.dtype[Any]) -> Array:
