@@ -395,7 +395,8 @@ static int q_cap = 99;  /* the highest quantized path allowed (set_qpath, for te
     X(itemsize) X(ranges) X(batch_sizes) X(offsets) X(x) X(out) X(h) X(c) X(hbuf) X(xproj) X(wih) X(whh)      \
     X(bias) X(bhn) X(whr) X(gates) X(hprev) X(cprev) X(tc) X(m) X(ghn) X(gxs) X(dx) X(dgx) X(dgh) X(dproj)     \
     X(scratch) X(team) X(wq) X(sih) X(shh) X(shr) X(uih) X(uhh) X(uhr) X(qx) X(qxs) X(qxz) X(qh) X(qhs) X(qhz)    \
-    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum) X(rmask) X(rbuf) X(zh) X(zc) X(zsave) X(dw) X(blk) X(bpk) X(kblock) X(rix)
+    X(cs) X(dcs) X(lnw) X(lnx) X(lnr) X(lnsum) X(rmask) X(rbuf) X(zh) X(zc) X(zsave) X(dw) X(blk) X(bpk)         \
+    X(kblock) X(rix)
 #define KEY_ENUM(k) K_##k,
 enum { SCAN_KEYS(KEY_ENUM) NKEYS };
 #undef KEY_ENUM
@@ -708,8 +709,8 @@ static PyObject *py_describe(PyObject *self, PyObject *spec) {
                          (long long)s.ldout, "parts", (long long)s.parts, "phase", (long long)s.phase, "units",
                          int_list(s.units, s.parts + 1), "pcols", int_list(s.pcols, s.parts + 1), "wih_at",
                          int_list(s.wih_at, s.parts), "whh_at", int_list(s.whh_at, s.parts), "whr_at",
-                         int_list(s.whr_at, s.parts), "wq", s.wq, "kx", (long long)s.kx, "kh", (long long)s.kh, "kblock",
-                         (long long)s.kblock, "ones", s.ones, "rix", (long long)s.rix);
+                         int_list(s.whr_at, s.parts), "wq", s.wq, "kx", (long long)s.kx, "kh", (long long)s.kh,
+                         "kblock", (long long)s.kblock, "ones", s.ones, "rix", (long long)s.rix);
 }
 
 static PyObject *py_scan(PyObject *self, PyObject *spec) {
@@ -1317,7 +1318,8 @@ static PyObject *py_apply(PyObject *self, PyObject *args) {
     int dbl = strcmp(fmt, "d") == 0;
     if (which < 0 || which > 2 || (!dbl && strcmp(fmt, "f") != 0)) {
         PyBuffer_Release(&v);
-        PyErr_SetString(PyExc_ValueError, "_native.apply: which in 0..2 and a contiguous float32/float64 array expected");
+        PyErr_SetString(PyExc_ValueError,
+                        "_native.apply: which in 0..2 and a contiguous float32/float64 array expected");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS

@@ -24,7 +24,9 @@
 #define MR 6
 #define ACC 12
 #define SFX PASTE(TNAME, avx2)
-#define WIDTH_PROOF() (int)_mm_cvtss_f32(_mm256_castps256_ps128(_mm256_fmadd_ps(_mm256_set1_ps(4.0f), _mm256_set1_ps(8.0f), _mm256_setzero_ps())))  /* 4 x 8 */
+#define WIDTH_PROOF() /* 4 x 8 */ \
+    (int)_mm_cvtss_f32(_mm256_castps256_ps128(_mm256_fmadd_ps(_mm256_set1_ps(4.0f), _mm256_set1_ps(8.0f), \
+                                                              _mm256_setzero_ps())))
 #define NT_STORE(p, v) (sizeof(T) == 4 ? _mm256_stream_ps((float *)(p), (__m256)(v)) \
                                        : _mm256_stream_pd((double *)(p), (__m256d)(v)))
 #define NT_FENCE() _mm_sfence()

@@ -33,10 +33,10 @@ static TGT inline __attribute__((always_inline)) void FN(vstore)(T *p, V v) { *(
    Cin may be NULL (zero), C itself, or one row broadcast to all (ldcin = 0, a bias).  The
    panels of B1 lie ps1 elements apart (K1 * NR unless K is cut into blocks), those of B2 ps2.
    The last panel may be partial (cols < np * NR valid columns). */
-static TGT inline __attribute__((always_inline)) void FN(tile)(int mr, int np, int64_t K1, const T *A1, int64_t ars1,
-                                                         int64_t aks1, const T *B1, int64_t ps1, int64_t K2, const T *A2,
-                                                         int64_t ars2, const T *B2, int64_t ps2, T *C, int64_t ldc,
-                                                         const T *Cin, int64_t ldcin, int64_t cols) {
+static TGT inline __attribute__((always_inline)) void FN(tile)(
+    int mr, int np, int64_t K1, const T *A1, int64_t ars1, int64_t aks1, const T *B1, int64_t ps1, int64_t K2,
+    const T *A2, int64_t ars2, const T *B2, int64_t ps2, T *C, int64_t ldc, const T *Cin, int64_t ldcin,
+    int64_t cols) {
     V acc[MR][8];
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < 2 * np; v++) acc[i][v] = (V){0};
@@ -123,8 +123,8 @@ static TGT void FN(gemm)(const struct gemm *g) {
 #undef ROWS_CASE
 
 /* C = Cin + A @ B for row-major A (n, K), the common case of the loop. */
-static TGT inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc, const T *Cin,
-                          int64_t ldcin) {
+static TGT inline void FN(mm)(int64_t n, int64_t K, int64_t M, const T *A, int64_t lda, const T *Bp, T *C, int64_t ldc,
+                              const T *Cin, int64_t ldcin) {
     struct gemm g = {n, M, K, A, lda, 1, Bp, K * NR, 0, 0, 0, 0, 0, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
@@ -136,8 +136,8 @@ static TGT void FN(rows_mm)(int64_t r0, int64_t r1, int64_t K, int64_t M, const 
 }
 
 /* C = Cin + A1 @ B1 + A2 @ B2, both A row-major. */
-static TGT inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_t lda1, const T *B1, int64_t K2, const T *A2,
-                           int64_t lda2, const T *B2, T *C, int64_t ldc, const T *Cin, int64_t ldcin) {
+static TGT inline void FN(mm2)(int64_t n, int64_t M, int64_t K1, const T *A1, int64_t lda1, const T *B1, int64_t K2,
+                               const T *A2, int64_t lda2, const T *B2, T *C, int64_t ldc, const T *Cin, int64_t ldcin) {
     struct gemm g = {n, M, K1, A1, lda1, 1, B1, K1 * NR, K2, A2, lda2, B2, K2 * NR, C, ldc, Cin, ldcin};
     FN(gemm)(&g);
 }
@@ -215,7 +215,8 @@ static TGT void FN(pack_at)(const T *src, int64_t K, int64_t M, int64_t sk, int6
     }
 }
 
-static TGT void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0, int64_t Mtot) {
+static TGT void FN(pack)(const T *src, int64_t K, int64_t M, int64_t sk, int64_t sm, T *dst, int64_t col0,
+                         int64_t Mtot) {
     FN(pack_at)(src, K, M, sk, sm, dst, col0, Mtot, K);
 }
 
@@ -750,7 +751,8 @@ static TGT void FN(qproject)(const struct scan *s, int me, int nthr, int64_t p0,
     team_barrier(s->team, me, nthr);
     if (late) return;  /* (a stream's odd call projects after h @ W_hh.T: see step_part) */
     const struct FN(qrows) all = FN(qx_all)(s);
-    for (int64_t p = p0; p < p1; p++) FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0, 0);
+    for (int64_t p = p0; p < p1; p++)
+        FN(qpart)(s, 1, p, s->rows, &all, (float *)s->xproj, (const float *)s->bias, 0, 0);
 }
 
 /* One step of a layer-norm kind over n rows (whole rows, one part): LN_hh(h @ W_hh.T) plus
@@ -1149,7 +1151,8 @@ static TGT void FN(forward)(const struct scan *s, int me, int nthr) {
             const int64_t b = hcols[p], w = hcols[p + 1] - b;
             for (int64_t r = 0; r < n; r++) {
                 if (s->zh)  /* zoneout: h = d h_{t-1} + (1 - d) h~ */
-                    FN(zone)(w, (const T *)s->zh + (s->train ? row + r : rr + r) * P + b, hc + r * P + b, hn + r * P + b);
+                    FN(zone)(w, (const T *)s->zh + (s->train ? row + r : rr + r) * P + b, hc + r * P + b,
+                             hn + r * P + b);
                 memcpy(out + r * s->ldout + b, hn + r * P + b, w * sizeof(T));
                 if (hbuf && r >= ends) memcpy(h + (rr + r) * P + b, hn + r * P + b, w * sizeof(T));
             }

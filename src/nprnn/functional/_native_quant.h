@@ -667,7 +667,8 @@ static AMX_TGT void qmm_i8_amx(const struct qmm *g) {
             }
         }
         const int64_t tiles = (npan + 3) / 4;
-        for (int64_t t = 0; pairs < full && t < tiles; t++) {  /* a block of B (4 KiB a step of k) for every row block */
+        /* a block of B (4 KiB a step of k) for every row block */
+        for (int64_t t = 0; pairs < full && t < tiles; t++) {
             const int64_t j = (g->back ? tiles - 1 - t : t) * 4;
             const int np = npan - j < 4 ? (int)(npan - j) : 4;
             for (int64_t i = pairs; i < full; i += 16) q_amx_block(g, i, j, np);
