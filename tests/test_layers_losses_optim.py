@@ -61,6 +61,47 @@ def test_linear_layernorm_embedding_match_torch(dtype):
     assert (emb.grads["weight"][2] == 0).all() and (emb.weight[2] == 0).all()
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_linear_large_enough_for_the_compiled_kernel_matches_torch(dtype, bias, monkeypatch):
+    """A char-LM's head (256 -> 94 over 64 x 32 rows): on the compiled tier its products run
+    on the kernel with the recurrent layers' threads (one product for all leading indices);
+    strided inputs and gradients too."""
+    from nprnn.functional import native
+
+    torch = torch_mod()
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    rng = np.random.default_rng(1)
+    ours, theirs = Linear(256, 94, bias=bias, dtype=dtype, seed=0), torch.nn.Linear(256, 94, bias=bias, dtype=tdt)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    calls = []
+    for name in ("product", "_at"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    for x in (rng.standard_normal((64, 32, 256)).astype(dtype),
+              rng.standard_normal((32, 64, 256)).astype(dtype).transpose(1, 0, 2)):  # (a strided view)
+        ours.zero_grad()
+        theirs.zero_grad()
+        xt = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
+        y, yt = ours(x), theirs(xt)
+        g = rng.standard_normal((y.shape[1], y.shape[0], y.shape[2])).astype(dtype).transpose(1, 0, 2)
+        (yt * torch.from_numpy(np.ascontiguousarray(g))).sum().backward()
+        gx = ours.backward(g)
+        assert y.shape == (64, 32, 94) and gx.shape == x.shape and y.dtype == gx.dtype == dtype
+        np.testing.assert_allclose(y, yt.detach().numpy(), **TOL[dtype])
+        np.testing.assert_allclose(gx, xt.grad.numpy(), **TOL[dtype])
+        g2, x2 = g.reshape(-1, 94).astype(np.float64), x.reshape(-1, 256).astype(np.float64)
+        exact = {"weight": (g2.T @ x2, np.abs(g2).T @ np.abs(x2)), "bias": (g2.sum(0), np.abs(g2).sum(0))}
+        for n, p in theirs.named_parameters():
+            if dtype == np.float32:  # sums over 2048 rows: float32 rounds them (torch's too), so against float64
+                err = np.abs(ours.grads[n] - exact[n][0])
+                assert (err <= 8 * np.finfo(np.float32).eps * exact[n][1]).all(), (n, (err / exact[n][1]).max())
+                continue
+            np.testing.assert_allclose(ours.grads[n], p.grad.numpy(), **TOL[dtype], err_msg=n)
+    assert calls == (["product", "_at", "product"] * 2 if native.backend() == "native" else []), calls
+
+
 def test_dropout_layer():
     d = Dropout(0.3, dtype=np.float64, seed=0)
     x = np.ones((200, 50))

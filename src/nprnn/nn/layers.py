@@ -13,8 +13,38 @@ from typing import Any
 import numpy as np
 
 from .._checks import as_array, check_int, check_memory
-from .._typing import Array
+from .._typing import Array, OptArray
+from ..functional import native
+from ..parallel.threads import THREADED
 from .module import Module, resolve_dtype, resolve_rng
+
+_COMPILED_WORK = 1 << 18  # multiply-adds from which a product pays for packing its matrix
+
+
+def _compiled(a: Array, work: int) -> bool:
+    """Whether a product of ``work`` multiply-adds on ``a`` runs on the compiled kernel: where
+    that tier runs, on its dtypes, and large enough.  There it shares the recurrent layers'
+    threads; NumPy's BLAS would leave its own spinning against their next loop (a char-LM
+    training step's weight gradients took twice their time after the head's products)."""
+    return work >= _COMPILED_WORK and native.backend() == "native" and a.dtype in (np.float32, np.float64)
+
+
+def _product(a: Array, w: Array, transpose: bool, bias: OptArray = None) -> Array:
+    """``a @ w.T + bias`` (``transpose``) or ``a @ w`` for a 2-D ``a``."""
+    if _compiled(a, a.shape[0] * a.shape[1] * (w.shape[0] if transpose else w.shape[1])):
+        return native.product(a, w, transpose, bias, THREADED)
+    y: Array = a @ (w.T if transpose else w)
+    if bias is not None:
+        y += bias
+    return y
+
+
+def _weight_grad(g: Array, x: Array) -> Array:
+    """``g.T @ x`` for 2-D ``g`` (rows, M) and ``x`` (rows, K): a weight's gradient."""
+    if _compiled(g, g.size * x.shape[1]):
+        return native._at(g, x, runner=THREADED)[0]
+    out: Array = g.T @ x
+    return out
 
 
 def _check_grad(module: Any, grad: Any, shape: Any) -> Array:
@@ -53,20 +83,20 @@ class Linear(Module):
                 f"Linear: input.size(-1) must be equal to in_features. Expected {self.in_features}, "
                 f"got {x.shape[-1] if x.ndim else 'a 0-d array'}"
             )
-        y = x @ self.weight.T  # (..., out)
-        if "bias" in self._parameters:
-            y += self.bias
-        self._keep((x, y.shape) if self.training else None)
+        rows = x.reshape(-1, self.in_features)  # (one product for every row, not one per leading index)
+        y = _product(rows, self.weight, True, self.bias if "bias" in self._parameters else None)
+        y = y.reshape(x.shape[:-1] + (self.out_features,))  # (..., out)
+        self._keep((rows, y.shape) if self.training else None)
         return y
 
     def backward(self, grad_output: Any) -> Any:
-        x, shape = self._latest()
+        rows, shape = self._latest()
         g = _check_grad(self, grad_output, shape)
         self._take()
-        g2 = g.reshape(-1, self.out_features)
+        g2 = np.ascontiguousarray(g.reshape(-1, self.out_features))
         self._add_grads(("weight", "bias" if "bias" in self._parameters else None),
-                        (g2.T @ x.reshape(-1, self.in_features), g2.sum(axis=0)))
-        return g @ self.weight
+                        (_weight_grad(g2, rows), g2.sum(axis=0)))
+        return _product(g2, self.weight, False).reshape(shape[:-1] + (self.in_features,))
 
 
 class Embedding(Module):
