@@ -15,6 +15,7 @@ import numpy as np
 from .._checks import as_array, check_int, check_memory
 from .._typing import Array, OptArray
 from ..functional import native
+from ..functional.stack import _dropout_mask
 from ..parallel.threads import THREADED
 from .module import Module, resolve_dtype, resolve_rng
 
@@ -154,7 +155,8 @@ class Embedding(Module):
 
 class Dropout(Module):
     """Zeroes each element with probability ``p`` in training mode and scales the rest by
-    ``1 / (1 - p)``; the identity in eval mode.  Masks come from ``seed``."""
+    ``1 / (1 - p)``; the identity in eval mode.  Masks come from ``seed``, drawn as the
+    recurrent layers' (``stack.bernoulli``: p rounded to a multiple of 2**-32)."""
 
     def __init__(self, p: float = 0.5, *, dtype: Any = np.float32, seed: Any = None) -> None:
         super().__init__()
@@ -172,10 +174,7 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self._keep(("identity", x.shape) if self.training else None)
             return x.copy()
-        if self.p == 1:
-            mask = np.zeros(x.shape, self.dtype)
-        else:
-            mask = (self._rng.random(x.shape) >= self.p).astype(self.dtype) * self.dtype.type(1 / (1 - self.p))
+        mask = _dropout_mask(x.shape, self.p, self._rng, self.dtype)  # (the recurrent layers' masks)
         self._keep((mask, x.shape))
         return x * mask
 
