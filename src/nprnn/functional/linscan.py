@@ -100,7 +100,7 @@ def scan_rows(kind: str, log: bool, u: Array, b: OptArray, h0: Array, batch_size
     h = np.array(h0, order="C", copy=True)
     if not len(batch_sizes):
         return out, h
-    if native.supports_linear_scan(u.dtype):
+    if native.supports_dtype(u.dtype):
         native.linear_scan(dict(kind=KINDS[kind], logm=int(log), back=0, reverse=int(reverse), a=u, b=b, h=h,
                                 out=out), batch_sizes, H, u.shape[0], runner)
         return out, h
@@ -122,7 +122,7 @@ def scan_rows_backward(kind: str, log: bool, u: Array, b: OptArray, h0: Array, y
     dout = np.ascontiguousarray(dout)
     if not len(batch_sizes):
         return (np.zeros_like(u), np.zeros_like(u), g) if kind == "plain" else (np.zeros_like(u), g)
-    if native.supports_linear_scan(u.dtype):
+    if native.supports_dtype(u.dtype):
         da = np.empty_like(u) if da is None else da
         db = np.empty_like(y) if kind == "plain" else None
         native.linear_scan(dict(kind=KINDS[kind], logm=int(log), back=1, reverse=int(reverse), a=u, b=b,
@@ -247,7 +247,7 @@ def direction_forward(kind: CellKind, x: Array, params: Params, state0: tuple[Ar
     w_ih, b_ih = params[0], params[2]
     H = w_ih.shape[0] // kind.num_gates
     u, y = alloc_blocks(((1, w_ih.shape[0]), (1, H)), x.shape[0], x.dtype, pool, (key, "linear"))
-    if native.supports_linear_scan(x.dtype):  # (the compiled product, on the scan's threads)
+    if native.supports_dtype(x.dtype):  # (the compiled product, on the scan's threads)
         native.product(x, w_ih, True, b_ih, runner, u)
     else:
         np.dot(x, w_ih.T, out=u)
@@ -271,7 +271,7 @@ def direction_backward(rec: LinearRecord, dout: Array, dstate: tuple[Array, ...]
     (du,) = alloc_blocks(((1, rec.u.shape[1]),), rec.u.shape[0], rec.u.dtype, pool, (key, "linear du"))
     du, dh0 = scan_rows_backward(rec.kind.linear, rec.log, rec.u, None, rec.h0, rec.y, dout, dstate[0],
                                  rec.batch_sizes, rec.reverse, runner, du)
-    if native.supports_linear_scan(du.dtype):  # the compiled products, on the scan's threads
+    if native.supports_dtype(du.dtype):  # the compiled products, on the scan's threads
         direct = dx is not None and not accumulate and dx.flags.c_contiguous
         dx_rows = native.product(du, rec.w_ih, False, None, runner, dx if direct else None) if input_grad else None
         ones = (np.ones((du.shape[0], 1), du.dtype),) if rec.has_bias else ()

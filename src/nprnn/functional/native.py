@@ -117,8 +117,9 @@ def supports(kind: CellKind, dtype: Any) -> bool:
     return _enabled and kind.name in _CODES
 
 
-def supports_linear_scan(dtype: Any) -> bool:
-    """Whether a linear scan (:mod:`.linscan`) of this dtype runs natively."""
+def supports_dtype(dtype: Any) -> bool:
+    """Whether the compiled kernels run on arrays of this dtype (the tier is on; float32 or
+    float64): a linear scan (:mod:`.linscan`), a product, a mask."""
     return _enabled and np.dtype(dtype) in (np.float32, np.float64)
 
 
@@ -158,7 +159,7 @@ def bernoulli(out: Array, key: int, t: int) -> bool:
     """``stack.bernoulli``'s values into ``out`` on the compiled kernel (SplitMix64 from state
     ``key``, words below ``t``), if this tier runs and ``out`` is float32/float64 and
     C-contiguous; False where the caller makes them itself."""
-    if not _enabled or out.dtype not in (np.float32, np.float64) or not out.flags.c_contiguous:
+    if not supports_dtype(out.dtype) or not out.flags.c_contiguous:
         return False
     _native.bernoulli(out, key, t)
     return True

@@ -27,7 +27,7 @@ def _compiled(a: Array, work: int) -> bool:
     that tier runs, on its dtypes, and large enough.  There it shares the recurrent layers'
     threads; NumPy's BLAS would leave its own spinning against their next loop (a char-LM
     training step's weight gradients took twice their time after the head's products)."""
-    return work >= _COMPILED_WORK and native.backend() == "native" and a.dtype in (np.float32, np.float64)
+    return work >= _COMPILED_WORK and native.supports_dtype(a.dtype)
 
 
 def _product(a: Array, w: Array, transpose: bool, bias: OptArray = None) -> Array:

@@ -228,7 +228,7 @@ def execution(module: RNNBase, batch: int = 4, seq_len: int = 3) -> list[str]:
                          f"quantized, the input projection {where}")
         return lines
     if module.kind.linear:
-        where = ("compiled, its steps split into a chunk per thread for long runs" if native.supports_linear_scan(
+        where = ("compiled, its steps split into a chunk per thread for long runs" if native.supports_dtype(
             module.dtype) else f"NumPy tier ({native.backend()} backend), one step at a time")
         return [f"one product for every step's gates, then the diagonal linear scan fused with them ({where})"]
     if not native.supports(module.kind, module.dtype):
